@@ -1,0 +1,1 @@
+"""Filter plugins and built-in filtering recipes (see the filtering-recipes issue)."""

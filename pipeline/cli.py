@@ -1,0 +1,178 @@
+"""The `thresher` command line. Each subcommand is a thin layer over one stage module."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+from . import __version__
+from .config import CONFIG_DIR, load
+from .errors import InputError, ThresherError
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
+    """One option per config field, typed from the dataclass, help from its metadata."""
+    group = parser.add_argument_group(f"{cls.__name__} fields (override --config)")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        base = args[0] if args else tp
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        if base is bool:
+            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+        elif typing.get_origin(base) is list:
+            group.add_argument(_flag(f.name), dest=f.name, default=None, metavar="A,B",
+                               type=lambda s: [x for x in s.split(",") if x], help=help_text + "; comma-separated")
+        elif typing.get_origin(base) is dict:
+            group.add_argument(_flag(f.name), dest=f.name, default=None, metavar="K=V,...", type=_parse_mapping,
+                               help=help_text)
+        else:
+            group.add_argument(_flag(f.name), dest=f.name, default=None, type=base, help=help_text)
+
+
+def _parse_mapping(text: str) -> dict:
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = float(value)
+    return out
+
+
+def overrides(args: argparse.Namespace, cls) -> dict:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def _config_path(value: str | None, kind: str) -> Path | None:
+    """A config given by path, or by preset name under configs/<kind>/."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.exists():
+        return path
+    preset = CONFIG_DIR / kind / f"{value}.yaml"
+    if preset.exists():
+        return preset
+    presets = sorted(p.stem for p in (CONFIG_DIR / kind).glob("*.yaml"))
+    raise InputError(f"no config file {value!r} and no preset of that name in configs/{kind}/ (presets: {presets})")
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_synth(args) -> None:
+    from .synth import SynthConfig, generate
+
+    cfg = load(SynthConfig, _config_path(args.config, "synth"), overrides(args, SynthConfig))
+    generate(args.out, cfg)
+    print(f"synthetic pool: {Path(args.out).resolve()}  (URL list: {Path(args.out).resolve() / 'urls.parquet'})")
+
+
+def cmd_serve(args) -> None:
+    from .serve import serve_forever
+
+    serve_forever(args.dir, args.port)
+
+
+def cmd_download(args) -> None:
+    from .download import DownloadConfig, run
+
+    cfg = load(DownloadConfig, _config_path(args.config, "download"), overrides(args, DownloadConfig))
+    manifest = run(args.urls, args.out, cfg, ray_address=args.ray_address)
+    _print_pool(args.out, manifest)
+
+
+def _print_pool(pool: str, manifest: dict) -> None:
+    counts = manifest["counts"]
+    print(f"pool: {pool}")
+    print(f"  rows {counts['rows']}, " + ", ".join(f"{k} {v}" for k, v in counts["status"].items()))
+    if counts["failure"]:
+        print("  failures: " + ", ".join(f"{k} {v}" for k, v in counts["failure"].items()))
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(out=args.out, samples=args.samples, seed=args.seed, port=args.port, ray_address=args.ray_address)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .download import DownloadConfig
+    from .synth import SynthConfig
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="thresher", description="Curate image-text pre-training datasets.",
+                                     formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"thresher {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, help_text, example):
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=fmt,
+                           epilog=f"example:\n  {example}")
+        p.add_argument("--ray-address", default=None,
+                       help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray instance)")
+        return p
+
+    p = add("demo", "Run every stage that exists on a generated pool served over local HTTP.",
+            "thresher demo --out thresher-demo --samples 20000")
+    p.add_argument("--out", default="thresher-demo", help="working directory (default: thresher-demo)")
+    p.add_argument("--samples", type=int, default=20000, help="pool size (default: 20000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--port", type=int, default=8765, help="local port for the pool's HTTP server")
+    p.set_defaults(func=cmd_demo)
+
+    p = add("synth", "Generate a synthetic web-pair pool with planted faults and its ground truth.",
+            "thresher synth --out pool-src --samples 10000 --seed 0 --port 8765")
+    p.add_argument("--out", required=True, help="directory to write")
+    p.add_argument("--config", default=None, help="YAML file or preset name in configs/synth/")
+    add_config_args(p, SynthConfig)
+    p.set_defaults(func=cmd_synth)
+
+    p = add("serve", "Serve a synthetic pool over HTTP on 127.0.0.1, with its planted behaviours.",
+            "thresher serve pool-src --port 8765")
+    p.add_argument("dir", help="directory written by `thresher synth`")
+    p.add_argument("--port", type=int, default=8765)
+    p.set_defaults(func=cmd_serve)
+
+    p = add("download", "Download a URL list into WebDataset shards with Parquet metadata (resumable).",
+            "thresher download pool-src/urls.parquet --out pool --allow-private-addresses")
+    p.add_argument("urls", help="URL list: Parquet, CSV or JSONL (local path or s3://, gs://, ...)")
+    p.add_argument("--out", required=True, help="pool directory (local path or s3://, gs://, ...)")
+    p.add_argument("--config", default=None, help="YAML file or preset name in configs/download/")
+    add_config_args(p, DownloadConfig)
+    p.set_defaults(func=cmd_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ThresherError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: completed shards are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Typed configs: dataclasses loaded from YAML, each with a stable content hash.
+
+Every stage takes one config dataclass. `load(cls, path, overrides)` reads YAML, rejects unknown or
+ill-typed fields with an error naming the file and field, and applies CLI overrides on top.
+`config_hash` is the sha256 of the canonical JSON of the config, so equal configs hash equal
+whatever the key order or YAML formatting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import InputError
+
+T = TypeVar("T")
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING):  # noqa: A002
+    """A config field with its help text; the CLI and docs/config.md read the help from here."""
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg) -> str:
+    canonical = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_type(value, tp, where: str):
+    """Validate (and lightly coerce) one YAML value against a dataclass field type."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where)
+            except InputError as err:
+                errors.append(str(err))
+        raise InputError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if tp is Any:
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_check_type(v, args[0] if args else Any, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        kt, vt = args if args else (Any, Any)
+        return {_check_type(k, kt, where): _check_type(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise InputError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    return value
+
+
+def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
+    data = data or {}
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}; known fields: {', '.join(fields)}")
+    kwargs = {name: _check_type(value, hints[name], f"{where}: field '{name}'") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: dict | None = None) -> T:
+    """Config from a YAML file (or defaults when path is None), then non-None overrides on top."""
+    data: dict = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise InputError(f"cannot read config file {path}: {err.strerror}") from err
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise InputError(f"{path}: not valid YAML: {err}") from err
+    data = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return from_dict(cls, data, where)

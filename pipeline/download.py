@@ -1,0 +1,401 @@
+"""Download stage: `thresher download URLS --out POOL`.
+
+URL list -> ingest (checked, uid per row, cut into shard inputs) -> one Ray task per shard, each running
+img2dataset's Downloader on that shard -> WebDataset tars with Parquet metadata and stats.
+
+Layout of a pool:
+
+    POOL/manifest.json                 input hash, config + hash, package versions, counts by status
+    POOL/shards/{i:08d}.tar            images (jpg), captions (txt), per-sample json; DataComp naming
+    POOL/shards/{i:08d}.parquet        schema.POOL (+ extra input columns): every input row, once
+    POOL/shards/{i:08d}_stats.json     per-shard counts; its presence marks the shard complete
+    POOL/_work/inputs/{i:08d}.arrow    the shard inputs, kept so that a re-run redoes exactly a shard
+    POOL/_work/tmp/{i:08d}/            a shard in progress; moved into shards/ only when whole
+
+Why our own per-shard tasks rather than img2dataset's ray distributor: that distributor has no shard
+retry, ignores processes_count and has no deadline, so one stalled URL can hang a shard forever
+(img2dataset #437). Here each shard is retried, bounded by a deadline, and written to a temporary
+directory first, so a killed task never leaves a truncated tar (img2dataset #164).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import ingest, runtime, schema
+from .config import config_hash, from_dict, opt, to_dict
+from .errors import InputError, StageError
+from .progress import Progress
+
+# Normalised failure reasons in the `failure` column (null on success).
+FAILURES = {
+    "http_<code>": "the server answered with an HTTP error, e.g. http_404",
+    "timeout": "no answer within the timeout, on every try",
+    "connection_error": "the connection was refused, reset or closed early",
+    "opted_out": "the response carried an X-Robots-Tag directive that disallows use (noai, ...)",
+    "decode_error": "bytes arrived but are not a decodable image",
+    "hash_mismatch": "the bytes do not match the expected hash",
+    "disallowed_address": "refused before fetching: loopback, private, link-local or metadata host",
+    "download_error": "any other download error (see error_message)",
+}
+RESERVED_COLUMNS = {"key", "caption", "url", "width", "height", "original_width", "original_height", "status",
+                    "error_message", "exif", "md5", "sha256", "sha512", "failure"}
+OOM_SHARD_COUNT = 8  # shard names are {:08d}, as DataComp's
+
+
+@dataclass
+class DownloadConfig:
+    # reading the URL list
+    url_col: str = opt("url", "column holding the image URL")
+    caption_col: str | None = opt("text", "column holding the caption (DataComp: text)")
+    uid_col: str | None = opt("uid", "column holding a uid; when absent, uid = sha256(url NUL text)[:32]")
+    extra_columns: list[str] = opt(help="input columns carried into the pool metadata", factory=list)
+    input_format: str | None = opt(None, "parquet, csv or jsonl; default: from the file extension")
+    # fetching and encoding (passed to img2dataset); defaults follow DataComp's download
+    image_size: int = opt(512, "target image size in pixels")
+    resize_mode: str = opt("keep_ratio_largest", "no, border, keep_ratio, keep_ratio_largest or center_crop")
+    resize_only_if_bigger: bool = opt(True, "never upscale")
+    encode_format: str = opt("jpg", "jpg, png or webp")
+    encode_quality: int = opt(95, "encoder quality")
+    timeout: float = opt(10.0, "seconds a socket operation may wait")
+    retries: int = opt(2, "extra tries for a URL that fails")
+    samples_per_shard: int = opt(10000, "rows per shard")
+    processes: int = opt(0, "shards in flight at once; 0 = one per CPU of the Ray cluster")
+    threads: int = opt(64, "concurrent fetches within one shard")
+    honor_robots: bool = opt(True, "skip images whose response carries a disallowing X-Robots-Tag")
+    disallowed_header_directives: list[str] = opt(
+        help="X-Robots-Tag directives that count as an opt-out",
+        factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"])
+    user_agent_token: str | None = opt("thresher", "token added to the User-Agent; X-Robots-Tag may name it")
+    bbox_column: str | None = opt(None, "blur these boxes before writing (DataComp: face_bboxes)")
+    allow_private_addresses: bool = opt(False, "fetch from loopback/private/link-local hosts (local tests only)")
+    extract_exif: bool = opt(False, "keep EXIF data in the metadata")
+    shard_retries: int = opt(2, "extra attempts for a shard that fails or overruns its deadline")
+    shard_deadline_s: float = opt(0.0, "seconds a shard may take; 0 = derived from timeout, retries, threads")
+
+    def validate(self) -> None:
+        bad = sorted(set(self.extra_columns) & RESERVED_COLUMNS)
+        if bad:
+            raise InputError(f"extra_columns {bad} clash with columns the download stage writes; rename them")
+        if self.resize_mode not in ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"):
+            raise InputError(f"resize_mode {self.resize_mode!r} is not one of no, border, keep_ratio, "
+                             f"keep_ratio_largest, center_crop")
+        if self.encode_format not in ("jpg", "png", "webp"):
+            raise InputError(f"encode_format {self.encode_format!r} is not one of jpg, png, webp")
+        for name in ("image_size", "samples_per_shard", "threads"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1")
+        if self.timeout <= 0 or self.retries < 0 or self.shard_retries < 0 or self.processes < 0:
+            raise InputError("timeout must be > 0; retries, shard_retries and processes must be >= 0")
+
+    def deadline(self, rows: int) -> float:
+        if self.shard_deadline_s > 0:
+            return self.shard_deadline_s
+        # the worst case: every URL stalls on every try
+        return math.ceil(rows / self.threads) * (self.retries + 1) * self.timeout + 120.0
+
+
+# Fields that change how the stage runs but not what it writes; a re-run may change them freely.
+OPERATIONAL = {"processes", "threads", "shard_retries", "shard_deadline_s"}
+INGEST_FIELDS = ("url_col", "caption_col", "uid_col", "extra_columns", "input_format", "samples_per_shard")
+
+
+def classify(status: str, error_message: str | None) -> str | None:
+    """Normalised failure reason for one row (see FAILURES)."""
+    if status == "success":
+        return None
+    if status == "refused":
+        return "disallowed_address"
+    msg = error_message or ""
+    if "X-Robots-Tag" in msg:
+        return "opted_out"
+    m = re.search(r"HTTP Error (\d{3})", msg)
+    if m:
+        return f"http_{m.group(1)}"
+    if "hash mismatch" in msg:
+        return "hash_mismatch"
+    if status == "failed_to_resize":
+        return "decode_error"
+    low = msg.lower()
+    if "timed out" in low or "timeout" in low:
+        return "timeout"
+    if any(s in low for s in ("connection refused", "connection reset", "remote end closed", "connection aborted",
+                              "name or service not known", "no route to host", "broken pipe")):
+        return "connection_error"
+    return "download_error"
+
+
+def _key(index: int, shard: int, per_shard: int) -> str:
+    from img2dataset.downloader import compute_key
+
+    return compute_key(index, shard, math.ceil(math.log10(max(per_shard, 2))), OOM_SHARD_COUNT)
+
+
+def _shard_name(shard: int) -> str:
+    return f"{shard:0{OOM_SHARD_COUNT}d}"
+
+
+def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
+    """Download one shard into POOL/_work/tmp, then move its files into POOL/shards. Runs as a Ray task."""
+    from img2dataset.blurrer import BoundingBoxBlurrer
+    from img2dataset.downloader import Downloader
+    from img2dataset.resizer import Resizer
+    from img2dataset.writer import WebDatasetSampleWriter
+
+    cfg = from_dict(DownloadConfig, cfg_dict)
+    name = _shard_name(shard)
+    work = runtime.join(pool, "_work")
+    tmp = runtime.join(work, "tmp", name)
+    runtime.remove(tmp, recursive=True)
+    runtime.makedirs(tmp)
+    started = time.time()
+
+    table = ingest.read_shard_input(runtime.join(work, "inputs", f"{name}.arrow"))
+    refused = [None] * table.num_rows if cfg.allow_private_addresses else ingest.refusals(table.column("url"))
+    keep = pa.array([r is None for r in refused])
+    allowed = table.filter(keep)
+    refused_rows = table.filter(pc.invert(keep))
+    refused_reasons = [r for r in refused if r is not None]
+
+    # img2dataset reads its own copy (it deletes its input file when done). Column order matters:
+    # it saves every column in column_list, and needs "url" and "caption" by those names.
+    extras = ["uid", *cfg.extra_columns]
+    if cfg.bbox_column and cfg.bbox_column not in extras:
+        extras.append(cfg.bbox_column)
+    column_list = [*extras, "caption", "url"]
+    i2d_input = runtime.join(tmp, "input.arrow")
+    fs, p = runtime.fs_path(i2d_input)
+    with fs.open(p, "wb") as f, pa.ipc.new_file(f, allowed.select(column_list).schema) as w:
+        w.write_table(allowed.select(column_list))
+
+    resizer = Resizer(
+        image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
+        encode_quality=cfg.encode_quality, encode_format=cfg.encode_format,
+        blurrer=BoundingBoxBlurrer() if cfg.bbox_column else None)
+    downloader = Downloader(
+        sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=cfg.threads,
+        save_caption=True, extract_exif=cfg.extract_exif, output_folder=tmp, column_list=column_list,
+        timeout=cfg.timeout, number_sample_per_shard=cfg.samples_per_shard, oom_shard_count=OOM_SHARD_COUNT,
+        compute_hash="sha256", verify_hash_type=None, encode_format=cfg.encode_format, retries=cfg.retries,
+        user_agent_token=cfg.user_agent_token,
+        disallowed_header_directives=cfg.disallowed_header_directives if cfg.honor_robots else None,
+        blurring_bbox_col=cfg.bbox_column)
+    # download_shard, not __call__: __call__ swallows errors, and we want Ray to see them
+    downloader.download_shard((shard, i2d_input))
+
+    meta = runtime.read_parquet(runtime.join(tmp, f"{name}.parquet"))
+    table_out = _pool_metadata(meta, refused_rows, refused_reasons, shard, cfg)
+    runtime.write_parquet(table_out, runtime.join(tmp, "meta.parquet"))
+
+    i2d_stats = runtime.read_json(runtime.join(tmp, f"{name}_stats.json"))
+    statuses = Counter(table_out.column("status").to_pylist())
+    failures = Counter(f for f in table_out.column("failure").to_pylist() if f is not None)
+    stats = {
+        "shard": shard, "count": table_out.num_rows, "successes": statuses.get("success", 0),
+        "status": dict(statuses), "failures": dict(failures),
+        "img2dataset": i2d_stats, "start_time": started, "end_time": time.time(),
+    }
+    shards_dir = runtime.join(pool, "shards")
+    runtime.makedirs(shards_dir)
+    runtime.move(runtime.join(tmp, f"{name}.tar"), runtime.join(shards_dir, f"{name}.tar"))
+    runtime.move(runtime.join(tmp, "meta.parquet"), runtime.join(shards_dir, f"{name}.parquet"))
+    runtime.write_json(runtime.join(shards_dir, f"{name}_stats.json"), stats)  # the completion marker: last
+    runtime.remove(tmp, recursive=True)
+    return stats
+
+
+def _pool_metadata(meta: pa.Table, refused_rows: pa.Table, reasons: list[str], shard: int,
+                   cfg: DownloadConfig) -> pa.Table:
+    """img2dataset's per-shard parquet, plus refused rows, in schema.POOL (+ extras), sorted by key."""
+    extras = [c for c in cfg.extra_columns]
+    if cfg.bbox_column and cfg.bbox_column not in extras:
+        extras.append(cfg.bbox_column)
+    rows = meta.to_pylist()
+    n_fetched = len(rows)
+    for j, row in enumerate(refused_rows.to_pylist()):
+        rows.append({**row, "key": _key(n_fetched + j, shard, cfg.samples_per_shard), "status": "refused",
+                     "error_message": reasons[j]})
+    out = []
+    for row in rows:
+        rec = {f.name: row.get(f.name) for f in schema.POOL}
+        rec["failure"] = classify(row["status"], row.get("error_message"))
+        for c in extras:
+            rec[c] = row.get(c)
+        out.append(rec)
+    out.sort(key=lambda r: r["key"])
+    fields = list(schema.POOL) + [refused_rows.schema.field(c) for c in extras]
+    return pa.Table.from_pylist(out, schema=pa.schema(fields))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Driver
+
+
+def _prepare_inputs(urls: str, pool: str, cfg: DownloadConfig, log) -> dict:
+    """Ingest once; a re-run reuses the shard inputs, after checking it was given the same list."""
+    work = runtime.join(pool, "_work")
+    state_path = runtime.join(work, "inputs", "_SUCCESS.json")
+    ingest_cfg = {k: getattr(cfg, k) for k in INGEST_FIELDS}
+    if runtime.exists(state_path):
+        state = runtime.read_json(state_path)
+        sha = runtime.file_sha256(urls)
+        if sha != state["input_sha256"]:
+            raise InputError(f"{pool} was downloaded from another URL list (sha256 {state['input_sha256'][:12]}…, "
+                             f"{urls} has {sha[:12]}…). Use a new --out for a new list")
+        if state["ingest"] != ingest_cfg:
+            diff = sorted(k for k in ingest_cfg if state["ingest"].get(k) != ingest_cfg[k])
+            raise InputError(f"{pool} was ingested with other settings ({', '.join(diff)} differ). "
+                             f"Re-run with the same options, or use a new --out")
+        return state
+    log(f"[download] reading {urls}")
+    inputs = ingest.ingest(urls, work, url_col=cfg.url_col, caption_col=cfg.caption_col, uid_col=cfg.uid_col,
+                           extra_columns=tuple(cfg.extra_columns) + ((cfg.bbox_column,) if cfg.bbox_column and
+                                                                      cfg.bbox_column not in cfg.extra_columns else ()),
+                           input_format=cfg.input_format, per_shard=cfg.samples_per_shard)
+    state = {"input_path": urls, "input_sha256": inputs.input_sha256, "rows": inputs.rows, "shards": inputs.shards,
+             "ingest": ingest_cfg}
+    runtime.write_json(state_path, state)
+    return state
+
+
+def _check_fetch_config(pool: str, cfg: DownloadConfig, any_done: bool) -> None:
+    """Shards fetched with other settings must not be mixed with new ones."""
+    path = runtime.join(pool, "_work", "download_config.json")
+    current = {k: v for k, v in to_dict(cfg).items() if k not in OPERATIONAL}
+    if runtime.exists(path) and any_done:
+        before = runtime.read_json(path)
+        diff = sorted(k for k in current if before.get(k) != current[k])
+        if diff:
+            raise InputError(f"{pool} has shards downloaded with other settings ({', '.join(diff)} differ). "
+                             f"Re-run with the same options, or use a new --out")
+    runtime.write_json(path, current)
+
+
+def done_shards(pool: str) -> set[int]:
+    return {int(p.rsplit("/", 1)[-1].split("_")[0]) for p in runtime.glob(runtime.join(pool, "shards", "*_stats.json"))}
+
+
+def run(urls: str, pool: str, cfg: DownloadConfig, ray_address: str | None = None, log=print) -> dict:
+    """Download `urls` into `pool`, resuming whatever an earlier run finished. Returns the manifest."""
+    cfg.validate()
+    runtime.makedirs(pool)
+    state = _prepare_inputs(urls, pool, cfg, log)
+    finished = done_shards(pool)
+    _check_fetch_config(pool, cfg, bool(finished))
+    todo = [s for s in range(state["shards"]) if s not in finished]
+    if finished:
+        log(f"[download] resuming: {len(finished)} of {state['shards']} shards already complete")
+
+    failed: dict[int, str] = {}
+    if todo:
+        failed = _run_shards(pool, cfg, todo, state, ray_address, log)
+    manifest = write_manifest(pool, urls, state, cfg, failed)
+    if failed:
+        listing = "; ".join(f"shard {s:08d}: {why}" for s, why in sorted(failed.items())[:10])
+        raise StageError(f"{len(failed)} shard(s) failed after {cfg.shard_retries + 1} attempts ({listing}). "
+                         f"Completed shards are kept: run the same command again to retry the rest")
+    return manifest
+
+
+def _run_shards(pool: str, cfg: DownloadConfig, todo: list[int], state: dict, ray_address, log) -> dict[int, str]:
+    import ray
+
+    runtime.init_ray(ray_address)
+    inflight_max = cfg.processes or runtime.cluster_cpus()
+    task = ray.remote(download_shard).options(num_cpus=1, max_retries=0)
+    cfg_dict = to_dict(cfg)
+    rows_of = _shard_rows(state)
+    progress = Progress("download", sum(rows_of(s) for s in todo))
+    pending = list(todo)
+    attempts: Counter[int] = Counter()
+    inflight: dict = {}  # ref -> (shard, started)
+    failed: dict[int, str] = {}
+    done = 0
+    while pending or inflight:
+        while pending and len(inflight) < inflight_max:
+            s = pending.pop(0)
+            attempts[s] += 1
+            inflight[task.remote(s, pool, cfg_dict)] = (s, time.monotonic())
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+        for ref in ready:
+            s, _ = inflight.pop(ref)
+            try:
+                stats = ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - any task failure is retried, then reported
+                why = _short_error(err)
+                _retry_or_fail(s, why, attempts, cfg, pending, failed, log)
+                continue
+            done += 1
+            fails = sum(stats["failures"].values())
+            progress.update(stats["count"], extra=f"shards {done}/{len(todo)}, last shard {fails} failed")
+        now = time.monotonic()
+        for ref, (s, started) in list(inflight.items()):
+            if now - started > cfg.deadline(rows_of(s)):
+                ray.cancel(ref, force=True)
+                inflight.pop(ref)
+                _retry_or_fail(s, f"over the {cfg.deadline(rows_of(s)):.0f}s shard deadline", attempts, cfg,
+                               pending, failed, log)
+    progress.close()
+    return failed
+
+
+def _shard_rows(state: dict):
+    per, total, n = state["ingest"]["samples_per_shard"], state["rows"], state["shards"]
+    return lambda s: per if s < n - 1 else total - per * (n - 1)
+
+
+def _short_error(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return (text[-1] if text else type(err).__name__)[:300]
+
+
+def _retry_or_fail(shard, why, attempts, cfg, pending, failed, log) -> None:
+    if attempts[shard] <= cfg.shard_retries:
+        log(f"[download] shard {shard:08d} attempt {attempts[shard]} failed ({why}); retrying")
+        pending.append(shard)
+    else:
+        log(f"[download] shard {shard:08d} failed {attempts[shard]} times ({why}); giving up for this run")
+        failed[shard] = why
+
+
+def write_manifest(pool: str, urls: str, state: dict, cfg: DownloadConfig, failed: dict[int, str]) -> dict:
+    status: Counter[str] = Counter()
+    failures: Counter[str] = Counter()
+    complete = 0
+    for path in runtime.glob(runtime.join(pool, "shards", "*_stats.json")):
+        stats = runtime.read_json(path)
+        status.update(stats["status"])
+        failures.update(stats["failures"])
+        complete += 1
+    manifest = {
+        "kind": "thresher.pool",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "input": {"path": urls, "sha256": state["input_sha256"], "rows": state["rows"]},
+        "config": to_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "code": runtime.code_version(),
+        "packages": runtime.package_versions(),
+        "shards": {"total": state["shards"], "complete": complete,
+                   "failed": {f"{s:08d}": why for s, why in sorted(failed.items())}},
+        "counts": {"rows": sum(status.values()), "status": dict(sorted(status.items())),
+                   "failure": dict(sorted(failures.items()))},
+        "layout": {"tar": "shards/{shard:08d}.tar", "metadata": "shards/{shard:08d}.parquet",
+                   "stats": "shards/{shard:08d}_stats.json"},
+    }
+    runtime.write_json(runtime.join(pool, "manifest.json"), manifest)
+    return manifest
+
+
+def read_metadata(pool: str) -> pa.Table:
+    """All of a pool's per-shard metadata as one table (for tests, audits and small pools)."""
+    paths = runtime.glob(runtime.join(pool, "shards", "*.parquet"))
+    if not paths:
+        raise InputError(f"{pool} has no downloaded shards (expected {pool}/shards/*.parquet)")
+    return pa.concat_tables([runtime.read_parquet(p) for p in paths], promote_options="default")

@@ -1,0 +1,61 @@
+"""Hashes shared by every stage, so that a blocklist written by one and read by another agree.
+
+- uid: 32 hex chars, the first 128 bits of sha256(url + "\\x00" + text). NUL never occurs in a URL,
+  so the pair is unambiguous. Rows that bring their own uid keep it.
+- URL hashes for blocklists are taken over `normalize_url(url)`.
+- Perceptual hash: PDQ (Meta's 256-bit hash), because it is what industry safety hash lists
+  (ThreatExchange, StopNCII) exchange, so users can bring real lists unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+
+def make_uid(url: str, text: str | None) -> str:
+    return hashlib.sha256(f"{url}\x00{text or ''}".encode("utf-8")).hexdigest()[:32]
+
+
+def normalize_url(url: str) -> str:
+    """Lower-case scheme and host, drop the fragment and a default port; keep path and query as is."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    port = parts.port
+    if port is not None and not ((scheme == "http" and port == 80) or (scheme == "https" and port == 443)):
+        host = f"{host}:{port}"
+    if parts.username:
+        host = f"{parts.username}{':' + parts.password if parts.password else ''}@{host}"
+    return urlunsplit((scheme, host, parts.path or "/", parts.query, ""))
+
+
+def url_hash(url: str, algo: str = "sha256") -> str:
+    return hashlib.new(algo, normalize_url(url).encode("utf-8")).hexdigest()
+
+
+def bytes_hash(data: bytes, algo: str = "sha256") -> str:
+    return hashlib.new(algo, data).hexdigest()
+
+
+def pdq_hash(image) -> tuple[str, int]:
+    """PDQ hash of a PIL image or encoded bytes: (64 hex chars, quality 0-100)."""
+    import pdqhash
+    from PIL import Image
+
+    if isinstance(image, (bytes, bytearray)):
+        image = Image.open(io.BytesIO(image))
+    arr = np.asarray(image.convert("RGB"))
+    bits, quality = pdqhash.compute(arr)
+    return bits_to_hex(bits), int(quality)
+
+
+def bits_to_hex(bits) -> str:
+    return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex()
+
+
+def hamming_hex(a: str, b: str) -> int:
+    return int(np.unpackbits(np.frombuffer(bytes.fromhex(a), np.uint8) ^ np.frombuffer(bytes.fromhex(b), np.uint8)).sum())

@@ -1,0 +1,156 @@
+"""Where stages run and where their bytes live.
+
+- Ray: local by default (a fresh local instance sized to this machine), or the cluster named by
+  `--ray-address` / `RAY_ADDRESS`. Nothing else schedules work.
+- Storage: every path goes through fsspec, so `s3://`, `gs://` and local paths work the same way
+  wherever the matching fsspec backend and credentials exist.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+log = logging.getLogger("thresher")
+
+# The packages whose versions a manifest records.
+TRACKED_PACKAGES = (
+    "thresher", "ray", "pyarrow", "img2dataset", "webdataset", "open_clip_torch", "torch",
+    "torchvision", "faiss-cpu", "fasttext-numpy2", "datatrove", "numpy", "pillow",
+    "opencv-python-headless", "pdqhash", "fsspec",
+)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to a cluster when an address is given (argument or RAY_ADDRESS), else start locally."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Quiet by default: Ray's own banner and per-worker log forwarding drown our progress lines.
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def fs_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(str(url))
+    return fs, path
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([str(base).rstrip("/"), *parts])
+
+
+def exists(url: str) -> bool:
+    fs, path = fs_path(url)
+    return fs.exists(path)
+
+
+def makedirs(url: str) -> None:
+    fs, path = fs_path(url)
+    fs.makedirs(path, exist_ok=True)
+
+
+def read_json(url: str) -> Any:
+    fs, path = fs_path(url)
+    with fs.open(path, "r") as f:
+        return json.load(f)
+
+
+def write_json(url: str, obj: Any) -> None:
+    """Write JSON atomically where the filesystem allows: a reader never sees half a file."""
+    fs, path = fs_path(url)
+    tmp = path + ".tmp"
+    with fs.open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    fs.mv(tmp, path)
+
+
+def read_parquet(url: str, columns: list[str] | None = None):
+    import pyarrow.parquet as pq
+
+    fs, path = fs_path(url)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
+def write_parquet(table, url: str) -> None:
+    import pyarrow.parquet as pq
+
+    fs, path = fs_path(url)
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+def move(src: str, dst: str) -> None:
+    fs, s = fs_path(src)
+    _, d = fs_path(dst)
+    fs.mv(s, d)
+
+
+def remove(url: str, recursive: bool = False) -> None:
+    fs, path = fs_path(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=recursive)
+
+
+def glob(pattern: str) -> list[str]:
+    """Glob that returns paths in the same form (with protocol) as the pattern."""
+    fs, path = fs_path(pattern)
+    found = sorted(fs.glob(path))
+    proto = pattern.split("://", 1)[0] + "://" if "://" in pattern else ""
+    return [proto + p if proto and not p.startswith(proto) else p for p in found]
+
+
+def file_sha256(url: str, chunk: int = 1 << 20) -> str:
+    import hashlib
+
+    fs, path = fs_path(url)
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the source checkout, when the package runs from one."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def code_version() -> dict[str, Any]:
+    from . import __version__
+
+    return {"thresher": __version__, "git_commit": git_commit()}
