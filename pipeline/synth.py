@@ -379,6 +379,8 @@ def _plan(cfg: SynthConfig) -> list[dict]:
             plan["source"] = int(rng.integers(cfg.eval_classification))
         if cat in ("near_duplicate", "eval_contamination"):
             plan["variant"] = str(rng.choice(["reencode", "resize", "crop"]))
+            if plan["format"] == "png":  # a lossless re-encode could give back the very same bytes
+                plan["format"] = "jpg"
         elif cat == "blocked_pdq":  # PDQ is built to survive re-encoding and resizing, not cropping
             plan["variant"] = str(rng.choice(["reencode", "resize"]))
         # captions
@@ -414,13 +416,17 @@ def _url(cfg: SynthConfig, plan: dict) -> str:
     return f"http://{cfg.host}:{cfg.port}/img/{plan['index']:08d}.{plan['format']}"
 
 
-def _perturb(img: Image.Image, variant: str, rng: np.random.Generator) -> Image.Image:
+def _perturb(img: Image.Image, variant: str, rng: np.random.Generator, min_side: int = 205) -> Image.Image:
+    """A near-copy. It keeps the short side >= min_side, so that a near duplicate is not also a tiny
+    image: each planted sample should trip exactly one rule."""
     w, h = img.size
     if variant == "resize":
-        f = rng.uniform(0.6, 0.9)
-        return img.resize((max(8, int(w * f)), max(8, int(h * f))), Image.BILINEAR)
+        f = max(rng.uniform(0.6, 0.9), min_side / min(w, h))
+        return img.resize((max(8, round(w * f)), max(8, round(h * f))), Image.BILINEAR)
     if variant == "crop":
-        dx, dy = int(w * rng.uniform(0.02, 0.06)), int(h * rng.uniform(0.02, 0.06))
+        fx, fy = rng.uniform(0.02, 0.06), rng.uniform(0.02, 0.06)
+        dx = min(int(w * fx), max(0, (w - min_side) // 2))
+        dy = min(int(h * fy), max(0, (h - min_side) // 2))
         return img.crop((dx, dy, w - dx, h - dy))
     return img  # "reencode": the caller re-encodes at another quality
 
@@ -463,7 +469,7 @@ def _derive_one(job: tuple) -> dict:
     rng = _rng(cfg_seed, 4, plan["index"])
     img = Image.open(src_path).convert("RGB")
     img = _perturb(img, plan["variant"], rng)
-    quality = int(rng.integers(60, 80))
+    quality = int(rng.integers(50, 71))  # below any source's quality (75-95): never the same bytes
     data = encode(img, plan["format"], quality)
     path = Path(www) / "img" / f"{plan['index']:08d}.{plan['format']}"
     path.write_bytes(data)

@@ -1,0 +1,70 @@
+"""Shared fixtures: one synthetic pool per test session, its HTTP server, a local Ray, one download."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import download, runtime, serve
+from pipeline.synth import SynthConfig, generate
+
+POOL_SAMPLES = 3000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory, port) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    # planted failures are raised a little so every category has a few dozen samples at this size
+    generate(out, SynthConfig(samples=POOL_SAMPLES, seed=1, port=port, stall_seconds=60.0), log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ground_truth(synth_dir):
+    return pq.read_table(synth_dir / "ground_truth.parquet").to_pylist()
+
+
+@pytest.fixture(scope="session")
+def server(synth_dir, port):
+    srv = serve.start(synth_dir, port)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    runtime.init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def test_download_config(**overrides) -> download.DownloadConfig:
+    """Small shards, a short timeout (planted stalls fail fast) and local addresses allowed."""
+    base = dict(samples_per_shard=500, timeout=2.0, retries=2, threads=32, allow_private_addresses=True)
+    return download.DownloadConfig(**{**base, **overrides})
+
+
+test_download_config.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture(scope="session")
+def pool(tmp_path_factory, synth_dir, server, ray_local):
+    out = tmp_path_factory.mktemp("pool")
+    manifest = download.run(str(synth_dir / "urls.parquet"), str(out), test_download_config(), log=lambda *_: None)
+    return out, manifest

@@ -1,0 +1,42 @@
+"""The command line: every command has help with an example; the demo runs end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import free_port
+from pipeline import cli
+
+
+@pytest.mark.parametrize("command", ["demo", "synth", "serve", "download"])
+def test_help_has_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "example:" in out and f"thresher {command}" in out
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("thresher ")
+
+
+def test_unknown_preset_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["download", "x.parquet", "--out", str(tmp_path), "--config", "nope"]) == 2
+    assert "no preset" in capsys.readouterr().err
+
+
+def test_demo_end_to_end(tmp_path, ray_local, capsys):
+    from pipeline.demo import run_demo
+
+    result = run_demo(out=str(tmp_path / "demo"), samples=1200, port=free_port())
+    manifest = json.loads((tmp_path / "demo" / "pool" / "manifest.json").read_text())
+    assert manifest["counts"]["rows"] == 1200
+    assert manifest["shards"]["complete"] == manifest["shards"]["total"] == 2
+    assert "pool:" in capsys.readouterr().out
+    assert result["pool"].endswith("pool")
