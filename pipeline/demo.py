@@ -6,11 +6,13 @@ reused when its config matches, and finished shards are not fetched again.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 from . import download, serve
 from .config import CONFIG_DIR, load
-from .synth import SynthConfig, generate
+from .synth import SynthConfig, generate, synth_config_hash
 
 
 def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, port: int = 8765,
@@ -20,6 +22,12 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
     pool = out_path / "pool"
     synth_cfg = load(SynthConfig, CONFIG_DIR / "synth" / "default.yaml", {"samples": samples, "seed": seed,
                                                                           "port": port})
+    if (src / "synth.json").exists() and \
+            json.loads((src / "synth.json").read_text())["config_hash"] != synth_config_hash(synth_cfg):
+        # the demo owns its directory: another size, seed or port means a new pool from scratch
+        log(f"[demo] {out_path} holds a demo made with other settings; starting it over")
+        shutil.rmtree(src)
+        shutil.rmtree(pool, ignore_errors=True)
     generate(src, synth_cfg, log=log)
     server = serve.start(src, port)
     try:

@@ -42,7 +42,10 @@ class PoolServer(ThreadingHTTPServer):
         self.hits: collections.Counter[str] = collections.Counter()  # path -> requests, for tests
         self.hits_lock = threading.Lock()
         self.closing = threading.Event()
-        super().__init__(("127.0.0.1", port), _Handler)
+        try:
+            super().__init__(("127.0.0.1", port), _Handler)
+        except OSError as err:
+            raise InputError(f"cannot listen on 127.0.0.1:{port}: {err.strerror}; choose another --port") from err
 
     @property
     def port(self) -> int:

@@ -536,7 +536,7 @@ def eval_image_bytes(eval_dir: Path, name: str, index: int) -> bytes:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _hash(cfg: SynthConfig) -> str:
+def synth_config_hash(cfg: SynthConfig) -> str:
     # the worker count changes how fast, not what, is generated
     return config_hash(dataclasses.replace(cfg, workers=0))
 
@@ -548,7 +548,7 @@ def generate(out: str | Path, cfg: SynthConfig, log=print) -> dict:
     out = Path(out)
     if (out / "synth.json").exists():
         previous = json.loads((out / "synth.json").read_text())
-        if previous.get("config_hash") == _hash(cfg):
+        if previous.get("config_hash") == synth_config_hash(cfg):
             log(f"[synth] {out} already holds this pool (config hash {previous['config_hash'][:12]}); reusing it")
             return previous
         raise InputError(f"{out} already holds a synthetic pool made with another config; "
@@ -643,7 +643,7 @@ def generate(out: str | Path, cfg: SynthConfig, log=print) -> dict:
     counts: dict[str, int] = {}
     for p in plans:
         counts[p["category"]] = counts.get(p["category"], 0) + 1
-    summary = {"config": dataclasses.asdict(cfg), "config_hash": _hash(cfg), "counts": counts,
+    summary = {"config": dataclasses.asdict(cfg), "config_hash": synth_config_hash(cfg), "counts": counts,
                "samples": cfg.samples, "urls": "urls.parquet", "ground_truth": "ground_truth.parquet",
                "eval_sets": sorted(p.name for p in eval_dir.iterdir()),
                "seconds": round(time.time() - t0, 1)}
