@@ -32,7 +32,6 @@ import pyarrow.compute as pc
 from . import ingest, runtime, schema
 from .config import config_hash, from_dict, opt, to_dict
 from .errors import InputError, StageError
-from .progress import Progress
 
 # Normalised failure reasons in the `failure` column (null on success).
 FAILURES = {
@@ -104,7 +103,8 @@ class DownloadConfig:
 
 # Fields that change how the stage runs but not what it writes; a re-run may change them freely.
 OPERATIONAL = {"processes", "threads", "shard_retries", "shard_deadline_s"}
-INGEST_FIELDS = ("url_col", "caption_col", "uid_col", "extra_columns", "input_format", "samples_per_shard")
+INGEST_FIELDS = ("url_col", "caption_col", "uid_col", "extra_columns", "bbox_column", "input_format",
+                 "samples_per_shard")
 
 
 def classify(status: str, error_message: str | None) -> str | None:
@@ -130,6 +130,14 @@ def classify(status: str, error_message: str | None) -> str | None:
                               "name or service not known", "no route to host", "broken pipe")):
         return "connection_error"
     return "download_error"
+
+
+def carried_columns(cfg: DownloadConfig) -> list[str]:
+    """Input columns that ride along into the pool metadata: the extras, plus the blur-box column."""
+    extras = list(cfg.extra_columns)
+    if cfg.bbox_column and cfg.bbox_column not in extras:
+        extras.append(cfg.bbox_column)
+    return extras
 
 
 def _key(index: int, shard: int, per_shard: int) -> str:
@@ -166,10 +174,7 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
 
     # img2dataset reads its own copy (it deletes its input file when done). Column order matters:
     # it saves every column in column_list, and needs "url" and "caption" by those names.
-    extras = ["uid", *cfg.extra_columns]
-    if cfg.bbox_column and cfg.bbox_column not in extras:
-        extras.append(cfg.bbox_column)
-    column_list = [*extras, "caption", "url"]
+    column_list = ["uid", *carried_columns(cfg), "caption", "url"]
     i2d_input = runtime.join(tmp, "input.arrow")
     fs, p = runtime.fs_path(i2d_input)
     with fs.open(p, "wb") as f, pa.ipc.new_file(f, allowed.select(column_list).schema) as w:
@@ -214,9 +219,7 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
 def _pool_metadata(meta: pa.Table, refused_rows: pa.Table, reasons: list[str], shard: int,
                    cfg: DownloadConfig) -> pa.Table:
     """img2dataset's per-shard parquet, plus refused rows, in schema.POOL (+ extras), sorted by key."""
-    extras = [c for c in cfg.extra_columns]
-    if cfg.bbox_column and cfg.bbox_column not in extras:
-        extras.append(cfg.bbox_column)
+    extras = carried_columns(cfg)
     rows = meta.to_pylist()
     n_fetched = len(rows)
     for j, row in enumerate(refused_rows.to_pylist()):
@@ -256,8 +259,7 @@ def _prepare_inputs(urls: str, pool: str, cfg: DownloadConfig, log) -> dict:
         return state
     log(f"[download] reading {urls}")
     inputs = ingest.ingest(urls, work, url_col=cfg.url_col, caption_col=cfg.caption_col, uid_col=cfg.uid_col,
-                           extra_columns=tuple(cfg.extra_columns) + ((cfg.bbox_column,) if cfg.bbox_column and
-                                                                      cfg.bbox_column not in cfg.extra_columns else ()),
+                           extra_columns=tuple(carried_columns(cfg)),
                            input_format=cfg.input_format, per_shard=cfg.samples_per_shard)
     state = {"input_path": urls, "input_sha256": inputs.input_sha256, "rows": inputs.rows, "shards": inputs.shards,
              "ingest": ingest_cfg}
@@ -305,64 +307,18 @@ def run(urls: str, pool: str, cfg: DownloadConfig, ray_address: str | None = Non
 
 
 def _run_shards(pool: str, cfg: DownloadConfig, todo: list[int], state: dict, ray_address, log) -> dict[int, str]:
-    import ray
-
     runtime.init_ray(ray_address)
-    inflight_max = cfg.processes or runtime.cluster_cpus()
-    task = ray.remote(download_shard).options(num_cpus=1, max_retries=0)
-    cfg_dict = to_dict(cfg)
     rows_of = _shard_rows(state)
-    progress = Progress("download", sum(rows_of(s) for s in todo))
-    pending = list(todo)
-    attempts: Counter[int] = Counter()
-    inflight: dict = {}  # ref -> (shard, started)
-    failed: dict[int, str] = {}
-    done = 0
-    while pending or inflight:
-        while pending and len(inflight) < inflight_max:
-            s = pending.pop(0)
-            attempts[s] += 1
-            inflight[task.remote(s, pool, cfg_dict)] = (s, time.monotonic())
-        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-        for ref in ready:
-            s, _ = inflight.pop(ref)
-            try:
-                stats = ray.get(ref)
-            except Exception as err:  # noqa: BLE001 - any task failure is retried, then reported
-                why = _short_error(err)
-                _retry_or_fail(s, why, attempts, cfg, pending, failed, log)
-                continue
-            done += 1
-            fails = sum(stats["failures"].values())
-            progress.update(stats["count"], extra=f"shards {done}/{len(todo)}, last shard {fails} failed")
-        now = time.monotonic()
-        for ref, (s, started) in list(inflight.items()):
-            if now - started > cfg.deadline(rows_of(s)):
-                ray.cancel(ref, force=True)
-                inflight.pop(ref)
-                _retry_or_fail(s, f"over the {cfg.deadline(rows_of(s)):.0f}s shard deadline", attempts, cfg,
-                               pending, failed, log)
-    progress.close()
-    return failed
+    return runtime.run_shard_tasks(
+        download_shard, todo, (pool, to_dict(cfg)), label="download", rows_of=rows_of,
+        max_inflight=cfg.processes or runtime.cluster_cpus(), retries=cfg.shard_retries,
+        deadline_of=lambda s: cfg.deadline(rows_of(s)),
+        describe=lambda stats: f"last shard {sum(stats['failures'].values())} failed", log=log)
 
 
 def _shard_rows(state: dict):
     per, total, n = state["ingest"]["samples_per_shard"], state["rows"], state["shards"]
     return lambda s: per if s < n - 1 else total - per * (n - 1)
-
-
-def _short_error(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return (text[-1] if text else type(err).__name__)[:300]
-
-
-def _retry_or_fail(shard, why, attempts, cfg, pending, failed, log) -> None:
-    if attempts[shard] <= cfg.shard_retries:
-        log(f"[download] shard {shard:08d} attempt {attempts[shard]} failed ({why}); retrying")
-        pending.append(shard)
-    else:
-        log(f"[download] shard {shard:08d} failed {attempts[shard]} times ({why}); giving up for this run")
-        failed[shard] = why
 
 
 def write_manifest(pool: str, urls: str, state: dict, cfg: DownloadConfig, failed: dict[int, str]) -> dict:

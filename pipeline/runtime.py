@@ -13,8 +13,9 @@ import json
 import logging
 import os
 import subprocess
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
 
@@ -41,6 +42,63 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+
+
+def run_shard_tasks(fn: Callable[..., dict], shards: list[int], args: tuple, *, label: str,
+                    rows_of: Callable[[int], int], max_inflight: int, retries: int,
+                    deadline_of: Callable[[int], float], describe: Callable[[dict], str] = lambda _: "",
+                    num_cpus: float = 1, num_gpus: float = 0, log=print) -> dict[int, str]:
+    """Run `fn(shard, *args)` as one Ray task per shard; the executor every per-shard stage shares.
+
+    At most `max_inflight` tasks run at once. A task that raises, or runs past its deadline (it is then
+    cancelled), is retried up to `retries` times; a shard that still fails is returned as
+    {shard: reason} so the caller can report it and a re-run can pick it up. `fn` must return a stats
+    dict with a "count" of rows; progress is reported in rows.
+    """
+    import ray
+
+    from .progress import Progress
+
+    task = ray.remote(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)
+    progress = Progress(label, sum(rows_of(s) for s in shards))
+    pending = list(shards)
+    attempts: dict[int, int] = {}
+    inflight: dict = {}  # ref -> (shard, started)
+    failed: dict[int, str] = {}
+    done = 0
+
+    def retry_or_fail(shard: int, why: str) -> None:
+        if attempts[shard] <= retries:
+            log(f"[{label}] shard {shard:08d} attempt {attempts[shard]} failed ({why}); retrying")
+            pending.append(shard)
+        else:
+            log(f"[{label}] shard {shard:08d} failed {attempts[shard]} times ({why}); giving up for this run")
+            failed[shard] = why
+
+    while pending or inflight:
+        while pending and len(inflight) < max_inflight:
+            s = pending.pop(0)
+            attempts[s] = attempts.get(s, 0) + 1
+            inflight[task.remote(s, *args)] = (s, time.monotonic())
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+        for ref in ready:
+            s, _ = inflight.pop(ref)
+            try:
+                stats = ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - any task failure is retried, then reported
+                lines = str(err).strip().splitlines()
+                retry_or_fail(s, (lines[-1] if lines else type(err).__name__)[:300])
+                continue
+            done += 1
+            progress.update(stats["count"], extra=f"shards {done}/{len(shards)}, {describe(stats)}".rstrip(", "))
+        now = time.monotonic()
+        for ref, (s, started) in list(inflight.items()):
+            if now - started > deadline_of(s):
+                ray.cancel(ref, force=True)
+                inflight.pop(ref)
+                retry_or_fail(s, f"over the {deadline_of(s):.0f}s shard deadline")
+    progress.close()
+    return failed
 
 
 def cluster_cpus() -> int:
