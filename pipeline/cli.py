@@ -101,6 +101,29 @@ def _print_pool(pool: str, manifest: dict) -> None:
         print("  failures: " + ", ".join(f"{k} {v}" for k, v in counts["failure"].items()))
 
 
+def cmd_features(args) -> None:
+    from .features import ScorerConfig, run_base, run_scorer
+
+    models_ = args.model or []
+    if len(args.pretrained or []) > len(models_) or len(args.scorer_id or []) > len(models_):
+        raise InputError("give one --model per --pretrained and per --scorer-id (they pair up in order)")
+    shared = {k: v for k, v in overrides(args, ScorerConfig).items() if k not in ("model", "pretrained", "scorer_id")}
+    scorers = []
+    for i, model in enumerate(models_):
+        pretrained = (args.pretrained or [])[i] if i < len(args.pretrained or []) else None
+        scorer_id = (args.scorer_id or [])[i] if i < len(args.scorer_id or []) else \
+            "clip_" + model.lower().replace("-", "_").replace("/", "_")
+        scorers.append(load(ScorerConfig, None, {**shared, "model": model, "scorer_id": scorer_id,
+                                                 "pretrained": None if pretrained in (None, "none") else pretrained}))
+    if not args.no_base:
+        result = run_base(args.pool, ray_address=args.ray_address)
+        print(f"base features: {result['complete']}/{result['shards']} shards in {args.pool}/features/base")
+    for cfg in scorers:
+        manifest = run_scorer(args.pool, cfg, ray_address=args.ray_address)
+        print(f"{cfg.scorer_id}: {manifest['shards']['complete']}/{manifest['shards']['total']} shards, "
+              f"weights {manifest['weights']['kind']}, device {manifest['device']} -> {args.pool}/features/{cfg.scorer_id}")
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -147,6 +170,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="directory written by `thresher synth`")
     p.add_argument("--port", type=int, default=8765)
     p.set_defaults(func=cmd_serve)
+
+    p = add("features", "Compute base features and CLIP embeddings/scores for a downloaded pool (resumable).",
+            "thresher features pool --model ViT-B-32 --pretrained openai --scorer-id clip_b32 "
+            "--model ViT-L-14 --pretrained openai --scorer-id clip_l14")
+    p.add_argument("pool", help="pool directory written by `thresher download`")
+    p.add_argument("--model", action="append", help="open_clip model name (repeatable; one scorer each)")
+    p.add_argument("--pretrained", action="append",
+                   help="pretrained tag or checkpoint path for the matching --model; 'none' = random init")
+    p.add_argument("--scorer-id", action="append", help="output name for the matching --model, e.g. clip_b32")
+    p.add_argument("--no-base", action="store_true", help="skip the scorer-independent base features")
+    group = p.add_argument_group("settings shared by every scorer")
+    for name, tp, help_text in (("batch_size", int, "images per model call (default 256)"),
+                                ("device", str, "auto, cpu or cuda (default auto)"),
+                                ("precision", str, "auto, fp32, fp16 or bf16 (default auto)"),
+                                ("actors", int, "model actors; 0 = one per GPU or one on CPU (default 0)"),
+                                ("actor_cpus", float, "CPUs per model actor (default 1)")):
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=tp, default=None, help=help_text)
+    p.set_defaults(func=cmd_features)
 
     p = add("download", "Download a URL list into WebDataset shards with Parquet metadata (resumable).",
             "thresher download pool-src/urls.parquet --out pool --allow-private-addresses")

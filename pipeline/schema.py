@@ -46,3 +46,28 @@ GROUND_TRUTH = pa.schema([
     pa.field("sha256", pa.string()),           # of the served bytes (null when nothing is served)
     pa.field("blocklist", pa.string()),        # which list names this sample, e.g. "url_md5"
 ])
+
+# Scorer-independent features, per successful sample (POOL/features/base/{shard}.parquet).
+BASE_FEATURES = pa.schema([
+    pa.field("uid", pa.string(), nullable=False),
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("caption_lang", pa.string()),         # fastText lid.176 top-1 code, e.g. "en"
+    pa.field("caption_lang_score", pa.float32()),  # its probability
+    pa.field("caption_chars", pa.int32()),
+    pa.field("caption_words", pa.int32()),         # whitespace-separated words
+    pa.field("original_width", pa.int32()),
+    pa.field("original_height", pa.int32()),
+    pa.field("aspect_ratio", pa.float32()),        # max(w, h) / min(w, h) of the original
+    pa.field("sha256", pa.string()),               # of the downloaded bytes
+    pa.field("pdq", pa.string()),                  # PDQ hash, 64 hex chars (pipeline/hashes.py)
+    pa.field("pdq_quality", pa.int32()),
+    pa.field("error", pa.string()),                # why the image could not be hashed, else null
+])
+
+# One CLIP scorer's outputs (POOL/features/<scorer>/{shard}.parquet), row-aligned with its .npy files.
+CLIP_FEATURES = pa.schema([
+    pa.field("uid", pa.string(), nullable=False),
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("clip_score", pa.float32()),          # cosine of the L2-normalised embeddings (not x100)
+    pa.field("error", pa.string()),
+])

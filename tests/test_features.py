@@ -1,0 +1,165 @@
+"""Feature stage on the downloaded synthetic pool: base features, CLIP scores, resume and bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import download, features
+from pipeline.errors import StageError
+from pipeline.hashes import hamming_hex
+
+
+@pytest.fixture(scope="session")
+def featured_pool(pool, ray_local):
+    out, _ = pool
+    features.run_base(str(out), log=lambda *_: None)
+    features.run_scorer(str(out), features.ScorerConfig(), log=lambda *_: None)
+    return out
+
+
+def _success(out):
+    return [r for r in download.read_metadata(str(out)).to_pylist() if r["status"] == "success"]
+
+
+def test_base_features_cover_every_success_and_match_ground_truth(featured_pool, ground_truth):
+    base = {r["uid"]: r for r in features.read_base(str(featured_pool)).to_pylist()}
+    success = _success(featured_pool)
+    assert set(base) == {r["uid"] for r in success}
+    meta = {r["uid"]: r for r in success}
+    for g in ground_truth:
+        row = base.get(g["uid"])
+        if row is None:
+            continue
+        if g["category"] != "short_caption":  # too short to call a language reliably
+            assert (row["caption_lang"] == "en") == (g["lang"] == "en"), (g["category"], row["caption_lang"])
+        caption = meta[g["uid"]]["caption"]
+        assert (row["caption_chars"], row["caption_words"]) == (len(caption), len(caption.split()))
+        assert (row["original_width"], row["original_height"]) == (g["width"], g["height"])
+        assert row["aspect_ratio"] == pytest.approx(max(g["width"], g["height"]) / min(g["width"], g["height"]),
+                                                    rel=1e-5)
+        assert row["sha256"] == g["sha256"] and row["error"] is None and len(row["pdq"]) == 64
+
+
+def test_pdq_of_stored_images_matches_the_blocklist(featured_pool, ground_truth, synth_dir):
+    listed = [l for l in (synth_dir / "blocklists" / "image_pdq.txt").read_text().splitlines()
+              if l and not l.startswith("#")]
+    base = {r["uid"]: r for r in features.read_base(str(featured_pool)).to_pylist()}
+    for g in ground_truth:
+        if g["category"] == "blocked_pdq":
+            assert min(hamming_hex(base[g["uid"]]["pdq"], h) for h in listed) <= 31
+
+
+def test_clip_features_are_row_aligned_and_normalised(featured_pool):
+    table, img, txt = features.read_scorer(str(featured_pool), "clip_tiny", with_embeddings=True)
+    assert table.column("uid").to_pylist() == features.read_base(str(featured_pool)).column("uid").to_pylist()
+    assert img.dtype == np.float16 and img.shape == (table.num_rows, 64) == txt.shape
+    np.testing.assert_allclose(np.linalg.norm(img.astype(np.float32), axis=1), 1.0, atol=2e-3)
+    scores = np.array(table.column("clip_score").to_pylist())
+    np.testing.assert_allclose(scores, (img.astype(np.float32) * txt.astype(np.float32)).sum(1), atol=2e-3)
+    manifest = json.loads((featured_pool / "features" / "clip_tiny" / "manifest.json").read_text())
+    assert manifest["weights"]["kind"] == "random-init" and "meaningless" in manifest["weights"]["note"]
+    assert manifest["shards"]["complete"] == manifest["shards"]["total"] == 6
+
+
+def test_local_checkpoint_loads_and_matches_open_clip_preprocessing(featured_pool, tmp_path, ray_local):
+    import open_clip
+    import torch
+    from PIL import Image
+
+    from pipeline import models
+
+    models.register_project_models()
+    torch.manual_seed(123)
+    model, _, preprocess = open_clip.create_model_and_transforms("thresher-tiny")
+    # the way open_clip_train saves: epoch, name, state_dict (with DDP's "module." prefix)
+    ckpt = tmp_path / "epoch_1.pt"
+    torch.save({"epoch": 1, "name": "tiny", "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}},
+               ckpt)
+    small = tmp_path / "pool"
+    (small / "shards").mkdir(parents=True)
+    for f in (featured_pool / "shards").glob("00000000*"):
+        shutil.copy(f, small / "shards" / f.name)
+    cfg = features.ScorerConfig(scorer_id="ckpt", pretrained=str(ckpt))
+    manifest = features.run_scorer(str(small), cfg, log=lambda *_: None)
+    assert manifest["weights"]["kind"] == "checkpoint" and len(manifest["weights"]["sha256"]) == 64
+    table, img, _ = features.read_scorer(str(small), "ckpt", with_embeddings=True)
+    tokenizer = open_clip.get_tokenizer("thresher-tiny")
+    with tarfile.open(small / "shards" / "00000000.tar") as tar:
+        for i in (0, 7, 100):
+            key = table.column("key")[i].as_py()
+            image = Image.open(io.BytesIO(tar.extractfile(f"{key}.jpg").read())).convert("RGB")
+            caption = tar.extractfile(f"{key}.txt").read().decode()
+            with torch.no_grad():
+                e_img = torch.nn.functional.normalize(model.eval().encode_image(preprocess(image)[None]), dim=-1)
+                e_txt = torch.nn.functional.normalize(model.encode_text(tokenizer([caption])), dim=-1)
+            np.testing.assert_allclose(img[i].astype(np.float32), e_img[0].numpy(), atol=3e-3)
+            assert table.column("clip_score")[i].as_py() == pytest.approx(float((e_img * e_txt).sum()), abs=3e-3)
+
+
+def _small_pool(featured_pool, tmp_path, shards=(0, 1)):
+    small = tmp_path / "pool"
+    (small / "shards").mkdir(parents=True)
+    for s in shards:
+        for f in (featured_pool / "shards").glob(f"{s:08d}*"):
+            shutil.copy(f, small / "shards" / f.name)
+    return small
+
+
+def test_rerun_redoes_only_unfinished_shards(featured_pool, tmp_path, ray_local):
+    small = _small_pool(featured_pool, tmp_path)
+    cfg = features.ScorerConfig()
+    features.run_scorer(str(small), cfg, log=lambda *_: None)
+    d = small / "features" / "clip_tiny"
+    before = {p.name: p.stat().st_mtime_ns for p in d.glob("00000000*")}
+    reference = pq.read_table(d / "00000001.parquet")
+    # an interrupted shard: no marker, stale parts of a killed run
+    (d / "00000001_stats.json").unlink()
+    (d / "_parts" / "00000001").mkdir(parents=True)
+    shutil.copy(d / "00000001.parquet", d / "_parts" / "00000001" / "stale.parquet")
+    features.run_scorer(str(small), cfg, log=lambda *_: None)
+    assert {p.name: p.stat().st_mtime_ns for p in d.glob("00000000*")} == before
+    redone = pq.read_table(d / "00000001.parquet")
+    assert redone.column("uid").to_pylist() == reference.column("uid").to_pylist()  # no loss, no duplicates
+    assert not (d / "_parts" / "00000001").exists()
+
+
+def test_corrupt_image_and_unreadable_shard_are_recorded(featured_pool, tmp_path, ray_local):
+    small = _small_pool(featured_pool, tmp_path, shards=(0, 1, 2))
+    # shard 0: one image's bytes replaced by garbage
+    tar_path = small / "shards" / "00000000.tar"
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    victim = next(m.name for m, _ in members if m.name.endswith(".jpg"))
+    with tarfile.open(tar_path, "w") as tar:
+        for m, data in members:
+            if m.name == victim:
+                data = b"not an image"
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    # shard 1: truncated mid-file, as a killed copy would leave it
+    t1 = small / "shards" / "00000001.tar"
+    t1.write_bytes(t1.read_bytes()[: t1.stat().st_size // 2 + 77])
+
+    with pytest.raises(StageError, match="00000001"):
+        features.run_scorer(str(small), features.ScorerConfig(), log=lambda *_: None)
+    d = small / "features" / "clip_tiny"
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert list(manifest["shards"]["failed"]) == ["00000001"]
+    assert "unreadable tar" in manifest["shards"]["failed"]["00000001"]
+    assert (d / "00000002_stats.json").exists()
+    table = pq.read_table(d / "00000000.parquet").to_pylist()
+    bad = [r for r in table if r["key"] == victim.split(".")[0]][0]
+    assert bad["error"].startswith("decode_error") and bad["clip_score"] is None
+    assert sum(r["error"] is not None for r in table) == 1
+    with pytest.raises(StageError, match="00000001.*unreadable tar"):
+        features.run_base(str(small), retries=0, log=lambda *_: None)
+    assert (small / "features" / "base" / "00000002_stats.json").exists()
+    base = pq.read_table(small / "features" / "base" / "00000000.parquet").to_pylist()
+    assert [r for r in base if r["key"] == victim.split(".")[0]][0]["error"].startswith("decode_error")
