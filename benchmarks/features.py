@@ -147,6 +147,25 @@ def model_only(model_name: str, batch_size: int, device: str, batches: int) -> f
     return batches * batch_size / (time.perf_counter() - t0)
 
 
+def _decode_one(job) -> int:
+    pool, shard, pp, model = job
+    from pipeline import features
+
+    return sum(len(b["key"]) for b in features._decode_shards({"shard": [shard]}, pool, "/tmp", pp, model, 256))
+
+
+def decode_only(pool: Path, model_name: str) -> tuple[int, float]:
+    """Our decoding step (read tar, decode, resize/crop, tokenize) on every core, without Ray."""
+    from pipeline import models
+
+    pp = models.preprocess_config(model_name, None)
+    shards = sorted(int(p.name[:8]) for p in (pool / "shards").glob("*.tar"))
+    t0 = time.perf_counter()
+    with mp.get_context("fork").Pool(os.cpu_count()) as workers:
+        n = sum(workers.map(_decode_one, [(str(pool), s, pp, model_name) for s in shards]))
+    return n, time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=4000)
@@ -158,6 +177,7 @@ def main() -> None:
     ap.add_argument("--model-only", action="store_true", help="time only our model actor on decoded batches")
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--no-ray", action="store_true", help="skip ours (e.g. where Ray is not installed)")
+    ap.add_argument("--decode-only", action="store_true", help="time only our decoding step, on every core")
     ap.add_argument("--plain-only", default=None, help=argparse.SUPPRESS)  # the reference's own process
     args = ap.parse_args()
 
@@ -176,6 +196,12 @@ def main() -> None:
         t0 = time.perf_counter()
         pool = make_pool(work / "pool", args.samples, args.per_shard)
         print(f"pool of {args.samples} samples written in {time.perf_counter() - t0:.1f}s", flush=True)
+        if args.decode_only:
+            n, t = decode_only(pool, args.model)
+            print(f"decode only: {n} samples in {t:.1f}s on {os.cpu_count()} cores = {n / t:.0f} samples/s "
+                  f"({n / t / os.cpu_count():.0f} per core)")
+            print(json.dumps({"model": args.model, "decode_samples_per_s": round(n / t, 1), "cpus": os.cpu_count()}))
+            return
         common = ["--model", args.model, "--batch-size", str(args.batch_size), "--device", args.device]
         t_plain, out = timed_command([sys.executable, __file__, "--plain-only", str(pool), *common])
         n_plain = json.loads(out.strip().splitlines()[-1])["n"]

@@ -1,6 +1,6 @@
 """`thresher demo`: every stage that exists, end to end, on a generated pool served over local HTTP.
 
-It grows as stages land. Today: synth -> serve -> download. Re-running it resumes: the pool source is
+It grows as stages land. Today: synth -> serve -> download -> features. Re-running it resumes: the pool source is
 reused when its config matches, and finished shards are not fetched again.
 """
 
@@ -10,7 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
-from . import download, serve
+from . import download, features, serve
 from .config import CONFIG_DIR, load
 from .synth import SynthConfig, generate, synth_config_hash
 
@@ -35,6 +35,10 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
         manifest = download.run(str(src / "urls.parquet"), str(pool), cfg, ray_address=ray_address, log=log)
     finally:
         server.stop()
+    features.run_base(str(pool), ray_address=ray_address, log=log)
+    # random-init tiny model: no weights can be downloaded here; later stages train their own
+    scorer = features.run_scorer(str(pool), features.ScorerConfig(scorer_id="clip_tiny"), ray_address=ray_address,
+                                 log=log)
     counts = manifest["counts"]
     log("")
     log("demo finished")
@@ -42,4 +46,5 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
     log(f"  pool: {pool}  ({counts['status'].get('success', 0)} of {counts['rows']} samples downloaded; "
         f"failures: {counts['failure']})")
     log(f"  pool manifest: {pool / 'manifest.json'}")
+    log(f"  features: {pool / 'features'} (base; clip_tiny, {scorer['weights']['kind']})")
     return {"source": str(src), "pool": str(pool), "manifest": manifest}

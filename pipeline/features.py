@@ -175,7 +175,7 @@ class ScorerConfig:
     actors: int = opt(0, "model actors; 0 = one per GPU, or one on a CPU-only cluster")
     actor_cpus: float = opt(1.0, "CPUs reserved per model actor (its torch threads)")
     decode_batch: int = opt(256, "rows per batch handed from decoding to the model")
-    decode_memory_mb: int = opt(1024, "memory reserved per decoding task (it holds one shard's images)")
+    decode_memory_mb: int = opt(1536, "memory reserved per decoding task (it holds one shard's images)")
 
 
 def _device(cfg: ScorerConfig) -> str:

@@ -39,4 +39,9 @@ def test_demo_end_to_end(tmp_path, ray_local, capsys):
     assert manifest["counts"]["rows"] == 1200
     assert manifest["shards"]["complete"] == manifest["shards"]["total"] == 2
     assert "pool:" in capsys.readouterr().out
+    pool = tmp_path / "demo" / "pool"
+    success = manifest["counts"]["status"]["success"]
+    for kind in ("base", "clip_tiny"):
+        stats = list((pool / "features" / kind).glob("*_stats.json"))
+        assert sum(json.loads(p.read_text())["count"] for p in stats) == success
     assert result["pool"].endswith("pool")
