@@ -102,7 +102,7 @@ def _print_pool(pool: str, manifest: dict) -> None:
 
 
 def cmd_features(args) -> None:
-    from .features import ScorerConfig, run_base, run_scorer
+    from .features import ScorerConfig, import_precomputed, run_base, run_scorer
 
     models_ = args.model or []
     if len(args.pretrained or []) > len(models_) or len(args.scorer_id or []) > len(models_):
@@ -115,6 +115,12 @@ def cmd_features(args) -> None:
             "clip_" + model.lower().replace("-", "_").replace("/", "_")
         scorers.append(load(ScorerConfig, None, {**shared, "model": model, "scorer_id": scorer_id,
                                                  "pretrained": None if pretrained in (None, "none") else pretrained}))
+    for spec in args.precomputed or []:
+        scorer_id, sep, column = spec.partition("=")
+        if not sep:
+            raise InputError(f"--precomputed takes SCORER_ID=COLUMN, e.g. clip_l14=clip_l14_similarity_score; got {spec!r}")
+        import_precomputed(args.pool, scorer_id, column, npz_dir=args.npz_dir, npz_img_key=args.npz_img_key,
+                           npz_txt_key=args.npz_txt_key)
     if not args.no_base:
         result = run_base(args.pool, ray_address=args.ray_address)
         print(f"base features: {result['complete']}/{result['shards']} shards in {args.pool}/features/base")
@@ -122,6 +128,13 @@ def cmd_features(args) -> None:
         manifest = run_scorer(args.pool, cfg, ray_address=args.ray_address)
         print(f"{cfg.scorer_id}: {manifest['shards']['complete']}/{manifest['shards']['total']} shards, "
               f"weights {manifest['weights']['kind']}, device {manifest['device']} -> {args.pool}/features/{cfg.scorer_id}")
+
+
+def cmd_export_metadata(args) -> None:
+    from .export import export_metadata
+
+    table = export_metadata(args.pool, args.out)
+    print(f"wrote {table.num_rows} rows in DataComp's columns to {args.out}")
 
 
 def cmd_demo(args) -> None:
@@ -180,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pretrained tag or checkpoint path for the matching --model; 'none' = random init")
     p.add_argument("--scorer-id", action="append", help="output name for the matching --model, e.g. clip_b32")
     p.add_argument("--no-base", action="store_true", help="skip the scorer-independent base features")
+    p.add_argument("--precomputed", action="append", metavar="SCORER_ID=COLUMN",
+                   help="use a score column the input metadata already had (carried by download "
+                        "--extra-columns), e.g. clip_l14=clip_l14_similarity_score; repeatable")
+    p.add_argument("--npz-dir", default=None, help="with --precomputed: DataComp metadata dir of X.parquet + X.npz")
+    p.add_argument("--npz-img-key", default="l14_img", help="image-embedding array in the .npz (default l14_img)")
+    p.add_argument("--npz-txt-key", default="l14_txt", help="text-embedding array in the .npz (default l14_txt)")
     group = p.add_argument_group("settings shared by every scorer")
     for name, tp, help_text in (("batch_size", int, "images per model call (default 256)"),
                                 ("device", str, "auto, cpu or cuda (default auto)"),
@@ -188,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("actor_cpus", float, "CPUs per model actor (default 1)")):
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=tp, default=None, help=help_text)
     p.set_defaults(func=cmd_features)
+
+    p = add("export-metadata", "Write a pool's metadata with DataComp's column names (for DataComp's tools).",
+            "thresher export-metadata pool --out pool-metadata.parquet")
+    p.add_argument("pool")
+    p.add_argument("--out", required=True, help="Parquet file to write")
+    p.set_defaults(func=cmd_export_metadata)
 
     p = add("download", "Download a URL list into WebDataset shards with Parquet metadata (resumable).",
             "thresher download pool-src/urls.parquet --out pool --allow-private-addresses")

@@ -32,6 +32,7 @@ from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import models, runtime, schema
 from .config import config_hash, opt, to_dict
@@ -48,7 +49,7 @@ def shard_names(pool: str) -> list[int]:
 
 def successful_rows(pool: str, shard: int) -> pa.Table:
     meta = runtime.read_parquet(runtime.join(pool, "shards", f"{shard:08d}.parquet"))
-    return meta.filter(pa.compute.equal(meta.column("status"), "success"))
+    return meta.filter(pc.equal(meta.column("status"), "success"))
 
 
 def read_images(pool: str, shard: int) -> dict[str, bytes]:
@@ -417,6 +418,68 @@ def _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, shards, failed
                   "text_embeddings": "{shard:08d}.txt.npy"},
     }
     runtime.write_json(runtime.join(scorer_dir, "manifest.json"), manifest)
+    return manifest
+
+
+def import_precomputed(pool: str, scorer_id: str, score_column: str, npz_dir: str | None = None,
+                       npz_img_key: str = "l14_img", npz_txt_key: str = "l14_txt", log=print) -> dict:
+    """Use scores (and embeddings) a pool's input metadata already has, instead of recomputing them.
+
+    DataComp's metadata carries `clip_b32_similarity_score` and `clip_l14_similarity_score`; download
+    with `--extra-columns clip_l14_similarity_score` and they ride along into the pool metadata, from
+    where this writes them as scorer `scorer_id`. DataComp's `.npz` feature files (beside each metadata
+    Parquet of the same name, row-aligned with it; keys such as `l14_img`) give the embeddings.
+    """
+    shards = shard_names(pool)
+    scorer_dir = runtime.join(pool, "features", scorer_id)
+    runtime.makedirs(scorer_dir)
+    index: dict[str, tuple[str, int]] = {}
+    if npz_dir:
+        for meta_path in runtime.glob(runtime.join(npz_dir, "*.parquet")):
+            for i, u in enumerate(runtime.read_parquet(meta_path, columns=["uid"]).column("uid").to_pylist()):
+                index[u] = (meta_path[: -len(".parquet")] + ".npz", i)
+    npz_cache: dict[str, dict] = {}
+    for shard in shards:
+        rows = successful_rows(pool, shard)
+        if score_column not in rows.column_names:
+            raise InputError(f"pool shard {shard:08d} has no column {score_column!r}; download with "
+                             f"--extra-columns {score_column} to carry it from the input metadata")
+        table = pa.table({"uid": rows.column("uid"), "key": rows.column("key"),
+                          "clip_score": pc.cast(rows.column(score_column), pa.float32()),
+                          "error": pa.nulls(rows.num_rows, pa.string())}).cast(schema.CLIP_FEATURES)
+        name = f"{shard:08d}"
+        dim = None
+        if npz_dir:
+            img, txt = [], []
+            for u in rows.column("uid").to_pylist():
+                if u not in index:
+                    raise InputError(f"uid {u} (pool shard {name}) is in no metadata Parquet under {npz_dir}")
+                path, i = index[u]
+                if path not in npz_cache:  # one file at a time: pool shards follow the metadata's order
+                    fs, p = runtime.fs_path(path)
+                    with fs.open(p, "rb") as f:
+                        npz_cache = {path: dict(np.load(io.BytesIO(f.read())))}
+                arrays = npz_cache[path]
+                for key in (npz_img_key, npz_txt_key):
+                    if key not in arrays:
+                        raise InputError(f"{path} has no array {key!r}; it has {sorted(arrays)}")
+                img.append(arrays[npz_img_key][i])
+                txt.append(arrays[npz_txt_key][i])
+            img_arr, txt_arr = np.asarray(img, np.float16), np.asarray(txt, np.float16)
+            dim = int(img_arr.shape[1]) if len(img_arr) else None
+            _write_npy(img_arr, runtime.join(scorer_dir, f"{name}.img.npy"))
+            _write_npy(txt_arr, runtime.join(scorer_dir, f"{name}.txt.npy"))
+        runtime.write_parquet(table, runtime.join(scorer_dir, f"{name}.parquet"))
+        runtime.write_json(runtime.join(scorer_dir, f"{name}_stats.json"),
+                           {"shard": shard, "count": table.num_rows, "errors": 0, "dim": dim})
+    manifest = {"kind": "thresher.features", "source": f"precomputed: input metadata column {score_column}"
+                + (f"; embeddings from {npz_dir} ({npz_img_key}, {npz_txt_key})" if npz_dir else ""),
+                "scorer": {"scorer_id": scorer_id, "model": None, "pretrained": None},
+                "weights": {"kind": "precomputed"}, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "code": runtime.code_version(), "packages": runtime.package_versions(),
+                "shards": {"total": len(shards), "complete": len(done(scorer_dir)), "failed": {}}}
+    runtime.write_json(runtime.join(scorer_dir, "manifest.json"), manifest)
+    log(f"[features:{scorer_id}] imported {score_column} for {len(shards)} shards")
     return manifest
 
 

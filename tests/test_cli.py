@@ -12,7 +12,7 @@ from conftest import free_port
 from pipeline import cli
 
 
-@pytest.mark.parametrize("command", ["demo", "synth", "serve", "download", "features"])
+@pytest.mark.parametrize("command", ["demo", "synth", "serve", "download", "features", "export-metadata"])
 def test_help_has_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])

@@ -163,3 +163,49 @@ def test_corrupt_image_and_unreadable_shard_are_recorded(featured_pool, tmp_path
     assert (small / "features" / "base" / "00000002_stats.json").exists()
     base = pq.read_table(small / "features" / "base" / "00000000.parquet").to_pylist()
     assert [r for r in base if r["key"] == victim.split(".")[0]][0]["error"].startswith("decode_error")
+
+
+def test_export_metadata_uses_datacomp_columns(featured_pool, tmp_path):
+    from pipeline import cli
+
+    shutil.copytree(featured_pool / "features" / "clip_tiny", tmp_path / "clip_b32")
+    pool = _small_pool(featured_pool, tmp_path / "p", shards=(0,))
+    shutil.copytree(tmp_path / "clip_b32", pool / "features" / "clip_b32")
+    for p in (pool / "features" / "clip_b32").glob("0000000[1-9]*"):
+        p.unlink()
+    assert cli.main(["export-metadata", str(pool), "--out", str(tmp_path / "meta.parquet")]) == 0
+    table = pq.read_table(tmp_path / "meta.parquet")
+    assert table.column_names == ["uid", "url", "text", "original_width", "original_height",
+                                  "clip_b32_similarity_score", "clip_l14_similarity_score", "sha256"]
+    scores = dict(zip(*[pq.read_table(pool / "features" / "clip_b32" / "00000000.parquet").column(c).to_pylist()
+                        for c in ("uid", "clip_score")]))
+    rows = table.to_pylist()
+    assert len(rows) == len(scores)
+    assert all(r["clip_b32_similarity_score"] == pytest.approx(scores[r["uid"]]) for r in rows)
+    assert all(r["clip_l14_similarity_score"] is None for r in rows)
+
+
+def test_precomputed_scores_and_npz_embeddings_are_imported(featured_pool, tmp_path):
+    import pyarrow as pa
+
+    pool = _small_pool(featured_pool, tmp_path / "p", shards=(0,))
+    meta = pq.read_table(pool / "shards" / "00000000.parquet")
+    rng = np.random.default_rng(0)
+    score = rng.uniform(0.1, 0.4, meta.num_rows).astype(np.float32)
+    pq.write_table(meta.append_column("clip_l14_similarity_score", pa.array(score)),
+                   pool / "shards" / "00000000.parquet")
+    # DataComp's layout: metadata X.parquet with an X.npz beside it, row-aligned (here in reverse order)
+    npz_dir = tmp_path / "metadata"
+    npz_dir.mkdir()
+    order = np.arange(meta.num_rows)[::-1]
+    pq.write_table(meta.select(["uid"]).take(pa.array(order)), npz_dir / "part0.parquet")
+    emb = rng.normal(size=(meta.num_rows, 8)).astype(np.float32)
+    np.savez(npz_dir / "part0.npz", l14_img=emb[order], l14_txt=-emb[order])
+    manifest = features.import_precomputed(str(pool), "clip_l14", "clip_l14_similarity_score",
+                                           npz_dir=str(npz_dir), log=lambda *_: None)
+    assert manifest["source"].startswith("precomputed")
+    table, img, txt = features.read_scorer(str(pool), "clip_l14", with_embeddings=True)
+    ok = [i for i, s in enumerate(meta.column("status").to_pylist()) if s == "success"]
+    np.testing.assert_allclose(table.column("clip_score").to_numpy(), score[ok], rtol=1e-6)
+    np.testing.assert_allclose(img.astype(np.float32), emb[ok], atol=1e-2)
+    np.testing.assert_allclose(txt.astype(np.float32), -emb[ok], atol=1e-2)
