@@ -130,6 +130,15 @@ def cmd_features(args) -> None:
               f"weights {manifest['weights']['kind']}, device {manifest['device']} -> {args.pool}/features/{cfg.scorer_id}")
 
 
+def cmd_dedup(args) -> None:
+    from .dedup import DedupConfig, run
+
+    cfg = load(DedupConfig, _config_path(args.config, "dedup"), overrides(args, DedupConfig))
+    manifest = run(args.pool, cfg)
+    print(f"dedup: kept {manifest['kept']} of {manifest['samples']}; removed {manifest['removed']} "
+          f"-> {args.pool}/dedup")
+
+
 def cmd_export_metadata(args) -> None:
     from .export import export_metadata
 
@@ -147,6 +156,7 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .dedup import DedupConfig
     from .download import DownloadConfig
     from .synth import SynthConfig
 
@@ -207,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("actor_cpus", float, "CPUs per model actor (default 1)")):
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=tp, default=None, help=help_text)
     p.set_defaults(func=cmd_features)
+
+    p = add("dedup", "Find exact, perceptual and semantic duplicates and evaluation-set contamination.",
+            "thresher dedup pool --scorer clip_b32 --eval-sets eval/shapes_kind,eval/shapes_color")
+    p.add_argument("pool", help="pool with base features (and the scorer's embeddings for the semantic step)")
+    p.add_argument("--config", default=None, help="YAML file or preset name in configs/dedup/")
+    add_config_args(p, DedupConfig)
+    p.set_defaults(func=cmd_dedup)
 
     p = add("export-metadata", "Write a pool's metadata with DataComp's column names (for DataComp's tools).",
             "thresher export-metadata pool --out pool-metadata.parquet")

@@ -1,6 +1,6 @@
 """`thresher demo`: every stage that exists, end to end, on a generated pool served over local HTTP.
 
-It grows as stages land. Today: synth -> serve -> download -> features. Re-running it resumes: the pool source is
+It grows as stages land. Today: synth -> serve -> download -> features -> dedup. Re-running it resumes: the pool source is
 reused when its config matches, and finished shards are not fetched again.
 """
 
@@ -10,7 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
-from . import download, features, serve
+from . import dedup, download, features, serve
 from .config import CONFIG_DIR, load
 from .synth import SynthConfig, generate, synth_config_hash
 
@@ -39,6 +39,10 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
     # random-init tiny model: no weights can be downloaded here; later stages train their own
     scorer = features.run_scorer(str(pool), features.ScorerConfig(scorer_id="clip_tiny"), ray_address=ray_address,
                                  log=log)
+    # the tiny scorer is random-init, so its embeddings say nothing: exact, perceptual and contamination only
+    dd = dedup.run(str(pool), dedup.DedupConfig(semantic=False, eval_sets=[str(src / "eval" / "shapes_kind"),
+                                                                           str(src / "eval" / "shapes_color")]),
+                   log=log)
     counts = manifest["counts"]
     log("")
     log("demo finished")
@@ -47,4 +51,5 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
         f"failures: {counts['failure']})")
     log(f"  pool manifest: {pool / 'manifest.json'}")
     log(f"  features: {pool / 'features'} (base; clip_tiny, {scorer['weights']['kind']})")
+    log(f"  dedup: {pool / 'dedup'} (kept {dd['kept']} of {dd['samples']}; removed {dd['removed']})")
     return {"source": str(src), "pool": str(pool), "manifest": manifest}

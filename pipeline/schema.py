@@ -71,3 +71,12 @@ CLIP_FEATURES = pa.schema([
     pa.field("clip_score", pa.float32()),          # cosine of the L2-normalised embeddings (not x100)
     pa.field("error", pa.string()),
 ])
+
+# Dedup decisions (POOL/dedup/{shard}.parquet), a row per successful sample.
+DEDUP = pa.schema([
+    pa.field("uid", pa.string(), nullable=False),
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("duplicate_group", pa.string()),   # uid of the sample its group keeps; "eval:SET/KEY" for contamination
+    pa.field("keep", pa.bool_(), nullable=False),
+    pa.field("reason", pa.string()),            # the step that dropped it: exact, perceptual, semantic, contamination
+])

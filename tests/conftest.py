@@ -68,3 +68,14 @@ def pool(tmp_path_factory, synth_dir, server, ray_local):
     out = tmp_path_factory.mktemp("pool")
     manifest = download.run(str(synth_dir / "urls.parquet"), str(out), test_download_config(), log=lambda *_: None)
     return out, manifest
+
+
+@pytest.fixture(scope="session")
+def featured_pool(pool, ray_local):
+    """The downloaded pool with base features and the tiny (random-init) CLIP scorer."""
+    from pipeline import features
+
+    out, _ = pool
+    features.run_base(str(out), log=lambda *_: None)
+    features.run_scorer(str(out), features.ScorerConfig(), log=lambda *_: None)
+    return out

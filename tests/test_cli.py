@@ -12,7 +12,7 @@ from conftest import free_port
 from pipeline import cli
 
 
-@pytest.mark.parametrize("command", ["demo", "synth", "serve", "download", "features", "export-metadata"])
+@pytest.mark.parametrize("command", ["demo", "synth", "serve", "download", "features", "export-metadata", "dedup"])
 def test_help_has_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
@@ -44,4 +44,5 @@ def test_demo_end_to_end(tmp_path, ray_local, capsys):
     for kind in ("base", "clip_tiny"):
         stats = list((pool / "features" / kind).glob("*_stats.json"))
         assert sum(json.loads(p.read_text())["count"] for p in stats) == success
+    assert json.loads((pool / "dedup" / "manifest.json").read_text())["samples"] == success
     assert result["pool"].endswith("pool")

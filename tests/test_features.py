@@ -16,14 +16,6 @@ from pipeline.errors import StageError
 from pipeline.hashes import hamming_hex
 
 
-@pytest.fixture(scope="session")
-def featured_pool(pool, ray_local):
-    out, _ = pool
-    features.run_base(str(out), log=lambda *_: None)
-    features.run_scorer(str(out), features.ScorerConfig(), log=lambda *_: None)
-    return out
-
-
 def _success(out):
     return [r for r in download.read_metadata(str(out)).to_pylist() if r["status"] == "success"]
 

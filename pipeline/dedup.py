@@ -1,0 +1,310 @@
+"""Dedup stage: `thresher dedup POOL [--config FILE] [--scorer clip_b32] [--eval-set DIR ...]`.
+
+Steps run in order, each on the samples the earlier ones kept (datatrove's way: small steps, one
+interface), and each can be switched off:
+
+1. exact       same sha256 of the downloaded bytes;
+2. perceptual  PDQ hashes within `pdq_radius` bits, found with a FAISS binary index;
+3. semantic    SemDeDup: spherical k-means over image embeddings, then, within each cluster (each sample
+               also visits its `probes` nearest clusters), pairs with cosine >= `threshold`;
+4. contamination  samples whose PDQ hash is within `pdq_radius` of an evaluation image's.
+
+Within a group of duplicates one sample is kept by `keep`: the highest CLIP score (`clip_score`), the
+first seen (`first`: lowest shard and key), or a seeded random one (`random`).
+
+Output, one file per pool shard, a row for every successfully downloaded sample:
+    POOL/dedup/{i:08d}.parquet   uid, key, duplicate_group, keep, reason   (schema.DEDUP)
+    POOL/dedup/manifest.json     config and hash, counts removed by each step, inputs used
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from . import features, runtime, schema
+from .config import config_hash, opt, to_dict
+from .errors import InputError
+
+
+@dataclass
+class DedupConfig:
+    exact: bool = opt(True, "drop copies with the same sha256")
+    perceptual: bool = opt(True, "drop copies whose PDQ hashes are within pdq_radius")
+    pdq_radius: int = opt(31, "PDQ Hamming radius (31 is the usual match threshold)")
+    semantic: bool = opt(True, "SemDeDup on image embeddings of `scorer`")
+    scorer: str = opt("clip_tiny", "the scorer whose image embeddings (and CLIP scores) are used")
+    threshold: float = opt(0.95, "cosine at or above which two images are semantic duplicates (1 - eps)")
+    clusters: int = opt(0, "k-means clusters; 0 = about one per 1,000 samples")
+    probes: int = opt(2, "nearest clusters each sample is compared within")
+    kmeans_iters: int = opt(20, "k-means iterations")
+    contamination: bool = opt(True, "drop near-copies of evaluation images (needs eval_sets)")
+    eval_sets: list[str] = opt(help="evaluation sets (CLIP_benchmark WebDataset dirs) to check against",
+                               factory=list)
+    keep: str = opt("clip_score", "which sample of a group survives: clip_score, first or random")
+    seed: int = opt(0, "seed for k-means and keep=random")
+
+    def validate(self) -> None:
+        if self.keep not in ("clip_score", "first", "random"):
+            raise InputError(f"keep must be clip_score, first or random, not {self.keep!r}")
+        if not 0 < self.threshold <= 1:
+            raise InputError("threshold must be in (0, 1]")
+
+
+class UnionFind:
+    def __init__(self, n: int):
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:  # path compression
+            self.parent[i], i = root, self.parent[i]
+        return root
+
+    def union_pairs(self, pairs: np.ndarray) -> None:
+        for a, b in pairs:
+            ra, rb = self.find(int(a)), self.find(int(b))
+            if ra != rb:
+                self.parent[max(ra, rb)] = min(ra, rb)
+
+    def labels(self) -> np.ndarray:
+        return np.array([self.find(i) for i in range(len(self.parent))])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pair finders: each takes the rows still alive and returns index pairs (into those rows)
+
+
+def exact_pairs(sha256: list[str | None]) -> np.ndarray:
+    first: dict[str, int] = {}
+    pairs = []
+    for i, h in enumerate(sha256):
+        if h is None:
+            continue
+        if h in first:
+            pairs.append((first[h], i))
+        else:
+            first[h] = i
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def pdq_codes(hexes: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 [n, 32] codes, indices of rows that have a hash)."""
+    have = np.array([i for i, h in enumerate(hexes) if h], dtype=np.int64)
+    codes = np.frombuffer(b"".join(bytes.fromhex(hexes[i]) for i in have), dtype=np.uint8).reshape(-1, 32)
+    return codes, have
+
+
+def hamming_pairs(codes: np.ndarray, radius: int, queries: np.ndarray | None = None) -> np.ndarray:
+    """Pairs (query row, index row) within `radius` bits, by FAISS binary range search."""
+    import faiss
+
+    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+    index.add(codes)
+    q = codes if queries is None else queries
+    pairs = []
+    for start in range(0, len(q), 65536):
+        lims, _, ids = index.range_search(q[start:start + 65536], radius + 1)  # FAISS keeps distance < radius
+        for row in range(len(lims) - 1):
+            for j in ids[lims[row]:lims[row + 1]]:
+                if queries is not None or j != start + row:
+                    pairs.append((start + row, int(j)))
+    out = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    if queries is None and len(out):
+        out = np.sort(out, axis=1)
+        out = np.unique(out, axis=0)
+    return out
+
+
+def semantic_pairs(emb: np.ndarray, threshold: float, clusters: int = 0, probes: int = 2, iters: int = 20,
+                   seed: int = 0, block: int = 4096) -> np.ndarray:
+    """SemDeDup: spherical k-means, then exact cosine within clusters. Rows must be L2-normalised."""
+    import faiss
+
+    n, d = emb.shape
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    x = np.ascontiguousarray(emb, dtype=np.float32)
+    k = clusters or max(1, n // 1000)
+    k = min(k, n)
+    probes = min(probes, k)
+    km = faiss.Kmeans(d, k, niter=iters, seed=seed, spherical=True, verbose=False, max_points_per_centroid=256)
+    km.train(x)
+    _, assign = km.index.search(x, probes)  # each sample visits its `probes` nearest clusters
+    order = np.argsort(assign.ravel(), kind="stable")
+    members_all = order // probes
+    cluster_of = assign.ravel()[order]
+    bounds = np.flatnonzero(np.diff(cluster_of)) + 1
+    pairs = []
+    for members in np.split(members_all, bounds):
+        if len(members) < 2:
+            continue
+        sub = x[members]
+        for start in range(0, len(members), block):
+            sims = sub[start:start + block] @ sub.T
+            a, b = np.nonzero(sims >= threshold)
+            keep = members[start + a] < members[b]
+            if keep.any():
+                pairs.append(np.stack([members[start + a[keep]], members[b[keep]]], axis=1))
+    if not pairs:
+        return np.zeros((0, 2), np.int64)
+    return np.unique(np.concatenate(pairs), axis=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def _choose(group_rows: np.ndarray, cfg: DedupConfig, scores: np.ndarray, order_key: np.ndarray,
+            rng: np.random.Generator) -> int:
+    if cfg.keep == "first":
+        return int(group_rows[np.argmin(order_key[group_rows])])
+    if cfg.keep == "random":
+        return int(rng.choice(group_rows))
+    s = np.nan_to_num(scores[group_rows], nan=-np.inf)
+    best = np.flatnonzero(s == s.max())
+    return int(group_rows[best[np.argmin(order_key[group_rows[best]])]])  # ties: first seen
+
+
+def _apply(pairs: np.ndarray, alive: np.ndarray, step: str, cfg, scores, order_key, rng, group, reason, keep, uids):
+    """Drop all but one of each group formed by `pairs` (indices into `alive`); a group is named by the
+    uid of the sample it keeps."""
+    if not len(pairs):
+        return 0
+    uf = UnionFind(len(alive))
+    uf.union_pairs(pairs)
+    labels = uf.labels()
+    dropped = 0
+    touched = np.unique(pairs)
+    roots = labels[touched]
+    for root in np.unique(roots):
+        members = alive[touched[roots == root]]
+        winner = _choose(members, cfg, scores, order_key, rng)
+        for m in members:
+            group[m] = group[m] or uids[winner]
+            if m != winner:
+                keep[m], reason[m] = False, step
+                dropped += 1
+    return dropped
+
+
+def eval_pdq(eval_dir: str) -> list[tuple[str, str]]:
+    """PDQ hashes of every image of an evaluation set in CLIP_benchmark's WebDataset layout."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from .hashes import pdq_hash
+
+    out = []
+    for tar_path in runtime.glob(runtime.join(eval_dir, "*", "*.tar")):
+        fs, p = runtime.fs_path(tar_path)
+        with fs.open(p, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                if member.name.rsplit(".", 1)[-1] in ("jpg", "jpeg", "png", "webp"):
+                    name = member.name.rsplit(".", 1)[0]
+                    out.append((name, pdq_hash(Image.open(io.BytesIO(tar.extractfile(member).read())))[0]))
+    if not out:
+        raise InputError(f"no images found in evaluation set {eval_dir} (expected */N.tar)")
+    return out
+
+
+def run(pool: str, cfg: DedupConfig, log=print) -> dict:
+    cfg.validate()
+    t0 = time.time()
+    base_dir = runtime.join(pool, "features", "base")
+    shards = features.shard_names(pool)
+    missing = [s for s in shards if s not in features.done(base_dir)]
+    if missing:
+        raise InputError(f"{pool}: base features missing for {len(missing)} shard(s) (first {missing[0]:08d}); "
+                         f"run `thresher features {pool}` first")
+    base = features.read_base(pool)
+    n = base.num_rows
+    uids = base.column("uid").to_pylist()
+    keys = base.column("key").to_pylist()
+    order_key = np.argsort(np.argsort(np.array(keys)))  # rank by key = first seen
+    scores = np.full(n, np.nan)
+    emb = None
+    scorer_dir = runtime.join(pool, "features", cfg.scorer)
+    if cfg.semantic or cfg.keep == "clip_score":
+        if set(features.done(scorer_dir)) != set(shards):
+            raise InputError(f"{pool}: scorer {cfg.scorer!r} is missing or incomplete; run `thresher features` "
+                             f"with --scorer-id {cfg.scorer}, or choose --scorer, or --keep first")
+        table, img, _ = features.read_scorer(pool, cfg.scorer, with_embeddings=True)
+        if table.column("uid").to_pylist() != uids:
+            raise InputError(f"{scorer_dir} is not row-aligned with the base features; recompute it")
+        scores = np.array(table.column("clip_score").to_pylist(), dtype=np.float64)
+        emb = img.astype(np.float32)
+    rng = np.random.default_rng(cfg.seed)
+    keep = np.ones(n, bool)
+    reason: list[str | None] = [None] * n
+    group: list[str | None] = [None] * n
+    counts: dict[str, int] = {}
+
+    if cfg.exact:
+        alive = np.flatnonzero(keep)
+        sha = base.column("sha256").to_pylist()
+        counts["exact"] = _apply(exact_pairs([sha[i] for i in alive]), alive, "exact", cfg, scores, order_key, rng,
+                                 group, reason, keep, uids)
+    if cfg.perceptual:
+        alive = np.flatnonzero(keep)
+        pdq = base.column("pdq").to_pylist()
+        codes, have = pdq_codes([pdq[i] for i in alive])
+        pairs = hamming_pairs(codes, cfg.pdq_radius)
+        counts["perceptual"] = _apply(have[pairs] if len(pairs) else pairs, alive, "perceptual", cfg, scores,
+                                      order_key, rng, group, reason, keep, uids)
+    if cfg.semantic:
+        alive = np.flatnonzero(keep)
+        ok = alive[np.isfinite(scores[alive])] if cfg.keep == "clip_score" else alive
+        ok = ok[np.linalg.norm(emb[ok], axis=1) > 0.5]  # rows with no embedding (decode errors) are zeros
+        pairs = semantic_pairs(emb[ok], cfg.threshold, cfg.clusters, cfg.probes, cfg.kmeans_iters, cfg.seed)
+        # map back to indices into `alive`
+        pos = np.searchsorted(alive, ok)
+        counts["semantic"] = _apply(pos[pairs] if len(pairs) else pairs, alive, "semantic", cfg, scores, order_key,
+                                    rng, group, reason, keep, uids)
+    if cfg.contamination and cfg.eval_sets:
+        alive = np.flatnonzero(keep)
+        pdq = base.column("pdq").to_pylist()
+        codes, have = pdq_codes([pdq[i] for i in alive])
+        eval_hashes, eval_names = [], []
+        for d in cfg.eval_sets:
+            for name, h in eval_pdq(d):
+                eval_hashes.append(h)
+                eval_names.append(f"{d.rstrip('/').rsplit('/', 1)[-1]}/{name}")
+        eval_codes, _ = pdq_codes(eval_hashes)
+        hits = hamming_pairs(eval_codes, cfg.pdq_radius, queries=codes) if len(codes) else np.zeros((0, 2), int)
+        dropped = 0
+        for q, e in hits:
+            i = alive[have[q]]
+            if keep[i]:
+                keep[i], reason[i], group[i] = False, "contamination", f"eval:{eval_names[int(e)]}"
+                dropped += 1
+        counts["contamination"] = dropped
+
+    shard_of = np.array([int(k[:8]) for k in keys])
+    out_dir = runtime.join(pool, "dedup")
+    runtime.makedirs(out_dir)
+    for s in shards:
+        rows = np.flatnonzero(shard_of == s)
+        table = pa.table({"uid": [uids[i] for i in rows], "key": [keys[i] for i in rows],
+                          "duplicate_group": [group[i] for i in rows], "keep": keep[rows],
+                          "reason": [reason[i] for i in rows]}, schema=schema.DEDUP)
+        runtime.write_parquet(table, runtime.join(out_dir, f"{s:08d}.parquet"))
+    manifest = {"kind": "thresher.dedup", "config": to_dict(cfg), "config_hash": config_hash(cfg),
+                "samples": n, "kept": int(keep.sum()), "removed": counts, "seconds": round(time.time() - t0, 2),
+                "scorer_manifest": runtime.read_json(runtime.join(scorer_dir, "manifest.json"))
+                if emb is not None else None,
+                "code": runtime.code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    runtime.write_json(runtime.join(out_dir, "manifest.json"), manifest)
+    log(f"[dedup] {n} samples, kept {int(keep.sum())}; removed " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return manifest
+
+
+def read(pool: str) -> pa.Table:
+    shards = features.shard_names(pool)
+    return pa.concat_tables([runtime.read_parquet(runtime.join(pool, "dedup", f"{s:08d}.parquet")) for s in shards])

@@ -1,0 +1,107 @@
+"""Dedup: pair finders against brute force, keep policies, and exact duplicates on the synthetic pool."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline import dedup
+
+
+def test_semantic_pairs_match_brute_force_on_planted_vectors():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(40, 32))
+    x = centers[rng.integers(40, size=4000)] + rng.normal(scale=0.5, size=(4000, 32))
+    dst, src = rng.choice(4000, 200, replace=False), rng.integers(4000, size=200)
+    x[dst] = x[src] + rng.normal(scale=0.02, size=(200, 32))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    sims = x @ x.T
+    a, b = np.nonzero(np.triu(sims >= 0.97, k=1))
+    truth = set(zip(a.tolist(), b.tolist()))
+    assert len(truth) >= 150
+    found = {tuple(p) for p in dedup.semantic_pairs(x, 0.97, clusters=8, probes=2).tolist()}
+    assert found <= truth  # exact cosine within clusters: never a false pair
+    assert len(found & truth) / len(truth) >= 0.99
+
+
+def test_hamming_pairs_match_brute_force():
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 256, size=(600, 32), dtype=np.uint8)
+    for i in range(0, 100, 2):  # plant close pairs: flip 0..40 bits
+        flip = np.zeros(256, np.uint8)
+        flip[rng.choice(256, i % 41, replace=False)] = 1
+        codes[i + 1] = codes[i] ^ np.packbits(flip)
+    bits = np.unpackbits(codes, axis=1).astype(np.int32)
+    dist = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+    a, b = np.nonzero(np.triu(dist <= 31, k=1))
+    truth = set(zip(a.tolist(), b.tolist()))
+    assert {tuple(p) for p in dedup.hamming_pairs(codes, 31).tolist()} == truth
+    queries = codes[:10]
+    hits = {tuple(p) for p in dedup.hamming_pairs(codes, 31, queries=queries).tolist()}
+    assert hits == {(q, int(j)) for q in range(10) for j in np.flatnonzero(dist[q] <= 31)}
+
+
+@pytest.mark.parametrize("keep,expected", [("clip_score", [False, True, False]), ("first", [True, False, False])])
+def test_keep_policy(keep, expected):
+    cfg = dedup.DedupConfig(keep=keep)
+    n = 3
+    alive = np.arange(n)
+    scores = np.array([0.1, 0.3, 0.2])
+    order_key = np.arange(n)
+    keep_arr = np.ones(n, bool)
+    reason, group = [None] * n, [None] * n
+    uids = ["a", "b", "c"]
+    dropped = dedup._apply(np.array([[0, 1], [1, 2]]), alive, "exact", cfg, scores, order_key,
+                           np.random.default_rng(0), group, reason, keep_arr, uids)
+    assert dropped == 2 and keep_arr.tolist() == expected
+    winner = uids[expected.index(True)]
+    assert group == [winner] * 3 and reason.count("exact") == 2
+
+
+def test_random_keep_is_seeded():
+    picks = set()
+    for seed in range(20):
+        cfg = dedup.DedupConfig(keep="random", seed=seed)
+        keep = np.ones(5, bool)
+        dedup._apply(np.array([[0, 1], [1, 2], [2, 3], [3, 4]]), np.arange(5), "exact", cfg, np.zeros(5),
+                     np.arange(5), np.random.default_rng(seed), [None] * 5, [None] * 5, keep, list("abcde"))
+        picks.add(int(np.flatnonzero(keep)[0]))
+    assert len(picks) > 1
+
+
+@pytest.fixture(scope="session")
+def deduped(featured_pool, synth_dir):
+    cfg = dedup.DedupConfig(semantic=False, eval_sets=[str(synth_dir / "eval" / "shapes_kind")])
+    manifest = dedup.run(str(featured_pool), cfg, log=lambda *_: None)
+    return manifest, {r["uid"]: r for r in dedup.read(str(featured_pool)).to_pylist()}
+
+
+def test_every_success_has_one_decision(deduped, featured_pool):
+    from pipeline import download
+
+    _, rows = deduped
+    success = [r["uid"] for r in download.read_metadata(str(featured_pool)).to_pylist() if r["status"] == "success"]
+    assert sorted(rows) == sorted(success)
+
+
+def test_exact_duplicates_precision_and_recall_are_one(deduped, ground_truth):
+    _, rows = deduped
+    by_sha = collections.defaultdict(list)
+    for g in ground_truth:
+        if g["uid"] in rows:
+            by_sha[g["sha256"]].append(g["uid"])
+    true_groups = [set(u) for u in by_sha.values() if len(u) > 1]
+    assert len(true_groups) > 50
+    for members in true_groups:  # recall: each group of identical bytes keeps exactly one
+        kept = [u for u in members if rows[u]["keep"]]
+        assert len(kept) == 1 or all(rows[u]["reason"] != "exact" for u in kept)
+        assert len({rows[u]["duplicate_group"] for u in members}) == 1
+        assert sum(rows[u]["reason"] == "exact" for u in members) == len(members) - 1
+    exact_dropped = [u for u, r in rows.items() if r["reason"] == "exact"]
+    sha = {g["uid"]: g["sha256"] for g in ground_truth}
+    # precision: everything dropped as an exact copy has the bytes of the sample its group kept
+    assert all(sha[u] == sha[rows[u]["duplicate_group"]] for u in exact_dropped)
+    assert len(exact_dropped) == sum(len(m) - 1 for m in true_groups)
