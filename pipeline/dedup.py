@@ -35,6 +35,7 @@ class DedupConfig:
     exact: bool = opt(True, "drop copies with the same sha256")
     perceptual: bool = opt(True, "drop copies whose PDQ hashes are within pdq_radius")
     pdq_radius: int = opt(31, "PDQ Hamming radius (31 is the usual match threshold)")
+    pdq_min_quality: int = opt(50, "ignore PDQ hashes of lower quality (PDQ's authors advise 50: too little detail)")
     semantic: bool = opt(True, "SemDeDup on image embeddings of `scorer`")
     scorer: str = opt("clip_tiny", "the scorer whose image embeddings (and CLIP scores) are used")
     threshold: float = opt(0.95, "cosine at or above which two images are semantic duplicates (1 - eps)")
@@ -93,9 +94,12 @@ def exact_pairs(sha256: list[str | None]) -> np.ndarray:
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
-def pdq_codes(hexes: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 [n, 32] codes, indices of rows that have a hash)."""
-    have = np.array([i for i, h in enumerate(hexes) if h], dtype=np.int64)
+def pdq_codes(hexes: list[str | None], quality: list[int | None] | None = None,
+              min_quality: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 [n, 32] codes, indices of rows that have a hash of at least `min_quality`)."""
+    quality = quality or [100] * len(hexes)
+    have = np.array([i for i, (h, q) in enumerate(zip(hexes, quality)) if h and (q or 0) >= min_quality],
+                    dtype=np.int64)
     codes = np.frombuffer(b"".join(bytes.fromhex(hexes[i]) for i in have), dtype=np.uint8).reshape(-1, 32)
     return codes, have
 
@@ -253,8 +257,8 @@ def run(pool: str, cfg: DedupConfig, log=print) -> dict:
                                  group, reason, keep, uids)
     if cfg.perceptual:
         alive = np.flatnonzero(keep)
-        pdq = base.column("pdq").to_pylist()
-        codes, have = pdq_codes([pdq[i] for i in alive])
+        pdq, quality = base.column("pdq").to_pylist(), base.column("pdq_quality").to_pylist()
+        codes, have = pdq_codes([pdq[i] for i in alive], [quality[i] for i in alive], cfg.pdq_min_quality)
         pairs = hamming_pairs(codes, cfg.pdq_radius)
         counts["perceptual"] = _apply(have[pairs] if len(pairs) else pairs, alive, "perceptual", cfg, scores,
                                       order_key, rng, group, reason, keep, uids)
@@ -269,8 +273,8 @@ def run(pool: str, cfg: DedupConfig, log=print) -> dict:
                                     rng, group, reason, keep, uids)
     if cfg.contamination and cfg.eval_sets:
         alive = np.flatnonzero(keep)
-        pdq = base.column("pdq").to_pylist()
-        codes, have = pdq_codes([pdq[i] for i in alive])
+        pdq, quality = base.column("pdq").to_pylist(), base.column("pdq_quality").to_pylist()
+        codes, have = pdq_codes([pdq[i] for i in alive], [quality[i] for i in alive], cfg.pdq_min_quality)
         eval_hashes, eval_names = [], []
         for d in cfg.eval_sets:
             for name, h in eval_pdq(d):

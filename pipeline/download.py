@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from . import ingest, runtime, schema
 from .config import config_hash, from_dict, opt, to_dict
-from .errors import InputError, StageError
+from .errors import InputError
 
 # Normalised failure reasons in the `failure` column (null on success).
 FAILURES = {
@@ -281,7 +281,7 @@ def _check_fetch_config(pool: str, cfg: DownloadConfig, any_done: bool) -> None:
 
 
 def done_shards(pool: str) -> set[int]:
-    return {int(p.rsplit("/", 1)[-1].split("_")[0]) for p in runtime.glob(runtime.join(pool, "shards", "*_stats.json"))}
+    return runtime.completed_shards(runtime.join(pool, "shards"))
 
 
 def run(urls: str, pool: str, cfg: DownloadConfig, ray_address: str | None = None, log=print) -> dict:
@@ -299,10 +299,7 @@ def run(urls: str, pool: str, cfg: DownloadConfig, ray_address: str | None = Non
     if todo:
         failed = _run_shards(pool, cfg, todo, state, ray_address, log)
     manifest = write_manifest(pool, urls, state, cfg, failed)
-    if failed:
-        listing = "; ".join(f"shard {s:08d}: {why}" for s, why in sorted(failed.items())[:10])
-        raise StageError(f"{len(failed)} shard(s) failed after {cfg.shard_retries + 1} attempts ({listing}). "
-                         f"Completed shards are kept: run the same command again to retry the rest")
+    runtime.raise_if_failed(f"download (after {cfg.shard_retries + 1} attempts)", failed)
     return manifest
 
 

@@ -43,8 +43,8 @@ from .errors import InputError, StageError
 
 
 def shard_names(pool: str) -> list[int]:
-    return sorted(int(p.rsplit("/", 1)[-1].split("_")[0])
-                  for p in runtime.glob(runtime.join(pool, "shards", "*_stats.json")))
+    """The pool's downloaded (complete) shards."""
+    return sorted(runtime.completed_shards(runtime.join(pool, "shards")))
 
 
 def successful_rows(pool: str, shard: int) -> pa.Table:
@@ -136,8 +136,7 @@ def base_features_shard(shard: int, pool: str) -> dict:
     return stats
 
 
-def done(directory: str) -> set[int]:
-    return {int(p.rsplit("/", 1)[-1].split("_")[0]) for p in runtime.glob(runtime.join(directory, "*_stats.json"))}
+done = runtime.completed_shards
 
 
 def run_base(pool: str, ray_address: str | None = None, retries: int = 2, log=print) -> dict:
@@ -154,10 +153,7 @@ def run_base(pool: str, ray_address: str | None = None, retries: int = 2, log=pr
             base_features_shard, todo, (pool,), label="features:base", rows_of=counts.__getitem__,
             max_inflight=runtime.cluster_cpus(), retries=retries, deadline_of=lambda s: 600 + counts[s] * 0.2,
             describe=lambda st: f"last shard {st['errors']} undecodable", log=log)
-    if failed:
-        listing = "; ".join(f"shard {s:08d}: {why}" for s, why in sorted(failed.items())[:10])
-        raise StageError(f"base features: {len(failed)} shard(s) failed ({listing}). Finished shards are kept: "
-                         f"run the same command again to retry the rest")
+    runtime.raise_if_failed("base features", failed)
     return {"shards": len(shards), "complete": len(done(out))}
 
 
@@ -335,10 +331,7 @@ def run_scorer(pool: str, cfg: ScorerConfig, ray_address: str | None = None, log
         expected = {s: successful_rows(pool, s).num_rows for s in todo}
         failed = _embed(pool, scorer_dir, cfg, pp_cfg, device, todo, expected, log)
     manifest = _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, shards, failed)
-    if failed:
-        listing = "; ".join(f"shard {s:08d}: {why}" for s, why in sorted(failed.items())[:10])
-        raise StageError(f"features {cfg.scorer_id}: {len(failed)} shard(s) failed ({listing}). Finished shards "
-                         f"are kept: run the same command again to retry the rest")
+    runtime.raise_if_failed(f"features {cfg.scorer_id}", failed)
     return manifest
 
 

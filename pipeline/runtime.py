@@ -101,6 +101,21 @@ def run_shard_tasks(fn: Callable[..., dict], shards: list[int], args: tuple, *, 
     return failed
 
 
+def completed_shards(directory: str) -> set[int]:
+    """Shards with a `{shard:08d}_stats.json` completion marker in `directory` (img2dataset's rule)."""
+    return {int(p.rsplit("/", 1)[-1].split("_")[0]) for p in glob(join(directory, "*_stats.json"))}
+
+
+def raise_if_failed(stage: str, failed: dict[int, str]) -> None:
+    """The common end of a per-shard stage: finished shards are kept, the rest named with their reasons."""
+    from .errors import StageError
+
+    if failed:
+        listing = "; ".join(f"shard {s:08d}: {why}" for s, why in sorted(failed.items())[:10])
+        raise StageError(f"{stage}: {len(failed)} shard(s) failed ({listing}). Finished shards are kept: "
+                         f"run the same command again to retry the rest")
+
+
 def cluster_cpus() -> int:
     import ray
 

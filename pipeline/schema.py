@@ -45,6 +45,7 @@ GROUND_TRUTH = pa.schema([
     pa.field("height", pa.int32()),
     pa.field("sha256", pa.string()),           # of the served bytes (null when nothing is served)
     pa.field("blocklist", pa.string()),        # which list names this sample, e.g. "url_md5"
+    pa.field("variant", pa.string()),          # how a near-copy was made: reencode, resize or crop
 ])
 
 # Scorer-independent features, per successful sample (POOL/features/base/{shard}.parquet).

@@ -626,7 +626,7 @@ def generate(out: str | Path, cfg: SynthConfig, log=print) -> dict:
             "kind": p["scene"]["kind"], "color": p["scene"]["color"], "count": p["scene"]["count"],
             "lang": p["lang"], "format": p["format"],
             "width": r["width"] if served else None, "height": r["height"] if served else None,
-            "sha256": r["sha256"], "blocklist": bl,
+            "sha256": r["sha256"], "blocklist": bl, "variant": p["variant"],
         })
     for row in gt_rows:
         if isinstance(row["source_uid"], int):
