@@ -185,8 +185,10 @@ def _apply(pairs: np.ndarray, alive: np.ndarray, step: str, cfg, scores, order_k
     dropped = 0
     touched = np.unique(pairs)
     roots = labels[touched]
-    for root in np.unique(roots):
-        members = alive[touched[roots == root]]
+    order = np.argsort(roots, kind="stable")  # one pass over groups, not one scan per group
+    bounds = np.flatnonzero(np.diff(roots[order])) + 1
+    for group_rows in np.split(touched[order], bounds):
+        members = alive[group_rows]
         winner = _choose(members, cfg, scores, order_key, rng)
         for m in members:
             group[m] = group[m] or uids[winner]
