@@ -74,6 +74,8 @@ class DownloadConfig:
         factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"])
     user_agent_token: str | None = opt("thresher", "token added to the User-Agent; X-Robots-Tag may name it")
     bbox_column: str | None = opt(None, "blur these boxes before writing (DataComp: face_bboxes)")
+    verify_hash_column: str | None = opt(None, "column with each image's expected sha256 (DataComp: sha256); "
+                                               "a mismatch fails the row as hash_mismatch")
     allow_private_addresses: bool = opt(False, "fetch from loopback/private/link-local hosts (local tests only)")
     extract_exif: bool = opt(False, "keep EXIF data in the metadata")
     shard_retries: int = opt(2, "extra attempts for a shard that fails or overruns its deadline")
@@ -103,7 +105,8 @@ class DownloadConfig:
 
 # Fields that change how the stage runs but not what it writes; a re-run may change them freely.
 OPERATIONAL = {"processes", "threads", "shard_retries", "shard_deadline_s"}
-INGEST_FIELDS = ("url_col", "caption_col", "uid_col", "extra_columns", "bbox_column", "input_format",
+INGEST_FIELDS = ("url_col", "caption_col", "uid_col", "extra_columns", "bbox_column", "verify_hash_column",
+                 "input_format",
                  "samples_per_shard")
 
 
@@ -140,6 +143,14 @@ def carried_columns(cfg: DownloadConfig) -> list[str]:
     return extras
 
 
+def ingested_columns(cfg: DownloadConfig) -> list[str]:
+    """Input columns the shard inputs keep: the carried ones and the expected-hash column."""
+    cols = carried_columns(cfg)
+    if cfg.verify_hash_column and cfg.verify_hash_column not in cols:
+        cols.append(cfg.verify_hash_column)
+    return cols
+
+
 def _key(index: int, shard: int, per_shard: int) -> str:
     from img2dataset.downloader import compute_key
 
@@ -174,11 +185,16 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
 
     # img2dataset reads its own copy (it deletes its input file when done). Column order matters:
     # it saves every column in column_list, and needs "url" and "caption" by those names.
-    column_list = ["uid", *carried_columns(cfg), "caption", "url"]
+    # The expected hash travels under the name img2dataset verifies ("sha256"); it writes the computed one back.
+    column_list = ["uid", *carried_columns(cfg), *(["sha256"] if cfg.verify_hash_column else []), "caption", "url"]
+    source = {c: c for c in column_list}
+    if cfg.verify_hash_column:
+        source["sha256"] = cfg.verify_hash_column
+    i2d_table = pa.table({c: allowed.column(source[c]) for c in column_list})
     i2d_input = runtime.join(tmp, "input.arrow")
     fs, p = runtime.fs_path(i2d_input)
-    with fs.open(p, "wb") as f, pa.ipc.new_file(f, allowed.select(column_list).schema) as w:
-        w.write_table(allowed.select(column_list))
+    with fs.open(p, "wb") as f, pa.ipc.new_file(f, i2d_table.schema) as w:
+        w.write_table(i2d_table)
 
     resizer = Resizer(
         image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
@@ -188,7 +204,8 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
         sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=cfg.threads,
         save_caption=True, extract_exif=cfg.extract_exif, output_folder=tmp, column_list=column_list,
         timeout=cfg.timeout, number_sample_per_shard=cfg.samples_per_shard, oom_shard_count=OOM_SHARD_COUNT,
-        compute_hash="sha256", verify_hash_type=None, encode_format=cfg.encode_format, retries=cfg.retries,
+        compute_hash="sha256", verify_hash_type="sha256" if cfg.verify_hash_column else None,
+        encode_format=cfg.encode_format, retries=cfg.retries,
         user_agent_token=cfg.user_agent_token,
         disallowed_header_directives=cfg.disallowed_header_directives if cfg.honor_robots else None,
         blurring_bbox_col=cfg.bbox_column)
@@ -259,7 +276,7 @@ def _prepare_inputs(urls: str, pool: str, cfg: DownloadConfig, log) -> dict:
         return state
     log(f"[download] reading {urls}")
     inputs = ingest.ingest(urls, work, url_col=cfg.url_col, caption_col=cfg.caption_col, uid_col=cfg.uid_col,
-                           extra_columns=tuple(carried_columns(cfg)),
+                           extra_columns=tuple(ingested_columns(cfg)),
                            input_format=cfg.input_format, per_shard=cfg.samples_per_shard)
     state = {"input_path": urls, "input_sha256": inputs.input_sha256, "rows": inputs.rows, "shards": inputs.shards,
              "ingest": ingest_cfg}

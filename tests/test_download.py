@@ -229,3 +229,21 @@ def test_face_boxes_are_blurred(synth_dir, server, ray_local, tmp_path):
     outside = np.ones_like(a, bool)
     outside[int(y0 * h) - 10:int(y1 * h) + 10, int(x0 * w) - 10:int(x1 * w) + 10] = False
     assert np.abs(a[outside] - b[outside]).mean() < 1.0  # the rest did not
+
+
+def test_expected_hashes_are_verified(synth_dir, ground_truth, server, ray_local, tmp_path):
+    import pyarrow as pa
+
+    clean = [g for g in ground_truth if g["category"] == "clean"][:20]
+    expected = [g["sha256"] for g in clean]
+    expected[3] = "0" * 64
+    expected[7] = "f" * 64
+    urls = str(tmp_path / "urls.parquet")
+    pq.write_table(pa.table({"uid": [g["uid"] for g in clean], "url": [g["url"] for g in clean],
+                             "text": ["a b c"] * 20, "sha256": expected}), urls)
+    manifest = download.run(urls, str(tmp_path / "pool"), test_download_config(verify_hash_column="sha256"),
+                            log=lambda *_: None)
+    assert manifest["counts"]["failure"] == {"hash_mismatch": 2}
+    rows = {r["uid"]: r for r in download.read_metadata(str(tmp_path / "pool")).to_pylist()}
+    assert rows[clean[3]["uid"]]["failure"] == rows[clean[7]["uid"]]["failure"] == "hash_mismatch"
+    assert all(rows[g["uid"]]["sha256"] == g["sha256"] for i, g in enumerate(clean) if i not in (3, 7))
