@@ -67,8 +67,6 @@ def _make_shard(job) -> None:
 
 
 def make_pool(out: Path, samples: int, per_shard: int) -> Path:
-    import pyarrow.parquet  # noqa: F401 - makes pa.parquet available in workers
-
     (out / "shards").mkdir(parents=True, exist_ok=True)
     jobs = [(out, s, min(per_shard, samples - s * per_shard), per_shard) for s in range(-(-samples // per_shard))]
     with mp.get_context("fork").Pool(os.cpu_count()) as pool:

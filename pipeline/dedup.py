@@ -246,6 +246,7 @@ def run(pool: str, cfg: DedupConfig, log=print) -> dict:
             raise InputError(f"{scorer_dir} is not row-aligned with the base features; recompute it")
         scores = np.array(table.column("clip_score").to_pylist(), dtype=np.float64)
         emb = img.astype(np.float32)
+    pdq, quality = base.column("pdq").to_pylist(), base.column("pdq_quality").to_pylist()
     rng = np.random.default_rng(cfg.seed)
     keep = np.ones(n, bool)
     reason: list[str | None] = [None] * n
@@ -259,7 +260,6 @@ def run(pool: str, cfg: DedupConfig, log=print) -> dict:
                                  group, reason, keep, uids)
     if cfg.perceptual:
         alive = np.flatnonzero(keep)
-        pdq, quality = base.column("pdq").to_pylist(), base.column("pdq_quality").to_pylist()
         codes, have = pdq_codes([pdq[i] for i in alive], [quality[i] for i in alive], cfg.pdq_min_quality)
         pairs = hamming_pairs(codes, cfg.pdq_radius)
         counts["perceptual"] = _apply(have[pairs] if len(pairs) else pairs, alive, "perceptual", cfg, scores,
@@ -275,7 +275,6 @@ def run(pool: str, cfg: DedupConfig, log=print) -> dict:
                                     rng, group, reason, keep, uids)
     if cfg.contamination and cfg.eval_sets:
         alive = np.flatnonzero(keep)
-        pdq, quality = base.column("pdq").to_pylist(), base.column("pdq_quality").to_pylist()
         codes, have = pdq_codes([pdq[i] for i in alive], [quality[i] for i in alive], cfg.pdq_min_quality)
         eval_hashes, eval_names = [], []
         for d in cfg.eval_sets:
@@ -305,7 +304,7 @@ def run(pool: str, cfg: DedupConfig, log=print) -> dict:
                 "samples": n, "kept": int(keep.sum()), "removed": counts, "seconds": round(time.time() - t0, 2),
                 "scorer_manifest": runtime.read_json(runtime.join(scorer_dir, "manifest.json"))
                 if emb is not None else None,
-                "code": runtime.code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                **runtime.provenance()}
     runtime.write_json(runtime.join(out_dir, "manifest.json"), manifest)
     log(f"[dedup] {n} samples, kept {int(keep.sum())}; removed " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return manifest

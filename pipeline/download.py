@@ -346,12 +346,10 @@ def write_manifest(pool: str, urls: str, state: dict, cfg: DownloadConfig, faile
         complete += 1
     manifest = {
         "kind": "thresher.pool",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **runtime.provenance(),
         "input": {"path": urls, "sha256": state["input_sha256"], "rows": state["rows"]},
         "config": to_dict(cfg),
         "config_hash": config_hash(cfg),
-        "code": runtime.code_version(),
-        "packages": runtime.package_versions(),
         "shards": {"total": state["shards"], "complete": complete,
                    "failed": {f"{s:08d}": why for s, why in sorted(failed.items())}},
         "counts": {"rows": sum(status.values()), "status": dict(sorted(status.items())),

@@ -311,8 +311,6 @@ def finalize_shard(shard: int, scorer_dir: str, expected: int) -> dict:
 
 def run_scorer(pool: str, cfg: ScorerConfig, ray_address: str | None = None, log=print) -> dict:
     """Embed and score every successful sample of `pool` with one open_clip model. Resumes by shard."""
-    import ray
-
     shards = shard_names(pool)
     if not shards:
         raise InputError(f"{pool} has no downloaded shards; run `thresher download` first")
@@ -402,9 +400,7 @@ def _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, shards, failed
         weights["note"] = "randomly initialised weights: scores are meaningless except for tests and speed"
     manifest = {
         "kind": "thresher.features", "scorer": to_dict(cfg), "config_hash": config_hash(cfg), "weights": weights,
-        "preprocess": pp_cfg, "device": device, "source": "computed",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "code": runtime.code_version(), "packages": runtime.package_versions(),
+        "preprocess": pp_cfg, "device": device, "source": "computed", **runtime.provenance(),
         "shards": {"total": len(shards), "complete": len(done(scorer_dir)),
                    "failed": {f"{s:08d}": why for s, why in sorted(failed.items())}},
         "files": {"table": "{shard:08d}.parquet", "image_embeddings": "{shard:08d}.img.npy",
@@ -468,8 +464,7 @@ def import_precomputed(pool: str, scorer_id: str, score_column: str, npz_dir: st
     manifest = {"kind": "thresher.features", "source": f"precomputed: input metadata column {score_column}"
                 + (f"; embeddings from {npz_dir} ({npz_img_key}, {npz_txt_key})" if npz_dir else ""),
                 "scorer": {"scorer_id": scorer_id, "model": None, "pretrained": None},
-                "weights": {"kind": "precomputed"}, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "code": runtime.code_version(), "packages": runtime.package_versions(),
+                "weights": {"kind": "precomputed"}, **runtime.provenance(),
                 "shards": {"total": len(shards), "complete": len(done(scorer_dir)), "failed": {}}}
     runtime.write_json(runtime.join(scorer_dir, "manifest.json"), manifest)
     log(f"[features:{scorer_id}] imported {score_column} for {len(shards)} shards")

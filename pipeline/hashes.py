@@ -37,10 +37,6 @@ def url_hash(url: str, algo: str = "sha256") -> str:
     return hashlib.new(algo, normalize_url(url).encode("utf-8")).hexdigest()
 
 
-def bytes_hash(data: bytes, algo: str = "sha256") -> str:
-    return hashlib.new(algo, data).hexdigest()
-
-
 def pdq_hash(image) -> tuple[str, int]:
     """PDQ hash of a PIL image or encoded bytes: (64 hex chars, quality 0-100)."""
     import pdqhash

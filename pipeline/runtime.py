@@ -223,6 +223,12 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def provenance() -> dict[str, Any]:
+    """What every manifest records about the run that wrote it: when, which code, which packages."""
+    return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": code_version(),
+            "packages": package_versions()}
+
+
 def code_version() -> dict[str, Any]:
     from . import __version__
 
