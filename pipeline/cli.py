@@ -134,7 +134,7 @@ def cmd_dedup(args) -> None:
     from .dedup import DedupConfig, run
 
     cfg = load(DedupConfig, _config_path(args.config, "dedup"), overrides(args, DedupConfig))
-    manifest = run(args.pool, cfg)
+    manifest = run(args.pool, cfg, ray_address=args.ray_address)
     print(f"dedup: kept {manifest['kept']} of {manifest['samples']}; removed {manifest['removed']} "
           f"-> {args.pool}/dedup")
 
@@ -144,6 +144,28 @@ def cmd_export_metadata(args) -> None:
 
     table = export_metadata(args.pool, args.out)
     print(f"wrote {table.num_rows} rows in DataComp's columns to {args.out}")
+
+
+def cmd_filter(args) -> None:
+    from .filter import run
+
+    variables = {}
+    for item in args.var or []:
+        if "=" not in item:
+            raise InputError(f"--var expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        variables[k] = v
+    for recipe in args.recipe:
+        manifest = run(args.pool, recipe, variables, ray_address=args.ray_address)
+        print(f"filter {manifest['recipe']}: kept {manifest['kept']} of {manifest['samples']} -> "
+              f"{args.pool}/decisions/{manifest['recipe']} (funnel in {args.pool}/stats/filter-{manifest['recipe']}.json)")
+
+
+def cmd_filters(args) -> None:
+    from filters import api
+
+    for name, spec in api.known().items():
+        print(f"{name:22s} {spec.doc}")
 
 
 def cmd_demo(args) -> None:
@@ -224,6 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML file or preset name in configs/dedup/")
     add_config_args(p, DedupConfig)
     p.set_defaults(func=cmd_dedup)
+
+    p = add("filter", "Apply filtering recipes; write per-sample decisions and the funnel.",
+            "thresher filter pool --recipe datacomp-basic --recipe relaion-safety --var blocklists=src/blocklists")
+    p.add_argument("pool", help="pool with the features (and dedup results) the recipe reads")
+    p.add_argument("--recipe", action="append", required=True,
+                   help="preset name in configs/recipes/ or a YAML file; repeat for several")
+    p.add_argument("--var", action="append", help="key=value for {key} placeholders in the recipe")
+    p.set_defaults(func=cmd_filter)
+
+    p = add("filters", "List the registered filters (built-in and from plugins).", "thresher filters")
+    p.set_defaults(func=cmd_filters)
 
     p = add("export-metadata", "Write a pool's metadata with DataComp's column names (for DataComp's tools).",
             "thresher export-metadata pool --out pool-metadata.parquet")

@@ -99,6 +99,10 @@ def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
     if unknown:
         raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}; known fields: {', '.join(fields)}")
     kwargs = {name: _check_type(value, hints[name], f"{where}: field '{name}'") for name, value in data.items()}
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise InputError(f"{where}: required field(s) missing: {', '.join(missing)}")
     return cls(**kwargs)
 
 

@@ -3,11 +3,12 @@
 Steps run in order, each on the samples the earlier ones kept (datatrove's way: small steps, one
 interface), and each can be switched off:
 
-1. exact       same sha256 of the downloaded bytes;
-2. perceptual  PDQ hashes within `pdq_radius` bits, found with a FAISS binary index;
-3. semantic    SemDeDup: spherical k-means over image embeddings, then, within each cluster (each sample
-               also visits its `probes` nearest clusters), pairs with cosine >= `threshold`;
-4. contamination  samples whose PDQ hash is within `pdq_radius` of an evaluation image's.
+1. contamination  samples whose PDQ hash is within `pdq_radius` of an evaluation image's (first, so
+               that a near-copy of an evaluation image is recorded as that, not as a duplicate);
+2. exact       same sha256 of the downloaded bytes;
+3. perceptual  PDQ hashes within `pdq_radius` bits, found with a FAISS binary index;
+4. semantic    SemDeDup: spherical k-means over image embeddings, then, within each cluster (each sample
+               also visits its `probes` nearest clusters), pairs with cosine >= `threshold`.
 
 Within a group of duplicates one sample is kept by `keep`: the highest CLIP score (`clip_score`), the
 first seen (`first`: lowest shard and key), or a seeded random one (`random`).
@@ -42,6 +43,8 @@ class DedupConfig:
     clusters: int = opt(0, "k-means clusters; 0 = about one per 1,000 samples")
     probes: int = opt(2, "nearest clusters each sample is compared within")
     kmeans_iters: int = opt(20, "k-means iterations")
+    gpu: bool = opt(True, "use GPU FAISS (k-means) and torch (within-cluster cosine) when a GPU is usable")
+    ray_tasks: int = opt(0, "spread the within-cluster work over this many Ray tasks; 0 = in this process")
     contamination: bool = opt(True, "drop near-copies of evaluation images (needs eval_sets)")
     eval_sets: list[str] = opt(help="evaluation sets (CLIP_benchmark WebDataset dirs) to check against",
                                factory=list)
@@ -125,9 +128,44 @@ def hamming_pairs(codes: np.ndarray, radius: int, queries: np.ndarray | None = N
     return out
 
 
+def faiss_gpus(allowed: bool = True) -> int:
+    """GPUs the installed FAISS build can use (0 with faiss-cpu, or when not allowed)."""
+    import faiss
+
+    return faiss.get_num_gpus() if allowed and hasattr(faiss, "get_num_gpus") else 0
+
+
+def _within(x: np.ndarray, groups: list[np.ndarray], threshold: float, block: int,
+            torch_device: str | None = None) -> np.ndarray:
+    """Pairs (a < b) at cosine >= threshold within each group of row indices into x; the products in
+    numpy, or in torch on `torch_device` (the GPU path)."""
+    pairs = []
+    if torch_device:
+        import torch
+    for members in groups:
+        sub = x[members]
+        if torch_device:
+            t = torch.from_numpy(sub).to(torch_device)
+        for start in range(0, len(members), block):
+            if torch_device:
+                a, b = (t[start:start + block] @ t.T >= threshold).nonzero(as_tuple=True)
+                a, b = a.cpu().numpy(), b.cpu().numpy()
+            else:
+                a, b = np.nonzero(sub[start:start + block] @ sub.T >= threshold)
+            keep = members[start + a] < members[b]
+            if keep.any():
+                pairs.append(np.stack([members[start + a[keep]], members[b[keep]]], axis=1))
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+
+
 def semantic_pairs(emb: np.ndarray, threshold: float, clusters: int = 0, probes: int = 2, iters: int = 20,
-                   seed: int = 0, block: int = 4096) -> np.ndarray:
-    """SemDeDup: spherical k-means, then exact cosine within clusters. Rows must be L2-normalised."""
+                   seed: int = 0, block: int = 4096, gpu: bool = True, ray_tasks: int = 0) -> np.ndarray:
+    """SemDeDup: spherical k-means, then exact cosine within clusters. Rows must be L2-normalised.
+
+    k-means runs on a GPU when the FAISS build has one (`gpu`), and so does the within-cluster product
+    (torch). Clusters are independent, so with `ray_tasks` > 0 the within-cluster work is cut into that
+    many Ray tasks of about equal cost (sum of cluster size squared); the embeddings travel once, through
+    Ray's object store."""
     import faiss
 
     n, d = emb.shape
@@ -137,27 +175,30 @@ def semantic_pairs(emb: np.ndarray, threshold: float, clusters: int = 0, probes:
     k = clusters or max(1, n // 1000)
     k = min(k, n)
     probes = min(probes, k)
-    km = faiss.Kmeans(d, k, niter=iters, seed=seed, spherical=True, verbose=False, max_points_per_centroid=256)
+    on_gpu = faiss_gpus(gpu) > 0
+    km = faiss.Kmeans(d, k, niter=iters, seed=seed, spherical=True, verbose=False, max_points_per_centroid=256,
+                      gpu=on_gpu)
     km.train(x)
     _, assign = km.index.search(x, probes)  # each sample visits its `probes` nearest clusters
     order = np.argsort(assign.ravel(), kind="stable")
     members_all = order // probes
-    cluster_of = assign.ravel()[order]
-    bounds = np.flatnonzero(np.diff(cluster_of)) + 1
-    pairs = []
-    for members in np.split(members_all, bounds):
-        if len(members) < 2:
-            continue
-        sub = x[members]
-        for start in range(0, len(members), block):
-            sims = sub[start:start + block] @ sub.T
-            a, b = np.nonzero(sims >= threshold)
-            keep = members[start + a] < members[b]
-            if keep.any():
-                pairs.append(np.stack([members[start + a[keep]], members[b[keep]]], axis=1))
-    if not pairs:
-        return np.zeros((0, 2), np.int64)
-    return np.unique(np.concatenate(pairs), axis=0)
+    bounds = np.flatnonzero(np.diff(assign.ravel()[order])) + 1
+    groups = [m for m in np.split(members_all, bounds) if len(m) > 1]
+    if ray_tasks > 0 and len(groups) > 1:
+        import ray
+
+        cost = np.array([len(g) ** 2 for g in groups], dtype=np.float64)
+        chunk_of = np.minimum((np.cumsum(cost) - cost) * ray_tasks // cost.sum(), ray_tasks - 1).astype(int)
+        x_ref = ray.put(x)
+        task = ray.remote(_within).options(num_gpus=1 if on_gpu else 0)
+        refs = [task.remote(x_ref, [g for g, c in zip(groups, chunk_of) if c == t], threshold, block,
+                            "cuda" if on_gpu else None)
+                for t in range(ray_tasks) if (chunk_of == t).any()]
+        parts = ray.get(refs)
+    else:
+        parts = [_within(x, groups, threshold, block, "cuda" if on_gpu else None)]
+    pairs = np.concatenate(parts)
+    return np.unique(pairs, axis=0) if len(pairs) else np.zeros((0, 2), np.int64)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -220,7 +261,7 @@ def eval_pdq(eval_dir: str) -> list[tuple[str, str]]:
     return out
 
 
-def run(pool: str, cfg: DedupConfig, log=print) -> dict:
+def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) -> dict:
     cfg.validate()
     t0 = time.time()
     base_dir = runtime.join(pool, "features", "base")
@@ -253,27 +294,7 @@ def run(pool: str, cfg: DedupConfig, log=print) -> dict:
     group: list[str | None] = [None] * n
     counts: dict[str, int] = {}
 
-    if cfg.exact:
-        alive = np.flatnonzero(keep)
-        sha = base.column("sha256").to_pylist()
-        counts["exact"] = _apply(exact_pairs([sha[i] for i in alive]), alive, "exact", cfg, scores, order_key, rng,
-                                 group, reason, keep, uids)
-    if cfg.perceptual:
-        alive = np.flatnonzero(keep)
-        codes, have = pdq_codes([pdq[i] for i in alive], [quality[i] for i in alive], cfg.pdq_min_quality)
-        pairs = hamming_pairs(codes, cfg.pdq_radius)
-        counts["perceptual"] = _apply(have[pairs] if len(pairs) else pairs, alive, "perceptual", cfg, scores,
-                                      order_key, rng, group, reason, keep, uids)
-    if cfg.semantic:
-        alive = np.flatnonzero(keep)
-        ok = alive[np.isfinite(scores[alive])] if cfg.keep == "clip_score" else alive
-        ok = ok[np.linalg.norm(emb[ok], axis=1) > 0.5]  # rows with no embedding (decode errors) are zeros
-        pairs = semantic_pairs(emb[ok], cfg.threshold, cfg.clusters, cfg.probes, cfg.kmeans_iters, cfg.seed)
-        # map back to indices into `alive`
-        pos = np.searchsorted(alive, ok)
-        counts["semantic"] = _apply(pos[pairs] if len(pairs) else pairs, alive, "semantic", cfg, scores, order_key,
-                                    rng, group, reason, keep, uids)
-    if cfg.contamination and cfg.eval_sets:
+    if cfg.contamination and cfg.eval_sets:  # first: a near-copy of an eval image is that, whatever else it is
         alive = np.flatnonzero(keep)
         codes, have = pdq_codes([pdq[i] for i in alive], [quality[i] for i in alive], cfg.pdq_min_quality)
         eval_hashes, eval_names = [], []
@@ -290,6 +311,29 @@ def run(pool: str, cfg: DedupConfig, log=print) -> dict:
                 keep[i], reason[i], group[i] = False, "contamination", f"eval:{eval_names[int(e)]}"
                 dropped += 1
         counts["contamination"] = dropped
+    if cfg.exact:
+        alive = np.flatnonzero(keep)
+        sha = base.column("sha256").to_pylist()
+        counts["exact"] = _apply(exact_pairs([sha[i] for i in alive]), alive, "exact", cfg, scores, order_key, rng,
+                                 group, reason, keep, uids)
+    if cfg.perceptual:
+        alive = np.flatnonzero(keep)
+        codes, have = pdq_codes([pdq[i] for i in alive], [quality[i] for i in alive], cfg.pdq_min_quality)
+        pairs = hamming_pairs(codes, cfg.pdq_radius)
+        counts["perceptual"] = _apply(have[pairs] if len(pairs) else pairs, alive, "perceptual", cfg, scores,
+                                      order_key, rng, group, reason, keep, uids)
+    if cfg.semantic:
+        alive = np.flatnonzero(keep)
+        ok = alive[np.isfinite(scores[alive])] if cfg.keep == "clip_score" else alive
+        ok = ok[np.linalg.norm(emb[ok], axis=1) > 0.5]  # rows with no embedding (decode errors) are zeros
+        if cfg.ray_tasks:
+            runtime.init_ray(ray_address)
+        pairs = semantic_pairs(emb[ok], cfg.threshold, cfg.clusters, cfg.probes, cfg.kmeans_iters, cfg.seed,
+                               gpu=cfg.gpu, ray_tasks=cfg.ray_tasks)
+        # map back to indices into `alive`
+        pos = np.searchsorted(alive, ok)
+        counts["semantic"] = _apply(pos[pairs] if len(pairs) else pairs, alive, "semantic", cfg, scores, order_key,
+                                    rng, group, reason, keep, uids)
 
     shard_of = np.array([int(k[:8]) for k in keys])
     out_dir = runtime.join(pool, "dedup")

@@ -45,7 +45,7 @@ GROUND_TRUTH = pa.schema([
     pa.field("height", pa.int32()),
     pa.field("sha256", pa.string()),           # of the served bytes (null when nothing is served)
     pa.field("blocklist", pa.string()),        # which list names this sample, e.g. "url_md5"
-    pa.field("variant", pa.string()),          # how a near-copy was made: reencode, resize or crop
+    pa.field("variant", pa.string()),          # how a near-copy was made: reencode, resize, recolor, watermark
 ])
 
 # Scorer-independent features, per successful sample (POOL/features/base/{shard}.parquet).
@@ -80,4 +80,12 @@ DEDUP = pa.schema([
     pa.field("duplicate_group", pa.string()),   # uid of the sample its group keeps; "eval:SET/KEY" for contamination
     pa.field("keep", pa.bool_(), nullable=False),
     pa.field("reason", pa.string()),            # the step that dropped it: exact, perceptual, semantic, contamination
+])
+
+# A recipe's decisions (POOL/decisions/<recipe>/{shard}.parquet), a row per successful sample, sorted by key.
+DECISIONS = pa.schema([
+    pa.field("uid", pa.string(), nullable=False),
+    pa.field("keep", pa.bool_(), nullable=False),
+    pa.field("score", pa.float32()),            # the last scoring step's score among those the sample reached
+    pa.field("dropped_by", pa.string()),        # name of the first step that dropped it; null if kept
 ])

@@ -4,7 +4,7 @@
 
     DIR/urls.parquet           uid, url, text, face_bboxes  (DataComp metadata style; what users download)
     DIR/ground_truth.parquet   the answer key (schema.GROUND_TRUTH); never read by the pipeline
-    DIR/blocklists/*.txt       url_md5, url_sha256, image_md5, image_sha256, image_pdq (docs/formats.md)
+    DIR/blocklists/*.txt       url_md5, url_sha256, image_sha256, image_pdq (docs/schemas.md)
     DIR/www/img/...            the files `thresher serve DIR` serves; www/_behaviors.json lists the
                                URLs that stall and the response headers to add (X-Robots-Tag)
     DIR/eval/<name>/...        held-out labelled sets in CLIP_benchmark's WebDataset layout
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageEnhance
 
 from . import schema
 from .config import config_hash
@@ -140,8 +140,9 @@ DEFAULT_PROPORTIONS = {
     "opted_out": 0.02, "eval_contamination": 0.005,
 }
 # Categories whose image is a copy of another sample's (or an eval image's) bytes.
+NEAR_VARIANTS = ["reencode", "resize", "recolor", "watermark"]
 DERIVED = {"exact_duplicate", "near_duplicate", "eval_contamination"}
-BLOCKLIST_FILES = ["url_md5", "url_sha256", "image_md5", "image_sha256", "image_pdq"]
+BLOCKLIST_FILES = ["url_md5", "url_sha256", "image_sha256", "image_pdq"]
 
 
 @dataclass
@@ -232,6 +233,11 @@ def _background(w: int, h: int, bg: tuple, texture: str, rng: np.random.Generato
         ramp = np.linspace(0, 1, w if rng.random() < 0.5 else h, dtype=np.float32)
         ramp = ramp[None, :, None] if ramp.shape[0] == w else ramp[:, None, None]
         arr = (arr + ramp * shade * 1.6).astype(np.int16)
+    # Uneven lighting, different in every image: real photos are never as alike as two renders of one
+    # scene description, and without it a crop of one image is closer to another image than to its source.
+    grid = rng.uniform(-1, 1, size=(int(rng.integers(5, 9)), int(rng.integers(5, 9))))
+    light = np.asarray(Image.fromarray(grid.astype(np.float32), mode="F").resize((w, h), Image.BICUBIC))
+    arr += np.round(light * 60).astype(np.int16)[:, :, None]
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
@@ -242,7 +248,6 @@ def render(scene: dict, w: int, h: int, rng: np.random.Generator) -> Image.Image
     side = min(w, h)
     scale = (0.10, 0.17) if scene["size"] == "small" else (0.20, 0.30)
     base_rgb = np.array(COLORS[scene["color"]])
-    bg_rgb = BACKGROUNDS[scene["bg"]]
     for j in range(scene["count"]):
         r = side * rng.uniform(*scale)
         if scene["count"] == 1:
@@ -260,10 +265,13 @@ def render(scene: dict, w: int, h: int, rng: np.random.Generator) -> Image.Image
             draw.ellipse(box, fill=rgb)
         elif kind == "ring":
             draw.ellipse(box, outline=rgb, width=max(2, int(r * 0.32)))
-        elif kind == "crescent":
-            draw.ellipse(box, fill=rgb)
+        elif kind == "crescent":  # a disc minus an offset disc, through a mask so the background shows
+            mask = Image.new("L", img.size, 0)
+            mdraw = ImageDraw.Draw(mask)
+            mdraw.ellipse(box, fill=255)
             off = r * 0.45
-            draw.ellipse((cx - r + off, cy - r - off * 0.3, cx + r + off, cy + r - off * 0.3), fill=bg_rgb)
+            mdraw.ellipse((cx - r + off, cy - r - off * 0.3, cx + r + off, cy + r - off * 0.3), fill=0)
+            img.paste(rgb, mask=mask)
         else:
             draw.polygon(_polygon(kind, cx, cy, r, angle), fill=rgb)
     if scene.get("hazard"):
@@ -378,11 +386,11 @@ def _plan(cfg: SynthConfig) -> list[dict]:
         if cat == "eval_contamination":
             plan["source"] = int(rng.integers(cfg.eval_classification))
         if cat in ("near_duplicate", "eval_contamination"):
-            plan["variant"] = str(rng.choice(["reencode", "resize", "crop"]))
+            plan["variant"] = str(rng.choice(NEAR_VARIANTS))
             if plan["format"] == "png":  # a lossless re-encode could give back the very same bytes
                 plan["format"] = "jpg"
-        elif cat == "blocked_pdq":  # PDQ is built to survive re-encoding and resizing, not cropping
-            plan["variant"] = str(rng.choice(["reencode", "resize"]))
+        elif cat == "blocked_pdq":
+            plan["variant"] = str(rng.choice(NEAR_VARIANTS))
         # captions
         if cat == "mismatched_caption":
             other = random_scene(rng)
@@ -396,7 +404,10 @@ def _plan(cfg: SynthConfig) -> list[dict]:
         else:
             plan["text"] = english_caption(scene, rng)  # duplicates get their own caption below
         if cat in ("blocked_url", "blocked_image"):
-            plan["blocklist"] = f"{cat.split('_')[1]}_{'md5' if rng.random() < 0.5 else 'sha256'}"
+            # URL lists come as MD5 or SHA-256; image lists as SHA-256 of the bytes, the hash the download
+            # records (an MD5 of the original bytes cannot be recovered once img2dataset has resized them)
+            plan["blocklist"] = ("url_md5" if rng.random() < 0.5 else "url_sha256") if cat == "blocked_url" \
+                else "image_sha256"
         elif cat == "blocked_pdq":
             plan["blocklist"] = "image_pdq"
         plan["scene"]["hazard"] = cat.startswith("blocked_")
@@ -417,17 +428,25 @@ def _url(cfg: SynthConfig, plan: dict) -> str:
 
 
 def _perturb(img: Image.Image, variant: str, rng: np.random.Generator, min_side: int = 205) -> Image.Image:
-    """A near-copy. It keeps the short side >= min_side, so that a near duplicate is not also a tiny
-    image: each planted sample should trip exactly one rule."""
+    """A near-copy, the way re-uploads differ: re-encoded, rescaled, colour-adjusted or stamped with a
+    watermark. It keeps the short side >= min_side, so that a near duplicate is not also a tiny image:
+    each planted sample should trip exactly one rule. Crops are not planted: see docs/dedup.md."""
     w, h = img.size
     if variant == "resize":
         f = max(rng.uniform(0.6, 0.9), min_side / min(w, h))
         return img.resize((max(8, round(w * f)), max(8, round(h * f))), Image.BILINEAR)
-    if variant == "crop":
-        fx, fy = rng.uniform(0.02, 0.06), rng.uniform(0.02, 0.06)
-        dx = min(int(w * fx), max(0, (w - min_side) // 2))
-        dy = min(int(h * fy), max(0, (h - min_side) // 2))
-        return img.crop((dx, dy, w - dx, h - dy))
+    if variant == "recolor":
+        img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.92, 1.08))
+        return ImageEnhance.Contrast(img).enhance(rng.uniform(0.85, 1.15))
+    if variant == "watermark":
+        mark = Image.new("RGBA", img.size, (0, 0, 0, 0))
+        draw = ImageDraw.Draw(mark)
+        bw, bh = int(w * rng.uniform(0.1, 0.16)), int(h * rng.uniform(0.04, 0.06))
+        x0 = int(rng.choice([4, w - bw - 4]))
+        y0 = int(rng.choice([4, h - bh - 4]))
+        draw.rectangle((x0, y0, x0 + bw, y0 + bh), fill=(255, 255, 255, 60))
+        draw.text((x0 + 3, y0 + 2), f"(c) site{int(rng.integers(1000))}", fill=(20, 20, 20, 160))
+        return Image.alpha_composite(img.convert("RGBA"), mark).convert("RGB")
     return img  # "reencode": the caller re-encodes at another quality
 
 
@@ -609,8 +628,6 @@ def generate(out: str | Path, cfg: SynthConfig, log=print) -> dict:
         bl = p["blocklist"]
         if bl == "url_md5" or bl == "url_sha256":
             lists[bl].append(url_hash(url, bl.split("_")[1]))
-        elif bl == "image_md5":
-            lists[bl].append(r["md5"])
         elif bl == "image_sha256":
             lists[bl].append(r["sha256"])
         elif bl == "image_pdq":
@@ -651,3 +668,56 @@ def generate(out: str | Path, cfg: SynthConfig, log=print) -> dict:
     log(f"[synth] wrote {cfg.samples} samples to {out} in {summary['seconds']}s: "
         + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     return summary
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scoring a dedup run against the ground truth
+
+
+def score_dedup(decisions: list[dict], ground_truth: list[dict]) -> dict:
+    """Precision and recall of dedup decisions (rows of POOL/dedup) against what was planted.
+
+    exact: each byte-identical group keeps one. near: a planted near-copy counts as found when it ends in
+    its source's group; a near-duplicate drop is false when its group's kept sample is not a copy of the
+    same original. contamination: planted near-copies of evaluation images dropped as such."""
+    rows = {r["uid"]: r for r in decisions}
+    truth = {g["uid"]: g for g in ground_truth}
+
+    def root(uid: str) -> str:  # the original a sample is a copy of (itself if none)
+        g = truth.get(uid)
+        if g and g["category"] == "eval_contamination":
+            return "eval:" + g["source_uid"]
+        return g["source_uid"] if g and g["category"] in ("near_duplicate", "exact_duplicate") else uid
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else 1.0
+
+    by_sha: dict[str, list[str]] = {}
+    for g in ground_truth:
+        if g["uid"] in rows and g["sha256"]:
+            by_sha.setdefault(g["sha256"], []).append(g["uid"])
+    copies = sum(len(u) - 1 for u in by_sha.values())
+    exact = [u for u, r in rows.items() if r["reason"] == "exact"]
+    exact_true = [u for u in exact if truth[u]["sha256"] == truth[rows[u]["duplicate_group"]]["sha256"]]
+
+    near = [g["uid"] for g in ground_truth if g["category"] == "near_duplicate"
+            and g["uid"] in rows and g["source_uid"] in rows]
+    near_found = [u for u in near if rows[u]["duplicate_group"] is not None
+                  and not rows[u]["duplicate_group"].startswith("eval:")
+                  and root(rows[u]["duplicate_group"]) == root(u)]
+    near_drops = [u for u, r in rows.items() if r["reason"] in ("perceptual", "semantic")]
+    near_false = [u for u in near_drops if root(rows[u]["duplicate_group"]) != root(u)]
+
+    planted = {g["uid"] for g in ground_truth if g["category"] == "eval_contamination" and g["uid"] in rows}
+    contaminated = {u for u, r in rows.items() if r["reason"] == "contamination"}
+    return {
+        "exact": {"copies": copies, "dropped": len(exact), "correct": len(exact_true),
+                  "recall": ratio(len(exact_true), copies), "precision": ratio(len(exact_true), len(exact))},
+        "near": {"planted": len(near), "found": len(near_found), "dropped": len(near_drops),
+                 "false": len(near_false), "recall": ratio(len(near_found), len(near)),
+                 "precision": ratio(len(near_drops) - len(near_false), len(near_drops))},
+        "contamination": {"planted": len(planted), "dropped": len(contaminated),
+                          "found": len(planted & contaminated),
+                          "recall": ratio(len(planted & contaminated), len(planted)),
+                          "precision": ratio(len(planted & contaminated), len(contaminated))},
+    }

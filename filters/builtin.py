@@ -1,0 +1,223 @@
+"""Built-in filters. Each is the single rule a published recipe uses; recipes in configs/recipes/
+compose them (docs/filters.md gives each recipe's source rule)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.errors import InputError
+
+from .api import register
+
+
+def _np(table: pa.Table, column: str, dtype=np.float64, fill=np.nan) -> np.ndarray:
+    return table.column(column).to_numpy(zero_copy_only=False).astype(dtype) if table.column(column).null_count == 0 \
+        else pc.fill_null(table.column(column), fill).to_numpy(zero_copy_only=False).astype(dtype)
+
+
+@register("none")
+def keep_all(table, _p):
+    """Keeps everything (DataComp's no-filtering baseline)."""
+    return np.ones(table.num_rows, bool), None
+
+
+@dataclass
+class Seed:
+    seed: int = 0
+
+
+@register("random", Seed, needs=["uid"], scores=True)
+def random_score(table, p: Seed):
+    """A uniform pseudo-random score per sample, a function of (uid, seed) only, so shards need no
+    coordination; with top_fraction it is DataComp's random-subset baseline."""
+    uids = table.column("uid").to_pylist()
+    digest = [hashlib.blake2b(f"{p.seed}\0{u}".encode(), digest_size=8).digest() for u in uids]
+    score = np.frombuffer(b"".join(digest), dtype=">u8").astype(np.float64) / 2.0 ** 64
+    return np.ones(table.num_rows, bool), score
+
+
+@dataclass
+class Language:
+    lang: str = "en"
+    min_score: float = 0.0
+
+
+@register("language", Language, needs=["caption_lang", "caption_lang_score"], scores=True)
+def language(table, p: Language):
+    """Caption language (fastText lid.176 top-1) equals `lang`, with probability >= min_score."""
+    lang = table.column("caption_lang")
+    score = _np(table, "caption_lang_score", fill=0.0)
+    keep = pc.fill_null(pc.equal(lang, p.lang), False).to_numpy(zero_copy_only=False) & (score >= p.min_score)
+    return keep, score
+
+
+@dataclass
+class CaptionLength:
+    more_words_than: int = 2
+    more_chars_than: int = 5
+
+
+@register("caption_length", CaptionLength, needs=["caption_words", "caption_chars"])
+def caption_length(table, p: CaptionLength):
+    """Caption has more than `more_words_than` whitespace-separated words and more than `more_chars_than`
+    characters."""
+    return ((_np(table, "caption_words", np.int64, 0) > p.more_words_than)
+            & (_np(table, "caption_chars", np.int64, 0) > p.more_chars_than)), None
+
+
+@dataclass
+class ImageSize:
+    min_side: int = 200
+
+
+@register("image_size", ImageSize, needs=["original_width", "original_height"])
+def image_size(table, p: ImageSize):
+    """min(original width, original height) >= min_side."""
+    side = np.minimum(_np(table, "original_width", np.int64, 0), _np(table, "original_height", np.int64, 0))
+    return side >= p.min_side, None
+
+
+@dataclass
+class AspectRatio:
+    max_ratio: float = 3.0
+
+
+@register("aspect_ratio", AspectRatio, needs=["original_width", "original_height"])
+def aspect_ratio(table, p: AspectRatio):
+    """max(w, h) / min(w, h) of the original image <= max_ratio."""
+    w = _np(table, "original_width", np.float64, 0)
+    h = _np(table, "original_height", np.float64, 0)
+    lo = np.minimum(w, h)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(lo > 0, np.maximum(w, h) / lo, np.inf)
+    return ratio <= p.max_ratio, None
+
+
+@dataclass
+class ClipScore:
+    scorer: str = "clip_b32"
+    min_score: float | None = None
+
+
+@register("clip_score", ClipScore, needs=lambda p: [f"{p.scorer}_score"], scores=True)
+def clip_score(table, p: ClipScore):
+    """The scorer's image-text cosine; kept when >= min_score (if set). Samples without a score fail."""
+    score = _np(table, f"{p.scorer}_score")
+    keep = np.isfinite(score)
+    if p.min_score is not None:
+        keep &= score >= p.min_score
+    return keep, np.where(np.isfinite(score), score, -np.inf)
+
+
+@register("dedup", needs=["dedup_keep"])
+def dedup_keep(table, _p):
+    """Keeps what the dedup stage kept (one of each duplicate group; no eval-set contamination)."""
+    return pc.fill_null(table.column("dedup_keep"), True).to_numpy(zero_copy_only=False).astype(bool), None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hash blocklists (Re-LAION-style safety). Format: docs/schemas.md#blocklists.
+
+BLOCKLIST_COLUMNS = {"url_md5": "url", "url_sha256": "url", "image_sha256": "sha256",
+                     "image_pdq": "pdq"}
+
+
+@dataclass
+class Blocklist:
+    kind: str = "url_sha256"
+    path: str = ""
+    radius: int = 31
+    missing_ok: bool = False
+
+
+def _read_list(path: str, missing_ok: bool) -> list[str]:
+    from pipeline import runtime
+
+    if not runtime.exists(path):
+        if missing_ok:
+            return []
+        raise InputError(f"blocklist {path} does not exist")
+    fs, p = runtime.fs_path(path)
+    with fs.open(p, "rt", encoding="utf-8") as f:
+        return [ln.strip().lower() for ln in f if ln.strip() and not ln.startswith("#")]
+
+
+_LISTS: dict[tuple, object] = {}
+
+
+def _blocklist_needs(p: Blocklist) -> list[str]:
+    if p.kind not in BLOCKLIST_COLUMNS:
+        raise InputError(f"blocklist kind must be one of {', '.join(BLOCKLIST_COLUMNS)}, not {p.kind!r}")
+    if not p.path:
+        raise InputError("blocklist: `path` is required")
+    return [BLOCKLIST_COLUMNS[p.kind]]
+
+
+@register("blocklist", Blocklist, needs=_blocklist_needs)
+def blocklist(table, p: Blocklist):
+    """Drops samples whose URL or image hash is on a list (exact digests; PDQ within `radius` bits)."""
+    from pipeline import dedup, hashes
+
+    key = (p.kind, p.path)
+    if key not in _LISTS:  # a list is read once per worker process
+        entries = _read_list(p.path, p.missing_ok)
+        if p.kind == "image_pdq":
+            _LISTS[key] = dedup.pdq_codes(entries)[0] if entries else None
+        else:
+            _LISTS[key] = set(entries)
+    listed = _LISTS[key]
+    n = table.num_rows
+    if listed is None or (not isinstance(listed, np.ndarray) and not listed):
+        return np.ones(n, bool), None
+    if p.kind == "image_pdq":
+        codes, have = dedup.pdq_codes(table.column("pdq").to_pylist())
+        hit = np.zeros(n, bool)
+        pairs = dedup.hamming_pairs(listed, p.radius, queries=codes) if len(codes) else np.zeros((0, 2), int)
+        if len(pairs):
+            hit[have[np.unique(pairs[:, 0])]] = True
+        return ~hit, None
+    values = table.column(BLOCKLIST_COLUMNS[p.kind]).to_pylist()
+    if p.kind.startswith("url_"):
+        algo = p.kind.split("_")[1]
+        values = [hashes.url_hash(v, algo) if v else None for v in values]
+    return np.array([v is None or v.lower() not in listed for v in values], bool), None
+
+
+@dataclass
+class ClassNames:
+    path: str = ""
+
+
+_NAMES: dict[str, list[tuple[str, ...]]] = {}
+
+
+@register("caption_names_class", ClassNames, needs=["caption"])
+def caption_names_class(table, p: ClassNames):
+    """Some word sequence of the caption names a target class (DataComp's text-based baseline, matching
+    class names as lower-cased word sequences; the reference code also matches WordNet synonyms)."""
+    import re
+
+    if p.path not in _NAMES:
+        from pipeline.config import CONFIG_DIR
+
+        shipped = CONFIG_DIR / "classes" / f"{p.path}.txt"  # a bare name is a list shipped in configs/classes/
+        path = str(shipped) if "/" not in p.path and shipped.exists() else p.path
+        names = [tuple(re.findall(r"[a-z0-9]+", ln.lower())) for ln in _read_list(path, False)]
+        _NAMES[p.path] = [n for n in names if n]
+    names = _NAMES[p.path]
+    singles = {n[0] for n in names if len(n) == 1}
+    multi = [n for n in names if len(n) > 1]
+    keep = []
+    for caption in table.column("caption").to_pylist():
+        words = re.findall(r"[a-z0-9]+", (caption or "").lower())
+        hit = any(w in singles or (w.endswith("s") and w[:-1] in singles) for w in words)
+        if not hit and multi:
+            joined = " " + " ".join(words) + " "
+            hit = any(" " + " ".join(n) + " " in joined for n in multi)
+        keep.append(hit)
+    return np.array(keep, bool), None

@@ -1,0 +1,341 @@
+"""Filter stage: `thresher filter POOL --recipe NAME [--var key=value ...]`.
+
+A recipe (configs/recipes/NAME.yaml, or any YAML file) is a list of steps, applied in order; each runs a
+registered filter (filters/) on the samples the earlier steps kept, so a recipe is the intersection of
+its steps. A step with `top_fraction: f` keeps, of the samples it sees (`fraction_of: remaining`) or of
+the whole pool (`fraction_of: pool`, for intersections of independently computed baselines), those
+whose filter score is >= the score at rank int(n * f) in descending order: DataComp's rule, ties kept.
+
+That threshold is global but never collected on one node: each shard task returns a 65,536-bin
+histogram of its scores (by the top 16 bits of an order-preserving integer key of the float), the driver
+finds the bin holding the rank, and a second pass returns only the scores inside that bin, from which the
+exact threshold is read.
+
+Outputs:
+    POOL/decisions/NAME/{i:08d}.parquet   uid, keep, score, dropped_by   (schema.DECISIONS)
+    POOL/decisions/NAME/manifest.json     the recipe (resolved), its hash, thresholds, funnel, inputs
+    POOL/stats/filter-NAME.json           the funnel: samples in and out of each step
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from . import features, runtime, schema
+from .config import CONFIG_DIR, from_dict, opt, to_dict
+from .errors import InputError
+
+RECIPE_DIR = CONFIG_DIR / "recipes"
+
+
+@dataclass
+class Step:
+    filter: str = opt(help="registered filter name")
+    name: str = opt("", "how decisions name this step (default: the filter name)")
+    params: dict = opt(help="the filter's parameters", factory=dict)
+    top_fraction: float | None = opt(None, "keep this fraction by the filter's score (global threshold)")
+    fraction_of: str = opt("remaining", "remaining (samples this step sees) or pool (every sample)")
+
+
+@dataclass
+class Recipe:
+    name: str = opt(help="recipe name (the decisions directory)")
+    description: str = opt("", "what it does")
+    source: str = opt("", "the published rule it implements")
+    vars: dict = opt(help="defaults for {name} placeholders in string parameters (--var overrides)",
+                     factory=dict)
+    steps: list = opt(help="the steps, in order", factory=list)
+
+
+@dataclass
+class ResolvedStep:
+    name: str
+    spec: Any  # filters.api.FilterSpec
+    params: Any
+    top_fraction: float | None
+    fraction_of: str
+    needs: list[str] = field(default_factory=list)
+
+
+def _substitute(value, variables: dict, where: str):
+    if isinstance(value, str):
+        def sub(m):
+            if m.group(1) not in variables:
+                raise InputError(f"{where}: unknown variable {{{m.group(1)}}} (set it under vars: or with --var)")
+            return str(variables[m.group(1)])
+        return re.sub(r"\{(\w+)\}", sub, value)
+    if isinstance(value, list):
+        return [_substitute(v, variables, where) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables, where) for k, v in value.items()}
+    return value
+
+
+def recipe_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise InputError(f"recipe file {p} does not exist")
+        return p
+    preset = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not preset.exists():
+        names = ", ".join(sorted(x.stem for x in RECIPE_DIR.glob("*.yaml")))
+        raise InputError(f"unknown recipe {name_or_path!r}; presets: {names}; or give a path to a YAML file")
+    return preset
+
+
+def load_recipe(name_or_path: str, variables: dict | None = None) -> tuple[Recipe, list[ResolvedStep], Path]:
+    """Parse and check a recipe completely (filters exist, parameters typed) before any data is read."""
+    import yaml
+
+    from filters import api
+
+    path = recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML: {err}") from err
+    recipe = from_dict(Recipe, data, where=str(path))
+    if not recipe.steps:
+        raise InputError(f"{path}: a recipe needs at least one step")
+    variables = {**recipe.vars, **(variables or {})}
+    known = api.known()
+    steps = []
+    for i, raw in enumerate(recipe.steps):
+        where = f"{path}: step {i + 1}"
+        step = from_dict(Step, raw, where=where)
+        where = f"{path}: step {i + 1} ({step.name or step.filter})"
+        if step.filter not in known:
+            raise InputError(f"{where}: unknown filter {step.filter!r}; known: {', '.join(known)}")
+        spec = known[step.filter]
+        params = from_dict(spec.params, _substitute(step.params, variables, where), where=f"{where} params")
+        if step.top_fraction is not None:
+            if not spec.scores:
+                raise InputError(f"{where}: top_fraction needs a filter that scores; {step.filter} does not")
+            if not 0 < step.top_fraction <= 1:
+                raise InputError(f"{where}: top_fraction must be in (0, 1], not {step.top_fraction}")
+        if step.fraction_of not in ("remaining", "pool"):
+            raise InputError(f"{where}: fraction_of must be remaining or pool, not {step.fraction_of!r}")
+        try:
+            needs = list(spec.needs(params))
+        except InputError as err:
+            raise InputError(f"{where}: {err}") from err
+        steps.append(ResolvedStep(step.name or step.filter, spec, params, step.top_fraction, step.fraction_of,
+                                  needs))
+    names = [s.name for s in steps]
+    if len(set(names)) != len(names):
+        raise InputError(f"{path}: step names must be unique (give repeated filters a `name:`): {names}")
+    return recipe, steps, path
+
+
+# ---------------------------------------------------------------------------------------------------
+# The columns a pool offers filters
+
+META_COLUMNS = ["uid", "key", "url", "caption", "width", "height", "original_width", "original_height", "sha256"]
+BASE_ONLY = [f.name for f in schema.BASE_FEATURES if f.name not in META_COLUMNS]
+
+
+def available_columns(pool: str) -> dict[str, str]:
+    """column -> where it comes from, for a pool's complete feature sets (reads only markers)."""
+    shards = set(features.shard_names(pool))
+    cols = {c: "metadata" for c in META_COLUMNS}
+    if shards and shards <= set(features.done(runtime.join(pool, "features", "base"))):
+        cols.update({c: "base" for c in BASE_ONLY if c != "error"})
+    for scorer_dir in runtime.glob(runtime.join(pool, "features", "*", "manifest.json")):
+        scorer = scorer_dir.rstrip("/").split("/")[-2]
+        if scorer != "base" and shards and shards <= set(features.done(runtime.join(pool, "features", scorer))):
+            cols[f"{scorer}_score"] = f"scorer:{scorer}"
+    if runtime.exists(runtime.join(pool, "dedup", "manifest.json")):
+        cols.update({"dedup_keep": "dedup", "dedup_reason": "dedup"})
+    return cols
+
+
+def check_columns(steps: list[ResolvedStep], available: dict[str, str], path: Path, pool: str) -> None:
+    for i, step in enumerate(steps):
+        missing = [c for c in step.needs if c not in available]
+        if missing:
+            hint = ("run `thresher features` with that --scorer-id" if any(c.endswith("_score") for c in missing)
+                    else "run `thresher dedup`" if any(c.startswith("dedup_") for c in missing)
+                    else "run `thresher features` (base features)")
+            raise InputError(f"{path}: step {i + 1} ({step.name}) needs column(s) {', '.join(missing)}, which "
+                             f"{pool} does not have; {hint}")
+
+
+def shard_table(pool: str, shard: int, columns: set[str]) -> pa.Table:
+    """One shard's successful samples, sorted by key, with the requested columns joined in."""
+    rows = features.successful_rows(pool, shard)
+    rows = rows.take(pa.array(np.argsort(np.array(rows.column("key").to_pylist()), kind="stable")))
+    out = {"uid": rows.column("uid")}
+    uids = rows.column("uid")
+    name = f"{shard:08d}"
+
+    def aligned(table: pa.Table, what: str) -> pa.Table:
+        if not table.column("uid").equals(uids):
+            raise InputError(f"{pool}: {what} of shard {name} is not row-aligned with its metadata; recompute it")
+        return table
+
+    for c in columns & set(META_COLUMNS):
+        out[c] = rows.column(c)
+    if columns & set(BASE_ONLY):
+        base = aligned(runtime.read_parquet(runtime.join(pool, "features", "base", f"{name}.parquet")),
+                       "base features")
+        for c in columns & set(BASE_ONLY):
+            out[c] = base.column(c)
+    for c in sorted(columns):
+        if c.endswith("_score") and c not in out and c != "caption_lang_score":
+            scorer = c[: -len("_score")]
+            t = aligned(runtime.read_parquet(runtime.join(pool, "features", scorer, f"{name}.parquet")),
+                        f"scorer {scorer}")
+            out[c] = t.column("clip_score")
+    if columns & {"dedup_keep", "dedup_reason"}:
+        d = aligned(runtime.read_parquet(runtime.join(pool, "dedup", f"{name}.parquet")), "dedup")
+        out["dedup_keep"], out["dedup_reason"] = d.column("keep"), d.column("reason")
+    return pa.table(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluating steps on one shard
+
+def order_key(scores: np.ndarray) -> np.ndarray:
+    """uint32 keys whose order is the float32 order of `scores` (NaN: treat as -inf before calling)."""
+    u = np.ascontiguousarray(scores, dtype=np.float32).view(np.uint32)
+    return np.where(u & 0x80000000, ~u, u | 0x80000000).astype(np.uint32)
+
+
+def evaluate(table: pa.Table, steps: list[ResolvedStep], thresholds: dict[int, float]):
+    """Run steps in order. Stops at the first top_fraction step whose threshold is not known yet and
+    returns (None, None, None, (step index, the scores it ranks)); else (keep, dropped_by, score, None)."""
+    n = table.num_rows
+    alive = np.ones(n, bool)
+    dropped_by = np.full(n, -1, np.int64)
+    score = np.full(n, np.nan)
+    for i, step in enumerate(steps):
+        keep, s = step.spec.fn(table, step.params)
+        keep = np.asarray(keep, bool)
+        if step.top_fraction is not None:
+            # ranked and compared as float32, the precision thresholds and decisions are kept in
+            s = np.where(np.isnan(s), -np.inf, s).astype(np.float32)
+            eligible = np.ones(n, bool) if step.fraction_of == "pool" else alive.copy()
+            if i not in thresholds:
+                return None, None, None, (i, s[eligible])
+            keep &= s >= np.float32(thresholds[i])
+        if s is not None:
+            score = np.where(alive, s, score)
+        newly = alive & ~keep
+        dropped_by[newly] = i
+        alive &= keep
+    return alive, dropped_by, score, None
+
+
+def _histogram_task(pool, shard, steps, thresholds, columns):
+    table = shard_table(pool, shard, columns)
+    _, _, _, pending = evaluate(table, steps, thresholds)
+    i, s = pending
+    return i, np.bincount(order_key(s) >> 16, minlength=65536).astype(np.int64)
+
+
+def _bin_values_task(pool, shard, steps, thresholds, columns, bin_index):
+    table = shard_table(pool, shard, columns)
+    _, _, _, (i, s) = evaluate(table, steps, thresholds)
+    return s[(order_key(s) >> 16) == bin_index].astype(np.float32)
+
+
+def _decide_task(pool, shard, steps, thresholds, columns, out_dir):
+    table = shard_table(pool, shard, columns)
+    keep, dropped_by, score, _ = evaluate(table, steps, thresholds)
+    names = [s.name for s in steps]
+    out = pa.table({"uid": table.column("uid"), "keep": pa.array(keep),
+                    "score": pa.array(score.astype(np.float32), pa.float32(), from_pandas=True),
+                    "dropped_by": pa.array([names[d] if d >= 0 else None for d in dropped_by], pa.string())},
+                   schema=schema.DECISIONS)
+    runtime.write_parquet(out, runtime.join(out_dir, f"{shard:08d}.parquet"))
+    funnel = np.bincount(dropped_by[dropped_by >= 0], minlength=len(steps))
+    return {"shard": shard, "count": table.num_rows, "kept": int(keep.sum()), "dropped": funnel.tolist()}
+
+
+def threshold_from(hist: np.ndarray, rank: int, values_in_bin) -> tuple[float | None, int]:
+    """The score at `rank` (0-based, descending) given the merged histogram of order keys' top 16 bits;
+    `values_in_bin(b)` returns every score falling in bin b. None if rank >= total (keep all)."""
+    total = int(hist.sum())
+    if rank >= total:
+        return None, -1
+    desc = np.cumsum(hist[::-1])  # samples in bins >= (65535 - j)
+    j = int(np.searchsorted(desc, rank + 1))
+    b = 65535 - j
+    above = int(desc[j - 1]) if j > 0 else 0
+    vals = np.sort(np.asarray(values_in_bin(b), dtype=np.float32))[::-1]
+    return float(vals[rank - above]), b
+
+
+def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address: str | None = None,
+        log=print) -> dict:
+    import ray
+
+    t0 = time.time()
+    recipe, steps, path = load_recipe(recipe_name, variables)
+    shards = features.shard_names(pool)
+    if not shards:
+        raise InputError(f"{pool} has no downloaded shards; run `thresher download` first")
+    check_columns(steps, available_columns(pool), path, pool)
+    columns = {"uid", "key"} | {c for s in steps for c in s.needs}
+    runtime.init_ray(ray_address)
+    steps_ref = ray.put(steps)
+    hist_task = ray.remote(_histogram_task).options(num_cpus=1)
+    bin_task = ray.remote(_bin_values_task).options(num_cpus=1)
+    thresholds: dict[int, float] = {}
+    threshold_info = {}
+    for _ in range(sum(s.top_fraction is not None for s in steps)):
+        parts = ray.get([hist_task.remote(pool, s, steps_ref, thresholds, columns) for s in shards])
+        i = parts[0][0]
+        hist = np.sum([h for _, h in parts], axis=0)
+        n = int(hist.sum())
+        rank = int(n * steps[i].top_fraction)
+
+        def values_in_bin(b, i=i):
+            return np.concatenate(ray.get([bin_task.remote(pool, s, steps_ref, thresholds, columns, b)
+                                           for s in shards]))
+
+        value, _ = threshold_from(hist, rank, values_in_bin)
+        thresholds[i] = -np.inf if value is None else value
+        threshold_info[steps[i].name] = {"ranked": n, "rank": rank, "threshold": value,
+                                         "fraction": steps[i].top_fraction, "of": steps[i].fraction_of}
+        log(f"[filter:{recipe.name}] {steps[i].name}: top {steps[i].top_fraction} of {n} -> threshold {value}")
+    out_dir = runtime.join(pool, "decisions", recipe.name)
+    runtime.makedirs(out_dir)
+    decide = ray.remote(_decide_task).options(num_cpus=1)
+    stats = ray.get([decide.remote(pool, s, steps_ref, thresholds, columns, out_dir) for s in shards])
+    total = sum(st["count"] for st in stats)
+    dropped = np.sum([st["dropped"] for st in stats], axis=0).tolist()
+    funnel, remaining = [], total
+    for step, d in zip(steps, dropped):
+        funnel.append({"step": step.name, "filter": step.spec.name, "in": remaining, "out": remaining - d,
+                       "dropped": d})
+        remaining -= d
+    manifest = {"kind": "thresher.decisions", "recipe": recipe.name, "recipe_file": str(path),
+                "recipe_resolved": {**to_dict(recipe), "vars": {**recipe.vars, **(variables or {})},
+                                    "steps": [{"name": s.name, "filter": s.spec.name, "params": to_dict(s.params),
+                                               "top_fraction": s.top_fraction, "fraction_of": s.fraction_of}
+                                              for s in steps]},
+                "recipe_sha256": runtime.file_sha256(str(path)), "samples": total, "kept": remaining,
+                "thresholds": threshold_info, "funnel": funnel, "seconds": round(time.time() - t0, 2),
+                **runtime.provenance()}
+    runtime.write_json(runtime.join(out_dir, "manifest.json"), manifest)
+    runtime.makedirs(runtime.join(pool, "stats"))
+    runtime.write_json(runtime.join(pool, "stats", f"filter-{recipe.name}.json"),
+                       {"recipe": recipe.name, "samples": total, "kept": remaining, "funnel": funnel,
+                        "thresholds": threshold_info})
+    log(f"[filter:{recipe.name}] kept {remaining} of {total}: " +
+        ", ".join(f"{f['step']} -{f['dropped']}" for f in funnel))
+    return manifest
+
+
+def read(pool: str, recipe: str) -> pa.Table:
+    return pa.concat_tables([runtime.read_parquet(runtime.join(pool, "decisions", recipe, f"{s:08d}.parquet"))
+                             for s in features.shard_names(pool)])

@@ -1,0 +1,256 @@
+"""Filter stage: recipe checking, the global top-fraction rule on hand-made pools, and the built-in
+recipes scored against the synthetic pool's ground truth."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline import filter as flt
+from pipeline import runtime, schema
+from pipeline.errors import InputError
+
+
+def make_pool(root, shards: list[list[dict]], scorer: str = "clip_b32"):
+    """A minimal pool on disk: per-shard metadata and markers, base features and one scorer's scores.
+    Each row dict may set caption, original_width/height, caption_lang, caption_words, score."""
+    for i, rows in enumerate(shards):
+        name = f"{i:08d}"
+        keys = [f"{name}{j:04d}" for j in range(len(rows))]
+        uids = [r.get("uid", f"u{i}_{j}") for j, r in enumerate(rows)]
+        meta = pa.table({
+            "uid": uids, "key": keys, "url": [f"http://x.invalid/{k}" for k in keys],
+            "caption": [r.get("caption", "a photo of a red circle") for r in rows], "status": ["success"] * len(rows),
+            "failure": [None] * len(rows), "error_message": [None] * len(rows),
+            "width": [r.get("original_width", 300) for r in rows], "height": [r.get("original_height", 300) for r in rows],
+            "original_width": [r.get("original_width", 300) for r in rows],
+            "original_height": [r.get("original_height", 300) for r in rows], "sha256": [None] * len(rows),
+        }, schema=schema.POOL)
+        runtime.makedirs(str(root / "shards"))
+        runtime.write_parquet(meta, str(root / "shards" / f"{name}.parquet"))
+        runtime.write_json(str(root / "shards" / f"{name}_stats.json"), {"count": len(rows)})
+        base = pa.table({
+            "uid": uids, "key": keys, "caption_lang": [r.get("caption_lang", "en") for r in rows],
+            "caption_lang_score": [0.9] * len(rows), "caption_chars": [len(r.get("caption", "x" * 20)) for r in rows],
+            "caption_words": [r.get("caption_words", 5) for r in rows],
+            "original_width": meta.column("original_width"), "original_height": meta.column("original_height"),
+            "aspect_ratio": [1.0] * len(rows), "sha256": [None] * len(rows), "md5": [None] * len(rows),
+            "pdq": [None] * len(rows), "pdq_quality": [None] * len(rows), "error": [None] * len(rows),
+        }, schema=schema.BASE_FEATURES)
+        runtime.makedirs(str(root / "features" / "base"))
+        runtime.write_parquet(base, str(root / "features" / "base" / f"{name}.parquet"))
+        runtime.write_json(str(root / "features" / "base" / f"{name}_stats.json"), {"count": len(rows)})
+        scores = pa.table({"uid": uids, "key": keys, "clip_score": [r.get("score") for r in rows],
+                           "error": [None] * len(rows)}, schema=schema.CLIP_FEATURES)
+        runtime.makedirs(str(root / "features" / scorer))
+        runtime.write_parquet(scores, str(root / "features" / scorer / f"{name}.parquet"))
+        runtime.write_json(str(root / "features" / scorer / f"{name}_stats.json"), {"count": len(rows)})
+    runtime.write_json(str(root / "features" / scorer / "manifest.json"), {"scorer": {}})
+    return root
+
+
+def decisions(pool, recipe):
+    return {r["uid"]: r for r in flt.read(str(pool), recipe).to_pylist()}
+
+
+def write_recipe(tmp_path, text: str):
+    p = tmp_path / "recipe.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fraction rule, by hand
+
+
+def test_order_key_sorts_like_the_floats():
+    x = np.array([-np.inf, -3.5, -1e-30, -0.0, 0.0, 1e-30, 0.25, 0.2500001, 7.0, np.inf], np.float32)
+    keys = flt.order_key(x)
+    assert np.all(np.diff(keys.astype(np.int64)) >= 0)
+    assert keys[3] < keys[4] or x[3] == x[4]
+
+
+@pytest.mark.parametrize("fraction,expected_threshold,expected_kept", [
+    (0.3, 0.7, 5),    # n = 10, rank int(3.0) = 3 -> 4th largest (0.7), tied with the 5th: both kept -> 5
+    (0.25, 0.8, 3),   # rank int(2.5) = 2 -> 0.8
+    (0.1, 0.9, 2),    # rank 1 -> second largest 0.9
+    (0.05, 0.95, 1),  # rank 0 -> the maximum
+    (1.0, None, 10),  # rank 10 = n: nothing to cut, everything kept
+])
+def test_top_fraction_threshold_across_shards(tmp_path, ray_local, fraction, expected_threshold, expected_kept):
+    scores = [[0.95, 0.1, 0.7, -0.2], [0.5, 0.9, 0.7, 0.3], [0.8, 0.0]]  # sorted: .95 .9 .8 .7 .7 .5 .3 .1 0 -.2
+    pool = make_pool(tmp_path / "pool", [[{"score": s} for s in shard] for shard in scores])
+    recipe = write_recipe(tmp_path, f"""
+name: top
+steps:
+  - {{filter: clip_score, params: {{scorer: clip_b32}}, top_fraction: {fraction}}}
+""")
+    manifest = flt.run(str(pool), recipe, log=lambda *_: None)
+    got = manifest["thresholds"]["clip_score"]["threshold"]
+    assert (got is None and expected_threshold is None) or got == pytest.approx(expected_threshold)
+    rows = decisions(pool, "top")
+    kept = sorted(r["score"] for r in rows.values() if r["keep"])
+    assert len(kept) == expected_kept == manifest["kept"]
+    if expected_threshold is not None:
+        assert min(kept) == pytest.approx(expected_threshold)
+    assert all(r["dropped_by"] == "clip_score" for r in rows.values() if not r["keep"])
+
+
+def test_fraction_of_remaining_versus_pool(tmp_path, ray_local):
+    """English first, then the top half by score: of what remains (rank 2 of 4: 0.5), or of the whole pool
+    (rank 3 of 6: 0.6)."""
+    rows = [{"score": s, "caption_lang": lang} for s, lang in
+            [(0.9, "fr"), (0.8, "fr"), (0.7, "en"), (0.6, "en"), (0.5, "en"), (0.4, "en")]]
+    pool = make_pool(tmp_path / "pool", [rows[:3], rows[3:]])
+    for of, kept_scores in (("remaining", [0.7, 0.6, 0.5]), ("pool", [0.7, 0.6])):
+        recipe = write_recipe(tmp_path, f"""
+name: en-{of}
+steps:
+  - {{filter: language, name: english}}
+  - {{filter: clip_score, params: {{scorer: clip_b32}}, top_fraction: 0.5, fraction_of: {of}}}
+""")
+        manifest = flt.run(str(pool), recipe, log=lambda *_: None)
+        got = sorted((r["score"] for r in decisions(pool, f"en-{of}").values() if r["keep"]), reverse=True)
+        assert got == pytest.approx(kept_scores), of
+        assert [f["dropped"] for f in manifest["funnel"]] == [2, 4 - len(kept_scores)]
+        funnel = json.loads((pool / "stats" / f"filter-en-{of}.json").read_text())["funnel"]
+        assert funnel[0] == {"step": "english", "filter": "language", "in": 6, "out": 4, "dropped": 2}
+
+
+def test_missing_scores_fail_and_rank_last(tmp_path, ray_local):
+    pool = make_pool(tmp_path / "pool", [[{"score": 0.5}, {"score": None}, {"score": 0.2}]])
+    recipe = write_recipe(tmp_path, "name: t\nsteps:\n  - {filter: clip_score, params: {scorer: clip_b32, min_score: 0.1}}\n")
+    flt.run(str(pool), recipe, log=lambda *_: None)
+    assert [r["keep"] for r in decisions(pool, "t").values()] == [True, False, True]
+
+
+def test_basic_rules_at_their_boundaries(tmp_path, ray_local):
+    rows = [
+        {"uid": "ok", "caption_words": 3, "caption": "abcdef", "original_width": 200, "original_height": 600},
+        {"uid": "two_words", "caption_words": 2, "caption": "abcdefgh"},
+        {"uid": "five_chars", "caption_words": 3, "caption": "a b c"},
+        {"uid": "side_199", "original_width": 199, "original_height": 400},
+        {"uid": "aspect_3.01", "original_width": 903, "original_height": 300},
+        {"uid": "german", "caption_lang": "de"},
+    ]
+    pool = make_pool(tmp_path / "pool", [rows])
+    flt.run(str(pool), "datacomp-basic", log=lambda *_: None)
+    got = {u: (r["keep"], r["dropped_by"]) for u, r in decisions(pool, "datacomp-basic").items()}
+    assert got == {"ok": (True, None), "two_words": (False, "caption_length"), "five_chars": (False, "caption_length"),
+                   "side_199": (False, "image_size"), "aspect_3.01": (False, "aspect_ratio"),
+                   "german": (False, "english")}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Recipe errors: found before any data is read
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("name: r\nsteps:\n  - {filter: no_such_filter}\n", "step 1 (no_such_filter): unknown filter 'no_such_filter'"),
+    ("name: r\nsteps:\n  - {filter: image_size, params: {min_side: big}}\n", "step 1 (image_size) params"),
+    ("name: r\nsteps:\n  - {filter: image_size, params: {min_sides: 3}}\n", "min_sides"),
+    ("name: r\nsteps:\n  - {filter: none, top_fraction: 0.5}\n", "top_fraction needs a filter that scores"),
+    ("name: r\nsteps:\n  - {filter: random, top_fraction: 1.5}\n", "top_fraction must be in (0, 1]"),
+    ("name: r\nsteps:\n  - {filter: blocklist, params: {kind: url_md5, path: '{lists}/a.txt'}}\n", "unknown variable {lists}"),
+    ("name: r\nsteps: []\n", "at least one step"),
+    ("steps:\n  - {filter: none}\n", "name"),
+])
+def test_recipe_errors_name_file_and_step_before_reading_data(tmp_path, text, needle):
+    recipe = write_recipe(tmp_path, text)
+    with pytest.raises(InputError) as err:
+        flt.run(str(tmp_path / "no-such-pool"), recipe, log=lambda *_: None)
+    assert recipe in str(err.value) and needle in str(err.value), str(err.value)
+
+
+def test_missing_feature_column_is_named(tmp_path):
+    pool = make_pool(tmp_path / "pool", [[{"score": 0.5}]])
+    with pytest.raises(InputError) as err:
+        flt.run(str(pool), "datacomp-clip-l14-30pct", log=lambda *_: None)
+    assert "step 1 (clip_score) needs column(s) clip_l14_score" in str(err.value)
+    assert "datacomp-clip-l14-30pct.yaml" in str(err.value)
+
+
+def test_every_preset_parses():
+    for path in sorted(flt.RECIPE_DIR.glob("*.yaml")):
+        recipe, steps, _ = flt.load_recipe(str(path))
+        assert recipe.name == path.stem and recipe.source and steps
+
+
+def test_plugins_register_through_entry_points(monkeypatch):
+    """A filter from another package arrives through the thresher.filters entry-point group."""
+    import importlib.metadata as md
+    import sys
+    import types
+    from dataclasses import dataclass
+
+    from filters import api
+
+    mod = types.ModuleType("thresher_plugin_example")
+
+    def setup():
+        @dataclass
+        class Longer:
+            chars: int = 10
+
+        @api.register("longer_than", Longer, needs=["caption_chars"])
+        def longer_than(table, p):
+            """Captions longer than `chars`."""
+            return table.column("caption_chars").to_numpy() > p.chars, None
+
+    mod.setup = setup
+    sys.modules[mod.__name__] = mod
+    ep = md.EntryPoint(name="example", value=f"{mod.__name__}:setup", group=api.ENTRY_POINT_GROUP)
+    real = md.entry_points
+    monkeypatch.setattr(md, "entry_points", lambda **kw: [ep] if kw.get("group") == api.ENTRY_POINT_GROUP
+                        else real(**kw))
+    monkeypatch.setattr(api, "_loaded_plugins", False)
+    assert "longer_than" in api.known()
+    assert api.get("longer_than").needs(api.get("longer_than").params()) == ["caption_chars"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Built-in recipes against the synthetic pool's ground truth
+
+
+@pytest.fixture(scope="session")
+def truth_by_uid(ground_truth):
+    return {g["uid"]: g for g in ground_truth}
+
+
+def test_datacomp_basic_removes_exactly_its_targets(featured_pool, truth_by_uid, ray_local):
+    manifest = flt.run(str(featured_pool), "datacomp-basic", log=lambda *_: None)
+    rows = decisions(featured_pool, "datacomp-basic")
+    targets = {"non_english", "short_caption", "tiny_image", "extreme_aspect"}
+    dropped = {u for u, r in rows.items() if not r["keep"]}
+    target = {u for u in rows if truth_by_uid[u]["category"] in targets}
+    assert len(target) > 100
+    recall = len(dropped & target) / len(target)
+    precision = len(dropped & target) / len(dropped)
+    assert recall == 1.0 and precision == 1.0, (recall, precision, collections.Counter(
+        truth_by_uid[u]["category"] for u in dropped ^ target))
+    assert manifest["funnel"][0]["in"] == len(rows) and manifest["kept"] == len(rows) - len(dropped)
+
+
+def test_safety_recipe_removes_every_blocklisted_sample(featured_pool, synth_dir, truth_by_uid, ray_local):
+    manifest = flt.run(str(featured_pool), "relaion-safety", {"blocklists": str(synth_dir / "blocklists")},
+                       log=lambda *_: None)
+    rows = decisions(featured_pool, "relaion-safety")
+    listed = {u for u in rows if truth_by_uid[u]["blocklist"]}
+    dropped = {u for u, r in rows.items() if not r["keep"]}
+    assert len(listed) >= 20 and dropped == listed
+    # the funnel says how: each sample is dropped by the list that names it
+    assert all(rows[u]["dropped_by"] == truth_by_uid[u]["blocklist"] for u in listed)
+    by_step = {f["step"]: f["dropped"] for f in manifest["funnel"]}
+    assert by_step == dict(collections.Counter(truth_by_uid[u]["blocklist"] for u in listed)) | {
+        k: 0 for k in by_step if k not in {truth_by_uid[u]["blocklist"] for u in listed}}
+
+
+def test_random_subset_is_seeded_and_sized(featured_pool, ray_local):
+    flt.run(str(featured_pool), "datacomp-random", log=lambda *_: None)
+    rows = decisions(featured_pool, "datacomp-random")
+    n, kept = len(rows), sum(r["keep"] for r in rows.values())
+    assert kept == int(n * 0.3) + 1  # the rank-int(n*f) element is itself kept (no ties on a hash)
