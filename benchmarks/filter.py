@@ -8,7 +8,9 @@ and times, on one core, our per-shard evaluation (`pipeline.filter.evaluate`, th
 runs) of datacomp-basic, a CLIP-score threshold and laion2b. The reference, measured in the same run,
 is the same rule written directly as one pyarrow.compute expression: the least work the rule needs.
 Prints samples/s per core for each and the ratio ours/reference. Target: >= 1M samples/s per core for
-threshold filters. Then the fastText lid.176 throughput on its own (captions/s on one core), the part
+threshold filters. With --stage-rows N it also runs the whole stage (`pipeline.filter.run`: Ray tasks per
+shard reading metadata, base features and scores from Parquet, writing decisions) on an N-row pool
+written to disk, and prints samples/s per core of that. Then the fastText lid.176 throughput on its own (captions/s on one core), the part
 of `thresher features` that computes the language these recipes read.
 """
 
@@ -75,12 +77,57 @@ def best_of(fn, repeats: int = 3) -> float:
     return min(times)
 
 
+def write_pool(root: Path, rows: int, shard_rows: int) -> None:
+    from pipeline import runtime, schema
+
+    for i, start in enumerate(range(0, rows, shard_rows)):
+        t = make_shard(min(shard_rows, rows - start), 100 + i)
+        n, name = t.num_rows, f"{i:08d}"
+        keys = pa.array(np.char.add(name, np.char.zfill(np.arange(n).astype(str), 7)).astype(object))
+        uids = pa.array(np.char.add(f"s{i}_", np.arange(n).astype(str)).astype(object))
+        none_s, none_i = pa.nulls(n, pa.string()), pa.nulls(n, pa.int32())
+        meta = pa.table([uids, keys, pa.array(["http://x.invalid/a.jpg"] * n), pa.array(["a caption"] * n),
+                         pa.array(["success"] * n), none_s, none_s, t["original_width"], t["original_height"],
+                         t["original_width"], t["original_height"], none_s], schema=schema.POOL)
+        base = pa.table([uids, keys, t["caption_lang"], t["caption_lang_score"], t["caption_chars"],
+                         t["caption_words"], t["original_width"], t["original_height"], pa.nulls(n, pa.float32()),
+                         none_s, none_s, none_i, none_s], schema=schema.BASE_FEATURES)
+        scores = pa.table([uids, keys, t["clip_b32_score"], none_s], schema=schema.CLIP_FEATURES)
+        for sub, table in (("shards", meta), ("features/base", base), ("features/clip_b32", scores)):
+            runtime.makedirs(str(root / sub))
+            runtime.write_parquet(table, str(root / sub / f"{name}.parquet"))
+            runtime.write_json(str(root / sub / f"{name}_stats.json"), {"count": n})
+    runtime.write_json(str(root / "features" / "clip_b32" / "manifest.json"), {"scorer": {}})
+
+
+def stage(rows: int, shard_rows: int) -> None:
+    import tempfile
+
+    from pipeline import runtime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pool = Path(tmp) / "pool"
+        t0 = time.perf_counter()
+        write_pool(pool, rows, shard_rows)
+        print(f"stage: {rows:,}-row pool written in {time.perf_counter() - t0:.1f}s", flush=True)
+        runtime.init_ray()
+        cores = runtime.cluster_cpus()
+        for label, recipe in RECIPES.items():
+            flt.run(str(pool), recipe, log=lambda *_: None)  # warm the workers
+            t = best_of(lambda: flt.run(str(pool), recipe, log=lambda *_: None), 2)
+            print(f"stage {label:18s} {rows / t / 1e6:6.2f}M samples/s on {cores} cores = "
+                  f"{rows / t / cores / 1e6:.2f}M per core (Parquet in, decisions out, Ray tasks)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--shard-rows", type=int, default=1_000_000)
     ap.add_argument("--lid-captions", type=int, default=20_000)
+    ap.add_argument("--stage-rows", type=int, default=0, help="also time the whole stage on a pool this big")
     args = ap.parse_args()
+    if args.stage_rows:
+        stage(args.stage_rows, args.shard_rows)
     try:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, honestly
     except (AttributeError, OSError):

@@ -215,9 +215,77 @@ def caption_names_class(table, p: ClassNames):
     keep = []
     for caption in table.column("caption").to_pylist():
         words = re.findall(r"[a-z0-9]+", (caption or "").lower())
-        hit = any(w in singles or (w.endswith("s") and w[:-1] in singles) for w in words)
+        hit = any(w in singles or (w.endswith("s") and w[:-1] in singles) or (w.endswith("es") and w[:-2] in singles)
+                  for w in words)
         if not hit and multi:
             joined = " " + " ".join(words) + " "
             hit = any(" " + " ".join(n) + " " in joined for n in multi)
         keep.append(hit)
     return np.array(keep, bool), None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Text-side filters through datatrove (its filters take Documents: the caption is the text, the URL
+# rides in the metadata, as datatrove's own web pipelines do)
+
+
+@dataclass
+class UrlBlocklist:
+    domains: str = ""            # file: one blocked domain per line (subdomains are blocked too)
+    urls: str = ""               # file: one blocked full URL per line
+    banned_words: str = ""       # file: words that block a URL containing them
+    integrated_lists: bool = True  # datatrove's bundled lists (UT1 adult domains and URLs, banned words)
+
+
+_DATATROVE: dict[tuple, object] = {}
+
+
+def _lines(path: str) -> list[str] | None:
+    return _read_list(path, False) if path else None
+
+
+@register("url_blocklist", UrlBlocklist, needs=["url"])
+def url_blocklist(table, p: UrlBlocklist):
+    """Drops samples whose URL's domain, URL or words are blocklisted (datatrove's URLFilter)."""
+    from datatrove.data import Document
+
+    key = ("url", p.domains, p.urls, p.banned_words, p.integrated_lists)
+    if key not in _DATATROVE:
+        import tldextract
+        from datatrove.pipeline.filters import URLFilter
+
+        f = URLFilter(extra_domains=_lines(p.domains), extra_urls=_lines(p.urls),
+                      banned_words=_lines(p.banned_words), use_integrated_lists=p.integrated_lists)
+        # the public-suffix list snapshot shipped with tldextract: no fetch (machines may be offline)
+        f.tldextractor = tldextract.TLDExtract(suffix_list_urls=())
+        f.download_data()  # despite the name, this extracts lists bundled in the package
+        _DATATROVE[key] = f
+    f = _DATATROVE[key]
+    keep = [bool(u) and f.filter(Document(text="", id="", metadata={"url": u})) is True
+            for u in table.column("url").to_pylist()]
+    return np.array(keep, bool), None
+
+
+@dataclass
+class BannedWords:
+    path: str = ""  # file: one word or phrase per line
+
+
+@register("banned_words", BannedWords, needs=["caption"])
+def banned_words(table, p: BannedWords):
+    """Drops samples whose caption contains a listed word or phrase, whole words, any case (datatrove's
+    RegexFilter)."""
+    import re
+
+    from datatrove.data import Document
+
+    key = ("words", p.path)
+    if key not in _DATATROVE:
+        from datatrove.pipeline.filters import RegexFilter
+
+        words = sorted(set(_read_list(p.path, False)), key=len, reverse=True)
+        _DATATROVE[key] = RegexFilter(r"(?i)\b(?:" + "|".join(re.escape(w) for w in words) + r")\b") if words else None
+    f = _DATATROVE[key]
+    if f is None:
+        return np.ones(table.num_rows, bool), None
+    return np.array([f.filter(Document(text=c or "", id="")) for c in table.column("caption").to_pylist()], bool), None

@@ -1,6 +1,6 @@
 """`thresher demo`: every stage that exists, end to end, on a generated pool served over local HTTP.
 
-It grows as stages land. Today: synth -> serve -> download -> features -> dedup. Re-running it resumes: the pool source is
+It grows as stages land. Today: synth -> serve -> download -> features -> dedup -> filter (every preset). Re-running it resumes: the pool source is
 reused when its config matches, and finished shards are not fetched again.
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from . import dedup, download, features, serve
+from . import filter as filtering
 from .config import CONFIG_DIR, load
 from .synth import SynthConfig, generate, score_dedup, synth_config_hash
 
@@ -45,6 +46,12 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
     dd = dedup.run(str(pool), dedup.DedupConfig(semantic=False, eval_sets=[str(src / "eval" / "shapes_kind"),
                                                                            str(src / "eval" / "shapes_color")]),
                    log=log)
+    # every preset recipe; the demo's one scorer stands in for clip_b32/clip_l14 (random-init: those
+    # decisions exercise the machinery, their CLIP-score choices mean nothing)
+    recipes = {}
+    for path in sorted((CONFIG_DIR / "recipes").glob("*.yaml")):
+        recipes[path.stem] = filtering.run(str(pool), path.stem, {"scorer": "clip_tiny",
+                                                                  "blocklists": str(src / "blocklists")}, log=log)
     score = score_dedup(dedup.read(str(pool)).to_pylist(), pq.read_table(src / "ground_truth.parquet").to_pylist())
     counts = manifest["counts"]
     log("")
@@ -55,6 +62,10 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
     log(f"  pool manifest: {pool / 'manifest.json'}")
     log(f"  features: {pool / 'features'} (base; clip_tiny, {scorer['weights']['kind']})")
     log(f"  dedup: {pool / 'dedup'} (kept {dd['kept']} of {dd['samples']}; removed {dd['removed']})")
+    log(f"  filter decisions: {pool / 'decisions'}; funnels: {pool / 'stats'}")
+    for name, m in recipes.items():
+        log(f"    {name:30s} kept {m['kept']:6d} of {m['samples']}")
     log("  dedup against the planted ground truth: " + "; ".join(
         f"{k} recall {v['recall']:.3f} precision {v['precision']:.3f}" for k, v in score.items()))
-    return {"source": str(src), "pool": str(pool), "manifest": manifest, "dedup_score": score}
+    return {"source": str(src), "pool": str(pool), "manifest": manifest, "dedup_score": score,
+            "recipes": {k: {"kept": m["kept"], "samples": m["samples"]} for k, m in recipes.items()}}

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import features, runtime, schema
 from .config import CONFIG_DIR, from_dict, opt, to_dict
@@ -170,8 +171,12 @@ def check_columns(steps: list[ResolvedStep], available: dict[str, str], path: Pa
 
 def shard_table(pool: str, shard: int, columns: set[str]) -> pa.Table:
     """One shard's successful samples, sorted by key, with the requested columns joined in."""
-    rows = features.successful_rows(pool, shard)
-    rows = rows.take(pa.array(np.argsort(np.array(rows.column("key").to_pylist()), kind="stable")))
+    wanted = ["uid", "key", "status"] + sorted(columns & set(META_COLUMNS) - {"uid", "key"})
+    rows = runtime.read_parquet(runtime.join(pool, "shards", f"{shard:08d}.parquet"), columns=wanted)
+    rows = rows.filter(pc.equal(rows.column("status"), "success"))
+    keys = rows.column("key")
+    if len(keys) > 1 and pc.any(pc.less(keys.slice(1), keys.slice(0, len(keys) - 1))).as_py():
+        rows = rows.take(pc.sort_indices(rows, sort_keys=[("key", "ascending")]))  # features are in key order
     out = {"uid": rows.column("uid")}
     uids = rows.column("uid")
     name = f"{shard:08d}"
@@ -253,7 +258,9 @@ def _decide_task(pool, shard, steps, thresholds, columns, out_dir):
     names = [s.name for s in steps]
     out = pa.table({"uid": table.column("uid"), "keep": pa.array(keep),
                     "score": pa.array(score.astype(np.float32), pa.float32(), from_pandas=True),
-                    "dropped_by": pa.array([names[d] if d >= 0 else None for d in dropped_by], pa.string())},
+                    "dropped_by": pa.DictionaryArray.from_arrays(
+                        pa.array(dropped_by, pa.int32(), mask=dropped_by < 0), pa.array(names, pa.string())
+                    ).cast(pa.string())},
                    schema=schema.DECISIONS)
     runtime.write_parquet(out, runtime.join(out_dir, f"{shard:08d}.parquet"))
     funnel = np.bincount(dropped_by[dropped_by >= 0], minlength=len(steps))

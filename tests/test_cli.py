@@ -12,7 +12,8 @@ from conftest import free_port
 from pipeline import cli
 
 
-@pytest.mark.parametrize("command", ["demo", "synth", "serve", "download", "features", "export-metadata", "dedup"])
+@pytest.mark.parametrize("command", ["demo", "synth", "serve", "download", "features", "export-metadata", "dedup",
+                                     "filter", "filters"])
 def test_help_has_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
@@ -31,6 +32,14 @@ def test_unknown_preset_is_a_clear_error(tmp_path, capsys):
     assert "no preset" in capsys.readouterr().err
 
 
+def test_bad_recipe_exits_2_naming_the_file(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nsteps:\n  - {filter: nope}\n")
+    assert cli.main(["filter", str(tmp_path / "pool"), "--recipe", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert str(recipe) in err and "unknown filter 'nope'" in err
+
+
 def test_demo_end_to_end(tmp_path, ray_local, capsys):
     from pipeline.demo import run_demo
 
@@ -45,4 +54,9 @@ def test_demo_end_to_end(tmp_path, ray_local, capsys):
         stats = list((pool / "features" / kind).glob("*_stats.json"))
         assert sum(json.loads(p.read_text())["count"] for p in stats) == success
     assert json.loads((pool / "dedup" / "manifest.json").read_text())["samples"] == success
+    presets = sorted(p.stem for p in (cli.CONFIG_DIR / "recipes").glob("*.yaml"))
+    assert sorted(result["recipes"]) == presets
+    for name in presets:  # every preset ran, and its funnel is in the pool's stats
+        funnel = json.loads((pool / "stats" / f"filter-{name}.json").read_text())
+        assert funnel["samples"] == success and funnel["funnel"][0]["in"] == success
     assert result["pool"].endswith("pool")

@@ -23,7 +23,7 @@ def make_pool(root, shards: list[list[dict]], scorer: str = "clip_b32"):
         keys = [f"{name}{j:04d}" for j in range(len(rows))]
         uids = [r.get("uid", f"u{i}_{j}") for j, r in enumerate(rows)]
         meta = pa.table({
-            "uid": uids, "key": keys, "url": [f"http://x.invalid/{k}" for k in keys],
+            "uid": uids, "key": keys, "url": [r.get("url", f"http://x.invalid/{k}") for k, r in zip(keys, rows)],
             "caption": [r.get("caption", "a photo of a red circle") for r in rows], "status": ["success"] * len(rows),
             "failure": [None] * len(rows), "error_message": [None] * len(rows),
             "width": [r.get("original_width", 300) for r in rows], "height": [r.get("original_height", 300) for r in rows],
@@ -143,6 +143,29 @@ def test_basic_rules_at_their_boundaries(tmp_path, ray_local):
     assert got == {"ok": (True, None), "two_words": (False, "caption_length"), "five_chars": (False, "caption_length"),
                    "side_199": (False, "image_size"), "aspect_3.01": (False, "aspect_ratio"),
                    "german": (False, "english")}
+
+
+def test_datatrove_url_and_banned_word_filters(tmp_path, ray_local):
+    (tmp_path / "domains.txt").write_text("# blocked\nbadsite.com\n")
+    (tmp_path / "words.txt").write_text("gore\nhate symbol\n")
+    rows = [{"uid": "ok", "url": "http://www.goodsite.com/a.jpg", "caption": "a red circle"},
+            {"uid": "domain", "url": "http://badsite.com/a.jpg"},
+            {"uid": "subdomain", "url": "https://img.badsite.com/b.jpg"},
+            {"uid": "bundled", "url": "http://pornhub.com/c.jpg"},  # on datatrove's bundled UT1 adult list
+            {"uid": "word", "url": "http://www.goodsite.com/d.jpg", "caption": "Gore in a photo"},
+            {"uid": "phrase", "url": "http://www.goodsite.com/e.jpg", "caption": "a HATE SYMBOL drawn"},
+            {"uid": "subword", "url": "http://www.goodsite.com/f.jpg", "caption": "gorefest is not a word match"}]
+    pool = make_pool(tmp_path / "pool", [rows])
+    recipe = write_recipe(tmp_path, f"""
+name: text
+steps:
+  - {{filter: url_blocklist, params: {{domains: {tmp_path}/domains.txt}}}}
+  - {{filter: banned_words, params: {{path: {tmp_path}/words.txt}}}}
+""")
+    flt.run(str(pool), recipe, log=lambda *_: None)
+    got = {u: r["dropped_by"] for u, r in decisions(pool, "text").items()}
+    assert got == {"ok": None, "domain": "url_blocklist", "subdomain": "url_blocklist", "bundled": "url_blocklist",
+                   "word": "banned_words", "phrase": "banned_words", "subword": None}
 
 
 # ---------------------------------------------------------------------------------------------------
