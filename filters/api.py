@@ -7,7 +7,9 @@ A filter is a plain function `fn(table, params) -> (keep, score)`:
     score   float numpy array or None: what a `top_fraction` step ranks by (higher is better)
 
 It is registered by name with its parameter dataclass and a `needs(params)` function that lists the
-feature columns it reads (see docs/filters.md for the columns a pool offers). Filters from other
+feature columns it reads. A filter that needs pool-wide work first (k-means over all embeddings, say)
+also registers `prepare(pool, params) -> context`, run once on the driver; it is then called as
+`fn(table, params, context)` (see docs/filters.md for the columns a pool offers). Filters from other
 packages register themselves through the `thresher.filters` entry-point group: the entry point is a
 module, or a callable that is called once, which calls `register` for each of its filters.
 """
@@ -34,6 +36,7 @@ class FilterSpec:
     needs: Callable[[Any], list[str]]
     scores: bool  # returns a score a top_fraction step can rank by
     doc: str
+    prepare: Callable | None = None  # prepare(pool, params) -> context, once on the driver (pool-wide work)
 
 
 _REGISTRY: dict[str, FilterSpec] = {}
@@ -46,7 +49,7 @@ class NoParams:
 
 
 def register(name: str, params: type = NoParams, needs: Callable[[Any], list[str]] | list[str] = (),
-             scores: bool = False):
+             scores: bool = False, prepare: Callable | None = None):
     """Decorator: `@register("caption_length", CaptionLength, needs=["caption_words", "caption_chars"])`."""
     if not dataclasses.is_dataclass(params):
         raise TypeError(f"filter {name}: params must be a dataclass")
@@ -56,7 +59,8 @@ def register(name: str, params: type = NoParams, needs: Callable[[Any], list[str
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"filter {name!r} is registered twice ({_REGISTRY[name].fn.__module__} and "
                              f"{fn.__module__})")
-        _REGISTRY[name] = FilterSpec(name, fn, params, needs_fn, scores, (fn.__doc__ or "").strip().split("\n")[0])
+        _REGISTRY[name] = FilterSpec(name, fn, params, needs_fn, scores, (fn.__doc__ or "").strip().split("\n")[0],
+                                     prepare)
         return fn
 
     return wrap

@@ -289,3 +289,76 @@ def banned_words(table, p: BannedWords):
     if f is None:
         return np.ones(table.num_rows, bool), None
     return np.array([f.filter(Document(text=c or "", id="")) for c in table.column("caption").to_pylist()], bool), None
+
+
+# ---------------------------------------------------------------------------------------------------
+# DataComp image-based filtering: k-means over the pool's image embeddings; keep the clusters that are
+# nearest to some image of a target set (ImageNet train in the paper)
+
+
+@dataclass
+class ImageClusters:
+    scorer: str = "clip_l14"
+    target_embeddings: str = ""  # .npy of L2-normalised image embeddings (`thresher embed-images`), same model
+    clusters: int = 100_000      # the paper's count for its large pools; capped at a tenth of the sample
+    sample: int = 2_000_000      # embeddings k-means trains on, spread evenly over the pool
+    iters: int = 20
+    seed: int = 0
+
+
+def _image_clusters_needs(p: ImageClusters) -> list[str]:
+    if not p.target_embeddings:
+        raise InputError("image_clusters: `target_embeddings` (a .npy file) is required")
+    return [f"{p.scorer}_img_emb"]
+
+
+def _prepare_image_clusters(pool: str, p: ImageClusters) -> dict:
+    """Train spherical k-means on a sample of the pool's embeddings; find each target image's centroid."""
+    import faiss
+
+    from pipeline import features, runtime
+
+    if not runtime.exists(p.target_embeddings):
+        raise InputError(f"image_clusters: target embeddings {p.target_embeddings} do not exist "
+                         f"(make them with `thresher embed-images`)")
+    d_scorer = runtime.join(pool, "features", p.scorer)
+    shards = features.shard_names(pool)
+    counts = {s: runtime.read_json(runtime.join(d_scorer, f"{s:08d}_stats.json"))["count"] for s in shards}
+    total = sum(counts.values())
+    rng = np.random.default_rng(p.seed)
+    parts = []
+    for s in shards:  # an even share of the sample from every shard
+        emb = features.read_npy(runtime.join(d_scorer, f"{s:08d}.img.npy"))
+        emb = emb[np.linalg.norm(emb.astype(np.float32), axis=1) > 0.5]  # zero rows: undecodable images
+        take = min(len(emb), int(np.ceil(p.sample * counts[s] / max(total, 1))))
+        parts.append(emb[rng.choice(len(emb), take, replace=False)] if take < len(emb) else emb)
+    x = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    target = features.read_npy(p.target_embeddings).astype(np.float32)
+    if target.ndim != 2 or target.shape[1] != x.shape[1]:
+        raise InputError(f"image_clusters: target embeddings {p.target_embeddings} have shape {target.shape}; "
+                         f"the pool's {p.scorer} embeddings are {x.shape[1]}-d (same model needed)")
+    target /= np.maximum(np.linalg.norm(target, axis=1, keepdims=True), 1e-12)
+    k = max(1, min(p.clusters, len(x) // 10))
+    km = faiss.Kmeans(x.shape[1], k, niter=p.iters, seed=p.seed, spherical=True, verbose=False)
+    km.train(x)
+    _, nearest = km.index.search(target, 1)
+    chosen = np.unique(nearest[:, 0])
+    return {"centroids": km.centroids.copy(), "chosen": chosen,
+            "info": {"clusters": k, "trained_on": len(x), "targets": len(target), "clusters_kept": len(chosen)}}
+
+
+@register("image_clusters", ImageClusters, needs=_image_clusters_needs, prepare=_prepare_image_clusters)
+def image_clusters(table, p: ImageClusters, ctx: dict):
+    """Keeps samples whose image embedding's nearest k-means centroid is nearest to some target image."""
+    import faiss
+
+    col = table.column(f"{p.scorer}_img_emb").combine_chunks()
+    n = table.num_rows
+    if n == 0:
+        return np.zeros(0, bool), None
+    emb = np.asarray(col.values, dtype=np.float32).reshape(n, -1)
+    index = faiss.IndexFlatIP(emb.shape[1])
+    index.add(ctx["centroids"])
+    _, nearest = index.search(np.ascontiguousarray(emb), 1)
+    ok = np.linalg.norm(emb, axis=1) > 0.5
+    return ok & np.isin(nearest[:, 0], ctx["chosen"]), None

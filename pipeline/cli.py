@@ -147,6 +147,8 @@ def cmd_export_metadata(args) -> None:
 
 
 def cmd_filter(args) -> None:
+    import yaml
+
     from .filter import run
 
     variables = {}
@@ -154,11 +156,18 @@ def cmd_filter(args) -> None:
         if "=" not in item:
             raise InputError(f"--var expects key=value, got {item!r}")
         k, v = item.split("=", 1)
-        variables[k] = v
+        variables[k] = yaml.safe_load(v) if v else v  # 100 -> int, 0.3 -> float, words stay strings
     for recipe in args.recipe:
         manifest = run(args.pool, recipe, variables, ray_address=args.ray_address)
         print(f"filter {manifest['recipe']}: kept {manifest['kept']} of {manifest['samples']} -> "
               f"{args.pool}/decisions/{manifest['recipe']} (funnel in {args.pool}/stats/filter-{manifest['recipe']}.json)")
+
+
+def cmd_embed_images(args) -> None:
+    from .features import embed_images
+
+    emb = embed_images(args.images, args.model, args.pretrained, args.out, batch_size=args.batch_size)
+    print(f"embedded {len(emb)} images ({emb.shape[1]}-d, {args.model}) -> {args.out}")
 
 
 def cmd_filters(args) -> None:
@@ -254,6 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preset name in configs/recipes/ or a YAML file; repeat for several")
     p.add_argument("--var", action="append", help="key=value for {key} placeholders in the recipe")
     p.set_defaults(func=cmd_filter)
+
+    p = add("embed-images", "Embed a directory of WebDataset image tars (a target set for image-based filtering).",
+            "thresher embed-images imagenet-train-tars/ --model ViT-L-14 --pretrained openai --out in1k-l14.npy")
+    p.add_argument("images", help="directory with .tar files (searched recursively), e.g. a CLIP_benchmark set")
+    p.add_argument("--model", required=True, help="open_clip model: the pool scorer's")
+    p.add_argument("--pretrained", default=None, help="tag or checkpoint: the pool scorer's (none: random init)")
+    p.add_argument("--out", required=True, help=".npy file to write (float16, L2-normalised)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=cmd_embed_images)
 
     p = add("filters", "List the registered filters (built-in and from plugins).", "thresher filters")
     p.set_defaults(func=cmd_filters)

@@ -48,10 +48,15 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
                    log=log)
     # every preset recipe; the demo's one scorer stands in for clip_b32/clip_l14 (random-init: those
     # decisions exercise the machinery, their CLIP-score choices mean nothing)
+    # image-based filtering's target set: the labelled evaluation images, embedded by the same model
+    target = src / "eval" / "shapes_kind.thresher-tiny.npy"
+    if not target.exists():
+        features.embed_images(str(src / "eval" / "shapes_kind"), "thresher-tiny", None, str(target))
+    variables = {"scorer": "clip_tiny", "blocklists": str(src / "blocklists"), "target": str(target),
+                 "clusters": max(1, samples // 200)}
     recipes = {}
     for path in sorted((CONFIG_DIR / "recipes").glob("*.yaml")):
-        recipes[path.stem] = filtering.run(str(pool), path.stem, {"scorer": "clip_tiny",
-                                                                  "blocklists": str(src / "blocklists")}, log=log)
+        recipes[path.stem] = filtering.run(str(pool), path.stem, variables, log=log)
     score = score_dedup(dedup.read(str(pool)).to_pylist(), pq.read_table(src / "ground_truth.parquet").to_pylist())
     counts = manifest["counts"]
     log("")
@@ -64,7 +69,7 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
     log(f"  dedup: {pool / 'dedup'} (kept {dd['kept']} of {dd['samples']}; removed {dd['removed']})")
     log(f"  filter decisions: {pool / 'decisions'}; funnels: {pool / 'stats'}")
     for name, m in recipes.items():
-        log(f"    {name:30s} kept {m['kept']:6d} of {m['samples']}")
+        log(f"    {name:40s} kept {m['kept']:6d} of {m['samples']}")
     log("  dedup against the planted ground truth: " + "; ".join(
         f"{k} recall {v['recall']:.3f} precision {v['precision']:.3f}" for k, v in score.items()))
     return {"source": str(src), "pool": str(pool), "manifest": manifest, "dedup_score": score,

@@ -483,6 +483,52 @@ def read_scorer(pool: str, scorer_id: str, with_embeddings: bool = False):
     return table, img, txt
 
 
+def embed_images(image_dir: str, model: str, pretrained: str | None, out: str, batch_size: int = 256,
+                 device: str = "auto") -> np.ndarray:
+    """L2-normalised image embeddings of every image in a directory of WebDataset tars (for example a
+    CLIP_benchmark set, or ImageNet train as tars), saved as float16 .npy: the target set of DataComp's
+    image-based filter. Embed it with the same model and weights as the pool's scorer."""
+    import torch
+    from PIL import Image
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    pp_cfg = models.preprocess_config(model, pretrained)
+    transform = models.pil_transform(pp_cfg)
+    net, _ = models.load(model, pretrained, device=device)
+    tars = sorted(runtime.glob(runtime.join(image_dir, "**", "*.tar")))
+    if not tars:
+        raise InputError(f"no .tar files under {image_dir}")
+    pixels, chunks = [], []
+
+    def flush():
+        with torch.inference_mode():
+            x = models.normalize(np.stack(pixels), pp_cfg, device, torch.float32)
+            chunks.append(torch.nn.functional.normalize(net.encode_image(x).float(), dim=-1).cpu().numpy())
+        pixels.clear()
+
+    for tar_path in tars:
+        fs, path = runtime.fs_path(tar_path)
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                if member.name.rsplit(".", 1)[-1].lower() not in ("jpg", "jpeg", "png", "webp"):
+                    continue
+                try:
+                    img = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")
+                except Exception as err:  # noqa: BLE001
+                    raise InputError(f"{tar_path}: {member.name} is not a readable image: {err}") from err
+                pixels.append(np.asarray(transform(img), dtype=np.uint8))
+                if len(pixels) == batch_size:
+                    flush()
+    if pixels:
+        flush()
+    if not chunks:
+        raise InputError(f"no images in the tars under {image_dir}")
+    emb = np.concatenate(chunks).astype(np.float16)
+    _write_npy(emb, out)
+    return emb
+
+
 def read_base(pool: str) -> pa.Table:
     d = runtime.join(pool, "features", "base")
     return pa.concat_tables([runtime.read_parquet(runtime.join(d, f"{s:08d}.parquet")) for s in sorted(done(d))])

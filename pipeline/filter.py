@@ -63,9 +63,13 @@ class ResolvedStep:
     top_fraction: float | None
     fraction_of: str
     needs: list[str] = field(default_factory=list)
+    context: Any = None  # what the filter's prepare() computed over the whole pool
 
 
 def _substitute(value, variables: dict, where: str):
+    whole = re.fullmatch(r"\{(\w+)\}", value) if isinstance(value, str) else None
+    if whole and whole.group(1) in variables:  # "{x}" alone takes the variable's own type (int, float...)
+        return variables[whole.group(1)]
     if isinstance(value, str):
         def sub(m):
             if m.group(1) not in variables:
@@ -153,6 +157,8 @@ def available_columns(pool: str) -> dict[str, str]:
         scorer = scorer_dir.rstrip("/").split("/")[-2]
         if scorer != "base" and shards and shards <= set(features.done(runtime.join(pool, "features", scorer))):
             cols[f"{scorer}_score"] = f"scorer:{scorer}"
+            if runtime.exists(runtime.join(pool, "features", scorer, f"{min(shards):08d}.img.npy")):
+                cols[f"{scorer}_img_emb"] = f"scorer:{scorer}"
     if runtime.exists(runtime.join(pool, "dedup", "manifest.json")):
         cols.update({"dedup_keep": "dedup", "dedup_reason": "dedup"})
     return cols
@@ -194,6 +200,11 @@ def shard_table(pool: str, shard: int, columns: set[str]) -> pa.Table:
         for c in columns & set(BASE_ONLY):
             out[c] = base.column(c)
     for c in sorted(columns):
+        if c.endswith("_img_emb"):  # float32 [n, d] as a fixed-size list column
+            emb = features.read_npy(runtime.join(pool, "features", c[: -len("_img_emb")], f"{name}.img.npy"))
+            if len(emb) != len(uids):
+                raise InputError(f"{pool}: embeddings of shard {name} have {len(emb)} rows, metadata {len(uids)}")
+            out[c] = pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).ravel()), emb.shape[1])
         if c.endswith("_score") and c not in out and c != "caption_lang_score":
             scorer = c[: -len("_score")]
             t = aligned(runtime.read_parquet(runtime.join(pool, "features", scorer, f"{name}.parquet")),
@@ -222,7 +233,8 @@ def evaluate(table: pa.Table, steps: list[ResolvedStep], thresholds: dict[int, f
     dropped_by = np.full(n, -1, np.int64)
     score = np.full(n, np.nan)
     for i, step in enumerate(steps):
-        keep, s = step.spec.fn(table, step.params)
+        keep, s = (step.spec.fn(table, step.params, step.context) if step.spec.prepare
+                   else step.spec.fn(table, step.params))
         keep = np.asarray(keep, bool)
         if step.top_fraction is not None:
             # ranked and compared as float32, the precision thresholds and decisions are kept in
@@ -292,6 +304,12 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
         raise InputError(f"{pool} has no downloaded shards; run `thresher download` first")
     check_columns(steps, available_columns(pool), path, pool)
     columns = {"uid", "key"} | {c for s in steps for c in s.needs}
+    prepared = {}
+    for step in steps:  # pool-wide work some filters need first (e.g. k-means), on the driver
+        if step.spec.prepare:
+            step.context = step.spec.prepare(pool, step.params)
+            prepared[step.name] = step.context.get("info") if isinstance(step.context, dict) else None
+            log(f"[filter:{recipe.name}] {step.name}: prepared {prepared[step.name]}")
     runtime.init_ray(ray_address)
     steps_ref = ray.put(steps)
     hist_task = ray.remote(_histogram_task).options(num_cpus=1)
@@ -331,7 +349,7 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
                                                "top_fraction": s.top_fraction, "fraction_of": s.fraction_of}
                                               for s in steps]},
                 "recipe_sha256": runtime.file_sha256(str(path)), "samples": total, "kept": remaining,
-                "thresholds": threshold_info, "funnel": funnel, "seconds": round(time.time() - t0, 2),
+                "thresholds": threshold_info, "prepared": prepared, "funnel": funnel, "seconds": round(time.time() - t0, 2),
                 **runtime.provenance()}
     runtime.write_json(runtime.join(out_dir, "manifest.json"), manifest)
     runtime.makedirs(runtime.join(pool, "stats"))

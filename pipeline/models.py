@@ -92,6 +92,10 @@ def load(model: str, pretrained: str | None, device: str = "cpu"):
         net, _, _ = open_clip.create_model_and_transforms(model, pretrained=None, device=device)
         open_clip.load_checkpoint(net, pretrained, device=device)  # handles open_clip_train's {"state_dict": ...}
     else:
+        if not pretrained:  # random init, but the same in every process: target and pool embeddings agree
+            import torch
+
+            torch.manual_seed(0)
         net, _, _ = open_clip.create_model_and_transforms(model, pretrained=pretrained or None, device=device)
     net.eval()
     return net, open_clip.get_tokenizer(model)

@@ -49,6 +49,8 @@ def make_pool(root, shards: list[list[dict]], scorer: str = "clip_b32"):
         runtime.makedirs(str(root / "features" / scorer))
         runtime.write_parquet(scores, str(root / "features" / scorer / f"{name}.parquet"))
         runtime.write_json(str(root / "features" / scorer / f"{name}_stats.json"), {"count": len(rows)})
+        if rows and "emb" in rows[0]:
+            np.save(root / "features" / scorer / f"{name}.img.npy", np.array([r["emb"] for r in rows], np.float16))
     runtime.write_json(str(root / "features" / scorer / "manifest.json"), {"scorer": {}})
     return root
 
@@ -166,6 +168,44 @@ steps:
     got = {u: r["dropped_by"] for u, r in decisions(pool, "text").items()}
     assert got == {"ok": None, "domain": "url_blocklist", "subdomain": "url_blocklist", "bundled": "url_blocklist",
                    "word": "banned_words", "phrase": "banned_words", "subword": None}
+
+
+def test_image_based_keeps_the_clusters_nearest_to_the_target_set(tmp_path, ray_local):
+    rng = np.random.default_rng(0)
+    centers = np.eye(8)[:4] * 0.9 + 0.1  # four well separated directions
+    labels = rng.integers(4, size=400)
+    emb = centers[labels] + rng.normal(scale=0.02, size=(400, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    rows = [{"uid": f"s{i}", "emb": emb[i], "score": 0.1, "caption": "a photo of some shapes", "caption_words": 5}
+            for i in range(400)]
+    rows[0]["caption_words"] = 1  # the caption filter still applies: more than 1 word
+    pool = make_pool(tmp_path / "pool", [rows[:150], rows[150:]])
+    target = centers[[1, 3]] + rng.normal(scale=0.02, size=(2, 8))
+    np.save(tmp_path / "target.npy", target.astype(np.float16))
+    manifest = flt.run(str(pool), "datacomp-image-based",
+                       {"scorer": "clip_b32", "target": str(tmp_path / "target.npy"), "clusters": 4}, log=lambda *_: None)
+    kept = {u for u, r in decisions(pool, "datacomp-image-based").items() if r["keep"]}
+    expected = {f"s{i}" for i in range(1, 400) if labels[i] in (1, 3)}
+    assert kept == expected
+    assert manifest["prepared"]["image_clusters"] == {"clusters": 4, "trained_on": 400, "targets": 2,
+                                                      "clusters_kept": 2}
+
+
+def test_embed_images_uses_the_scorers_random_weights(synth_dir, tmp_path):
+    """Random-init weights are seeded, so target embeddings made here agree with a pool scorer's made in
+    another process (Ray workers): the same image gets the same embedding."""
+    import subprocess
+    import sys
+
+    from pipeline import features
+
+    emb = features.embed_images(str(synth_dir / "eval" / "shapes_kind"), "thresher-tiny", None, str(tmp_path / "a.npy"))
+    assert emb.dtype == np.float16 and emb.shape[1] == 64 and len(emb) >= 50
+    assert np.allclose(np.linalg.norm(emb.astype(np.float32), axis=1), 1, atol=1e-2)
+    code = ("from pipeline import features; features.embed_images(%r, 'thresher-tiny', None, %r)"
+            % (str(synth_dir / "eval" / "shapes_kind"), str(tmp_path / "b.npy")))
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    assert np.array_equal(np.load(tmp_path / "b.npy"), emb)
 
 
 # ---------------------------------------------------------------------------------------------------
