@@ -163,6 +163,15 @@ def cmd_filter(args) -> None:
               f"{args.pool}/decisions/{manifest['recipe']} (funnel in {args.pool}/stats/filter-{manifest['recipe']}.json)")
 
 
+def cmd_train(args) -> None:
+    from .train import TrainConfig, train
+
+    cfg = load(TrainConfig, None, overrides(args, TrainConfig))
+    manifest = train(args.data, args.out, cfg, name=args.name)
+    print(f"trained {cfg.model}: {manifest['checkpoint']} (sha256 {manifest['checkpoint_sha256'][:12]}...); "
+          f"record in {args.out}/train_manifest.json")
+
+
 def cmd_embed_images(args) -> None:
     from .features import embed_images
 
@@ -190,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .dedup import DedupConfig
     from .download import DownloadConfig
     from .synth import SynthConfig
+    from .train import TrainConfig
 
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="thresher", description="Curate image-text pre-training datasets.",
@@ -263,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preset name in configs/recipes/ or a YAML file; repeat for several")
     p.add_argument("--var", action="append", help="key=value for {key} placeholders in the recipe")
     p.set_defaults(func=cmd_filter)
+
+    p = add("train", "Train an open_clip model with open_clip_train (e.g. a data-filtering network on a trusted set).",
+            "thresher train src/trusted --out runs/dfn --model thresher-tiny --epochs 5")
+    p.add_argument("data", help="WebDataset shards (jpg + txt): a directory, a glob or a brace pattern")
+    p.add_argument("--out", required=True, help="directory for open_clip_train's run and train_manifest.json")
+    p.add_argument("--name", default="run", help="run name (open_clip_train's --name)")
+    add_config_args(p, TrainConfig)
+    p.set_defaults(func=cmd_train)
 
     p = add("embed-images", "Embed a directory of WebDataset image tars (a target set for image-based filtering).",
             "thresher embed-images imagenet-train-tars/ --model ViT-L-14 --pretrained openai --out in1k-l14.npy")

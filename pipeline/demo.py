@@ -1,6 +1,7 @@
 """`thresher demo`: every stage that exists, end to end, on a generated pool served over local HTTP.
 
-It grows as stages land. Today: synth -> serve -> download -> features -> dedup -> filter (every preset). Re-running it resumes: the pool source is
+It grows as stages land. Today: synth -> serve -> download -> features (base, a random-init tiny CLIP,
+and a DFN trained on the synthetic trusted set) -> dedup -> filter (every preset). Re-running it resumes: the pool source is
 reused when its config matches, and finished shards are not fetched again.
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from . import dedup, download, features, serve
+from . import dedup, download, features, serve, train
 from . import filter as filtering
 from .config import CONFIG_DIR, load
 from .synth import SynthConfig, generate, score_dedup, synth_config_hash
@@ -31,6 +32,7 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
         log(f"[demo] {out_path} holds a demo made with other settings; starting it over")
         shutil.rmtree(src)
         shutil.rmtree(pool, ignore_errors=True)
+        shutil.rmtree(out_path / "dfn-run", ignore_errors=True)
     generate(src, synth_cfg, log=log)
     server = serve.start(src, port)
     try:
@@ -42,6 +44,16 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
     # random-init tiny model: no weights can be downloaded here; later stages train their own
     scorer = features.run_scorer(str(pool), features.ScorerConfig(scorer_id="clip_tiny"), ray_address=ray_address,
                                  log=log)
+    # DFN: a filtering network trained only on the trusted set, then scoring the pool as scorer "dfn"
+    run_dir = out_path / "dfn-run"
+    if (run_dir / "train_manifest.json").exists():
+        trained = json.loads((run_dir / "train_manifest.json").read_text())
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run: open_clip_train will not reuse it
+        trained = train.train(str(src / "trusted"), str(run_dir), train.TrainConfig(epochs=5), name="dfn", log=log)
+    features.run_scorer(str(pool), features.ScorerConfig(scorer_id="dfn", model="thresher-tiny",
+                                                         pretrained=trained["checkpoint"]),
+                        ray_address=ray_address, log=log)
     # the tiny scorer is random-init, so its embeddings say nothing: exact, perceptual and contamination only
     dd = dedup.run(str(pool), dedup.DedupConfig(semantic=False, eval_sets=[str(src / "eval" / "shapes_kind"),
                                                                            str(src / "eval" / "shapes_color")]),
@@ -57,7 +69,8 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
     recipes = {}
     for path in sorted((CONFIG_DIR / "recipes").glob("*.yaml")):
         recipes[path.stem] = filtering.run(str(pool), path.stem, variables, log=log)
-    score = score_dedup(dedup.read(str(pool)).to_pylist(), pq.read_table(src / "ground_truth.parquet").to_pylist())
+    truth = pq.read_table(src / "ground_truth.parquet").to_pylist()
+    score = score_dedup(dedup.read(str(pool)).to_pylist(), truth)
     counts = manifest["counts"]
     log("")
     log("demo finished")
@@ -70,6 +83,12 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
     log(f"  filter decisions: {pool / 'decisions'}; funnels: {pool / 'stats'}")
     for name, m in recipes.items():
         log(f"    {name:40s} kept {m['kept']:6d} of {m['samples']}")
+    dfn = {r["uid"]: r["keep"] for r in filtering.read(str(pool), "dfn").to_pylist()}
+    cats = {g["uid"]: g["category"] for g in truth}
+    removed = {c: sum(not dfn[u] for u in dfn if cats[u] == c) / max(1, sum(cats[u] == c for u in dfn))
+               for c in ("mismatched_caption", "clean")}
+    log(f"  dfn (top {recipes['dfn']['thresholds']['clip_score']['fraction']:.0%} by the trained filter network) "
+        f"removes {removed['mismatched_caption']:.1%} of mismatched captions and {removed['clean']:.1%} of clean samples")
     log("  dedup against the planted ground truth: " + "; ".join(
         f"{k} recall {v['recall']:.3f} precision {v['precision']:.3f}" for k, v in score.items()))
     return {"source": str(src), "pool": str(pool), "manifest": manifest, "dedup_score": score,

@@ -115,12 +115,12 @@ def load_recipe(name_or_path: str, variables: dict | None = None) -> tuple[Recip
     steps = []
     for i, raw in enumerate(recipe.steps):
         where = f"{path}: step {i + 1}"
-        step = from_dict(Step, raw, where=where)
+        step = from_dict(Step, _substitute(raw, variables, where), where=where)
         where = f"{path}: step {i + 1} ({step.name or step.filter})"
         if step.filter not in known:
             raise InputError(f"{where}: unknown filter {step.filter!r}; known: {', '.join(known)}")
         spec = known[step.filter]
-        params = from_dict(spec.params, _substitute(step.params, variables, where), where=f"{where} params")
+        params = from_dict(spec.params, step.params, where=f"{where} params")
         if step.top_fraction is not None:
             if not spec.scores:
                 raise InputError(f"{where}: top_fraction needs a filter that scores; {step.filter} does not")
@@ -349,7 +349,8 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
                                                "top_fraction": s.top_fraction, "fraction_of": s.fraction_of}
                                               for s in steps]},
                 "recipe_sha256": runtime.file_sha256(str(path)), "samples": total, "kept": remaining,
-                "thresholds": threshold_info, "prepared": prepared, "funnel": funnel, "seconds": round(time.time() - t0, 2),
+                "thresholds": threshold_info, "prepared": prepared, "funnel": funnel,
+                "inputs": _input_manifests(pool, columns), "seconds": round(time.time() - t0, 2),
                 **runtime.provenance()}
     runtime.write_json(runtime.join(out_dir, "manifest.json"), manifest)
     runtime.makedirs(runtime.join(pool, "stats"))
@@ -359,6 +360,23 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
     log(f"[filter:{recipe.name}] kept {remaining} of {total}: " +
         ", ".join(f"{f['step']} -{f['dropped']}" for f in funnel))
     return manifest
+
+
+def _input_manifests(pool: str, columns: set[str]) -> dict:
+    """The manifests of the feature sets a recipe read: for a scorer, its model and weights (and, for a
+    trained checkpoint, what it was trained on), so decisions carry their filter model's provenance."""
+    out = {}
+    for c in sorted(columns):
+        for suffix in ("_score", "_img_emb"):
+            if c.endswith(suffix) and c != "caption_lang_score":
+                scorer = c[: -len(suffix)]
+                path = runtime.join(pool, "features", scorer, "manifest.json")
+                if scorer not in out and runtime.exists(path):
+                    out[scorer] = runtime.read_json(path)
+    if columns & {"dedup_keep", "dedup_reason"}:
+        out["dedup"] = {k: v for k, v in runtime.read_json(runtime.join(pool, "dedup", "manifest.json")).items()
+                        if k in ("config", "config_hash", "removed", "created")}
+    return out
 
 
 def read(pool: str, recipe: str) -> pa.Table:

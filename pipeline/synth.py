@@ -8,6 +8,8 @@
     DIR/www/img/...            the files `thresher serve DIR` serves; www/_behaviors.json lists the
                                URLs that stall and the response headers to add (X-Robots-Tag)
     DIR/eval/<name>/...        held-out labelled sets in CLIP_benchmark's WebDataset layout
+    DIR/trusted/NNNNN.tar      clean image-caption pairs apart from the pool (jpg + txt): the trusted
+                               set a data-filtering network is trained on
     DIR/synth.json             the config, its hash and the count of each category
 
 Every sample is drawn from its own RNG stream seeded by (seed, index), so the output is identical for
@@ -155,6 +157,7 @@ class SynthConfig:
     proportions: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PROPORTIONS))
     eval_classification: int = 500      # images in each classification set
     eval_retrieval: int = 300           # image-caption pairs in the retrieval set
+    trusted: int = 2000                 # clean image-caption pairs in trusted/ (a DFN's high-quality training set)
     stall_seconds: float = 120.0        # how long the server holds a stalled request before closing it
     face_box_fraction: float = 0.02     # clean samples given a box in face_bboxes (to exercise blurring)
     workers: int = 0                    # image-drawing processes; 0 = one per core
@@ -547,6 +550,27 @@ def _write_eval_sets(cfg: SynthConfig, eval_dir: Path, pool) -> None:
             (root / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
 
 
+def _trusted_item(job: tuple) -> tuple[int, bytes, str]:
+    seed, i = job
+    rng = _rng(seed, 13, i)
+    scene = random_scene(rng)
+    w, h = int(rng.integers(224, 400)), int(rng.integers(224, 400))
+    return i, encode(render(scene, w, h, rng), "jpg", 90), english_caption(scene, rng)
+
+
+def _write_trusted_set(cfg: SynthConfig, out: Path, pool, per_shard: int = 1000) -> None:
+    """Clean pairs, drawn apart from the pool, as WebDataset shards (jpg + txt) open_clip_train reads."""
+    out.mkdir(parents=True, exist_ok=True)
+    items = sorted(pool.map(_trusted_item, [(cfg.seed, i) for i in range(cfg.trusted)], chunksize=16))
+    for shard, start in enumerate(range(0, len(items), per_shard)):
+        with tarfile.open(out / f"{shard:05d}.tar", "w") as tar:
+            for i, data, caption in items[start:start + per_shard]:
+                for ext, payload in (("jpg", data), ("txt", caption.encode())):
+                    info = tarfile.TarInfo(f"t{i:07d}.{ext}")
+                    info.size, info.mtime = len(payload), 0
+                    tar.addfile(info, io.BytesIO(payload))
+
+
 def eval_image_bytes(eval_dir: Path, name: str, index: int) -> bytes:
     with tarfile.open(eval_dir / name / "test" / "0.tar") as tar:
         return tar.extractfile(f"s{index:06d}.jpg").read()
@@ -572,7 +596,7 @@ def generate(out: str | Path, cfg: SynthConfig, log=print) -> dict:
             return previous
         raise InputError(f"{out} already holds a synthetic pool made with another config; "
                          f"choose a new --out or delete it")
-    for sub in ("www", "eval", "blocklists"):
+    for sub in ("www", "eval", "blocklists", "trusted"):
         shutil.rmtree(out / sub, ignore_errors=True)
     (out / "www" / "img").mkdir(parents=True, exist_ok=True)
     (out / "blocklists").mkdir(parents=True, exist_ok=True)
@@ -583,6 +607,8 @@ def generate(out: str | Path, cfg: SynthConfig, log=print) -> dict:
     ctx = mp.get_context("fork")
     with ctx.Pool(workers) as pool:
         _write_eval_sets(cfg, eval_dir, pool)
+        if cfg.trusted:
+            _write_trusted_set(cfg, out / "trusted", pool)
         results = {r["index"]: r for r in pool.imap_unordered(
             _draw_one, [(cfg.seed, p, str(www), str(eval_dir)) for p in plans], chunksize=32)}
         # exact duplicates: the very same bytes under another URL

@@ -317,3 +317,42 @@ def test_random_subset_is_seeded_and_sized(featured_pool, ray_local):
     rows = decisions(featured_pool, "datacomp-random")
     n, kept = len(rows), sum(r["keep"] for r in rows.values())
     assert kept == int(n * 0.3) + 1  # the rank-int(n*f) element is itself kept (no ties on a hash)
+
+
+@pytest.fixture(scope="session")
+def dfn_scored(featured_pool, synth_dir, tmp_path_factory, ray_local):
+    """A filtering network trained only on the synthetic trusted set, scoring the pool as scorer "dfn"."""
+    from pipeline import features, train
+
+    run = tmp_path_factory.mktemp("dfn")
+    trained = train.train(str(synth_dir / "trusted"), str(run), train.TrainConfig(epochs=5), name="dfn",
+                          log=lambda *_: None)
+    features.run_scorer(str(featured_pool), features.ScorerConfig(scorer_id="dfn", pretrained=trained["checkpoint"]),
+                        log=lambda *_: None)
+    return trained
+
+
+def test_dfn_removes_mismatched_captions_far_above_chance(dfn_scored, featured_pool, truth_by_uid):
+    manifest = flt.run(str(featured_pool), "dfn", {"fraction": 0.7}, log=lambda *_: None)
+    rows = decisions(featured_pool, "dfn")
+
+    def removed(category):
+        group = [u for u in rows if truth_by_uid[u]["category"] == category]
+        return sum(not rows[u]["keep"] for u in group) / len(group)
+
+    # keeping 70% removes ~30% at random; the filtering network removes mismatched captions far more often
+    assert removed("mismatched_caption") >= 0.8 and removed("clean") <= 0.35, (removed("mismatched_caption"),
+                                                                               removed("clean"))
+    # provenance: which weights scored, and what they were trained on
+    weights = manifest["inputs"]["dfn"]["weights"]
+    assert weights["kind"] == "checkpoint" and weights["sha256"] == dfn_scored["checkpoint_sha256"]
+    shards = weights["training"]["data"]["shards"]
+    assert [s["path"].rsplit("/", 1)[-1] for s in shards] == ["00000.tar", "00001.tar"]
+    assert all(len(s["sha256"]) == 64 for s in shards) and weights["training"]["data"]["samples"] == 2000
+
+
+def test_train_names_bad_data(tmp_path):
+    from pipeline import train
+
+    with pytest.raises(InputError, match="no .tar files"):
+        train.train(str(tmp_path), str(tmp_path / "out"), train.TrainConfig(), log=lambda *_: None)
