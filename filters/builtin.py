@@ -362,3 +362,40 @@ def image_clusters(table, p: ImageClusters, ctx: dict):
     _, nearest = index.search(np.ascontiguousarray(emb), 1)
     ok = np.linalg.norm(emb, axis=1) > 0.5
     return ok & np.isin(nearest[:, 0], ctx["chosen"]), None
+
+
+# ---------------------------------------------------------------------------------------------------
+# A classifier on image embeddings (e.g. NSFW): a probe from `thresher train-probe` or a TorchScript file
+
+
+@dataclass
+class ImageProbe:
+    scorer: str = "clip_l14"
+    probe: str = ""                # .npz from `thresher train-probe`, or a TorchScript module (.pt/.ts)
+    max_probability: float = 0.5   # samples the probe gives more than this are dropped
+
+
+_PROBES: dict[str, object] = {}
+
+
+def _image_probe_needs(p: ImageProbe) -> list[str]:
+    if not p.probe:
+        raise InputError("image_probe: `probe` (a .npz or TorchScript file) is required")
+    return [f"{p.scorer}_img_emb"]
+
+
+@register("image_probe", ImageProbe, needs=_image_probe_needs, scores=True)
+def image_probe(table, p: ImageProbe):
+    """Drops samples a classifier on the image embedding flags (probability > max_probability); scores by
+    1 - probability, so top_fraction keeps the least flagged."""
+    from pipeline.probe import load_probe
+
+    if p.probe not in _PROBES:
+        _PROBES[p.probe] = load_probe(p.probe)
+    n = table.num_rows
+    if n == 0:
+        return np.zeros(0, bool), np.zeros(0)
+    emb = np.asarray(table.column(f"{p.scorer}_img_emb").combine_chunks().values, np.float32).reshape(n, -1)
+    prob = _PROBES[p.probe](emb)
+    ok = np.linalg.norm(emb, axis=1) > 0.5  # no embedding (undecodable image): not kept
+    return ok & (prob <= p.max_probability), 1.0 - prob

@@ -172,6 +172,14 @@ def cmd_train(args) -> None:
           f"record in {args.out}/train_manifest.json")
 
 
+def cmd_train_probe(args) -> None:
+    from .probe import train_probe
+
+    record = train_probe(args.pool, args.scorer, args.labels, args.out, c=args.c)
+    print(f"probe on {record['samples']} labelled embeddings ({record['positives']} positive), held-out AUC "
+          f"{record['holdout_auc']} -> {args.out} (record {args.out}.json)")
+
+
 def cmd_embed_images(args) -> None:
     from .features import embed_images
 
@@ -281,6 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="run", help="run name (open_clip_train's --name)")
     add_config_args(p, TrainConfig)
     p.set_defaults(func=cmd_train)
+
+    p = add("train-probe", "Train a logistic-regression probe (e.g. NSFW) on a pool scorer's image embeddings.",
+            "thresher train-probe pool --scorer clip_l14 --labels nsfw-labels.parquet --out nsfw.npz")
+    p.add_argument("pool")
+    p.add_argument("--scorer", required=True, help="the scorer whose image embeddings the probe reads")
+    p.add_argument("--labels", required=True, help="Parquet with uid and label (1 = drop)")
+    p.add_argument("--out", required=True, help=".npz to write (and a .json record beside it)")
+    p.add_argument("--c", type=float, default=1.0, help="inverse regularisation strength")
+    p.set_defaults(func=cmd_train_probe)
 
     p = add("embed-images", "Embed a directory of WebDataset image tars (a target set for image-based filtering).",
             "thresher embed-images imagenet-train-tars/ --model ViT-L-14 --pretrained openai --out in1k-l14.npy")

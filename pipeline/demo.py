@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from . import dedup, download, features, serve, train
+from . import dedup, download, features, probe, runtime, serve, train
 from . import filter as filtering
 from .config import CONFIG_DIR, load
 from .synth import SynthConfig, generate, score_dedup, synth_config_hash
@@ -64,12 +64,20 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
     target = src / "eval" / "shapes_kind.thresher-tiny.npy"
     if not target.exists():
         features.embed_images(str(src / "eval" / "shapes_kind"), "thresher-tiny", None, str(target))
+    # an NSFW-style probe: labels for half the pool from the answer key (the hazard-marked samples), as a
+    # user would bring labelled examples; on random-init embeddings it is weak (see docs/filters.md)
+    truth = pq.read_table(src / "ground_truth.parquet").to_pylist()
+    uids = features.read_scorer(str(pool), "clip_tiny").column("uid").to_pylist()
+    unsafe = {g["uid"] for g in truth if g["category"].startswith("blocked_")}
+    half = [u for u in uids if int(u[:2], 16) < 128]
+    runtime.write_parquet(probe.labels_table(half, [int(u in unsafe) for u in half]), str(out_path / "probe-labels.parquet"))
+    probe_record = probe.train_probe(str(pool), "clip_tiny", str(out_path / "probe-labels.parquet"),
+                                     str(out_path / "probe.npz"))
     variables = {"scorer": "clip_tiny", "blocklists": str(src / "blocklists"), "target": str(target),
-                 "clusters": max(1, samples // 200)}
+                 "clusters": max(1, samples // 200), "probe_scorer": "clip_tiny", "probe": str(out_path / "probe.npz")}
     recipes = {}
     for path in sorted((CONFIG_DIR / "recipes").glob("*.yaml")):
         recipes[path.stem] = filtering.run(str(pool), path.stem, variables, log=log)
-    truth = pq.read_table(src / "ground_truth.parquet").to_pylist()
     score = score_dedup(dedup.read(str(pool)).to_pylist(), truth)
     counts = manifest["counts"]
     log("")
@@ -89,6 +97,7 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
                for c in ("mismatched_caption", "clean")}
     log(f"  dfn (top {recipes['dfn']['thresholds']['clip_score']['fraction']:.0%} by the trained filter network) "
         f"removes {removed['mismatched_caption']:.1%} of mismatched captions and {removed['clean']:.1%} of clean samples")
+    log(f"  probe (NSFW-style, on clip_tiny embeddings): held-out AUC {probe_record['holdout_auc']:.3f}")
     log("  dedup against the planted ground truth: " + "; ".join(
         f"{k} recall {v['recall']:.3f} precision {v['precision']:.3f}" for k, v in score.items()))
     return {"source": str(src), "pool": str(pool), "manifest": manifest, "dedup_score": score,

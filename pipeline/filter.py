@@ -96,8 +96,10 @@ def recipe_path(name_or_path: str) -> Path:
     return preset
 
 
-def load_recipe(name_or_path: str, variables: dict | None = None) -> tuple[Recipe, list[ResolvedStep], Path]:
-    """Parse and check a recipe completely (filters exist, parameters typed) before any data is read."""
+def load_recipe(name_or_path: str, variables: dict | None = None,
+                _including: tuple = ()) -> tuple[Recipe, list[ResolvedStep], Path]:
+    """Parse and check a recipe completely (filters exist, parameters typed) before any data is read.
+    A step `{include: OTHER}` puts another recipe's steps there (e.g. safety before quality)."""
     import yaml
 
     from filters import api
@@ -115,6 +117,14 @@ def load_recipe(name_or_path: str, variables: dict | None = None) -> tuple[Recip
     steps = []
     for i, raw in enumerate(recipe.steps):
         where = f"{path}: step {i + 1}"
+        if isinstance(raw, dict) and "include" in raw:
+            if set(raw) != {"include"}:
+                raise InputError(f"{where}: an include step has only `include: RECIPE`")
+            if str(path) in _including or len(_including) > 8:
+                raise InputError(f"{where}: recipes include each other in a cycle ({' -> '.join(_including)})")
+            _, included, _ = load_recipe(str(raw["include"]), variables, _including + (str(path),))
+            steps.extend(included)
+            continue
         step = from_dict(Step, _substitute(raw, variables, where), where=where)
         where = f"{path}: step {i + 1} ({step.name or step.filter})"
         if step.filter not in known:

@@ -50,8 +50,10 @@ def make_pool(root, shards: list[list[dict]], scorer: str = "clip_b32"):
         runtime.write_parquet(scores, str(root / "features" / scorer / f"{name}.parquet"))
         runtime.write_json(str(root / "features" / scorer / f"{name}_stats.json"), {"count": len(rows)})
         if rows and "emb" in rows[0]:
-            np.save(root / "features" / scorer / f"{name}.img.npy", np.array([r["emb"] for r in rows], np.float16))
-    runtime.write_json(str(root / "features" / scorer / "manifest.json"), {"scorer": {}})
+            for tower in ("img", "txt"):  # the text tower's rows do not matter to these tests
+                np.save(root / "features" / scorer / f"{name}.{tower}.npy", np.array([r["emb"] for r in rows], np.float16))
+    runtime.write_json(str(root / "features" / scorer / "manifest.json"),
+                       {"scorer": {"model": "planted", "pretrained": None}, "weights": {"kind": "planted"}})
     return root
 
 
@@ -356,3 +358,76 @@ def test_train_names_bad_data(tmp_path):
 
     with pytest.raises(InputError, match="no .tar files"):
         train.train(str(tmp_path), str(tmp_path / "out"), train.TrainConfig(), log=lambda *_: None)
+
+
+def test_safety_then_quality_by_include(featured_pool, synth_dir, truth_by_uid, ray_local):
+    manifest = flt.run(str(featured_pool), "safe-datacomp-basic", {"blocklists": str(synth_dir / "blocklists")},
+                       log=lambda *_: None)
+    rows = decisions(featured_pool, "safe-datacomp-basic")
+    safety = {"url_md5", "url_sha256", "image_sha256", "image_pdq"}
+    assert [f["step"] for f in manifest["funnel"]][:4] == ["url_md5", "url_sha256", "image_sha256", "image_pdq"]
+    for u, r in rows.items():
+        g = truth_by_uid[u]
+        if g["blocklist"]:
+            assert r["dropped_by"] == g["blocklist"]  # safety runs first, whatever else is wrong with it
+        elif g["category"] in ("non_english", "short_caption", "tiny_image", "extreme_aspect"):
+            assert r["dropped_by"] not in safety and not r["keep"]
+        else:
+            assert r["keep"], (g["category"], r)
+
+
+def test_include_cycles_are_refused(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(f"name: a\nsteps:\n  - include: {b}\n")
+    b.write_text(f"name: b\nsteps:\n  - include: {a}\n")
+    with pytest.raises(InputError, match="cycle"):
+        flt.load_recipe(str(a))
+
+
+def test_nsfw_probe_trained_on_labels_flags_held_out_unsafe_images(tmp_path, ray_local):
+    """Planted embeddings: "unsafe" images lie off to one side. A probe trained on half the labels flags the
+    other half's unsafe images and spares the rest; the safety recipe drops them as `nsfw`."""
+    from pipeline import probe
+
+    rng = np.random.default_rng(0)
+    unsafe = rng.random(600) < 0.15
+    emb = rng.normal(size=(600, 16)) + np.where(unsafe, 3.0, 0.0)[:, None] * np.eye(16)[0]
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    rows = [{"uid": f"s{i}", "emb": emb[i], "score": 0.1} for i in range(600)]
+    pool = make_pool(tmp_path / "pool", [rows[:300], rows[300:]])
+    train_ids = list(range(0, 600, 2))
+    runtime.write_parquet(probe.labels_table([f"s{i}" for i in train_ids], [int(unsafe[i]) for i in train_ids]),
+                          str(tmp_path / "labels.parquet"))
+    record = probe.train_probe(str(pool), "clip_b32", str(tmp_path / "labels.parquet"), str(tmp_path / "p.npz"))
+    assert record["positives"] == int(unsafe[train_ids].sum()) and record["holdout_auc"] > 0.9
+    manifest = flt.run(str(pool), "relaion-safety-nsfw", {"probe_scorer": "clip_b32", "probe": str(tmp_path / "p.npz"),
+                                                          "blocklists": str(tmp_path / "no-lists")}, log=lambda *_: None)
+    rows = decisions(pool, "relaion-safety-nsfw")
+    held = [i for i in range(1, 600, 2)]
+    flagged = np.array([rows[f"s{i}"]["dropped_by"] == "nsfw" for i in held])
+    assert flagged[unsafe[held]].mean() >= 0.9 and flagged[~unsafe[held]].mean() <= 0.15
+    assert manifest["funnel"][-1]["step"] == "nsfw"
+
+
+def test_torchscript_probe_equals_the_npz_probe(tmp_path):
+    import torch
+
+    from pipeline import probe
+
+    w, b = np.random.default_rng(0).normal(size=16).astype(np.float32), np.float32(0.3)
+    np.savez(tmp_path / "p.npz", weight=w, bias=b, model="m", pretrained="x")
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(16, 1)
+            self.linear.weight.data = torch.from_numpy(w)[None]
+            self.linear.bias.data = torch.tensor([float(b)])
+
+        def forward(self, x):
+            return torch.sigmoid(self.linear(x))
+
+    torch.jit.script(Head()).save(str(tmp_path / "p.pt"))
+    x = np.random.default_rng(1).normal(size=(50, 16)).astype(np.float32)
+    assert np.allclose(probe.load_probe(str(tmp_path / "p.npz"))(x), probe.load_probe(str(tmp_path / "p.pt"))(x),
+                       atol=1e-5)
