@@ -16,8 +16,10 @@ from .api import register
 
 
 def _np(table: pa.Table, column: str, dtype=np.float64, fill=np.nan) -> np.ndarray:
-    return table.column(column).to_numpy(zero_copy_only=False).astype(dtype) if table.column(column).null_count == 0 \
-        else pc.fill_null(table.column(column), fill).to_numpy(zero_copy_only=False).astype(dtype)
+    col = table.column(column)
+    if col.null_count:
+        col = pc.fill_null(col, fill)
+    return col.to_numpy(zero_copy_only=False).astype(dtype)
 
 
 @register("none")
