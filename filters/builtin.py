@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,13 @@ def _np(table: pa.Table, column: str, dtype=np.float64, fill=np.nan) -> np.ndarr
     if col.null_count:
         col = pc.fill_null(col, fill)
     return col.to_numpy(zero_copy_only=False).astype(dtype)
+
+
+def _embeddings(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """float32 [n, d] from a fixed-size list column, and which rows have one (undecodable images are zeros)."""
+    emb = np.ascontiguousarray(np.asarray(table.column(column).combine_chunks().values, np.float32)
+                               .reshape(table.num_rows, -1))
+    return emb, np.linalg.norm(emb, axis=1) > 0.5
 
 
 @register("none")
@@ -149,7 +157,15 @@ def _read_list(path: str, missing_ok: bool) -> list[str]:
         return [ln.strip().lower() for ln in f if ln.strip() and not ln.startswith("#")]
 
 
-_LISTS: dict[tuple, object] = {}
+@lru_cache(maxsize=None)
+def _listed(kind: str, path: str, missing_ok: bool):
+    """A blocklist, read once per worker process: PDQ codes for image_pdq, else a set of digests."""
+    from pipeline import dedup
+
+    entries = _read_list(path, missing_ok)
+    if kind == "image_pdq":
+        return dedup.pdq_codes(entries)[0] if entries else None
+    return set(entries) or None
 
 
 def _blocklist_needs(p: Blocklist) -> list[str]:
@@ -165,16 +181,9 @@ def blocklist(table, p: Blocklist):
     """Drops samples whose URL or image hash is on a list (exact digests; PDQ within `radius` bits)."""
     from pipeline import dedup, hashes
 
-    key = (p.kind, p.path)
-    if key not in _LISTS:  # a list is read once per worker process
-        entries = _read_list(p.path, p.missing_ok)
-        if p.kind == "image_pdq":
-            _LISTS[key] = dedup.pdq_codes(entries)[0] if entries else None
-        else:
-            _LISTS[key] = set(entries)
-    listed = _LISTS[key]
+    listed = _listed(p.kind, p.path, p.missing_ok)
     n = table.num_rows
-    if listed is None or (not isinstance(listed, np.ndarray) and not listed):
+    if listed is None:
         return np.ones(n, bool), None
     if p.kind == "image_pdq":
         codes, have = dedup.pdq_codes(table.column("pdq").to_pylist())
@@ -195,7 +204,16 @@ class ClassNames:
     path: str = ""
 
 
-_NAMES: dict[str, list[tuple[str, ...]]] = {}
+@lru_cache(maxsize=None)
+def _class_names(name_or_path: str) -> tuple[tuple[str, ...], ...]:
+    import re
+
+    from pipeline.config import CONFIG_DIR
+
+    shipped = CONFIG_DIR / "classes" / f"{name_or_path}.txt"  # a bare name is a list shipped in configs/classes/
+    path = str(shipped) if "/" not in name_or_path and shipped.exists() else name_or_path
+    names = [tuple(re.findall(r"[a-z0-9]+", ln.lower())) for ln in _read_list(path, False)]
+    return tuple(n for n in names if n)
 
 
 @register("caption_names_class", ClassNames, needs=["caption"])
@@ -204,14 +222,7 @@ def caption_names_class(table, p: ClassNames):
     class names as lower-cased word sequences; the reference code also matches WordNet synonyms)."""
     import re
 
-    if p.path not in _NAMES:
-        from pipeline.config import CONFIG_DIR
-
-        shipped = CONFIG_DIR / "classes" / f"{p.path}.txt"  # a bare name is a list shipped in configs/classes/
-        path = str(shipped) if "/" not in p.path and shipped.exists() else p.path
-        names = [tuple(re.findall(r"[a-z0-9]+", ln.lower())) for ln in _read_list(path, False)]
-        _NAMES[p.path] = [n for n in names if n]
-    names = _NAMES[p.path]
+    names = _class_names(p.path)
     singles = {n[0] for n in names if len(n) == 1}
     multi = [n for n in names if len(n) > 1]
     keep = []
@@ -239,11 +250,31 @@ class UrlBlocklist:
     integrated_lists: bool = True  # datatrove's bundled lists (UT1 adult domains and URLs, banned words)
 
 
-_DATATROVE: dict[tuple, object] = {}
-
-
 def _lines(path: str) -> list[str] | None:
     return _read_list(path, False) if path else None
+
+
+@lru_cache(maxsize=None)
+def _url_filter(domains: str, urls: str, banned: str, integrated: bool):
+    import tldextract
+    from datatrove.pipeline.filters import URLFilter
+
+    f = URLFilter(extra_domains=_lines(domains), extra_urls=_lines(urls), banned_words=_lines(banned),
+                  use_integrated_lists=integrated)
+    # the public-suffix list snapshot shipped with tldextract: no fetch (machines may be offline)
+    f.tldextractor = tldextract.TLDExtract(suffix_list_urls=())
+    f.download_data()  # despite the name, this extracts lists bundled in the package
+    return f
+
+
+@lru_cache(maxsize=None)
+def _word_filter(path: str):
+    import re
+
+    from datatrove.pipeline.filters import RegexFilter
+
+    words = sorted(set(_read_list(path, False)), key=len, reverse=True)
+    return RegexFilter(r"(?i)\b(?:" + "|".join(re.escape(w) for w in words) + r")\b") if words else None
 
 
 @register("url_blocklist", UrlBlocklist, needs=["url"])
@@ -251,18 +282,7 @@ def url_blocklist(table, p: UrlBlocklist):
     """Drops samples whose URL's domain, URL or words are blocklisted (datatrove's URLFilter)."""
     from datatrove.data import Document
 
-    key = ("url", p.domains, p.urls, p.banned_words, p.integrated_lists)
-    if key not in _DATATROVE:
-        import tldextract
-        from datatrove.pipeline.filters import URLFilter
-
-        f = URLFilter(extra_domains=_lines(p.domains), extra_urls=_lines(p.urls),
-                      banned_words=_lines(p.banned_words), use_integrated_lists=p.integrated_lists)
-        # the public-suffix list snapshot shipped with tldextract: no fetch (machines may be offline)
-        f.tldextractor = tldextract.TLDExtract(suffix_list_urls=())
-        f.download_data()  # despite the name, this extracts lists bundled in the package
-        _DATATROVE[key] = f
-    f = _DATATROVE[key]
+    f = _url_filter(p.domains, p.urls, p.banned_words, p.integrated_lists)
     keep = [bool(u) and f.filter(Document(text="", id="", metadata={"url": u})) is True
             for u in table.column("url").to_pylist()]
     return np.array(keep, bool), None
@@ -277,17 +297,9 @@ class BannedWords:
 def banned_words(table, p: BannedWords):
     """Drops samples whose caption contains a listed word or phrase, whole words, any case (datatrove's
     RegexFilter)."""
-    import re
-
     from datatrove.data import Document
 
-    key = ("words", p.path)
-    if key not in _DATATROVE:
-        from datatrove.pipeline.filters import RegexFilter
-
-        words = sorted(set(_read_list(p.path, False)), key=len, reverse=True)
-        _DATATROVE[key] = RegexFilter(r"(?i)\b(?:" + "|".join(re.escape(w) for w in words) + r")\b") if words else None
-    f = _DATATROVE[key]
+    f = _word_filter(p.path)
     if f is None:
         return np.ones(table.num_rows, bool), None
     return np.array([f.filter(Document(text=c or "", id="")) for c in table.column("caption").to_pylist()], bool), None
@@ -354,15 +366,12 @@ def image_clusters(table, p: ImageClusters, ctx: dict):
     """Keeps samples whose image embedding's nearest k-means centroid is nearest to some target image."""
     import faiss
 
-    col = table.column(f"{p.scorer}_img_emb").combine_chunks()
-    n = table.num_rows
-    if n == 0:
+    if table.num_rows == 0:
         return np.zeros(0, bool), None
-    emb = np.asarray(col.values, dtype=np.float32).reshape(n, -1)
+    emb, ok = _embeddings(table, f"{p.scorer}_img_emb")
     index = faiss.IndexFlatIP(emb.shape[1])
     index.add(ctx["centroids"])
-    _, nearest = index.search(np.ascontiguousarray(emb), 1)
-    ok = np.linalg.norm(emb, axis=1) > 0.5
+    _, nearest = index.search(emb, 1)
     return ok & np.isin(nearest[:, 0], ctx["chosen"]), None
 
 
@@ -377,7 +386,11 @@ class ImageProbe:
     max_probability: float = 0.5   # samples the probe gives more than this are dropped
 
 
-_PROBES: dict[str, object] = {}
+@lru_cache(maxsize=None)
+def _probe(path: str):
+    from pipeline.probe import load_probe
+
+    return load_probe(path)
 
 
 def _image_probe_needs(p: ImageProbe) -> list[str]:
@@ -390,14 +403,8 @@ def _image_probe_needs(p: ImageProbe) -> list[str]:
 def image_probe(table, p: ImageProbe):
     """Drops samples a classifier on the image embedding flags (probability > max_probability); scores by
     1 - probability, so top_fraction keeps the least flagged."""
-    from pipeline.probe import load_probe
-
-    if p.probe not in _PROBES:
-        _PROBES[p.probe] = load_probe(p.probe)
-    n = table.num_rows
-    if n == 0:
+    if table.num_rows == 0:
         return np.zeros(0, bool), np.zeros(0)
-    emb = np.asarray(table.column(f"{p.scorer}_img_emb").combine_chunks().values, np.float32).reshape(n, -1)
-    prob = _PROBES[p.probe](emb)
-    ok = np.linalg.norm(emb, axis=1) > 0.5  # no embedding (undecodable image): not kept
+    emb, ok = _embeddings(table, f"{p.scorer}_img_emb")
+    prob = _probe(p.probe)(emb)
     return ok & (prob <= p.max_probability), 1.0 - prob

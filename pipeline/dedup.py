@@ -282,7 +282,7 @@ def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) 
         if set(features.done(scorer_dir)) != set(shards):
             raise InputError(f"{pool}: scorer {cfg.scorer!r} is missing or incomplete; run `thresher features` "
                              f"with --scorer-id {cfg.scorer}, or choose --scorer, or --keep first")
-        table, img, _ = features.read_scorer(pool, cfg.scorer, with_embeddings=True)
+        table, img, _ = features.read_scorer(pool, cfg.scorer, with_embeddings=True, text=False)
         if table.column("uid").to_pylist() != uids:
             raise InputError(f"{scorer_dir} is not row-aligned with the base features; recompute it")
         scores = np.array(table.column("clip_score").to_pylist(), dtype=np.float64)

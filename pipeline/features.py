@@ -247,9 +247,8 @@ class ClipEmbedder:
         ctx = (torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast) if self.autocast
                else contextlib.nullcontext())
         with torch.inference_mode(), ctx:
-            image = models.normalize(batch["pixels"], self.pp_cfg, self.device, torch.float32)
             tokens = torch.as_tensor(batch["tokens"].astype(np.int64), device=self.device)
-            img = torch.nn.functional.normalize(self.model.encode_image(image).float(), dim=-1)
+            img = models.encode_images(self.model, batch["pixels"], self.pp_cfg, self.device)
             txt = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
         img, txt = img.cpu().numpy(), txt.cpu().numpy()
         bad = np.array([bool(e) for e in batch["error"]])
@@ -474,15 +473,16 @@ def import_precomputed(pool: str, scorer_id: str, score_column: str, npz_dir: st
     return manifest
 
 
-def read_scorer(pool: str, scorer_id: str, with_embeddings: bool = False):
-    """A scorer's table for the whole pool (and its image/text embeddings when asked)."""
+def read_scorer(pool: str, scorer_id: str, with_embeddings: bool = False, text: bool = True):
+    """A scorer's table for the whole pool (and its image/text embeddings when asked; `text=False` skips
+    reading the text embeddings and returns None for them)."""
     d = runtime.join(pool, "features", scorer_id)
     shards = sorted(done(d))
     table = pa.concat_tables([runtime.read_parquet(runtime.join(d, f"{s:08d}.parquet")) for s in shards])
     if not with_embeddings:
         return table
     img = np.concatenate([read_npy(runtime.join(d, f"{s:08d}.img.npy")) for s in shards])
-    txt = np.concatenate([read_npy(runtime.join(d, f"{s:08d}.txt.npy")) for s in shards])
+    txt = np.concatenate([read_npy(runtime.join(d, f"{s:08d}.txt.npy")) for s in shards]) if text else None
     return table, img, txt
 
 
@@ -506,8 +506,7 @@ def embed_images(image_dir: str, model: str, pretrained: str | None, out: str, b
 
     def flush():
         with torch.inference_mode():
-            x = models.normalize(np.stack(pixels), pp_cfg, device, torch.float32)
-            chunks.append(torch.nn.functional.normalize(net.encode_image(x).float(), dim=-1).cpu().numpy())
+            chunks.append(models.encode_images(net, np.stack(pixels), pp_cfg, device).cpu().numpy())
         pixels.clear()
 
     for tar_path in tars:

@@ -158,7 +158,8 @@ BASE_ONLY = [f.name for f in schema.BASE_FEATURES if f.name not in META_COLUMNS]
 
 
 def available_columns(pool: str) -> dict[str, str]:
-    """column -> where it comes from, for a pool's complete feature sets (reads only markers)."""
+    """column -> where it comes from ("metadata", "base", "score:S", "img_emb:S", "dedup"), for a pool's
+    complete feature sets (reads only markers). shard_table reads each column from its source."""
     shards = set(features.shard_names(pool))
     cols = {c: "metadata" for c in META_COLUMNS}
     if shards and shards <= set(features.done(runtime.join(pool, "features", "base"))):
@@ -166,9 +167,9 @@ def available_columns(pool: str) -> dict[str, str]:
     for scorer_dir in runtime.glob(runtime.join(pool, "features", "*", "manifest.json")):
         scorer = scorer_dir.rstrip("/").split("/")[-2]
         if scorer != "base" and shards and shards <= set(features.done(runtime.join(pool, "features", scorer))):
-            cols[f"{scorer}_score"] = f"scorer:{scorer}"
+            cols[f"{scorer}_score"] = f"score:{scorer}"
             if runtime.exists(runtime.join(pool, "features", scorer, f"{min(shards):08d}.img.npy")):
-                cols[f"{scorer}_img_emb"] = f"scorer:{scorer}"
+                cols[f"{scorer}_img_emb"] = f"img_emb:{scorer}"
     if runtime.exists(runtime.join(pool, "dedup", "manifest.json")):
         cols.update({"dedup_keep": "dedup", "dedup_reason": "dedup"})
     return cols
@@ -185,44 +186,47 @@ def check_columns(steps: list[ResolvedStep], available: dict[str, str], path: Pa
                              f"{pool} does not have; {hint}")
 
 
-def shard_table(pool: str, shard: int, columns: set[str]) -> pa.Table:
-    """One shard's successful samples, sorted by key, with the requested columns joined in."""
-    wanted = ["uid", "key", "status"] + sorted(columns & set(META_COLUMNS) - {"uid", "key"})
-    rows = runtime.read_parquet(runtime.join(pool, "shards", f"{shard:08d}.parquet"), columns=wanted)
+def shard_table(pool: str, shard: int, columns: dict[str, str]) -> pa.Table:
+    """One shard's successful samples, sorted by key, with the requested columns (column -> source, as
+    available_columns gives them) joined in."""
+    meta = sorted(c for c, src in columns.items() if src == "metadata" and c not in ("uid", "key"))
+    rows = runtime.read_parquet(runtime.join(pool, "shards", f"{shard:08d}.parquet"),
+                                columns=["uid", "key", "status"] + meta)
     rows = rows.filter(pc.equal(rows.column("status"), "success"))
     keys = rows.column("key")
     if len(keys) > 1 and pc.any(pc.less(keys.slice(1), keys.slice(0, len(keys) - 1))).as_py():
         rows = rows.take(pc.sort_indices(rows, sort_keys=[("key", "ascending")]))  # features are in key order
-    out = {"uid": rows.column("uid")}
     uids = rows.column("uid")
     name = f"{shard:08d}"
+    out = {"uid": uids, **{c: rows.column(c) for c in meta}}
 
     def aligned(table: pa.Table, what: str) -> pa.Table:
         if not table.column("uid").equals(uids):
             raise InputError(f"{pool}: {what} of shard {name} is not row-aligned with its metadata; recompute it")
         return table
 
-    for c in columns & set(META_COLUMNS):
-        out[c] = rows.column(c)
-    if columns & set(BASE_ONLY):
-        base = aligned(runtime.read_parquet(runtime.join(pool, "features", "base", f"{name}.parquet")),
-                       "base features")
-        for c in columns & set(BASE_ONLY):
-            out[c] = base.column(c)
-    for c in sorted(columns):
-        if c.endswith("_img_emb"):  # float32 [n, d] as a fixed-size list column
-            emb = features.read_npy(runtime.join(pool, "features", c[: -len("_img_emb")], f"{name}.img.npy"))
-            if len(emb) != len(uids):
-                raise InputError(f"{pool}: embeddings of shard {name} have {len(emb)} rows, metadata {len(uids)}")
-            out[c] = pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).ravel()), emb.shape[1])
-        if c.endswith("_score") and c not in out and c != "caption_lang_score":
-            scorer = c[: -len("_score")]
+    tables: dict[str, pa.Table] = {}  # each Parquet source read once, whatever number of its columns
+    for c, src in sorted(columns.items()):
+        kind, _, scorer = src.partition(":")
+        if kind == "base":
+            if "base" not in tables:
+                tables["base"] = aligned(runtime.read_parquet(runtime.join(pool, "features", "base",
+                                                                           f"{name}.parquet")), "base features")
+            out[c] = tables["base"].column(c)
+        elif kind == "score":
             t = aligned(runtime.read_parquet(runtime.join(pool, "features", scorer, f"{name}.parquet")),
                         f"scorer {scorer}")
             out[c] = t.column("clip_score")
-    if columns & {"dedup_keep", "dedup_reason"}:
-        d = aligned(runtime.read_parquet(runtime.join(pool, "dedup", f"{name}.parquet")), "dedup")
-        out["dedup_keep"], out["dedup_reason"] = d.column("keep"), d.column("reason")
+        elif kind == "img_emb":  # float32 [n, d] as a fixed-size list column
+            emb = features.read_npy(runtime.join(pool, "features", scorer, f"{name}.img.npy"))
+            if len(emb) != len(uids):
+                raise InputError(f"{pool}: embeddings of shard {name} have {len(emb)} rows, metadata {len(uids)}")
+            out[c] = pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).ravel()), emb.shape[1])
+        elif kind == "dedup":
+            if "dedup" not in tables:
+                tables["dedup"] = aligned(runtime.read_parquet(runtime.join(pool, "dedup", f"{name}.parquet")),
+                                          "dedup")
+            out[c] = tables["dedup"].column({"dedup_keep": "keep", "dedup_reason": "reason"}[c])
     return pa.table(out)
 
 
@@ -312,8 +316,9 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
     shards = features.shard_names(pool)
     if not shards:
         raise InputError(f"{pool} has no downloaded shards; run `thresher download` first")
-    check_columns(steps, available_columns(pool), path, pool)
-    columns = {"uid", "key"} | {c for s in steps for c in s.needs}
+    available = available_columns(pool)
+    check_columns(steps, available, path, pool)
+    columns = {c: available[c] for c in {"uid", "key"} | {c for s in steps for c in s.needs}}
     prepared = {}
     for step in steps:  # pool-wide work some filters need first (e.g. k-means), on the driver
         if step.spec.prepare:
@@ -372,20 +377,17 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
     return manifest
 
 
-def _input_manifests(pool: str, columns: set[str]) -> dict:
+def _input_manifests(pool: str, columns: dict[str, str]) -> dict:
     """The manifests of the feature sets a recipe read: for a scorer, its model and weights (and, for a
     trained checkpoint, what it was trained on), so decisions carry their filter model's provenance."""
     out = {}
-    for c in sorted(columns):
-        for suffix in ("_score", "_img_emb"):
-            if c.endswith(suffix) and c != "caption_lang_score":
-                scorer = c[: -len(suffix)]
-                path = runtime.join(pool, "features", scorer, "manifest.json")
-                if scorer not in out and runtime.exists(path):
-                    out[scorer] = runtime.read_json(path)
-    if columns & {"dedup_keep", "dedup_reason"}:
-        out["dedup"] = {k: v for k, v in runtime.read_json(runtime.join(pool, "dedup", "manifest.json")).items()
-                        if k in ("config", "config_hash", "removed", "created")}
+    for src in sorted(set(columns.values())):
+        kind, _, scorer = src.partition(":")
+        if kind in ("score", "img_emb") and scorer not in out:
+            out[scorer] = runtime.read_json(runtime.join(pool, "features", scorer, "manifest.json"))
+        elif kind == "dedup":
+            out["dedup"] = {k: v for k, v in runtime.read_json(runtime.join(pool, "dedup", "manifest.json")).items()
+                            if k in ("config", "config_hash", "removed", "created")}
     return out
 
 

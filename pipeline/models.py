@@ -82,6 +82,14 @@ def normalize(pixels_uint8, pp_cfg: dict, device, dtype):
     return ((x - mean) / std).to(dtype)
 
 
+def encode_images(net, pixels_uint8, pp_cfg: dict, device):
+    """L2-normalised image embeddings (float32 tensor) of uint8 NHWC pixels; call under inference_mode."""
+    import torch
+
+    x = normalize(pixels_uint8, pp_cfg, device, torch.float32)
+    return torch.nn.functional.normalize(net.encode_image(x).float(), dim=-1)
+
+
 def load(model: str, pretrained: str | None, device: str = "cpu"):
     """(model in eval mode, tokenizer). Weights from a tag or a checkpoint path, or random."""
     import open_clip

@@ -21,7 +21,7 @@ def labelled_embeddings(pool: str, scorer: str, labels_path: str) -> tuple[np.nd
     for col in ("uid", "label"):
         if col not in labels.column_names:
             raise InputError(f"{labels_path}: column {col!r} is missing (expected uid, label)")
-    table, img, _ = features.read_scorer(pool, scorer, with_embeddings=True)
+    table, img, _ = features.read_scorer(pool, scorer, with_embeddings=True, text=False)
     row = {u: i for i, u in enumerate(table.column("uid").to_pylist())}
     uids = labels.column("uid").to_pylist()
     missing = [u for u in uids if u not in row]

@@ -458,7 +458,7 @@ def _draw_one(job: tuple) -> dict:
     cfg_seed, plan, www, eval_dir = job
     rng = _rng(cfg_seed, 3, plan["index"])
     cat = plan["category"]
-    out = {"index": plan["index"], "sha256": None, "md5": None, "pdq": None, "width": None, "height": None}
+    out = {"index": plan["index"], "sha256": None, "pdq": None, "width": None, "height": None}
     if cat in ("http_404", "timeout"):
         return out  # nothing is served at that URL
     path = Path(www) / "img" / f"{plan['index']:08d}.{plan['format']}"
@@ -481,7 +481,6 @@ def _draw_one(job: tuple) -> dict:
         out["width"], out["height"] = img.size
     path.write_bytes(data)
     out["sha256"] = hashlib.sha256(data).hexdigest()
-    out["md5"] = hashlib.md5(data).hexdigest()
     return out
 
 
@@ -496,7 +495,7 @@ def _derive_one(job: tuple) -> dict:
     path = Path(www) / "img" / f"{plan['index']:08d}.{plan['format']}"
     path.write_bytes(data)
     return {"index": plan["index"], "sha256": hashlib.sha256(data).hexdigest(),
-            "md5": hashlib.md5(data).hexdigest(), "pdq": None, "width": img.size[0], "height": img.size[1]}
+            "pdq": None, "width": img.size[0], "height": img.size[1]}
 
 
 # ---------------------------------------------------------------------------------------------------
