@@ -241,11 +241,12 @@ def order_key(scores: np.ndarray) -> np.ndarray:
 
 def evaluate(table: pa.Table, steps: list[ResolvedStep], thresholds: dict[int, float]):
     """Run steps in order. Stops at the first top_fraction step whose threshold is not known yet and
-    returns (None, None, None, (step index, the scores it ranks)); else (keep, dropped_by, score, None)."""
+    returns (None, None, None, (step index, the scores it ranks)); else (keep, dropped_by, score, None)
+    where score is [n, steps] float32: each step's score for every sample (NaN where a step gives none)."""
     n = table.num_rows
     alive = np.ones(n, bool)
     dropped_by = np.full(n, -1, np.int64)
-    score = np.full(n, np.nan)
+    score = np.full((n, len(steps)), np.nan, np.float32)
     for i, step in enumerate(steps):
         keep, s = (step.spec.fn(table, step.params, step.context) if step.spec.prepare
                    else step.spec.fn(table, step.params))
@@ -258,7 +259,7 @@ def evaluate(table: pa.Table, steps: list[ResolvedStep], thresholds: dict[int, f
                 return None, None, None, (i, s[eligible])
             keep &= s >= np.float32(thresholds[i])
         if s is not None:
-            score = np.where(alive, s, score)
+            score[:, i] = s
         newly = alive & ~keep
         dropped_by[newly] = i
         alive &= keep
@@ -280,13 +281,22 @@ def _bin_values_task(pool, shard, steps, thresholds, columns, bin_index):
 
 def _decide_task(pool, shard, steps, thresholds, columns, out_dir):
     table = shard_table(pool, shard, columns)
-    keep, dropped_by, score, _ = evaluate(table, steps, thresholds)
+    keep, dropped_by, scores, _ = evaluate(table, steps, thresholds)
     names = [s.name for s in steps]
+    n = table.num_rows
+    # a sample's score: that of the last scoring step it reached (np.nan where none scored it)
+    reached = np.arange(len(steps))[None, :] <= np.where(dropped_by < 0, len(steps), dropped_by)[:, None]
+    masked = np.where(reached & ~np.isnan(scores), scores, np.nan)
+    last = len(steps) - 1 - np.argmax(~np.isnan(masked[:, ::-1]), axis=1) if len(steps) else np.zeros(n, int)
+    score = masked[np.arange(n), last] if len(steps) else np.full(n, np.nan, np.float32)
+    step_scores = pa.FixedSizeListArray.from_arrays(pa.array(scores.ravel(), pa.float32(), from_pandas=True),
+                                                    len(steps))
     out = pa.table({"uid": table.column("uid"), "keep": pa.array(keep),
                     "score": pa.array(score.astype(np.float32), pa.float32(), from_pandas=True),
                     "dropped_by": pa.DictionaryArray.from_arrays(
                         pa.array(dropped_by, pa.int32(), mask=dropped_by < 0), pa.array(names, pa.string())
-                    ).cast(pa.string())},
+                    ).cast(pa.string()),
+                    "step_scores": step_scores.cast(pa.list_(pa.float32()))},
                    schema=schema.DECISIONS)
     runtime.write_parquet(out, runtime.join(out_dir, f"{shard:08d}.parquet"))
     funnel = np.bincount(dropped_by[dropped_by >= 0], minlength=len(steps))

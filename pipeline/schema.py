@@ -88,4 +88,25 @@ DECISIONS = pa.schema([
     pa.field("keep", pa.bool_(), nullable=False),
     pa.field("score", pa.float32()),            # the last scoring step's score among those the sample reached
     pa.field("dropped_by", pa.string()),        # name of the first step that dropped it; null if kept
+    pa.field("step_scores", pa.list_(pa.float32())),  # every step's score, in the manifest's step order
+                                                      # (null where a step does not score)
+])
+
+# A subset's lineage (SUBSET/lineage.parquet): a row per sample in the subset (per copy when upsampled).
+LINEAGE = pa.schema([
+    pa.field("uid", pa.string(), nullable=False),
+    pa.field("url", pa.string(), nullable=False),
+    pa.field("pool_shard", pa.int32(), nullable=False),  # the pool shard and key it was downloaded into
+    pa.field("pool_key", pa.string(), nullable=False),
+    pa.field("status", pa.string()),                     # download status (img2dataset's)
+    pa.field("downloaded_at", pa.timestamp("ms", tz="UTC")),  # when its pool shard finished downloading
+    pa.field("source_sha256", pa.string()),              # of the bytes as served (img2dataset's hash)
+    pa.field("image_sha256", pa.string()),               # of the image bytes in the subset shard
+    pa.field("steps", pa.list_(pa.struct([               # every recipe step, in order
+        pa.field("step", pa.string()), pa.field("filter", pa.string()),
+        pa.field("score", pa.float32()), pa.field("decision", pa.string())]))),
+    pa.field("rank_key", pa.int64()),                    # its selection key (score order key, or seeded uid hash)
+    pa.field("subset_shard", pa.int32(), nullable=False),
+    pa.field("subset_key", pa.string(), nullable=False),
+    pa.field("copy", pa.int32(), nullable=False),        # 0, or the repeat number when upsampled
 ])

@@ -1,0 +1,649 @@
+"""Subset stage: `thresher subset POOL --recipe NAME [--recipe NAME2 ...] --size N --out DIR --seed S`.
+
+From a recipe's decisions (POOL/decisions/NAME, written by the filter stage, which this runs first when
+they are missing or stale), select exactly N samples and reshard them:
+
+- A recipe that ranks (it has a `top_fraction` step) gives the top N by its last ranking step's score,
+  ties broken by uid. A keep/drop recipe gives N drawn uniformly from the kept samples: the top N by a
+  seeded hash of the uid, so a larger N always extends a smaller one and the draw is reproducible.
+- The Nth key is found as the filter stage finds its thresholds (filter.threshold_from): per-shard
+  65,536-bin histograms merged on the driver, then only the keys inside one bin are gathered.
+- Output order is a seeded permutation of the selected samples (a Feistel network over their global
+  index), so every output shard can compute which samples it holds without any node holding the list.
+
+Layout of a subset (DataComp's shard naming: open_clip and DataComp tooling read it as is):
+
+    DIR/{j:08d}.tar        WebDataset shard; the pool's members streamed unchanged, json rewritten
+    DIR/{j:08d}.parquet    per-sample metadata: the pool's metadata and features under the new key,
+                           recipe_score and copy (docs/schemas.md)
+    DIR/manifest.json      recipe, hashes, code, N, seed, every shard's sha256, the funnel
+    DIR/lineage.parquet    uid -> source URL, pool shard/key, download, hashes, every step's score and
+                           decision, subset shard/key (schema.LINEAGE)
+
+While it runs, DIR/_work holds the plan, per-pool-shard indexes and per-output-shard completion
+markers; a re-run resumes from them, and they are removed once the manifest is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import tarfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import features, runtime, schema
+from . import filter as filtering
+from .config import opt, to_dict
+from .errors import InputError, StageError
+from .hashes import normalize_url
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+MTIME = 0  # tar member times are fixed so the same selection gives byte-identical shards
+
+
+@dataclass
+class SubsetConfig:
+    size: int = opt(help="samples in each subset (exactly)")
+    seed: int = opt(0, "seed of the uniform draw and of the shuffle across shards")
+    samples_per_shard: int = opt(10000, "samples per output shard (the last may hold fewer)")
+    allow_repeat: bool = opt(False, "when a recipe keeps fewer than size samples, repeat them instead of failing")
+
+
+@dataclass
+class Exclusion:
+    """Samples no subset may hold (takedowns, opt-outs): by normalised URL or by host (and its subdomains)."""
+    urls: set = field(default_factory=set)
+    domains: set = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.urls or self.domains)
+
+    def mask(self, urls: list[str]) -> np.ndarray:
+        out = np.zeros(len(urls), bool)
+        for i, u in enumerate(urls):
+            if normalize_url(u) in self.urls or (self.domains and _host_matches(u, self.domains)):
+                out[i] = True
+        return out
+
+    def describe(self) -> dict:
+        return {"urls": len(self.urls), "domains": sorted(self.domains)}
+
+
+def _host_matches(url: str, domains: set) -> bool:
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    parts = host.split(".")
+    return any(".".join(parts[i:]) in domains for i in range(len(parts)))
+
+
+def read_exclusion(urls_file: str | None = None, domains_file: str | None = None) -> Exclusion:
+    """One entry per line; blank lines and lines starting with # are skipped."""
+    def lines(path):
+        fs, p = runtime.fs_path(path)
+        if not fs.exists(p):
+            raise InputError(f"{path} does not exist")
+        with fs.open(p, "r") as f:
+            return [x.strip() for x in f if x.strip() and not x.lstrip().startswith("#")]
+
+    ex = Exclusion()
+    if urls_file:
+        ex.urls = {normalize_url(u) for u in lines(urls_file)}
+    if domains_file:
+        ex.domains = {d.lower().strip(".") for d in lines(domains_file)}
+    if not ex:
+        raise InputError("nothing to remove: give --urls FILE and/or --domains FILE with at least one entry")
+    return ex
+
+
+# ---------------------------------------------------------------------------------------------------
+# Selection keys: larger is better; ties go to the smaller uid
+
+@dataclass
+class Rule:
+    mode: str                  # "top_score" or "uniform"
+    step: int | None = None    # for top_score: the ranking step's index in the recipe
+    step_name: str | None = None
+    seed: int = 0
+
+    def describe(self) -> dict:
+        return {"mode": self.mode, "step": self.step_name, "seed": self.seed if self.mode == "uniform" else None}
+
+
+def rule_for(decisions_manifest: dict, seed: int) -> Rule:
+    steps = decisions_manifest["recipe_resolved"]["steps"]
+    ranked = [i for i, s in enumerate(steps) if s.get("top_fraction") is not None]
+    if ranked:
+        return Rule("top_score", ranked[-1], steps[ranked[-1]]["name"], seed)
+    return Rule("uniform", seed=seed)
+
+
+def uid_keys(uids: list[str], seed: int) -> np.ndarray:
+    """uint32 from a keyed hash of each uid: a uniform draw that is the same wherever it is computed."""
+    key = int(seed).to_bytes(8, "little", signed=True)
+    return np.frombuffer(b"".join(hashlib.blake2b(u.encode(), digest_size=4, key=key).digest() for u in uids),
+                         dtype=">u4").astype(np.uint32)
+
+
+def selection_keys(dec: pa.Table, rule: Rule) -> np.ndarray:
+    if rule.mode == "uniform":
+        return uid_keys(dec.column("uid").to_pylist(), rule.seed)
+    col = dec.column("step_scores")
+    scores = np.asarray(pc.list_element(col, rule.step).to_numpy(zero_copy_only=False), dtype=np.float32)
+    return filtering.order_key(np.where(np.isnan(scores), -np.inf, scores))
+
+
+def _pool_table(pool: str, shard: int, columns: list[str]) -> pa.Table:
+    """Successful samples of a pool shard in key order (the order of its features and decisions)."""
+    rows = features.successful_rows(pool, shard).select(columns)
+    return rows.take(pc.sort_indices(rows, sort_keys=[("key", "ascending")]))
+
+
+def _candidates(pool: str, recipe: str, shard: int, rule: Rule, exclude: Exclusion):
+    """(decisions table, candidate mask, keys) for one pool shard."""
+    dec = runtime.read_parquet(runtime.join(pool, "decisions", recipe, f"{shard:08d}.parquet"))
+    if "step_scores" not in dec.column_names:
+        raise InputError(f"{pool}: decisions of {recipe} shard {shard:08d} predate per-step scores; "
+                         f"run `thresher filter {pool} --recipe {recipe}` again")
+    mask = dec.column("keep").to_numpy(zero_copy_only=False).astype(bool)
+    if exclude:
+        urls = _pool_table(pool, shard, ["uid", "key", "url"])
+        if not urls.column("uid").equals(dec.column("uid")):
+            raise InputError(f"{pool}: decisions of {recipe} shard {shard:08d} are not aligned with its metadata")
+        mask &= ~exclude.mask(urls.column("url").to_pylist())
+    return dec, mask, selection_keys(dec, rule)
+
+
+def _histogram_task(pool, recipe, shard, rule, exclude):
+    _, mask, keys = _candidates(pool, recipe, shard, rule, exclude)
+    return np.bincount(keys[mask] >> 16, minlength=65536).astype(np.int64)
+
+
+def _bin_task(pool, recipe, shard, rule, exclude, bin_index):
+    dec, mask, keys = _candidates(pool, recipe, shard, rule, exclude)
+    sel = mask & ((keys >> 16) == bin_index)
+    return keys[sel], np.asarray(dec.column("uid").to_pylist(), dtype=object)[sel]
+
+
+@dataclass
+class Cut:
+    """Everything ranked at or above (key, uid) is in: key > cut.key, or key == cut.key and uid <= cut.uid."""
+    key: int | None = None    # None: everything is in
+    uid: str | None = None
+
+    def inside(self, keys: np.ndarray, uids: np.ndarray) -> np.ndarray:
+        if self.key is None:
+            return np.ones(len(keys), bool)
+        keys = keys.astype(np.int64)
+        return (keys > self.key) | ((keys == self.key) & (uids <= self.uid))
+
+
+def find_cut(hist: np.ndarray, rank: int, in_bin) -> Cut:
+    """The cut holding exactly `rank` samples, from merged histograms of keys' top 16 bits;
+    `in_bin(b)` returns (keys, uids) of every candidate in bin b."""
+    total = int(hist.sum())
+    if rank >= total:
+        return Cut()
+    if rank <= 0:
+        return Cut(key=1 << 33, uid="")  # nothing is in
+    desc = np.cumsum(hist[::-1])
+    j = int(np.searchsorted(desc, rank))
+    b = 65535 - j
+    above = int(desc[j - 1]) if j > 0 else 0
+    keys, uids = in_bin(b)
+    order = sorted(zip((-keys.astype(np.int64)).tolist(), uids.tolist()))
+    key, uid = order[rank - above - 1]
+    return Cut(-key, uid)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shuffle: a seeded bijection of [0, n) that any task can evaluate or invert for its own slice
+
+def _round(x: np.ndarray, key: int, mask: int) -> np.ndarray:
+    z = (x ^ np.uint64(key)) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return (z ^ (z >> np.uint64(31))) & np.uint64(mask)
+
+
+class Shuffle:
+    """Feistel network (6 rounds) on the smallest even-bit domain holding n, cycle-walked into [0, n)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n = n
+        self.half = max(1, math.ceil(max(1, (n - 1).bit_length()) / 2))
+        self.mask = (1 << self.half) - 1
+        self.keys = [int(k) for k in np.random.default_rng([seed, 0x5EED]).integers(0, 2**63, 6)]
+
+    def _enc(self, x):
+        h, m = np.uint64(self.half), self.mask
+        left, right = x >> h, x & np.uint64(m)
+        for k in self.keys:
+            left, right = right, left ^ _round(right, k, m)
+        return (left << h) | right
+
+    def _dec(self, y):
+        h, m = np.uint64(self.half), self.mask
+        left, right = y >> h, y & np.uint64(m)
+        for k in reversed(self.keys):
+            left, right = right ^ _round(left, k, m), left
+        return (left << h) | right
+
+    def _walk(self, x, step):
+        x = np.asarray(x, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            y = step(x)
+            while (out := y >= np.uint64(self.n)).any():
+                y[out] = step(y[out])
+        return y.astype(np.int64)
+
+    def forward(self, x):
+        return self._walk(x, self._enc)
+
+    def inverse(self, y):
+        return self._walk(y, self._dec)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per pool shard: the index of selected samples (where their members are, their metadata)
+
+def _member_index(pool: str, shard: int) -> dict[str, list[tuple[str, int, int]]]:
+    """key -> [(extension, data offset, size)] of a pool tar, reading only its headers."""
+    fs, path = runtime.fs_path(runtime.join(pool, "shards", f"{shard:08d}.tar"))
+    out: dict[str, list] = {}
+    try:
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for m in tar:
+                if m.isfile():
+                    key, _, ext = m.name.partition(".")
+                    out.setdefault(key, []).append((ext, m.offset_data, m.size))
+    except (tarfile.TarError, OSError) as err:
+        raise StageError(f"{pool}: shard {shard:08d}.tar is unreadable ({err}); re-download it") from err
+    return out
+
+
+def _feature_columns(pool: str) -> dict[str, str]:
+    """Columns a subset carries per sample: metadata, base features and CLIP scores (not embeddings)."""
+    return {c: src for c, src in filtering.available_columns(pool).items()
+            if src == "metadata" or src == "base" or src.startswith("score:")}
+
+
+def _index_task(shard, pool, recipe, rule, exclude, cut, repeat, out_dir):
+    """Write _work/index/{shard}.parquet: the shard's selected samples (repeated when upsampling), in key
+    order, with their tar members and every column the subset's metadata and lineage need."""
+    dec, mask, keys = _candidates(pool, recipe, shard, rule, exclude)
+    uids = np.asarray(dec.column("uid").to_pylist(), dtype=object)
+    copies = np.where(mask, repeat["each"], 0) + (mask & cut.inside(keys, uids)).astype(np.int64) \
+        if repeat else (mask & cut.inside(keys, uids)).astype(np.int64)
+    rows = np.repeat(np.arange(len(uids)), copies)
+    copy = np.concatenate([np.arange(c) for c in copies]).astype(np.int32) if len(rows) else np.zeros(0, np.int32)
+    table = filtering.shard_table(pool, shard, _feature_columns(pool))
+    if not table.column("uid").equals(dec.column("uid")):
+        raise InputError(f"{pool}: decisions of {recipe} shard {shard:08d} are not aligned with its features")
+    members = _member_index(pool, shard)
+    meta = _pool_table(pool, shard, ["uid", "key", "status"])
+    table = table.append_column("key", meta.column("key"))
+    pool_keys = meta.column("key").to_pylist()
+    missing = [pool_keys[i] for i in np.flatnonzero(copies) if pool_keys[i] not in members]
+    if missing:
+        raise StageError(f"{pool}: shard {shard:08d}.tar lacks selected samples {missing[:5]}; re-download it")
+    stats = runtime.read_json(runtime.join(pool, "shards", f"{shard:08d}_stats.json"))
+    status = meta.column("status")
+    idx = pa.array(rows, pa.int64())
+    out = table.take(idx)
+    out = out.append_column("pool_shard", pa.array(np.full(len(rows), shard, np.int32)))
+    out = out.append_column("copy", pa.array(copy))
+    out = out.append_column("status", status.take(idx))
+    out = out.append_column("downloaded_at", pa.array(np.full(len(rows), int(stats["end_time"] * 1000), np.int64))
+                            .cast(pa.timestamp("ms", tz="UTC")))
+    out = out.append_column("recipe_score", dec.column("score").take(idx))
+    out = out.append_column("rank_key", pa.array(keys[rows].astype(np.int64)))
+    out = out.append_column("step_scores", dec.column("step_scores").take(idx))
+    out = out.append_column("members", pa.array(
+        [[{"ext": e, "offset": o, "size": s} for e, o, s in sorted(members[pool_keys[i]])] for i in rows],
+        pa.list_(pa.struct([("ext", pa.string()), ("offset", pa.int64()), ("size", pa.int64())]))))
+    runtime.write_parquet(out, runtime.join(out_dir, f"{shard:08d}.parquet"))
+    return {"count": len(rows)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per output shard: stream members into a new tar, write its metadata and lineage part
+
+class _HashingWriter:
+    """File wrapper that hashes what goes through it, so a shard's sha256 costs no second read."""
+
+    def __init__(self, f):
+        self.f, self.h, self.size = f, hashlib.sha256(), 0
+
+    def write(self, b):
+        self.h.update(b)
+        self.size += len(b)
+        return self.f.write(b)
+
+    def tell(self):
+        return self.size
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), MTIME, 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _write_shard_task(j, plan, work):
+    pool, size, per = plan["pool"], plan["size"], plan["samples_per_shard"]
+    offsets = np.asarray(plan["offsets"], np.int64)
+    positions = np.arange(j * per, min(size, (j + 1) * per), dtype=np.int64)
+    g = Shuffle(size, plan["seed"]).inverse(positions)
+    src = np.searchsorted(offsets, g, side="right") - 1
+    local = g - offsets[src]
+    sources = plan["sources"]
+    parts = []
+    for s in np.unique(src):
+        index = runtime.read_parquet(runtime.join(work, "index", f"{sources[s]:08d}.parquet"))
+        where = np.flatnonzero(src == s)
+        parts.append((where, index.take(pa.array(local[where]))))
+    rows = pa.concat_tables([t for _, t in parts]) if parts else None
+    order = np.argsort(np.concatenate([w for w, _ in parts]), kind="stable")
+    rows = rows.take(pa.array(order))  # output order
+    width = max(4, len(str(per - 1)))
+    keys = [f"{j:08d}{i:0{width}d}" for i in range(rows.num_rows)]
+    name = f"{j:08d}"
+    fs, _ = runtime.fs_path(plan["out"])
+    tmp_tar = runtime.join(work, "tmp", f"{name}.tar")
+    runtime.makedirs(runtime.join(work, "tmp"))
+    image_sha = []
+    handles: dict[int, object] = {}
+    try:
+        with fs.open(runtime.fs_path(tmp_tar)[1], "wb") as raw:
+            w = _HashingWriter(raw)
+            with tarfile.open(fileobj=w, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                members = rows.column("members").to_pylist()
+                pshard = rows.column("pool_shard").to_pylist()
+                uids, pool_keys = rows.column("uid").to_pylist(), rows.column("key").to_pylist()
+                for key, mem, ps, uid, pkey in zip(keys, members, pshard, uids, pool_keys):
+                    if ps not in handles:
+                        pfs, ppath = runtime.fs_path(runtime.join(pool, "shards", f"{ps:08d}.tar"))
+                        handles[ps] = pfs.open(ppath, "rb")
+                    f = handles[ps]
+                    digest = None
+                    for m in mem:
+                        f.seek(m["offset"])
+                        data = f.read(m["size"])
+                        if len(data) != m["size"]:
+                            raise StageError(f"{pool}: shard {ps:08d}.tar is shorter than its index; re-download it")
+                        if m["ext"] == "json":
+                            meta = json.loads(data)
+                            meta.update(key=key, uid=uid, source_key=pkey, source_shard=ps)
+                            data = json.dumps(meta, sort_keys=True).encode()
+                        elif m["ext"] in IMAGE_EXTS and digest is None:
+                            digest = hashlib.sha256(data).hexdigest()
+                        _add(tar, f"{key}.{m['ext']}", data)
+                    image_sha.append(digest)
+            tar_sha, tar_bytes = w.h.hexdigest(), w.size
+    finally:
+        for f in handles.values():
+            f.close()
+    meta = subset_metadata(rows, keys)
+    lineage = lineage_rows(rows, keys, image_sha, j, plan["step_names"], plan["step_filters"])
+    runtime.write_parquet(meta, runtime.join(work, "tmp", f"{name}.parquet"))
+    runtime.write_parquet(lineage, runtime.join(work, "lineage", f"{name}.parquet"))
+    runtime.move(runtime.join(work, "tmp", f"{name}.parquet"), runtime.join(plan["out"], f"{name}.parquet"))
+    runtime.move(tmp_tar, runtime.join(plan["out"], f"{name}.tar"))
+    stats = {"name": f"{name}.tar", "samples": rows.num_rows, "sha256": tar_sha, "bytes": tar_bytes,
+             "parquet": f"{name}.parquet", "parquet_sha256": runtime.file_sha256(runtime.join(plan["out"],
+                                                                                            f"{name}.parquet"))}
+    runtime.write_json(runtime.join(work, "done", f"{name}.json"), stats)  # completion marker: last
+    return {**stats, "count": rows.num_rows}
+
+
+DROP_FROM_METADATA = ("members", "pool_shard", "status", "downloaded_at", "rank_key", "step_scores")
+
+
+def subset_metadata(rows: pa.Table, keys: list[str]) -> pa.Table:
+    """The Parquet beside a subset shard: the sample's metadata and features, under its new key."""
+    out = rows.drop_columns([c for c in DROP_FROM_METADATA if c in rows.column_names])
+    out = out.set_column(out.column_names.index("key"), "key", pa.array(keys, pa.string()))
+    first = ["uid", "key", "url", "caption"]
+    return out.select(first + [c for c in out.column_names if c not in first])
+
+
+def lineage_rows(rows: pa.Table, keys: list[str], image_sha: list, shard: int, step_names, step_filters):
+    scores = rows.column("step_scores").to_pylist()
+    steps = [[{"step": n, "filter": f, "score": s, "decision": "kept"}
+              for n, f, s in zip(step_names, step_filters, sc)] for sc in scores]
+    return pa.table({
+        "uid": rows.column("uid"), "url": rows.column("url"),
+        "pool_shard": rows.column("pool_shard"), "pool_key": rows.column("key"),
+        "status": rows.column("status"), "downloaded_at": rows.column("downloaded_at"),
+        "source_sha256": rows.column("sha256"), "image_sha256": pa.array(image_sha, pa.string()),
+        "steps": pa.array(steps, schema.LINEAGE.field("steps").type),
+        "rank_key": rows.column("rank_key"),
+        "subset_shard": pa.array(np.full(rows.num_rows, shard, np.int32)),
+        "subset_key": pa.array(keys, pa.string()), "copy": rows.column("copy"),
+    }, schema=schema.LINEAGE)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stage
+
+def decisions_for(pool: str, recipe: str, variables: dict | None, log) -> dict:
+    """The recipe's decisions manifest, running the filter stage first when they are missing or were
+    made from another version of the recipe or other --var values."""
+    rec, _, path = filtering.load_recipe(recipe, variables)
+    mpath = runtime.join(pool, "decisions", rec.name, "manifest.json")
+    if runtime.exists(mpath):
+        m = runtime.read_json(mpath)
+        same_vars = m["recipe_resolved"].get("vars") == {**rec.vars, **(variables or {})}
+        if m.get("recipe_sha256") == runtime.file_sha256(str(path)) and (variables is None or same_vars):
+            return m
+        log(f"[subset] decisions of {rec.name} are stale (recipe or vars changed); filtering again")
+    return filtering.run(pool, recipe, variables, log=log)
+
+
+def _count(pool, name, rule, exclude, shards) -> tuple[np.ndarray, object]:
+    import ray
+
+    task = ray.remote(_histogram_task).options(num_cpus=1)
+    ex = ray.put(exclude)
+    return np.sum(ray.get([task.remote(pool, name, s, rule, ex) for s in shards]), axis=0), ex
+
+
+def _cut(pool, name, rule, ex, shards, hist, rank) -> Cut:
+    import ray
+
+    task = ray.remote(_bin_task).options(num_cpus=1)
+
+    def in_bin(b):
+        parts = ray.get([task.remote(pool, name, s, rule, ex, b) for s in shards])
+        return np.concatenate([k for k, _ in parts]), np.concatenate([u for _, u in parts])
+
+    return find_cut(hist, rank, in_bin)
+
+
+def plan_hash(plan: dict) -> str:
+    keep = {k: plan[k] for k in ("pool", "recipe", "decisions_sha256", "size", "seed", "samples_per_shard",
+                                 "allow_repeat", "exclusion_sha256")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+
+
+def run(pool: str, recipes: list[str], cfg: SubsetConfig, out: str, variables: dict | None = None,
+        ray_address: str | None = None, log=print) -> dict[str, dict]:
+    """Equal-sized subsets of every recipe: `out` itself for one recipe, `out/NAME` for several.
+    Every recipe's count is checked before any shard is written."""
+    if cfg.size < 1 or cfg.samples_per_shard < 1:
+        raise InputError(f"--size and --samples-per-shard must be positive (got {cfg.size}, {cfg.samples_per_shard})")
+    if not runtime.exists(runtime.join(pool, "manifest.json")):
+        raise InputError(f"{pool} is not a pool (no manifest.json); run `thresher download` first")
+    runtime.init_ray(ray_address)
+    manifests = [decisions_for(pool, r, variables, log) for r in recipes]
+    names = [m["recipe"] for m in manifests]
+    if len(set(names)) != len(names):
+        raise InputError(f"recipes given twice: {names}")
+    shards = features.shard_names(pool)
+    counted = []
+    for m in manifests:
+        rule = rule_for(m, cfg.seed)
+        hist, ex = _count(pool, m["recipe"], rule, Exclusion(), shards)
+        counted.append((m, rule, hist, ex))
+        kept = int(hist.sum())
+        if kept < cfg.size and not cfg.allow_repeat:
+            raise InputError(f"recipe {m['recipe']} keeps {kept} samples of {m['samples']} in {pool}, fewer than "
+                             f"--size {cfg.size}; ask for at most {kept}, or pass --allow-repeat to upsample")
+        if kept == 0:
+            raise InputError(f"recipe {m['recipe']} keeps no samples in {pool}: nothing to repeat")
+    results = {}
+    for m, rule, hist, ex in counted:
+        target = out if len(recipes) == 1 else runtime.join(out, m["recipe"])
+        results[m["recipe"]] = build(pool, m, rule, cfg, target, hist=hist, exclude=Exclusion(), log=log)
+    return results
+
+
+def build(pool: str, decisions: dict, rule: Rule, cfg: SubsetConfig, out: str, *, hist=None,
+          exclude: Exclusion | None = None, previous: dict | None = None, log=print) -> dict:
+    """Select and reshard one recipe's subset into `out`; resumes a run with the same plan."""
+    t0 = time.time()
+    exclude = exclude or Exclusion()
+    name = decisions["recipe"]
+    shards = features.shard_names(pool)
+    work = runtime.join(out, "_work")
+    dec_sha = runtime.file_sha256(runtime.join(pool, "decisions", name, "manifest.json"))
+    ex_sha = hashlib.sha256(json.dumps([sorted(exclude.urls), sorted(exclude.domains)]).encode()).hexdigest() \
+        if exclude else None
+    plan = {"pool": str(pool), "recipe": name, "decisions_sha256": dec_sha, "size": cfg.size, "seed": cfg.seed,
+            "samples_per_shard": cfg.samples_per_shard, "allow_repeat": cfg.allow_repeat, "exclusion_sha256": ex_sha,
+            "out": str(out)}
+    phash = plan_hash(plan)
+    if runtime.exists(runtime.join(out, "manifest.json")):
+        m = runtime.read_json(runtime.join(out, "manifest.json"))
+        if m.get("plan_sha256") == phash:
+            log(f"[subset:{name}] {out} is complete already")
+            return m
+        raise InputError(f"{out} already holds a subset made with other settings; choose another --out")
+    if runtime.exists(runtime.join(work, "plan.json")):
+        if runtime.read_json(runtime.join(work, "plan.json"))["plan_sha256"] != phash:
+            raise InputError(f"{out} holds an unfinished subset made with other settings; delete {out} "
+                             f"or choose another --out")
+    elif runtime.exists(out) and runtime.glob(runtime.join(out, "*")):
+        raise InputError(f"{out} exists and is not empty; choose another --out")
+    runtime.makedirs(work)
+
+    import ray
+    ex_ref = ray.put(exclude)
+    if hist is None:
+        task = ray.remote(_histogram_task).options(num_cpus=1)
+        hist = np.sum(ray.get([task.remote(pool, name, s, rule, ex_ref) for s in shards]), axis=0)
+    kept = int(hist.sum())
+    repeat = None
+    if kept < cfg.size:
+        if not cfg.allow_repeat or kept == 0:
+            raise InputError(f"recipe {name} keeps {kept} samples (after exclusions) in {pool}, fewer than "
+                             f"--size {cfg.size}; ask for at most {kept}, or pass --allow-repeat to upsample")
+        repeat = {"each": cfg.size // kept, "plus_one": cfg.size % kept}
+        cut = _cut(pool, name, rule, ex_ref, shards, hist, repeat["plus_one"])
+        log(f"[subset:{name}] {kept} kept < {cfg.size}: each sample {repeat['each']}x, the top "
+            f"{repeat['plus_one']} once more")
+    else:
+        cut = _cut(pool, name, rule, ex_ref, shards, hist, cfg.size)
+
+    # pass 1: per pool shard, the index of what it gives
+    index_dir = runtime.join(work, "index")
+    runtime.makedirs(index_dir)
+    todo = [s for s in shards if not runtime.exists(runtime.join(index_dir, f"{s:08d}.parquet"))]
+    if not runtime.exists(runtime.join(work, "plan.json")):
+        runtime.write_json(runtime.join(work, "plan.json"), {**plan, "plan_sha256": phash})
+    failed = runtime.run_shard_tasks(
+        _index_task, todo, (pool, name, rule, ex_ref, cut, repeat, index_dir), label=f"subset:{name} index",
+        rows_of=lambda s: 1, max_inflight=2 * runtime.cluster_cpus(), retries=2, deadline_of=lambda s: 3600,
+        log=log)
+    runtime.raise_if_failed(f"subset {name} (index)", failed)
+    counts = [runtime.read_parquet(runtime.join(index_dir, f"{s:08d}.parquet"), columns=["uid"]).num_rows
+              for s in shards]
+    if sum(counts) != cfg.size:
+        raise StageError(f"subset {name}: selected {sum(counts)} samples, not {cfg.size}; the decisions changed "
+                         f"while it ran? delete {work} and run again")
+    sources = [s for s, c in zip(shards, counts) if c]
+    offsets = np.concatenate([[0], np.cumsum([c for c in counts if c])[:-1]]).astype(np.int64).tolist()
+
+    # pass 2: per output shard, stream the members
+    steps = decisions["recipe_resolved"]["steps"]
+    wplan = {**plan, "sources": sources, "offsets": offsets, "step_names": [s["name"] for s in steps],
+             "step_filters": [s["filter"] for s in steps]}
+    n_out = math.ceil(cfg.size / cfg.samples_per_shard)
+    done_dir = runtime.join(work, "done")
+    runtime.makedirs(done_dir)
+    runtime.makedirs(runtime.join(work, "lineage"))
+    todo = [j for j in range(n_out) if not runtime.exists(runtime.join(done_dir, f"{j:08d}.json"))]
+    failed = runtime.run_shard_tasks(
+        _write_shard_task, todo, (wplan, work), label=f"subset:{name} write",
+        rows_of=lambda j: min(cfg.samples_per_shard, cfg.size - j * cfg.samples_per_shard),
+        max_inflight=2 * runtime.cluster_cpus(), retries=2, deadline_of=lambda j: 3600, log=log)
+    runtime.raise_if_failed(f"subset {name} (write)", failed)
+    shard_stats = [runtime.read_json(runtime.join(done_dir, f"{j:08d}.json")) for j in range(n_out)]
+
+    # lineage: the per-shard parts, streamed into one file
+    import pyarrow.parquet as pq
+    fs, lpath = runtime.fs_path(runtime.join(out, "lineage.parquet"))
+    with fs.open(lpath, "wb") as f, pq.ParquetWriter(f, schema.LINEAGE) as writer:
+        for j in range(n_out):
+            writer.write_table(runtime.read_parquet(runtime.join(work, "lineage", f"{j:08d}.parquet"))
+                               .cast(schema.LINEAGE))
+    manifest = _manifest(pool, decisions, rule, cfg, out, plan, phash, kept, repeat, cut, exclude, shard_stats,
+                         previous)
+    runtime.write_json(runtime.join(out, "manifest.json"), manifest)
+    runtime.remove(work, recursive=True)
+    mb = sum(s["bytes"] for s in shard_stats) / 1e6
+    log(f"[subset:{name}] {cfg.size} samples in {n_out} shard(s), {mb:.1f} MB -> {out} "
+        f"({time.time() - t0:.1f}s)")
+    return manifest
+
+
+def _manifest(pool, decisions, rule, cfg, out, plan, phash, kept, repeat, cut, exclude, shard_stats, previous):
+    """Everything in it is a function of the inputs (no times, no output path): the same inputs and
+    seed give a byte-identical manifest."""
+    pool_manifest = runtime.read_json(runtime.join(pool, "manifest.json"))
+    counts = pool_manifest["counts"]
+    funnel = [{"stage": "download", "in": counts["rows"], "out": counts["status"].get("success", 0)}]
+    funnel += [{"stage": f"filter:{f['step']}", "filter": f["filter"], "in": f["in"], "out": f["out"]}
+               for f in decisions["funnel"]]
+    if exclude:
+        funnel.append({"stage": "exclude", "in": decisions["kept"], "out": kept})
+    funnel.append({"stage": "select", "in": kept, "out": cfg.size})
+    return {
+        "kind": "thresher.subset", "format": 1, "recipe": decisions["recipe"],
+        "recipe_resolved": decisions["recipe_resolved"], "recipe_sha256": decisions["recipe_sha256"],
+        "decisions_manifest_sha256": plan["decisions_sha256"], "thresholds": decisions["thresholds"],
+        "inputs": decisions.get("inputs", {}),
+        "pool": {"path": str(pool), "manifest_sha256": runtime.file_sha256(runtime.join(pool, "manifest.json")),
+                 "input_sha256": pool_manifest["input"]["sha256"], "rows": counts["rows"]},
+        "size": cfg.size, "seed": cfg.seed, "samples_per_shard": cfg.samples_per_shard,
+        "selection": {**rule.describe(), "kept_by_recipe": kept, "cut_key": cut.key, "cut_uid": cut.uid,
+                      "allow_repeat": cfg.allow_repeat, "repeat": repeat},
+        "exclusion": ({**exclude.describe(), "sha256": plan["exclusion_sha256"]} if exclude else None),
+        "shards": shard_stats, "lineage": {"file": "lineage.parquet",
+                                           "sha256": runtime.file_sha256(runtime.join(out, "lineage.parquet"))},
+        "funnel": funnel, "previous": previous, "plan_sha256": phash,
+        "code": runtime.code_version(), "packages": runtime.package_versions(),
+        "config": to_dict(cfg),
+    }
+
+
+def read_lineage(subset: str, columns: list[str] | None = None) -> pa.Table:
+    return runtime.read_parquet(runtime.join(subset, "lineage.parquet"), columns=columns)
+
+
+def read_manifest(subset: str) -> dict:
+    path = runtime.join(subset, "manifest.json")
+    if not runtime.exists(path):
+        raise InputError(f"{subset} is not a subset (no manifest.json); make one with `thresher subset`")
+    m = runtime.read_json(path)
+    if m.get("kind") != "thresher.subset":
+        raise InputError(f"{path} is not a subset manifest (kind {m.get('kind')!r})")
+    return m
