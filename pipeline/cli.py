@@ -146,21 +146,86 @@ def cmd_export_metadata(args) -> None:
     print(f"wrote {table.num_rows} rows in DataComp's columns to {args.out}")
 
 
-def cmd_filter(args) -> None:
+def _variables(items: list[str] | None) -> dict:
     import yaml
 
-    from .filter import run
-
     variables = {}
-    for item in args.var or []:
+    for item in items or []:
         if "=" not in item:
             raise InputError(f"--var expects key=value, got {item!r}")
         k, v = item.split("=", 1)
         variables[k] = yaml.safe_load(v) if v else v  # 100 -> int, 0.3 -> float, words stay strings
+    return variables
+
+
+def cmd_filter(args) -> None:
+    from .filter import run
+
+    variables = _variables(args.var)
     for recipe in args.recipe:
         manifest = run(args.pool, recipe, variables, ray_address=args.ray_address)
         print(f"filter {manifest['recipe']}: kept {manifest['kept']} of {manifest['samples']} -> "
               f"{args.pool}/decisions/{manifest['recipe']} (funnel in {args.pool}/stats/filter-{manifest['recipe']}.json)")
+
+
+def cmd_subset(args) -> None:
+    from .subset import SubsetConfig, run
+
+    cfg = SubsetConfig(size=args.size, seed=args.seed, samples_per_shard=args.samples_per_shard,
+                       allow_repeat=args.allow_repeat)
+    results = run(args.pool, args.recipe, cfg, args.out, _variables(args.var) or None, ray_address=args.ray_address)
+    for name, m in results.items():
+        where = args.out if len(results) == 1 else f"{args.out}/{name}"
+        rep = f", repeated ({m['selection']['repeat']})" if m["selection"]["repeat"] else ""
+        print(f"subset {name}: {m['size']} samples ({m['selection']['mode']} of {m['selection']['kept_by_recipe']} "
+              f"kept{rep}) in {len(m['shards'])} shards -> {where}")
+
+
+def _print_json(obj) -> None:
+    import json
+
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def cmd_audit(args) -> int:
+    from . import audit, report
+
+    if args.action == "verify":
+        res = audit.verify(args.subset, ray_address=args.ray_address)
+        for p in res["problems"]:
+            print(p)
+        print(f"verify {args.subset}: {'OK' if res['ok'] else 'FAILED'} ({res['shards']} shards, "
+              f"{res['samples']} samples, {len(res['problems'])} problem(s))")
+        return 0 if res["ok"] else 1
+    elif args.action == "trace":
+        _print_json(audit.trace(args.subset, args.uid))
+    elif args.action == "explain":
+        res = audit.explain(args.pool, args.uid, args.recipe)
+        _print_json(res)
+        for name, r in res.get("recipes", {}).items():
+            print(f"{name}: {r['verdict']}")
+        if "verdict" in res:
+            print(res["verdict"])
+    elif args.action == "report":
+        res = report.build_report(args.subset, args.out)
+        print(f"report: {res['out']} (plots: {', '.join(res['plots'])}; opt-out compliant: "
+              f"{res['compliance']['compliant']})")
+    elif args.action == "remove":
+        if not (args.urls or args.domains):
+            raise InputError("give --urls FILE and/or --domains FILE")
+        m = audit.remove(args.subset, args.out, args.urls, args.domains, refill=args.refill,
+                         ray_address=args.ray_address)
+        print(f"new version: {args.out} ({m['size']} samples; removed {m['previous']['removed']}"
+              f"{', refilled' if args.refill else ''}; previous {args.subset})")
+    elif args.action == "recheck":
+        res = audit.recheck(args.subset, args.sample, seed=args.seed, timeout=args.timeout,
+                            allow_private_addresses=args.allow_private_addresses)
+        if args.out:
+            import json
+            Path(args.out).write_text(json.dumps(res, indent=2))
+        print(f"recheck {args.subset}: {res['checked']} URLs; gone {res['gone_rate']:.1%}, drifted "
+              f"{res['drifted_rate']:.1%}, opted out {res['opted_out_rate']:.1%}, refused {res['refused_rate']:.1%}")
+    return 0
 
 
 def cmd_train(args) -> None:
@@ -282,6 +347,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--var", action="append", help="key=value for {key} placeholders in the recipe")
     p.set_defaults(func=cmd_filter)
 
+    p = add("subset", "Select exactly N samples per recipe and reshard them, with a manifest and lineage.",
+            "thresher subset pool --recipe datacomp-basic --recipe dfn --size 100000 --out subsets --seed 0")
+    p.add_argument("pool", help="pool with the recipes' decisions (the filter runs first where they are missing)")
+    p.add_argument("--recipe", action="append", required=True,
+                   help="preset name or YAML file; repeat for equal-sized subsets of several recipes")
+    p.add_argument("--size", type=int, required=True, help="samples in each subset (exactly)")
+    p.add_argument("--out", required=True, help="subset directory (one recipe) or parent of OUT/RECIPE (several)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the uniform draw and the shuffle (default 0)")
+    p.add_argument("--samples-per-shard", type=int, default=10000, help="samples per output shard (default 10000)")
+    p.add_argument("--allow-repeat", action="store_true",
+                   help="upsample a recipe that keeps fewer than --size samples instead of failing")
+    p.add_argument("--var", action="append", help="key=value for the recipes' {key} placeholders")
+    p.set_defaults(func=cmd_subset)
+
+    p = add("audit", "Provenance: verify, trace, explain, report, remove (takedowns) and recheck subsets.",
+            "thresher audit verify subsets/dfn")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("verify", help="re-hash every shard and sample against the manifest and lineage")
+    a.add_argument("subset")
+    a = actions.add_parser("trace", help="the whole history of a sample in a subset")
+    a.add_argument("subset")
+    a.add_argument("uid")
+    a = actions.add_parser("explain", help="why a pool sample was dropped: the step, its score and threshold")
+    a.add_argument("pool")
+    a.add_argument("uid")
+    a.add_argument("--recipe", action="append", help="recipe(s) to explain (default: every recipe with decisions)")
+    a = actions.add_parser("report", help="an HTML report: funnel, domains, languages, sizes, scores, opt-outs")
+    a.add_argument("subset")
+    a.add_argument("--out", required=True, help="HTML file to write (outside the subset directory)")
+    a = actions.add_parser("remove", help="a new version without the samples of takedown/opt-out requests")
+    a.add_argument("subset")
+    a.add_argument("--urls", help="file of URLs to remove, one per line")
+    a.add_argument("--domains", help="file of domains to remove (with their subdomains), one per line")
+    a.add_argument("--out", required=True, help="directory of the new version")
+    a.add_argument("--refill", action="store_true", help="top back up to N from the next-ranked candidates")
+    a = actions.add_parser("recheck", help="re-download a random sample of URLs: link rot and content drift")
+    a.add_argument("subset")
+    a.add_argument("--sample", type=int, default=1000, help="URLs to re-download (default 1000)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--timeout", type=float, default=10.0)
+    a.add_argument("--allow-private-addresses", action="store_true", help="fetch loopback/private hosts (tests)")
+    a.add_argument("--out", help="JSON file for the per-URL results")
+    for a in actions.choices.values():
+        a.add_argument("--ray-address", default=argparse.SUPPRESS, help="Ray cluster to run on (default: $RAY_ADDRESS or local)")
+    p.set_defaults(func=cmd_audit)
+
     p = add("train", "Train an open_clip model with open_clip_train (e.g. a data-filtering network on a trusted set).",
             "thresher train src/trusted --out runs/dfn --model thresher-tiny --epochs 5")
     p.add_argument("data", help="WebDataset shards (jpg + txt): a directory, a glob or a brace pattern")
@@ -330,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        rc = args.func(args)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -340,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: completed shards are kept; run the same command again to resume", file=sys.stderr)
         return 130
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ class Exclusion:
         return out
 
     def describe(self) -> dict:
-        return {"urls": len(self.urls), "domains": sorted(self.domains)}
+        """What a manifest records: the lists themselves, so a later removal can carry them forward."""
+        return {"urls": len(self.urls), "url_list": sorted(self.urls), "domains": sorted(self.domains)}
 
 
 def _host_matches(url: str, domains: set) -> bool:
@@ -488,17 +489,19 @@ def run(pool: str, recipes: list[str], cfg: SubsetConfig, out: str, variables: d
     if len(set(names)) != len(names):
         raise InputError(f"recipes given twice: {names}")
     shards = features.shard_names(pool)
-    counted = []
+    counted, short = [], []
     for m in manifests:
         rule = rule_for(m, cfg.seed)
         hist, ex = _count(pool, m["recipe"], rule, Exclusion(), shards)
         counted.append((m, rule, hist, ex))
         kept = int(hist.sum())
-        if kept < cfg.size and not cfg.allow_repeat:
-            raise InputError(f"recipe {m['recipe']} keeps {kept} samples of {m['samples']} in {pool}, fewer than "
-                             f"--size {cfg.size}; ask for at most {kept}, or pass --allow-repeat to upsample")
-        if kept == 0:
-            raise InputError(f"recipe {m['recipe']} keeps no samples in {pool}: nothing to repeat")
+        if (kept < cfg.size and not cfg.allow_repeat) or kept == 0:
+            short.append((m["recipe"], kept, m["samples"]))
+    if short:
+        listing = "; ".join(f"recipe {r} keeps {k} samples of {n}" for r, k, n in short)
+        raise InputError(f"{pool}: {listing}, fewer than --size {cfg.size}; ask for at most "
+                         f"{min(k for _, k, _ in short)}, or pass --allow-repeat to upsample (a recipe that "
+                         f"keeps nothing cannot be)")
     results = {}
     for m, rule, hist, ex in counted:
         target = out if len(recipes) == 1 else runtime.join(out, m["recipe"])

@@ -39,6 +39,11 @@ def ground_truth(synth_dir):
 
 
 @pytest.fixture(scope="session")
+def truth_by_uid(ground_truth):
+    return {g["uid"]: g for g in ground_truth}
+
+
+@pytest.fixture(scope="session")
 def server(synth_dir, port):
     srv = serve.start(synth_dir, port)
     yield srv

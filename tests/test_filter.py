@@ -281,11 +281,6 @@ def test_plugins_register_through_entry_points(monkeypatch):
 # Built-in recipes against the synthetic pool's ground truth
 
 
-@pytest.fixture(scope="session")
-def truth_by_uid(ground_truth):
-    return {g["uid"]: g for g in ground_truth}
-
-
 def test_datacomp_basic_removes_exactly_its_targets(featured_pool, truth_by_uid, ray_local):
     manifest = flt.run(str(featured_pool), "datacomp-basic", log=lambda *_: None)
     rows = decisions(featured_pool, "datacomp-basic")

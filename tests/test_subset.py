@@ -1,0 +1,256 @@
+"""Subsets, resharding, lineage and the audit commands, on the session's 3,000-sample pool."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import audit, cli, report, runtime, subset
+from pipeline import filter as filtering
+from pipeline.errors import InputError
+
+RECIPES = ["datacomp-basic", "datacomp-clip-b32-30pct"]  # keep/drop (uniform draw) and ranked (top score)
+VARS = {"scorer": "clip_tiny"}
+N, PER = 500, 200
+quiet = dict(log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def subsets(featured_pool, tmp_path_factory, ray_local):
+    out = tmp_path_factory.mktemp("subsets") / "a"
+    cfg = subset.SubsetConfig(size=N, seed=3, samples_per_shard=PER)
+    manifests = subset.run(str(featured_pool), RECIPES, cfg, str(out), VARS, **quiet)
+    return out, manifests
+
+
+def test_shuffle_is_a_seeded_bijection():
+    for n in (1, 2, 7, 500, 4097):
+        s = subset.Shuffle(n, seed=5)
+        y = s.forward(np.arange(n))
+        assert sorted(y.tolist()) == list(range(n))
+        assert (s.inverse(y) == np.arange(n)).all()
+    a, b = subset.Shuffle(1000, 1).forward(np.arange(1000)), subset.Shuffle(1000, 2).forward(np.arange(1000))
+    assert (a != b).mean() > 0.9
+
+
+def test_cut_breaks_ties_by_uid():
+    keys = np.array([9, 7, 7, 7, 5], np.uint32)
+    uids = np.array(["e", "c", "a", "b", "d"], dtype=object)
+    hist = np.bincount(keys >> 16, minlength=65536)
+    cut = subset.find_cut(hist, 3, lambda b: (keys[(keys >> 16) == b], uids[(keys >> 16) == b]))
+    assert sorted(uids[cut.inside(keys, uids)]) == ["a", "b", "e"]  # 9, then the two smallest uids of the 7s
+
+
+def test_exact_and_equal_sizes(subsets, featured_pool):
+    out, manifests = subsets
+    layouts = []
+    for name in RECIPES:
+        m = manifests[name]
+        assert m["size"] == N
+        layouts.append([(s["name"], s["samples"]) for s in m["shards"]])
+        lin = pq.read_table(out / name / "lineage.parquet").to_pandas()
+        assert len(lin) == N and lin.uid.nunique() == N
+        dec = filtering.read(str(featured_pool), name).to_pandas()
+        kept = dec[dec.keep]
+        assert set(lin.uid) <= set(kept.uid)
+        assert m["funnel"][-1] == {"stage": "select", "in": len(kept), "out": N}
+        for s in m["shards"]:
+            with tarfile.open(out / name / s["name"]) as tar:
+                assert len({n.split(".")[0] for n in tar.getnames()}) == s["samples"]
+            assert pq.read_table(out / name / s["parquet"]).num_rows == s["samples"]
+    assert layouts[0] == layouts[1] == [("00000000.tar", 200), ("00000001.tar", 200), ("00000002.tar", 100)]
+    # the ranked recipe takes the top N by its ranking step's score, ties by uid
+    assert manifests["datacomp-clip-b32-30pct"]["selection"]["mode"] == "top_score"
+    dec = filtering.read(str(featured_pool), "datacomp-clip-b32-30pct").to_pandas()
+    dec = dec[dec.keep].assign(s=[np.float32(x[-1]) for x in dec[dec.keep].step_scores])
+    top = dec.sort_values(["s", "uid"], ascending=[False, True]).uid[:N]
+    lin = pq.read_table(out / "datacomp-clip-b32-30pct" / "lineage.parquet")
+    assert set(lin.column("uid").to_pylist()) == set(top)
+    assert manifests["datacomp-basic"]["selection"]["mode"] == "uniform"
+
+
+def test_same_seed_gives_byte_identical_output(subsets, featured_pool, tmp_path):
+    out, manifests = subsets
+    again = tmp_path / "b"
+    subset.build(str(featured_pool), runtime.read_json(str(featured_pool / "decisions" / "datacomp-basic" /
+                                                           "manifest.json")),
+                 subset.rule_for(manifests["datacomp-basic"], 3), subset.SubsetConfig(size=N, seed=3,
+                                                                                     samples_per_shard=PER),
+                 str(again), **quiet)
+    first = sorted(p.name for p in (out / "datacomp-basic").iterdir())
+    assert first == sorted(p.name for p in again.iterdir())
+    for name in first:
+        assert (out / "datacomp-basic" / name).read_bytes() == (again / name).read_bytes(), name
+    other = tmp_path / "c"
+    m = subset.run(str(featured_pool), ["datacomp-basic"], subset.SubsetConfig(size=N, seed=4, samples_per_shard=PER),
+                   str(other), **quiet)["datacomp-basic"]
+    assert m["shards"][0]["sha256"] != manifests["datacomp-basic"]["shards"][0]["sha256"]
+
+
+def test_asking_for_more_than_kept_fails_before_writing(featured_pool, tmp_path, ray_local):
+    with pytest.raises(InputError, match=r"datacomp-clip-b32-30pct keeps \d+ samples .*fewer than --size 100000"):
+        subset.run(str(featured_pool), RECIPES, subset.SubsetConfig(size=100000), str(tmp_path / "x"), VARS, **quiet)
+    assert not (tmp_path / "x").exists()
+
+
+def test_allow_repeat_upsamples_and_says_so(featured_pool, tmp_path, ray_local):
+    kept = int(filtering.read(str(featured_pool), "datacomp-clip-b32-30pct").to_pandas().keep.sum())
+    size = 2 * kept + 7
+    m = subset.run(str(featured_pool), ["datacomp-clip-b32-30pct"],
+                   subset.SubsetConfig(size=size, seed=0, samples_per_shard=1000, allow_repeat=True),
+                   str(tmp_path / "r"), VARS, **quiet)["datacomp-clip-b32-30pct"]
+    assert m["size"] == size and m["selection"]["repeat"] == {"each": 2, "plus_one": 7}
+    lin = pq.read_table(tmp_path / "r" / "lineage.parquet").to_pandas()
+    assert len(lin) == size and lin.uid.nunique() == kept and lin.subset_key.nunique() == size
+    assert (lin.groupby("uid").size().value_counts().to_dict() == {2: kept - 7, 3: 7})
+    assert audit.verify(str(tmp_path / "r"))["ok"]
+
+
+def _flip_byte_in_sample(tar_path: Path) -> str:
+    with tarfile.open(tar_path) as tar:
+        m = next(x for x in tar.getmembers() if x.name.endswith(".jpg"))
+    data = bytearray(tar_path.read_bytes())
+    data[m.offset_data + m.size // 2] ^= 0x01
+    tar_path.write_bytes(bytes(data))
+    return m.name.split(".")[0]
+
+
+def test_verify_passes_then_names_each_change(subsets, tmp_path):
+    out, _ = subsets
+    for name in RECIPES:
+        assert cli.main(["audit", "verify", str(out / name)]) == 0
+    bad = tmp_path / "bad"
+    shutil.copytree(out / "datacomp-basic", bad)
+    key = _flip_byte_in_sample(bad / "00000000.tar")
+    (bad / "00000001.tar").unlink()
+    (bad / "notes.txt").write_text("not part of the release")
+    res = audit.verify(str(bad))
+    text = "\n".join(res["problems"])
+    assert not res["ok"]
+    assert "changed shard file 00000000.tar" in text
+    assert f"changed sample {key} in 00000000.tar" in text
+    assert sum(f"changed sample" in p for p in res["problems"]) == 1  # only the flipped one
+    assert "missing shard file 00000001.tar" in text
+    assert "extra file notes.txt" in text
+    assert cli.main(["audit", "verify", str(bad)]) == 1
+
+
+def test_trace_matches_the_source_and_the_shard(subsets, truth_by_uid):
+    out, _ = subsets
+    lin = pq.read_table(out / "datacomp-basic" / "lineage.parquet").to_pylist()
+    row = next(r for r in lin if truth_by_uid[r["uid"]]["category"] == "clean")
+    t = audit.trace(str(out / "datacomp-basic"), row["uid"])
+    truth = truth_by_uid[row["uid"]]
+    assert t["url"] == truth["url"]
+    assert t["download"]["source_sha256"] == truth["sha256"]  # the bytes as served
+    assert [s["step"] for s in t["recipe"]["steps"]] == ["english", "caption_length", "image_size", "aspect_ratio"]
+    assert all(s["decision"] == "kept" for s in t["recipe"]["steps"])
+    where = t["in_subset"][0]
+    with tarfile.open(out / "datacomp-basic" / f"{where['shard']}.tar") as tar:
+        assert hashlib.sha256(tar.extractfile(f"{where['key']}.jpg").read()).hexdigest() == where["image_sha256"]
+    with pytest.raises(InputError, match="audit explain"):
+        audit.trace(str(out / "datacomp-basic"), "0" * 32)
+
+
+def test_explain_names_the_step_score_and_threshold(subsets, featured_pool, truth_by_uid):
+    def first(category):
+        return next(u for u, t in truth_by_uid.items() if t["category"] == category)
+
+    e = audit.explain(str(featured_pool), first("non_english"), ["datacomp-basic"])
+    assert re.match(r"dropped by step english \(language\): score [0-9.]+; rule: lang=en", e["recipes"]["datacomp-basic"]["verdict"])
+    e = audit.explain(str(featured_pool), first("tiny_image"), ["datacomp-basic"])
+    assert e["recipes"]["datacomp-basic"]["verdict"].startswith("dropped by step image_size")
+    assert [s["decision"] for s in e["recipes"]["datacomp-basic"]["steps"]][2:] == ["dropped", "not reached"]
+    e = audit.explain(str(featured_pool), first("http_404"))
+    assert e["verdict"].startswith("not downloaded: http_404")
+    dec = filtering.read(str(featured_pool), "datacomp-clip-b32-30pct").to_pandas()
+    uid = dec[dec.dropped_by == "clip_score"].uid.iloc[0]
+    v = audit.explain(str(featured_pool), uid, ["datacomp-clip-b32-30pct"])["recipes"]["datacomp-clip-b32-30pct"]
+    threshold = runtime.read_json(str(featured_pool / "decisions" / "datacomp-clip-b32-30pct" / "manifest.json")
+                                  )["thresholds"]["clip_score"]["threshold"]
+    score = float(re.search(r"score (-?[0-9.e-]+);", v["verdict"]).group(1))
+    assert score < threshold and f"threshold {threshold:.6g}" in v["verdict"]
+
+
+def test_remove_with_refill_keeps_n_and_excludes_the_urls(subsets, tmp_path):
+    out, _ = subsets
+    src = out / "datacomp-basic"
+    lin = pq.read_table(src / "lineage.parquet").to_pandas()
+    gone = lin.url.iloc[[3, 50, 400]].tolist()
+    (tmp_path / "urls.txt").write_text("# takedown 2026-11\n" + "\n".join(gone) + "\n")
+    assert cli.main(["audit", "remove", str(src), "--urls", str(tmp_path / "urls.txt"), "--out",
+                     str(tmp_path / "v2"), "--refill"]) == 0
+    m = subset.read_manifest(str(tmp_path / "v2"))
+    new = pq.read_table(tmp_path / "v2" / "lineage.parquet").to_pandas()
+    assert m["size"] == N == len(new) and not set(gone) & set(new.url)
+    assert len(set(lin.uid) - set(new.uid)) == 3 and len(set(new.uid) - set(lin.uid)) == 3  # next-ranked refill
+    assert m["previous"]["manifest_sha256"] == runtime.file_sha256(str(src / "manifest.json"))
+    assert m["previous"]["removed"] == 3
+    assert audit.verify(str(tmp_path / "v2"))["ok"]
+    # without refill the version shrinks; requests accumulate across versions
+    (tmp_path / "more.txt").write_text(new.url.iloc[0] + "\n")
+    m3 = audit.remove(str(tmp_path / "v2"), str(tmp_path / "v3"), urls_file=str(tmp_path / "more.txt"), **quiet)
+    v3 = pq.read_table(tmp_path / "v3" / "lineage.parquet").to_pandas()
+    assert m3["size"] == N - 1 and not (set(gone) | {new.url.iloc[0]}) & set(v3.url)
+    with pytest.raises(InputError, match="already honours"):
+        audit.remove(str(tmp_path / "v3"), str(tmp_path / "v4"), urls_file=str(tmp_path / "urls.txt"), **quiet)
+    (tmp_path / "domains.txt").write_text("127.0.0.1\n")
+    with pytest.raises(InputError, match="every sample"):
+        audit.remove(str(src), str(tmp_path / "v5"), domains_file=str(tmp_path / "domains.txt"), **quiet)
+
+
+def test_recheck_reports_link_rot_and_drift(subsets, synth_dir, server):
+    out, _ = subsets
+    lin = pq.read_table(out / "datacomp-basic" / "lineage.parquet").to_pandas()
+    www = Path(synth_dir) / "www"
+    files = [www / re.sub(r"^https?://[^/]+/", "", u) for u in lin.url]
+    gone, drift = files[:5], files[5:12]
+    saved = {p: p.read_bytes() for p in gone + drift}
+    try:
+        for p in gone:
+            p.unlink()
+        for p in drift:
+            p.write_bytes(saved[p] + b"\x00")  # served bytes change
+        res = audit.recheck(str(out / "datacomp-basic"), sample=N, threads=16, timeout=5,
+                            allow_private_addresses=True)
+    finally:
+        for p, data in saved.items():
+            p.write_bytes(data)
+    assert res["checked"] == N
+    assert res["counts"] == {"gone": 5, "drifted": 7, "ok": N - 12}
+    assert res["gone_rate"] == pytest.approx(5 / N)
+    refused = audit.recheck(str(out / "datacomp-basic"), sample=3)
+    assert refused["counts"] == {"refused": 3}  # loopback is refused unless allowed, as at download
+
+
+def test_report_embeds_its_plots(subsets, tmp_path):
+    out, _ = subsets
+    page = tmp_path / "report.html"
+    res = report.build_report(str(out / "datacomp-clip-b32-30pct"), str(page))
+    assert res["compliance"]["compliant"] == "yes"
+    assert res["compliance"]["pool samples opted out at download (X-Robots-Tag)"] > 0
+    html = page.read_text()
+    images = re.findall(r'<img alt="(\w+)" src="data:image/png;base64,([^"]+)"', html)
+    assert {a for a, _ in images} == {"funnel", "domains", "languages", "sizes", "scores"}
+    from PIL import Image
+    import io
+    for _, data in images:
+        im = Image.open(io.BytesIO(base64.b64decode(data)))
+        assert im.size[0] > 300 and len(np.unique(np.asarray(im.convert("L")))) > 5  # a drawn plot, not blank
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium:  # render the page as a reader would see it
+        shot = tmp_path / "page.png"
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                        "--window-size=1000,2600", page.as_uri()], capture_output=True, timeout=120)
+        im = Image.open(shot).convert("L")
+        hist = np.bincount(np.asarray(im).ravel(), minlength=256)
+        assert hist[:200].sum() > 0.02 * hist.sum()  # plots and text drawn, not an empty page
