@@ -1,7 +1,8 @@
 """`thresher demo`: every stage that exists, end to end, on a generated pool served over local HTTP.
 
 It grows as stages land. Today: synth -> serve -> download -> features (base, a random-init tiny CLIP,
-and a DFN trained on the synthetic trusted set) -> dedup -> filter (every preset). Re-running it resumes: the pool source is
+and a DFN trained on the synthetic trusted set) -> dedup -> filter (every preset) -> equal-sized subsets
+of four recipes -> audit verify. Re-running it resumes: the pool source is
 reused when its config matches, and finished shards are not fetched again.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from . import dedup, download, features, probe, runtime, serve, train
+from . import audit, dedup, download, features, probe, runtime, serve, subset, train
 from . import filter as filtering
 from .config import CONFIG_DIR, load
 from .synth import SynthConfig, generate, score_dedup, synth_config_hash
@@ -78,6 +79,18 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
     recipes = {}
     for path in sorted((CONFIG_DIR / "recipes").glob("*.yaml")):
         recipes[path.stem] = filtering.run(str(pool), path.stem, variables, log=log)
+    # equal-sized subsets of four recipes (no filtering, DataComp basic, DFN, Re-LAION safety), each
+    # resharded with a manifest and lineage, then verified as a user receiving them would
+    chosen = ["datacomp-none", "datacomp-basic", "dfn", "relaion-safety"]
+    size = min(2000, min(recipes[r]["kept"] for r in chosen))
+    size = size // 100 * 100 or size
+    subsets_dir = out_path / "subsets"
+    made = subset.run(str(pool), chosen, subset.SubsetConfig(size=size, seed=seed, samples_per_shard=500),
+                      str(subsets_dir), variables, ray_address=ray_address, log=log)
+    verified = {r: audit.verify(str(subsets_dir / r), ray_address=ray_address) for r in chosen}
+    for r, v in verified.items():
+        if not v["ok"]:
+            raise RuntimeError(f"demo: subset {r} failed verification: {v['problems'][:5]}")
     score = score_dedup(dedup.read(str(pool)).to_pylist(), truth)
     counts = manifest["counts"]
     log("")
@@ -91,6 +104,8 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
     log(f"  filter decisions: {pool / 'decisions'}; funnels: {pool / 'stats'}")
     for name, m in recipes.items():
         log(f"    {name:40s} kept {m['kept']:6d} of {m['samples']}")
+    log(f"  subsets: {subsets_dir}/{{{','.join(chosen)}}}: {size} samples each in "
+        f"{len(made[chosen[0]]['shards'])} shards, manifest + lineage; `thresher audit verify` passes on all")
     dfn = {r["uid"]: r["keep"] for r in filtering.read(str(pool), "dfn").to_pylist()}
     cats = {g["uid"]: g["category"] for g in truth}
     removed = {c: sum(not dfn[u] for u in dfn if cats[u] == c) / max(1, sum(cats[u] == c for u in dfn))
@@ -101,4 +116,6 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
     log("  dedup against the planted ground truth: " + "; ".join(
         f"{k} recall {v['recall']:.3f} precision {v['precision']:.3f}" for k, v in score.items()))
     return {"source": str(src), "pool": str(pool), "manifest": manifest, "dedup_score": score,
-            "recipes": {k: {"kept": m["kept"], "samples": m["samples"]} for k, m in recipes.items()}}
+            "recipes": {k: {"kept": m["kept"], "samples": m["samples"]} for k, m in recipes.items()},
+            "subsets": {r: {"dir": str(subsets_dir / r), "size": m["size"], "verified": verified[r]["ok"]}
+                        for r, m in made.items()}}

@@ -169,8 +169,8 @@ def _histogram_task(pool, recipe, shard, rule, exclude):
 
 def _bin_task(pool, recipe, shard, rule, exclude, bin_index):
     dec, mask, keys = _candidates(pool, recipe, shard, rule, exclude)
-    sel = mask & ((keys >> 16) == bin_index)
-    return keys[sel], np.asarray(dec.column("uid").to_pylist(), dtype=object)[sel]
+    sel = np.flatnonzero(mask & ((keys >> 16) == bin_index))
+    return keys[sel], np.asarray(dec.column("uid").take(pa.array(sel)).to_pylist(), dtype=object)
 
 
 @dataclass
@@ -183,7 +183,13 @@ class Cut:
         if self.key is None:
             return np.ones(len(keys), bool)
         keys = keys.astype(np.int64)
-        return (keys > self.key) | ((keys == self.key) & (uids <= self.uid))
+        out = keys > self.key
+        tie = np.flatnonzero(keys == self.key)  # uids are read and compared only where keys tie
+        if len(tie):
+            tied = uids.take(pa.array(tie)).to_pylist() if isinstance(uids, (pa.Array, pa.ChunkedArray)) \
+                else np.asarray(uids, dtype=object)[tie]
+            out[tie] = np.asarray(tied, dtype=object) <= self.uid
+        return out
 
 
 def find_cut(hist: np.ndarray, rank: int, in_bin) -> Cut:
@@ -280,11 +286,11 @@ def _index_task(shard, pool, recipe, rule, exclude, cut, repeat, out_dir):
     """Write _work/index/{shard}.parquet: the shard's selected samples (repeated when upsampling), in key
     order, with their tar members and every column the subset's metadata and lineage need."""
     dec, mask, keys = _candidates(pool, recipe, shard, rule, exclude)
-    uids = np.asarray(dec.column("uid").to_pylist(), dtype=object)
+    uids = dec.column("uid")
     copies = np.where(mask, repeat["each"], 0) + (mask & cut.inside(keys, uids)).astype(np.int64) \
         if repeat else (mask & cut.inside(keys, uids)).astype(np.int64)
     rows = np.repeat(np.arange(len(uids)), copies)
-    copy = np.concatenate([np.arange(c) for c in copies]).astype(np.int32) if len(rows) else np.zeros(0, np.int32)
+    copy = (np.arange(len(rows)) - np.repeat(np.cumsum(copies) - copies, copies)).astype(np.int32)
     table = filtering.shard_table(pool, shard, _feature_columns(pool))
     if not table.column("uid").equals(dec.column("uid")):
         raise InputError(f"{pool}: decisions of {recipe} shard {shard:08d} are not aligned with its features")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from pipeline import cli
 
 
 @pytest.mark.parametrize("command", ["demo", "synth", "serve", "download", "features", "export-metadata", "dedup",
-                                     "filter", "filters", "train", "train-probe", "embed-images"])
+                                     "filter", "filters", "train", "train-probe", "embed-images", "subset", "audit"])
 def test_help_has_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
@@ -60,3 +61,7 @@ def test_demo_end_to_end(tmp_path, ray_local, capsys):
         funnel = json.loads((pool / "stats" / f"filter-{name}.json").read_text())
         assert funnel["samples"] == success and funnel["funnel"][0]["in"] == success
     assert result["pool"].endswith("pool")
+    sizes = {r: s["size"] for r, s in result["subsets"].items()}
+    assert len(sizes) >= 3 and len(set(sizes.values())) == 1 and all(s["verified"] for s in result["subsets"].values())
+    for s in result["subsets"].values():
+        assert (Path(s["dir"]) / "manifest.json").exists() and (Path(s["dir"]) / "lineage.parquet").exists()
