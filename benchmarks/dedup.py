@@ -12,6 +12,13 @@ Targets: recall >= 0.99; 1M rows in <= 120 s on 2 cores; peak memory <= 4 GB.
 
 from __future__ import annotations
 
+import sys  # noqa: I001 - first: the path fix below must precede every other import
+from pathlib import Path
+
+# sys.path[0] is this directory, which holds select.py: replace it with the repository root so that
+# the file cannot shadow the standard library's select module
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 import argparse
 import json
 import os
@@ -22,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.dedup import faiss_gpus, semantic_pairs  # noqa: E402
 

@@ -17,6 +17,13 @@ which is the GPU figure to compare with clip-retrieval's ~2,500 img/s per A100.
 
 from __future__ import annotations
 
+import sys  # noqa: I001 - first: the path fix below must precede every other import
+from pathlib import Path
+
+# sys.path[0] is this directory, which holds select.py: replace it with the repository root so that
+# the file cannot shadow the standard library's select module
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 import argparse
 import io
 import json
@@ -31,7 +38,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402

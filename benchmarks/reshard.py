@@ -18,6 +18,13 @@ bytes for both and the ratio ours/reference. Target on the same cores: ratio >= 
 
 from __future__ import annotations
 
+import sys  # noqa: I001 - first: the path fix below must precede every other import
+from pathlib import Path
+
+# sys.path[0] is this directory, which holds select.py: replace it with the repository root so that
+# the file cannot shadow the standard library's select module
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 import argparse
 import io
 import json
@@ -28,7 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402

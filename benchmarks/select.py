@@ -18,6 +18,13 @@ selection, with and without reading the Parquet decisions. Target: >= 2M samples
 
 from __future__ import annotations
 
+import sys  # noqa: I001 - first: the path fix below must precede every other import
+from pathlib import Path
+
+# sys.path[0] is this directory, which holds select.py: replace it with the repository root so that
+# the file cannot shadow the standard library's select module
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 import argparse
 import os
 import sys
@@ -25,7 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
@@ -42,7 +48,7 @@ def make_pool(root: Path, rows: int, shards: int, seed: int = 0) -> list[np.ndar
         # scores quantised to 1e-4 so that ties (and the uid tie-break) really occur
         scores = np.round(rng.normal(0.3, 0.05, per), 4).astype(np.float32)
         keep = rng.random(per) < 0.9
-        uids = np.char.mod("%032x", rng.integers(0, 2**62, per, dtype=np.int64)).astype(object)
+        uids = np.char.mod("%032x", rng.integers(0, 2**62, per, dtype=np.int64))  # fixed-width str
         table = pa.table({"uid": pa.array(uids, pa.string()), "keep": pa.array(keep),
                           "score": pa.array(scores),
                           "dropped_by": pa.array(np.where(keep, None, "quality"), pa.string()),
@@ -60,7 +66,7 @@ def select(pool: str, shards: list[int], size: int, rule) -> int:
     cut = subset._cut(pool, "bench", rule, ex, shards, hist, size)
 
     def count(pool, shard, cut):
-        dec, mask, keys = subset._candidates(pool, "bench", shard, rule, subset.Exclusion())
+        dec, mask, keys = subset._candidates(pool, "bench", shard, rule, subset.Exclusion(), subset.RANKING)
         return int((mask & cut.inside(keys, dec.column("uid"))).sum())
 
     task = ray.remote(count).options(num_cpus=1)

@@ -7,6 +7,13 @@ Prints the wall time, samples/s, and the ratio of the time to the 60 s budget (<
 
 from __future__ import annotations
 
+import sys  # noqa: I001 - first: the path fix below must precede every other import
+from pathlib import Path
+
+# sys.path[0] is this directory, which holds select.py: replace it with the repository root so that
+# the file cannot shadow the standard library's select module
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 import argparse
 import json
 import os
@@ -16,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.synth import SynthConfig, generate  # noqa: E402
 

@@ -136,8 +136,16 @@ def uid_keys(uids: list[str], seed: int) -> np.ndarray:
 def selection_keys(dec: pa.Table, rule: Rule) -> np.ndarray:
     if rule.mode == "uniform":
         return uid_keys(dec.column("uid").to_pylist(), rule.seed)
-    col = dec.column("step_scores")
-    scores = np.asarray(pc.list_element(col, rule.step).to_numpy(zero_copy_only=False), dtype=np.float32)
+    col = dec.column("step_scores").combine_chunks()
+    offsets = col.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    if len(col) and col.null_count == 0 and (lengths == lengths[0]).all() and lengths[0] > rule.step:
+        # one score per step in every list (as the filter writes them): slice the step out of the flat values
+        flat = col.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+        scores = flat.to_numpy(zero_copy_only=False).reshape(len(col), int(lengths[0]))[:, rule.step]
+    else:
+        scores = pc.list_element(col, rule.step).to_numpy(zero_copy_only=False)
+    scores = np.asarray(scores, dtype=np.float32)
     return filtering.order_key(np.where(np.isnan(scores), -np.inf, scores))
 
 
@@ -147,9 +155,16 @@ def _pool_table(pool: str, shard: int, columns: list[str]) -> pa.Table:
     return rows.take(pc.sort_indices(rows, sort_keys=[("key", "ascending")]))
 
 
-def _candidates(pool: str, recipe: str, shard: int, rule: Rule, exclude: Exclusion):
-    """(decisions table, candidate mask, keys) for one pool shard."""
-    dec = runtime.read_parquet(runtime.join(pool, "decisions", recipe, f"{shard:08d}.parquet"))
+RANKING = ["uid", "keep", "step_scores"]  # the decisions columns selecting reads
+
+
+def _candidates(pool: str, recipe: str, shard: int, rule: Rule, exclude: Exclusion, columns=None):
+    """(decisions table with `columns` (all if None), candidate mask, keys) for one pool shard."""
+    path = runtime.join(pool, "decisions", recipe, f"{shard:08d}.parquet")
+    try:
+        dec = runtime.read_parquet(path, columns=columns, use_threads=False)
+    except (KeyError, pa.ArrowInvalid):  # a file without step_scores: the check below names it
+        dec = runtime.read_parquet(path, use_threads=False)
     if "step_scores" not in dec.column_names:
         raise InputError(f"{pool}: decisions of {recipe} shard {shard:08d} predate per-step scores; "
                          f"run `thresher filter {pool} --recipe {recipe}` again")
@@ -163,12 +178,13 @@ def _candidates(pool: str, recipe: str, shard: int, rule: Rule, exclude: Exclusi
 
 
 def _histogram_task(pool, recipe, shard, rule, exclude):
-    _, mask, keys = _candidates(pool, recipe, shard, rule, exclude)
+    need_uid = rule.mode == "uniform" or bool(exclude)  # a score ranking's histogram needs no uids
+    _, mask, keys = _candidates(pool, recipe, shard, rule, exclude, RANKING if need_uid else RANKING[1:])
     return np.bincount(keys[mask] >> 16, minlength=65536).astype(np.int64)
 
 
 def _bin_task(pool, recipe, shard, rule, exclude, bin_index):
-    dec, mask, keys = _candidates(pool, recipe, shard, rule, exclude)
+    dec, mask, keys = _candidates(pool, recipe, shard, rule, exclude, RANKING)
     sel = np.flatnonzero(mask & ((keys >> 16) == bin_index))
     return keys[sel], np.asarray(dec.column("uid").take(pa.array(sel)).to_pylist(), dtype=object)
 
@@ -186,9 +202,9 @@ class Cut:
         out = keys > self.key
         tie = np.flatnonzero(keys == self.key)  # uids are read and compared only where keys tie
         if len(tie):
-            tied = uids.take(pa.array(tie)).to_pylist() if isinstance(uids, (pa.Array, pa.ChunkedArray)) \
-                else np.asarray(uids, dtype=object)[tie]
-            out[tie] = np.asarray(tied, dtype=object) <= self.uid
+            tied = np.asarray(uids.take(pa.array(tie)).to_pylist(), dtype=object) \
+                if isinstance(uids, (pa.Array, pa.ChunkedArray)) else np.asarray(uids)[tie]
+            out[tie] = tied <= self.uid
         return out
 
 
@@ -205,9 +221,9 @@ def find_cut(hist: np.ndarray, rank: int, in_bin) -> Cut:
     b = 65535 - j
     above = int(desc[j - 1]) if j > 0 else 0
     keys, uids = in_bin(b)
-    order = sorted(zip((-keys.astype(np.int64)).tolist(), uids.tolist()))
-    key, uid = order[rank - above - 1]
-    return Cut(-key, uid)
+    order = np.lexsort((np.asarray(uids, dtype=str), -keys.astype(np.int64)))  # key descending, then uid
+    i = order[rank - above - 1]
+    return Cut(int(keys[i]), str(uids[i]))
 
 
 # ---------------------------------------------------------------------------------------------------
