@@ -228,6 +228,38 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_fit(args) -> None:
+    from .scaling import fit_table
+
+    res = fit_table(args.results, args.x, args.y, args.group, args.out, accuracy=args.accuracy,
+                    holdout_above=args.holdout_above, predict=args.predict or [], n_bootstrap=args.bootstrap,
+                    bins_per_decade=args.bins_per_decade, forms=tuple(args.forms.split(",")), seed=args.seed)
+    for name, g in res["groups"].items():
+        p = g["params"]
+        law = (f"{p['A']:.4g} * C^-{p['alpha']:.4f} + {p['E']:.4f}" if g["form"] == "power"
+               else f"{p['A']:.4g} * (C + {p['C0']:.4g})^-{p['alpha']:.4f} + {p['E']:.4f}")
+        ci = g["params_ci95"].get("alpha")
+        extra = f"; alpha 95% CI {ci[0]:.4f}-{ci[1]:.4f}" if ci else ""
+        hold = g.get("holdout")
+        extra += f"; held-out RMSE {hold['rmse']:.4f} over {len(hold['points'])} point(s)" if hold and hold["points"] else ""
+        print(f"{name}: err = {law} ({len(g['frontier'])} frontier points{extra})")
+        for pr in g["predictions"]:
+            print(f"  predicted at {pr['x']:.4g}: {pr['y']:.4f} (95% CI {pr['lo']:.4f}-{pr['hi']:.4f})")
+    print(f"wrote {args.out}/fits.json and {args.out}/fits.png")
+
+
+def cmd_compare(args) -> None:
+    import os
+
+    from .scaling import compare_table
+
+    results = os.path.join(args.grid, "results.csv") if os.path.isdir(args.grid) else args.grid
+    res = compare_table(results, args.a, args.b, args.metric, args.target_compute, args.out, x=args.x,
+                        group=args.group, accuracy=not args.error, n_bootstrap=args.bootstrap, seed=args.seed)
+    print(res["verdict"])
+    print(f"wrote {args.out}/compare.html, compare.png, compare.json")
+
+
 def cmd_train(args) -> None:
     from .train import TrainConfig, train
 
@@ -392,6 +424,38 @@ def build_parser() -> argparse.ArgumentParser:
     for a in actions.choices.values():
         a.add_argument("--ray-address", default=argparse.SUPPRESS, help="Ray cluster to run on (default: $RAY_ADDRESS or local)")
     p.set_defaults(func=cmd_audit)
+
+    p = add("fit", "Fit scaling laws (Pareto frontier, power law with saturation, bootstrap CIs) to a results table.",
+            "thresher fit grid/results.csv --x gflops_total --y shapes_kind/acc1 --accuracy --group recipe "
+            "--predict 1e12 --out fits")
+    p.add_argument("results", help="CSV or Parquet: ours (thresher grid) or a published table")
+    p.add_argument("--x", required=True, help="compute column, e.g. gflops_total")
+    p.add_argument("--y", required=True, help="error column (or accuracy with --accuracy)")
+    p.add_argument("--group", default=None, help="fit one law per value of this column, e.g. recipe")
+    p.add_argument("--accuracy", action="store_true", help="y is an accuracy: fit 1 - y")
+    p.add_argument("--holdout-above", type=float, default=None, help="fit only x <= this; report the rest")
+    p.add_argument("--predict", type=float, action="append", help="x to predict at (repeatable)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
+    p.add_argument("--bins-per-decade", type=float, default=4.0, help="log-spaced frontier bins (default 4)")
+    p.add_argument("--forms", default="power,offset", help="laws to try: power (A C^-a + E), offset (A (C+C0)^-a + E)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="directory for fits.json and fits.png")
+    p.set_defaults(func=cmd_fit)
+
+    p = add("compare", "A/B-compare two recipes by their scaling laws; HTML, PNG and JSON report.",
+            "thresher compare grid --a datacomp-none --b dfn --metric shapes_kind/acc1 --target-compute 1e12 --out ab")
+    p.add_argument("grid", help="grid directory (its results.csv) or a results table")
+    p.add_argument("--a", required=True, help="baseline recipe (the table's recipe column)")
+    p.add_argument("--b", required=True, help="candidate recipe")
+    p.add_argument("--metric", required=True, help="metric column (an accuracy unless --error)")
+    p.add_argument("--error", action="store_true", help="the metric is already an error (lower is better)")
+    p.add_argument("--target-compute", type=float, required=True, help="compute (x units) to compare at")
+    p.add_argument("--x", default="gflops_total", help="compute column (default gflops_total)")
+    p.add_argument("--group", default="recipe", help="column naming the recipe (default recipe)")
+    p.add_argument("--bootstrap", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="report directory")
+    p.set_defaults(func=cmd_compare)
 
     p = add("train", "Train an open_clip model with open_clip_train (e.g. a data-filtering network on a trusted set).",
             "thresher train src/trusted --out runs/dfn --model thresher-tiny --epochs 5")

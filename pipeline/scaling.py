@@ -1,0 +1,426 @@
+"""Scaling-law fits and A/B comparison: `thresher fit` and `thresher compare`.
+
+The method of Nezhurina et al. (2025), "Scaling Laws for Robust Comparison of Open Foundation
+Language-Vision Models and Datasets" (and Cherti et al., 2023, before it):
+
+1. From every (compute, error) point, keep the Pareto frontier: the lowest error in each log-spaced
+   compute bin, then only bins that improve on every bin of lower compute.
+2. Fit Err(C) = A * C^-alpha + E, and the offset form A * (C + C0)^-alpha + E, by least squares on
+   log-errors from a grid of starting values with bounded parameters (alpha > 0, 0 <= E < min error,
+   C0 >= 0); keep the form with the lower BIC.
+3. Bootstrap the frontier points for confidence intervals of the parameters and of predictions.
+4. Optionally fit only below `holdout_above` and report predicted against actual above it.
+
+Works on any results table (CSV or Parquet): ours from `thresher grid`, or a published one with other
+column names (`--x`, `--y`, `--group`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError
+
+ALPHAS = (0.03, 0.1, 0.3, 1.0)
+E_FRACTIONS = (0.0, 0.5, 0.9)
+C0_STARTS = (0.01, 0.3, 3.0)  # in units of the frontier's geometric-mean compute
+
+
+@dataclass
+class Law:
+    form: str                  # "power" or "offset"
+    A: float
+    alpha: float
+    E: float
+    C0: float | None = None
+    loss: float = float("nan")  # mean squared log residual on the points it was fitted to
+
+    def predict(self, c) -> np.ndarray:
+        c = np.asarray(c, dtype=float)
+        return self.A * np.power(c + (self.C0 or 0.0), -self.alpha) + self.E
+
+    def params(self) -> dict:
+        out = {"A": self.A, "alpha": self.alpha, "E": self.E}
+        if self.form == "offset":
+            out["C0"] = self.C0
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Frontier
+
+def pareto_frontier(x: np.ndarray, y: np.ndarray, bins_per_decade: float = 4.0) -> np.ndarray:
+    """Indices of the frontier: per log-spaced bin of x, the point of lowest y; then only bins whose
+    best y is below that of every bin of lower x. Sorted by x."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.flatnonzero(np.isfinite(x) & np.isfinite(y) & (x > 0))
+    if len(ok) == 0:
+        return ok
+    b = np.floor(np.log10(x[ok]) * bins_per_decade).astype(np.int64)
+    best = {}
+    for i, bb in zip(ok, b):
+        if bb not in best or y[i] < y[best[bb]]:
+            best[bb] = i
+    out, lowest = [], np.inf
+    for bb in sorted(best):
+        i = best[bb]
+        if y[i] < lowest:
+            out.append(i)
+            lowest = y[i]
+    return np.asarray(out, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fitting
+
+def _fit_form(form: str, c: np.ndarray, y: np.ndarray, starts: list[np.ndarray]):
+    """Best least-squares fit in log space over `starts`, in scaled units (c = x / x_ref)."""
+    from scipy.optimize import least_squares
+
+    ymin = float(y.min())
+    logy = np.log(y)
+    e_hi = ymin * (1 - 1e-9)
+
+    def model(p):
+        a, alpha, e = p[0], p[1], p[2]
+        cc = c + p[3] if form == "offset" else c
+        return np.exp(a) * np.power(cc, -alpha) + e
+
+    def resid(p):
+        return np.log(np.maximum(model(p), 1e-300)) - logy
+
+    lo = [-50.0, 1e-6, 0.0] + ([0.0] if form == "offset" else [])
+    hi = [50.0, 5.0, e_hi] + ([1e3] if form == "offset" else [])
+    best = None
+    for p0 in starts:
+        p0 = np.clip(p0, np.array(lo) + 1e-12, np.array(hi) - 1e-12)
+        try:
+            r = least_squares(resid, p0, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=400)
+        except (ValueError, FloatingPointError):
+            continue
+        loss = float(np.mean(r.fun ** 2))
+        if np.isfinite(loss) and (best is None or loss < best[1]):
+            best = (r.x, loss)
+    return best
+
+
+def _starts(form: str, c: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    out = []
+    ymin = float(y.min())
+    for alpha in ALPHAS:
+        for ef in E_FRACTIONS:
+            e = ef * ymin
+            # A so that the law passes near the median point
+            i = len(c) // 2
+            a = math.log(max(y[i] - e, 1e-12)) + alpha * math.log(c[i])
+            if form == "offset":
+                out += [np.array([a, alpha, e, c0]) for c0 in C0_STARTS]
+            else:
+                out.append(np.array([a, alpha, e]))
+    return out
+
+
+def fit_law(x, y, forms=("power", "offset"), starts: dict | None = None) -> Law:
+    """The best law over `forms` by BIC (log-space residuals). Needs at least 3 points (5 for offset)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3:
+        raise InputError(f"a fit needs at least 3 frontier points, got {len(x)}")
+    if (y <= 0).any():
+        raise InputError("errors must be positive to fit a power law (give --accuracy for accuracies)")
+    ref = float(np.exp(np.mean(np.log(x))))
+    c = x / ref
+    best, best_aic = None, np.inf
+    for form in forms:
+        k = 4 if form == "offset" else 3
+        if len(x) < k + 1 and form == "offset":
+            continue
+        got = _fit_form(form, c, y, (starts or {}).get(form) or _starts(form, c, y))
+        if got is None:
+            continue
+        p, loss = got
+        # BIC: the offset form must earn its extra parameter (it contains the power law at C0 = 0)
+        aic = len(x) * math.log(max(loss, 1e-300)) + k * math.log(len(x))
+        if aic < best_aic - 1e-9:
+            best_aic = aic
+            alpha = float(p[1])
+            best = Law(form, A=float(math.exp(p[0]) * ref ** alpha), alpha=alpha, E=float(p[2]),
+                       C0=float(p[3] * ref) if form == "offset" else None, loss=loss)
+            best._raw = (p, ref)  # starting point for bootstrap refits
+    if best is None:
+        raise InputError("no fit converged")
+    return best
+
+
+def bootstrap(x, y, law: Law, n: int, seed: int = 0) -> list[Law]:
+    """Refit the chosen form on `n` resamples (with replacement) of the points."""
+    rng = np.random.default_rng(seed)
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    raw, ref = law._raw
+    out = []
+    for _ in range(n):
+        idx = rng.integers(0, len(x), len(x))
+        if len(np.unique(x[idx])) < 3:
+            continue
+        xs, ys = x[idx], y[idx]
+        c = xs / ref
+        got = _fit_form(law.form, c, ys, [raw.copy()])  # from the full fit: converges in almost every resample
+        if got is None or got[1] > 10 * max(law.loss, 1e-12):
+            got = _fit_form(law.form, c, ys, [raw.copy()] + _starts(law.form, c, ys))
+        if got is None:
+            continue
+        p, loss = got
+        out.append(Law(law.form, A=float(math.exp(p[0]) * ref ** p[1]), alpha=float(p[1]), E=float(p[2]),
+                       C0=float(p[3] * ref) if law.form == "offset" else None, loss=loss))
+    return out
+
+
+def interval(values, level: float = 0.95) -> tuple[float, float]:
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    q = (1 - level) / 2
+    return float(np.quantile(v, q)), float(np.quantile(v, 1 - q))
+
+
+@dataclass
+class GroupFit:
+    name: str
+    law: Law
+    frontier: np.ndarray       # indices into the group's points
+    x: np.ndarray
+    y: np.ndarray
+    boots: list = field(default_factory=list)
+    holdout_above: float | None = None
+
+    def band(self, c) -> tuple[np.ndarray, np.ndarray]:
+        if not self.boots:
+            p = self.law.predict(c)
+            return p, p
+        preds = np.array([b.predict(c) for b in self.boots])
+        return np.quantile(preds, 0.025, axis=0), np.quantile(preds, 0.975, axis=0)
+
+
+def fit_group(name: str, x, y, *, holdout_above: float | None = None, n_bootstrap: int = 200,
+              bins_per_decade: float = 4.0, seed: int = 0, forms=("power", "offset")) -> GroupFit:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    usable = x <= holdout_above if holdout_above is not None else np.ones(len(x), bool)
+    idx = np.flatnonzero(usable)
+    front = idx[pareto_frontier(x[idx], y[idx], bins_per_decade)]
+    if len(front) < 3:
+        raise InputError(f"group {name!r}: {len(front)} frontier point(s)" +
+                         (f" at or below --holdout-above {holdout_above}" if holdout_above is not None else "") +
+                         "; a fit needs at least 3 (more compute scales, or fewer bins per decade)")
+    law = fit_law(x[front], y[front], forms)
+    boots = bootstrap(x[front], y[front], law, n_bootstrap, seed) if n_bootstrap else []
+    return GroupFit(name, law, front, x, y, boots, holdout_above)
+
+
+def describe(g: GroupFit, predict: list[float]) -> dict:
+    params_ci = {k: interval([b.params()[k] for b in g.boots]) for k in g.law.params()} if g.boots else {}
+    preds = []
+    for c in predict:
+        lo, hi = g.band(np.array([c]))
+        preds.append({"x": c, "y": float(g.law.predict(c)), "lo": float(lo[0]), "hi": float(hi[0])})
+    out = {"form": g.law.form, "params": g.law.params(), "params_ci95": params_ci,
+           "loss": g.law.loss, "bootstraps": len(g.boots),
+           "frontier": [{"x": float(g.x[i]), "y": float(g.y[i])} for i in g.frontier],
+           "points": int(len(g.x)), "predictions": preds}
+    if g.holdout_above is not None:
+        above = np.flatnonzero(g.x > g.holdout_above)
+        lo, hi = g.band(g.x[above]) if len(above) else (np.array([]), np.array([]))
+        rows = [{"x": float(g.x[i]), "actual": float(g.y[i]), "predicted": float(g.law.predict(g.x[i])),
+                 "lo": float(lo[j]), "hi": float(hi[j]), "inside_ci": bool(lo[j] <= g.y[i] <= hi[j])}
+                for j, i in enumerate(above)]
+        err = [r["predicted"] - r["actual"] for r in rows]
+        out["holdout"] = {"above": g.holdout_above, "points": rows,
+                          "rmse": float(np.sqrt(np.mean(np.square(err)))) if err else None}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tables
+
+def read_table(path: str):
+    import pandas as pd
+
+    if path.endswith(".parquet"):
+        return pd.read_parquet(path)
+    if path.endswith(".csv"):
+        return pd.read_csv(path)
+    raise InputError(f"{path}: give a .csv or .parquet results table")
+
+
+def points(df, x: str, y: str, group: str | None, accuracy: bool, where: str):
+    for col in [x, y] + ([group] if group else []):
+        if col not in df.columns:
+            raise InputError(f"{where}: no column {col!r}; columns: {', '.join(map(str, df.columns))}")
+    groups = {}
+    keys = sorted(df[group].astype(str).unique()) if group else ["all"]
+    for key in keys:
+        sub = df[df[group].astype(str) == key] if group else df
+        xs = sub[x].to_numpy(dtype=float)
+        ys = sub[y].to_numpy(dtype=float)
+        if accuracy:
+            ys = 1.0 - ys
+        groups[key] = (xs, ys)
+    return groups
+
+
+def fit_table(path: str, x: str, y: str, group: str | None, out: str, *, accuracy: bool = False,
+              holdout_above: float | None = None, predict: list[float] | None = None, n_bootstrap: int = 200,
+              bins_per_decade: float = 4.0, forms=("power", "offset"), seed: int = 0) -> dict:
+    import os
+
+    df = read_table(path)
+    fits = {}
+    for name, (xs, ys) in points(df, x, y, group, accuracy, path).items():
+        fits[name] = fit_group(name, xs, ys, holdout_above=holdout_above, n_bootstrap=n_bootstrap,
+                               bins_per_decade=bins_per_decade, seed=seed, forms=forms)
+    result = {"source": path, "x": x, "y": y, "group": group, "accuracy": accuracy,
+              "groups": {k: describe(g, predict or []) for k, g in fits.items()}}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "fits.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    plot(fits, os.path.join(out, "fits.png"), x_label=x, y_label=("1 - " + y) if accuracy else y,
+         extend_to=max([*(predict or []), *[float(g.x.max()) for g in fits.values()]]))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plots
+
+def plot(fits: dict[str, GroupFit], path: str, x_label: str, y_label: str, extend_to: float | None = None,
+         marker: float | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (name, g) in enumerate(fits.items()):
+        col = colors[k % len(colors)]
+        ax.scatter(g.x, g.y, s=10, color=col, alpha=0.25, label=f"{name}: all points")
+        ax.scatter(g.x[g.frontier], g.y[g.frontier], s=28, color=col, edgecolor="black", linewidth=0.5,
+                   label=f"{name}: frontier")
+        lo_x = float(g.x[g.frontier].min())
+        hi_x = float(g.x[g.frontier].max())
+        inside = np.geomspace(lo_x, hi_x, 200)
+        p = g.law
+        law_txt = (f"{p.A:.3g}·C^-{p.alpha:.3f} + {p.E:.3f}" if p.form == "power"
+                   else f"{p.A:.3g}·(C+{p.C0:.3g})^-{p.alpha:.3f} + {p.E:.3f}")
+        ax.plot(inside, p.predict(inside), color=col, label=f"{name}: {law_txt}")
+        top = max(extend_to or hi_x, hi_x, float(g.x.max()))
+        full = np.geomspace(lo_x, top, 300)
+        if top > hi_x:
+            beyond = np.geomspace(hi_x, top, 100)
+            ax.plot(beyond, p.predict(beyond), color=col, linestyle="--")
+        lo, hi = g.band(full)
+        ax.fill_between(full, lo, hi, color=col, alpha=0.15)
+        if g.holdout_above is not None:
+            held = g.x > g.holdout_above
+            if held.any():
+                ax.scatter(g.x[held], g.y[held], marker="x", s=50, color=col, label=f"{name}: held out")
+    if marker:
+        ax.axvline(marker, color="grey", linestyle=":", label=f"target {marker:.3g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.2)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A/B comparison
+
+def crossings(a: Law, b: Law, lo: float, hi: float) -> list[float]:
+    c = np.geomspace(lo, hi, 4000)
+    d = a.predict(c) - b.predict(c)
+    s = np.sign(d)
+    out = []
+    for i in np.flatnonzero(s[:-1] * s[1:] < 0):
+        # refine by bisection in log space
+        l, r = math.log(c[i]), math.log(c[i + 1])
+        for _ in range(60):
+            m = (l + r) / 2
+            if np.sign(a.predict(math.exp(m)) - b.predict(math.exp(m))) == s[i]:
+                l = m
+            else:
+                r = m
+        out.append(float(math.exp((l + r) / 2)))
+    return out
+
+
+def compare_fits(ga: GroupFit, gb: GroupFit, target: float) -> dict:
+    ea, eb = float(ga.law.predict(target)), float(gb.law.predict(target))
+    n = min(len(ga.boots), len(gb.boots))
+    p_b = float(np.mean([gb.boots[i].predict(target) < ga.boots[i].predict(target) for i in range(n)])) if n else None
+    lo = float(min(ga.x.min(), gb.x.min()))
+    hi_measured = float(max(ga.x.max(), gb.x.max()))
+    hi = max(hi_measured, target) * 100
+    cross = crossings(ga.law, gb.law, lo, hi)
+    better = gb.name if eb < ea else ga.name
+    where = [{"x": c, "inside_measured_range": c <= hi_measured} for c in cross]
+    conf = f"P({gb.name} better) = {p_b:.2f}" if p_b is not None else "no bootstrap"
+    verdict = (f"{better} is predicted better at compute {target:.3g} (error {min(ea, eb):.4f} vs "
+               f"{max(ea, eb):.4f}; {conf}); " +
+               ("the fits do not cross between " f"{lo:.3g} and {hi:.3g}" if not cross else
+                "the fits cross at " + ", ".join(f"{c:.3g}" + (" (measured range)" if c <= hi_measured else " (extrapolated)")
+                                                  for c in cross)))
+    return {"a": ga.name, "b": gb.name, "target_compute": target, "error_a": ea, "error_b": eb,
+            "ci_a": list(map(float, [x[0] for x in ga.band(np.array([target]))])),
+            "ci_b": list(map(float, [x[0] for x in gb.band(np.array([target]))])),
+            "better": better, "p_b_better": p_b, "crossings": where, "verdict": verdict,
+            "measured_range": [lo, hi_measured]}
+
+
+def compare_table(path: str, a: str, b: str, metric: str, target: float, out: str, *, x: str = "gflops_total",
+                  group: str = "recipe", accuracy: bool = True, n_bootstrap: int = 200,
+                  bins_per_decade: float = 4.0, seed: int = 0) -> dict:
+    """Fit recipes `a` and `b` of a results table and say which scales better at `target` compute.
+    Writes OUT/compare.json, OUT/compare.png and OUT/compare.html (the plot embedded)."""
+    import base64
+    import html
+    import os
+
+    df = read_table(path)
+    groups = points(df, x, metric, group, accuracy, path)
+    for name in (a, b):
+        if name not in groups:
+            raise InputError(f"{path}: no rows with {group} = {name!r}; present: {', '.join(sorted(groups))}")
+    fits = {name: fit_group(name, *groups[name], n_bootstrap=n_bootstrap, bins_per_decade=bins_per_decade,
+                            seed=seed + k) for k, name in enumerate((a, b))}
+    result = compare_fits(fits[a], fits[b], target)
+    result.update({"source": path, "metric": metric, "x": x, "accuracy": accuracy,
+                   "fits": {k: describe(g, [target]) for k, g in fits.items()}})
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "compare.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    png = os.path.join(out, "compare.png")
+    plot(fits, png, x_label=x, y_label=("1 - " + metric) if accuracy else metric, extend_to=target, marker=target)
+    with open(png, "rb") as f:
+        img = base64.b64encode(f.read()).decode()
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in (
+        ("A", a), ("B", b), ("metric", metric + (" (error = 1 - value)" if accuracy else "")),
+        ("target compute", f"{target:.4g}"), ("predicted error A", f"{result['error_a']:.4f} (95% CI "
+                                                                   f"{result['ci_a'][0]:.4f}-{result['ci_a'][1]:.4f})"),
+        ("predicted error B", f"{result['error_b']:.4f} (95% CI {result['ci_b'][0]:.4f}-{result['ci_b'][1]:.4f})"),
+        ("P(B better at target)", result["p_b_better"]),
+        ("crossings", ", ".join(f"{c['x']:.4g}" + (" (measured range)" if c["inside_measured_range"] else
+                                                    " (extrapolated)") for c in result["crossings"]) or "none")))
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>A/B: {html.escape(a)} vs {html.escape(b)}"
+            f"</title></head><body style='font-family:sans-serif;max-width:900px;margin:2em auto'>"
+            f"<h1>{html.escape(a)} (A) vs {html.escape(b)} (B)</h1><p><b>{html.escape(result['verdict'])}</b></p>"
+            f"<table border=1 cellpadding=4 style='border-collapse:collapse'>{rows}</table>"
+            f"<p><img alt='fits' src='data:image/png;base64,{img}'></p></body></html>")
+    with open(os.path.join(out, "compare.html"), "w") as f:
+        f.write(page)
+    return result

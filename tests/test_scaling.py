@@ -1,0 +1,105 @@
+"""Scaling-law fits and A/B comparison: recovery of known laws, intervals, hold-out, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import cli, scaling
+from pipeline.errors import InputError
+
+A, ALPHA, E = 3.0, 0.25, 0.15
+
+
+def law_points(seed: int, n: int = 40, noise: float = 0.01, a=A, alpha=ALPHA, e=E, c0=0.0):
+    rng = np.random.default_rng(seed)
+    x = np.geomspace(1e3, 1e9, n)
+    return x, (a * (x + c0) ** -alpha + e) * np.exp(rng.normal(0, noise, n))
+
+
+def test_recovers_a_known_law_and_its_intervals_cover_it():
+    covered = 0
+    for seed in range(20):
+        x, y = law_points(seed)
+        g = scaling.fit_group("t", x, y, n_bootstrap=100, seed=seed)
+        assert abs(g.law.alpha - ALPHA) / ALPHA < 0.05, (seed, g.law)
+        assert abs(g.law.E - E) < 0.01, (seed, g.law)
+        lo, hi = scaling.interval([b.alpha for b in g.boots])
+        covered += lo <= ALPHA <= hi
+    assert covered >= 15  # a 95% interval covers the truth in most seeds
+
+
+def test_offset_form_is_chosen_when_the_data_bend():
+    x, y = law_points(0, n=60, noise=0.002, a=20.0, alpha=0.4, e=0.1, c0=3e5)
+    g = scaling.fit_group("t", x, y, n_bootstrap=0)
+    assert g.law.form == "offset"
+    assert abs(g.law.alpha - 0.4) < 0.05 and abs(g.law.E - 0.1) < 0.01
+
+
+def test_frontier_keeps_the_lowest_error_per_bin_and_only_improvements():
+    x = np.array([10, 12, 100, 110, 1000, 10000])
+    y = np.array([0.9, 0.8, 0.85, 0.7, 0.75, 0.5])
+    assert scaling.pareto_frontier(x, y, bins_per_decade=1).tolist() == [1, 3, 5]
+
+
+def test_holdout_reports_predictions_against_actuals():
+    x, y = law_points(1)
+    g = scaling.fit_group("t", x, y, holdout_above=1e7, n_bootstrap=50)
+    d = scaling.describe(g, [1e10])
+    held = d["holdout"]
+    assert len(held["points"]) == int((x > 1e7).sum()) and held["rmse"] < 0.01
+    assert all(p["x"] > 1e7 for p in held["points"])
+    assert d["frontier"] and max(p["x"] for p in d["frontier"]) <= 1e7
+    pred = d["predictions"][0]
+    assert pred["lo"] <= A * 1e10 ** -ALPHA + E <= pred["hi"] or abs(pred["y"] - (A * 1e10 ** -ALPHA + E)) < 0.005
+
+
+def test_too_few_points_is_a_clear_error():
+    with pytest.raises(InputError, match="at least 3"):
+        scaling.fit_group("t", [1, 10], [0.5, 0.4])
+
+
+def test_fit_cli_on_a_table_with_other_column_names(tmp_path, capsys):
+    rows = []
+    for name, a in (("laion", 3.0), ("datacomp", 2.6)):
+        x, y = law_points(2, a=a)
+        rows += [{"gmacs_total": xi, "top1": 1 - yi, "dataset": name} for xi, yi in zip(x, y)]
+    pd.DataFrame(rows).to_csv(tmp_path / "published.csv", index=False)
+    assert cli.main(["fit", str(tmp_path / "published.csv"), "--x", "gmacs_total", "--y", "top1", "--accuracy",
+                     "--group", "dataset", "--predict", "1e11", "--bootstrap", "50", "--out", str(tmp_path / "f")]) == 0
+    fits = json.loads((tmp_path / "f" / "fits.json").read_text())
+    assert set(fits["groups"]) == {"laion", "datacomp"}
+    g = fits["groups"]["datacomp"]
+    assert set(g["params"]) == {"A", "alpha", "E"} and g["params"]["alpha"] > 0
+    assert g["predictions"][0]["lo"] <= g["predictions"][0]["y"] <= g["predictions"][0]["hi"]
+    assert (tmp_path / "f" / "fits.png").stat().st_size > 10_000
+    assert "datacomp: err =" in capsys.readouterr().out
+    assert cli.main(["fit", str(tmp_path / "published.csv"), "--x", "nope", "--y", "top1", "--out",
+                     str(tmp_path / "g")]) == 2
+
+
+def test_compare_says_which_recipe_scales_better(tmp_path):
+    rows = []
+    for name, a, e in (("base", 3.0, 0.2), ("filtered", 3.0, 0.12)):
+        for seed in range(2):
+            x, y = law_points(seed, n=20, a=a, e=e)
+            rows += [{"recipe": name, "gflops_total": xi, "acc": 1 - yi} for xi, yi in zip(x, y)]
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    res = scaling.compare_table(str(tmp_path / "results.csv"), "base", "filtered", "acc", 1e11, str(tmp_path / "ab"),
+                                n_bootstrap=100)
+    assert res["better"] == "filtered" and res["p_b_better"] > 0.95 and not res["crossings"]
+    assert res["verdict"].startswith("filtered is predicted better")
+    assert (tmp_path / "ab" / "compare.html").read_text().count("data:image/png;base64,") == 1
+    # laws that cross: B starts worse (higher A) but saturates lower
+    rows = []
+    for name, a, alpha, e in (("base", 1.0, 0.3, 0.3), ("filtered", 8.0, 0.3, 0.1)):
+        x, y = law_points(3, n=30, a=a, alpha=alpha, e=e, noise=0.002)
+        rows += [{"recipe": name, "gflops_total": xi, "acc": 1 - yi} for xi, yi in zip(x, y)]
+    pd.DataFrame(rows).to_csv(tmp_path / "cross.csv", index=False)
+    res = scaling.compare_table(str(tmp_path / "cross.csv"), "base", "filtered", "acc", 1e12, str(tmp_path / "ab2"),
+                                n_bootstrap=50)
+    truth = (8.0 - 1.0) / (0.3 - 0.1)  # (A_b - A_a) C^-0.3 = E_a - E_b  ->  C = (7 / 0.2)^(1/0.3)
+    assert len(res["crossings"]) == 1 and abs(np.log10(res["crossings"][0]["x"]) - np.log10(truth ** (1 / 0.3))) < 0.2
