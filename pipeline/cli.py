@@ -261,12 +261,33 @@ def cmd_compare(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .train import TrainConfig, train
+    from .train import TrainConfig, load_scales, train, train_scale
 
+    if args.scale:
+        scales = load_scales(args.scale)
+        if len(scales) != 1:
+            raise InputError(f"--scale {args.scale} names {len(scales)} scales; pick one as "
+                             f"{args.scale}/NAME (names: {', '.join(s.name for s in scales)})")
+        m = train_scale(args.data, scales[0], args.out, name=args.name)
+        print(f"trained scale {scales[0].name}: {m['samples_seen']} samples seen, {m['gflops_per_sample']:.4g} "
+              f"GFLOPs/sample ({m['gflops_total']:.4g} total), {len(m['checkpoints'])} checkpoint(s); "
+              f"record in {args.out}/train_manifest.json")
+        return
     cfg = load(TrainConfig, None, overrides(args, TrainConfig))
     manifest = train(args.data, args.out, cfg, name=args.name)
     print(f"trained {cfg.model}: {manifest['checkpoint']} (sha256 {manifest['checkpoint_sha256'][:12]}...); "
           f"record in {args.out}/train_manifest.json")
+
+
+def cmd_eval(args) -> None:
+    from .evaluate import evaluate_run
+
+    res = evaluate_run(args.run, args.eval_set, device=args.device)
+    for ck in res["checkpoints"]:
+        flat = ", ".join(f"{s}/{k} {v:.3f}" for s, ms in ck["metrics"].items() for k, v in ms.items()
+                         if k in ("acc1", "image_retrieval_recall@1", "text_retrieval_recall@1"))
+        print(f"epoch {ck['epoch']} ({ck['samples_seen']} samples seen): {flat}")
+    print(f"wrote {args.run}/eval.json")
 
 
 def cmd_train_probe(args) -> None:
@@ -462,8 +483,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="WebDataset shards (jpg + txt): a directory, a glob or a brace pattern")
     p.add_argument("--out", required=True, help="directory for open_clip_train's run and train_manifest.json")
     p.add_argument("--name", default="run", help="run name (open_clip_train's --name)")
+    p.add_argument("--scale", default=None,
+                   help="a fixed recipe from configs/scales/ (NAME or SET/NAME, e.g. tiny/w64-8k, small) or a "
+                        "YAML file; the TrainConfig fields below are then ignored")
     add_config_args(p, TrainConfig)
     p.set_defaults(func=cmd_train)
+
+    p = add("eval", "Zero-shot classification and retrieval of a run's checkpoints (CLIP_benchmark's metrics).",
+            "thresher eval runs/dfn-small --eval-set src/eval/shapes_kind --eval-set src/eval/shapes_retrieval")
+    p.add_argument("run", help="a run directory written by `thresher train`")
+    p.add_argument("--eval-set", action="append", required=True,
+                   help="an evaluation set in CLIP_benchmark's WebDataset layout (repeatable)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=cmd_eval)
 
     p = add("train-probe", "Train a logistic-regression probe (e.g. NSFW) on a pool scorer's image embeddings.",
             "thresher train-probe pool --scorer clip_l14 --labels nsfw-labels.parquet --out nsfw.npz")

@@ -8,6 +8,15 @@ filter built on the checkpoint can say exactly what it was trained on.
 
     OUT/<name>/checkpoints/epoch_N.pt     open_clip_train's checkpoint ({"state_dict": ...})
     OUT/train_manifest.json
+
+With `--scale` (configs/scales/), the run follows a fixed recipe per scale: model, samples seen, batch,
+learning rate, warm-up, weight decay, schedule, precision and image size. Only the data differ between
+the recipes a grid compares. Samples seen are exact: the data are resampled (open_clip_train's
+--dataset-resampled) and split into `checkpoints` virtual epochs, each saving a checkpoint; under the
+`const` schedule every checkpoint past warm-up is a data point of its own. The manifest records the
+forward GFLOPs per image-text pair, measured with torch's FlopCounterMode as open_clip_train's profiler
+does, and the total compute: GFLOPs per sample x samples seen (forward only, as the scaling-law papers
+we compare with count it).
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import os
 from dataclasses import dataclass
 
 from . import models, runtime
-from .config import config_hash, opt, to_dict
+from .config import CONFIG_DIR, config_hash, from_dict, opt, to_dict
 from .errors import InputError, StageError
 
 
@@ -33,6 +42,84 @@ class TrainConfig:
     precision: str = opt("auto", "auto (amp on GPU, fp32 on CPU), amp, bf16 or fp32")
     workers: int = opt(1, "data-loading processes")
     seed: int = opt(0, "random seed")
+
+
+@dataclass
+class Scale:
+    name: str = opt(help="scale name, e.g. tiny-w32-8k or small")
+    model: str = opt(help="open_clip model (or project config in configs/models/)")
+    samples_seen: int = opt(help="training samples seen, in total")
+    batch_size: int = opt(help="global batch size")
+    lr: float = opt(help="peak learning rate")
+    warmup: int = opt(help="warm-up steps")
+    wd: float = opt(0.2, "weight decay")
+    schedule: str = opt("cosine", "cosine, const or const-cooldown")
+    cooldown_fraction: float = opt(0.2, "const-cooldown: the share of checkpoints (epochs) spent cooling down")
+    checkpoints: int = opt(1, "virtual epochs, one checkpoint each (data points under const)")
+    family: str = opt("clip", "clip (contrastive) or coca (contrastive + captioning)")
+    precision: str = opt("auto", "auto (amp on GPU, fp32 on CPU), amp, bf16 or fp32")
+    image_size: int | None = opt(None, "force this image size (default: the model's)")
+    workers: int = opt(1, "data-loading processes")
+    seed: int = opt(0, "random seed")
+
+    def check(self, where: str) -> None:
+        if self.schedule not in ("cosine", "const", "const-cooldown"):
+            raise InputError(f"{where}: schedule must be cosine, const or const-cooldown, not {self.schedule!r}")
+        if self.family not in ("clip", "coca"):
+            raise InputError(f"{where}: family must be clip or coca, not {self.family!r}")
+        if self.family == "coca" and "coca" not in self.model.lower():
+            raise InputError(f"{where}: family coca needs a CoCa model config (e.g. coca_ViT-B-32), not {self.model}")
+        if min(self.samples_seen, self.batch_size, self.checkpoints) < 1:
+            raise InputError(f"{where}: samples_seen, batch_size and checkpoints must be positive")
+
+
+SCALE_DIR = CONFIG_DIR / "scales"
+
+
+def load_scales(spec: str) -> list[Scale]:
+    """`NAME` (configs/scales/NAME.yaml: one scale, or a set under `scales:`), `NAME/SCALE` (one of a set),
+    or a path to such a YAML file."""
+    import yaml
+
+    base, _, member = spec.partition("/") if not os.path.exists(spec) else (spec, "", "")
+    path = base if os.path.exists(base) else str(SCALE_DIR / f"{base}.yaml")
+    if not os.path.exists(path):
+        names = ", ".join(sorted(p.stem for p in SCALE_DIR.glob("*.yaml")))
+        raise InputError(f"unknown scale {spec!r}; presets: {names}; or a YAML file")
+    data = yaml.safe_load(open(path)) or {}
+    entries = data["scales"] if "scales" in data else [data]
+    defaults = data.get("defaults", {}) if "scales" in data else {}
+    scales = []
+    for i, entry in enumerate(entries):
+        sc = from_dict(Scale, {**defaults, **entry}, where=f"{path}: scale {i + 1}")
+        sc.check(f"{path}: scale {sc.name}")
+        scales.append(sc)
+    if member:
+        scales = [sc for sc in scales if sc.name == member]
+        if not scales:
+            raise InputError(f"{path} has no scale named {member!r}")
+    return scales
+
+
+def gflops_per_sample(model: str, image_size: int | None = None) -> float:
+    """Forward GFLOPs of one image-text pair, counted by torch's FlopCounterMode on one all-ones image
+    and token sequence, as open_clip_train's profiler.profile_torch counts them (that function prints
+    a table that needs `tabulate`; display=False here)."""
+    import open_clip
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    models.register_project_models()
+    kwargs = {"force_image_size": image_size} if image_size else {}
+    net = open_clip.create_model(model, **kwargs)
+    net.eval()
+    size = net.visual.image_size if hasattr(net.visual, "image_size") else (image_size or 224)
+    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    ctx = getattr(net, "context_length", None) or open_clip.get_model_config(model)["text_cfg"].get("context_length", 77)
+    counter = FlopCounterMode(display=False)
+    with counter:  # not under no_grad: MultiheadAttention's inference fast path escapes the counter
+        net(torch.ones((1, 3, *size)), torch.ones((1, ctx), dtype=torch.int64))
+    return sum(counter.get_flop_counts()["Global"].values()) / 1e9
 
 
 def shard_list(data: str) -> list[str]:
@@ -68,7 +155,6 @@ def count_samples(shards: list[str]) -> int:
 
 def train(data: str, out: str, cfg: TrainConfig, name: str = "run", log=print) -> dict:
     import torch
-    from open_clip_train.main import main as open_clip_train_main
 
     shards = shard_list(data)
     samples = count_samples(shards)
@@ -86,19 +172,7 @@ def train(data: str, out: str, cfg: TrainConfig, name: str = "run", log=print) -
     if os.path.exists(os.path.join(out, name)):
         raise InputError(f"{os.path.join(out, name)} exists; choose another --name or --out (open_clip_train "
                          f"does not overwrite a run)")
-    # open_clip_train sets every logger to INFO and adds handlers to the root logger; undo that after,
-    # so the rest of the process (and torch at exit) is as quiet as before
-    levels = {n: logging.getLogger(n).level for n in list(logging.root.manager.loggerDict)}
-    root_level, root_handlers = logging.root.level, list(logging.root.handlers)
-    try:
-        status = open_clip_train_main(args)
-    finally:
-        for handler in [h for h in logging.root.handlers if h not in root_handlers]:
-            logging.root.removeHandler(handler)
-            handler.close()
-        logging.root.setLevel(root_level)
-        for n in list(logging.root.manager.loggerDict):
-            logging.getLogger(n).setLevel(levels.get(n, logging.NOTSET))
+    status = _run_open_clip_train(args)
     if status == -1:
         raise StageError(f"open_clip_train refused the run (see its log in {os.path.join(out, name)})")
     ckpt = os.path.join(out, name, "checkpoints", f"epoch_{cfg.epochs}.pt")
@@ -111,6 +185,95 @@ def train(data: str, out: str, cfg: TrainConfig, name: str = "run", log=print) -
                 "open_clip_train_args": args, **runtime.provenance()}
     runtime.write_json(os.path.join(out, "train_manifest.json"), manifest)
     log(f"[train] checkpoint {ckpt}")
+    return manifest
+
+
+def _run_open_clip_train(args: list[str]):
+    from open_clip_train.main import main as open_clip_train_main
+
+    # open_clip_train sets every logger to INFO and adds handlers to the root logger; undo that after,
+    # so the rest of the process (and torch at exit) is as quiet as before
+    levels = {n: logging.getLogger(n).level for n in list(logging.root.manager.loggerDict)}
+    root_level, root_handlers = logging.root.level, list(logging.root.handlers)
+    try:
+        return open_clip_train_main(args)
+    finally:
+        for handler in [h for h in logging.root.handlers if h not in root_handlers]:
+            logging.root.removeHandler(handler)
+            handler.close()
+        logging.root.setLevel(root_level)
+        for n in list(logging.root.manager.loggerDict):
+            logging.getLogger(n).setLevel(levels.get(n, logging.NOTSET))
+
+
+def scale_args(shards: list[str], scale: Scale, out: str, name: str, precision: str) -> tuple[list[str], int]:
+    """open_clip_train's arguments for a scale, and the samples per virtual epoch."""
+    import math
+
+    per_epoch = math.ceil(scale.samples_seen / scale.checkpoints)
+    args = ["--train-data", "::".join(shards), "--dataset-type", "webdataset", "--dataset-resampled",
+            "--train-num-samples", str(per_epoch), "--model", scale.model, "--epochs", str(scale.checkpoints),
+            "--batch-size", str(scale.batch_size), "--lr", str(scale.lr), "--warmup", str(scale.warmup),
+            "--wd", str(scale.wd), "--lr-scheduler", scale.schedule, "--precision", precision,
+            "--workers", str(scale.workers), "--seed", str(scale.seed), "--logs", out, "--name", name,
+            "--save-frequency", "1", "--report-to", "", "--log-every-n-steps", "50"]
+    if scale.schedule == "const-cooldown":
+        args += ["--epochs-cooldown", str(max(1, round(scale.checkpoints * scale.cooldown_fraction)))]
+    if scale.image_size:
+        args += ["--force-image-size", str(scale.image_size)]
+    return args, per_epoch
+
+
+def train_scale(data: str, scale: Scale, out: str, name: str = "run", log=print) -> dict:
+    """Train one scale's fixed recipe on `data` (a subset's shards). Resumes: a finished run is returned."""
+    import math
+
+    import torch
+
+    manifest_path = os.path.join(out, "train_manifest.json")
+    if os.path.exists(manifest_path):
+        m = runtime.read_json(manifest_path)
+        if m.get("scale") == to_dict(scale):
+            return m
+        raise InputError(f"{out} holds a run of another scale; choose another --out")
+    shards = shard_list(data)
+    models.register_project_models()
+    precision = scale.precision if scale.precision != "auto" else ("amp" if torch.cuda.is_available() else "fp32")
+    os.makedirs(out, exist_ok=True)
+    import shutil
+
+    shutil.rmtree(os.path.join(out, name), ignore_errors=True)  # an unfinished run: open_clip_train will not reuse it
+    args, per_epoch = scale_args(shards, scale, out, name, precision)
+    gflops = gflops_per_sample(scale.model, scale.image_size)
+    log(f"[train] scale {scale.name}: {scale.model}, {scale.samples_seen} samples seen in {scale.checkpoints} "
+        f"checkpoint(s), {scale.schedule}, {gflops:.4g} GFLOPs/sample ({precision})")
+    import time
+
+    t0 = time.time()
+    status = _run_open_clip_train(args)
+    seconds = time.time() - t0
+    if status == -1:
+        raise StageError(f"open_clip_train refused the run (see its log in {os.path.join(out, name)})")
+    steps_per_epoch = math.ceil(per_epoch / scale.batch_size)  # open_clip_train rounds up (resampled data)
+    checkpoints = []
+    for e in range(1, scale.checkpoints + 1):
+        path = os.path.join(out, name, "checkpoints", f"epoch_{e}.pt")
+        if not os.path.exists(path):
+            raise StageError(f"open_clip_train finished without writing {path}")
+        steps = e * steps_per_epoch
+        checkpoints.append({"epoch": e, "path": path, "sha256": runtime.file_sha256(path), "steps": steps,
+                            "samples_seen": steps * scale.batch_size, "in_warmup": steps <= scale.warmup})
+    samples_seen = checkpoints[-1]["samples_seen"]
+    manifest = {"kind": "thresher.train", "model": scale.model, "scale": to_dict(scale),
+                "scale_hash": config_hash(scale), "precision": precision,
+                "checkpoint": checkpoints[-1]["path"], "checkpoint_sha256": checkpoints[-1]["sha256"],
+                "checkpoints": checkpoints, "gflops_per_sample": gflops, "samples_seen": samples_seen,
+                "gflops_total": gflops * samples_seen, "seconds": round(seconds, 2),
+                "samples_per_second": round(samples_seen / seconds, 1),
+                "data": {"spec": data, "shards": [{"path": p, "sha256": runtime.file_sha256(p)} for p in shards]},
+                "open_clip_train_args": args, **runtime.provenance()}
+    runtime.write_json(manifest_path, manifest)
+    log(f"[train] {scale.name}: {samples_seen} samples in {seconds:.1f}s ({samples_seen / seconds:.0f}/s)")
     return manifest
 
 

@@ -103,3 +103,63 @@ def test_compare_says_which_recipe_scales_better(tmp_path):
                                 n_bootstrap=50)
     truth = (8.0 - 1.0) / (0.3 - 0.1)  # (A_b - A_a) C^-0.3 = E_a - E_b  ->  C = (7 / 0.2)^(1/0.3)
     assert len(res["crossings"]) == 1 and abs(np.log10(res["crossings"][0]["x"]) - np.log10(truth ** (1 / 0.3))) < 0.2
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scales, training at a scale, evaluation
+
+def test_scale_presets():
+    from pipeline import train
+
+    tiny = train.load_scales("tiny")
+    assert len(tiny) == 9 and len({(s.model, s.samples_seen) for s in tiny}) == 9
+    small, = train.load_scales("small")
+    assert (small.model, small.samples_seen, small.batch_size, small.lr, small.warmup) == \
+        ("ViT-B-32", 12_800_000, 4096, 5e-4, 500)
+    assert train.load_scales("medium")[0].samples_seen == 128_000_000
+    assert [s.name for s in train.load_scales("tiny/w64-4k")] == ["w64-4k"]
+    assert all(s.schedule == "const" and s.checkpoints > 1 for s in train.load_scales("tiny-const"))
+    with pytest.raises(InputError, match="no scale named"):
+        train.load_scales("tiny/nope")
+
+
+def test_gflops_are_counted_like_open_clips_profiler():
+    from pipeline import train
+
+    w32, w64, w128 = (train.gflops_per_sample(m) for m in ("thresher-w32", "thresher-tiny", "thresher-w128"))
+    assert 0 < w32 < w64 < w128
+    # open_clip's profile of ViT-B-32: 4.41 GMACs image + 2.96 text; FlopCounterMode counts 2 FLOPs per MAC
+    assert train.gflops_per_sample("ViT-B-32") == pytest.approx(2 * (4.41 + 2.96), rel=0.03)
+
+
+def test_metrics_follow_clip_benchmark_definitions():
+    from pipeline import evaluate
+
+    logits = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])
+    m = evaluate.classification_metrics(logits, np.array([0, 1, 1, 2]))
+    assert m["acc1"] == 0.75 and m["acc5"] == 1.0 and m["mean_per_class_recall"] == pytest.approx((1 + 0.5 + 1) / 3)
+    img = np.eye(3)
+    txt = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0.1]])  # caption 3 belongs to image 2 but looks like 0
+    r = evaluate.retrieval_metrics(img, txt / np.linalg.norm(txt, axis=1, keepdims=True), np.array([0, 1, 2, 2]))
+    assert r["image_retrieval_recall@1"] == 0.75 and r["text_retrieval_recall@1"] == 1.0
+
+
+def test_const_schedule_run_gives_checkpoints_flops_and_evals(synth_dir, tmp_path, capsys):
+    from pipeline import train
+
+    scale = train.Scale(name="t", model="thresher-w32", samples_seen=1024, batch_size=128, lr=1e-3, warmup=3,
+                        schedule="const", checkpoints=4)
+    m = train.train_scale(str(synth_dir / "trusted"), scale, str(tmp_path / "run"), log=lambda *_: None)
+    assert [c["samples_seen"] for c in m["checkpoints"]] == [256, 512, 768, 1024]
+    assert [c["in_warmup"] for c in m["checkpoints"]] == [True, False, False, False]  # 2 steps <= 3 warm-up steps
+    assert m["gflops_total"] == pytest.approx(m["gflops_per_sample"] * 1024)
+    assert "--lr-scheduler" in m["open_clip_train_args"] and "const" in m["open_clip_train_args"]
+    assert train.train_scale(str(synth_dir / "trusted"), scale, str(tmp_path / "run")) == m  # resumes: nothing redone
+    evals = [str(synth_dir / "eval" / "shapes_kind"), str(synth_dir / "eval" / "shapes_retrieval")]
+    assert cli.main(["eval", str(tmp_path / "run"), "--eval-set", evals[0], "--eval-set", evals[1]]) == 0
+    res = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert [c["epoch"] for c in res["checkpoints"]] == [1, 2, 3, 4]
+    last = res["checkpoints"][-1]["metrics"]
+    assert set(last["shapes_kind"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert 0 <= last["shapes_kind"]["acc1"] <= 1 and "text_retrieval_recall@5" in last["shapes_retrieval"]
+    assert "epoch 4 (1024 samples seen)" in capsys.readouterr().out

@@ -138,7 +138,7 @@ def test_verify_passes_then_names_each_change(subsets, tmp_path):
     assert not res["ok"]
     assert "changed shard file 00000000.tar" in text
     assert f"changed sample {key} in 00000000.tar" in text
-    assert sum(f"changed sample" in p for p in res["problems"]) == 1  # only the flipped one
+    assert sum("changed sample" in p for p in res["problems"]) == 1  # only the flipped one
     assert "missing shard file 00000001.tar" in text
     assert "extra file notes.txt" in text
     assert cli.main(["audit", "verify", str(bad)]) == 1
