@@ -228,6 +228,14 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_grid(args) -> None:
+    from .grid import run_grid
+
+    res = run_grid(args.subset, args.scale, args.eval_set, args.out, cpus_per_run=args.cpus_per_run,
+                   ray_address=args.ray_address)
+    print(f"grid: {res['runs']} runs, {res['rows']} data points -> {res['results']}")
+
+
 def cmd_fit(args) -> None:
     from .scaling import fit_table
 
@@ -445,6 +453,17 @@ def build_parser() -> argparse.ArgumentParser:
     for a in actions.choices.values():
         a.add_argument("--ray-address", default=argparse.SUPPRESS, help="Ray cluster to run on (default: $RAY_ADDRESS or local)")
     p.set_defaults(func=cmd_audit)
+
+    p = add("grid", "Train every (subset, scale) pair as a Ray task, evaluate it, and collect results.csv (resumable).",
+            "thresher grid --subset subsets/datacomp-none --subset subsets/dfn --scale tiny "
+            "--eval-set src/eval/shapes_kind --out grid")
+    p.add_argument("--subset", action="append", required=True, help="a subset directory (repeatable)")
+    p.add_argument("--scale", action="append", required=True,
+                   help="scale preset, SET/NAME or YAML file (repeatable; a set such as tiny adds all its scales)")
+    p.add_argument("--eval-set", action="append", required=True, help="evaluation set directory (repeatable)")
+    p.add_argument("--cpus-per-run", type=int, default=None, help="CPUs per run without GPUs (default: all)")
+    p.add_argument("--out", required=True, help="grid directory (runs/ and results.csv)")
+    p.set_defaults(func=cmd_grid)
 
     p = add("fit", "Fit scaling laws (Pareto frontier, power law with saturation, bootstrap CIs) to a results table.",
             "thresher fit grid/results.csv --x gflops_total --y shapes_kind/acc1 --accuracy --group recipe "

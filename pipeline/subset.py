@@ -333,7 +333,7 @@ def _index_task(shard, pool, recipe, rule, exclude, cut, repeat, out_dir):
         [[{"ext": e, "offset": o, "size": s} for e, o, s in sorted(members[pool_keys[i]])] for i in rows],
         pa.list_(pa.struct([("ext", pa.string()), ("offset", pa.int64()), ("size", pa.int64())]))))
     runtime.write_parquet(out, runtime.join(out_dir, f"{shard:08d}.parquet"))
-    return {"count": len(rows)}
+    return {"count": 1, "selected": len(rows)}  # progress counts pool shards here
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pipeline import cli
 
 @pytest.mark.parametrize("command", ["demo", "synth", "serve", "download", "features", "export-metadata", "dedup",
                                      "filter", "filters", "train", "train-probe", "embed-images", "subset", "audit", "fit",
-                                     "compare", "eval"])
+                                     "compare", "eval", "grid"])
 def test_help_has_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])

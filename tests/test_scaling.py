@@ -163,3 +163,29 @@ def test_const_schedule_run_gives_checkpoints_flops_and_evals(synth_dir, tmp_pat
     assert set(last["shapes_kind"]) == {"acc1", "acc5", "mean_per_class_recall"}
     assert 0 <= last["shapes_kind"]["acc1"] <= 1 and "text_retrieval_recall@5" in last["shapes_retrieval"]
     assert "epoch 4 (1024 samples seen)" in capsys.readouterr().out
+
+
+def test_grid_trains_every_pair_resumes_and_writes_results(featured_pool, synth_dir, tmp_path, ray_local):
+    from pipeline import grid, subset
+
+    subsets = subset.run(str(featured_pool), ["datacomp-basic", "datacomp-none"],
+                         subset.SubsetConfig(size=300, seed=0, samples_per_shard=150), str(tmp_path / "subsets"),
+                         log=lambda *_: None)
+    (tmp_path / "scales.yaml").write_text(
+        "defaults: {model: thresher-w32, batch_size: 64, lr: 1.0e-3, warmup: 2, precision: fp32}\n"
+        "scales:\n  - {name: s256, samples_seen: 256}\n"
+        "  - {name: c512, samples_seen: 512, schedule: const, checkpoints: 2}\n")
+    args = ["grid", "--scale", str(tmp_path / "scales.yaml"), "--eval-set", str(synth_dir / "eval" / "shapes_color"),
+            "--out", str(tmp_path / "grid")]
+    for name in subsets:
+        args += ["--subset", str(tmp_path / "subsets" / name)]
+    assert cli.main(args) == 0
+    res = pd.read_csv(tmp_path / "grid" / "results.csv")
+    assert list(res.columns[:11]) == grid.FIRST and "shapes_color/acc1" in res.columns
+    # cosine: the last checkpoint; const: every checkpoint past warm-up (2 x 4 steps > 2)
+    assert sorted(res.groupby("recipe").size().tolist()) == [3, 3]
+    assert sorted(res[res.recipe == "datacomp-none"].samples_seen) == [256, 256, 512]
+    assert (res.gflops_total == res.gflops_per_sample * res.samples_seen).all()
+    stamp = (tmp_path / "grid" / "runs" / "datacomp-none" / "s256" / "train_manifest.json").stat().st_mtime
+    assert cli.main(args) == 0  # resumes: nothing is retrained
+    assert (tmp_path / "grid" / "runs" / "datacomp-none" / "s256" / "train_manifest.json").stat().st_mtime == stamp

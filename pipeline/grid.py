@@ -1,0 +1,135 @@
+"""`thresher grid --subset A --subset B --scale S1 --scale S2 ... --eval-set E ... --out GRID`.
+
+Every (subset, scale) pair is one run of the scale's fixed recipe (pipeline/train.py) followed by
+zero-shot evaluation of its checkpoints (pipeline/evaluate.py), as one Ray task: one GPU per task
+where the cluster has GPUs, else `cpus_per_run` CPUs. Runs live in GRID/runs/RECIPE/SCALE; a finished
+run (train_manifest.json, and eval.json covering every evaluation set) is not redone, so a grid resumes.
+
+GRID/results.csv has a row per data point: subset, recipe, model, scale, samples_seen,
+gflops_per_sample, gflops_total, lr_scheduler, epoch, total_epochs, then every metric as SET/METRIC.
+Under a `const` schedule every checkpoint past warm-up is a data point (at the samples seen so far);
+otherwise only the last checkpoint is.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+from . import runtime, train
+from . import subset as subsets
+from .config import to_dict
+from .errors import InputError, StageError
+from .evaluate import evaluate_run
+
+
+def _run(subset_dir: str, scale: dict, run_dir: str, eval_sets: list[str], threads: int | None) -> dict:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    sc = train.Scale(**scale)
+    manifest = train.train_scale(subset_dir, sc, run_dir, log=lambda *_: None)
+    evals = evaluate_run(run_dir, eval_sets, log=lambda *_: None)
+    return {"run": run_dir, "seconds": manifest["seconds"], "samples_seen": manifest["samples_seen"],
+            "checkpoints": len(evals["checkpoints"])}
+
+
+def rows_for(run_dir: str, subset_dir: str, recipe: str) -> list[dict]:
+    m = runtime.read_json(os.path.join(run_dir, "train_manifest.json"))
+    ev = runtime.read_json(os.path.join(run_dir, "eval.json"))
+    scale = m["scale"]
+    by_sha = {c["sha256"]: c for c in m["checkpoints"]}
+    out = []
+    for e in ev["checkpoints"]:
+        ck = by_sha.get(e["checkpoint_sha256"])
+        if ck is None:
+            continue
+        last = ck["epoch"] == scale["checkpoints"]
+        if scale["schedule"] == "const" and ck["in_warmup"] or scale["schedule"] != "const" and not last:
+            continue
+        row = {"subset": subset_dir, "recipe": recipe, "model": scale["model"], "scale": scale["name"],
+               "family": scale["family"], "samples_seen": ck["samples_seen"],
+               "gflops_per_sample": m["gflops_per_sample"], "gflops_total": m["gflops_per_sample"] * ck["samples_seen"],
+               "lr_scheduler": scale["schedule"], "epoch": ck["epoch"], "total_epochs": scale["checkpoints"]}
+        for set_name, metrics in e["metrics"].items():
+            for k, v in metrics.items():
+                row[f"{set_name}/{k}"] = v
+        out.append(row)
+    return out
+
+
+def run_grid(subset_dirs: list[str], scale_specs: list[str], eval_sets: list[str], out: str,
+             cpus_per_run: int | None = None, ray_address: str | None = None, log=print) -> dict:
+    import ray
+
+    if not eval_sets:
+        raise InputError("give at least one --eval-set")
+    recipes = {}
+    for d in subset_dirs:
+        recipes[d] = subsets.read_manifest(d)["recipe"]
+    if len(set(recipes.values())) != len(recipes):
+        raise InputError(f"two subsets come from the same recipe: {recipes}")
+    sizes = {d: subsets.read_manifest(d)["size"] for d in subset_dirs}
+    if len(set(sizes.values())) != 1:
+        log(f"[grid] warning: subsets differ in size {sizes}; a fair comparison uses equal sizes")
+    scales = [sc for spec in scale_specs for sc in train.load_scales(spec)]
+    if len({s.name for s in scales}) != len(scales):
+        raise InputError(f"scale names repeat: {[s.name for s in scales]}")
+    runtime.init_ray(ray_address)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    cpus = cpus_per_run or runtime.cluster_cpus()
+    task = ray.remote(_run).options(num_gpus=1, num_cpus=1) if gpus else ray.remote(_run).options(num_cpus=cpus)
+    pending, done = {}, []
+    for d in subset_dirs:
+        for sc in scales:
+            run_dir = os.path.join(out, "runs", recipes[d], sc.name)
+            ev = os.path.join(run_dir, "eval.json")
+            if os.path.exists(os.path.join(run_dir, "train_manifest.json")) and os.path.exists(ev) and \
+                    _covers(ev, eval_sets):
+                done.append((d, run_dir))
+                continue
+            ref = task.remote(d, to_dict(sc), run_dir, [os.path.abspath(e) for e in eval_sets],
+                              None if gpus else cpus)
+            pending[ref] = (d, run_dir)
+    log(f"[grid] {len(done) + len(pending)} runs ({len(subset_dirs)} subsets x {len(scales)} scales); "
+        f"{len(done)} done already, {len(pending)} to run ({'1 GPU' if gpus else f'{cpus} CPU(s)'} each)")
+    failed = {}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            d, run_dir = pending.pop(ref)
+            try:
+                r = ray.get(ref)
+                log(f"[grid] {os.path.relpath(run_dir, out)}: {r['samples_seen']} samples in {r['seconds']:.0f}s, "
+                    f"{r['checkpoints']} checkpoint(s) evaluated")
+                done.append((d, run_dir))
+            except Exception as err:  # noqa: BLE001 - a failed run is reported; the others go on
+                failed[run_dir] = (str(err).strip().splitlines() or [type(err).__name__])[-1][:300]
+                log(f"[grid] {run_dir} failed: {failed[run_dir]}")
+    rows = [r for d, run_dir in sorted(done, key=lambda x: x[1]) for r in rows_for(run_dir, d, recipes[d])]
+    write_results(rows, os.path.join(out, "results.csv"))
+    if failed:
+        raise StageError(f"grid: {len(failed)} run(s) failed ({'; '.join(f'{k}: {v}' for k, v in failed.items())}); "
+                         f"the rest are in {out}/results.csv; run the same command again to retry them")
+    log(f"[grid] {len(rows)} data points -> {out}/results.csv")
+    return {"results": os.path.join(out, "results.csv"), "rows": len(rows), "runs": len(done)}
+
+
+def _covers(eval_json: str, eval_sets: list[str]) -> bool:
+    names = {os.path.basename(os.path.normpath(e)) for e in eval_sets}
+    ev = runtime.read_json(eval_json)
+    return bool(ev["checkpoints"]) and all(names <= set(c["metrics"]) for c in ev["checkpoints"])
+
+
+FIRST = ["subset", "recipe", "model", "scale", "family", "samples_seen", "gflops_per_sample", "gflops_total",
+         "lr_scheduler", "epoch", "total_epochs"]
+
+
+def write_results(rows: list[dict], path: str) -> None:
+    metrics = sorted({k for r in rows for k in r} - set(FIRST))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIRST + metrics)
+        w.writeheader()
+        w.writerows(rows)
