@@ -323,7 +323,8 @@ def cmd_filters(args) -> None:
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
-    run_demo(out=args.out, samples=args.samples, seed=args.seed, port=args.port, ray_address=args.ray_address)
+    run_demo(out=args.out, samples=args.samples, seed=args.seed, port=args.port, ray_address=args.ray_address,
+             scales=args.scales)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -354,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=20000, help="pool size (default: 20000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--port", type=int, default=8765, help="local port for the pool's HTTP server")
+    p.add_argument("--scales", default="demo", help="scales of the A/B grid (default: configs/scales/demo.yaml)")
     p.set_defaults(func=cmd_demo)
 
     p = add("synth", "Generate a synthetic web-pair pool with planted faults and its ground truth.",

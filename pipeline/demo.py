@@ -2,7 +2,8 @@
 
 It grows as stages land. Today: synth -> serve -> download -> features (base, a random-init tiny CLIP,
 and a DFN trained on the synthetic trusted set) -> dedup -> filter (every preset) -> equal-sized subsets
-of four recipes -> audit verify. Re-running it resumes: the pool source is
+of five recipes -> audit verify and report -> the A/B comparison of datacomp-none and dfn-dedup by
+scaling laws over a tiny grid (configs/scales/demo.yaml). Re-running it resumes: the pool source is
 reused when its config matches, and finished shards are not fetched again.
 """
 
@@ -14,14 +15,18 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from . import audit, dedup, download, features, probe, runtime, serve, subset, train
+from . import audit, dedup, download, features, grid, probe, report, runtime, scaling, serve, subset, train
 from . import filter as filtering
 from .config import CONFIG_DIR, load
+from .errors import InputError
 from .synth import SynthConfig, generate, score_dedup, synth_config_hash
 
 
+AB_METRIC = "shapes_retrieval/image_retrieval_recall@5"  # tiny models learn retrieval first (see docs)
+
+
 def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, port: int = 8765,
-             ray_address: str | None = None, log=print) -> dict:
+             ray_address: str | None = None, scales: str = "demo", log=print) -> dict:
     out_path = Path(out).resolve()
     src = out_path / "source"
     pool = out_path / "pool"
@@ -81,7 +86,7 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
         recipes[path.stem] = filtering.run(str(pool), path.stem, variables, log=log)
     # equal-sized subsets of four recipes (no filtering, DataComp basic, DFN, Re-LAION safety), each
     # resharded with a manifest and lineage, then verified as a user receiving them would
-    chosen = ["datacomp-none", "datacomp-basic", "dfn", "relaion-safety"]
+    chosen = ["datacomp-none", "datacomp-basic", "dfn", "relaion-safety", "dfn-dedup"]
     size = min(2000, min(recipes[r]["kept"] for r in chosen))
     size = size // 100 * 100 or size
     subsets_dir = out_path / "subsets"
@@ -91,6 +96,25 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
     for r, v in verified.items():
         if not v["ok"]:
             raise RuntimeError(f"demo: subset {r} failed verification: {v['problems'][:5]}")
+    # the provenance report of one subset, as a user would publish it beside the data
+    reports = out_path / "reports"
+    reports.mkdir(exist_ok=True)
+    report.build_report(str(subsets_dir / "dfn-dedup"), str(reports / "subset-dfn-dedup.html"))
+    # A/B via scaling laws: the same fixed tiny recipes on equal subsets without filtering and with
+    # duplicates and mismatched captions removed; fit both, compare at 10x the largest measured compute
+    ab_grid = out_path / "ab-grid"
+    grid.run_grid([str(subsets_dir / "datacomp-none"), str(subsets_dir / "dfn-dedup")], [scales],
+                  [str(src / "eval" / n) for n in ("shapes_color", "shapes_retrieval")], str(ab_grid),
+                  ray_address=ray_address, log=log)
+    import pandas as pd
+
+    target = float(pd.read_csv(ab_grid / "results.csv")["gflops_total"].max()) * 10
+    try:
+        ab = scaling.compare_table(str(ab_grid / "results.csv"), "datacomp-none", "dfn-dedup", AB_METRIC, target,
+                                   str(reports / "ab"), seed=seed)
+    except InputError as err:  # a very small demo pool can leave too few frontier points to fit
+        ab = {"better": None, "p_b_better": None, "error_a": None, "error_b": None, "target_compute": target,
+              "verdict": f"no comparison: {err}"}
     score = score_dedup(dedup.read(str(pool)).to_pylist(), truth)
     counts = manifest["counts"]
     log("")
@@ -106,6 +130,11 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
         log(f"    {name:40s} kept {m['kept']:6d} of {m['samples']}")
     log(f"  subsets: {subsets_dir}/{{{','.join(chosen)}}}: {size} samples each in "
         f"{len(made[chosen[0]]['shards'])} shards, manifest + lineage; `thresher audit verify` passes on all")
+    log(f"  A/B (datacomp-none vs dfn-dedup, {AB_METRIC}, tiny scales): {ab['verdict']}")
+    log("")
+    log(f"  subset:     {subsets_dir / 'dfn-dedup'}  (and the others beside it)")
+    log(f"  audit:      {reports / 'subset-dfn-dedup.html'}")
+    log(f"  A/B report: {reports / 'ab' / 'compare.html'}")
     dfn = {r["uid"]: r["keep"] for r in filtering.read(str(pool), "dfn").to_pylist()}
     cats = {g["uid"]: g["category"] for g in truth}
     removed = {c: sum(not dfn[u] for u in dfn if cats[u] == c) / max(1, sum(cats[u] == c for u in dfn))
@@ -118,4 +147,6 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
     return {"source": str(src), "pool": str(pool), "manifest": manifest, "dedup_score": score,
             "recipes": {k: {"kept": m["kept"], "samples": m["samples"]} for k, m in recipes.items()},
             "subsets": {r: {"dir": str(subsets_dir / r), "size": m["size"], "verified": verified[r]["ok"]}
-                        for r, m in made.items()}}
+                        for r, m in made.items()},
+            "ab": {k: ab[k] for k in ("better", "p_b_better", "verdict", "error_a", "error_b", "target_compute")},
+            "reports": {"audit": str(reports / "subset-dfn-dedup.html"), "ab": str(reports / "ab" / "compare.html")}}

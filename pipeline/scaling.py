@@ -28,6 +28,7 @@ from .errors import InputError
 ALPHAS = (0.03, 0.1, 0.3, 1.0)
 E_FRACTIONS = (0.0, 0.5, 0.9)
 C0_STARTS = (0.01, 0.3, 3.0)  # in units of the frontier's geometric-mean compute
+OFFSET_MIN_POINTS = 8  # the offset form is tried only on frontiers at least this long
 
 
 @dataclass
@@ -125,7 +126,8 @@ def _starts(form: str, c: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
 
 
 def fit_law(x, y, forms=("power", "offset"), starts: dict | None = None) -> Law:
-    """The best law over `forms` by BIC (log-space residuals). Needs at least 3 points (5 for offset)."""
+    """The best law over `forms` by BIC (log-space residuals). Needs at least 3 points; the offset form
+    is tried only with OFFSET_MIN_POINTS or more."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 3:
         raise InputError(f"a fit needs at least 3 frontier points, got {len(x)}")
@@ -136,8 +138,8 @@ def fit_law(x, y, forms=("power", "offset"), starts: dict | None = None) -> Law:
     best, best_aic = None, np.inf
     for form in forms:
         k = 4 if form == "offset" else 3
-        if len(x) < k + 1 and form == "offset":
-            continue
+        if form == "offset" and len(x) < OFFSET_MIN_POINTS:
+            continue  # four parameters on a handful of points extrapolate wildly (seen on 5-point frontiers)
         got = _fit_form(form, c, y, (starts or {}).get(form) or _starts(form, c, y))
         if got is None:
             continue
