@@ -62,8 +62,8 @@ def make_pool(root: Path, rows: int, shards: int, seed: int = 0) -> list[np.ndar
 def select(pool: str, shards: list[int], size: int, rule) -> int:
     import ray
 
-    hist, ex = subset._count(pool, "bench", rule, subset.Exclusion(), shards)
-    cut = subset._cut(pool, "bench", rule, ex, shards, hist, size)
+    hist = subset._count(pool, "bench", rule, subset.Exclusion(), shards)
+    cut = subset._cut(pool, "bench", rule, subset.Exclusion(), shards, hist, size)
 
     def count(pool, shard, cut):
         dec, mask, keys = subset._candidates(pool, "bench", shard, rule, subset.Exclusion(), subset.RANKING)

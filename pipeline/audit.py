@@ -135,10 +135,10 @@ def trace(subset_dir: str, uid: str) -> dict:
 
 def _find_in_pool(pool: str, uid: str) -> tuple[int, dict] | None:
     for s in features.shard_names(pool):
-        t = runtime.read_parquet(runtime.join(pool, "shards", f"{s:08d}.parquet"))
-        i = pc.index(t.column("uid"), uid).as_py()
-        if i >= 0:
-            return s, t.slice(i, 1).to_pylist()[0]
+        path = runtime.join(pool, "shards", f"{s:08d}.parquet")
+        i = pc.index(runtime.read_parquet(path, columns=["uid"]).column("uid"), uid).as_py()
+        if i >= 0:  # only the shard holding it is read whole
+            return s, runtime.read_parquet(path).slice(i, 1).to_pylist()[0]
     return None
 
 

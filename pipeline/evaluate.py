@@ -154,7 +154,7 @@ def evaluate_run(run: str, eval_sets: list[str], device: str | None = None, log=
         if ck["sha256"] in have:
             continue
         log(f"[eval] {ck['path']} on {', '.join(s['name'] for s in sets)}")
-        metrics = evaluate_model(manifest["model"] if "model" in manifest else manifest["config"]["model"],
+        metrics = evaluate_model(manifest.get("model") or manifest["config"]["model"],
                                  ck["path"], sets, device)
         done["checkpoints"] = [c for c in done["checkpoints"] if c["checkpoint_sha256"] != ck["sha256"]]
         done["checkpoints"].append({"checkpoint": ck["path"], "checkpoint_sha256": ck["sha256"], "epoch": ck["epoch"],

@@ -198,7 +198,8 @@ def shard_table(pool: str, shard: int, columns: dict[str, str]) -> pa.Table:
         rows = rows.take(pc.sort_indices(rows, sort_keys=[("key", "ascending")]))  # features are in key order
     uids = rows.column("uid")
     name = f"{shard:08d}"
-    out = {"uid": uids, **{c: rows.column(c) for c in meta}}
+    out = {"uid": uids, **({"key": rows.column("key")} if "key" in columns else {}),
+           **{c: rows.column(c) for c in meta}}
 
     def aligned(table: pa.Table, what: str) -> pa.Table:
         if not table.column("uid").equals(uids):
@@ -283,12 +284,10 @@ def _decide_task(pool, shard, steps, thresholds, columns, out_dir):
     table = shard_table(pool, shard, columns)
     keep, dropped_by, scores, _ = evaluate(table, steps, thresholds)
     names = [s.name for s in steps]
-    n = table.num_rows
-    # a sample's score: that of the last scoring step it reached (np.nan where none scored it)
-    reached = np.arange(len(steps))[None, :] <= np.where(dropped_by < 0, len(steps), dropped_by)[:, None]
-    masked = np.where(reached & ~np.isnan(scores), scores, np.nan)
-    last = len(steps) - 1 - np.argmax(~np.isnan(masked[:, ::-1]), axis=1) if len(steps) else np.zeros(n, int)
-    score = masked[np.arange(n), last] if len(steps) else np.full(n, np.nan, np.float32)
+    score = np.full(table.num_rows, np.nan, np.float32)  # the last scoring step's score each sample reached
+    for i in range(len(steps)):
+        reached = (dropped_by < 0) | (dropped_by >= i)
+        score = np.where(reached & ~np.isnan(scores[:, i]), scores[:, i], score)
     step_scores = pa.FixedSizeListArray.from_arrays(pa.array(scores.ravel(), pa.float32(), from_pandas=True),
                                                     len(steps))
     out = pa.table({"uid": table.column("uid"), "keep": pa.array(keep),

@@ -65,12 +65,11 @@ def run_grid(subset_dirs: list[str], scale_specs: list[str], eval_sets: list[str
 
     if not eval_sets:
         raise InputError("give at least one --eval-set")
-    recipes = {}
-    for d in subset_dirs:
-        recipes[d] = subsets.read_manifest(d)["recipe"]
+    manifests = {d: subsets.read_manifest(d) for d in subset_dirs}
+    recipes = {d: m["recipe"] for d, m in manifests.items()}
     if len(set(recipes.values())) != len(recipes):
         raise InputError(f"two subsets come from the same recipe: {recipes}")
-    sizes = {d: subsets.read_manifest(d)["size"] for d in subset_dirs}
+    sizes = {d: m["size"] for d, m in manifests.items()}
     if len(set(sizes.values())) != 1:
         log(f"[grid] warning: subsets differ in size {sizes}; a fair comparison uses equal sizes")
     scales = [sc for spec in scale_specs for sc in train.load_scales(spec)]

@@ -147,8 +147,9 @@ def opt_out_compliance(subset_dir: str, m: dict, lin: pa.Table) -> dict:
     ex_urls = set(ex.get("url_list", []))
     out["removal requests honoured (URLs)"] = len(ex_urls)
     out["removal requests honoured (domains)"] = ", ".join(ex.get("domains", [])) or "none"
-    matched = len(ex_urls & urls) + sum(subset._host_matches(u, set(ex.get("domains", []))) for u in urls
-                                        if ex.get("domains"))
+    # the same test `audit remove` applies: normalised URL listed, or host under a listed domain
+    matched = int(subset.Exclusion(urls=ex_urls, domains=set(ex.get("domains", [])))
+                  .mask(lin.column("url").to_pylist()).sum())
     out["removed samples in this subset"] = matched
     versions, prev = 0, m.get("previous")
     while prev:

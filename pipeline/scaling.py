@@ -39,6 +39,14 @@ class Law:
     E: float
     C0: float | None = None
     loss: float = float("nan")  # mean squared log residual on the points it was fitted to
+    raw: tuple | None = field(default=None, repr=False, compare=False)  # (scaled params, x_ref): refit start
+
+    @classmethod
+    def from_scaled(cls, form: str, p: np.ndarray, ref: float, loss: float) -> "Law":
+        """A law from parameters fitted in scaled units (c = x / ref, log A)."""
+        alpha = float(p[1])
+        return cls(form, A=float(math.exp(p[0]) * ref ** alpha), alpha=alpha, E=float(p[2]),
+                   C0=float(p[3] * ref) if form == "offset" else None, loss=loss, raw=(p, ref))
 
     def predict(self, c) -> np.ndarray:
         c = np.asarray(c, dtype=float)
@@ -148,10 +156,7 @@ def fit_law(x, y, forms=("power", "offset"), starts: dict | None = None) -> Law:
         aic = len(x) * math.log(max(loss, 1e-300)) + k * math.log(len(x))
         if aic < best_aic - 1e-9:
             best_aic = aic
-            alpha = float(p[1])
-            best = Law(form, A=float(math.exp(p[0]) * ref ** alpha), alpha=alpha, E=float(p[2]),
-                       C0=float(p[3] * ref) if form == "offset" else None, loss=loss)
-            best._raw = (p, ref)  # starting point for bootstrap refits
+            best = Law.from_scaled(form, p, ref, loss)
     if best is None:
         raise InputError("no fit converged")
     return best
@@ -161,7 +166,7 @@ def bootstrap(x, y, law: Law, n: int, seed: int = 0) -> list[Law]:
     """Refit the chosen form on `n` resamples (with replacement) of the points."""
     rng = np.random.default_rng(seed)
     x, y = np.asarray(x, float), np.asarray(y, float)
-    raw, ref = law._raw
+    raw, ref = law.raw
     out = []
     for _ in range(n):
         idx = rng.integers(0, len(x), len(x))
@@ -174,9 +179,7 @@ def bootstrap(x, y, law: Law, n: int, seed: int = 0) -> list[Law]:
             got = _fit_form(law.form, c, ys, [raw.copy()] + _starts(law.form, c, ys))
         if got is None:
             continue
-        p, loss = got
-        out.append(Law(law.form, A=float(math.exp(p[0]) * ref ** p[1]), alpha=float(p[1]), E=float(p[2]),
-                       C0=float(p[3] * ref) if law.form == "offset" else None, loss=loss))
+        out.append(Law.from_scaled(law.form, got[0], ref, got[1]))
     return out
 
 

@@ -149,12 +149,6 @@ def selection_keys(dec: pa.Table, rule: Rule) -> np.ndarray:
     return filtering.order_key(np.where(np.isnan(scores), -np.inf, scores))
 
 
-def _pool_table(pool: str, shard: int, columns: list[str]) -> pa.Table:
-    """Successful samples of a pool shard in key order (the order of its features and decisions)."""
-    rows = features.successful_rows(pool, shard).select(columns)
-    return rows.take(pc.sort_indices(rows, sort_keys=[("key", "ascending")]))
-
-
 RANKING = ["uid", "keep", "step_scores"]  # the decisions columns selecting reads
 
 
@@ -170,7 +164,7 @@ def _candidates(pool: str, recipe: str, shard: int, rule: Rule, exclude: Exclusi
                          f"run `thresher filter {pool} --recipe {recipe}` again")
     mask = dec.column("keep").to_numpy(zero_copy_only=False).astype(bool)
     if exclude:
-        urls = _pool_table(pool, shard, ["uid", "key", "url"])
+        urls = filtering.shard_table(pool, shard, {"uid": "metadata", "url": "metadata"})
         if not urls.column("uid").equals(dec.column("uid")):
             raise InputError(f"{pool}: decisions of {recipe} shard {shard:08d} are not aligned with its metadata")
         mask &= ~exclude.mask(urls.column("url").to_pylist())
@@ -311,19 +305,15 @@ def _index_task(shard, pool, recipe, rule, exclude, cut, repeat, out_dir):
     if not table.column("uid").equals(dec.column("uid")):
         raise InputError(f"{pool}: decisions of {recipe} shard {shard:08d} are not aligned with its features")
     members = _member_index(pool, shard)
-    meta = _pool_table(pool, shard, ["uid", "key", "status"])
-    table = table.append_column("key", meta.column("key"))
-    pool_keys = meta.column("key").to_pylist()
+    pool_keys = table.column("key").to_pylist()
     missing = [pool_keys[i] for i in np.flatnonzero(copies) if pool_keys[i] not in members]
     if missing:
         raise StageError(f"{pool}: shard {shard:08d}.tar lacks selected samples {missing[:5]}; re-download it")
     stats = runtime.read_json(runtime.join(pool, "shards", f"{shard:08d}_stats.json"))
-    status = meta.column("status")
     idx = pa.array(rows, pa.int64())
     out = table.take(idx)
     out = out.append_column("pool_shard", pa.array(np.full(len(rows), shard, np.int32)))
     out = out.append_column("copy", pa.array(copy))
-    out = out.append_column("status", status.take(idx))
     out = out.append_column("downloaded_at", pa.array(np.full(len(rows), int(stats["end_time"] * 1000), np.int64))
                             .cast(pa.timestamp("ms", tz="UTC")))
     out = out.append_column("recipe_score", dec.column("score").take(idx))
@@ -373,7 +363,7 @@ def _write_shard_task(j, plan, work):
         index = runtime.read_parquet(runtime.join(work, "index", f"{sources[s]:08d}.parquet"))
         where = np.flatnonzero(src == s)
         parts.append((where, index.take(pa.array(local[where]))))
-    rows = pa.concat_tables([t for _, t in parts]) if parts else None
+    rows = pa.concat_tables([t for _, t in parts])
     order = np.argsort(np.concatenate([w for w, _ in parts]), kind="stable")
     rows = rows.take(pa.array(order))  # output order
     width = max(4, len(str(per - 1)))
@@ -427,7 +417,7 @@ def _write_shard_task(j, plan, work):
     return {**stats, "count": rows.num_rows}
 
 
-DROP_FROM_METADATA = ("members", "pool_shard", "status", "downloaded_at", "rank_key", "step_scores")
+DROP_FROM_METADATA = ("members", "pool_shard", "downloaded_at", "rank_key", "step_scores")
 
 
 def subset_metadata(rows: pa.Table, keys: list[str]) -> pa.Table:
@@ -445,7 +435,8 @@ def lineage_rows(rows: pa.Table, keys: list[str], image_sha: list, shard: int, s
     return pa.table({
         "uid": rows.column("uid"), "url": rows.column("url"),
         "pool_shard": rows.column("pool_shard"), "pool_key": rows.column("key"),
-        "status": rows.column("status"), "downloaded_at": rows.column("downloaded_at"),
+        # shard_table keeps only successful downloads, so every selected sample's status is "success"
+        "status": pa.array(["success"] * rows.num_rows, pa.string()), "downloaded_at": rows.column("downloaded_at"),
         "source_sha256": rows.column("sha256"), "image_sha256": pa.array(image_sha, pa.string()),
         "steps": pa.array(steps, schema.LINEAGE.field("steps").type),
         "rank_key": rows.column("rank_key"),
@@ -471,12 +462,12 @@ def decisions_for(pool: str, recipe: str, variables: dict | None, log) -> dict:
     return filtering.run(pool, recipe, variables, log=log)
 
 
-def _count(pool, name, rule, exclude, shards) -> tuple[np.ndarray, object]:
+def _count(pool, name, rule, exclude, shards) -> np.ndarray:
+    """The merged histogram of the candidates' keys (its sum: how many candidates there are)."""
     import ray
 
     task = ray.remote(_histogram_task).options(num_cpus=1)
-    ex = ray.put(exclude)
-    return np.sum(ray.get([task.remote(pool, name, s, rule, ex) for s in shards]), axis=0), ex
+    return np.sum(ray.get([task.remote(pool, name, s, rule, exclude) for s in shards]), axis=0)
 
 
 def _cut(pool, name, rule, ex, shards, hist, rank) -> Cut:
@@ -514,8 +505,8 @@ def run(pool: str, recipes: list[str], cfg: SubsetConfig, out: str, variables: d
     counted, short = [], []
     for m in manifests:
         rule = rule_for(m, cfg.seed)
-        hist, ex = _count(pool, m["recipe"], rule, Exclusion(), shards)
-        counted.append((m, rule, hist, ex))
+        hist = _count(pool, m["recipe"], rule, Exclusion(), shards)
+        counted.append((m, rule, hist))
         kept = int(hist.sum())
         if (kept < cfg.size and not cfg.allow_repeat) or kept == 0:
             short.append((m["recipe"], kept, m["samples"]))
@@ -525,7 +516,7 @@ def run(pool: str, recipes: list[str], cfg: SubsetConfig, out: str, variables: d
                          f"{min(k for _, k, _ in short)}, or pass --allow-repeat to upsample (a recipe that "
                          f"keeps nothing cannot be)")
     results = {}
-    for m, rule, hist, ex in counted:
+    for m, rule, hist in counted:
         target = out if len(recipes) == 1 else runtime.join(out, m["recipe"])
         results[m["recipe"]] = build(pool, m, rule, cfg, target, hist=hist, exclude=Exclusion(), log=log)
     return results
@@ -563,8 +554,7 @@ def build(pool: str, decisions: dict, rule: Rule, cfg: SubsetConfig, out: str, *
     import ray
     ex_ref = ray.put(exclude)
     if hist is None:
-        task = ray.remote(_histogram_task).options(num_cpus=1)
-        hist = np.sum(ray.get([task.remote(pool, name, s, rule, ex_ref) for s in shards]), axis=0)
+        hist = _count(pool, name, rule, ex_ref, shards)
     kept = int(hist.sum())
     repeat = None
     if kept < cfg.size:
