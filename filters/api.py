@@ -11,17 +11,22 @@ feature columns it reads. A filter that needs pool-wide work first (k-means over
 also registers `prepare(pool, params) -> context`, run once on the driver; it is then called as
 `fn(table, params, context)` (see docs/filters.md for the columns a pool offers). Filters from other
 packages register themselves through the `thresher.filters` entry-point group: the entry point is a
-module, or a callable that is called once, which calls `register` for each of its filters.
+module, or a callable that is called once, which calls `register` for each of its filters. A recipe may
+also name a filter as `module:function` (`resolve`): importing the module registers it. docs/plugins.md
+walks through a plugin package (docs/plugin-example).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+
+from pipeline.errors import InputError
 
 ENTRY_POINT_GROUP = "thresher.filters"
 
@@ -76,14 +81,51 @@ def _load_plugins() -> None:
     from . import builtin  # noqa: F401 - registers the built-in filters
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()
-        if callable(obj):
-            obj()
+        try:
+            obj = ep.load()
+            if callable(obj):
+                obj()
+        except Exception as err:  # one broken plugin is named, rather than a traceback from inside it
+            dist = ep.dist.name if ep.dist else "its package"
+            raise InputError(f"filter plugin {ep.name} = {ep.value} (from {dist}, entry-point group "
+                             f"{ENTRY_POINT_GROUP}) failed to load: {type(err).__name__}: {err}; fix or "
+                             f"reinstall {dist}, or uninstall it") from err
 
 
 def get(name: str) -> FilterSpec:
     _load_plugins()
     return _REGISTRY[name]
+
+
+def resolve(ref: str) -> FilterSpec:
+    """The filter a recipe step names: a registered name, or `module:function`, whose module is imported
+    (registering its filters) and whose function must be one of them."""
+    _load_plugins()
+    if ":" not in ref:
+        if ref in _REGISTRY:
+            return _REGISTRY[ref]
+        raise InputError(f"unknown filter {ref!r}; known: {', '.join(sorted(_REGISTRY))}. A filter from a "
+                         f"plugin needs its package installed in this environment (`pip install PACKAGE`) "
+                         f"with a {ENTRY_POINT_GROUP!r} entry point (`thresher filters` lists what is "
+                         f"registered), or name it as module:function")
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        if err.name and (module_name + ".").startswith(err.name + "."):  # the module (or a parent) is not there
+            raise InputError(f"filter {ref!r}: no module {module_name!r} to import; install the package "
+                             f"that provides it (`pip install PACKAGE`) or put its directory on "
+                             f"PYTHONPATH") from err
+        raise InputError(f"filter {ref!r}: importing {module_name} failed: {err}") from err
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise InputError(f"filter {ref!r}: module {module_name} has no {attr!r}")
+    # by identity: `register` returns the function itself, so the module's name for it is the spec's fn
+    spec = next((s for s in _REGISTRY.values() if s.fn is fn), None)
+    if spec is None:
+        raise InputError(f"filter {ref!r}: {module_name}.{attr} is not a registered filter; decorate it "
+                         f"with @filters.api.register(NAME, PARAMS, needs=[...]) (docs/plugins.md)")
+    return spec
 
 
 def known() -> dict[str, FilterSpec]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -23,7 +24,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        # unwrap Optional[X] (X | None) only: list[str]'s own argument is not its type
+        args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (
+            typing.Union, types.UnionType) else []
         base = args[0] if args else tp
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
@@ -241,7 +244,8 @@ def cmd_fit(args) -> None:
 
     res = fit_table(args.results, args.x, args.y, args.group, args.out, accuracy=args.accuracy,
                     holdout_above=args.holdout_above, predict=args.predict or [], n_bootstrap=args.bootstrap,
-                    bins_per_decade=args.bins_per_decade, forms=tuple(args.forms.split(",")), seed=args.seed)
+                    bins_per_decade=args.bins_per_decade, forms=tuple(args.forms.split(",")), seed=args.seed,
+                    frontier=args.frontier, loss=args.loss)
     for name, g in res["groups"].items():
         p = g["params"]
         law = (f"{p['A']:.4g} * C^-{p['alpha']:.4f} + {p['E']:.4f}" if g["form"] == "power"
@@ -262,7 +266,17 @@ def cmd_compare(args) -> None:
     from .scaling import compare_table
 
     results = os.path.join(args.grid, "results.csv") if os.path.isdir(args.grid) else args.grid
-    res = compare_table(results, args.a, args.b, args.metric, args.target_compute, args.out, x=args.x,
+    target = args.target_compute
+    try:
+        if target.lower().endswith("x"):  # a multiple of the largest compute measured
+            from .scaling import read_table
+
+            target = float(target[:-1]) * float(read_table(results)[args.x].max())
+        target = float(target)
+    except ValueError:
+        raise InputError(f"--target-compute {args.target_compute!r}: give a number (e.g. 1e12) or a multiple of "
+                         f"the largest measured compute (e.g. 10x)") from None
+    res = compare_table(results, args.a, args.b, args.metric, target, args.out, x=args.x,
                         group=args.group, accuracy=not args.error, n_bootstrap=args.bootstrap, seed=args.seed)
     print(res["verdict"])
     print(f"wrote {args.out}/compare.html, compare.png, compare.json")
@@ -320,6 +334,22 @@ def cmd_filters(args) -> None:
         print(f"{name:22s} {spec.doc}")
 
 
+def cmd_run(args) -> None:
+    from . import jobs
+
+    job = jobs.load(args.job, _variables(args.var), out=args.out)
+    if args.plan:
+        from .plan import plan_job, render
+
+        print(render(plan_job(job, cluster=args.cluster)))
+        return
+    if args.dry_run:
+        for step in job.steps:
+            print(jobs.show(step.argv) + (f"   # while serving {step.serve}" if step.serve else ""))
+        return
+    jobs.run(job, ray_address=args.ray_address)
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -357,6 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765, help="local port for the pool's HTTP server")
     p.add_argument("--scales", default="demo", help="scales of the A/B grid (default: configs/scales/demo.yaml)")
     p.set_defaults(func=cmd_demo)
+
+    p = add("run", "Run a job (jobs/*.yaml: a list of thresher commands) end to end; re-running resumes.",
+            "thresher run jobs/build_subset.yaml --plan")
+    p.add_argument("job", help="job file, or a job name in jobs/ (build_subset, ab_test, audit, ...)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the estimated wall time, storage, CPU- and GPU-hours instead of running")
+    p.add_argument("--cluster", default=None,
+                   help="with --plan: cluster to size for (configs/cluster/NAME.yaml or a Ray cluster YAML; "
+                        "default: the job's plan.cluster)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands the job would run")
+    p.add_argument("--var", action="append", help="key=value overriding the job's vars")
+    p.add_argument("--out", default=None, help="job directory (default: the job's `out`)")
+    p.set_defaults(func=cmd_run)
 
     p = add("synth", "Generate a synthetic web-pair pool with planted faults and its ground truth.",
             "thresher synth --out pool-src --samples 10000 --seed 0 --port 8765")
@@ -480,6 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
     p.add_argument("--bins-per-decade", type=float, default=4.0, help="log-spaced frontier bins (default 4)")
     p.add_argument("--forms", default="power,offset", help="laws to try: power (A C^-a + E), offset (A (C+C0)^-a + E)")
+    p.add_argument("--frontier", choices=("bins", "laion"), default="bins",
+                   help="bins: --bins-per-decade log10 bins (default); laion: Nezhurina et al.'s rule, "
+                        "int(log2(x_max/1500)) geometric bins (x in GFLOPs)")
+    p.add_argument("--loss", choices=("log", "mse"), default="log",
+                   help="least squares on log-errors (default) or on raw errors (mse, as LAION's published fits)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="directory for fits.json and fits.png")
     p.set_defaults(func=cmd_fit)
@@ -491,7 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--b", required=True, help="candidate recipe")
     p.add_argument("--metric", required=True, help="metric column (an accuracy unless --error)")
     p.add_argument("--error", action="store_true", help="the metric is already an error (lower is better)")
-    p.add_argument("--target-compute", type=float, required=True, help="compute (x units) to compare at")
+    p.add_argument("--target-compute", required=True,
+                   help="compute (x units) to compare at, e.g. 1e12, or a multiple of the largest measured, e.g. 10x")
     p.add_argument("--x", default="gflops_total", help="compute column (default gflops_total)")
     p.add_argument("--group", default="recipe", help="column naming the recipe (default recipe)")
     p.add_argument("--bootstrap", type=int, default=200)

@@ -1,10 +1,11 @@
 """Filter stage: `thresher filter POOL --recipe NAME [--var key=value ...]`.
 
 A recipe (configs/recipes/NAME.yaml, or any YAML file) is a list of steps, applied in order; each runs a
-registered filter (filters/) on the samples the earlier steps kept, so a recipe is the intersection of
-its steps. A step with `top_fraction: f` keeps, of the samples it sees (`fraction_of: remaining`) or of
-the whole pool (`fraction_of: pool`, for intersections of independently computed baselines), those
-whose filter score is >= the score at rank int(n * f) in descending order: DataComp's rule, ties kept.
+registered filter (filters/, or a plugin's: docs/plugins.md) on the samples the earlier steps kept, so a
+recipe is the intersection of its steps. A step with `top_fraction: f` keeps, of the samples it sees
+(`fraction_of: remaining`) or of the whole pool (`fraction_of: pool`, for intersections of independently
+computed baselines), those whose filter score is >= the score at rank int(n * f) in descending order:
+DataComp's rule, ties kept.
 
 That threshold is global but never collected on one node: each shard task returns a 65,536-bin
 histogram of its scores (by the top 16 bits of an order-preserving integer key of the float), the driver
@@ -13,7 +14,7 @@ exact threshold is read.
 
 Outputs:
     POOL/decisions/NAME/{i:08d}.parquet   uid, keep, score, dropped_by   (schema.DECISIONS)
-    POOL/decisions/NAME/manifest.json     the recipe (resolved), its hash, thresholds, funnel, inputs
+    POOL/decisions/NAME/manifest.json     the recipe (resolved), its hash, thresholds, funnel, inputs, plugins
     POOL/stats/filter-NAME.json           the funnel: samples in and out of each step
 """
 
@@ -38,8 +39,8 @@ RECIPE_DIR = CONFIG_DIR / "recipes"
 
 @dataclass
 class Step:
-    filter: str = opt(help="registered filter name")
-    name: str = opt("", "how decisions name this step (default: the filter name)")
+    filter: str = opt(help="registered filter name, or module:function of a plugin's filter")
+    name: str = opt("", "how decisions name this step (default: the filter's registered name)")
     params: dict = opt(help="the filter's parameters", factory=dict)
     top_fraction: float | None = opt(None, "keep this fraction by the filter's score (global threshold)")
     fraction_of: str = opt("remaining", "remaining (samples this step sees) or pool (every sample)")
@@ -50,6 +51,8 @@ class Recipe:
     name: str = opt(help="recipe name (the decisions directory)")
     description: str = opt("", "what it does")
     source: str = opt("", "the published rule it implements")
+    plugins: list = opt(help="packages (distribution names) its plugin filters come from, checked first so a "
+                             "missing one is named", factory=list)
     vars: dict = opt(help="defaults for {name} placeholders in string parameters (--var overrides)",
                      factory=dict)
     steps: list = opt(help="the steps, in order", factory=list)
@@ -96,6 +99,27 @@ def recipe_path(name_or_path: str) -> Path:
     return preset
 
 
+def _not_installed(packages: list) -> list[str]:
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    missing = []
+    for name in packages:
+        try:
+            distribution(str(name))
+        except PackageNotFoundError:
+            missing.append(str(name))
+    return missing
+
+
+def missing_plugins(name_or_path: str) -> list[str]:
+    """The plugin packages a recipe lists under `plugins:` that this environment lacks (reads only the
+    YAML: the demo skips such presets rather than failing)."""
+    import yaml
+
+    data = yaml.safe_load(recipe_path(name_or_path).read_text()) or {}
+    return _not_installed(data.get("plugins") or []) if isinstance(data, dict) else []
+
+
 def load_recipe(name_or_path: str, variables: dict | None = None,
                 _including: tuple = ()) -> tuple[Recipe, list[ResolvedStep], Path]:
     """Parse and check a recipe completely (filters exist, parameters typed) before any data is read.
@@ -112,8 +136,13 @@ def load_recipe(name_or_path: str, variables: dict | None = None,
     recipe = from_dict(Recipe, data, where=str(path))
     if not recipe.steps:
         raise InputError(f"{path}: a recipe needs at least one step")
+    missing = _not_installed(recipe.plugins)
+    if missing:
+        raise InputError(f"{path}: needs the filter plugin package(s) {', '.join(missing)}, not installed in "
+                         f"this environment; install with pip (`pip install {' '.join(missing)}`, or `pip "
+                         f"install DIR` of its source: the recipe's `source:` says where it comes from) or put "
+                         f"it on PYTHONPATH; its filters then register through the thresher.filters entry point")
     variables = {**recipe.vars, **(variables or {})}
-    known = api.known()
     steps = []
     for i, raw in enumerate(recipe.steps):
         where = f"{path}: step {i + 1}"
@@ -127,9 +156,10 @@ def load_recipe(name_or_path: str, variables: dict | None = None,
             continue
         step = from_dict(Step, _substitute(raw, variables, where), where=where)
         where = f"{path}: step {i + 1} ({step.name or step.filter})"
-        if step.filter not in known:
-            raise InputError(f"{where}: unknown filter {step.filter!r}; known: {', '.join(known)}")
-        spec = known[step.filter]
+        try:
+            spec = api.resolve(step.filter)
+        except InputError as err:
+            raise InputError(f"{where}: {err}") from err
         params = from_dict(spec.params, step.params, where=f"{where} params")
         if step.top_fraction is not None:
             if not spec.scores:
@@ -142,7 +172,8 @@ def load_recipe(name_or_path: str, variables: dict | None = None,
             needs = list(spec.needs(params))
         except InputError as err:
             raise InputError(f"{where}: {err}") from err
-        steps.append(ResolvedStep(step.name or step.filter, spec, params, step.top_fraction, step.fraction_of,
+        # a module:function step is named by its registered name, as decisions name any other step
+        steps.append(ResolvedStep(step.name or spec.name, spec, params, step.top_fraction, step.fraction_of,
                                   needs))
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
@@ -373,7 +404,8 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
                                                "top_fraction": s.top_fraction, "fraction_of": s.fraction_of}
                                               for s in steps]},
                 "recipe_sha256": runtime.file_sha256(str(path)), "samples": total, "kept": remaining,
-                "thresholds": threshold_info, "prepared": prepared, "funnel": funnel,
+                "thresholds": threshold_info, "prepared": prepared, "plugins": _plugin_versions(steps),
+                "funnel": funnel,
                 "inputs": _input_manifests(pool, columns), "seconds": round(time.time() - t0, 2),
                 **runtime.provenance()}
     runtime.write_json(runtime.join(out_dir, "manifest.json"), manifest)
@@ -384,6 +416,23 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
     log(f"[filter:{recipe.name}] kept {remaining} of {total}: " +
         ", ".join(f"{f['step']} -{f['dropped']}" for f in funnel))
     return manifest
+
+
+def _plugin_versions(steps: list[ResolvedStep]) -> dict:
+    """For each filter from outside this repository, its module and the package (and version) that
+    installed it: decisions from a plugin name the code that made them."""
+    from importlib.metadata import packages_distributions, version
+
+    dists = packages_distributions()
+    out = {}
+    for step in steps:
+        module = step.spec.fn.__module__
+        if module.split(".")[0] in ("filters", "pipeline") or step.spec.name in out:
+            continue
+        package = (dists.get(module.split(".")[0]) or [None])[0]
+        out[step.spec.name] = {"module": module, "package": package,
+                               "version": version(package) if package else None}
+    return out
 
 
 def _input_manifests(pool: str, columns: dict[str, str]) -> dict:

@@ -2,7 +2,8 @@
 
 Every (subset, scale) pair is one run of the scale's fixed recipe (pipeline/train.py) followed by
 zero-shot evaluation of its checkpoints (pipeline/evaluate.py), as one Ray task: one GPU per task
-where the cluster has GPUs, else `cpus_per_run` CPUs. Runs live in GRID/runs/RECIPE/SCALE; a finished
+where the cluster has GPUs, else `cpus_per_run` CPUs. Scales with `shard_image_size` share one cache of
+resized shards, GRID/_shards. Runs live in GRID/runs/RECIPE/SCALE; a finished
 run (train_manifest.json, and eval.json covering every evaluation set) is not redone, so a grid resumes.
 
 GRID/results.csv has a row per data point: subset, recipe, model, scale, samples_seen,
@@ -23,13 +24,13 @@ from .errors import InputError, StageError
 from .evaluate import evaluate_run
 
 
-def _run(subset_dir: str, scale: dict, run_dir: str, eval_sets: list[str], threads: int | None) -> dict:
+def _run(subset_dir: str, scale: dict, run_dir: str, eval_sets: list[str], threads: int | None, cache: str) -> dict:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     sc = train.Scale(**scale)
-    manifest = train.train_scale(subset_dir, sc, run_dir, log=lambda *_: None)
+    manifest = train.train_scale(subset_dir, sc, run_dir, log=lambda *_: None, cache=cache)
     evals = evaluate_run(run_dir, eval_sets, log=lambda *_: None)
     return {"run": run_dir, "seconds": manifest["seconds"], "samples_seen": manifest["samples_seen"],
             "checkpoints": len(evals["checkpoints"])}
@@ -89,7 +90,7 @@ def run_grid(subset_dirs: list[str], scale_specs: list[str], eval_sets: list[str
                 done.append((d, run_dir))
                 continue
             ref = task.remote(d, to_dict(sc), run_dir, [os.path.abspath(e) for e in eval_sets],
-                              None if gpus else cpus)
+                              None if gpus else cpus, os.path.abspath(os.path.join(out, "_shards")))
             pending[ref] = (d, run_dir)
     log(f"[grid] {len(done) + len(pending)} runs ({len(subset_dirs)} subsets x {len(scales)} scales); "
         f"{len(done)} done already, {len(pending)} to run ({'1 GPU' if gpus else f'{cpus} CPU(s)'} each)")

@@ -11,6 +11,9 @@ Language-Vision Models and Datasets" (and Cherti et al., 2023, before it):
 3. Bootstrap the frontier points for confidence intervals of the parameters and of predictions.
 4. Optionally fit only below `holdout_above` and report predicted against actual above it.
 
+Reproducing a published fit needs the publication's own choices, so two are options (`frontier="laion"`,
+`loss="mse"`); the defaults above are unchanged.
+
 Works on any results table (CSV or Parquet): ours from `thresher grid`, or a published one with other
 column names (`--x`, `--y`, `--group`).
 """
@@ -38,7 +41,7 @@ class Law:
     alpha: float
     E: float
     C0: float | None = None
-    loss: float = float("nan")  # mean squared log residual on the points it was fitted to
+    loss: float = float("nan")  # mean squared residual (log or raw, per the fit's loss) on its points
     raw: tuple | None = field(default=None, repr=False, compare=False)  # (scaled params, x_ref): refit start
 
     @classmethod
@@ -83,11 +86,46 @@ def pareto_frontier(x: np.ndarray, y: np.ndarray, bins_per_decade: float = 4.0) 
     return np.asarray(out, dtype=np.int64)
 
 
+LAION_BIN_UNIT = 1500.0  # GFLOPs: the LAION rule sets its bin count from x_max / 1500 (x in GFLOPs)
+
+
+def laion_frontier(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The frontier rule of Nezhurina et al. (2025) ("pareto_bin"), so their fits can be reproduced:
+    int(log2(x_max / 1500)) geometric bin edges from x_min to x_max, half-open bins; the lowest y per
+    bin; keep the first bin's point, then only points lower than the last kept; the point at x_max
+    (outside every half-open bin) is added if it is lower still. Indices, sorted by x."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.flatnonzero(np.isfinite(x) & np.isfinite(y) & (x > 0))
+    if len(ok) == 0:
+        return ok
+    ok = ok[np.argsort(x[ok], kind="stable")]
+    xs = x[ok]
+    n_edges = max(int(math.log2(xs[-1] / LAION_BIN_UNIT)) if xs[-1] > LAION_BIN_UNIT else 0, 2)
+    edges = np.geomspace(xs[0], xs[-1], n_edges)
+    best = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = ok[(xs >= lo) & (xs < hi)]
+        if len(inside):
+            best.append(inside[np.argmin(y[inside])])
+    at_max = ok[xs == xs[-1]]
+    best.append(at_max[np.argmin(y[at_max])])
+    out = [best[0]]
+    for i in best[1:]:
+        if y[i] < y[out[-1]]:
+            out.append(i)
+    return np.asarray(out, dtype=np.int64)
+
+
+FRONTIERS = ("bins", "laion")
+LOSSES = ("log", "mse")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Fitting
 
-def _fit_form(form: str, c: np.ndarray, y: np.ndarray, starts: list[np.ndarray]):
-    """Best least-squares fit in log space over `starts`, in scaled units (c = x / x_ref)."""
+def _fit_form(form: str, c: np.ndarray, y: np.ndarray, starts: list[np.ndarray], loss: str = "log"):
+    """Best least-squares fit over `starts`, in scaled units (c = x / x_ref). loss "log": residuals of
+    log-errors (relative, our default); "mse": raw error residuals, as published LAION fits use."""
     from scipy.optimize import least_squares
 
     ymin = float(y.min())
@@ -100,6 +138,8 @@ def _fit_form(form: str, c: np.ndarray, y: np.ndarray, starts: list[np.ndarray])
         return np.exp(a) * np.power(cc, -alpha) + e
 
     def resid(p):
+        if loss == "mse":
+            return model(p) - y
         return np.log(np.maximum(model(p), 1e-300)) - logy
 
     lo = [-50.0, 1e-6, 0.0] + ([0.0] if form == "offset" else [])
@@ -111,9 +151,9 @@ def _fit_form(form: str, c: np.ndarray, y: np.ndarray, starts: list[np.ndarray])
             r = least_squares(resid, p0, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=400)
         except (ValueError, FloatingPointError):
             continue
-        loss = float(np.mean(r.fun ** 2))
-        if np.isfinite(loss) and (best is None or loss < best[1]):
-            best = (r.x, loss)
+        mean_sq = float(np.mean(r.fun ** 2))
+        if np.isfinite(mean_sq) and (best is None or mean_sq < best[1]):
+            best = (r.x, mean_sq)
     return best
 
 
@@ -133,8 +173,8 @@ def _starts(form: str, c: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def fit_law(x, y, forms=("power", "offset"), starts: dict | None = None) -> Law:
-    """The best law over `forms` by BIC (log-space residuals). Needs at least 3 points; the offset form
+def fit_law(x, y, forms=("power", "offset"), starts: dict | None = None, loss: str = "log") -> Law:
+    """The best law over `forms` by BIC (on `loss` residuals). Needs at least 3 points; the offset form
     is tried only with OFFSET_MIN_POINTS or more."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 3:
@@ -148,21 +188,21 @@ def fit_law(x, y, forms=("power", "offset"), starts: dict | None = None) -> Law:
         k = 4 if form == "offset" else 3
         if form == "offset" and len(x) < OFFSET_MIN_POINTS:
             continue  # four parameters on a handful of points extrapolate wildly (seen on 5-point frontiers)
-        got = _fit_form(form, c, y, (starts or {}).get(form) or _starts(form, c, y))
+        got = _fit_form(form, c, y, (starts or {}).get(form) or _starts(form, c, y), loss)
         if got is None:
             continue
-        p, loss = got
+        p, mean_sq = got
         # BIC: the offset form must earn its extra parameter (it contains the power law at C0 = 0)
-        aic = len(x) * math.log(max(loss, 1e-300)) + k * math.log(len(x))
+        aic = len(x) * math.log(max(mean_sq, 1e-300)) + k * math.log(len(x))
         if aic < best_aic - 1e-9:
             best_aic = aic
-            best = Law.from_scaled(form, p, ref, loss)
+            best = Law.from_scaled(form, p, ref, mean_sq)
     if best is None:
         raise InputError("no fit converged")
     return best
 
 
-def bootstrap(x, y, law: Law, n: int, seed: int = 0) -> list[Law]:
+def bootstrap(x, y, law: Law, n: int, seed: int = 0, loss: str = "log") -> list[Law]:
     """Refit the chosen form on `n` resamples (with replacement) of the points."""
     rng = np.random.default_rng(seed)
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -174,9 +214,9 @@ def bootstrap(x, y, law: Law, n: int, seed: int = 0) -> list[Law]:
             continue
         xs, ys = x[idx], y[idx]
         c = xs / ref
-        got = _fit_form(law.form, c, ys, [raw.copy()])  # from the full fit: converges in almost every resample
+        got = _fit_form(law.form, c, ys, [raw.copy()], loss)  # from the full fit: converges in almost every resample
         if got is None or got[1] > 10 * max(law.loss, 1e-12):
-            got = _fit_form(law.form, c, ys, [raw.copy()] + _starts(law.form, c, ys))
+            got = _fit_form(law.form, c, ys, [raw.copy()] + _starts(law.form, c, ys), loss)
         if got is None:
             continue
         out.append(Law.from_scaled(law.form, got[0], ref, got[1]))
@@ -211,17 +251,21 @@ class GroupFit:
 
 
 def fit_group(name: str, x, y, *, holdout_above: float | None = None, n_bootstrap: int = 200,
-              bins_per_decade: float = 4.0, seed: int = 0, forms=("power", "offset")) -> GroupFit:
+              bins_per_decade: float = 4.0, seed: int = 0, forms=("power", "offset"), frontier: str = "bins",
+              loss: str = "log") -> GroupFit:
+    if frontier not in FRONTIERS or loss not in LOSSES:
+        raise InputError(f"frontier must be one of {FRONTIERS} and loss one of {LOSSES}")
     x, y = np.asarray(x, float), np.asarray(y, float)
     usable = x <= holdout_above if holdout_above is not None else np.ones(len(x), bool)
     idx = np.flatnonzero(usable)
-    front = idx[pareto_frontier(x[idx], y[idx], bins_per_decade)]
+    front = idx[laion_frontier(x[idx], y[idx]) if frontier == "laion" else
+                pareto_frontier(x[idx], y[idx], bins_per_decade)]
     if len(front) < 3:
         raise InputError(f"group {name!r}: {len(front)} frontier point(s)" +
                          (f" at or below --holdout-above {holdout_above}" if holdout_above is not None else "") +
                          "; a fit needs at least 3 (more compute scales, or fewer bins per decade)")
-    law = fit_law(x[front], y[front], forms)
-    boots = bootstrap(x[front], y[front], law, n_bootstrap, seed) if n_bootstrap else []
+    law = fit_law(x[front], y[front], forms, loss=loss)
+    boots = bootstrap(x[front], y[front], law, n_bootstrap, seed, loss) if n_bootstrap else []
     return GroupFit(name, law, front, x, y, boots, holdout_above)
 
 
@@ -278,15 +322,16 @@ def points(df, x: str, y: str, group: str | None, accuracy: bool, where: str):
 
 def fit_table(path: str, x: str, y: str, group: str | None, out: str, *, accuracy: bool = False,
               holdout_above: float | None = None, predict: list[float] | None = None, n_bootstrap: int = 200,
-              bins_per_decade: float = 4.0, forms=("power", "offset"), seed: int = 0) -> dict:
+              bins_per_decade: float = 4.0, forms=("power", "offset"), seed: int = 0, frontier: str = "bins",
+              loss: str = "log") -> dict:
     import os
 
     df = read_table(path)
     fits = {}
     for name, (xs, ys) in points(df, x, y, group, accuracy, path).items():
         fits[name] = fit_group(name, xs, ys, holdout_above=holdout_above, n_bootstrap=n_bootstrap,
-                               bins_per_decade=bins_per_decade, seed=seed, forms=forms)
-    result = {"source": path, "x": x, "y": y, "group": group, "accuracy": accuracy,
+                               bins_per_decade=bins_per_decade, seed=seed, forms=forms, frontier=frontier, loss=loss)
+    result = {"source": path, "x": x, "y": y, "group": group, "accuracy": accuracy, "frontier": frontier, "loss": loss,
               "groups": {k: describe(g, predict or []) for k, g in fits.items()}}
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "fits.json"), "w") as f:
@@ -401,8 +446,12 @@ def compare_table(path: str, a: str, b: str, metric: str, target: float, out: st
     for name in (a, b):
         if name not in groups:
             raise InputError(f"{path}: no rows with {group} = {name!r}; present: {', '.join(sorted(groups))}")
-    fits = {name: fit_group(name, *groups[name], n_bootstrap=n_bootstrap, bins_per_decade=bins_per_decade,
-                            seed=seed + k) for k, name in enumerate((a, b))}
+    try:
+        fits = {name: fit_group(name, *groups[name], n_bootstrap=n_bootstrap, bins_per_decade=bins_per_decade,
+                                seed=seed + k) for k, name in enumerate((a, b))}
+    except InputError as err:
+        # too few frontier points is an answer, not a crash: the report says so and what would fix it
+        return _no_comparison(a, b, metric, target, out, path, str(err))
     result = compare_fits(fits[a], fits[b], target)
     result.update({"source": path, "metric": metric, "x": x, "accuracy": accuracy,
                    "fits": {k: describe(g, [target]) for k, g in fits.items()}})
@@ -428,4 +477,22 @@ def compare_table(path: str, a: str, b: str, metric: str, target: float, out: st
             f"<p><img alt='fits' src='data:image/png;base64,{img}'></p></body></html>")
     with open(os.path.join(out, "compare.html"), "w") as f:
         f.write(page)
+    return result
+
+
+def _no_comparison(a: str, b: str, metric: str, target: float, out: str, path: str, reason: str) -> dict:
+    import html
+    import os
+
+    result = {"a": a, "b": b, "metric": metric, "source": path, "target_compute": target, "better": None,
+              "p_b_better": None, "error_a": None, "error_b": None, "crossings": [],
+              "verdict": f"no comparison: {reason}"}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "compare.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(out, "compare.html"), "w") as f:
+        f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>A/B: {html.escape(a)} vs "
+                f"{html.escape(b)}</title></head><body style='font-family:sans-serif;max-width:900px;margin:2em auto'>"
+                f"<h1>{html.escape(a)} (A) vs {html.escape(b)} (B)</h1><p><b>{html.escape(result['verdict'])}</b></p>"
+                f"</body></html>")
     return result

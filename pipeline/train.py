@@ -16,7 +16,10 @@ the recipes a grid compares. Samples seen are exact: the data are resampled (ope
 `const` schedule every checkpoint past warm-up is a data point of its own. The manifest records the
 forward GFLOPs per image-text pair, measured with torch's FlopCounterMode as open_clip_train's profiler
 does, and the total compute: GFLOPs per sample x samples seen (forward only, as the scaling-law papers
-we compare with count it).
+we compare with count it). `accum_freq` splits the global batch into accumulated steps (open_clip's
+--accum-freq: the contrastive loss still sees the whole batch), so DataComp's 4096 fits one GPU.
+`shard_image_size` re-encodes the training images once, shorter side at most that many pixels, into a
+cache shared by the runs of a grid: a 64 px model spends more time decoding 512 px JPEGs than training.
 """
 
 from __future__ import annotations
@@ -53,12 +56,18 @@ class Scale:
     lr: float = opt(help="peak learning rate")
     warmup: int = opt(help="warm-up steps")
     wd: float = opt(0.2, "weight decay")
+    accum_freq: int = opt(1, "gradient accumulation: open_clip_train steps through batch_size/accum_freq samples "
+                             "at a time and updates once per batch_size (the contrastive loss still sees the "
+                             "whole batch), so a 4096 batch fits one GPU")
     schedule: str = opt("cosine", "cosine, const or const-cooldown")
     cooldown_fraction: float = opt(0.2, "const-cooldown: the share of checkpoints (epochs) spent cooling down")
     checkpoints: int = opt(1, "virtual epochs, one checkpoint each (data points under const)")
     family: str = opt("clip", "clip (contrastive) or coca (contrastive + captioning)")
     precision: str = opt("auto", "auto (amp on GPU, fp32 on CPU), amp, bf16 or fp32")
     image_size: int | None = opt(None, "force this image size (default: the model's)")
+    shard_image_size: int | None = opt(None, "re-encode the training images once beforehand, shorter side at most "
+                                             "this many pixels (a cache beside the run; for tiny models, where "
+                                             "decoding 512 px images costs more than training on them)")
     workers: int = opt(1, "data-loading processes")
     seed: int = opt(0, "random seed")
 
@@ -69,8 +78,10 @@ class Scale:
             raise InputError(f"{where}: family must be clip or coca, not {self.family!r}")
         if self.family == "coca" and "coca" not in self.model.lower():
             raise InputError(f"{where}: family coca needs a CoCa model config (e.g. coca_ViT-B-32), not {self.model}")
-        if min(self.samples_seen, self.batch_size, self.checkpoints) < 1:
-            raise InputError(f"{where}: samples_seen, batch_size and checkpoints must be positive")
+        if min(self.samples_seen, self.batch_size, self.checkpoints, self.accum_freq) < 1:
+            raise InputError(f"{where}: samples_seen, batch_size, checkpoints and accum_freq must be positive")
+        if self.batch_size % self.accum_freq:
+            raise InputError(f"{where}: batch_size {self.batch_size} is not a multiple of accum_freq {self.accum_freq}")
 
 
 SCALE_DIR = CONFIG_DIR / "scales"
@@ -138,6 +149,57 @@ def shard_list(data: str) -> list[str]:
     return found
 
 
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def resized_shards(shards: list[str], side: int, cache: str, sha256s: list[str] | None = None) -> list[str]:
+    """Copies of `shards` whose images have their shorter side at most `side` pixels, everything else
+    byte-identical. Cached under `cache` by the source shard's sha256 and `side`, so the runs of a grid
+    that share a subset resize it once; each copy is written to a temporary name and renamed, so runs
+    building the same copy at once (Ray tasks) or a killed run never leave a partial one."""
+    import io
+    import tarfile
+
+    os.makedirs(cache, exist_ok=True)
+    out = []
+    for path, sha in zip(shards, sha256s or [runtime.file_sha256(p) for p in shards]):
+        dest = os.path.join(cache, f"{sha[:20]}-{side}.tar")
+        out.append(dest)
+        if os.path.exists(dest):
+            continue
+        tmp = f"{dest}.{os.getpid()}.tmp"
+        with tarfile.open(path) as src, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as dst:
+            for member in src:
+                data = src.extractfile(member).read() if member.isfile() else None
+                if data is not None and member.name.rpartition(".")[2].lower() in IMAGE_EXTS:
+                    data = _shrink(data, side, member.name, path)
+                    member.size = len(data)
+                dst.addfile(member, io.BytesIO(data) if data is not None else None)
+        os.replace(tmp, dest)
+    return out
+
+
+def _shrink(data: bytes, side: int, name: str, shard: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(data))
+        fmt = im.format
+        if min(im.size) <= side:
+            return data
+        im.draft("RGB", (side, side))  # JPEG: decode at 1/2..1/8 scale, never below `side`
+        im = im.convert("RGB")
+        scale = side / min(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
+        buf = io.BytesIO()
+        im.save(buf, format=fmt if fmt in ("JPEG", "PNG", "WEBP") else "JPEG", quality=95)
+        return buf.getvalue()
+    except Exception:  # noqa: BLE001 - an undecodable image stays as it is: the training loader skips it
+        return data
+
+
 def count_samples(shards: list[str]) -> int:
     """Samples with an image and a caption, counted from the tars (what open_clip_train needs to know)."""
     import tarfile
@@ -168,10 +230,18 @@ def train(data: str, out: str, cfg: TrainConfig, name: str = "run", log=print) -
             "--lr", str(cfg.lr), "--warmup", str(cfg.warmup), "--wd", str(cfg.wd), "--precision", precision,
             "--workers", str(cfg.workers), "--seed", str(cfg.seed), "--logs", out, "--name", name,
             "--save-frequency", str(cfg.epochs), "--report-to", "", "--log-every-n-steps", "20"]
+    manifest_path = os.path.join(out, "train_manifest.json")
+    if os.path.exists(manifest_path):  # resume: a finished run of the same config on the same data is kept
+        done = runtime.read_json(manifest_path)
+        if done.get("config_hash") == config_hash(cfg) and done["data"]["spec"] == data and \
+                os.path.exists(done["checkpoint"]):
+            log(f"[train] {out}: finished already ({done['checkpoint']})")
+            return done
+        raise InputError(f"{out} holds a run of another configuration or data; choose another --out")
     log(f"[train] {cfg.model} on {samples} samples from {len(shards)} shard(s), {cfg.epochs} epochs ({precision})")
-    if os.path.exists(os.path.join(out, name)):
-        raise InputError(f"{os.path.join(out, name)} exists; choose another --name or --out (open_clip_train "
-                         f"does not overwrite a run)")
+    import shutil
+
+    shutil.rmtree(os.path.join(out, name), ignore_errors=True)  # an unfinished run: open_clip_train will not reuse it
     status = _run_open_clip_train(args)
     if status == -1:
         raise StageError(f"open_clip_train refused the run (see its log in {os.path.join(out, name)})")
@@ -183,7 +253,7 @@ def train(data: str, out: str, cfg: TrainConfig, name: str = "run", log=print) -
                 "data": {"spec": data, "samples": samples,
                          "shards": [{"path": p, "sha256": runtime.file_sha256(p)} for p in shards]},
                 "open_clip_train_args": args, **runtime.provenance()}
-    runtime.write_json(os.path.join(out, "train_manifest.json"), manifest)
+    runtime.write_json(manifest_path, manifest)
     log(f"[train] checkpoint {ckpt}")
     return manifest
 
@@ -213,7 +283,8 @@ def scale_args(shards: list[str], scale: Scale, out: str, name: str, precision: 
     per_epoch = math.ceil(scale.samples_seen / scale.checkpoints)
     args = ["--train-data", "::".join(shards), "--dataset-type", "webdataset", "--dataset-resampled",
             "--train-num-samples", str(per_epoch), "--model", scale.model, "--epochs", str(scale.checkpoints),
-            "--batch-size", str(scale.batch_size), "--lr", str(scale.lr), "--warmup", str(scale.warmup),
+            "--batch-size", str(scale.batch_size // scale.accum_freq), "--accum-freq", str(scale.accum_freq),
+            "--lr", str(scale.lr), "--warmup", str(scale.warmup),
             "--wd", str(scale.wd), "--lr-scheduler", scale.schedule, "--precision", precision,
             "--workers", str(scale.workers), "--seed", str(scale.seed), "--logs", out, "--name", name,
             "--save-frequency", "1", "--report-to", "", "--log-every-n-steps", "50"]
@@ -224,9 +295,21 @@ def scale_args(shards: list[str], scale: Scale, out: str, name: str, precision: 
     return args, per_epoch
 
 
-def train_scale(data: str, scale: Scale, out: str, name: str = "run", log=print) -> dict:
-    """Train one scale's fixed recipe on `data` (a subset's shards). Resumes: a finished run is returned."""
+def optimizer_steps(per_epoch: int, scale: Scale) -> int:
+    """Optimizer steps per virtual epoch, as open_clip_train counts them: its resampled loader rounds the
+    batches up to a whole number per data-loading worker, and one step takes accum_freq batches."""
     import math
+
+    batches = math.ceil(per_epoch / (scale.batch_size // scale.accum_freq))
+    workers = max(1, scale.workers)
+    return math.ceil(batches / workers) * workers // scale.accum_freq
+
+
+def train_scale(data: str, scale: Scale, out: str, name: str = "run", log=print, cache: str | None = None) -> dict:
+    """Train one scale's fixed recipe on `data` (a subset's shards). Resumes: a finished run is returned.
+    `cache` holds the resized shards of scales with `shard_image_size` (default OUT/_shards)."""
+    import shutil
+    import time
 
     import torch
 
@@ -237,24 +320,32 @@ def train_scale(data: str, scale: Scale, out: str, name: str = "run", log=print)
             return m
         raise InputError(f"{out} holds a run of another scale; choose another --out")
     shards = shard_list(data)
+    shas = [runtime.file_sha256(p) for p in shards]
     models.register_project_models()
     precision = scale.precision if scale.precision != "auto" else ("amp" if torch.cuda.is_available() else "fp32")
     os.makedirs(out, exist_ok=True)
-    import shutil
-
     shutil.rmtree(os.path.join(out, name), ignore_errors=True)  # an unfinished run: open_clip_train will not reuse it
-    args, per_epoch = scale_args(shards, scale, out, name, precision)
+    train_shards, t0 = shards, time.time()
+    if scale.shard_image_size:
+        train_shards = resized_shards(shards, scale.shard_image_size, cache or os.path.join(out, "_shards"), shas)
+    resize_seconds = time.time() - t0
+    args, per_epoch = scale_args(train_shards, scale, out, name, precision)
     gflops = gflops_per_sample(scale.model, scale.image_size)
     log(f"[train] scale {scale.name}: {scale.model}, {scale.samples_seen} samples seen in {scale.checkpoints} "
         f"checkpoint(s), {scale.schedule}, {gflops:.4g} GFLOPs/sample ({precision})")
-    import time
-
-    t0 = time.time()
-    status = _run_open_clip_train(args)
+    # the data-loading processes need cores of their own: on a CPU-only run, torch's threads in this
+    # process would otherwise compete with them for every step
+    threads, t0 = torch.get_num_threads(), time.time()
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, threads - scale.workers))
+    try:
+        status = _run_open_clip_train(args)
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.time() - t0
     if status == -1:
         raise StageError(f"open_clip_train refused the run (see its log in {os.path.join(out, name)})")
-    steps_per_epoch = math.ceil(per_epoch / scale.batch_size)  # open_clip_train rounds up (resampled data)
+    steps_per_epoch = optimizer_steps(per_epoch, scale)
     checkpoints = []
     for e in range(1, scale.checkpoints + 1):
         path = os.path.join(out, name, "checkpoints", f"epoch_{e}.pt")
@@ -264,13 +355,16 @@ def train_scale(data: str, scale: Scale, out: str, name: str = "run", log=print)
         checkpoints.append({"epoch": e, "path": path, "sha256": runtime.file_sha256(path), "steps": steps,
                             "samples_seen": steps * scale.batch_size, "in_warmup": steps <= scale.warmup})
     samples_seen = checkpoints[-1]["samples_seen"]
+    data_record = {"spec": data, "shards": [{"path": p, "sha256": h} for p, h in zip(shards, shas)]}
+    if train_shards is not shards:
+        data_record["resized"] = {"shorter_side": scale.shard_image_size, "shards": train_shards,
+                                  "seconds": round(resize_seconds, 2)}
     manifest = {"kind": "thresher.train", "model": scale.model, "scale": to_dict(scale),
                 "scale_hash": config_hash(scale), "precision": precision,
                 "checkpoint": checkpoints[-1]["path"], "checkpoint_sha256": checkpoints[-1]["sha256"],
                 "checkpoints": checkpoints, "gflops_per_sample": gflops, "samples_seen": samples_seen,
                 "gflops_total": gflops * samples_seen, "seconds": round(seconds, 2),
-                "samples_per_second": round(samples_seen / seconds, 1),
-                "data": {"spec": data, "shards": [{"path": p, "sha256": runtime.file_sha256(p)} for p in shards]},
+                "samples_per_second": round(samples_seen / seconds, 1), "data": data_record,
                 "open_clip_train_args": args, **runtime.provenance()}
     runtime.write_json(manifest_path, manifest)
     log(f"[train] {scale.name}: {samples_seen} samples in {seconds:.1f}s ({samples_seen / seconds:.0f}/s)")

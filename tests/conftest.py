@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -84,3 +87,16 @@ def featured_pool(pool, ray_local):
     features.run_base(str(out), log=lambda *_: None)
     features.run_scorer(str(out), features.ScorerConfig(), log=lambda *_: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> Path:
+    """The example package, built and installed (no network, no dependencies) into a directory of its own."""
+    tmp = tmp_path_factory.mktemp("plugin")
+    # setuptools builds in the source tree: a copy keeps the checkout clean
+    src = shutil.copytree(Path(__file__).resolve().parent.parent / "docs" / "plugin-example", tmp / "src",
+                          ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(tmp / "site"), str(src)], check=True, capture_output=True)
+    assert (tmp / "site" / "thresher_example_filters").is_dir()
+    return tmp / "site"

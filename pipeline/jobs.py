@@ -1,0 +1,277 @@
+"""`thresher run JOB.yaml [--plan]`: a job is an ordered list of `thresher` commands, run to the end and
+resumable.
+
+    name: build-subset-synthetic
+    out: thresher-jobs/build-subset     # the job's directory: relative paths in steps are inside it
+    vars: {size: 2000}                  # {name} placeholders in steps; `--var name=value` overrides
+    plan: {...}                         # what `--plan` sizes the job for (pipeline/plan.py)
+    include: [pool]                     # another job's steps run first (its vars and plan are defaults)
+    steps:
+      - synth: {out: source, samples: 20000}
+      - download: {urls: source/urls.parquet, out: pool, config: demo, serve: source}
+      - subset: {pool: pool, recipe: [datacomp-none, dfn], size: "{size}", out: subsets}
+
+Each step is one command: its keys are the command's positional arguments and options (`--eval-set`
+is `eval_set`; a list repeats a repeatable option or joins a comma-separated one; true/false for
+flags), checked against the command's own parser, so a step accepts exactly what `thresher CMD --help`
+lists. `audit` takes `action: verify|report|...`. One key is the runner's: `serve: DIR` serves that
+synthetic pool on 127.0.0.1 while the step runs. Placeholders: `{repo}` (this checkout), `{job_dir}`
+(the job file's directory), `{out}` and the job's `vars`.
+
+The runner prints each step as the command it runs, so a job can be replayed by hand. After a step
+succeeds, OUT/_job/NN-COMMAND.json records a hash of that step and every step before it; a re-run skips
+the steps whose records match and runs from the first that changed. The stages resume on their own as
+well, so a step killed halfway picks up at its first unfinished shard. `out` may be object storage
+(s3://...); the records then live in ./thresher-jobs/NAME/_job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import CONFIG_DIR
+from .errors import InputError, StageError
+
+REPO = CONFIG_DIR.parent
+JOB_DIR = REPO / "jobs"
+RUNNER_KEYS = ("serve",)
+# options whose values are paths: made absolute against the job's directory, since the stages hand
+# paths to Ray workers that do not share the driver's working directory
+PATH_KEYS = {"out", "urls", "pool", "data", "subset", "run", "grid", "results", "images", "eval_set", "labels",
+             "dir", "npz_dir", "eval_sets", "blocklists", "serve"}
+# a preset name or tag, or else a file: a file when it exists already or has a file's suffix
+MAYBE_PATH_KEYS = {"config", "recipe", "scale", "pretrained"}
+FILE_SUFFIXES = (".yaml", ".yml", ".pt", ".bin", ".safetensors", ".npz", ".npy", ".parquet", ".txt")
+
+
+@dataclass
+class Step:
+    index: int
+    command: str
+    args: dict
+    serve: str | None = None
+    argv: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    path: str
+    name: str
+    out: str
+    vars: dict
+    plan: dict
+    steps: list[Step]
+
+
+def resolve_path(spec: str) -> Path:
+    """A job file, or a job's name under jobs/ (`build_subset`, `ab_test.yaml`)."""
+    for p in (Path(spec), JOB_DIR / spec, JOB_DIR / f"{spec}.yaml"):
+        if p.is_file():
+            return p
+    names = ", ".join(sorted(p.stem for p in JOB_DIR.glob("*.yaml")))
+    raise InputError(f"no job file {spec!r}; jobs in {JOB_DIR}: {names}")
+
+
+def _read(path: Path, seen: tuple = ()) -> dict:
+    """The job file with its `include:`s expanded: their steps first, their vars and plan as defaults."""
+    import yaml
+
+    if path in seen:
+        raise InputError(f"{path}: includes itself (through {' -> '.join(map(str, seen))})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({err})") from None
+    unknown = set(data) - {"name", "out", "include", "vars", "plan", "steps"}
+    if unknown:
+        raise InputError(f"{path}: unknown top-level key(s) {sorted(unknown)}; a job has name, out, include, "
+                         f"vars, plan and steps")
+    steps, variables, plan = [], {}, {}
+    for inc in data.get("include") or []:
+        sub = _read(resolve_path(inc), (*seen, path))
+        steps += sub["steps"]
+        variables.update(sub["vars"])
+        plan.update(sub["plan"])
+    if not isinstance(data.get("steps", []), list):
+        raise InputError(f"{path}: `steps` must be a list of {{command: {{option: value}}}}")
+    return {**data, "steps": steps + [(str(path), s) for s in data.get("steps") or []],
+            "vars": {**variables, **(data.get("vars") or {})}, "plan": {**plan, **(data.get("plan") or {})}}
+
+
+def load(spec: str, overrides: dict | None = None, out: str | None = None) -> Job:
+    path = resolve_path(spec)
+    data = _read(path)
+    if not data["steps"]:
+        raise InputError(f"{path}: no steps (a job lists `steps:`, or `include:`s another job)")
+    variables = {**data["vars"], **(overrides or {})}
+    out_dir = out or data.get("out") or f"thresher-jobs/{path.stem}"
+    out_dir = out_dir.rstrip("/") if "://" in out_dir else os.path.abspath(out_dir)
+    subs = {"repo": str(REPO), "job_dir": str(path.parent.resolve()), "out": out_dir, **variables}
+    for _ in range(len(variables)):  # vars may use placeholders too ({repo}, {out}, other vars)
+        subs.update({k: _substitute(v, subs, f"{path}: vars.{k}") for k, v in variables.items()})
+    from .cli import build_parser
+
+    parser = build_parser()
+    steps = []
+    for i, (source, entry) in enumerate(data["steps"], 1):
+        where = f"{source}: step {i}"
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise InputError(f"{where}: a step is one `command: {{option: value, ...}}` mapping, got {entry!r}")
+        (command, args), = entry.items()
+        args = _substitute(dict(args or {}), subs, where)
+        serve = args.pop("serve", None)
+        serve = None if serve in (None, "", "none") else serve  # "none": a real pool, nothing to serve
+        step = Step(i, command, args, serve=_path("serve", serve, out_dir) if serve else None)
+        step.argv = argv_for(parser, command, args, out_dir, where)
+        steps.append(step)
+    return Job(str(path), data.get("name") or path.stem, out_dir, variables, data["plan"], steps)
+
+
+def _substitute(value, subs: dict, where: str):
+    if isinstance(value, dict):
+        return {k: _substitute(v, subs, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, subs, where) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(m):
+        if m.group(1) not in subs:
+            raise InputError(f"{where}: unknown placeholder {{{m.group(1)}}}; known: {sorted(subs)} "
+                             f"(add it under `vars:` or pass --var {m.group(1)}=VALUE)")
+        return str(subs[m.group(1)])
+
+    whole = re.fullmatch(r"\{(\w+)\}", value)
+    if whole and whole.group(1) in subs and not isinstance(subs[whole.group(1)], str):
+        return subs[whole.group(1)]  # "{size}" stays a number
+    return re.sub(r"\{(\w+)\}", one, value)
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
+def argv_for(parser: argparse.ArgumentParser, command: str, args: dict, out_dir: str, where: str) -> list[str]:
+    """The `thresher` argument list of one step, checked against the command's parser."""
+    commands = _subparsers(parser)
+    if command not in commands.choices:
+        raise InputError(f"{where}: unknown command {command!r}; commands: {', '.join(sorted(commands.choices))}")
+    sub, argv, args = commands.choices[command], [command], dict(args)
+    nested = _subparsers(sub)
+    if nested is not None:  # audit ACTION ...
+        action = args.pop(nested.dest, None)
+        if action not in nested.choices:
+            raise InputError(f"{where}: {command} needs `{nested.dest}:` one of {', '.join(nested.choices)}")
+        sub = nested.choices[action]
+        argv.append(action)
+    by_dest = {a.dest: a for a in sub._actions if a.dest not in ("help",) and not isinstance(a, argparse._SubParsersAction)}
+    for a in [a for a in by_dest.values() if not a.option_strings]:
+        if a.dest not in args:
+            raise InputError(f"{where}: {command} needs `{a.dest}:` (see thresher {command} --help)")
+        value = args.pop(a.dest)
+        argv += [_path(a.dest, v, out_dir) for v in (value if isinstance(value, list) else [value])]
+    for key, value in args.items():
+        a = by_dest.get(key)
+        if a is None:
+            options = ", ".join(sorted(d for d, x in by_dest.items() if x.option_strings))
+            raise InputError(f"{where}: {command} has no option {key!r}; options: {options}")
+        flag = next((s for s in a.option_strings if s.startswith("--")), a.option_strings[0])
+        if isinstance(a, argparse.BooleanOptionalAction):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if not isinstance(value, bool):
+                raise InputError(f"{where}: {key} is a flag: true or false, not {value!r}")
+            if value == isinstance(a, argparse._StoreTrueAction):
+                argv.append(flag)
+        elif isinstance(a, argparse._AppendAction):
+            for v in value if isinstance(value, list) else [value]:
+                argv += [flag, _path(key, v, out_dir)]
+        elif isinstance(value, list):
+            argv += [flag, ",".join(_path(key, v, out_dir) for v in value)]
+        elif value is not None:
+            argv += [flag, _path(key, value, out_dir)]
+    return argv
+
+
+def _path(key: str, value, out_dir: str) -> str:
+    text = str(value)
+    if isinstance(value, str) and "://" not in text and not os.path.isabs(text):
+        remote = "://" in out_dir
+        inside = f"{out_dir}/{text}" if remote else os.path.normpath(os.path.join(out_dir, text))
+        if key in PATH_KEYS or (key in MAYBE_PATH_KEYS and (text.endswith(FILE_SUFFIXES) or
+                                                            (not remote and os.path.exists(inside)))):
+            return inside
+    return text
+
+
+def show(argv: list[str]) -> str:
+    return "thresher " + " ".join(shlex.quote(a) for a in argv)
+
+
+def state_dir(job: Job) -> Path:
+    """Where the completion records live: OUT/_job, or for a job whose `out` is object storage, a local
+    thresher-jobs/NAME/_job (records are small and read before every step)."""
+    return Path(os.path.abspath(f"thresher-jobs/{job.name}") if "://" in job.out else job.out) / "_job"
+
+
+def _marker(job: Job, step: Step) -> Path:
+    return state_dir(job) / f"{step.index:02d}-{step.command}.json"
+
+
+def step_hashes(job: Job) -> list[str]:
+    """Each step's hash covers it and every step before it: a changed step re-runs everything after it."""
+    out, h = [], ""
+    for step in job.steps:
+        h = hashlib.sha256((h + json.dumps([step.argv, step.serve])).encode()).hexdigest()
+        out.append(h)
+    return out
+
+
+def run(job: Job, ray_address: str | None = None, log=print) -> dict:
+    from . import cli, serve
+
+    os.makedirs(state_dir(job), exist_ok=True)
+    log(f"[run] job {job.name} ({job.path}): {len(job.steps)} steps in {job.out}")
+    done = []
+    for step, h in zip(job.steps, step_hashes(job)):
+        marker = _marker(job, step)
+        head = f"[run] step {step.index}/{len(job.steps)}"
+        if marker.exists() and json.loads(marker.read_text()).get("hash") == h:
+            log(f"{head} done already: {show(step.argv)}")
+            done.append(step.index)
+            continue
+        for later in state_dir(job).glob("*.json"):
+            if int(later.name[:2]) >= step.index:
+                later.unlink()  # this step changed or never finished: what follows it is stale
+        argv = step.argv + (["--ray-address", ray_address] if ray_address else [])
+        log(f"{head}: {show(argv)}" + (f"   (serving {step.serve} on 127.0.0.1)" if step.serve else ""))
+        t0 = time.time()
+        server = serve.start(step.serve, _port(step.serve)) if step.serve else None
+        try:
+            rc = cli.main(argv)
+        finally:
+            if server:
+                server.stop()
+        if rc:
+            raise StageError(f"job {job.name}: step {step.index} ({step.command}) failed with exit code {rc}; "
+                             f"fix the cause above and run `thresher run {job.path}` again: it resumes at this step")
+        marker.write_text(json.dumps({"hash": h, "argv": argv, "seconds": round(time.time() - t0, 1),
+                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
+        done.append(step.index)
+    log(f"[run] job {job.name} finished: {len(done)} steps; outputs in {job.out}")
+    return {"job": job.name, "out": job.out, "steps": len(done)}
+
+
+def _port(source: str) -> int:
+    record = Path(source) / "synth.json"
+    if not record.exists():
+        raise InputError(f"serve: {source} is not a `thresher synth` output (no synth.json)")
+    return int(json.loads(record.read_text())["config"]["port"])

@@ -1,0 +1,356 @@
+"""`thresher run JOB.yaml --plan`: wall time, storage, CPU-hours and GPU-hours of a job before it runs.
+
+Each step of the job is costed from a measured throughput in benchmarks/throughputs.yaml (the figure,
+its unit, the benchmark that measured it, machine and date), applied to the job's sizes (the pool's
+samples, the subset's, the grid's samples seen) on the cluster the job names under `plan.cluster`: a
+Ray cluster-launcher YAML in configs/cluster/ (its node types' CPU, GPU, memory and max_workers), or
+`local`, this machine. The model is deliberately simple and says so: work divides evenly over the
+cluster's cores or GPUs, stages run one after another, and start-up costs are ignored (they dominate
+only small jobs). The job's `plan:` block gives what cannot be read from the steps: pool_samples for
+a URL list we cannot count ahead, download_success (share of URLs that arrive) and bytes_per_sample.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import CONFIG_DIR
+from .errors import InputError
+
+THROUGHPUTS = CONFIG_DIR.parent / "benchmarks" / "throughputs.yaml"
+CLUSTER_DIR = CONFIG_DIR / "cluster"
+SYNTH_BYTES_PER_SAMPLE = 35_000  # the synthetic pool at DataComp's 512 px: 664 MB of shards / 18,940 samples
+SYNTH_SUCCESS = 0.947            # its share of URLs that download (planted failures: 404, timeouts, opt-outs)
+
+
+@dataclass
+class Cluster:
+    name: str
+    nodes: int
+    cpus: int
+    gpus: int
+    memory_gb: float
+    object_store_gb: float
+    disk_gb: float | None
+    source: str
+
+
+@dataclass
+class Estimate:
+    step: int
+    command: str
+    what: str
+    cpu_s: float = 0.0        # core-seconds of work
+    gpu_s: float = 0.0        # GPU-seconds of work
+    disk_bytes: float = 0.0   # what the step leaves on disk
+    object_store_bytes: float = 0.0  # peak in flight through Ray's object store
+    inputs: list[str] = field(default_factory=list)  # throughputs.yaml keys used
+
+    def wall_s(self, c: Cluster) -> float:
+        return max(self.cpu_s / max(1, c.cpus), self.gpu_s / c.gpus if c.gpus else 0.0)
+
+
+def load_throughputs(path: Path = THROUGHPUTS) -> dict:
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    # YAML 1.1 reads 9.7e9 (no sign in the exponent) as a string: every rate is a number here
+    return {f"{group}.{k}": {**v, "rate": float(v["rate"])} for group, items in data.items() for k, v in items.items()}
+
+
+def load_cluster(spec: str | None) -> Cluster:
+    """`local` (this machine), a name in configs/cluster/, or a Ray cluster-launcher YAML file."""
+    import yaml
+
+    if spec in (None, "local"):
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+        gpus = _local_gpus()
+        disk = _disk_free_gb(".")
+        return Cluster("local", 1, os.cpu_count() or 1, gpus, mem, 0.3 * mem, disk, "this machine")
+    path = Path(spec) if Path(spec).exists() else CLUSTER_DIR / f"{spec}.yaml"
+    if not path.exists():
+        names = ", ".join(["local"] + sorted(p.stem for p in CLUSTER_DIR.glob("*.yaml")))
+        raise InputError(f"no cluster {spec!r}: give a Ray cluster YAML or one of {names}")
+    cfg = yaml.safe_load(path.read_text())
+    types = cfg.get("available_node_types") or {}
+    if not types:
+        raise InputError(f"{path}: no available_node_types (a Ray cluster-launcher YAML is expected)")
+    nodes = cpus = gpus = 0
+    mem = store = disk = 0.0
+    for name, t in types.items():
+        res = t.get("resources") or {}
+        if "CPU" not in res:
+            raise InputError(f"{path}: node type {name} has no resources.CPU (the plan needs it)")
+        count = int(t.get("max_workers", 0)) + (1 if name == cfg.get("head_node_type") else 0)
+        nodes += count
+        cpus += count * int(res["CPU"])
+        gpus += count * int(res.get("GPU", 0))
+        node_mem = float(res.get("memory", 0)) / 1e9
+        mem += count * node_mem
+        store += count * float(res.get("object_store_memory", 0.3 * node_mem * 1e9)) / 1e9
+        vols = (t.get("node_config") or {}).get("BlockDeviceMappings") or []
+        disk += count * sum(float(v.get("Ebs", {}).get("VolumeSize", 0)) for v in vols)
+    return Cluster(cfg.get("cluster_name", path.stem), nodes, cpus, gpus, mem, store, disk or None, str(path))
+
+
+def _local_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no torch or no driver: no GPU
+        return 0
+
+
+def _disk_free_gb(path: str) -> float:
+    import shutil
+
+    return shutil.disk_usage(path).free / 1e9
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class Sizes:
+    """What flows between steps: samples in the pool, downloaded, and per subset."""
+
+    def __init__(self, plan: dict):
+        self.pool = plan.get("pool_samples")
+        self.success = float(plan.get("download_success", SYNTH_SUCCESS))
+        self.bytes = float(plan.get("bytes_per_sample", SYNTH_BYTES_PER_SAMPLE))
+        self.subsets: dict[str, int] = {}  # subset dir -> samples
+        self.trusted = int(plan.get("trusted_samples", 2000))
+        self.target_images = int(plan.get("target_images", 1000))  # embed-images: ImageNet-1k train is 1,281,167
+
+    @property
+    def downloaded(self) -> float:
+        if self.pool is None:
+            raise InputError("the plan needs the pool's size: a synth step, or plan.pool_samples in the job")
+        return self.pool * self.success
+
+
+def _opt(argv: list[str], flag: str, default=None, many: bool = False):
+    vals = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+    return vals if many else (vals[-1] if vals else default)
+
+
+def estimate_step(i: int, argv: list[str], sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
+    cmd = argv[0]
+    rate = lambda key: float(t[key]["rate"])  # noqa: E731
+    e = Estimate(i, cmd, "")
+    if cmd == "synth":
+        sizes.pool = int(_opt(argv, "--samples", 10000))
+        sizes.trusted = int(_opt(argv, "--trusted", sizes.trusted))
+        e.what, e.inputs = f"{sizes.pool:,} synthetic samples", ["stages.synth"]
+        e.cpu_s = sizes.pool / rate("stages.synth")
+        e.disk_bytes = sizes.pool * sizes.bytes * 1.05
+    elif cmd == "download":
+        n = sizes.downloaded
+        e.what, e.inputs = f"{sizes.pool:,.0f} URLs, {n:,.0f} arrive", ["stages.download"]
+        e.cpu_s = sizes.pool / rate("stages.download")
+        if cluster.name != "local":  # internet downloads: img2dataset's per-node rate bounds us
+            e.inputs.append("download.img2dataset_node")
+            e.cpu_s = max(e.cpu_s, sizes.pool / (rate("download.img2dataset_node") / 16))
+        e.disk_bytes = n * sizes.bytes
+    elif cmd == "features":
+        n = sizes.downloaded
+        models = _opt(argv, "--model", many=True)
+        parts = []
+        if "--no-base" not in argv:
+            e.cpu_s += n / rate("stages.features_base")
+            e.inputs.append("stages.features_base")
+            e.disk_bytes += n * 200
+            parts.append("base")
+        for m in models:
+            dim = _embed_dim(m)
+            e.disk_bytes += n * (2 * dim * float(t["features.embedding_bytes"]["rate"]) + 60)
+            if cluster.gpus and f"features.gpu_{m}" in t:
+                e.gpu_s += n / rate(f"features.gpu_{m}")
+                e.cpu_s += n / rate("features.decode_224")
+                e.inputs += [f"features.gpu_{m}", "features.decode_224"]
+                e.object_store_bytes = max(e.object_store_bytes, cluster.gpus * 4 * 512 * 150_000)
+            else:
+                key = f"features.cpu_{m}" if f"features.cpu_{m}" in t else "features.cpu_thresher-tiny"
+                scale = 1.0 if key.endswith(m) else _gflops(m) / _gflops("thresher-tiny")
+                e.cpu_s += n * scale / rate(key)
+                e.inputs.append(key + ("" if scale == 1.0 else f" x{scale:.3g} (GFLOPs ratio)"))
+            parts.append(m)
+        for spec in _opt(argv, "--precomputed", many=True):
+            e.cpu_s += n / rate("filter.stage")
+            e.inputs.append("filter.stage")
+            parts.append(f"imported {spec.split('=')[0]}")
+        e.what = f"{n:,.0f} samples: " + ", ".join(parts)
+    elif cmd == "train":
+        epochs = int(_opt(argv, "--epochs", 10))
+        model = _opt(argv, "--model", "thresher-tiny")
+        key = f"train.cpu_{model}" if f"train.cpu_{model}" in t else "train.cpu_thresher-tiny"
+        e.what, e.inputs = f"{model}, {epochs} epochs of {sizes.trusted:,} pairs", [key]
+        e.cpu_s = sizes.trusted * epochs / rate(key) * 2  # the figure is per 2-core run
+    elif cmd == "dedup":
+        n = sizes.downloaded
+        e.cpu_s = n / rate("stages.dedup_exact_pdq")
+        e.inputs = ["stages.dedup_exact_pdq"]
+        e.what = f"{n:,.0f} samples: exact, PDQ"
+        if "--no-semantic" not in argv:
+            k = int(_opt(argv, "--clusters", 0)) or max(1, int(n // 1000))
+            probes = int(_opt(argv, "--probes", 2))
+            flops = n * (n / k) * probes * 512 * 2
+            if cluster.gpus:
+                e.gpu_s = flops / (rate("dedup.semantic_flops") * 16 * rate("dedup.semantic_gpu_speedup"))
+                e.inputs += ["dedup.semantic_flops", "dedup.semantic_gpu_speedup"]
+            else:
+                e.cpu_s += flops / rate("dedup.semantic_flops")
+                e.inputs.append("dedup.semantic_flops")
+            e.object_store_bytes = n * 512 * 4
+            e.what += f", SemDeDup ({k:,} clusters, {flops:.2g} flops)"
+        e.disk_bytes = n * 80
+    elif cmd == "filter":
+        n, recipes = sizes.downloaded, len(_opt(argv, "--recipe", many=True))
+        e.what, e.inputs = f"{recipes} recipe(s) x {n:,.0f} samples", ["filter.stage"]
+        e.cpu_s = recipes * n / rate("filter.stage")
+        e.disk_bytes = recipes * n * 60
+    elif cmd == "subset":
+        recipes = _opt(argv, "--recipe", many=True)
+        size, out = int(_opt(argv, "--size")), _opt(argv, "--out")
+        for r in recipes:
+            sizes.subsets[out if len(recipes) == 1 else os.path.join(out, Path(r).stem)] = size
+        e.what = f"{len(recipes)} x {size:,} samples resharded"
+        e.inputs = ["subset.select", "subset.reshard_bytes"]
+        e.cpu_s = len(recipes) * (sizes.downloaded / rate("subset.select") + size * sizes.bytes / rate("subset.reshard_bytes"))
+        e.disk_bytes = len(recipes) * size * (sizes.bytes + 300)
+    elif cmd == "audit":
+        action, subset = argv[1], argv[2]
+        size = sizes.subsets.get(subset, max(sizes.subsets.values(), default=0))
+        e.what = f"{action} on {size:,} samples"
+        if action in ("verify", "remove"):
+            e.inputs, e.cpu_s = ["subset.reshard_bytes"], size * sizes.bytes / rate("subset.reshard_bytes")
+        elif action == "report":
+            e.inputs, e.cpu_s = ["stages.audit_report"], size / rate("stages.audit_report")
+        elif action == "recheck":
+            n = int(_opt(argv, "--sample", 1000))
+            e.inputs, e.cpu_s = ["stages.download"], n / rate("stages.download")
+            e.what = f"recheck of {n:,} URLs"
+    elif cmd == "grid":
+        e = _grid(i, argv, t, cluster)
+    elif cmd == "embed-images":
+        n, model = float(sizes.target_images), _opt(argv, "--model")
+        gpu = cluster.gpus and f"features.gpu_{model}" in t
+        key = f"features.gpu_{model}" if gpu else "features.cpu_thresher-tiny"
+        scale = 1.0 if gpu else _gflops(model) / _gflops("thresher-tiny")
+        e.what, e.inputs = f"{n:,.0f} target images, {model}", [key + ("" if scale == 1.0 else f" x{scale:.3g} (GFLOPs ratio)")]
+        if gpu:
+            e.gpu_s = n / rate(key)
+        else:
+            e.cpu_s = n * scale / rate(key)
+        e.disk_bytes = n * 2 * _embed_dim(model)
+    elif cmd in ("fit", "compare"):
+        e.what, e.cpu_s = "scaling-law fits with 200 bootstraps", 10.0
+    return e
+
+
+def _grid(i: int, argv: list[str], t: dict, cluster: Cluster) -> Estimate:
+    from . import train
+
+    subsets = _opt(argv, "--subset", many=True)
+    scales = [s for spec in _opt(argv, "--scale", many=True) for s in train.load_scales(spec)]
+    e = Estimate(i, "grid", f"{len(subsets)} subsets x {len(scales)} scales = {len(subsets) * len(scales)} runs")
+    for sc in scales:
+        gpu_key = f"train.gpu_{sc.model}"
+        if cluster.gpus and (gpu_key in t or "train.gpu_ViT-B-32" in t):
+            key = gpu_key if gpu_key in t else "train.gpu_ViT-B-32"
+            scale = 1.0 if key == gpu_key else _gflops(sc.model) / _gflops("ViT-B-32")
+            e.gpu_s += len(subsets) * (sc.samples_seen * scale / float(t[key]["rate"])
+                                       + sc.checkpoints * float(t["train.gpu_eval_seconds"]["rate"]))
+        else:
+            key = f"train.cpu_{sc.model}" if f"train.cpu_{sc.model}" in t else "train.cpu_thresher-tiny"
+            scale = 1.0 if key == f"train.cpu_{sc.model}" else _gflops(sc.model) / _gflops("thresher-tiny")
+            e.cpu_s += len(subsets) * sc.samples_seen * scale / float(t[key]["rate"]) * 2  # per 2-core run
+        label = key + ("" if scale == 1.0 else f" x{scale:.3g} (GFLOPs ratio)")
+        if label not in e.inputs:
+            e.inputs.append(label)
+        e.disk_bytes += len(subsets) * sc.checkpoints * _params(sc.model) * 4 * 3  # weights + Adam moments
+    return e
+
+
+def _embed_dim(model: str) -> int:
+    from . import models
+
+    models.register_project_models()
+    import open_clip
+
+    cfg = open_clip.get_model_config(model)
+    return int(cfg["embed_dim"]) if cfg else 512
+
+
+def _gflops(model: str) -> float:
+    from .train import gflops_per_sample
+
+    return gflops_per_sample(model)
+
+
+def _params(model: str) -> float:
+    import open_clip
+
+    from . import models
+
+    models.register_project_models()
+    net = open_clip.create_model(model)
+    return float(sum(p.numel() for p in net.parameters()))
+
+
+def plan_job(job, cluster: str | None = None) -> dict:
+    t = load_throughputs()
+    c = load_cluster(cluster or job.plan.get("cluster"))
+    sizes = Sizes(job.plan)
+    steps = [estimate_step(s.index, s.argv, sizes, t, c) for s in job.steps]
+    used = sorted({k.split(" ")[0] for e in steps for k in e.inputs})
+    return {"job": job.name, "path": job.path, "out": job.out, "cluster": c, "steps": steps,
+            "wall_s": sum(e.wall_s(c) for e in steps), "cpu_hours": sum(e.cpu_s for e in steps) / 3600,
+            "gpu_hours": sum(e.gpu_s for e in steps) / 3600, "disk_bytes": sum(e.disk_bytes for e in steps),
+            "object_store_bytes": max((e.object_store_bytes for e in steps), default=0.0),
+            "throughputs": {k: t[k] for k in used}}
+
+
+def _human_time(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h" if s < 172800 else f"{s / 86400:.1f} days"
+
+
+def _human_bytes(b: float) -> str:
+    for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if b >= size:
+            return f"{b / size:.3g} {unit}"
+    return f"{b / 1e3:.3g} KB"
+
+
+def render(p: dict) -> str:
+    c: Cluster = p["cluster"]
+    lines = [f"plan for job {p['job']} ({p['path']})",
+             f"cluster: {c.name}: {c.nodes} node(s), {c.cpus} CPUs, {c.gpus} GPUs, {c.memory_gb:,.0f} GB memory, "
+             f"{c.object_store_gb:,.0f} GB object store" + (f", {c.disk_gb:,.0f} GB disk" if c.disk_gb else "")
+             + f" ({c.source})", "",
+             f"{'step':4s} {'command':10s} {'wall':>9s} {'CPU-h':>9s} {'GPU-h':>8s} {'disk':>9s}  what"]
+    for e in p["steps"]:
+        lines.append(f"{e.step:<4d} {e.command:10s} {_human_time(e.wall_s(c)):>9s} {e.cpu_s / 3600:9.3g} "
+                     f"{e.gpu_s / 3600:8.3g} {_human_bytes(e.disk_bytes):>9s}  {e.what}")
+    lines += ["", f"total: wall {_human_time(p['wall_s'])}, {p['cpu_hours']:,.3g} CPU-hours, "
+                  f"{p['gpu_hours']:,.3g} GPU-hours, {_human_bytes(p['disk_bytes'])} on disk, peak object store "
+                  f"{_human_bytes(p['object_store_bytes'])}"]
+    if "://" in p["out"]:
+        lines.append(f"storage: {_human_bytes(p['disk_bytes'])} on {p['out'].split('://')[0]}:// (the job's out)")
+    elif c.disk_gb and p["disk_bytes"] > c.disk_gb * 1e9:
+        lines.append(f"warning: the job writes {_human_bytes(p['disk_bytes'])}, more than the cluster's "
+                     f"{c.disk_gb:,.0f} GB of disk: put `out` on object storage (s3://...) or add disk")
+    if p["object_store_bytes"] > c.object_store_gb * 1e9:
+        lines.append(f"warning: peak object store {_human_bytes(p['object_store_bytes'])} exceeds "
+                     f"{c.object_store_gb:,.0f} GB: Ray will spill to local disk")
+    lines += ["", "assumes work divides evenly over the cluster and stages run one after another; start-up "
+                  "costs and k-means are left out", "", "throughputs used (benchmarks/throughputs.yaml):"]
+    for k, v in p["throughputs"].items():
+        lines.append(f"  {k}: {v['rate']:,.4g} {v['unit']}  [{v['source']}; {v['measured']}]")
+    return "\n".join(lines)

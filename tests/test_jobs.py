@@ -1,0 +1,167 @@
+"""`thresher run JOB.yaml`: jobs as lists of commands, resume by completion records, and `--plan`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import cli, jobs, plan
+from pipeline.errors import InputError
+
+from conftest import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_job(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_steps_are_the_commands_they_print(tmp_path):
+    job = jobs.load(str(write_job(tmp_path, """
+name: t
+out: work
+vars: {size: 300, recipe: datacomp-basic}
+steps:
+  - subset: {pool: pool, recipe: ["{recipe}", dfn], size: "{size}", out: subsets, allow_repeat: true}
+  - dedup: {pool: pool, semantic: false, eval_sets: [src/eval/a, src/eval/b]}
+  - audit: {action: recheck, subset: s, sample: 10, allow_private_addresses: true}
+  - train: {data: trusted, out: run, scale: tiny/w32-2k}
+  - features: {pool: pool, model: thresher-tiny, pretrained: run/x/epoch_1.pt, scorer_id: dfn, no_base: true}
+""")), overrides={"size": 200}, out=str(tmp_path / "w"))
+    w = str(tmp_path / "w")
+    assert job.steps[0].argv == ["subset", f"{w}/pool", "--recipe", "datacomp-basic", "--recipe", "dfn", "--size",
+                                 "200", "--out", f"{w}/subsets", "--allow-repeat"]
+    assert job.steps[1].argv == ["dedup", f"{w}/pool", "--no-semantic", "--eval-sets",
+                                 f"{w}/src/eval/a,{w}/src/eval/b"]
+    assert job.steps[2].argv == ["audit", "recheck", f"{w}/s", "--sample", "10", "--allow-private-addresses"]
+    assert job.steps[3].argv[-2:] == ["--scale", "tiny/w32-2k"]  # a preset stays a name
+    assert f"{w}/run/x/epoch_1.pt" in job.steps[4].argv  # a checkpoint path is made absolute
+    # every argv parses with the real parser, list options into lists
+    for step in job.steps:
+        cli.build_parser().parse_args(step.argv)
+    assert cli.build_parser().parse_args(job.steps[1].argv).eval_sets == [f"{w}/src/eval/a", f"{w}/src/eval/b"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("  - frobnicate: {x: 1}", "unknown command 'frobnicate'"),
+    ("  - subset: {pool: p, recipe: r, size: 1, out: o, sise: 2}", "subset has no option 'sise'"),
+    ("  - subset: {recipe: r, size: 1, out: o}", "subset needs `pool:`"),
+    ("  - subset: {pool: p, recipe: r, size: '{n}', out: o}", "unknown placeholder {n}"),
+    ("  - subset: {pool: p, recipe: r, size: 1, out: o, allow_repeat: 'yes'}", "allow_repeat is a flag"),
+    ("  - audit: {subset: s}", "audit needs `action:`"),
+])
+def test_bad_steps_name_the_file_the_step_and_the_fix(tmp_path, body, message):
+    path = write_job(tmp_path, f"steps:\n{body}\n")
+    with pytest.raises(InputError, match=re.escape(message)) as err:
+        jobs.load(str(path))
+    assert f"{path}: step 1" in str(err.value)
+
+
+def test_include_runs_the_other_jobs_steps_first_with_its_vars_as_defaults(tmp_path):
+    (tmp_path / "base.yaml").write_text("vars: {size: 5, seed: 1}\nsteps:\n  - filters: {}\n")
+    job = jobs.load(str(write_job(tmp_path, "include: [%s]\nvars: {size: 7}\nsteps:\n"
+                                            "  - subset: {pool: p, recipe: r, size: '{size}', out: o, seed: '{seed}'}\n"
+                                  % (tmp_path / "base.yaml"))))
+    assert [s.command for s in job.steps] == ["filters", "subset"]
+    assert job.steps[1].argv[job.steps[1].argv.index("--size") + 1] == "7"
+    assert job.steps[1].argv[job.steps[1].argv.index("--seed") + 1] == "1"
+
+
+def test_shipped_jobs_load_and_parse():
+    names = sorted(p.stem for p in (REPO / "jobs").glob("*.yaml"))
+    assert {"build_subset", "build_subset_datacomp", "ab_test", "audit", "pool"} <= set(names)
+    for name in names:
+        job = jobs.load(name)
+        for step in job.steps:
+            cli.build_parser().parse_args(step.argv)
+
+
+def test_run_resumes_and_reruns_from_the_first_changed_step(featured_pool, tmp_path, ray_local, capsys):
+    path = write_job(tmp_path, f"""
+name: small
+vars: {{size: 300}}
+steps:
+  - filter: {{pool: {featured_pool}, recipe: datacomp-basic}}
+  - subset: {{pool: {featured_pool}, recipe: datacomp-basic, size: "{{size}}", out: "subset-{{size}}", samples_per_shard: 150}}
+  - audit: {{action: verify, subset: "subset-{{size}}"}}
+""")
+    out = tmp_path / "out"
+    assert cli.main(["run", str(path), "--out", str(out)]) == 0
+    assert json.loads((out / "subset-300" / "manifest.json").read_text())["size"] == 300
+    records = sorted(p.name for p in (out / "_job").glob("*.json"))
+    assert records == ["01-filter.json", "02-subset.json", "03-audit.json"]
+    capsys.readouterr()
+    assert cli.main(["run", str(path), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("done already") == 3  # nothing re-runs
+    # a changed step re-runs, and so does every step after it
+    assert cli.main(["run", str(path), "--out", str(out), "--var", "size=200"]) == 0
+    printed = capsys.readouterr().out
+    assert "step 1/3 done already" in printed and "step 2/3: thresher subset" in printed
+    assert "step 3/3: thresher audit verify" in printed
+    assert json.loads((out / "subset-200" / "manifest.json").read_text())["size"] == 200
+
+
+def test_a_failing_step_stops_the_job_and_says_how_to_resume(featured_pool, tmp_path, ray_local, capsys):
+    path = write_job(tmp_path, f"steps:\n  - subset: {{pool: {featured_pool}, recipe: datacomp-basic, "
+                               f"size: 100000000, out: s}}\n")
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "step 1 (subset) failed" in err and "resumes at this step" in err
+    assert not list((tmp_path / "o" / "_job").glob("*.json"))
+
+
+def test_plan_prints_totals_and_traces_every_throughput_to_a_measurement(capsys):
+    assert cli.main(["run", "build_subset_datacomp", "--plan"]) == 0
+    text = capsys.readouterr().out
+    assert "cluster: thresher-datacomp: 73 node(s), 5632 CPUs, 64 GPUs" in text
+    assert re.search(r"total: wall [0-9.]+ h, .* CPU-hours, .* GPU-hours, .* TB", text)
+    p = plan.plan_job(jobs.load("build_subset_datacomp"))
+    assert p["cpu_hours"] > 1e3 and p["gpu_hours"] > 1 and p["disk_bytes"] > 1e14
+    table = plan.load_throughputs()
+    for e in p["steps"]:
+        assert e.inputs or e.command == "fit", e  # every step is costed from some measured figure
+        for key in e.inputs:
+            entry = table[key.split(" ")[0]]
+            assert entry["rate"] > 0 and entry["measured"]
+            # traceable: a benchmark script in this repository, or a named published figure
+            assert re.search(r"benchmarks/\w+\.py", entry["source"]) or entry["measured"] == "published", key
+            script = re.search(r"benchmarks/\w+\.py", entry["source"])
+            assert script is None or (REPO / script.group(0)).exists(), key
+
+
+def test_plan_of_the_ab_test_counts_its_training_runs(capsys):
+    p = plan.plan_job(jobs.load("ab_test"), cluster="local")
+    grid = next(e for e in p["steps"] if e.command == "grid")
+    assert "2 subsets x 2 scales = 4 runs" in grid.what and grid.cpu_s > 0
+
+
+def test_ab_test_job_runs_end_to_end_with_a_plugin_from_outside(plugin_site, tmp_path):
+    """`thresher run jobs/ab_test.yaml` itself, in a fresh process that sees the example plugin package
+    only through PYTHONPATH (installed outside the repository), on a small pool and two quick scales."""
+    (tmp_path / "scales.yaml").write_text(
+        "defaults: {batch_size: 64, lr: 1.0e-3, warmup: 1, schedule: const, checkpoints: 4, precision: fp32,"
+        " shard_image_size: 80}\n"
+        "scales:\n  - {name: a, model: thresher-w32, samples_seen: 512}\n"
+        "  - {name: b, model: thresher-tiny, samples_seen: 512}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = str(plugin_site)
+    out = tmp_path / "ab"
+    args = [str(Path(sys.executable).parent / "thresher"), "run", "ab_test", "--out", str(out),
+            "--var", "samples=1000", "--var", "trusted=300", "--var", "dfn_epochs=2", "--var", "eval_images=100",
+            "--var", "size=250", "--var", f"scales={tmp_path / 'scales.yaml'}", "--var", f"port={free_port()}"]
+    r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    manifest = json.loads((out / "pool" / "decisions" / "example-plugin" / "manifest.json").read_text())
+    assert manifest["plugins"]["clip_caption_quality"]["package"] == "thresher-example-filters"
+    report = json.loads((out / "report" / "compare.json").read_text())
+    assert report["a"] == "datacomp-none" and report["b"] == "example-plugin" and report["verdict"]
+    assert (out / "report" / "compare.html").exists()
