@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.config import opt
 from pipeline.errors import InputError
 
 from .api import register
@@ -38,7 +39,7 @@ def keep_all(table, _p):
 
 @dataclass
 class Seed:
-    seed: int = 0
+    seed: int = opt(0, "seed of the hash of (seed, uid)")
 
 
 @register("random", Seed, needs=["uid"], scores=True)
@@ -53,8 +54,8 @@ def random_score(table, p: Seed):
 
 @dataclass
 class Language:
-    lang: str = "en"
-    min_score: float = 0.0
+    lang: str = opt("en", "fastText lid.176 label the caption must have, e.g. en")
+    min_score: float = opt(0.0, "lowest probability of that label")
 
 
 @register("language", Language, needs=["caption_lang", "caption_lang_score"], scores=True)
@@ -68,8 +69,8 @@ def language(table, p: Language):
 
 @dataclass
 class CaptionLength:
-    more_words_than: int = 2
-    more_chars_than: int = 5
+    more_words_than: int = opt(2, "keep captions with more whitespace-separated words than this")
+    more_chars_than: int = opt(5, "and more characters than this")
 
 
 @register("caption_length", CaptionLength, needs=["caption_words", "caption_chars"])
@@ -82,7 +83,7 @@ def caption_length(table, p: CaptionLength):
 
 @dataclass
 class ImageSize:
-    min_side: int = 200
+    min_side: int = opt(200, "smallest allowed short side of the original image, in pixels")
 
 
 @register("image_size", ImageSize, needs=["original_width", "original_height"])
@@ -94,7 +95,7 @@ def image_size(table, p: ImageSize):
 
 @dataclass
 class AspectRatio:
-    max_ratio: float = 3.0
+    max_ratio: float = opt(3.0, "largest allowed max(w, h) / min(w, h) of the original image")
 
 
 @register("aspect_ratio", AspectRatio, needs=["original_width", "original_height"])
@@ -110,8 +111,8 @@ def aspect_ratio(table, p: AspectRatio):
 
 @dataclass
 class ClipScore:
-    scorer: str = "clip_b32"
-    min_score: float | None = None
+    scorer: str = opt("clip_b32", "scorer id whose image-text cosine is read (column SCORER_score)")
+    min_score: float | None = opt(None, "keep scores >= this; none = keep every scored sample")
 
 
 @register("clip_score", ClipScore, needs=lambda p: [f"{p.scorer}_score"], scores=True)
@@ -139,10 +140,10 @@ BLOCKLIST_COLUMNS = {"url_md5": "url", "url_sha256": "url", "image_sha256": "sha
 
 @dataclass
 class Blocklist:
-    kind: str = "url_sha256"
-    path: str = ""
-    radius: int = 31
-    missing_ok: bool = False
+    kind: str = opt("url_sha256", "what the list hashes: url_md5, url_sha256, image_sha256 or image_pdq")
+    path: str = opt("", "the list file (required; format in docs/schemas.md#blocklists)")
+    radius: int = opt(31, "image_pdq: Hamming radius of a match, in bits")
+    missing_ok: bool = opt(False, "a missing file drops nothing instead of failing")
 
 
 def _read_list(path: str, missing_ok: bool) -> list[str]:
@@ -201,7 +202,7 @@ def blocklist(table, p: Blocklist):
 
 @dataclass
 class ClassNames:
-    path: str = ""
+    path: str = opt("", "file of class names, one per line; a bare NAME means configs/classes/NAME.txt")
 
 
 @lru_cache(maxsize=None)
@@ -244,10 +245,10 @@ def caption_names_class(table, p: ClassNames):
 
 @dataclass
 class UrlBlocklist:
-    domains: str = ""            # file: one blocked domain per line (subdomains are blocked too)
-    urls: str = ""               # file: one blocked full URL per line
-    banned_words: str = ""       # file: words that block a URL containing them
-    integrated_lists: bool = True  # datatrove's bundled lists (UT1 adult domains and URLs, banned words)
+    domains: str = opt("", "file: one blocked domain per line (subdomains are blocked too)")
+    urls: str = opt("", "file: one blocked full URL per line")
+    banned_words: str = opt("", "file: words that block a URL containing them")
+    integrated_lists: bool = opt(True, "add datatrove's bundled lists (UT1 adult domains and URLs, banned words)")
 
 
 def _lines(path: str) -> list[str] | None:
@@ -290,7 +291,7 @@ def url_blocklist(table, p: UrlBlocklist):
 
 @dataclass
 class BannedWords:
-    path: str = ""  # file: one word or phrase per line
+    path: str = opt("", "file: one word or phrase per line")
 
 
 @register("banned_words", BannedWords, needs=["caption"])
@@ -312,12 +313,14 @@ def banned_words(table, p: BannedWords):
 
 @dataclass
 class ImageClusters:
-    scorer: str = "clip_l14"
-    target_embeddings: str = ""  # .npy of L2-normalised image embeddings (`thresher embed-images`), same model
-    clusters: int = 100_000      # the paper's count for its large pools; capped at a tenth of the sample
-    sample: int = 2_000_000      # embeddings k-means trains on, spread evenly over the pool
-    iters: int = 20
-    seed: int = 0
+    scorer: str = opt("clip_l14", "scorer id whose image embeddings are clustered")
+    target_embeddings: str = opt("", ".npy of L2-normalised image embeddings of the target set (`thresher "
+                                     "embed-images`), from the scorer's model (required)")
+    clusters: int = opt(100_000, "k-means clusters (the paper's count for its large pools); capped at a tenth "
+                                 "of the sample")
+    sample: int = opt(2_000_000, "embeddings k-means trains on, spread evenly over the pool")
+    iters: int = opt(20, "k-means iterations")
+    seed: int = opt(0, "seed of the sample and of k-means")
 
 
 def _image_clusters_needs(p: ImageClusters) -> list[str]:
@@ -381,9 +384,9 @@ def image_clusters(table, p: ImageClusters, ctx: dict):
 
 @dataclass
 class ImageProbe:
-    scorer: str = "clip_l14"
-    probe: str = ""                # .npz from `thresher train-probe`, or a TorchScript module (.pt/.ts)
-    max_probability: float = 0.5   # samples the probe gives more than this are dropped
+    scorer: str = opt("clip_l14", "scorer id whose image embeddings the probe reads")
+    probe: str = opt("", ".npz from `thresher train-probe`, or a TorchScript module (.pt/.ts) (required)")
+    max_probability: float = opt(0.5, "samples the probe gives more than this are dropped")
 
 
 @lru_cache(maxsize=None)

@@ -28,7 +28,7 @@ import os
 import shutil
 import tarfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageEnhance
 
 from . import schema
-from .config import config_hash
+from .config import config_hash, opt
 from .errors import InputError
 from .hashes import make_uid, pdq_hash, url_hash
 
@@ -149,18 +149,18 @@ BLOCKLIST_FILES = ["url_md5", "url_sha256", "image_sha256", "image_pdq"]
 
 @dataclass
 class SynthConfig:
-    samples: int = 10000
-    seed: int = 0
-    port: int = 8765
-    host: str = "127.0.0.1"
-    # fraction of the pool in each planted category; "clean" takes the rest
-    proportions: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PROPORTIONS))
-    eval_classification: int = 500      # images in each classification set
-    eval_retrieval: int = 300           # image-caption pairs in the retrieval set
-    trusted: int = 2000                 # clean image-caption pairs in trusted/ (a DFN's high-quality training set)
-    stall_seconds: float = 120.0        # how long the server holds a stalled request before closing it
-    face_box_fraction: float = 0.02     # clean samples given a box in face_bboxes (to exercise blurring)
-    workers: int = 0                    # image-drawing processes; 0 = one per core
+    samples: int = opt(10000, "samples in the pool (rows of urls.parquet)")
+    seed: int = opt(0, "seed of every sample's random stream (with the same settings, the same pool)")
+    port: int = opt(8765, "port the URLs point at (`thresher serve DIR --port P` must use the same)")
+    host: str = opt("127.0.0.1", "host the URLs point at")
+    proportions: dict[str, float] = opt(help="fraction of the pool in each planted category; clean takes the rest",
+                                        factory=lambda: dict(DEFAULT_PROPORTIONS))
+    eval_classification: int = opt(500, "images in each classification evaluation set")
+    eval_retrieval: int = opt(300, "image-caption pairs in the retrieval evaluation set")
+    trusted: int = opt(2000, "clean image-caption pairs in trusted/ (a DFN's high-quality training set)")
+    stall_seconds: float = opt(120.0, "how long the server holds a stalled request before closing it")
+    face_box_fraction: float = opt(0.02, "share of clean samples given a box in face_bboxes (to exercise blurring)")
+    workers: int = opt(0, "image-drawing processes; 0 = one per core (the output does not depend on it)")
 
     def validate(self) -> None:
         unknown = sorted(set(self.proportions) - set(CATEGORIES) - {"clean"})
