@@ -46,11 +46,11 @@ def test_demo_end_to_end(tmp_path, ray_local, capsys):
     from pipeline.demo import run_demo
     from pipeline.filter import missing_plugins
 
-    # the A/B grid at a size this small pool can feed quickly: 2 widths x 4 const checkpoints of 512 samples
+    # the A/B grid at a size this small pool can feed quickly: 4 const checkpoints of 512 samples
     (tmp_path / "scales.yaml").write_text(
-        "defaults: {batch_size: 64, lr: 1.0e-3, warmup: 1, schedule: const, checkpoints: 4, precision: fp32}\n"
-        "scales:\n  - {name: a, model: thresher-w32, samples_seen: 512}\n"
-        "  - {name: b, model: thresher-tiny, samples_seen: 512}\n")
+        "defaults: {batch_size: 64, lr: 1.0e-3, warmup: 1, schedule: const, checkpoints: 4, precision: fp32,"
+        " shard_image_size: 80}\n"
+        "scales:\n  - {name: a, model: thresher-w32, samples_seen: 512}\n")
     result = run_demo(out=str(tmp_path / "demo"), samples=1200, port=free_port(), scales=str(tmp_path / "scales.yaml"))
     manifest = json.loads((tmp_path / "demo" / "pool" / "manifest.json").read_text())
     assert manifest["counts"]["rows"] == 1200
@@ -75,8 +75,6 @@ def test_demo_end_to_end(tmp_path, ray_local, capsys):
         assert (Path(s["dir"]) / "manifest.json").exists() and (Path(s["dir"]) / "lineage.parquet").exists()
     assert Path(result["reports"]["audit"]).exists()
     rows = (tmp_path / "demo" / "ab-grid" / "results.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 2 * 4  # 2 recipes x 2 scales x 4 checkpoints past warm-up
-    if result["ab"]["better"] is not None:  # at 1,200 samples the fit may lack frontier points; it says so
-        assert Path(result["reports"]["ab"]).exists()
-    else:
-        assert result["ab"]["verdict"].startswith("no comparison:")
+    assert len(rows) == 1 + 2 * 4  # 2 recipes x 4 checkpoints past warm-up
+    # a verdict, or at 1,200 samples possibly "no comparison: ..." (too few frontier points); a report either way
+    assert Path(result["reports"]["ab"]).exists() and result["ab"]["verdict"]
