@@ -155,8 +155,8 @@ def test_ab_test_job_runs_end_to_end_with_a_plugin_from_outside(plugin_site, tmp
     env["PYTHONPATH"] = str(plugin_site)
     out = tmp_path / "ab"
     args = [str(Path(sys.executable).parent / "thresher"), "run", "ab_test", "--out", str(out),
-            "--var", "samples=700", "--var", "trusted=200", "--var", "dfn_epochs=2", "--var", "eval_images=60",
-            "--var", "size=200", "--var", f"scales={tmp_path / 'scales.yaml'}", "--var", f"port={free_port()}"]
+            "--var", "samples=700", "--var", "trusted=200", "--var", "dfn_epochs=1", "--var", "eval_images=40",
+            "--var", "size=150", "--var", f"scales={tmp_path / 'scales.yaml'}", "--var", f"port={free_port()}"]
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     manifest = json.loads((out / "pool" / "decisions" / "example-plugin" / "manifest.json").read_text())
