@@ -50,8 +50,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.dir) if args.dir else Path(tmp) / "job"
         t0 = time.perf_counter()
+        synth = out / "source" / "synth.json"  # a kept directory resumes: the same port, so the same steps
+        port = json.loads(synth.read_text())["config"]["port"] if synth.exists() else free_port()
         subprocess.run([thresher, "run", str(ROOT / "jobs" / "build_subset.yaml"), "--out", str(out),
-                        "--var", f"samples={args.samples}", "--var", f"port={free_port()}"], check=True)
+                        "--var", f"samples={args.samples}", "--var", f"port={port}"], check=True)
         wall = time.perf_counter() - t0
         steps = {p.stem: json.loads(p.read_text()) for p in sorted((out / "_job").glob("*.json"))}
         counts = json.loads((out / "pool" / "manifest.json").read_text())["counts"]

@@ -6,6 +6,8 @@ histograms, and opt-out compliance (the pool's opted-out and removed samples aga
 
 from __future__ import annotations
 
+import os
+
 import base64
 import html
 import io
@@ -120,6 +122,7 @@ def build_report(subset_dir: str, out: str, top: int = 20) -> dict:
             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}"
             f"</style></head><body>{body}</body></html>")
     fs, path = runtime.fs_path(out)
+    fs.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # e.g. reports/subset.html in a fresh job
     with fs.open(path, "w") as f:
         f.write(page)
     return {"out": str(out), "plots": sorted(plots), "compliance": compliance}
