@@ -74,8 +74,6 @@ def main() -> None:
         for key, rate in rates.items():
             text = re.sub(rf"^(  {key}: {{rate: )[0-9.e+]+(,.*measured: \")[^\"]*(\"}})$",
                           lambda m: f"{m.group(1)}{rate:.3g}{m.group(2)}{date}{m.group(3)}", text, flags=re.M)
-        text = re.sub(r"benchmarks/stages\.py \(([0-9,]+ samples, )?[0-9]+ cores", f"benchmarks/stages.py "
-                      f"({args.samples:,} samples, {cores} cores", text)
         path.write_text(text)
         print(f"updated {path}")
 

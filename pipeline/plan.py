@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from .config import CONFIG_DIR
@@ -274,6 +275,7 @@ def _grid(i: int, argv: list[str], t: dict, cluster: Cluster) -> Estimate:
     return e
 
 
+@lru_cache(maxsize=None)  # a grid names the same models many times; each builds a model
 def _embed_dim(model: str) -> int:
     from . import models
 
@@ -284,12 +286,14 @@ def _embed_dim(model: str) -> int:
     return int(cfg["embed_dim"]) if cfg else 512
 
 
+@lru_cache(maxsize=None)  # a grid names the same models many times; each builds a model
 def _gflops(model: str) -> float:
     from .train import gflops_per_sample
 
     return gflops_per_sample(model)
 
 
+@lru_cache(maxsize=None)  # a grid names the same models many times; each builds a model
 def _params(model: str) -> float:
     import open_clip
 

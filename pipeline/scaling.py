@@ -470,18 +470,24 @@ def compare_table(path: str, a: str, b: str, metric: str, target: float, out: st
         ("P(B better at target)", result["p_b_better"]),
         ("crossings", ", ".join(f"{c['x']:.4g}" + (" (measured range)" if c["inside_measured_range"] else
                                                     " (extrapolated)") for c in result["crossings"]) or "none")))
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>A/B: {html.escape(a)} vs {html.escape(b)}"
-            f"</title></head><body style='font-family:sans-serif;max-width:900px;margin:2em auto'>"
-            f"<h1>{html.escape(a)} (A) vs {html.escape(b)} (B)</h1><p><b>{html.escape(result['verdict'])}</b></p>"
-            f"<table border=1 cellpadding=4 style='border-collapse:collapse'>{rows}</table>"
-            f"<p><img alt='fits' src='data:image/png;base64,{img}'></p></body></html>")
-    with open(os.path.join(out, "compare.html"), "w") as f:
-        f.write(page)
+    _write_page(out, a, b, result["verdict"],
+                f"<table border=1 cellpadding=4 style='border-collapse:collapse'>{rows}</table>"
+                f"<p><img alt='fits' src='data:image/png;base64,{img}'></p>")
     return result
 
 
-def _no_comparison(a: str, b: str, metric: str, target: float, out: str, path: str, reason: str) -> dict:
+def _write_page(out: str, a: str, b: str, verdict: str, body: str) -> None:
     import html
+    import os
+
+    with open(os.path.join(out, "compare.html"), "w") as f:
+        f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>A/B: {html.escape(a)} vs {html.escape(b)}"
+                f"</title></head><body style='font-family:sans-serif;max-width:900px;margin:2em auto'>"
+                f"<h1>{html.escape(a)} (A) vs {html.escape(b)} (B)</h1><p><b>{html.escape(verdict)}</b></p>"
+                f"{body}</body></html>")
+
+
+def _no_comparison(a: str, b: str, metric: str, target: float, out: str, path: str, reason: str) -> dict:
     import os
 
     result = {"a": a, "b": b, "metric": metric, "source": path, "target_compute": target, "better": None,
@@ -490,9 +496,5 @@ def _no_comparison(a: str, b: str, metric: str, target: float, out: str, path: s
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "compare.json"), "w") as f:
         json.dump(result, f, indent=2)
-    with open(os.path.join(out, "compare.html"), "w") as f:
-        f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>A/B: {html.escape(a)} vs "
-                f"{html.escape(b)}</title></head><body style='font-family:sans-serif;max-width:900px;margin:2em auto'>"
-                f"<h1>{html.escape(a)} (A) vs {html.escape(b)} (B)</h1><p><b>{html.escape(result['verdict'])}</b></p>"
-                f"</body></html>")
+    _write_page(out, a, b, result["verdict"], "")
     return result
