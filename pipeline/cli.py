@@ -379,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray instance)")
         return p
 
-    p = add("demo", "Run every stage that exists on a generated pool served over local HTTP.",
+    p = add("demo", "Run the three workflows (build a subset, audit it, A/B-test two recipes by scaling laws) on "
+                    "a generated pool served over local HTTP: jobs/demo.yaml, then a summary scored against the "
+                    "pool's planted ground truth.",
             "thresher demo --out thresher-demo --samples 20000")
     p.add_argument("--out", default="thresher-demo", help="working directory (default: thresher-demo)")
     p.add_argument("--samples", type=int, default=20000, help="pool size (default: 20000)")

@@ -5,7 +5,7 @@ resumable.
     out: thresher-jobs/build-subset     # the job's directory: relative paths in steps are inside it
     vars: {size: 2000}                  # {name} placeholders in steps; `--var name=value` overrides
     plan: {...}                         # what `--plan` sizes the job for (pipeline/plan.py)
-    include: [pool]                     # another job's steps run first (its vars and plan are defaults)
+    include: [pool]                     # other jobs' steps run first (their vars and plan are defaults)
     steps:
       - synth: {out: source, samples: 20000}
       - download: {urls: source/urls.parquet, out: pool, config: demo, serve: source}
@@ -16,7 +16,9 @@ is `eval_set`; a list repeats a repeatable option or joins a comma-separated one
 flags), checked against the command's own parser, so a step accepts exactly what `thresher CMD --help`
 lists. `audit` takes `action: verify|report|...`. One key is the runner's: `serve: DIR` serves that
 synthetic pool on 127.0.0.1 while the step runs. Placeholders: `{repo}` (this checkout), `{job_dir}`
-(the job file's directory), `{out}` and the job's `vars`.
+(the job file's directory), `{out}` and the job's `vars`. A step identical to one before it (the same
+command with the same arguments, as when two included jobs both include the pool job) runs once, so jobs
+compose: jobs/demo.yaml is build_subset, audit and ab_test on one pool.
 
 The runner prints each step as the command it runs, so a job can be replayed by hand. After a step
 succeeds, OUT/_job/NN-COMMAND.json records a hash of that step and every step before it; a re-run skips
@@ -120,7 +122,7 @@ def load(spec: str, overrides: dict | None = None, out: str | None = None) -> Jo
     from .cli import build_parser
 
     parser = build_parser()
-    steps = []
+    steps, seen = [], set()
     for i, (source, entry) in enumerate(data["steps"], 1):
         where = f"{source}: step {i}"
         if not isinstance(entry, dict) or len(entry) != 1:
@@ -129,9 +131,11 @@ def load(spec: str, overrides: dict | None = None, out: str | None = None) -> Jo
         args = _substitute(dict(args or {}), subs, where)
         serve = args.pop("serve", None)
         serve = None if serve in (None, "", "none") else serve  # "none": a real pool, nothing to serve
-        step = Step(i, command, args, serve=_path("serve", serve, out_dir) if serve else None)
+        step = Step(len(steps) + 1, command, args, serve=_path("serve", serve, out_dir) if serve else None)
         step.argv = argv_for(parser, command, args, out_dir, where)
-        steps.append(step)
+        if (key := json.dumps([step.argv, step.serve])) not in seen:  # the same command twice runs once
+            seen.add(key)
+            steps.append(step)
     return Job(str(path), data.get("name") or path.stem, out_dir, variables, data["plan"], steps)
 
 

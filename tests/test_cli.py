@@ -42,39 +42,94 @@ def test_bad_recipe_exits_2_naming_the_file(tmp_path, capsys):
     assert str(recipe) in err and "unknown filter 'nope'" in err
 
 
-def test_demo_end_to_end(tmp_path, ray_local, capsys):
-    from pipeline.demo import run_demo
-    from pipeline.filter import missing_plugins
+QUICK_SCALES = ("defaults: {batch_size: 64, lr: 1.0e-3, warmup: 1, schedule: const, checkpoints: 4, precision: fp32,"
+                " shard_image_size: 80}\n"
+                "scales:\n  - {name: a, model: thresher-w32, samples_seen: 512}\n")
 
-    # the A/B grid at a size this small pool can feed quickly: 4 const checkpoints of 512 samples
-    (tmp_path / "scales.yaml").write_text(
-        "defaults: {batch_size: 64, lr: 1.0e-3, warmup: 1, schedule: const, checkpoints: 4, precision: fp32,"
-        " shard_image_size: 80}\n"
-        "scales:\n  - {name: a, model: thresher-w32, samples_seen: 512}\n")
-    result = run_demo(out=str(tmp_path / "demo"), samples=1200, port=free_port(), scales=str(tmp_path / "scales.yaml"))
-    manifest = json.loads((tmp_path / "demo" / "pool" / "manifest.json").read_text())
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, ray_local):
+    """`thresher demo` on a small pool: the A/B grid trains one quick scale (4 const checkpoints of 512 samples)."""
+    from pipeline.demo import run_demo
+
+    tmp = tmp_path_factory.mktemp("demo")
+    (tmp / "scales.yaml").write_text(QUICK_SCALES)
+    lines = []
+    result = run_demo(out=str(tmp / "demo"), samples=1200, port=free_port(), scales=str(tmp / "scales.yaml"),
+                      overrides={"trusted": 300, "dfn_epochs": 2, "eval_images": 100}, log=lines.append)
+    return tmp / "demo", result, lines
+
+
+def test_demo_runs_the_three_workflows_and_prints_their_paths(demo):
+    out, result, lines = demo
+    manifest = json.loads((out / "pool" / "manifest.json").read_text())
     assert manifest["counts"]["rows"] == 1200
     assert manifest["shards"]["complete"] == manifest["shards"]["total"] == 2
-    assert "pool:" in capsys.readouterr().out
-    pool = tmp_path / "demo" / "pool"
-    success = manifest["counts"]["status"]["success"]
-    for kind in ("base", "clip_tiny"):
+    pool, success = out / "pool", manifest["counts"]["status"]["success"]
+    for kind in ("base", "clip_tiny", "dfn"):
         stats = list((pool / "features" / kind).glob("*_stats.json"))
         assert sum(json.loads(p.read_text())["count"] for p in stats) == success
     assert json.loads((pool / "dedup" / "manifest.json").read_text())["samples"] == success
-    presets = sorted(p.stem for p in (cli.CONFIG_DIR / "recipes").glob("*.yaml")
-                     if not missing_plugins(str(p)))  # a plugin's preset runs only where it is installed
-    assert sorted(result["recipes"]) == presets
-    for name in presets:  # every preset ran, and its funnel is in the pool's stats
+    # workflow 1: an exact-size subset of the recipe, verified
+    sub = json.loads((out / "subset" / "manifest.json").read_text())
+    assert sub["size"] == 120 and sub["recipe"] == "dfn-dedup"
+    # workflow 3: the provenance report and the link-rot recheck (the served pool still serves most URLs)
+    assert result["recheck"]["checked"] > 0 and result["recheck"]["gone_rate"] < 0.5
+    # workflow 2: equal subsets of both arms, the grid, and a verdict (at this size possibly "no comparison:
+    # ..." when too few frontier points: a report either way)
+    for arm in ("datacomp-none", "dfn-dedup"):
+        assert json.loads((out / "subsets" / arm / "manifest.json").read_text())["size"] == 120
+    assert len((out / "grid" / "results.csv").read_text().splitlines()) == 1 + 2 * 4
+    assert result["ab"]["verdict"]
+    # it ends with the three paths, each of which exists
+    tail = "\n".join(lines[-3:])
+    for key, label in (("subset", "subset:"), ("audit", "audit:"), ("ab", "A/B report:")):
+        assert Path(result["paths"][key]).exists() and f"{label} " in tail and result["paths"][key] in tail
+    # one job: the pool steps the three workflows share ran once, and each step left its record
+    records = sorted((out / "_job").glob("*.json"))
+    assert [r.name.split("-", 1)[1] for r in records].count("synth.json") == 1
+    assert len(records) == len(__import__("pipeline.jobs").jobs.load("demo").steps)
+
+
+def test_demo_rerun_resumes_without_redoing_work(demo):
+    from pipeline.demo import run_demo
+
+    out, result, _ = demo
+    settings = json.loads((out / "demo.json").read_text())
+    lines = []
+    run_demo(out=str(out), samples=1200, port=settings["port"], scales=settings["scales"],
+             overrides={"trusted": 300, "dfn_epochs": 2, "eval_images": 100}, log=lines.append)
+    assert sum("done already" in line for line in lines) == len(list((out / "_job").glob("*.json")))
+
+
+def test_every_preset_recipe_runs_on_the_demo_pool(demo, capsys):
+    """Each preset in configs/recipes/ on a real downloaded pool; the demo's scorers stand in for clip_b32 and
+    clip_l14 (random-init clip_tiny: those decisions exercise the machinery, their choices mean nothing)."""
+    import pyarrow.parquet as pq
+
+    from pipeline import features, probe, runtime
+    from pipeline import filter as filtering
+    from pipeline.filter import missing_plugins
+
+    out, _, _ = demo
+    pool, src = out / "pool", out / "source"
+    # image-based filtering's target set: labelled evaluation images, embedded by the same model
+    target = out / "shapes_kind.thresher-tiny.npy"
+    features.embed_images(str(src / "eval" / "shapes_kind"), "thresher-tiny", None, str(target))
+    # an NSFW-style probe trained on half the pool's answer key, as a user would bring labelled examples
+    truth = pq.read_table(src / "ground_truth.parquet").to_pylist()
+    uids = features.read_scorer(str(pool), "clip_tiny").column("uid").to_pylist()
+    unsafe = {g["uid"] for g in truth if g["category"].startswith("blocked_")}
+    half = [u for u in uids if int(u[:2], 16) < 128]
+    runtime.write_parquet(probe.labels_table(half, [int(u in unsafe) for u in half]), str(out / "labels.parquet"))
+    probe.train_probe(str(pool), "clip_tiny", str(out / "labels.parquet"), str(out / "probe.npz"))
+    variables = {"scorer": "clip_tiny", "blocklists": str(src / "blocklists"), "target": str(target),
+                 "clusters": 6, "probe_scorer": "clip_tiny", "probe": str(out / "probe.npz")}
+    success = json.loads((pool / "manifest.json").read_text())["counts"]["status"]["success"]
+    presets = [p.stem for p in sorted((cli.CONFIG_DIR / "recipes").glob("*.yaml"))
+               if not missing_plugins(str(p))]  # a plugin's preset runs only where it is installed
+    assert len(presets) >= 14
+    for name in presets:
+        filtering.run(str(pool), name, variables, log=lambda *_: None)
         funnel = json.loads((pool / "stats" / f"filter-{name}.json").read_text())
-        assert funnel["samples"] == success and funnel["funnel"][0]["in"] == success
-    assert result["pool"].endswith("pool")
-    sizes = {r: s["size"] for r, s in result["subsets"].items()}
-    assert len(sizes) >= 3 and len(set(sizes.values())) == 1 and all(s["verified"] for s in result["subsets"].values())
-    for s in result["subsets"].values():
-        assert (Path(s["dir"]) / "manifest.json").exists() and (Path(s["dir"]) / "lineage.parquet").exists()
-    assert Path(result["reports"]["audit"]).exists()
-    rows = (tmp_path / "demo" / "ab-grid" / "results.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 4  # 2 recipes x 4 checkpoints past warm-up
-    # a verdict, or at 1,200 samples possibly "no comparison: ..." (too few frontier points); a report either way
-    assert Path(result["reports"]["ab"]).exists() and result["ab"]["verdict"]
+        assert funnel["samples"] == success and funnel["funnel"][0]["in"] == success, name

@@ -161,8 +161,8 @@ def test_ab_test_job_runs_end_to_end_with_a_plugin_from_outside(plugin_site, tmp
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     manifest = json.loads((out / "pool" / "decisions" / "example-plugin" / "manifest.json").read_text())
     assert manifest["plugins"]["clip_caption_quality"]["package"] == "thresher-example-filters"
-    report = json.loads((out / "report" / "compare.json").read_text())
+    report = json.loads((out / "reports" / "ab" / "compare.json").read_text())
     # one quick scale gives each recipe 4 points: a verdict, or a report saying the points cannot support one
     assert report["a"] == "datacomp-none" and report["b"] == "example-plugin" and report["verdict"]
     assert len((out / "grid" / "results.csv").read_text().splitlines()) == 1 + 2 * 4
-    assert (out / "report" / "compare.html").exists()
+    assert (out / "reports" / "ab" / "compare.html").exists()
