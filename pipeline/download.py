@@ -21,6 +21,7 @@ directory first, so a killed task never leaves a truncated tar (img2dataset #164
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from collections import Counter
@@ -258,30 +259,48 @@ def _pool_metadata(meta: pa.Table, refused_rows: pa.Table, reasons: list[str], s
 # Driver
 
 
-def _prepare_inputs(urls: str, pool: str, cfg: DownloadConfig, log) -> dict:
+def _prepare_inputs(urls: str, pool: str, cfg: DownloadConfig, ray_address, log) -> dict:
     """Ingest once; a re-run reuses the shard inputs, after checking it was given the same list."""
     work = runtime.join(pool, "_work")
     state_path = runtime.join(work, "inputs", "_SUCCESS.json")
     ingest_cfg = {k: getattr(cfg, k) for k in INGEST_FIELDS}
     if runtime.exists(state_path):
         state = runtime.read_json(state_path)
-        sha = runtime.file_sha256(urls)
-        if sha != state["input_sha256"]:
-            raise InputError(f"{pool} was downloaded from another URL list (sha256 {state['input_sha256'][:12]}…, "
-                             f"{urls} has {sha[:12]}…). Use a new --out for a new list")
+        _check_same_list(pool, urls, cfg, state)
         if state["ingest"] != ingest_cfg:
             diff = sorted(k for k in ingest_cfg if state["ingest"].get(k) != ingest_cfg[k])
             raise InputError(f"{pool} was ingested with other settings ({', '.join(diff)} differ). "
                              f"Re-run with the same options, or use a new --out")
         return state
-    log(f"[download] reading {urls}")
+    files = ingest.list_inputs(urls, cfg.input_format)
+    log(f"[download] reading {urls}" + (f" ({len(files)} files, one Ray task each)" if len(files) > 1 else ""))
     inputs = ingest.ingest(urls, work, url_col=cfg.url_col, caption_col=cfg.caption_col, uid_col=cfg.uid_col,
-                           extra_columns=tuple(ingested_columns(cfg)),
-                           input_format=cfg.input_format, per_shard=cfg.samples_per_shard)
+                           extra_columns=tuple(ingested_columns(cfg)), input_format=cfg.input_format,
+                           per_shard=cfg.samples_per_shard, ray_address=ray_address)
+    # shards are cut per input file, so each file's last shard may be short: keep every file's counts
     state = {"input_path": urls, "input_sha256": inputs.input_sha256, "rows": inputs.rows, "shards": inputs.shards,
-             "ingest": ingest_cfg}
+             "ingest": ingest_cfg, "files": inputs.files}
     runtime.write_json(state_path, state)
     return state
+
+
+def _check_same_list(pool: str, urls: str, cfg: DownloadConfig, state: dict) -> None:
+    """A re-run must name the list the pool was made from: one file is re-hashed; for many files (DataComp's
+    metadata is terabytes) their names and sizes are compared."""
+    files = ingest.list_inputs(urls, cfg.input_format)
+    before = state.get("files") or [{"path": state["input_path"]}]
+    if len(files) == 1 and len(before) == 1:
+        sha = runtime.file_sha256(files[0])
+        if sha != state["input_sha256"]:
+            raise InputError(f"{pool} was downloaded from another URL list (sha256 {state['input_sha256'][:12]}…, "
+                             f"{urls} has {sha[:12]}…). Use a new --out for a new list")
+        return
+    now = [(os.path.basename(f), runtime.fs_path(f)[0].size(runtime.fs_path(f)[1])) for f in files]
+    then = [(os.path.basename(f["path"]), f.get("size")) for f in before]
+    if now != then:
+        changed = sorted(set(now) ^ set(then))[:5]
+        raise InputError(f"{pool} was downloaded from another URL list: {urls} has {len(now)} files, the pool was "
+                         f"made from {len(then)}; differing (name, size): {changed}. Use a new --out for a new list")
 
 
 def _check_fetch_config(pool: str, cfg: DownloadConfig, any_done: bool) -> None:
@@ -305,7 +324,7 @@ def run(urls: str, pool: str, cfg: DownloadConfig, ray_address: str | None = Non
     """Download `urls` into `pool`, resuming whatever an earlier run finished. Returns the manifest."""
     cfg.validate()
     runtime.makedirs(pool)
-    state = _prepare_inputs(urls, pool, cfg, log)
+    state = _prepare_inputs(urls, pool, cfg, ray_address, log)
     finished = done_shards(pool)
     _check_fetch_config(pool, cfg, bool(finished))
     todo = [s for s in range(state["shards"]) if s not in finished]
@@ -331,8 +350,11 @@ def _run_shards(pool: str, cfg: DownloadConfig, todo: list[int], state: dict, ra
 
 
 def _shard_rows(state: dict):
-    per, total, n = state["ingest"]["samples_per_shard"], state["rows"], state["shards"]
-    return lambda s: per if s < n - 1 else total - per * (n - 1)
+    """Rows in each shard input: `per` but for each input file's last shard."""
+    per = state["ingest"]["samples_per_shard"]
+    files = state.get("files") or [{"rows": state["rows"], "shards": state["shards"]}]
+    rows = [min(per, f["rows"] - per * i) for f in files for i in range(f["shards"])]
+    return rows.__getitem__
 
 
 def write_manifest(pool: str, urls: str, state: dict, cfg: DownloadConfig, failed: dict[int, str]) -> dict:
@@ -347,7 +369,8 @@ def write_manifest(pool: str, urls: str, state: dict, cfg: DownloadConfig, faile
     manifest = {
         "kind": "thresher.pool",
         **runtime.provenance(),
-        "input": {"path": urls, "sha256": state["input_sha256"], "rows": state["rows"]},
+        "input": {"path": urls, "sha256": state["input_sha256"], "rows": state["rows"],
+                  "files": len(state.get("files") or [urls])},
         "config": to_dict(cfg),
         "config_hash": config_hash(cfg),
         "shards": {"total": state["shards"], "complete": complete,

@@ -14,11 +14,12 @@ Also here: the fetch-safety check that refuses loopback, private, link-local and
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -44,6 +45,7 @@ class ShardInputs:
     rows: int
     shards: int
     input_sha256: str
+    files: list[dict] = field(default_factory=list)  # per input file: path, rows, shards, sha256, size
 
 
 def detect_format(path: str, fmt: str | None) -> str:
@@ -121,85 +123,224 @@ def _validate(path: str, batch: pa.RecordBatch, offset: int, url_col: str, uid_c
             raise InputError(f"{path}: row {rows[0]}, field '{uid_col}': empty uid ({n} such rows; rows {rows})")
 
 
-def _check_unique(path: str, staging: str, shards: int, uid_hashes: np.ndarray) -> None:
-    """Two rows with one uid would be one sample twice in every later table: refuse the list.
+def uid_hashes(uids: list[str]) -> np.ndarray:
+    """A 64-bit hash of each uid, the same in every process (Python's hash() is salted per process)."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "little", signed=True)
+                        for u in uids), dtype=np.int64, count=len(uids))
 
-    Holds 8 bytes a row (a 64-bit hash of each uid); only on a hash match are the uids themselves
-    read back, to confirm and to name the rows."""
-    order = np.argsort(uid_hashes, kind="stable")
-    h = uid_hashes[order]
-    candidates = set(h[1:][h[1:] == h[:-1]].tolist())
+
+def _bucket_of(h: np.ndarray, buckets: int) -> np.ndarray:
+    return (h.view(np.uint64) % np.uint64(buckets)).astype(np.int64)
+
+
+def list_inputs(spec: str, fmt: str | None = None) -> list[str]:
+    """The URL-list files `spec` names: one file, a directory of them (as img2dataset's url_list), or a glob.
+    DataComp's 12.8B-row metadata is thousands of Parquet files: each becomes its own ingest task."""
+    if any(ch in spec for ch in "*?["):
+        files = runtime.glob(spec)
+    elif runtime.exists(spec) and runtime.fs_path(spec)[0].isdir(runtime.fs_path(spec)[1]):
+        files = [f for f in runtime.glob(runtime.join(spec.rstrip("/"), "*"))
+                 if os.path.splitext(f)[1].lower() in FORMATS or fmt]
+    elif runtime.exists(spec):
+        return [spec]
+    else:
+        raise InputError(f"URL list {spec} does not exist")
+    files = [f for f in files if not os.path.basename(f).startswith(("_", "."))]
+    if not files:
+        raise InputError(f"{spec}: no URL-list files there (looked for {', '.join(sorted(FORMATS))})")
+    return files
+
+
+@dataclass
+class _Read:
+    """How to read each URL-list file: what an ingest task needs besides the file."""
+    url_col: str
+    caption_col: str | None
+    uid_col: str | None
+    extra_columns: tuple[str, ...]
+    input_format: str | None
+    per_shard: int
+    batch_rows: int
+    buckets: int
+
+
+def _ingest_file(path: str, index: int, out: str, hashes_dir: str, spec: _Read, local: bool) -> dict:
+    """Check one URL-list file and cut it into shard inputs: `out/{shard:08d}.arrow`, numbered from 0 within
+    this file (`local`: it is the only file, so these are the final names). Its uid hashes go to
+    `hashes_dir/{index:06d}.npz`, grouped by bucket, for the pool-wide uniqueness check."""
+    fmt = detect_format(path, spec.input_format)
+    present = _columns_of(path, fmt)  # uid is used only when the file has it; the header is cheap
+    use_uid = spec.uid_col if spec.uid_col and spec.uid_col in present else None
+    columns = [spec.url_col] + ([spec.caption_col] if spec.caption_col else []) + ([use_uid] if use_uid else [])
+    columns += [c for c in spec.extra_columns if c not in columns]
+    rows = shards = 0
+    hashes: list[np.ndarray] = []
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    for batch in _read_batches(path, fmt, columns, spec.batch_rows):
+        _validate(path, batch, rows, spec.url_col, use_uid)
+        urls = batch.column(spec.url_col).to_pylist()
+        texts = batch.column(spec.caption_col).to_pylist() if spec.caption_col else [None] * len(urls)
+        if use_uid:
+            uids = [str(u) for u in batch.column(use_uid).to_pylist()]
+        else:
+            uids = [make_uid(u, t) for u, t in zip(urls, texts)]
+        hashes.append(uid_hashes(uids))
+        cols = {"uid": pa.array(uids, pa.string()), "url": batch.column(spec.url_col),
+                "caption": pa.array(texts, pa.string())}
+        for c in spec.extra_columns:
+            cols[c] = batch.column(c)
+        pending.append(pa.table(cols))
+        pending_rows += batch.num_rows
+        rows += batch.num_rows
+        while pending_rows >= spec.per_shard:
+            table = pa.concat_tables(pending)
+            _write_shard_input(out, shards, table.slice(0, spec.per_shard))
+            shards += 1
+            rest = table.slice(spec.per_shard)
+            pending, pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+    if pending_rows:
+        _write_shard_input(out, shards, pa.concat_tables(pending))
+        shards += 1
+    if rows == 0:
+        raise InputError(f"{path}: the URL list has no rows")
+    h = np.concatenate(hashes)
+    bucket = _bucket_of(h, spec.buckets)
+    rows_of = [np.flatnonzero(bucket == b) for b in range(spec.buckets)]
+    # one zip member per bucket, so a bucket's task reads only its slice of each file's hashes
+    _save_npz(runtime.join(hashes_dir, f"{index:06d}.npz"),
+              **{f"h{b}": h[r] for b, r in enumerate(rows_of)}, **{f"r{b}": r for b, r in enumerate(rows_of)})
+    fs, p = runtime.fs_path(path)
+    return {"path": path, "rows": rows, "shards": shards, "sha256": runtime.file_sha256(path),
+            "size": fs.size(p), "local": local}
+
+
+def _save_npz(url: str, **arrays) -> None:
+    fs, p = runtime.fs_path(url)
+    with fs.open(p, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _bucket_duplicates(hashes_dir: str, files: int, bucket: int) -> list[tuple[int, int, int]]:
+    """(hash, file, row) of every row whose uid hash repeats within this bucket: the candidates. Holds
+    24 bytes a row of one bucket; the uids themselves are read back only for candidates."""
+    hs, fs_, rs = [], [], []
+    for i in range(files):
+        fs, p = runtime.fs_path(runtime.join(hashes_dir, f"{i:06d}.npz"))
+        with fs.open(p, "rb") as f, np.load(f) as z:  # reads this bucket's members only
+            hs.append(z[f"h{bucket}"])
+            rs.append(z[f"r{bucket}"])
+        fs_.append(np.full(len(hs[-1]), i, dtype=np.int64))
+    h, f, r = np.concatenate(hs), np.concatenate(fs_), np.concatenate(rs)
+    order = np.argsort(h, kind="stable")
+    h, f, r = h[order], f[order], r[order]
+    dup = np.zeros(len(h), dtype=bool)
+    same = h[1:] == h[:-1]
+    dup[1:] |= same
+    dup[:-1] |= same
+    return list(zip(h[dup].tolist(), f[dup].tolist(), r[dup].tolist()))
+
+
+def _uids_at(shard_dir: str, per_shard: int, rows: list[int]) -> dict[int, str]:
+    """The uids at these 0-based rows of one file's shard inputs (rows are cut in order, per_shard a shard)."""
+    out, by_shard = {}, {}
+    for row in rows:
+        by_shard.setdefault(row // per_shard, []).append(row)
+    for shard, wanted in by_shard.items():
+        uids = read_shard_input(runtime.join(shard_dir, f"{shard:08d}.arrow")).column("uid")
+        out.update({row: uids[row - shard * per_shard].as_py() for row in wanted})
+    return out
+
+
+def _check_unique(staging: str, hashes_dir: str, files: list[dict], spec: _Read, run) -> None:
+    """Two rows with one uid would be one sample twice in every later table: refuse the list, naming both."""
+    candidates = [c for part in run(_bucket_duplicates, [(hashes_dir, len(files), b) for b in range(spec.buckets)])
+                  for c in part]
     if not candidates:
         return
-    seen: dict[str, int] = {}
-    row = 0
-    for shard in range(shards):
-        for uid in read_shard_input(runtime.join(staging, f"{shard:08d}.arrow")).column("uid").to_pylist():
-            row += 1
-            if hash(uid) in candidates:
-                if uid in seen:
-                    raise InputError(f"{path}: rows {seen[uid]} and {row} have the same uid {uid}. A uid derived "
-                                     f"from (url, text) repeats when a row repeats: drop repeated rows first")
-                seen[uid] = row
+    by_file: dict[int, list[int]] = {}
+    for _, f, r in candidates:
+        by_file.setdefault(f, []).append(r)
+    dirs = [staging if f["local"] else runtime.join(staging, "parts", f"{i:06d}") for i, f in enumerate(files)]
+    uids = dict(zip(by_file, run(_uids_at, [(dirs[f], spec.per_shard, rows) for f, rows in by_file.items()])))
+    seen: dict[str, tuple[int, int]] = {}
+    for _, f, r in sorted(candidates, key=lambda c: (c[1], c[2])):  # equal hashes with unequal uids pass
+        uid = uids[f][r]
+        if uid in seen:
+            (f0, r0) = seen[uid]
+            where = (f"rows {r0 + 1} and {r + 1}" if f0 == f else
+                     f"row {r0 + 1} of {files[f0]['path']} and row {r + 1} of {files[f]['path']}")
+            raise InputError(f"{files[f]['path']}: {where} have the same uid {uid}. A uid derived from (url, text) "
+                             f"repeats when a row repeats: drop repeated rows first")
+        seen[uid] = (f, r)
+
+
+def _place(src: str, dst: str, first: int, shards: int) -> None:
+    """Rename one file's shard inputs to their pool-wide numbers (a rename on a file system; a server-side
+    copy on object storage)."""
+    for local in range(shards):
+        runtime.move(runtime.join(src, f"{local:08d}.arrow"), runtime.join(dst, f"{first + local:08d}.arrow"))
+
+
+def _runner(parallel: bool, ray_address: str | None):
+    """Call a function over argument tuples: in this process for one file, else one Ray task each."""
+    if not parallel:
+        return lambda fn, calls: [fn(*args) for args in calls]
+    import ray
+
+    runtime.init_ray(ray_address)
+
+    def run(fn, calls):
+        task = ray.remote(fn).options(num_cpus=1, max_retries=2, retry_exceptions=[OSError])
+        refs = [task.remote(*args) for args in calls]
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, InputError):  # the message naming the file and row, as raised
+                raise InputError(str(err.cause)) from None
+            raise
+    return run
 
 
 def ingest(path: str, work_dir: str, *, url_col: str = "url", caption_col: str | None = "text",
            uid_col: str | None = "uid", extra_columns: tuple[str, ...] = (), input_format: str | None = None,
-           per_shard: int = 10000, batch_rows: int = 100_000) -> ShardInputs:
-    """Read and check `path`, then write `work_dir/inputs/{shard:08d}.arrow` with columns
-    uid, url, caption and the extras. Writes nothing if any row is malformed."""
-    if not runtime.exists(path):
-        raise InputError(f"URL list {path} does not exist")
-    fmt = detect_format(path, input_format)
-    # uid is used only when the file has it; probe the header cheaply first
-    present = _columns_of(path, fmt)
-    use_uid = uid_col if uid_col and uid_col in present else None
-    columns = [url_col] + ([caption_col] if caption_col else []) + ([use_uid] if use_uid else [])
-    columns += [c for c in extra_columns if c not in columns]
-
-    input_sha256 = runtime.file_sha256(path)
+           per_shard: int = 10000, batch_rows: int = 100_000, ray_address: str | None = None) -> ShardInputs:
+    """Read and check the URL list `path` (a file, a directory of files, or a glob), then write
+    `work_dir/inputs/{shard:08d}.arrow` with columns uid, url, caption and the extras. Several files are
+    read as one Ray task each, their shards numbered in file order. Writes nothing if any row is malformed
+    or any uid repeats."""
+    files = list_inputs(path, input_format)
+    buckets = 1 if len(files) == 1 else min(256, len(files))  # a bucket's hashes: ~rows/buckets x 16 bytes
+    spec = _Read(url_col, caption_col, uid_col, tuple(extra_columns), input_format, per_shard, batch_rows, buckets)
+    run = _runner(len(files) > 1, ray_address)
     final = runtime.join(work_dir, "inputs")
     staging = runtime.join(work_dir, f"inputs.tmp-{uuid.uuid4().hex[:8]}")
-    runtime.makedirs(staging)
-    rows = shards = 0
-    uid_hashes: list[np.ndarray] = []
-    pending: list[pa.Table] = []
-    pending_rows = 0
+    hashes_dir = runtime.join(staging, "_uid_hashes")
+    runtime.makedirs(hashes_dir)
     try:
-        for batch in _read_batches(path, fmt, columns, batch_rows):
-            _validate(path, batch, rows, url_col, use_uid)
-            urls = batch.column(url_col).to_pylist()
-            texts = batch.column(caption_col).to_pylist() if caption_col else [None] * len(urls)
-            if use_uid:
-                uids = [str(u) for u in batch.column(use_uid).to_pylist()]
-            else:
-                uids = [make_uid(u, t) for u, t in zip(urls, texts)]
-            uid_hashes.append(np.fromiter((hash(u) for u in uids), dtype=np.int64, count=len(uids)))
-            cols = {"uid": pa.array(uids, pa.string()), "url": batch.column(url_col),
-                    "caption": pa.array(texts, pa.string())}
-            for c in extra_columns:
-                cols[c] = batch.column(c)
-            pending.append(pa.table(cols))
-            pending_rows += batch.num_rows
-            rows += batch.num_rows
-            while pending_rows >= per_shard:
-                table = pa.concat_tables(pending)
-                _write_shard_input(staging, shards, table.slice(0, per_shard))
-                shards += 1
-                rest = table.slice(per_shard)
-                pending, pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
-        if pending_rows:
-            _write_shard_input(staging, shards, pa.concat_tables(pending))
-            shards += 1
-        if rows == 0:
-            raise InputError(f"{path}: the URL list has no rows")
-        _check_unique(path, staging, shards, np.concatenate(uid_hashes))
+        local = len(files) == 1
+        for i in range(len(files)):
+            runtime.makedirs(staging if local else runtime.join(staging, "parts", f"{i:06d}"))
+        done = run(_ingest_file, [(f, i, staging if local else runtime.join(staging, "parts", f"{i:06d}"),
+                                   hashes_dir, spec, local) for i, f in enumerate(files)])
+        _check_unique(staging, hashes_dir, done, spec, run)
+        firsts = np.concatenate([[0], np.cumsum([d["shards"] for d in done])]).tolist()
+        if not local:
+            run(_place, [(runtime.join(staging, "parts", f"{i:06d}"), staging, firsts[i], d["shards"])
+                         for i, d in enumerate(done)])
+            runtime.remove(runtime.join(staging, "parts"), recursive=True)
+        runtime.remove(hashes_dir, recursive=True)
     except BaseException:
         runtime.remove(staging, recursive=True)
         raise
     runtime.remove(final, recursive=True)
     runtime.move(staging, final)
-    return ShardInputs(directory=final, rows=rows, shards=shards, input_sha256=input_sha256)
+    listing = [{k: d[k] for k in ("path", "rows", "shards", "sha256", "size")} for d in done]
+    # one file: its own sha256 (what `sha256sum` prints); several: the sha256 of their "sha256  name" lines
+    sha = done[0]["sha256"] if local else hashlib.sha256("".join(
+        f"{d['sha256']}  {os.path.basename(d['path'])}\n" for d in done).encode()).hexdigest()
+    return ShardInputs(directory=final, rows=sum(d["rows"] for d in done), shards=firsts[-1], input_sha256=sha,
+                       files=listing)
 
 
 def _columns_of(path: str, fmt: str) -> list[str]:

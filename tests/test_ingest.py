@@ -153,3 +153,62 @@ def test_refusals_extracts_hosts_from_urls():
     reasons = ingest.refusals(urls)
     assert reasons[1] is None
     assert "loopback" in reasons[0] and "loopback" in reasons[2] and "metadata" in reasons[3]
+
+
+def _parts(tmp_path, sizes, start=0):
+    """URL-list parts as DataComp ships its metadata: a directory of Parquet files."""
+    d = tmp_path / "metadata"
+    d.mkdir(exist_ok=True)
+    n = start
+    for i, size in enumerate(sizes):
+        pq.write_table(pa.table({"uid": [f"{k:032x}" for k in range(n, n + size)],
+                                 "url": [f"https://example.com/{k}.jpg" for k in range(n, n + size)],
+                                 "text": [f"caption {k}" for k in range(n, n + size)]}), d / f"{i:08d}.parquet")
+        n += size
+    (d / "_SUCCESS").write_text("")  # what Spark leaves beside its parts: not a URL list
+    return d
+
+
+def test_a_directory_of_parts_is_ingested_by_ray_tasks_in_file_order(tmp_path, ray_local):
+    d = _parts(tmp_path, [5, 9, 3])
+    result = _run(d, tmp_path, per_shard=4)
+    # shards are cut per file (4+1, 4+4+1, 3), numbered in file order, so no shard spans two files
+    assert (result.rows, result.shards) == (17, 6)
+    sizes = [ingest.read_shard_input(f"{result.directory}/{s:08d}.arrow").num_rows for s in range(6)]
+    assert sizes == [4, 1, 4, 4, 1, 3]
+    uids = [u for s in range(6) for u in ingest.read_shard_input(f"{result.directory}/{s:08d}.arrow").column("uid").to_pylist()]
+    assert uids == [f"{k:032x}" for k in range(17)]
+    assert [f["rows"] for f in result.files] == [5, 9, 3] and len(result.input_sha256) == 64
+    assert sorted(p.name for p in (tmp_path / "work" / "inputs").iterdir()) == [f"{s:08d}.arrow" for s in range(6)]
+    # a glob names the same parts
+    again = ingest.ingest(str(d / "*.parquet"), str(tmp_path / "work2"), per_shard=4)
+    assert (again.rows, again.shards, again.input_sha256) == (17, 6, result.input_sha256)
+
+
+def test_a_uid_repeated_across_parts_names_both_files_and_rows(tmp_path, ray_local):
+    d = _parts(tmp_path, [5, 4])
+    pq.write_table(pa.table({"uid": [f"{k:032x}" for k in (20, 21, 3)],  # row 3 of the third file repeats uid 3
+                             "url": [f"https://example.com/x{k}.jpg" for k in range(3)],
+                             "text": ["a", "b", "c"]}), d / "00000002.parquet")
+    with pytest.raises(InputError) as err:
+        _run(d, tmp_path, per_shard=2)
+    message = str(err.value)
+    assert f"row 4 of {d / '00000000.parquet'} and row 3 of {d / '00000002.parquet'}" in message
+    assert f"{3:032x}" in message
+    assert _nothing_written(tmp_path)
+
+
+def test_a_bad_row_in_one_part_names_that_part(tmp_path, ray_local):
+    d = _parts(tmp_path, [3, 3])
+    pq.write_table(pa.table({"url": ["https://example.com/a.jpg", "ftp://example.com/b.jpg"], "text": ["a", "b"]}),
+                   d / "00000001.parquet")
+    with pytest.raises(InputError) as err:
+        _run(d, tmp_path)
+    assert str(err.value).startswith(f"{d / '00000001.parquet'}: row 2, field 'url': not an http(s) URL")
+    assert _nothing_written(tmp_path)
+
+
+def test_an_empty_directory_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no URL-list files"):
+        _run(tmp_path / "empty", tmp_path)
