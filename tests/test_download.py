@@ -247,3 +247,25 @@ def test_expected_hashes_are_verified(synth_dir, ground_truth, server, ray_local
     rows = {r["uid"]: r for r in download.read_metadata(str(tmp_path / "pool")).to_pylist()}
     assert rows[clean[3]["uid"]]["failure"] == rows[clean[7]["uid"]]["failure"] == "hash_mismatch"
     assert all(rows[g["uid"]]["sha256"] == g["sha256"] for i, g in enumerate(clean) if i not in (3, 7))
+
+
+def test_a_directory_of_url_lists_downloads_as_one_pool(synth_dir, server, ray_local, tmp_path):
+    """DataComp ships its metadata as many Parquet files: a directory of them is one pool, each file cut into
+    its own shards (so the last of each may be short), and a re-run checks it is the same directory."""
+    from pipeline.errors import InputError
+
+    table = pq.read_table(synth_dir / "urls.parquet").slice(0, 550)
+    parts = tmp_path / "metadata"
+    parts.mkdir()
+    for i, (start, n) in enumerate([(0, 250), (250, 200), (450, 100)]):
+        pq.write_table(table.slice(start, n), parts / f"part-{i:05d}.parquet")
+    out = tmp_path / "pool"
+    manifest = download.run(str(parts), str(out), test_download_config(samples_per_shard=100), log=lambda *_: None)
+    assert manifest["input"]["files"] == 3 and manifest["input"]["rows"] == 550
+    assert manifest["shards"] == {"total": 6, "complete": 6, "failed": {}}
+    rows = [pq.read_metadata(out / "shards" / f"{s:08d}.parquet").num_rows for s in range(6)]
+    assert rows == [100, 100, 50, 100, 100, 100]
+    assert download.read_metadata(str(out)).column("uid").to_pylist() == table.column("uid").to_pylist()
+    pq.write_table(table.slice(0, 10), parts / "part-00003.parquet")
+    with pytest.raises(InputError, match="another URL list: .* has 4 files, the pool was made from 3"):
+        download.run(str(parts), str(out), test_download_config(samples_per_shard=100), log=lambda *_: None)
