@@ -21,6 +21,7 @@ Outputs:
 from __future__ import annotations
 
 import re
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,6 +360,17 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
     available = available_columns(pool)
     check_columns(steps, available, path, pool)
     columns = {c: available[c] for c in {"uid", "key"} | {c for s in steps for c in s.needs}}
+    out_dir = runtime.join(pool, "decisions", recipe.name)
+    resolved = {**to_dict(recipe), "vars": {**recipe.vars, **(variables or {})},
+                "steps": [{"name": s.name, "filter": s.spec.name, "params": to_dict(s.params),
+                           "top_fraction": s.top_fraction, "fraction_of": s.fraction_of} for s in steps]}
+    inputs = _input_manifests(pool, columns)
+    fingerprint = _fingerprint(pool, path, resolved, inputs, steps)
+    if _up_to_date(out_dir, fingerprint, shards):
+        # the same recipe on the same inputs gives the same decisions: keep them (and their manifest's
+        # sha256, which subsets and audits point to) rather than rewrite them
+        log(f"[filter:{recipe.name}] decisions are up to date (same recipe, vars, inputs and code); kept")
+        return runtime.read_json(runtime.join(out_dir, "manifest.json"))
     prepared = {}
     for step in steps:  # pool-wide work some filters need first (e.g. k-means), on the driver
         if step.spec.prepare:
@@ -387,7 +399,6 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
         threshold_info[steps[i].name] = {"ranked": n, "rank": rank, "threshold": value,
                                          "fraction": steps[i].top_fraction, "of": steps[i].fraction_of}
         log(f"[filter:{recipe.name}] {steps[i].name}: top {steps[i].top_fraction} of {n} -> threshold {value}")
-    out_dir = runtime.join(pool, "decisions", recipe.name)
     runtime.makedirs(out_dir)
     decide = ray.remote(_decide_task).options(num_cpus=1)
     stats = ray.get([decide.remote(pool, s, steps_ref, thresholds, columns, out_dir) for s in shards])
@@ -399,14 +410,11 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
                        "dropped": d})
         remaining -= d
     manifest = {"kind": "thresher.decisions", "recipe": recipe.name, "recipe_file": str(path),
-                "recipe_resolved": {**to_dict(recipe), "vars": {**recipe.vars, **(variables or {})},
-                                    "steps": [{"name": s.name, "filter": s.spec.name, "params": to_dict(s.params),
-                                               "top_fraction": s.top_fraction, "fraction_of": s.fraction_of}
-                                              for s in steps]},
+                "recipe_resolved": resolved, "fingerprint": fingerprint,
                 "recipe_sha256": runtime.file_sha256(str(path)), "samples": total, "kept": remaining,
                 "thresholds": threshold_info, "prepared": prepared, "plugins": _plugin_versions(steps),
                 "funnel": funnel,
-                "inputs": _input_manifests(pool, columns), "seconds": round(time.time() - t0, 2),
+                "inputs": inputs, "seconds": round(time.time() - t0, 2),
                 **runtime.provenance()}
     runtime.write_json(runtime.join(out_dir, "manifest.json"), manifest)
     runtime.makedirs(runtime.join(pool, "stats"))
@@ -433,6 +441,28 @@ def _plugin_versions(steps: list[ResolvedStep]) -> dict:
         out[step.spec.name] = {"module": module, "package": package,
                                "version": version(package) if package else None}
     return out
+
+
+def _fingerprint(pool: str, recipe_path, resolved: dict, inputs: dict, steps) -> str:
+    """What the decisions depend on: the recipe (file and resolved steps and vars), the manifests of the
+    pool and the feature sets it reads, the plugins' versions and this code's version."""
+    import hashlib
+
+    def sha(path):
+        return runtime.file_sha256(path) if runtime.exists(path) else None
+
+    parts = {"recipe": resolved, "recipe_sha256": runtime.file_sha256(str(recipe_path)), "inputs": inputs,
+             "pool": sha(runtime.join(pool, "manifest.json")),
+             "base": sha(runtime.join(pool, "features", "base", "manifest.json")),
+             "plugins": _plugin_versions(steps), "code": runtime.code_version()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _up_to_date(out_dir: str, fingerprint: str, shards: list[int]) -> bool:
+    path = runtime.join(out_dir, "manifest.json")
+    if not runtime.exists(path) or runtime.read_json(path).get("fingerprint") != fingerprint:
+        return False
+    return all(runtime.exists(runtime.join(out_dir, f"{s:08d}.parquet")) for s in shards)
 
 
 def _input_manifests(pool: str, columns: dict[str, str]) -> dict:

@@ -73,6 +73,10 @@ def test_demo_runs_the_three_workflows_and_prints_their_paths(demo):
     # workflow 1: an exact-size subset of the recipe, verified
     sub = json.loads((out / "subset" / "manifest.json").read_text())
     assert sub["size"] == 120 and sub["recipe"] == "dfn-dedup"
+    # the A/B's filter step found dfn-dedup's decisions up to date and left them, so the subset still points
+    # at the decisions it was cut from (`audit remove` continues its ranking from them)
+    from pipeline import runtime
+    assert sub["decisions_manifest_sha256"] == runtime.file_sha256(str(pool / "decisions" / "dfn-dedup" / "manifest.json"))
     # workflow 3: the provenance report and the link-rot recheck (the served pool still serves most URLs)
     assert result["recheck"]["checked"] > 0 and result["recheck"]["gone_rate"] < 0.5
     # workflow 2: equal subsets of both arms, the grid, and a verdict (at this size possibly "no comparison:

@@ -430,3 +430,30 @@ def test_torchscript_probe_equals_the_npz_probe(tmp_path):
     x = np.random.default_rng(1).normal(size=(50, 16)).astype(np.float32)
     assert np.allclose(probe.load_probe(str(tmp_path / "p.npz"))(x), probe.load_probe(str(tmp_path / "p.pt"))(x),
                        atol=1e-5)
+
+
+def test_decisions_are_kept_while_their_inputs_are_the_same(tmp_path, ray_local):
+    """Re-running a recipe on unchanged inputs keeps its decisions and their manifest (subsets and audits
+    point to its sha256); a changed var, recipe or scorer makes it filter again."""
+    rows = [{"score": s} for s in (0.9, 0.8, 0.7, 0.6)]
+    pool = make_pool(tmp_path / "pool", [rows[:2], rows[2:]])
+    text = "name: top\nvars: {fraction: 0.5}\nsteps:\n  - {filter: clip_score, params: {scorer: clip_b32}, top_fraction: '{fraction}'}\n"
+    recipe = write_recipe(tmp_path, text)
+    manifest_path = pool / "decisions" / "top" / "manifest.json"
+    lines = []
+    flt.run(str(pool), recipe, log=lines.append)
+    first = manifest_path.read_bytes()
+    flt.run(str(pool), recipe, log=lines.append)
+    assert manifest_path.read_bytes() == first and "decisions are up to date" in lines[-1]
+    kept = sum(r["keep"] for r in decisions(pool, "top").values())
+    flt.run(str(pool), recipe, {"fraction": 0.25}, log=lines.append)  # another var: filtered again
+    assert sum(r["keep"] for r in decisions(pool, "top").values()) < kept
+    flt.run(str(pool), recipe, log=lines.append)
+    second = manifest_path.read_bytes()
+    scorer = pool / "features" / "clip_b32" / "manifest.json"  # the scorer was recomputed: filtered again
+    scorer.write_text(scorer.read_text().replace("planted", "replanted"))
+    flt.run(str(pool), recipe, log=lines.append)
+    assert manifest_path.read_bytes() != second and "up to date" not in lines[-1]
+    (pool / "decisions" / "top" / "00000001.parquet").unlink()  # a lost shard of decisions: filtered again
+    flt.run(str(pool), recipe, log=lines.append)
+    assert (pool / "decisions" / "top" / "00000001.parquet").exists()
