@@ -329,6 +329,18 @@ def _image_clusters_needs(p: ImageClusters) -> list[str]:
     return [f"{p.scorer}_img_emb"]
 
 
+def _sample_embeddings(path: str, take: int, seed: int, shard: int) -> np.ndarray:
+    """Up to `take` rows of one shard's image embeddings, drawn with a seed of its own (the same whichever
+    worker draws it). Zero rows are undecodable images, not embeddings."""
+    from pipeline import features
+
+    emb = features.read_npy(path)
+    emb = emb[np.linalg.norm(emb.astype(np.float32), axis=1) > 0.5]
+    if take >= len(emb):
+        return emb
+    return emb[np.random.default_rng([seed, shard]).choice(len(emb), take, replace=False)]
+
+
 def _prepare_image_clusters(pool: str, p: ImageClusters) -> dict:
     """Train spherical k-means on a sample of the pool's embeddings; find each target image's centroid."""
     import faiss
@@ -338,17 +350,17 @@ def _prepare_image_clusters(pool: str, p: ImageClusters) -> dict:
     if not runtime.exists(p.target_embeddings):
         raise InputError(f"image_clusters: target embeddings {p.target_embeddings} do not exist "
                          f"(make them with `thresher embed-images`)")
+    import ray
+
     d_scorer = runtime.join(pool, "features", p.scorer)
     shards = features.shard_names(pool)
     counts = {s: runtime.read_json(runtime.join(d_scorer, f"{s:08d}_stats.json"))["count"] for s in shards}
     total = sum(counts.values())
-    rng = np.random.default_rng(p.seed)
-    parts = []
-    for s in shards:  # an even share of the sample from every shard
-        emb = features.read_npy(runtime.join(d_scorer, f"{s:08d}.img.npy"))
-        emb = emb[np.linalg.norm(emb.astype(np.float32), axis=1) > 0.5]  # zero rows: undecodable images
-        take = min(len(emb), int(np.ceil(p.sample * counts[s] / max(total, 1))))
-        parts.append(emb[rng.choice(len(emb), take, replace=False)] if take < len(emb) else emb)
+    # an even share of the sample from every shard, drawn where the shard is read (one Ray task each), so
+    # the driver holds the sample, never the pool's embeddings (13 TB for DataComp's 12.8B at L/14)
+    task = ray.remote(_sample_embeddings).options(num_cpus=1)
+    parts = ray.get([task.remote(runtime.join(d_scorer, f"{s:08d}.img.npy"),
+                                 int(np.ceil(p.sample * counts[s] / max(total, 1))), p.seed, s) for s in shards])
     x = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
     target = features.read_npy(p.target_embeddings).astype(np.float32)
     if target.ndim != 2 or target.shape[1] != x.shape[1]:

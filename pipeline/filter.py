@@ -372,12 +372,12 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
         log(f"[filter:{recipe.name}] decisions are up to date (same recipe, vars, inputs and code); kept")
         return runtime.read_json(runtime.join(out_dir, "manifest.json"))
     prepared = {}
+    runtime.init_ray(ray_address)  # a prepare may spread its reads over Ray tasks (image_clusters does)
     for step in steps:  # pool-wide work some filters need first (e.g. k-means), on the driver
         if step.spec.prepare:
             step.context = step.spec.prepare(pool, step.params)
             prepared[step.name] = step.context.get("info") if isinstance(step.context, dict) else None
             log(f"[filter:{recipe.name}] {step.name}: prepared {prepared[step.name]}")
-    runtime.init_ray(ray_address)
     steps_ref = ray.put(steps)
     hist_task = ray.remote(_histogram_task).options(num_cpus=1)
     bin_task = ray.remote(_bin_values_task).options(num_cpus=1)
