@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import features, runtime, schema
-from .config import config_hash, opt, to_dict
+from .config import config_hash, from_dict, opt, to_dict
 from .errors import InputError
 
 
@@ -45,6 +45,8 @@ class DedupConfig:
     kmeans_iters: int = opt(20, "k-means iterations")
     gpu: bool = opt(True, "use GPU FAISS (k-means) and torch (within-cluster cosine) when a GPU is usable")
     ray_tasks: int = opt(0, "spread the within-cluster work over this many Ray tasks; 0 = in this process")
+    partitions: int = opt(0, "run exact dedup and contamination as Ray tasks over this many sha256 partitions, "
+                             "so no process holds the pool (needs perceptual and semantic off); 0 = in this process")
     contamination: bool = opt(True, "drop near-copies of evaluation images (needs eval_sets)")
     eval_sets: list[str] = opt(help="evaluation sets (CLIP_benchmark WebDataset dirs) to check against",
                                factory=list)
@@ -56,6 +58,10 @@ class DedupConfig:
             raise InputError(f"keep must be clip_score, first or random, not {self.keep!r}")
         if not 0 < self.threshold <= 1:
             raise InputError("threshold must be in (0, 1]")
+        if self.partitions and (self.perceptual or self.semantic):
+            raise InputError("partitions runs exact dedup and contamination only: set perceptual: false and "
+                             "semantic: false (partitioned perceptual and semantic dedup are not built; "
+                             "docs/scaling.md)")
 
 
 class UnionFind:
@@ -261,6 +267,16 @@ def eval_pdq(eval_dir: str) -> list[tuple[str, str]]:
     return out
 
 
+def eval_index(eval_sets: list[str]) -> tuple[np.ndarray, list[str]]:
+    """PDQ codes of every image of the evaluation sets, and their names (SET/NAME)."""
+    eval_hashes, eval_names = [], []
+    for d in eval_sets:
+        for name, h in eval_pdq(d):
+            eval_hashes.append(h)
+            eval_names.append(f"{d.rstrip('/').rsplit('/', 1)[-1]}/{name}")
+    return pdq_codes(eval_hashes)[0], eval_names
+
+
 def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) -> dict:
     cfg.validate()
     t0 = time.time()
@@ -270,6 +286,12 @@ def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) 
     if missing:
         raise InputError(f"{pool}: base features missing for {len(missing)} shard(s) (first {missing[0]:08d}); "
                          f"run `thresher features {pool}` first")
+    scorer_dir = runtime.join(pool, "features", cfg.scorer)
+    if (cfg.semantic or cfg.keep == "clip_score") and set(features.done(scorer_dir)) != set(shards):
+        raise InputError(f"{pool}: scorer {cfg.scorer!r} is missing or incomplete; run `thresher features` "
+                         f"with --scorer-id {cfg.scorer}, or choose --scorer, or --keep first")
+    if cfg.partitions:
+        return _run_partitioned(pool, cfg, shards, ray_address, log, t0)
     base = features.read_base(pool)
     n = base.num_rows
     uids = base.column("uid").to_pylist()
@@ -277,11 +299,7 @@ def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) 
     order_key = np.argsort(np.argsort(np.array(keys)))  # rank by key = first seen
     scores = np.full(n, np.nan)
     emb = None
-    scorer_dir = runtime.join(pool, "features", cfg.scorer)
     if cfg.semantic or cfg.keep == "clip_score":
-        if set(features.done(scorer_dir)) != set(shards):
-            raise InputError(f"{pool}: scorer {cfg.scorer!r} is missing or incomplete; run `thresher features` "
-                             f"with --scorer-id {cfg.scorer}, or choose --scorer, or --keep first")
         table, img, _ = features.read_scorer(pool, cfg.scorer, with_embeddings=True, text=False)
         if table.column("uid").to_pylist() != uids:
             raise InputError(f"{scorer_dir} is not row-aligned with the base features; recompute it")
@@ -297,12 +315,7 @@ def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) 
     if cfg.contamination and cfg.eval_sets:  # first: a near-copy of an eval image is that, whatever else it is
         alive = np.flatnonzero(keep)
         codes, have = pdq_codes([pdq[i] for i in alive], [quality[i] for i in alive], cfg.pdq_min_quality)
-        eval_hashes, eval_names = [], []
-        for d in cfg.eval_sets:
-            for name, h in eval_pdq(d):
-                eval_hashes.append(h)
-                eval_names.append(f"{d.rstrip('/').rsplit('/', 1)[-1]}/{name}")
-        eval_codes, _ = pdq_codes(eval_hashes)
+        eval_codes, eval_names = eval_index(cfg.eval_sets)
         hits = hamming_pairs(eval_codes, cfg.pdq_radius, queries=codes) if len(codes) else np.zeros((0, 2), int)
         dropped = 0
         for q, e in hits:
@@ -344,14 +357,178 @@ def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) 
                           "duplicate_group": [group[i] for i in rows], "keep": keep[rows],
                           "reason": [reason[i] for i in rows]}, schema=schema.DEDUP)
         runtime.write_parquet(table, runtime.join(out_dir, f"{s:08d}.parquet"))
+    return _write_manifest(pool, cfg, n, int(keep.sum()), counts, t0, log)
+
+
+def _write_manifest(pool: str, cfg: DedupConfig, n: int, kept: int, counts: dict, t0: float, log) -> dict:
+    scorer_manifest = runtime.join(pool, "features", cfg.scorer, "manifest.json")
     manifest = {"kind": "thresher.dedup", "config": to_dict(cfg), "config_hash": config_hash(cfg),
-                "samples": n, "kept": int(keep.sum()), "removed": counts, "seconds": round(time.time() - t0, 2),
-                "scorer_manifest": runtime.read_json(runtime.join(scorer_dir, "manifest.json"))
-                if emb is not None else None,
+                "samples": n, "kept": kept, "removed": counts, "seconds": round(time.time() - t0, 2),
+                "scorer_manifest": runtime.read_json(scorer_manifest)
+                if (cfg.semantic or cfg.keep == "clip_score") else None,
                 **runtime.provenance()}
-    runtime.write_json(runtime.join(out_dir, "manifest.json"), manifest)
-    log(f"[dedup] {n} samples, kept {int(keep.sum())}; removed " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    runtime.write_json(runtime.join(pool, "dedup", "manifest.json"), manifest)
+    log(f"[dedup] {n} samples, kept {kept}; removed " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return manifest
+
+
+# ---------------------------------------------------------------------------------------------------
+# Partitioned: exact duplicates and evaluation-set copies for pools no process can hold. Rows go to a
+# partition by their sha256 (so every copy of an image meets in one task), in three rounds of Ray tasks:
+#   map     a task per group of shards: eval-set copies found against the (small) eval index; every
+#           other row with a sha256 written to WORK/map/{g}.npz, one member per partition;
+#   reduce  a task per partition: its rows from every map file, grouped by sha256, one winner per group
+#           by `keep`; the verdicts written to WORK/reduce/{p}.npz, one member per shard group;
+#   write   a task per shard group: its verdicts from every reduce file into POOL/dedup/{shard}.parquet.
+# The same verdicts as the in-process path (tests/test_dedup.py), except keep=random, which draws per
+# group from a seed and the group's sha256 instead of from one stream.
+
+_MAP_FIELDS = ("sha", "uid", "shard", "row", "key", "score")
+
+
+def _save_npz(url: str, arrays: dict) -> None:
+    fs, p = runtime.fs_path(url)
+    with fs.open(p, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _npz_members(url: str, names: list[str]) -> list[np.ndarray]:
+    fs, p = runtime.fs_path(url)
+    with fs.open(p, "rb") as f, np.load(f) as z:  # reads the named members only
+        return [z[n] for n in names]
+
+
+def _map_exact(pool: str, shards: list[int], g: int, cfg_dict: dict, eval_codes, work: str) -> int:
+    cfg = from_dict(DedupConfig, cfg_dict)
+    cols: dict[str, list] = {k: [] for k in _MAP_FIELDS}
+    contaminated = {"c_shard": [], "c_row": [], "c_eval": []}
+    for s in shards:
+        base = runtime.read_parquet(runtime.join(pool, "features", "base", f"{s:08d}.parquet"),
+                                    columns=["uid", "key", "sha256", "pdq", "pdq_quality"])
+        uids, n = base.column("uid").to_pylist(), base.num_rows
+        alive = np.ones(n, bool)
+        if eval_codes is not None:
+            codes, have = pdq_codes(base.column("pdq").to_pylist(), base.column("pdq_quality").to_pylist(),
+                                    cfg.pdq_min_quality)
+            hits = hamming_pairs(eval_codes, cfg.pdq_radius, queries=codes) if len(codes) else np.zeros((0, 2), int)
+            for q, e in hits:
+                if alive[have[q]]:
+                    alive[have[q]] = False
+                    for k, v in zip(contaminated, (s, have[q], e)):
+                        contaminated[k].append(int(v))
+        scores = np.full(n, np.nan)
+        if cfg.keep == "clip_score":
+            t = runtime.read_parquet(runtime.join(pool, "features", cfg.scorer, f"{s:08d}.parquet"),
+                                     columns=["uid", "clip_score"])
+            if t.column("uid").to_pylist() != uids:
+                raise InputError(f"{pool}: scorer {cfg.scorer} shard {s:08d} is not row-aligned with the base "
+                                 f"features; recompute it")
+            scores = np.array(t.column("clip_score").to_pylist(), dtype=np.float64)
+        sha, keys = base.column("sha256").to_pylist(), base.column("key").to_pylist()
+        for r in np.flatnonzero(alive) if cfg.exact else []:
+            if sha[r] is not None:
+                for k, v in zip(_MAP_FIELDS, (bytes.fromhex(sha[r]), uids[r], s, r, int(keys[r]), scores[r])):
+                    cols[k].append(v)
+    arrays = {"sha": np.array(cols["sha"], dtype="S32"), "uid": np.array(cols["uid"], dtype=str),
+              "shard": np.array(cols["shard"], np.int64), "row": np.array(cols["row"], np.int64),
+              "key": np.array(cols["key"], np.int64), "score": np.array(cols["score"], np.float64)}
+    part = (np.frombuffer(arrays["sha"].tobytes(), dtype=">u8").reshape(-1, 4)[:, 0] % cfg.partitions
+            if len(arrays["sha"]) else np.zeros(0, np.int64))
+    members = {f"{k}{p}": a[part == p] for p in range(cfg.partitions) for k, a in arrays.items()}
+    members.update({k: np.array(v, np.int64) for k, v in contaminated.items()})
+    _save_npz(runtime.join(work, "map", f"{g:06d}.npz"), members)
+    return len(arrays["sha"])
+
+
+def _reduce_exact(work: str, maps: int, p: int, cfg_dict: dict, group_of: np.ndarray) -> int:
+    cfg = from_dict(DedupConfig, cfg_dict)
+    parts = [_npz_members(runtime.join(work, "map", f"{g:06d}.npz"), [f"{k}{p}" for k in _MAP_FIELDS])
+             for g in range(maps)]
+    sha, uid, shard, row, key, score = (np.concatenate([x[i] for x in parts]) for i in range(len(_MAP_FIELDS)))
+    if len(sha) == 0:
+        _save_npz(runtime.join(work, "reduce", f"{p:06d}.npz"),
+                  {f"{k}{g}": np.zeros(0, t) for g in range(int(group_of.max()) + 1)
+                   for k, t in (("shard", np.int64), ("row", np.int64), ("keep", bool), ("group", str))})
+        return 0
+    s = np.nan_to_num(score, nan=-np.inf)
+    # each sha256 group's rows with its winner first: highest score then first seen, or first seen
+    order = np.lexsort((key, -s, sha)) if cfg.keep == "clip_score" else np.lexsort((key, sha))
+    sha, uid, shard, row, key = sha[order], uid[order], shard[order], row[order], key[order]
+    start = np.r_[True, sha[1:] != sha[:-1]]
+    size = np.diff(np.r_[np.flatnonzero(start), len(sha)])
+    gid = np.cumsum(start) - 1
+    in_group = size[gid] > 1
+    winner = np.flatnonzero(start)[gid]
+    if cfg.keep == "random":
+        firsts = np.flatnonzero(start)
+        for i, (f, n) in enumerate(zip(firsts, size)):
+            if n > 1:
+                seed = int.from_bytes(sha[f][:8], "big")
+                winner[f:f + n] = f + np.random.default_rng([cfg.seed, seed]).integers(n)
+    keep = np.arange(len(sha)) == winner
+    dup = np.flatnonzero(in_group)
+    out = {"shard": shard[dup], "row": row[dup], "keep": keep[dup], "group": uid[winner[dup]]}
+    target = group_of[out["shard"]] if len(dup) else np.zeros(0, np.int64)
+    _save_npz(runtime.join(work, "reduce", f"{p:06d}.npz"),
+              {f"{k}{g}": v[target == g] for g in range(int(group_of.max()) + 1) for k, v in out.items()})
+    return int((~keep[dup]).sum())
+
+
+def _write_exact(pool: str, shards: list[int], g: int, work: str, partitions: int, eval_names: list[str]) -> dict:
+    c_shard, c_row, c_eval = _npz_members(runtime.join(work, "map", f"{g:06d}.npz"), ["c_shard", "c_row", "c_eval"])
+    verdicts = [_npz_members(runtime.join(work, "reduce", f"{p:06d}.npz"), [f"{k}{g}" for k in
+                                                                            ("shard", "row", "keep", "group")])
+                for p in range(partitions)]
+    v_shard, v_row, v_keep, v_group = (np.concatenate([v[i] for v in verdicts]) for i in range(4))
+    samples = kept = 0
+    for s in shards:
+        base = runtime.read_parquet(runtime.join(pool, "features", "base", f"{s:08d}.parquet"), columns=["uid", "key"])
+        n = base.num_rows
+        keep = np.ones(n, bool)
+        reason: list[str | None] = [None] * n
+        group: list[str | None] = [None] * n
+        for r, e in zip(c_row[c_shard == s], c_eval[c_shard == s]):
+            keep[r], reason[r], group[r] = False, "contamination", f"eval:{eval_names[e]}"
+        mine = v_shard == s
+        for r, k, grp in zip(v_row[mine], v_keep[mine], v_group[mine]):
+            group[r] = str(grp)
+            if not k:
+                keep[r], reason[r] = False, "exact"
+        table = pa.table({"uid": base.column("uid"), "key": base.column("key"), "duplicate_group": group,
+                          "keep": keep, "reason": reason}, schema=schema.DEDUP)
+        runtime.write_parquet(table, runtime.join(pool, "dedup", f"{s:08d}.parquet"))
+        samples, kept = samples + n, kept + int(keep.sum())
+    return {"samples": samples, "kept": kept, "contamination": len(c_row)}
+
+
+def _run_partitioned(pool: str, cfg: DedupConfig, shards: list[int], ray_address, log, t0: float) -> dict:
+    import ray
+
+    runtime.init_ray(ray_address)
+    work = runtime.join(pool, "dedup", "_work")
+    runtime.remove(work, recursive=True)
+    for d in ("map", "reduce"):
+        runtime.makedirs(runtime.join(work, d))
+    eval_codes, eval_names = eval_index(cfg.eval_sets) if cfg.contamination and cfg.eval_sets else (None, [])
+    groups = [g.tolist() for g in np.array_split(np.array(shards), min(len(shards), cfg.partitions))]
+    group_of = np.zeros(max(shards) + 1, np.int64)
+    for g, members in enumerate(groups):
+        group_of[members] = g
+    cfg_d = to_dict(cfg)
+    task = lambda fn: ray.remote(fn).options(num_cpus=1)  # noqa: E731
+    rows = ray.get([task(_map_exact).remote(pool, m, g, cfg_d, eval_codes, work) for g, m in enumerate(groups)])
+    log(f"[dedup] {len(groups)} shard groups mapped to {cfg.partitions} sha256 partitions ({sum(rows)} rows)")
+    group_ref = ray.put(group_of)
+    exact = sum(ray.get([task(_reduce_exact).remote(work, len(groups), p, cfg_d, group_ref)
+                         for p in range(cfg.partitions)]))
+    stats = ray.get([task(_write_exact).remote(pool, m, g, work, cfg.partitions, eval_names)
+                     for g, m in enumerate(groups)])
+    runtime.remove(work, recursive=True)
+    counts = ({"contamination": sum(st["contamination"] for st in stats)} if eval_codes is not None else {})
+    if cfg.exact:
+        counts["exact"] = exact
+    return _write_manifest(pool, cfg, sum(st["samples"] for st in stats), sum(st["kept"] for st in stats),
+                           counts, t0, log)
 
 
 def read(pool: str) -> pa.Table:

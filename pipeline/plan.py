@@ -36,6 +36,7 @@ class Cluster:
     object_store_gb: float
     disk_gb: float | None
     source: str
+    head_memory_gb: float = 0.0  # the driver's node: what a step that runs in one process can hold
 
 
 @dataclass
@@ -48,9 +49,12 @@ class Estimate:
     disk_bytes: float = 0.0   # what the step leaves on disk
     object_store_bytes: float = 0.0  # peak in flight through Ray's object store
     inputs: list[str] = field(default_factory=list)  # throughputs.yaml keys used
+    cores: int | None = None  # how many cores the step can use at most (in one process), when not the cluster's
+    driver_bytes: float = 0.0  # what it holds in one process on the head node
 
     def wall_s(self, c: Cluster) -> float:
-        return max(self.cpu_s / max(1, c.cpus), self.gpu_s / c.gpus if c.gpus else 0.0)
+        cores = min(c.cpus, self.cores) if self.cores else c.cpus
+        return max(self.cpu_s / max(1, cores), self.gpu_s / c.gpus if c.gpus else 0.0)
 
 
 def load_throughputs(path: Path = THROUGHPUTS) -> dict:
@@ -69,7 +73,7 @@ def load_cluster(spec: str | None) -> Cluster:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
         gpus = _local_gpus()
         disk = _disk_free_gb(".")
-        return Cluster("local", 1, os.cpu_count() or 1, gpus, mem, 0.3 * mem, disk, "this machine")
+        return Cluster("local", 1, os.cpu_count() or 1, gpus, mem, 0.3 * mem, disk, "this machine", mem)
     path = Path(spec) if Path(spec).exists() else CLUSTER_DIR / f"{spec}.yaml"
     if not path.exists():
         names = ", ".join(["local"] + sorted(p.stem for p in CLUSTER_DIR.glob("*.yaml")))
@@ -79,7 +83,7 @@ def load_cluster(spec: str | None) -> Cluster:
     if not types:
         raise InputError(f"{path}: no available_node_types (a Ray cluster-launcher YAML is expected)")
     nodes = cpus = gpus = 0
-    mem = store = disk = 0.0
+    mem = store = disk = head_mem = 0.0
     for name, t in types.items():
         res = t.get("resources") or {}
         if "CPU" not in res:
@@ -90,10 +94,12 @@ def load_cluster(spec: str | None) -> Cluster:
         gpus += count * int(res.get("GPU", 0))
         node_mem = float(res.get("memory", 0)) / 1e9
         mem += count * node_mem
+        head_mem = node_mem if name == cfg.get("head_node_type") else head_mem
         store += count * float(res.get("object_store_memory", 0.3 * node_mem * 1e9)) / 1e9
         vols = (t.get("node_config") or {}).get("BlockDeviceMappings") or []
         disk += count * sum(float(v.get("Ebs", {}).get("VolumeSize", 0)) for v in vols)
-    return Cluster(cfg.get("cluster_name", path.stem), nodes, cpus, gpus, mem, store, disk or None, str(path))
+    return Cluster(cfg.get("cluster_name", path.stem), nodes, cpus, gpus, mem, store, disk or None, str(path),
+                   head_mem)
 
 
 def _local_gpus() -> int:
@@ -191,9 +197,19 @@ def estimate_step(i: int, argv: list[str], sizes: Sizes, t: dict, cluster: Clust
         e.cpu_s = sizes.trusted * epochs / rate(key) * 2  # the figure is per 2-core run
     elif cmd == "dedup":
         n = sizes.downloaded
+        partitions = int(_opt(argv, "--partitions", 0))
+        if partitions:  # exact and contamination as Ray tasks: spread over the cluster, ~100 B a row staged
+            e.cpu_s, e.inputs = n / rate("dedup.exact_partitioned"), ["dedup.exact_partitioned"]
+            e.cores = partitions  # each round has a task per partition (or shard group) at most
+            e.what = f"{n:,.0f} samples: exact, over {partitions} sha256 partitions (Ray tasks)"
+            e.disk_bytes = n * 80 + n * 100
+            return e
         e.cpu_s = n / rate("stages.dedup_exact_pdq")
         e.inputs = ["stages.dedup_exact_pdq"]
-        e.what = f"{n:,.0f} samples: exact, PDQ"
+        # in one process: the figure was measured on 2 cores, and that is all it gets on a cluster too;
+        # it holds the base columns (uid, key, sha256, PDQ: ~250 B a row) and, for SemDeDup, the embeddings
+        e.cores, e.driver_bytes = 2, n * 250
+        e.what = f"{n:,.0f} samples: exact, PDQ (in one process)"
         if "--no-semantic" not in argv:
             k = int(_opt(argv, "--clusters", 0)) or max(1, int(n // 1000))
             probes = int(_opt(argv, "--probes", 2))
@@ -205,6 +221,7 @@ def estimate_step(i: int, argv: list[str], sizes: Sizes, t: dict, cluster: Clust
                 e.cpu_s += flops / rate("dedup.semantic_flops")
                 e.inputs.append("dedup.semantic_flops")
             e.object_store_bytes = n * 512 * 4
+            e.driver_bytes += n * 512 * 4
             e.what += f", SemDeDup ({k:,} clusters, {flops:.2g} flops)"
         e.disk_bytes = n * 80
     elif cmd == "filter":
@@ -350,6 +367,12 @@ def render(p: dict) -> str:
     elif c.disk_gb and p["disk_bytes"] > c.disk_gb * 1e9:
         lines.append(f"warning: the job writes {_human_bytes(p['disk_bytes'])}, more than the cluster's "
                      f"{c.disk_gb:,.0f} GB of disk: put `out` on object storage (s3://...) or add disk")
+    for e in p["steps"]:
+        if c.head_memory_gb and e.driver_bytes > c.head_memory_gb * 1e9:
+            lines.append(f"warning: step {e.step} ({e.command}) holds {_human_bytes(e.driver_bytes)} in one process, "
+                         f"more than the head node's {c.head_memory_gb:,.0f} GB"
+                         + ("; `thresher dedup --partitions N --no-perceptual --no-semantic` runs exact dedup as "
+                            "Ray tasks" if e.command == "dedup" else ""))
     if p["object_store_bytes"] > c.object_store_gb * 1e9:
         lines.append(f"warning: peak object store {_human_bytes(p['object_store_bytes'])} exceeds "
                      f"{c.object_store_gb:,.0f} GB: Ray will spill to local disk")

@@ -148,3 +148,29 @@ def test_within_cluster_products_in_torch_equal_numpy():
     ours = dedup._within(x, groups, 0.97, 700, torch_device="cpu")
     ref = dedup._within(x, groups, 0.97, 700)
     assert len(ref) >= 50 and sorted(map(tuple, ours.tolist())) == sorted(map(tuple, ref.tolist()))
+
+
+@pytest.mark.parametrize("keep", ["clip_score", "first"])
+def test_partitioned_exact_and_contamination_give_the_same_verdicts(featured_pool, synth_dir, keep, ray_local):
+    """The Ray-partitioned path (for pools no process can hold) against the in-process one, on the test pool
+    with its planted exact copies and eval-set copies: the same row verdicts, groups and counts."""
+    import shutil
+
+    evals = [str(synth_dir / "eval" / "shapes_kind")]
+    common = dict(perceptual=False, semantic=False, eval_sets=evals, keep=keep)
+    before = dedup.run(str(featured_pool), dedup.DedupConfig(**common), log=lambda *_: None)
+    expected = dedup.read(str(featured_pool)).to_pylist()
+    try:
+        after = dedup.run(str(featured_pool), dedup.DedupConfig(**common, partitions=3), log=lambda *_: None)
+        assert dedup.read(str(featured_pool)).to_pylist() == expected
+        assert after["removed"] == before["removed"] and after["removed"]["exact"] > 0
+        assert after["removed"]["contamination"] > 0 and after["kept"] == before["kept"]
+        assert not (featured_pool / "dedup" / "_work").exists()
+    finally:  # leave the session pool's dedup as the other tests expect it
+        shutil.rmtree(featured_pool / "dedup")
+        dedup.run(str(featured_pool), dedup.DedupConfig(semantic=False, eval_sets=evals), log=lambda *_: None)
+
+
+def test_partitions_refuse_steps_they_cannot_run():
+    with pytest.raises(Exception, match="partitions runs exact dedup and contamination only"):
+        dedup.DedupConfig(partitions=4, semantic=False).validate()
