@@ -47,8 +47,8 @@ def main() -> None:
         path = f"{tmp}/results.csv"
         pd.DataFrame(rows).to_csv(path, index=False)
         t0 = time.perf_counter()
-        ref = scaling.fit_table(path, "gflops_total", "acc1", "group", f"{tmp}/ref", accuracy=True, n_bootstrap=0,
-                                holdout_above=1e11, predict=[1e13])
+        scaling.fit_table(path, "gflops_total", "acc1", "group", f"{tmp}/ref", accuracy=True, n_bootstrap=0,
+                          holdout_above=1e11, predict=[1e13])
         t_ref = time.perf_counter() - t0
         t0 = time.perf_counter()
         res = scaling.fit_table(path, "gflops_total", "acc1", "group", f"{tmp}/out", accuracy=True,

@@ -386,18 +386,6 @@ def _write_manifest(pool: str, cfg: DedupConfig, n: int, kept: int, counts: dict
 _MAP_FIELDS = ("sha", "uid", "shard", "row", "key", "score")
 
 
-def _save_npz(url: str, arrays: dict) -> None:
-    fs, p = runtime.fs_path(url)
-    with fs.open(p, "wb") as f:
-        np.savez(f, **arrays)
-
-
-def _npz_members(url: str, names: list[str]) -> list[np.ndarray]:
-    fs, p = runtime.fs_path(url)
-    with fs.open(p, "rb") as f, np.load(f) as z:  # reads the named members only
-        return [z[n] for n in names]
-
-
 def _map_exact(pool: str, shards: list[int], g: int, cfg_dict: dict, eval_codes, work: str) -> int:
     cfg = from_dict(DedupConfig, cfg_dict)
     cols: dict[str, list] = {k: [] for k in _MAP_FIELDS}
@@ -436,17 +424,17 @@ def _map_exact(pool: str, shards: list[int], g: int, cfg_dict: dict, eval_codes,
             if len(arrays["sha"]) else np.zeros(0, np.int64))
     members = {f"{k}{p}": a[part == p] for p in range(cfg.partitions) for k, a in arrays.items()}
     members.update({k: np.array(v, np.int64) for k, v in contaminated.items()})
-    _save_npz(runtime.join(work, "map", f"{g:06d}.npz"), members)
+    runtime.write_npz(runtime.join(work, "map", f"{g:06d}.npz"), members)
     return len(arrays["sha"])
 
 
 def _reduce_exact(work: str, maps: int, p: int, cfg_dict: dict, group_of: np.ndarray) -> int:
     cfg = from_dict(DedupConfig, cfg_dict)
-    parts = [_npz_members(runtime.join(work, "map", f"{g:06d}.npz"), [f"{k}{p}" for k in _MAP_FIELDS])
+    parts = [runtime.read_npz(runtime.join(work, "map", f"{g:06d}.npz"), [f"{k}{p}" for k in _MAP_FIELDS])
              for g in range(maps)]
     sha, uid, shard, row, key, score = (np.concatenate([x[i] for x in parts]) for i in range(len(_MAP_FIELDS)))
     if len(sha) == 0:
-        _save_npz(runtime.join(work, "reduce", f"{p:06d}.npz"),
+        runtime.write_npz(runtime.join(work, "reduce", f"{p:06d}.npz"),
                   {f"{k}{g}": np.zeros(0, t) for g in range(int(group_of.max()) + 1)
                    for k, t in (("shard", np.int64), ("row", np.int64), ("keep", bool), ("group", str))})
         return 0
@@ -469,14 +457,14 @@ def _reduce_exact(work: str, maps: int, p: int, cfg_dict: dict, group_of: np.nda
     dup = np.flatnonzero(in_group)
     out = {"shard": shard[dup], "row": row[dup], "keep": keep[dup], "group": uid[winner[dup]]}
     target = group_of[out["shard"]] if len(dup) else np.zeros(0, np.int64)
-    _save_npz(runtime.join(work, "reduce", f"{p:06d}.npz"),
+    runtime.write_npz(runtime.join(work, "reduce", f"{p:06d}.npz"),
               {f"{k}{g}": v[target == g] for g in range(int(group_of.max()) + 1) for k, v in out.items()})
     return int((~keep[dup]).sum())
 
 
 def _write_exact(pool: str, shards: list[int], g: int, work: str, partitions: int, eval_names: list[str]) -> dict:
-    c_shard, c_row, c_eval = _npz_members(runtime.join(work, "map", f"{g:06d}.npz"), ["c_shard", "c_row", "c_eval"])
-    verdicts = [_npz_members(runtime.join(work, "reduce", f"{p:06d}.npz"), [f"{k}{g}" for k in
+    c_shard, c_row, c_eval = runtime.read_npz(runtime.join(work, "map", f"{g:06d}.npz"), ["c_shard", "c_row", "c_eval"])
+    verdicts = [runtime.read_npz(runtime.join(work, "reduce", f"{p:06d}.npz"), [f"{k}{g}" for k in
                                                                             ("shard", "row", "keep", "group")])
                 for p in range(partitions)]
     v_shard, v_row, v_keep, v_group = (np.concatenate([v[i] for v in verdicts]) for i in range(4))

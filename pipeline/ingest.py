@@ -208,17 +208,11 @@ def _ingest_file(path: str, index: int, out: str, hashes_dir: str, spec: _Read, 
     bucket = _bucket_of(h, spec.buckets)
     rows_of = [np.flatnonzero(bucket == b) for b in range(spec.buckets)]
     # one zip member per bucket, so a bucket's task reads only its slice of each file's hashes
-    _save_npz(runtime.join(hashes_dir, f"{index:06d}.npz"),
-              **{f"h{b}": h[r] for b, r in enumerate(rows_of)}, **{f"r{b}": r for b, r in enumerate(rows_of)})
+    runtime.write_npz(runtime.join(hashes_dir, f"{index:06d}.npz"),
+                      {**{f"h{b}": h[r] for b, r in enumerate(rows_of)}, **{f"r{b}": r for b, r in enumerate(rows_of)}})
     fs, p = runtime.fs_path(path)
     return {"path": path, "rows": rows, "shards": shards, "sha256": runtime.file_sha256(path),
             "size": fs.size(p), "local": local}
-
-
-def _save_npz(url: str, **arrays) -> None:
-    fs, p = runtime.fs_path(url)
-    with fs.open(p, "wb") as f:
-        np.savez(f, **arrays)
 
 
 def _bucket_duplicates(hashes_dir: str, files: int, bucket: int) -> list[tuple[int, int, int]]:
@@ -226,10 +220,9 @@ def _bucket_duplicates(hashes_dir: str, files: int, bucket: int) -> list[tuple[i
     24 bytes a row of one bucket; the uids themselves are read back only for candidates."""
     hs, fs_, rs = [], [], []
     for i in range(files):
-        fs, p = runtime.fs_path(runtime.join(hashes_dir, f"{i:06d}.npz"))
-        with fs.open(p, "rb") as f, np.load(f) as z:  # reads this bucket's members only
-            hs.append(z[f"h{bucket}"])
-            rs.append(z[f"r{bucket}"])
+        h, r = runtime.read_npz(runtime.join(hashes_dir, f"{i:06d}.npz"), [f"h{bucket}", f"r{bucket}"])
+        hs.append(h)
+        rs.append(r)
         fs_.append(np.full(len(hs[-1]), i, dtype=np.int64))
     h, f, r = np.concatenate(hs), np.concatenate(fs_), np.concatenate(rs)
     order = np.argsort(h, kind="stable")

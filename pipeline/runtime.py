@@ -156,6 +156,25 @@ def write_json(url: str, obj: Any) -> None:
     fs.mv(tmp, path)
 
 
+def write_npz(url: str, arrays: dict) -> None:
+    """Named arrays in one .npz (a zip): the staging format of the partitioned steps (ingest's uid check,
+    partitioned dedup), one member per partition so that a reader takes only its own."""
+    import numpy as np
+
+    fs, path = fs_path(url)
+    with fs.open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def read_npz(url: str, names: list[str]) -> list:
+    """The named members of an .npz, read without the others (the zip's directory says where each is)."""
+    import numpy as np
+
+    fs, path = fs_path(url)
+    with fs.open(path, "rb") as f, np.load(f) as z:
+        return [z[n] for n in names]
+
+
 def read_parquet(url: str, columns: list[str] | None = None, use_threads: bool = True):
     """use_threads=False in one-CPU Ray tasks: decoding threads there only contend with other tasks
     (measured: a 1M-row uid column reads in half the time without them on 2 cores)."""
