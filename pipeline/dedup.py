@@ -45,8 +45,9 @@ class DedupConfig:
     kmeans_iters: int = opt(20, "k-means iterations")
     gpu: bool = opt(True, "use GPU FAISS (k-means) and torch (within-cluster cosine) when a GPU is usable")
     ray_tasks: int = opt(0, "spread the within-cluster work over this many Ray tasks; 0 = in this process")
-    partitions: int = opt(0, "run exact dedup and contamination as Ray tasks over this many sha256 partitions, "
-                             "so no process holds the pool (needs perceptual and semantic off); 0 = in this process")
+    partitions: int = opt(0, "run contamination, exact and semantic dedup as Ray tasks over this many partitions "
+                             "(by sha256, then by cluster), so no process holds the pool; needs perceptual off and "
+                             "probes 1; 0 = in this process")
     contamination: bool = opt(True, "drop near-copies of evaluation images (needs eval_sets)")
     eval_sets: list[str] = opt(help="evaluation sets (CLIP_benchmark WebDataset dirs) to check against",
                                factory=list)
@@ -58,10 +59,12 @@ class DedupConfig:
             raise InputError(f"keep must be clip_score, first or random, not {self.keep!r}")
         if not 0 < self.threshold <= 1:
             raise InputError("threshold must be in (0, 1]")
-        if self.partitions and (self.perceptual or self.semantic):
-            raise InputError("partitions runs exact dedup and contamination only: set perceptual: false and "
-                             "semantic: false (partitioned perceptual and semantic dedup are not built; "
-                             "docs/scaling.md)")
+        if self.partitions and self.perceptual:
+            raise InputError("partitions runs contamination, exact and semantic dedup: set perceptual: false "
+                             "(partitioned PDQ dedup is not built; docs/scaling.md)")
+        if self.partitions and self.semantic and self.probes != 1:
+            raise InputError("partitioned SemDeDup puts each sample in its one nearest cluster, as SemDeDup's "
+                             "paper does: set probes: 1")
 
 
 class UnionFind:
@@ -511,12 +514,149 @@ def _run_partitioned(pool: str, cfg: DedupConfig, shards: list[int], ray_address
                          for p in range(cfg.partitions)]))
     stats = ray.get([task(_write_exact).remote(pool, m, g, work, cfg.partitions, eval_names)
                      for g, m in enumerate(groups)])
-    runtime.remove(work, recursive=True)
     counts = ({"contamination": sum(st["contamination"] for st in stats)} if eval_codes is not None else {})
     if cfg.exact:
         counts["exact"] = exact
-    return _write_manifest(pool, cfg, sum(st["samples"] for st in stats), sum(st["kept"] for st in stats),
-                           counts, t0, log)
+    kept = sum(st["kept"] for st in stats)
+    if cfg.semantic:
+        counts["semantic"] = _semantic_partitioned(pool, cfg, groups, group_ref, work, kept, log)
+        kept -= counts["semantic"]
+    runtime.remove(work, recursive=True)
+    return _write_manifest(pool, cfg, sum(st["samples"] for st in stats), kept, counts, t0, log)
+
+
+# Partitioned SemDeDup: k-means on a sample drawn a shard group at a time; every surviving row assigned
+# to its nearest centroid and sent to a partition by cluster (with its embedding: the shuffle); per
+# partition, cosine pairs within each cluster and one survivor per connected group; verdicts written
+# back into POOL/dedup/. One cluster per sample, so every group lies within one partition.
+
+def _semantic_rows(pool: str, s: int, cfg: DedupConfig):
+    """One shard's rows that semantic dedup looks at (kept so far, with an embedding, and a score where the
+    survivor is chosen by score), with their embeddings, scores, keys and uids."""
+    verdict = runtime.read_parquet(runtime.join(pool, "dedup", f"{s:08d}.parquet"), columns=["uid", "key", "keep"])
+    d = runtime.join(pool, "features", cfg.scorer)
+    table = runtime.read_parquet(runtime.join(d, f"{s:08d}.parquet"), columns=["uid", "clip_score"])
+    if table.column("uid").to_pylist() != verdict.column("uid").to_pylist():
+        raise InputError(f"{d}: shard {s:08d} is not row-aligned with the base features; recompute it")
+    emb = features.read_npy(runtime.join(d, f"{s:08d}.img.npy")).astype(np.float32)
+    score = np.array(table.column("clip_score").to_pylist(), dtype=np.float64)
+    ok = np.asarray(verdict.column("keep")) & (np.linalg.norm(emb, axis=1) > 0.5)  # zeros: undecodable
+    if cfg.keep == "clip_score":
+        ok &= np.isfinite(score)
+    rows = np.flatnonzero(ok)
+    keys = np.array([int(k) for k in verdict.column("key").to_pylist()], np.int64)
+    return rows, emb[rows], score[rows], keys[rows], np.array(verdict.column("uid").to_pylist(), dtype=str)[rows]
+
+
+def _sample_semantic(pool: str, shards: list[int], cfg_dict: dict, fraction: float) -> np.ndarray:
+    cfg = from_dict(DedupConfig, cfg_dict)
+    parts = []
+    for s in shards:
+        _, emb, *_ = _semantic_rows(pool, s, cfg)
+        take = min(len(emb), int(np.ceil(fraction * len(emb))))
+        parts.append(emb[np.random.default_rng([cfg.seed, s]).choice(len(emb), take, replace=False)])
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def _map_semantic(pool: str, shards: list[int], g: int, cfg_dict: dict, centroids: np.ndarray, work: str) -> int:
+    import faiss
+
+    cfg = from_dict(DedupConfig, cfg_dict)
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(centroids)
+    cols: dict[str, list] = {k: [] for k in ("emb", "cluster", "shard", "row", "key", "score", "uid")}
+    for s in shards:
+        rows, emb, score, keys, uids = _semantic_rows(pool, s, cfg)
+        cluster = index.search(emb, 1)[1][:, 0] if len(emb) else np.zeros(0, np.int64)
+        for k, v in zip(cols, (emb.astype(np.float16), cluster, np.full(len(rows), s), rows, keys, score, uids)):
+            cols[k].append(v)
+    arrays = {k: np.concatenate(v) for k, v in cols.items()}
+    part = arrays["cluster"] % cfg.partitions
+    runtime.write_npz(runtime.join(work, "smap", f"{g:06d}.npz"),
+                      {f"{k}{p}": a[part == p] for p in range(cfg.partitions) for k, a in arrays.items()})
+    return len(part)
+
+
+def _reduce_semantic(work: str, maps: int, p: int, cfg_dict: dict, group_of: np.ndarray) -> int:
+    cfg = from_dict(DedupConfig, cfg_dict)
+    names = ["emb", "cluster", "shard", "row", "key", "score", "uid"]
+    parts = [runtime.read_npz(runtime.join(work, "smap", f"{g:06d}.npz"), [f"{k}{p}" for k in names])
+             for g in range(maps)]
+    emb, cluster, shard, row, key, score, uid = (np.concatenate([x[i] for x in parts]) for i in range(len(names)))
+    x = emb.astype(np.float32)
+    order = np.argsort(cluster, kind="stable")
+    bounds = np.flatnonzero(np.diff(cluster[order])) + 1
+    groups = [m for m in np.split(order, bounds) if len(m) > 1]
+    pairs = _within(x, groups, cfg.threshold, 4096, None) if groups else np.zeros((0, 2), np.int64)
+    out = {"shard": [], "row": [], "keep": [], "group": []}
+    if len(pairs):
+        uf = UnionFind(len(x))
+        uf.union_pairs(pairs)
+        touched = np.unique(pairs)
+        roots = np.array([uf.find(int(i)) for i in touched])  # only the rows in some pair
+        by_root = np.argsort(roots, kind="stable")
+        for members in np.split(touched[by_root], np.flatnonzero(np.diff(roots[by_root])) + 1):
+            if cfg.keep == "random":
+                winner = members[np.random.default_rng([cfg.seed, int(key[members].min())]).integers(len(members))]
+            else:  # highest score, then first seen; or first seen
+                s = np.nan_to_num(score[members], nan=-np.inf) if cfg.keep == "clip_score" else np.zeros(len(members))
+                winner = members[np.lexsort((key[members], -s))[0]]
+            for m in members:
+                for k, v in zip(out, (shard[m], row[m], m == winner, uid[winner])):
+                    out[k].append(v)
+    arrays = {"shard": np.array(out["shard"], np.int64), "row": np.array(out["row"], np.int64),
+              "keep": np.array(out["keep"], bool), "group": np.array(out["group"], dtype=str)}
+    target = group_of[arrays["shard"]]
+    runtime.write_npz(runtime.join(work, "sreduce", f"{p:06d}.npz"),
+                      {f"{k}{g}": v[target == g] for g in range(int(group_of.max()) + 1) for k, v in arrays.items()})
+    return int((~arrays["keep"]).sum())
+
+
+def _write_semantic(pool: str, shards: list[int], g: int, work: str, partitions: int) -> None:
+    verdicts = [runtime.read_npz(runtime.join(work, "sreduce", f"{p:06d}.npz"),
+                                 [f"{k}{g}" for k in ("shard", "row", "keep", "group")]) for p in range(partitions)]
+    v_shard, v_row, v_keep, v_group = (np.concatenate([v[i] for v in verdicts]) for i in range(4))
+    for s in shards:
+        mine = v_shard == s
+        if not mine.any():
+            continue
+        path = runtime.join(pool, "dedup", f"{s:08d}.parquet")
+        table = runtime.read_parquet(path)
+        keep, reason, group = (np.array(table.column("keep")), table.column("reason").to_pylist(),
+                               table.column("duplicate_group").to_pylist())
+        for r, k, grp in zip(v_row[mine], v_keep[mine], v_group[mine]):
+            group[r] = group[r] or str(grp)  # a survivor of an exact group keeps that group's name
+            if not k:
+                keep[r], reason[r] = False, "semantic"
+        runtime.write_parquet(pa.table({"uid": table.column("uid"), "key": table.column("key"), "duplicate_group": group,
+                                        "keep": keep, "reason": reason}, schema=schema.DEDUP), path)
+
+
+def _semantic_partitioned(pool: str, cfg: DedupConfig, groups: list[list[int]], group_ref, work: str, alive: int,
+                          log) -> int:
+    import faiss
+    import ray
+
+    for d in ("smap", "sreduce"):
+        runtime.makedirs(runtime.join(work, d))
+    k = min(cfg.clusters or max(1, alive // 1000), max(1, alive))
+    fraction = min(1.0, 256 * k / max(1, alive))  # FAISS trains on at most 256 points a centroid
+    cfg_d = to_dict(cfg)
+    task = lambda fn: ray.remote(fn).options(num_cpus=1)  # noqa: E731
+    parts = [x for x in ray.get([task(_sample_semantic).remote(pool, m, cfg_d, fraction) for m in groups]) if len(x)]
+    if not parts:
+        return 0
+    sample = np.concatenate(parts)
+    km = faiss.Kmeans(sample.shape[1], min(k, len(sample)), niter=cfg.kmeans_iters, seed=cfg.seed, spherical=True,
+                      verbose=False, max_points_per_centroid=256, gpu=faiss_gpus(cfg.gpu) > 0)
+    km.train(np.ascontiguousarray(sample, dtype=np.float32))
+    log(f"[dedup] SemDeDup: k-means with {km.k} clusters on a sample of {len(sample)} of {alive} rows")
+    centroids = ray.put(km.centroids.copy())
+    ray.get([task(_map_semantic).remote(pool, m, g, cfg_d, centroids, work) for g, m in enumerate(groups)])
+    dropped = sum(ray.get([task(_reduce_semantic).remote(work, len(groups), p, cfg_d, group_ref)
+                           for p in range(cfg.partitions)]))
+    ray.get([task(_write_semantic).remote(pool, m, g, work, cfg.partitions) for g, m in enumerate(groups)])
+    return dropped
 
 
 def read(pool: str) -> pa.Table:

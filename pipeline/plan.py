@@ -23,6 +23,9 @@ from .errors import InputError
 THROUGHPUTS = CONFIG_DIR.parent / "benchmarks" / "throughputs.yaml"
 CLUSTER_DIR = CONFIG_DIR / "cluster"
 SYNTH_BYTES_PER_SAMPLE = 35_000  # the synthetic pool at DataComp's 512 px: 664 MB of shards / 18,940 samples
+# where one flat k-means on the driver stops being practical: ~4 hours of a 64-core head node at an assumed
+# ~100 GFLOP/s a core of BLAS (not measured here; the warning's threshold, not part of any estimate)
+KMEANS_FLOPS_ONE_NODE = 1e17
 SYNTH_SUCCESS = 0.947            # its share of URLs that download (planted failures: 404, timeouts, opt-outs)
 
 
@@ -51,6 +54,7 @@ class Estimate:
     inputs: list[str] = field(default_factory=list)  # throughputs.yaml keys used
     cores: int | None = None  # how many cores the step can use at most (in one process), when not the cluster's
     driver_bytes: float = 0.0  # what it holds in one process on the head node
+    warnings: list[str] = field(default_factory=list)
 
     def wall_s(self, c: Cluster) -> float:
         cores = min(c.cpus, self.cores) if self.cores else c.cpus
@@ -198,11 +202,25 @@ def estimate_step(i: int, argv: list[str], sizes: Sizes, t: dict, cluster: Clust
     elif cmd == "dedup":
         n = sizes.downloaded
         partitions = int(_opt(argv, "--partitions", 0))
-        if partitions:  # exact and contamination as Ray tasks: spread over the cluster, ~100 B a row staged
+        if partitions:  # Ray tasks over partitions: spread over the cluster, ~100 B a row staged for exact
             e.cpu_s, e.inputs = n / rate("dedup.exact_partitioned"), ["dedup.exact_partitioned"]
             e.cores = partitions  # each round has a task per partition (or shard group) at most
-            e.what = f"{n:,.0f} samples: exact, over {partitions} sha256 partitions (Ray tasks)"
+            e.what = f"{n:,.0f} samples: exact"
             e.disk_bytes = n * 80 + n * 100
+            if "--no-semantic" not in argv:  # the shuffle stages each embedding once, as float16
+                k = int(_opt(argv, "--clusters", 0)) or max(1, int(n // 1000))
+                flops = n * (n / k) * 512 * 2
+                e.cpu_s += flops / rate("dedup.semantic_flops")
+                e.inputs.append("dedup.semantic_flops")
+                e.disk_bytes += n * 512 * 2
+                e.what += f", SemDeDup ({k:,} clusters, {flops:.2g} flops)"
+                # its k-means is one flat FAISS k-means on the driver, on up to 256 rows a centroid
+                km = min(n, 256 * k) * k * 512 * 2 * int(_opt(argv, "--kmeans-iters", 20))
+                if km > KMEANS_FLOPS_ONE_NODE:
+                    e.warnings.append(f"SemDeDup's k-means ({k:,} clusters on {min(n, 256 * k):,.0f} rows, "
+                                      f"{km:.2g} flops) is beyond one process; pass fewer --clusters (hierarchical "
+                                      f"k-means is not built)")
+            e.what += f" over {partitions} partitions (Ray tasks)"
             return e
         e.cpu_s = n / rate("stages.dedup_exact_pdq")
         e.inputs = ["stages.dedup_exact_pdq"]
@@ -368,6 +386,7 @@ def render(p: dict) -> str:
         lines.append(f"warning: the job writes {_human_bytes(p['disk_bytes'])}, more than the cluster's "
                      f"{c.disk_gb:,.0f} GB of disk: put `out` on object storage (s3://...) or add disk")
     for e in p["steps"]:
+        lines += [f"warning: step {e.step} ({e.command}): {w}" for w in e.warnings]
         if c.head_memory_gb and e.driver_bytes > c.head_memory_gb * 1e9:
             lines.append(f"warning: step {e.step} ({e.command}) holds {_human_bytes(e.driver_bytes)} in one process, "
                          f"more than the head node's {c.head_memory_gb:,.0f} GB"

@@ -172,5 +172,46 @@ def test_partitioned_exact_and_contamination_give_the_same_verdicts(featured_poo
 
 
 def test_partitions_refuse_steps_they_cannot_run():
-    with pytest.raises(Exception, match="partitions runs exact dedup and contamination only"):
+    with pytest.raises(Exception, match="partitioned PDQ dedup is not built"):
         dedup.DedupConfig(partitions=4, semantic=False).validate()
+
+
+def test_partitioned_semdedup_finds_the_planted_copies_as_in_one_process(tmp_path, ray_local):
+    """SemDeDup over partitions (k-means on a sample, one cluster a sample, a partition per cluster group)
+    against the in-process run with one probe, on planted embeddings: 40 clusters of unrelated images
+    (cosine ~0.6 within a cluster) and 10% near-copies (cosine ~0.997). Both remove one of every copy pair and nothing else;
+    their k-means differ (a sample against every row), so only the verdicts are compared."""
+    from test_filter import make_pool
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(40, 64))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    x = centers[rng.integers(0, 40, 2000)] + 0.1 * rng.normal(size=(2000, 64))
+    copies = rng.choice(2000, 200, replace=False)
+    originals = rng.choice(np.setdiff1d(np.arange(2000), copies), 200, replace=False)
+    x[copies] = x[originals] + 0.01 * rng.normal(size=(200, 64))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rows = [{"score": float(s), "emb": e} for s, e in zip(rng.uniform(0.2, 0.4, 2000), x)]
+    pool = make_pool(tmp_path / "pool", [rows[i:i + 250] for i in range(0, 2000, 250)])
+    common = dict(perceptual=False, semantic=True, contamination=False, scorer="clip_b32", probes=1, clusters=40,
+                  threshold=0.95)
+    removed = {}
+    for name, extra in (("one process", {}), ("partitioned", {"partitions": 4})):
+        manifest = dedup.run(str(pool), dedup.DedupConfig(**common, **extra), log=lambda *_: None)
+        table = dedup.read(str(pool)).to_pylist()
+        removed[name] = {i for i, r in enumerate(table) if not r["keep"]}
+        assert {r["reason"] for r in table if not r["keep"]} == {"semantic"}
+        assert manifest["removed"]["semantic"] == len(removed[name])
+        # every copy pair lost exactly one member, and the survivor is its higher-scored one
+        for c, o in zip(copies, originals):
+            assert (c in removed[name]) != (o in removed[name]), (name, c, o)
+            loser, winner = (c, o) if c in removed[name] else (o, c)
+            assert rows[winner]["score"] >= rows[loser]["score"]
+            assert table[c]["duplicate_group"] == table[o]["duplicate_group"] == table[winner]["uid"]
+    assert removed["one process"] == removed["partitioned"] and len(removed["partitioned"]) == 200
+    assert not (pool / "dedup" / "_work").exists()
+
+
+def test_partitioned_semdedup_needs_one_probe():
+    with pytest.raises(Exception, match="set probes: 1"):
+        dedup.DedupConfig(partitions=4, perceptual=False, probes=2).validate()

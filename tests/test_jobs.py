@@ -170,13 +170,18 @@ def test_ab_test_job_runs_end_to_end_with_a_plugin_from_outside(plugin_site, tmp
 
 def test_plan_warns_when_dedup_in_one_process_outgrows_the_head_node(tmp_path):
     """Dedup without --partitions holds the pool's base columns in one process: at 12.8B that is ~3 TB,
-    more than the head node's memory, and the plan says so and names the partitioned path."""
-    def render(extra: str) -> str:
+    more than the head node's memory, and the plan says so and names the partitioned path. Partitioned
+    SemDeDup spreads its products, but its k-means is one process: 11.5M clusters are too many."""
+    def render(args: str) -> str:
         path = write_job(tmp_path, "name: t\nplan: {cluster: datacomp-aws, pool_samples: 12800000000}\n"
-                                   f"steps:\n  - dedup: {{pool: pool, semantic: false{extra}}}\n")
+                                   f"steps:\n  - dedup: {{pool: pool, {args}}}\n")
         return plan.render(plan.plan_job(jobs.load(str(path), out=str(tmp_path / "o"))))
-    text = render("")
+    text = render("semantic: false")
     assert re.search(r"warning: step 1 \(dedup\) holds 3\.\d+ TB in one process, more than the head node's", text)
     assert "--partitions N" in text and "(in one process)" in text
-    text = render(", perceptual: false, partitions: 256")
-    assert "warning: step 1" not in text and "over 256 sha256 partitions" in text
+    text = render("semantic: false, perceptual: false, partitions: 256")
+    assert "warning: step 1" not in text and "exact over 256 partitions" in text
+    text = render("perceptual: false, probes: 1, partitions: 1024")
+    assert "SemDeDup (12,121,600 clusters" in text and "over 1024 partitions" in text
+    assert "SemDeDup's k-means (12,121,600 clusters" in text and "hierarchical k-means is not built" in text
+    assert "warning" not in render("perceptual: false, probes: 1, partitions: 64, clusters: 100000")
