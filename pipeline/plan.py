@@ -23,8 +23,8 @@ from .errors import InputError
 THROUGHPUTS = CONFIG_DIR.parent / "benchmarks" / "throughputs.yaml"
 CLUSTER_DIR = CONFIG_DIR / "cluster"
 SYNTH_BYTES_PER_SAMPLE = 35_000  # the synthetic pool at DataComp's 512 px: 664 MB of shards / 18,940 samples
-# where one flat k-means on the driver stops being practical: ~4 hours of a 64-core head node at an assumed
-# ~100 GFLOP/s a core of BLAS (not measured here; the warning's threshold, not part of any estimate)
+# where one flat k-means on the driver stops being practical: more than a day of a 16-vCPU head node at an
+# assumed ~50 GFLOP/s a vCPU of BLAS (not measured here; the warning's threshold, not part of any estimate)
 KMEANS_FLOPS_ONE_NODE = 1e17
 SYNTH_SUCCESS = 0.947            # its share of URLs that download (planted failures: 404, timeouts, opt-outs)
 
