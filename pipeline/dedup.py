@@ -13,6 +13,10 @@ interface), and each can be switched off:
 Within a group of duplicates one sample is kept by `keep`: the highest CLIP score (`clip_score`), the
 first seen (`first`: lowest shard and key), or a seeded random one (`random`).
 
+By default the steps run in this process over the whole pool. With `partitions: N` contamination, exact
+and semantic dedup run as rounds of Ray tasks over partitions instead (perceptual is not built that way),
+with the same verdicts (see the partitioned section below).
+
 Output, one file per pool shard, a row for every successfully downloaded sample:
     POOL/dedup/{i:08d}.parquet   uid, key, duplicate_group, keep, reason   (schema.DEDUP)
     POOL/dedup/manifest.json     config and hash, counts removed by each step, inputs used
@@ -376,8 +380,9 @@ def _write_manifest(pool: str, cfg: DedupConfig, n: int, kept: int, counts: dict
 
 
 # ---------------------------------------------------------------------------------------------------
-# Partitioned: exact duplicates and evaluation-set copies for pools no process can hold. Rows go to a
-# partition by their sha256 (so every copy of an image meets in one task), in three rounds of Ray tasks:
+# Partitioned (`partitions: N`), for pools no process can hold: evaluation-set copies and exact
+# duplicates here, then SemDeDup (below) on what they keep. Rows go to a partition by their sha256 (so
+# every copy of an image meets in one task), in three rounds of Ray tasks:
 #   map     a task per group of shards: eval-set copies found against the (small) eval index; every
 #           other row with a sha256 written to WORK/map/{g}.npz, one member per partition;
 #   reduce  a task per partition: its rows from every map file, grouped by sha256, one winner per group
