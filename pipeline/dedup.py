@@ -389,9 +389,16 @@ def _write_manifest(pool: str, cfg: DedupConfig, n: int, kept: int, counts: dict
 #           by `keep`; the verdicts written to WORK/reduce/{p}.npz, one member per shard group;
 #   write   a task per shard group: its verdicts from every reduce file into POOL/dedup/{shard}.parquet.
 # The same verdicts as the in-process path (tests/test_dedup.py), except keep=random, which draws per
-# group from a seed and the group's sha256 instead of from one stream.
+# group from a seed and the group's sha256 (exact) or per partition (semantic) instead of from one stream.
 
 _MAP_FIELDS = ("sha", "uid", "shard", "row", "key", "score")
+VERDICT_FIELDS = ("shard", "row", "keep", "group")
+
+
+def _remote(fn):
+    import ray
+
+    return ray.remote(fn).options(num_cpus=1)
 
 
 def _map_exact(pool: str, shards: list[int], g: int, cfg_dict: dict, eval_codes, work: str) -> int:
@@ -420,16 +427,15 @@ def _map_exact(pool: str, shards: list[int], g: int, cfg_dict: dict, eval_codes,
                 raise InputError(f"{pool}: scorer {cfg.scorer} shard {s:08d} is not row-aligned with the base "
                                  f"features; recompute it")
             scores = np.array(t.column("clip_score").to_pylist(), dtype=np.float64)
-        sha, keys = base.column("sha256").to_pylist(), base.column("key").to_pylist()
-        for r in np.flatnonzero(alive) if cfg.exact else []:
-            if sha[r] is not None:
-                for k, v in zip(_MAP_FIELDS, (bytes.fromhex(sha[r]), uids[r], s, r, int(keys[r]), scores[r])):
-                    cols[k].append(v)
-    arrays = {"sha": np.array(cols["sha"], dtype="S32"), "uid": np.array(cols["uid"], dtype=str),
-              "shard": np.array(cols["shard"], np.int64), "row": np.array(cols["row"], np.int64),
-              "key": np.array(cols["key"], np.int64), "score": np.array(cols["score"], np.float64)}
-    part = (np.frombuffer(arrays["sha"].tobytes(), dtype=">u8").reshape(-1, 4)[:, 0] % cfg.partitions
-            if len(arrays["sha"]) else np.zeros(0, np.int64))
+        sha = base.column("sha256").to_pylist()
+        rows = np.flatnonzero(alive & np.array([h is not None for h in sha])) if cfg.exact else np.zeros(0, int)
+        for k, v in zip(_MAP_FIELDS, (np.array([bytes.fromhex(sha[r]) for r in rows], dtype="S32"),
+                                      np.array(uids, dtype=str)[rows], np.full(len(rows), s), rows,
+                                      _int_keys(base.column("key"))[rows], scores[rows])):
+            cols[k].append(v)
+    arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
+    arrays["sha"] = arrays["sha"].astype("S32")
+    part = np.frombuffer(arrays["sha"].tobytes(), dtype=">u8").reshape(-1, 4)[:, 0] % cfg.partitions
     members = {f"{k}{p}": a[part == p] for p in range(cfg.partitions) for k, a in arrays.items()}
     members.update({k: np.array(v, np.int64) for k, v in contaminated.items()})
     runtime.write_npz(runtime.join(work, "map", f"{g:06d}.npz"), members)
@@ -441,16 +447,12 @@ def _reduce_exact(work: str, maps: int, p: int, cfg_dict: dict, group_of: np.nda
     parts = [runtime.read_npz(runtime.join(work, "map", f"{g:06d}.npz"), [f"{k}{p}" for k in _MAP_FIELDS])
              for g in range(maps)]
     sha, uid, shard, row, key, score = (np.concatenate([x[i] for x in parts]) for i in range(len(_MAP_FIELDS)))
-    if len(sha) == 0:
-        runtime.write_npz(runtime.join(work, "reduce", f"{p:06d}.npz"),
-                  {f"{k}{g}": np.zeros(0, t) for g in range(int(group_of.max()) + 1)
-                   for k, t in (("shard", np.int64), ("row", np.int64), ("keep", bool), ("group", str))})
-        return 0
     s = np.nan_to_num(score, nan=-np.inf)
     # each sha256 group's rows with its winner first: highest score then first seen, or first seen
     order = np.lexsort((key, -s, sha)) if cfg.keep == "clip_score" else np.lexsort((key, sha))
     sha, uid, shard, row, key = sha[order], uid[order], shard[order], row[order], key[order]
-    start = np.r_[True, sha[1:] != sha[:-1]]
+    start = np.ones(len(sha), bool)
+    start[1:] = sha[1:] != sha[:-1]
     size = np.diff(np.r_[np.flatnonzero(start), len(sha)])
     gid = np.cumsum(start) - 1
     in_group = size[gid] > 1
@@ -463,19 +465,36 @@ def _reduce_exact(work: str, maps: int, p: int, cfg_dict: dict, group_of: np.nda
                 winner[f:f + n] = f + np.random.default_rng([cfg.seed, seed]).integers(n)
     keep = np.arange(len(sha)) == winner
     dup = np.flatnonzero(in_group)
-    out = {"shard": shard[dup], "row": row[dup], "keep": keep[dup], "group": uid[winner[dup]]}
-    target = group_of[out["shard"]] if len(dup) else np.zeros(0, np.int64)
-    runtime.write_npz(runtime.join(work, "reduce", f"{p:06d}.npz"),
-              {f"{k}{g}": v[target == g] for g in range(int(group_of.max()) + 1) for k, v in out.items()})
+    _write_verdicts(runtime.join(work, "reduce", f"{p:06d}.npz"), group_of,
+                    shard[dup], row[dup], keep[dup], uid[winner[dup]])
     return int((~keep[dup]).sum())
+
+
+def _int_keys(keys) -> np.ndarray:
+    """Sample keys (zero-padded digits, one width per pool) as integers: the same order as the strings."""
+    return np.array(keys.to_pylist() if hasattr(keys, "to_pylist") else keys, dtype=np.int64)
+
+
+def _write_verdicts(url: str, group_of: np.ndarray, shard, row, keep, group) -> None:
+    """A reduce task's verdicts (every member of a duplicate group: its shard and row, whether it survives,
+    the group's name), one npz member per shard group, for that group's write task."""
+    target = group_of[shard]
+    columns = {"shard": np.asarray(shard, np.int64), "row": np.asarray(row, np.int64),
+               "keep": np.asarray(keep, bool), "group": np.asarray(group, dtype=str)}
+    runtime.write_npz(url, {f"{k}{g}": v[target == g] for g in range(int(group_of.max()) + 1)
+                            for k, v in columns.items()})
+
+
+def _read_verdicts(work: str, sub: str, partitions: int, g: int) -> list[np.ndarray]:
+    """Shard group g's verdicts from every reduce file: shard, row, keep, group."""
+    parts = [runtime.read_npz(runtime.join(work, sub, f"{p:06d}.npz"), [f"{k}{g}" for k in VERDICT_FIELDS])
+             for p in range(partitions)]
+    return [np.concatenate([x[i] for x in parts]) for i in range(len(VERDICT_FIELDS))]
 
 
 def _write_exact(pool: str, shards: list[int], g: int, work: str, partitions: int, eval_names: list[str]) -> dict:
     c_shard, c_row, c_eval = runtime.read_npz(runtime.join(work, "map", f"{g:06d}.npz"), ["c_shard", "c_row", "c_eval"])
-    verdicts = [runtime.read_npz(runtime.join(work, "reduce", f"{p:06d}.npz"), [f"{k}{g}" for k in
-                                                                            ("shard", "row", "keep", "group")])
-                for p in range(partitions)]
-    v_shard, v_row, v_keep, v_group = (np.concatenate([v[i] for v in verdicts]) for i in range(4))
+    v_shard, v_row, v_keep, v_group = _read_verdicts(work, "reduce", partitions, g)
     samples = kept = 0
     for s in shards:
         base = runtime.read_parquet(runtime.join(pool, "features", "base", f"{s:08d}.parquet"), columns=["uid", "key"])
@@ -511,13 +530,12 @@ def _run_partitioned(pool: str, cfg: DedupConfig, shards: list[int], ray_address
     for g, members in enumerate(groups):
         group_of[members] = g
     cfg_d = to_dict(cfg)
-    task = lambda fn: ray.remote(fn).options(num_cpus=1)  # noqa: E731
-    rows = ray.get([task(_map_exact).remote(pool, m, g, cfg_d, eval_codes, work) for g, m in enumerate(groups)])
+    rows = ray.get([_remote(_map_exact).remote(pool, m, g, cfg_d, eval_codes, work) for g, m in enumerate(groups)])
     log(f"[dedup] {len(groups)} shard groups mapped to {cfg.partitions} sha256 partitions ({sum(rows)} rows)")
     group_ref = ray.put(group_of)
-    exact = sum(ray.get([task(_reduce_exact).remote(work, len(groups), p, cfg_d, group_ref)
+    exact = sum(ray.get([_remote(_reduce_exact).remote(work, len(groups), p, cfg_d, group_ref)
                          for p in range(cfg.partitions)]))
-    stats = ray.get([task(_write_exact).remote(pool, m, g, work, cfg.partitions, eval_names)
+    stats = ray.get([_remote(_write_exact).remote(pool, m, g, work, cfg.partitions, eval_names)
                      for g, m in enumerate(groups)])
     counts = ({"contamination": sum(st["contamination"] for st in stats)} if eval_codes is not None else {})
     if cfg.exact:
@@ -549,7 +567,7 @@ def _semantic_rows(pool: str, s: int, cfg: DedupConfig):
     if cfg.keep == "clip_score":
         ok &= np.isfinite(score)
     rows = np.flatnonzero(ok)
-    keys = np.array([int(k) for k in verdict.column("key").to_pylist()], np.int64)
+    keys = _int_keys(verdict.column("key"))
     return rows, emb[rows], score[rows], keys[rows], np.array(verdict.column("uid").to_pylist(), dtype=str)[rows]
 
 
@@ -593,34 +611,19 @@ def _reduce_semantic(work: str, maps: int, p: int, cfg_dict: dict, group_of: np.
     bounds = np.flatnonzero(np.diff(cluster[order])) + 1
     groups = [m for m in np.split(order, bounds) if len(m) > 1]
     pairs = _within(x, groups, cfg.threshold, 4096, None) if groups else np.zeros((0, 2), np.int64)
-    out = {"shard": [], "row": [], "keep": [], "group": []}
-    if len(pairs):
-        uf = UnionFind(len(x))
-        uf.union_pairs(pairs)
-        touched = np.unique(pairs)
-        roots = np.array([uf.find(int(i)) for i in touched])  # only the rows in some pair
-        by_root = np.argsort(roots, kind="stable")
-        for members in np.split(touched[by_root], np.flatnonzero(np.diff(roots[by_root])) + 1):
-            if cfg.keep == "random":
-                winner = members[np.random.default_rng([cfg.seed, int(key[members].min())]).integers(len(members))]
-            else:  # highest score, then first seen; or first seen
-                s = np.nan_to_num(score[members], nan=-np.inf) if cfg.keep == "clip_score" else np.zeros(len(members))
-                winner = members[np.lexsort((key[members], -s))[0]]
-            for m in members:
-                for k, v in zip(out, (shard[m], row[m], m == winner, uid[winner])):
-                    out[k].append(v)
-    arrays = {"shard": np.array(out["shard"], np.int64), "row": np.array(out["row"], np.int64),
-              "keep": np.array(out["keep"], bool), "group": np.array(out["group"], dtype=str)}
-    target = group_of[arrays["shard"]]
-    runtime.write_npz(runtime.join(work, "sreduce", f"{p:06d}.npz"),
-                      {f"{k}{g}": v[target == g] for g in range(int(group_of.max()) + 1) for k, v in arrays.items()})
-    return int((~arrays["keep"]).sum())
+    # the in-process step's grouping and choice, on this partition's rows (random: a stream per partition)
+    n = len(x)
+    keep, reason, group = np.ones(n, bool), [None] * n, [None] * n
+    dropped = _apply(pairs, np.arange(n), "semantic", cfg, score, key, np.random.default_rng([cfg.seed, p]),
+                     group, reason, keep, uid)
+    members = np.array([i for i in range(n) if group[i] is not None], np.int64)
+    _write_verdicts(runtime.join(work, "sreduce", f"{p:06d}.npz"), group_of, shard[members], row[members],
+                    keep[members], [group[i] for i in members])
+    return dropped
 
 
 def _write_semantic(pool: str, shards: list[int], g: int, work: str, partitions: int) -> None:
-    verdicts = [runtime.read_npz(runtime.join(work, "sreduce", f"{p:06d}.npz"),
-                                 [f"{k}{g}" for k in ("shard", "row", "keep", "group")]) for p in range(partitions)]
-    v_shard, v_row, v_keep, v_group = (np.concatenate([v[i] for v in verdicts]) for i in range(4))
+    v_shard, v_row, v_keep, v_group = _read_verdicts(work, "sreduce", partitions, g)
     for s in shards:
         mine = v_shard == s
         if not mine.any():
@@ -647,8 +650,7 @@ def _semantic_partitioned(pool: str, cfg: DedupConfig, groups: list[list[int]], 
     k = min(cfg.clusters or max(1, alive // 1000), max(1, alive))
     fraction = min(1.0, 256 * k / max(1, alive))  # FAISS trains on at most 256 points a centroid
     cfg_d = to_dict(cfg)
-    task = lambda fn: ray.remote(fn).options(num_cpus=1)  # noqa: E731
-    parts = [x for x in ray.get([task(_sample_semantic).remote(pool, m, cfg_d, fraction) for m in groups]) if len(x)]
+    parts = [x for x in ray.get([_remote(_sample_semantic).remote(pool, m, cfg_d, fraction) for m in groups]) if len(x)]
     if not parts:
         return 0
     sample = np.concatenate(parts)
@@ -657,10 +659,10 @@ def _semantic_partitioned(pool: str, cfg: DedupConfig, groups: list[list[int]], 
     km.train(np.ascontiguousarray(sample, dtype=np.float32))
     log(f"[dedup] SemDeDup: k-means with {km.k} clusters on a sample of {len(sample)} of {alive} rows")
     centroids = ray.put(km.centroids.copy())
-    ray.get([task(_map_semantic).remote(pool, m, g, cfg_d, centroids, work) for g, m in enumerate(groups)])
-    dropped = sum(ray.get([task(_reduce_semantic).remote(work, len(groups), p, cfg_d, group_ref)
+    ray.get([_remote(_map_semantic).remote(pool, m, g, cfg_d, centroids, work) for g, m in enumerate(groups)])
+    dropped = sum(ray.get([_remote(_reduce_semantic).remote(work, len(groups), p, cfg_d, group_ref)
                            for p in range(cfg.partitions)]))
-    ray.get([task(_write_semantic).remote(pool, m, g, work, cfg.partitions) for g, m in enumerate(groups)])
+    ray.get([_remote(_write_semantic).remote(pool, m, g, work, cfg.partitions) for g, m in enumerate(groups)])
     return dropped
 
 

@@ -272,8 +272,7 @@ def _prepare_inputs(urls: str, pool: str, cfg: DownloadConfig, ray_address, log)
             raise InputError(f"{pool} was ingested with other settings ({', '.join(diff)} differ). "
                              f"Re-run with the same options, or use a new --out")
         return state
-    files = ingest.list_inputs(urls, cfg.input_format)
-    log(f"[download] reading {urls}" + (f" ({len(files)} files, one Ray task each)" if len(files) > 1 else ""))
+    log(f"[download] reading {urls}")
     inputs = ingest.ingest(urls, work, url_col=cfg.url_col, caption_col=cfg.caption_col, uid_col=cfg.uid_col,
                            extra_columns=tuple(ingested_columns(cfg)), input_format=cfg.input_format,
                            per_shard=cfg.samples_per_shard, ray_address=ray_address)
@@ -281,6 +280,7 @@ def _prepare_inputs(urls: str, pool: str, cfg: DownloadConfig, ray_address, log)
     state = {"input_path": urls, "input_sha256": inputs.input_sha256, "rows": inputs.rows, "shards": inputs.shards,
              "ingest": ingest_cfg, "files": inputs.files}
     runtime.write_json(state_path, state)
+    log(f"[download] {inputs.rows} rows from {len(inputs.files)} file(s) in {inputs.shards} shards")
     return state
 
 
@@ -295,7 +295,7 @@ def _check_same_list(pool: str, urls: str, cfg: DownloadConfig, state: dict) -> 
             raise InputError(f"{pool} was downloaded from another URL list (sha256 {state['input_sha256'][:12]}…, "
                              f"{urls} has {sha[:12]}…). Use a new --out for a new list")
         return
-    now = [(os.path.basename(f), runtime.fs_path(f)[0].size(runtime.fs_path(f)[1])) for f in files]
+    now = [(os.path.basename(f), fs.size(p)) for f in files for fs, p in [runtime.fs_path(f)]]
     then = [(os.path.basename(f["path"]), f.get("size")) for f in before]
     if now != then:
         changed = sorted(set(now) ^ set(then))[:5]
