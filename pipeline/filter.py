@@ -20,8 +20,8 @@ Outputs:
 
 from __future__ import annotations
 
-import re
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +114,7 @@ def _not_installed(packages: list) -> list[str]:
 
 def missing_plugins(name_or_path: str) -> list[str]:
     """The plugin packages a recipe lists under `plugins:` that this environment lacks (reads only the
-    YAML: the demo skips such presets rather than failing)."""
+    YAML: the every-preset test skips such presets rather than failing)."""
     import yaml
 
     data = yaml.safe_load(recipe_path(name_or_path).read_text()) or {}
