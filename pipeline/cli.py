@@ -172,13 +172,13 @@ def cmd_filter(args) -> None:
 
 
 def cmd_subset(args) -> None:
-    from .subset import SubsetConfig, run
+    from .subset import SubsetConfig, run, target_dir
 
     cfg = SubsetConfig(size=args.size, seed=args.seed, samples_per_shard=args.samples_per_shard,
-                       allow_repeat=args.allow_repeat)
+                       allow_repeat=args.allow_repeat, draws=args.draws)
     results = run(args.pool, args.recipe, cfg, args.out, _variables(args.var) or None, ray_address=args.ray_address)
     for name, m in results.items():
-        where = args.out if len(results) == 1 else f"{args.out}/{name}"
+        where = target_dir(args.out, m["recipe"], len(args.recipe), m["draw"]["index"], args.draws)
         rep = f", repeated ({m['selection']['repeat']})" if m["selection"]["repeat"] else ""
         print(f"subset {name}: {m['size']} samples ({m['selection']['mode']} of {m['selection']['kept_by_recipe']} "
               f"kept{rep}) in {len(m['shards'])} shards -> {where}")
@@ -235,7 +235,7 @@ def cmd_grid(args) -> None:
     from .grid import run_grid
 
     res = run_grid(args.subset, args.scale, args.eval_set, args.out, cpus_per_run=args.cpus_per_run,
-                   ray_address=args.ray_address)
+                   ray_address=args.ray_address, replicates=args.replicates)
     print(f"grid: {res['runs']} runs, {res['rows']} data points -> {res['results']}")
 
 
@@ -253,7 +253,11 @@ def cmd_fit(args) -> None:
         ci = g["params_ci95"].get("alpha")
         extra = f"; alpha 95% CI {ci[0]:.4f}-{ci[1]:.4f}" if ci else ""
         hold = g.get("holdout")
-        extra += f"; held-out RMSE {hold['rmse']:.4f} over {len(hold['points'])} point(s)" if hold and hold["points"] else ""
+        if hold and hold["points"]:
+            share = hold["share_inside_prediction"]
+            extra += (f"; held-out RMSE {hold['rmse']:.4f} over {len(hold['points'])} point(s)" +
+                      (f", {share:.2f} of the held-out frontier inside the 95% prediction band" if share is not None
+                       else ""))
         print(f"{name}: err = {law} ({len(g['frontier'])} frontier points{extra})")
         for pr in g["predictions"]:
             print(f"  predicted at {pr['x']:.4g}: {pr['y']:.4f} (95% CI {pr['lo']:.4f}-{pr['hi']:.4f})")
@@ -263,23 +267,28 @@ def cmd_fit(args) -> None:
 def cmd_compare(args) -> None:
     import os
 
-    from .scaling import compare_table
+    from .compare import FitOptions, run
 
     results = os.path.join(args.grid, "results.csv") if os.path.isdir(args.grid) else args.grid
-    target = args.target_compute
-    try:
-        if target.lower().endswith("x"):  # a multiple of the largest compute measured
-            from .scaling import read_table
-
-            target = float(target[:-1]) * float(read_table(results)[args.x].max())
-        target = float(target)
-    except ValueError:
-        raise InputError(f"--target-compute {args.target_compute!r}: give a number (e.g. 1e12) or a multiple of "
-                         f"the largest measured compute (e.g. 10x)") from None
-    res = compare_table(results, args.a, args.b, args.metric, target, args.out, x=args.x,
-                        group=args.group, accuracy=not args.error, n_bootstrap=args.bootstrap, seed=args.seed)
+    opts = FitOptions(frontier=args.frontier, loss=args.loss, forms=tuple(args.forms.split(",")),
+                      bins_per_decade=args.bins_per_decade, n_bootstrap=args.bootstrap, fit_below=args.fit_below)
+    res = run(results, args.a, args.b, args.metric, args.target_compute, args.out, x=args.x, group=args.group,
+              accuracy=not args.error, level=args.confidence, opts=opts, backtest_below=args.backtest, seed=args.seed)
     print(res["verdict"])
-    print(f"wrote {args.out}/compare.html, compare.png, compare.json")
+    if res.get("measured"):
+        print(res["measured"]["verdict"])
+    for flag in res["flags"]:
+        print(f"  note: {flag}")
+    if res.get("resolve"):
+        print(f"  {res['resolve']}")
+    for k, h in (res.get("held_out") or {}).items():
+        print(f"  held out above {h['above']:.4g} ({res[k]}): {len(h['points'])} frontier point(s), "
+              f"{h['share_inside_prediction'] if h['share_inside_prediction'] is not None else float('nan'):.2f} "
+              f"inside the {args.confidence:.0%} prediction band")
+    if res.get("backtest"):
+        bt = res["backtest"]
+        print(f"  backtest (fit at or below {bt['fit_below']:.4g}, scored at {bt['x']:.4g}): {bt['outcome']}")
+    print(f"wrote {args.out}/compare.html, compare.png, compare_diff.png, compare.json")
 
 
 def cmd_train(args) -> None:
@@ -287,6 +296,12 @@ def cmd_train(args) -> None:
 
     if args.scale:
         scales = load_scales(args.scale)
+        if len({s.name for s in scales}) == 1 and len(scales) > 1:  # one scale's replicates: the --seed one
+            pick = [s for s in scales if s.seed == (args.seed if args.seed is not None else scales[0].seed)]
+            if not pick:
+                raise InputError(f"--scale {args.scale} has seeds {[s.seed for s in scales]}; --seed {args.seed} "
+                                 f"is not one of them")
+            scales = pick
         if len(scales) != 1:
             raise InputError(f"--scale {args.scale} names {len(scales)} scales; pick one as "
                              f"{args.scale}/NAME (names: {', '.join(s.name for s in scales)})")
@@ -358,6 +373,18 @@ def cmd_demo(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+
+
+def _fit_options(p) -> None:
+    """The fitting options `thresher fit` and `thresher compare` share."""
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
+    p.add_argument("--bins-per-decade", type=float, default=4.0, help="log-spaced frontier bins (default 4)")
+    p.add_argument("--forms", default="power,offset", help="laws to try: power (A C^-a + E), offset (A (C+C0)^-a + E)")
+    p.add_argument("--frontier", choices=("bins", "laion"), default="bins",
+                   help="bins: --bins-per-decade log10 bins (default); laion: Nezhurina et al.'s rule, "
+                        "int(log2(x_max/1500)) geometric bins (x in GFLOPs)")
+    p.add_argument("--loss", choices=("log", "mse"), default="log",
+                   help="least squares on log-errors (default) or on raw errors (mse, as LAION's published fits)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -466,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-per-shard", type=int, default=10000, help="samples per output shard (default 10000)")
     p.add_argument("--allow-repeat", action="store_true",
                    help="upsample a recipe that keeps fewer than --size samples instead of failing")
+    p.add_argument("--draws", type=int, default=1,
+                   help="independent draws per recipe (seeds SEED, SEED+1, ...), each in OUT[/RECIPE]/draw-K: "
+                        "replicates for an A/B comparison (default 1)")
     p.add_argument("--var", action="append", help="key=value for the recipes' {key} placeholders")
     p.set_defaults(func=cmd_subset)
 
@@ -509,6 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale preset, SET/NAME or YAML file (repeatable; a set such as tiny adds all its scales)")
     p.add_argument("--eval-set", action="append", required=True, help="evaluation set directory (repeatable)")
     p.add_argument("--cpus-per-run", type=int, default=None, help="CPUs per run without GPUs (default: all)")
+    p.add_argument("--replicates", choices=("crossed", "paired"), default="crossed",
+                   help="with several draws of a recipe and seeds: train every draw with every seed (crossed), "
+                        "or draw k with the k-th seed only (paired: each replicate its own draw and seed)")
     p.add_argument("--out", required=True, help="grid directory (runs/ and results.csv)")
     p.set_defaults(func=cmd_grid)
 
@@ -520,16 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--y", required=True, help="error column (or accuracy with --accuracy)")
     p.add_argument("--group", default=None, help="fit one law per value of this column, e.g. recipe")
     p.add_argument("--accuracy", action="store_true", help="y is an accuracy: fit 1 - y")
-    p.add_argument("--holdout-above", type=float, default=None, help="fit only x <= this; report the rest")
+    p.add_argument("--holdout-above", "--fit-below", dest="holdout_above", type=float, default=None,
+                   help="fit only x <= this; report the rest (held out) against the bands")
     p.add_argument("--predict", type=float, action="append", help="x to predict at (repeatable)")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
-    p.add_argument("--bins-per-decade", type=float, default=4.0, help="log-spaced frontier bins (default 4)")
-    p.add_argument("--forms", default="power,offset", help="laws to try: power (A C^-a + E), offset (A (C+C0)^-a + E)")
-    p.add_argument("--frontier", choices=("bins", "laion"), default="bins",
-                   help="bins: --bins-per-decade log10 bins (default); laion: Nezhurina et al.'s rule, "
-                        "int(log2(x_max/1500)) geometric bins (x in GFLOPs)")
-    p.add_argument("--loss", choices=("log", "mse"), default="log",
-                   help="least squares on log-errors (default) or on raw errors (mse, as LAION's published fits)")
+    _fit_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="directory for fits.json and fits.png")
     p.set_defaults(func=cmd_fit)
@@ -545,7 +572,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute (x units) to compare at, e.g. 1e12, or a multiple of the largest measured, e.g. 10x")
     p.add_argument("--x", default="gflops_total", help="compute column (default gflops_total)")
     p.add_argument("--group", default="recipe", help="column naming the recipe (default recipe)")
-    p.add_argument("--bootstrap", type=int, default=200)
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="level of the intervals and the three-way verdict (default 0.95)")
+    p.add_argument("--fit-below", type=float, default=None,
+                   help="fit only points at or below this compute; the points above are scored against the "
+                        "prediction bands (held out)")
+    p.add_argument("--backtest", type=float, default=None, metavar="X",
+                   help="also fit at or below X and score the verdict at the largest compute measured above X "
+                        "against what was measured there")
+    _fit_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="report directory")
     p.set_defaults(func=cmd_compare)

@@ -77,12 +77,19 @@ def summarize(job: jobs.Job, log=print) -> dict:
     log(f"  audit: verify passed; recheck of {recheck['checked']} URLs: {recheck['gone_rate']:.1%} gone, "
         f"{recheck['drifted_rate']:.1%} drifted")
     log(f"  A/B ({v['a']} vs {v['b']}, {v['metric']}, {v['scales']} scales): {ab['verdict']}")
+    if ab.get("measured"):
+        log(f"       and {ab['measured']['verdict']}")
+    truth = ("right: the synthetic world's answer is that " + v["b"] + " is better (it drops the planted "
+             "mismatched captions)") if ab.get("better") == v["b"] else \
+        ("undecided at this grid's power" if ab.get("better") is None else "WRONG: " + v["a"] + " named better")
+    log(f"       against the known answer: {truth}")
     log("")
     log(f"  subset:     {sub}  ({subset_manifest['size']} samples, recipe {v['recipe']})")
     log(f"  audit:      {reports / 'subset.html'}")
     log(f"  A/B report: {reports / 'ab' / 'compare.html'}")
     return {"source": str(src), "pool": str(pool), "manifest": manifest, "dedup_score": score,
             "kept": {r: sum(t.column("keep").to_pylist()) for r, t in kept.items()}, "recheck": recheck,
-            "ab": {k: ab[k] for k in ("better", "p_b_better", "verdict", "error_a", "error_b", "target_compute")},
+            "ab": {k: ab.get(k) for k in ("better", "p_b_better", "verdict", "error_a", "error_b", "target_compute",
+                                          "measured")},
             "paths": {"subset": str(sub), "audit": str(reports / "subset.html"),
                       "ab": str(reports / "ab" / "compare.html")}}

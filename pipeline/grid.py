@@ -1,13 +1,19 @@
 """`thresher grid --subset A --subset B --scale S1 --scale S2 ... --eval-set E ... --out GRID`.
 
-Every (subset, scale) pair is one run of the scale's fixed recipe (pipeline/train.py) followed by
+Every (subset, scale, seed) is one run of the scale's fixed recipe (pipeline/train.py) followed by
 zero-shot evaluation of its checkpoints (pipeline/evaluate.py), as one Ray task: one GPU per task
-where the cluster has GPUs, else `cpus_per_run` CPUs. Scales with `shard_image_size` share one cache of
-resized shards, GRID/_shards. Runs live in GRID/runs/RECIPE/SCALE; a finished
-run (train_manifest.json, and eval.json covering every evaluation set) is not redone, so a grid resumes.
+where the cluster has GPUs, else `cpus_per_run` CPUs. Seeds are replicates: a scale file's `seeds:`
+trains each scale once per seed, and several draws of one recipe (`thresher subset --draws K`) are
+replicates of the subset; `--replicates paired` trains draw k with the k-th seed only (each replicate its
+own draw and seed), `crossed` (the default) every draw with every seed. Scales with `shard_image_size`
+share one cache of resized shards, GRID/_shards. Runs live in GRID/runs/RECIPE/SCALE/dDRAW-sSEED; a
+finished run (train_manifest.json, and eval.json covering every evaluation set) is not redone, so a
+grid resumes. Each run fixes torch's threads (`cpus_per_run`) and its seeds, so the same grid from
+scratch on the same machine gives the same results.csv (tests/test_compare.py).
 
-GRID/results.csv has a row per data point: subset, recipe, model, scale, samples_seen,
-gflops_per_sample, gflops_total, lr_scheduler, epoch, total_epochs, then every metric as SET/METRIC.
+GRID/results.csv has a row per data point: subset, recipe, draw, seed, model, scale, family,
+samples_seen, gflops_per_sample, gflops_total, lr_scheduler, epoch, total_epochs, then every metric as
+SET/METRIC.
 Under a `const` schedule every checkpoint past warm-up is a data point (at the samples seen so far);
 otherwise only the last checkpoint is.
 """
@@ -36,7 +42,7 @@ def _run(subset_dir: str, scale: dict, run_dir: str, eval_sets: list[str], threa
             "checkpoints": len(evals["checkpoints"])}
 
 
-def rows_for(run_dir: str, subset_dir: str, recipe: str) -> list[dict]:
+def rows_for(run_dir: str, subset_dir: str, recipe: str, draw: int = 0) -> list[dict]:
     m = runtime.read_json(os.path.join(run_dir, "train_manifest.json"))
     ev = runtime.read_json(os.path.join(run_dir, "eval.json"))
     scale = m["scale"]
@@ -49,7 +55,8 @@ def rows_for(run_dir: str, subset_dir: str, recipe: str) -> list[dict]:
         last = ck["epoch"] == scale["checkpoints"]
         if scale["schedule"] == "const" and ck["in_warmup"] or scale["schedule"] != "const" and not last:
             continue
-        row = {"subset": subset_dir, "recipe": recipe, "model": scale["model"], "scale": scale["name"],
+        row = {"subset": subset_dir, "recipe": recipe, "draw": draw, "seed": scale["seed"],
+               "model": scale["model"], "scale": scale["name"],
                "family": scale["family"], "samples_seen": ck["samples_seen"],
                "gflops_per_sample": m["gflops_per_sample"], "gflops_total": m["gflops_per_sample"] * ck["samples_seen"],
                "lr_scheduler": scale["schedule"], "epoch": ck["epoch"], "total_epochs": scale["checkpoints"]}
@@ -60,40 +67,53 @@ def rows_for(run_dir: str, subset_dir: str, recipe: str) -> list[dict]:
     return out
 
 
+REPLICATES = ("crossed", "paired")
+
+
+def draw_of(manifest: dict) -> int:
+    return int((manifest.get("draw") or {}).get("index", 0))
+
+
 def run_grid(subset_dirs: list[str], scale_specs: list[str], eval_sets: list[str], out: str,
-             cpus_per_run: int | None = None, ray_address: str | None = None, log=print) -> dict:
+             cpus_per_run: int | None = None, ray_address: str | None = None, replicates: str = "crossed",
+             log=print) -> dict:
     import ray
 
     if not eval_sets:
         raise InputError("give at least one --eval-set")
+    if replicates not in REPLICATES:
+        raise InputError(f"--replicates {replicates!r}: give one of {', '.join(REPLICATES)}")
     manifests = {d: subsets.read_manifest(d) for d in subset_dirs}
     recipes = {d: m["recipe"] for d, m in manifests.items()}
-    if len(set(recipes.values())) != len(recipes):
-        raise InputError(f"two subsets come from the same recipe: {recipes}")
+    draws = {d: draw_of(m) for d, m in manifests.items()}
+    if len({(recipes[d], draws[d]) for d in subset_dirs}) != len(subset_dirs):
+        raise InputError(f"two subsets are the same draw of one recipe: "
+                         f"{ {d: f'{recipes[d]} draw {draws[d]}' for d in subset_dirs} }")
     sizes = {d: m["size"] for d, m in manifests.items()}
     if len(set(sizes.values())) != 1:
         log(f"[grid] warning: subsets differ in size {sizes}; a fair comparison uses equal sizes")
     scales = [sc for spec in scale_specs for sc in train.load_scales(spec)]
-    if len({s.name for s in scales}) != len(scales):
+    if len({(s.name, s.seed) for s in scales}) != len(scales):
         raise InputError(f"scale names repeat: {[s.name for s in scales]}")
+    pairs = _pairs(subset_dirs, scales, draws, replicates)
     runtime.init_ray(ray_address)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = cpus_per_run or runtime.cluster_cpus()
     task = ray.remote(_run).options(num_gpus=1, num_cpus=1) if gpus else ray.remote(_run).options(num_cpus=cpus)
     pending, done = {}, []
-    for d in subset_dirs:
-        for sc in scales:
-            run_dir = os.path.join(out, "runs", recipes[d], sc.name)
-            ev = os.path.join(run_dir, "eval.json")
-            if os.path.exists(os.path.join(run_dir, "train_manifest.json")) and os.path.exists(ev) and \
-                    _covers(ev, eval_sets):
-                done.append((d, run_dir))
-                continue
-            ref = task.remote(d, to_dict(sc), run_dir, [os.path.abspath(e) for e in eval_sets],
-                              None if gpus else cpus, os.path.abspath(os.path.join(out, "_shards")))
-            pending[ref] = (d, run_dir)
-    log(f"[grid] {len(done) + len(pending)} runs ({len(subset_dirs)} subsets x {len(scales)} scales); "
-        f"{len(done)} done already, {len(pending)} to run ({'1 GPU' if gpus else f'{cpus} CPU(s)'} each)")
+    for d, sc in pairs:
+        run_dir = os.path.join(out, "runs", recipes[d], sc.name, f"d{draws[d]}-s{sc.seed}")
+        ev = os.path.join(run_dir, "eval.json")
+        if os.path.exists(os.path.join(run_dir, "train_manifest.json")) and os.path.exists(ev) and \
+                _covers(ev, eval_sets):
+            done.append((d, run_dir))
+            continue
+        ref = task.remote(d, to_dict(sc), run_dir, [os.path.abspath(e) for e in eval_sets],
+                          1 if gpus else cpus, os.path.abspath(os.path.join(out, "_shards")))
+        pending[ref] = (d, run_dir)
+    log(f"[grid] {len(done) + len(pending)} runs ({len(subset_dirs)} subsets x {len({s.name for s in scales})} "
+        f"scales x {len({s.seed for s in scales})} seed(s), {replicates}); {len(done)} done already, "
+        f"{len(pending)} to run ({'1 GPU' if gpus else f'{cpus} CPU(s)'} each)")
     failed = {}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -107,7 +127,7 @@ def run_grid(subset_dirs: list[str], scale_specs: list[str], eval_sets: list[str
             except Exception as err:  # noqa: BLE001 - a failed run is reported; the others go on
                 failed[run_dir] = (str(err).strip().splitlines() or [type(err).__name__])[-1][:300]
                 log(f"[grid] {run_dir} failed: {failed[run_dir]}")
-    rows = [r for d, run_dir in sorted(done, key=lambda x: x[1]) for r in rows_for(run_dir, d, recipes[d])]
+    rows = [r for d, run_dir in sorted(done, key=lambda x: x[1]) for r in rows_for(run_dir, d, recipes[d], draws[d])]
     write_results(rows, os.path.join(out, "results.csv"))
     if failed:
         raise StageError(f"grid: {len(failed)} run(s) failed ({'; '.join(f'{k}: {v}' for k, v in failed.items())}); "
@@ -116,13 +136,28 @@ def run_grid(subset_dirs: list[str], scale_specs: list[str], eval_sets: list[str
     return {"results": os.path.join(out, "results.csv"), "rows": len(rows), "runs": len(done)}
 
 
+def _pairs(subset_dirs, scales, draws, replicates):
+    """(subset, scale) to train: every pair (crossed), or draw k with the k-th seed of each scale (paired)."""
+    if replicates == "crossed":
+        return [(d, sc) for d in subset_dirs for sc in scales]
+    out = []
+    for name in dict.fromkeys(s.name for s in scales):
+        seeds = [s for s in scales if s.name == name]
+        for d in subset_dirs:
+            if draws[d] >= len(seeds):
+                raise InputError(f"--replicates paired: draw {draws[d]} of {d} has no seed of its own in scale "
+                                 f"{name} (seeds {[s.seed for s in seeds]}); give as many seeds as draws")
+            out.append((d, seeds[draws[d]]))
+    return out
+
+
 def _covers(eval_json: str, eval_sets: list[str]) -> bool:
     names = {os.path.basename(os.path.normpath(e)) for e in eval_sets}
     ev = runtime.read_json(eval_json)
     return bool(ev["checkpoints"]) and all(names <= set(c["metrics"]) for c in ev["checkpoints"])
 
 
-FIRST = ["subset", "recipe", "model", "scale", "family", "samples_seen", "gflops_per_sample", "gflops_total",
+FIRST = ["subset", "recipe", "draw", "seed", "model", "scale", "family", "samples_seen", "gflops_per_sample", "gflops_total",
          "lr_scheduler", "epoch", "total_epochs"]
 
 

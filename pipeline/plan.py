@@ -291,22 +291,27 @@ def _grid(i: int, argv: list[str], t: dict, cluster: Cluster) -> Estimate:
 
     subsets = _opt(argv, "--subset", many=True)
     scales = [s for spec in _opt(argv, "--scale", many=True) for s in train.load_scales(spec)]
-    e = Estimate(i, "grid", f"{len(subsets)} subsets x {len(scales)} scales = {len(subsets) * len(scales)} runs")
+    names, seeds = len({s.name for s in scales}), len({s.seed for s in scales})
+    paired = _opt(argv, "--replicates") == "paired"
+    per_subset = names if paired else len(scales)  # paired: each draw trains with one seed of each scale
+    e = Estimate(i, "grid", f"{len(subsets)} subsets x {names} scales" + (f" x {seeds} seeds" if seeds > 1 else "") +
+                 (" (paired with draws)" if paired else "") + f" = {len(subsets) * per_subset} runs")
+    share = per_subset / len(scales)
     for sc in scales:
         gpu_key = f"train.gpu_{sc.model}"
         if cluster.gpus and (gpu_key in t or "train.gpu_ViT-B-32" in t):
             key = gpu_key if gpu_key in t else "train.gpu_ViT-B-32"
             scale = 1.0 if key == gpu_key else _gflops(sc.model) / _gflops("ViT-B-32")
-            e.gpu_s += len(subsets) * (sc.samples_seen * scale / float(t[key]["rate"])
+            e.gpu_s += share * len(subsets) * (sc.samples_seen * scale / float(t[key]["rate"])
                                        + sc.checkpoints * float(t["train.gpu_eval_seconds"]["rate"]))
         else:
             key = f"train.cpu_{sc.model}" if f"train.cpu_{sc.model}" in t else "train.cpu_thresher-tiny"
             scale = 1.0 if key == f"train.cpu_{sc.model}" else _gflops(sc.model) / _gflops("thresher-tiny")
-            e.cpu_s += len(subsets) * sc.samples_seen * scale / float(t[key]["rate"]) * 2  # per 2-core run
+            e.cpu_s += share * len(subsets) * sc.samples_seen * scale / float(t[key]["rate"]) * 2  # per 2-core run
         label = key + ("" if scale == 1.0 else f" x{scale:.3g} (GFLOPs ratio)")
         if label not in e.inputs:
             e.inputs.append(label)
-        e.disk_bytes += len(subsets) * sc.checkpoints * _params(sc.model) * 4 * 3  # weights + Adam moments
+        e.disk_bytes += share * len(subsets) * sc.checkpoints * _params(sc.model) * 4 * 3  # weights + Adam moments
     return e
 
 

@@ -1,4 +1,4 @@
-"""Scaling-law fits and A/B comparison: `thresher fit` and `thresher compare`.
+"""Scaling-law fits: `thresher fit` (and the laws `thresher compare` fits per replicate, pipeline/compare.py).
 
 The method of Nezhurina et al. (2025), "Scaling Laws for Robust Comparison of Open Foundation
 Language-Vision Models and Datasets" (and Cherti et al., 2023, before it):
@@ -8,8 +8,12 @@ Language-Vision Models and Datasets" (and Cherti et al., 2023, before it):
 2. Fit Err(C) = A * C^-alpha + E, and the offset form A * (C + C0)^-alpha + E, by least squares on
    log-errors from a grid of starting values with bounded parameters (alpha > 0, 0 <= E < min error,
    C0 >= 0); keep the form with the lower BIC.
-3. Bootstrap the frontier points for confidence intervals of the parameters and of predictions.
-4. Optionally fit only below `holdout_above` and report predicted against actual above it.
+3. Bootstrap the frontier points for confidence intervals of the parameters and of predictions (the
+   fit's own uncertainty: where the frontier points are independent runs; constant-LR checkpoints of one
+   run are not, and `thresher compare` resamples whole runs instead), and a prediction band for a new
+   frontier point (the curve band plus the points' scatter).
+4. Optionally fit only below `holdout_above` and report predicted against actual above it, with the
+   share of held-out frontier points inside the prediction band.
 
 Reproducing a published fit needs the publication's own choices, so two are options (`frontier="laion"`,
 `loss="mse"`); the defaults above are unchanged.
@@ -241,13 +245,31 @@ class GroupFit:
     y: np.ndarray
     boots: list = field(default_factory=list)
     holdout_above: float | None = None
+    loss: str = "log"
 
-    def band(self, c) -> tuple[np.ndarray, np.ndarray]:
-        if not self.boots:
-            p = self.law.predict(c)
-            return p, p
-        preds = np.array([b.predict(c) for b in self.boots])
-        return np.quantile(preds, 0.025, axis=0), np.quantile(preds, 0.975, axis=0)
+    def band(self, c, kind: str = "curve", level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """`curve`: the bootstrap's quantiles of the law at c (where the curve is). `prediction`: where a
+        new frontier point at c falls: the curve band widened, in quadrature, by the fitted points' own
+        scatter about the law (their RMS residual, in the loss's units: log-errors or errors)."""
+        from scipy import stats
+
+        c = np.atleast_1d(np.asarray(c, float))
+        p = self.law.predict(c)
+        q = (1 - level) / 2
+        if self.boots:
+            preds = np.array([b.predict(c) for b in self.boots])
+            lo, hi = np.quantile(preds, q, axis=0), np.quantile(preds, 1 - q, axis=0)
+        else:
+            lo, hi = p.copy(), p.copy()
+        if kind == "curve":
+            return lo, hi
+        k = 4 if self.law.form == "offset" else 3
+        n = len(self.frontier)
+        h = float(stats.norm.ppf(1 - q)) * math.sqrt(self.law.loss * n / max(n - k, 1))
+        if self.loss == "log":  # residuals of log-errors: the band is multiplicative
+            return (p * np.exp(-np.hypot(np.log(p / np.maximum(lo, 1e-300)), h)),
+                    p * np.exp(np.hypot(np.log(np.maximum(hi, 1e-300) / p), h)))
+        return p - np.hypot(p - lo, h), p + np.hypot(hi - p, h)
 
 
 def fit_group(name: str, x, y, *, holdout_above: float | None = None, n_bootstrap: int = 200,
@@ -266,7 +288,7 @@ def fit_group(name: str, x, y, *, holdout_above: float | None = None, n_bootstra
                          "; a fit needs at least 3 (more compute scales, or fewer bins per decade)")
     law = fit_law(x[front], y[front], forms, loss=loss)
     boots = bootstrap(x[front], y[front], law, n_bootstrap, seed, loss) if n_bootstrap else []
-    return GroupFit(name, law, front, x, y, boots, holdout_above)
+    return GroupFit(name, law, front, x, y, boots, holdout_above, loss)
 
 
 def describe(g: GroupFit, predict: list[float]) -> dict:
@@ -281,13 +303,24 @@ def describe(g: GroupFit, predict: list[float]) -> dict:
            "points": int(len(g.x)), "predictions": preds}
     if g.holdout_above is not None:
         above = np.flatnonzero(g.x > g.holdout_above)
+        # the points above the cut that are on the whole data's frontier: what the law claims to predict
+        whole = set(pareto_frontier(g.x, g.y).tolist())
         lo, hi = g.band(g.x[above]) if len(above) else (np.array([]), np.array([]))
+        plo, phi = g.band(g.x[above], "prediction") if len(above) else (np.array([]), np.array([]))
         rows = [{"x": float(g.x[i]), "actual": float(g.y[i]), "predicted": float(g.law.predict(g.x[i])),
-                 "lo": float(lo[j]), "hi": float(hi[j]), "inside_ci": bool(lo[j] <= g.y[i] <= hi[j])}
+                 "lo": float(lo[j]), "hi": float(hi[j]), "inside_ci": bool(lo[j] <= g.y[i] <= hi[j]),
+                 "prediction_lo": float(plo[j]), "prediction_hi": float(phi[j]),
+                 "inside_prediction": bool(plo[j] <= g.y[i] <= phi[j]), "frontier": i in whole}
                 for j, i in enumerate(above)]
         err = [r["predicted"] - r["actual"] for r in rows]
+        front = [r for r in rows if r["frontier"]]
         out["holdout"] = {"above": g.holdout_above, "points": rows,
-                          "rmse": float(np.sqrt(np.mean(np.square(err)))) if err else None}
+                          "rmse": float(np.sqrt(np.mean(np.square(err)))) if err else None,
+                          "band": "prediction (95%: curve bootstrap + the fitted points' scatter), scored on "
+                                  "the held-out points on the whole data's frontier",
+                          "share_inside_prediction": float(np.mean([r["inside_prediction"] for r in front]))
+                          if front else None,
+                          "share_inside_curve": float(np.mean([r["inside_ci"] for r in front])) if front else None}
     return out
 
 
@@ -386,115 +419,3 @@ def plot(fits: dict[str, GroupFit], path: str, x_label: str, y_label: str, exten
     ax.grid(True, which="both", alpha=0.2)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------------
-# A/B comparison
-
-def crossings(a: Law, b: Law, lo: float, hi: float) -> list[float]:
-    c = np.geomspace(lo, hi, 4000)
-    d = a.predict(c) - b.predict(c)
-    s = np.sign(d)
-    out = []
-    for i in np.flatnonzero(s[:-1] * s[1:] < 0):
-        # refine by bisection in log space
-        l, r = math.log(c[i]), math.log(c[i + 1])
-        for _ in range(60):
-            m = (l + r) / 2
-            if np.sign(a.predict(math.exp(m)) - b.predict(math.exp(m))) == s[i]:
-                l = m
-            else:
-                r = m
-        out.append(float(math.exp((l + r) / 2)))
-    return out
-
-
-def compare_fits(ga: GroupFit, gb: GroupFit, target: float) -> dict:
-    ea, eb = float(ga.law.predict(target)), float(gb.law.predict(target))
-    n = min(len(ga.boots), len(gb.boots))
-    p_b = float(np.mean([gb.boots[i].predict(target) < ga.boots[i].predict(target) for i in range(n)])) if n else None
-    lo = float(min(ga.x.min(), gb.x.min()))
-    hi_measured = float(max(ga.x.max(), gb.x.max()))
-    hi = max(hi_measured, target) * 100
-    cross = crossings(ga.law, gb.law, lo, hi)
-    better = gb.name if eb < ea else ga.name
-    where = [{"x": c, "inside_measured_range": c <= hi_measured} for c in cross]
-    conf = f"P({gb.name} better) = {p_b:.2f}" if p_b is not None else "no bootstrap"
-    verdict = (f"{better} is predicted better at compute {target:.3g} (error {min(ea, eb):.4f} vs "
-               f"{max(ea, eb):.4f}; {conf}); " +
-               ("the fits do not cross between " f"{lo:.3g} and {hi:.3g}" if not cross else
-                "the fits cross at " + ", ".join(f"{c:.3g}" + (" (measured range)" if c <= hi_measured else " (extrapolated)")
-                                                  for c in cross)))
-    return {"a": ga.name, "b": gb.name, "target_compute": target, "error_a": ea, "error_b": eb,
-            "ci_a": list(map(float, [x[0] for x in ga.band(np.array([target]))])),
-            "ci_b": list(map(float, [x[0] for x in gb.band(np.array([target]))])),
-            "better": better, "p_b_better": p_b, "crossings": where, "verdict": verdict,
-            "measured_range": [lo, hi_measured]}
-
-
-def compare_table(path: str, a: str, b: str, metric: str, target: float, out: str, *, x: str = "gflops_total",
-                  group: str = "recipe", accuracy: bool = True, n_bootstrap: int = 200,
-                  bins_per_decade: float = 4.0, seed: int = 0) -> dict:
-    """Fit recipes `a` and `b` of a results table and say which scales better at `target` compute.
-    Writes OUT/compare.json, OUT/compare.png and OUT/compare.html (the plot embedded)."""
-    import base64
-    import html
-    import os
-
-    df = read_table(path)
-    groups = points(df, x, metric, group, accuracy, path)
-    for name in (a, b):
-        if name not in groups:
-            raise InputError(f"{path}: no rows with {group} = {name!r}; present: {', '.join(sorted(groups))}")
-    try:
-        fits = {name: fit_group(name, *groups[name], n_bootstrap=n_bootstrap, bins_per_decade=bins_per_decade,
-                                seed=seed + k) for k, name in enumerate((a, b))}
-    except InputError as err:
-        # too few frontier points is an answer, not a crash: the report says so and what would fix it
-        return _no_comparison(a, b, metric, target, out, path, str(err))
-    result = compare_fits(fits[a], fits[b], target)
-    result.update({"source": path, "metric": metric, "x": x, "accuracy": accuracy,
-                   "fits": {k: describe(g, [target]) for k, g in fits.items()}})
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "compare.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    png = os.path.join(out, "compare.png")
-    plot(fits, png, x_label=x, y_label=("1 - " + metric) if accuracy else metric, extend_to=target, marker=target)
-    with open(png, "rb") as f:
-        img = base64.b64encode(f.read()).decode()
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in (
-        ("A", a), ("B", b), ("metric", metric + (" (error = 1 - value)" if accuracy else "")),
-        ("target compute", f"{target:.4g}"), ("predicted error A", f"{result['error_a']:.4f} (95% CI "
-                                                                   f"{result['ci_a'][0]:.4f}-{result['ci_a'][1]:.4f})"),
-        ("predicted error B", f"{result['error_b']:.4f} (95% CI {result['ci_b'][0]:.4f}-{result['ci_b'][1]:.4f})"),
-        ("P(B better at target)", result["p_b_better"]),
-        ("crossings", ", ".join(f"{c['x']:.4g}" + (" (measured range)" if c["inside_measured_range"] else
-                                                    " (extrapolated)") for c in result["crossings"]) or "none")))
-    _write_page(out, a, b, result["verdict"],
-                f"<table border=1 cellpadding=4 style='border-collapse:collapse'>{rows}</table>"
-                f"<p><img alt='fits' src='data:image/png;base64,{img}'></p>")
-    return result
-
-
-def _write_page(out: str, a: str, b: str, verdict: str, body: str) -> None:
-    import html
-    import os
-
-    with open(os.path.join(out, "compare.html"), "w") as f:
-        f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>A/B: {html.escape(a)} vs {html.escape(b)}"
-                f"</title></head><body style='font-family:sans-serif;max-width:900px;margin:2em auto'>"
-                f"<h1>{html.escape(a)} (A) vs {html.escape(b)} (B)</h1><p><b>{html.escape(verdict)}</b></p>"
-                f"{body}</body></html>")
-
-
-def _no_comparison(a: str, b: str, metric: str, target: float, out: str, path: str, reason: str) -> dict:
-    import os
-
-    result = {"a": a, "b": b, "metric": metric, "source": path, "target_compute": target, "better": None,
-              "p_b_better": None, "error_a": None, "error_b": None, "crossings": [],
-              "verdict": f"no comparison: {reason}"}
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "compare.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    _write_page(out, a, b, result["verdict"], "")
-    return result

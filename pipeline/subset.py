@@ -32,7 +32,7 @@ import json
 import math
 import tarfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -54,6 +54,8 @@ class SubsetConfig:
     seed: int = opt(0, "seed of the uniform draw and of the shuffle across shards")
     samples_per_shard: int = opt(10000, "samples per output shard (the last may hold fewer)")
     allow_repeat: bool = opt(False, "when a recipe keeps fewer than size samples, repeat them instead of failing")
+    draws: int = opt(1, "independent draws per recipe, each its own seed (seed, seed+1, ...) and its own "
+                        "directory OUT[/RECIPE]/draw-K: replicates for an A/B comparison")
 
 
 @dataclass
@@ -490,10 +492,12 @@ def plan_hash(plan: dict) -> str:
 
 def run(pool: str, recipes: list[str], cfg: SubsetConfig, out: str, variables: dict | None = None,
         ray_address: str | None = None, log=print) -> dict[str, dict]:
-    """Equal-sized subsets of every recipe: `out` itself for one recipe, `out/NAME` for several.
-    Every recipe's count is checked before any shard is written."""
-    if cfg.size < 1 or cfg.samples_per_shard < 1:
-        raise InputError(f"--size and --samples-per-shard must be positive (got {cfg.size}, {cfg.samples_per_shard})")
+    """Equal-sized subsets of every recipe: `out` itself for one recipe, `out/NAME` for several, each
+    with /draw-K under it for several draws (target_dir). Every recipe's count is checked before any
+    shard is written. Results are keyed by recipe, or RECIPE/draw-K."""
+    if cfg.size < 1 or cfg.samples_per_shard < 1 or cfg.draws < 1:
+        raise InputError(f"--size, --samples-per-shard and --draws must be positive (got {cfg.size}, "
+                         f"{cfg.samples_per_shard}, {cfg.draws})")
     if not runtime.exists(runtime.join(pool, "manifest.json")):
         raise InputError(f"{pool} is not a pool (no manifest.json); run `thresher download` first")
     runtime.init_ray(ray_address)
@@ -517,13 +521,31 @@ def run(pool: str, recipes: list[str], cfg: SubsetConfig, out: str, variables: d
                          f"keeps nothing cannot be)")
     results = {}
     for m, rule, hist in counted:
-        target = out if len(recipes) == 1 else runtime.join(out, m["recipe"])
-        results[m["recipe"]] = build(pool, m, rule, cfg, target, hist=hist, exclude=Exclusion(), log=log)
+        target = target_dir(out, m["recipe"], len(recipes))
+        if cfg.draws == 1:
+            results[m["recipe"]] = build(pool, m, rule, cfg, target, hist=hist, exclude=Exclusion(), log=log)
+            continue
+        if rule.mode != "uniform" or int(hist.sum()) <= cfg.size:
+            log(f"[subset:{m['recipe']}] warning: its {cfg.draws} draws hold the same samples (" +
+                ("its last step ranks by score" if rule.mode != "uniform" else "it keeps no more than --size") +
+                "): they replicate the shuffle only, not the data")
+        for k in range(cfg.draws):
+            ck = replace(cfg, seed=cfg.seed + k)
+            results[f"{m['recipe']}/draw-{k}"] = build(
+                pool, m, rule_for(m, ck.seed), ck, target_dir(out, m["recipe"], len(recipes), k, cfg.draws),
+                hist=hist if k == 0 else None, exclude=Exclusion(), draw=k, log=log)
     return results
 
 
+def target_dir(out: str, recipe: str, recipes: int = 1, draw: int = 0, draws: int = 1) -> str:
+    """Where `thresher subset` writes a recipe's subset: OUT (one recipe) or OUT/RECIPE, then /draw-K when
+    there are several draws."""
+    base = out if recipes == 1 else runtime.join(out, recipe)
+    return base if draws == 1 else runtime.join(base, f"draw-{draw}")
+
+
 def build(pool: str, decisions: dict, rule: Rule, cfg: SubsetConfig, out: str, *, hist=None,
-          exclude: Exclusion | None = None, previous: dict | None = None, log=print) -> dict:
+          exclude: Exclusion | None = None, previous: dict | None = None, draw: int = 0, log=print) -> dict:
     """Select and reshard one recipe's subset into `out`; resumes a run with the same plan."""
     t0 = time.time()
     exclude = exclude or Exclusion()
@@ -535,7 +557,7 @@ def build(pool: str, decisions: dict, rule: Rule, cfg: SubsetConfig, out: str, *
         if exclude else None
     plan = {"pool": str(pool), "recipe": name, "decisions_sha256": dec_sha, "size": cfg.size, "seed": cfg.seed,
             "samples_per_shard": cfg.samples_per_shard, "allow_repeat": cfg.allow_repeat, "exclusion_sha256": ex_sha,
-            "out": str(out)}
+            "out": str(out), "draw": draw}
     phash = plan_hash(plan)
     if runtime.exists(runtime.join(out, "manifest.json")):
         m = runtime.read_json(runtime.join(out, "manifest.json"))
@@ -639,6 +661,8 @@ def _manifest(pool, decisions, rule, cfg, out, plan, phash, kept, repeat, cut, e
         "pool": {"path": str(pool), "manifest_sha256": runtime.file_sha256(runtime.join(pool, "manifest.json")),
                  "input_sha256": pool_manifest["input"]["sha256"], "rows": counts["rows"]},
         "size": cfg.size, "seed": cfg.seed, "samples_per_shard": cfg.samples_per_shard,
+        "draw": {"index": plan.get("draw", 0), "of": cfg.draws,
+                 "distinct": rule.mode == "uniform" and kept > cfg.size},
         "selection": {**rule.describe(), "kept_by_recipe": kept, "cut_key": cut.key, "cut_uid": cut.uid,
                       "allow_repeat": cfg.allow_repeat, "repeat": repeat},
         "exclusion": ({**exclude.describe(), "sha256": plan["exclusion_sha256"]} if exclude else None),

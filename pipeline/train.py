@@ -24,6 +24,7 @@ cache shared by the runs of a grid: a 64 px model spends more time decoding 512 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -70,6 +71,9 @@ class Scale:
                                              "decoding 512 px images costs more than training on them)")
     workers: int = opt(1, "data-loading processes")
     seed: int = opt(0, "random seed")
+    seeds: list[int] | None = opt(None, "replicates: one run per seed (instead of seed); a grid trains every "
+                                        "(subset, scale, seed), and thresher compare measures the run-to-run "
+                                        "spread from them. Also allowed at the top of a scale file")
 
     def check(self, where: str) -> None:
         if self.schedule not in ("cosine", "const", "const-cooldown"):
@@ -82,6 +86,14 @@ class Scale:
             raise InputError(f"{where}: samples_seen, batch_size, checkpoints and accum_freq must be positive")
         if self.batch_size % self.accum_freq:
             raise InputError(f"{where}: batch_size {self.batch_size} is not a multiple of accum_freq {self.accum_freq}")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise InputError(f"{where}: seeds must be a non-empty list without repeats, not {self.seeds!r}")
+
+    def replicas(self) -> list["Scale"]:
+        """One scale per seed of `seeds` (each with that seed and no seeds list), or itself."""
+        from dataclasses import replace
+
+        return [replace(self, seed=s, seeds=None) for s in self.seeds] if self.seeds else [self]
 
 
 SCALE_DIR = CONFIG_DIR / "scales"
@@ -89,7 +101,8 @@ SCALE_DIR = CONFIG_DIR / "scales"
 
 def load_scales(spec: str) -> list[Scale]:
     """`NAME` (configs/scales/NAME.yaml: one scale, or a set under `scales:`), `NAME/SCALE` (one of a set),
-    or a path to such a YAML file."""
+    or a path to such a YAML file. A scale with `seeds` (its own, its set's `defaults`, or a top-level
+    `seeds:` beside `scales:`) comes back once per seed, in seed order."""
     import yaml
 
     base, _, member = spec.partition("/") if not os.path.exists(spec) else (spec, "", "")
@@ -97,14 +110,23 @@ def load_scales(spec: str) -> list[Scale]:
     if not os.path.exists(path):
         names = ", ".join(sorted(p.stem for p in SCALE_DIR.glob("*.yaml")))
         raise InputError(f"unknown scale {spec!r}; presets: {names}; or a YAML file")
-    data = yaml.safe_load(open(path)) or {}
+    try:
+        data = yaml.safe_load(open(path)) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a scale (a mapping) or `scales:` with a list of them")
     entries = data["scales"] if "scales" in data else [data]
-    defaults = data.get("defaults", {}) if "scales" in data else {}
+    defaults = {**({"seeds": data["seeds"]} if "seeds" in data else {}), **data.get("defaults", {})} \
+        if "scales" in data else {}
+    if not isinstance(entries, list):
+        raise InputError(f"{path}: `scales` must be a list of scales")
     scales = []
     for i, entry in enumerate(entries):
-        sc = from_dict(Scale, {**defaults, **entry}, where=f"{path}: scale {i + 1}")
+        sc = from_dict(Scale, {**defaults, **(entry if isinstance(entry, dict) else {"": entry})},
+                       where=f"{path}: scale {i + 1}")
         sc.check(f"{path}: scale {sc.name}")
-        scales.append(sc)
+        scales += sc.replicas()
     if member:
         scales = [sc for sc in scales if sc.name == member]
         if not scales:
@@ -258,6 +280,35 @@ def train(data: str, out: str, cfg: TrainConfig, name: str = "run", log=print) -
     return manifest
 
 
+@contextlib.contextmanager
+def _deterministic(seed: int):
+    """What open_clip_train leaves to chance on a CPU, fixed for one run:
+    - webdataset 0.2.86's sample shuffle seeds a fresh random.Random from the pid and the time whenever
+      it is given no rng (webdataset/filters.py `_shuffle`), and open_clip_train gives it none
+      (open_clip_train/data.py, `wds.shuffle(bufsize=..., initial=...)`): the same seed trained on
+      another order each time. Here the stage gets a Random(seed), copied into the loader's worker.
+    - torch's deterministic algorithms (warn only: a CPU op without one still runs).
+    The data-loading workers' seeds already follow torch's seed (ResampledShards2 is deterministic)."""
+    import random
+
+    import torch
+    import webdataset
+
+    shuffle = webdataset.shuffle
+
+    def seeded(*a, rng=None, **kw):
+        return shuffle(*a, rng=rng or random.Random(seed), **kw)
+
+    was = torch.are_deterministic_algorithms_enabled()
+    webdataset.shuffle = seeded
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        webdataset.shuffle = shuffle
+        torch.use_deterministic_algorithms(was)
+
+
 def _run_open_clip_train(args: list[str]):
     from open_clip_train.main import main as open_clip_train_main
 
@@ -265,8 +316,10 @@ def _run_open_clip_train(args: list[str]):
     # so the rest of the process (and torch at exit) is as quiet as before
     levels = {n: logging.getLogger(n).level for n in list(logging.root.manager.loggerDict)}
     root_level, root_handlers = logging.root.level, list(logging.root.handlers)
+    seed = int(args[args.index("--seed") + 1]) if "--seed" in args else 0
     try:
-        return open_clip_train_main(args)
+        with _deterministic(seed):
+            return open_clip_train_main(args)
     finally:
         for handler in [h for h in logging.root.handlers if h not in root_handlers]:
             logging.root.removeHandler(handler)

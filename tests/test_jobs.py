@@ -141,7 +141,7 @@ def test_plan_prints_totals_and_traces_every_throughput_to_a_measurement(capsys)
 def test_plan_of_the_ab_test_counts_its_training_runs(capsys):
     p = plan.plan_job(jobs.load("ab_test"), cluster="local")
     grid = next(e for e in p["steps"] if e.command == "grid")
-    assert "2 subsets x 2 scales = 4 runs" in grid.what and grid.cpu_s > 0
+    assert "2 subsets x 3 scales x 3 seeds = 18 runs" in grid.what and grid.cpu_s > 0
 
 
 def test_ab_test_job_runs_end_to_end_with_a_plugin_from_outside(plugin_site, tmp_path):

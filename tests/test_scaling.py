@@ -127,31 +127,36 @@ def test_fit_reproduces_a_published_fit(tmp_path):
 
 
 def test_compare_says_which_recipe_scales_better(tmp_path):
+    """Replicated laws (3 seeds each, independent noise): a clear difference is named, with its interval
+    below zero; laws that cross are found; too few points is an answer (pipeline/compare.py)."""
+    from pipeline import compare
+
     rows = []
     for name, a, e in (("base", 3.0, 0.2), ("filtered", 3.0, 0.12)):
-        for seed in range(2):
-            x, y = law_points(seed, n=20, a=a, e=e)
-            rows += [{"recipe": name, "gflops_total": xi, "acc": 1 - yi} for xi, yi in zip(x, y)]
+        for seed in range(3):
+            x, y = law_points(10 * seed + (name == "base"), n=20, a=a, e=e)
+            rows += [{"recipe": name, "seed": seed, "gflops_total": xi, "acc": 1 - yi} for xi, yi in zip(x, y)]
     pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
-    res = scaling.compare_table(str(tmp_path / "results.csv"), "base", "filtered", "acc", 1e11, str(tmp_path / "ab"),
-                                n_bootstrap=100)
-    assert res["better"] == "filtered" and res["p_b_better"] > 0.95 and not res["crossings"]
-    assert res["verdict"].startswith("filtered is predicted better")
-    assert (tmp_path / "ab" / "compare.html").read_text().count("data:image/png;base64,") == 1
+    res = compare.run(str(tmp_path / "results.csv"), "base", "filtered", "acc", 1e11, str(tmp_path / "ab"))
+    assert res["better"] == "filtered" and res["p_b_better"] > 0.975 and not res["crossings"]
+    assert res["difference"]["hi"] < 0 and res["verdict"].startswith("filtered is better at compute 1e+11")
+    assert res["measured"]["better"] == "filtered"
+    assert (tmp_path / "ab" / "compare.html").read_text().count("data:image/png;base64,") == 2
     # laws that cross: B starts worse (higher A) but saturates lower
     rows = []
     for name, a, alpha, e in (("base", 1.0, 0.3, 0.3), ("filtered", 8.0, 0.3, 0.1)):
-        x, y = law_points(3, n=30, a=a, alpha=alpha, e=e, noise=0.002)
-        rows += [{"recipe": name, "gflops_total": xi, "acc": 1 - yi} for xi, yi in zip(x, y)]
+        for seed in range(2):
+            x, y = law_points(3 + seed, n=30, a=a, alpha=alpha, e=e, noise=0.002)
+            rows += [{"recipe": name, "seed": seed, "gflops_total": xi, "acc": 1 - yi} for xi, yi in zip(x, y)]
     pd.DataFrame(rows).to_csv(tmp_path / "cross.csv", index=False)
-    res = scaling.compare_table(str(tmp_path / "cross.csv"), "base", "filtered", "acc", 1e12, str(tmp_path / "ab2"),
-                                n_bootstrap=50)
+    res = compare.run(str(tmp_path / "cross.csv"), "base", "filtered", "acc", 1e12, str(tmp_path / "ab2"))
     truth = (8.0 - 1.0) / (0.3 - 0.1)  # (A_b - A_a) C^-0.3 = E_a - E_b  ->  C = (7 / 0.2)^(1/0.3)
     assert len(res["crossings"]) == 1 and abs(np.log10(res["crossings"][0]["x"]) - np.log10(truth ** (1 / 0.3))) < 0.2
+    assert any("cross" in f for f in res["flags"])
     # too few points to fit is an answer: a report that says so and why, not a crash
-    pd.DataFrame(rows[:2] + rows[30:32]).to_csv(tmp_path / "few.csv", index=False)
-    res = scaling.compare_table(str(tmp_path / "few.csv"), "base", "filtered", "acc", 1e12, str(tmp_path / "ab3"))
-    assert res["better"] is None and res["verdict"].startswith("no comparison:") and "at least 3" in res["verdict"]
+    pd.DataFrame(rows[:2] + rows[60:62]).to_csv(tmp_path / "few.csv", index=False)
+    res = compare.run(str(tmp_path / "few.csv"), "base", "filtered", "acc", 1e12, str(tmp_path / "ab3"))
+    assert res["better"] is None and res["verdict"].startswith("no comparison:") and "needs 3" in res["verdict"]
     assert "no comparison" in (tmp_path / "ab3" / "compare.html").read_text()
 
 
@@ -232,13 +237,14 @@ def test_grid_trains_every_pair_resumes_and_writes_results(featured_pool, synth_
         args += ["--subset", str(tmp_path / "subsets" / name)]
     assert cli.main(args) == 0
     res = pd.read_csv(tmp_path / "grid" / "results.csv")
-    assert list(res.columns[:11]) == grid.FIRST and "shapes_color/acc1" in res.columns
+    assert list(res.columns[:13]) == grid.FIRST and "shapes_color/acc1" in res.columns
+    assert set(res.draw) == {0} and set(res.seed) == {0}
     # cosine: the last checkpoint; const: every checkpoint past warm-up (2 x 4 steps > 2)
     assert sorted(res.groupby("recipe").size().tolist()) == [4, 4]
     assert sorted(res[res.recipe == "datacomp-none"].samples_seen) == [128, 256, 256, 512]
     assert set(res[res.scale == "coca128"].family) == {"coca"} and set(res[res.scale != "coca128"].family) == {"clip"}
     # s256: 2 accumulated batches of 32 per step, trained on shards resized once into the grid's cache
-    m = json.loads((tmp_path / "grid" / "runs" / "datacomp-none" / "s256" / "train_manifest.json").read_text())
+    m = json.loads((tmp_path / "grid" / "runs" / "datacomp-none" / "s256" / "d0-s0" / "train_manifest.json").read_text())
     assert m["open_clip_train_args"][m["open_clip_train_args"].index("--accum-freq") + 1] == "2"
     assert all(p.startswith(str(tmp_path / "grid" / "_shards")) for p in m["data"]["resized"]["shards"])
     from PIL import Image
@@ -246,6 +252,6 @@ def test_grid_trains_every_pair_resumes_and_writes_results(featured_pool, synth_
         jpg = next(n for n in tar.getnames() if n.endswith(".jpg"))
         assert min(Image.open(tar.extractfile(jpg)).size) <= 48
     assert (res.gflops_total == res.gflops_per_sample * res.samples_seen).all()
-    stamp = (tmp_path / "grid" / "runs" / "datacomp-none" / "s256" / "train_manifest.json").stat().st_mtime
+    stamp = (tmp_path / "grid" / "runs" / "datacomp-none" / "s256" / "d0-s0" / "train_manifest.json").stat().st_mtime
     assert cli.main(args) == 0  # resumes: nothing is retrained
-    assert (tmp_path / "grid" / "runs" / "datacomp-none" / "s256" / "train_manifest.json").stat().st_mtime == stamp
+    assert (tmp_path / "grid" / "runs" / "datacomp-none" / "s256" / "d0-s0" / "train_manifest.json").stat().st_mtime == stamp
