@@ -50,7 +50,8 @@ def write(cmp: "cmp_mod.Comparison", out: str, x_label: str, y_label: str, seed:
         ("predicted error A", _with_ci(r["error_a"], r["ci_a"])),
         ("predicted error B", _with_ci(r["error_b"], r["ci_b"])),
         ("difference B - A at target", _with_ci(d["diff"], [d["lo"], d["hi"]] if d["lo"] is not None else None)),
-        ("P(B better at target)", _fmt(r["p_b_better"], 2)),
+        (f"P(B better at target) (a verdict needs at least {0.5 + r['confidence'] / 2:.3g}, or at most "
+         f"{0.5 - r['confidence'] / 2:.3g} for A)", _fmt(r["p_b_better"], 2)),
         ("smallest detectable difference (80% power)", _fmt(d["mde"])),
         ("independent units", f"A: {r['units']['a']['count']} {r['units']['a']['kind']}(s), "
                               f"B: {r['units']['b']['count']} {r['units']['b']['kind']}(s)"),

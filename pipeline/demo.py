@@ -44,6 +44,18 @@ def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, po
     return summarize(job, log=log)
 
 
+def known_answer(ab: dict, a: str, b: str) -> str:
+    """The A/B verdicts scored against the synthetic world's answer: b (dfn-dedup) drops the planted
+    mismatched captions, so it is better, and nothing may name a. Right: a verdict names b and none names
+    a; undecided: neither names anyone."""
+    named = [ab.get("better"), (ab.get("measured") or {}).get("better")]
+    if a in named:
+        return f"WRONG: {a} named better (the synthetic world's answer is {b})"
+    if b in named:
+        return f"right: {b} is better in the synthetic world (it drops the planted mismatched captions)"
+    return f"undecided: neither verdict finds the difference at this grid's power (the answer is {b})"
+
+
 def summarize(job: jobs.Job, log=print) -> dict:
     """What the demo made, the pool stages scored against the planted ground truth, and the three paths."""
     out, v = Path(job.out), job.vars
@@ -79,17 +91,15 @@ def summarize(job: jobs.Job, log=print) -> dict:
     log(f"  A/B ({v['a']} vs {v['b']}, {v['metric']}, {v['scales']} scales): {ab['verdict']}")
     if ab.get("measured"):
         log(f"       and {ab['measured']['verdict']}")
-    truth = ("right: the synthetic world's answer is that " + v["b"] + " is better (it drops the planted "
-             "mismatched captions)") if ab.get("better") == v["b"] else \
-        ("undecided at this grid's power" if ab.get("better") is None else "WRONG: " + v["a"] + " named better")
-    log(f"       against the known answer: {truth}")
+    answer = known_answer(ab, v["a"], v["b"])
+    log(f"       against the known answer: {answer}")
     log("")
     log(f"  subset:     {sub}  ({subset_manifest['size']} samples, recipe {v['recipe']})")
     log(f"  audit:      {reports / 'subset.html'}")
     log(f"  A/B report: {reports / 'ab' / 'compare.html'}")
     return {"source": str(src), "pool": str(pool), "manifest": manifest, "dedup_score": score,
             "kept": {r: sum(t.column("keep").to_pylist()) for r, t in kept.items()}, "recheck": recheck,
-            "ab": {k: ab.get(k) for k in ("better", "p_b_better", "verdict", "error_a", "error_b", "target_compute",
-                                          "measured")},
+            "ab": {**{k: ab.get(k) for k in ("better", "p_b_better", "verdict", "error_a", "error_b",
+                                             "target_compute", "measured")}, "known_answer": answer},
             "paths": {"subset": str(sub), "audit": str(reports / "subset.html"),
                       "ab": str(reports / "ab" / "compare.html")}}
