@@ -22,7 +22,6 @@ The last lines name the `false positive rate` and the `power`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys

@@ -159,7 +159,6 @@ def larger_check(demo: str, out: str, k: int, level: float) -> dict:
     copied, as the grid would find them), then the measured verdict at every point and backtests."""
     import shutil
 
-    import pandas as pd
     import yaml
 
     from pipeline import train

@@ -276,7 +276,11 @@ def cmd_compare(args) -> None:
               accuracy=not args.error, level=args.confidence, opts=opts, backtest_below=args.backtest, seed=args.seed)
     print(res["verdict"])
     if res.get("measured"):
-        print(res["measured"]["verdict"])
+        m = res["measured"]
+        print(m["verdict"])
+        if m["sd_a"] is not None and m["sd_b"] is not None:
+            print(f"  run-to-run spread at {m['x']:.4g}: SD {m['sd_a']:.4f} ({res['a']}), {m['sd_b']:.4f} ({res['b']}) "
+                  f"over {m['n_a']} and {m['n_b']} independent runs")
     for flag in res["flags"]:
         print(f"  note: {flag}")
     if res.get("resolve"):

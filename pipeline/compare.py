@@ -315,7 +315,7 @@ def sentence(d: Difference, a: str, b: str, where: str) -> str:
     return head + f"; this grid could detect a difference of {d.mde:.4f} ({POWER:.0%} power)"
 
 
-def resolution(d: Difference, arm_a: Arm, arm_b: Arm, target_law_diff, measured_max: float) -> str:
+def resolution(d: Difference, target_law_diff, measured_max: float) -> str:
     """What would turn 'no detectable difference' into a verdict, from the measured spread."""
     if d.better or not math.isfinite(d.mde):
         return ""
@@ -382,7 +382,7 @@ def _result(cmp: Comparison) -> dict:
     if unfit:  # too few points to fit is an answer, not a crash: the report says so and what would fix it
         verdict = ("no comparison: " + "; ".join(unfit) + " (more compute scales or checkpoints, or fewer bins "
                    "per decade)")
-    res = resolution(ex, cmp.arm_a, cmp.arm_b, law_diff, measured_max)
+    res = resolution(ex, law_diff, measured_max)
     measured = None
     flags = []
     if cmp.measured:
@@ -415,6 +415,10 @@ def _result(cmp: Comparison) -> dict:
         "units": {k: {"kind": arm.unit_kind, "count": len(arm.units()), "replicates": len(arm.reps)}
                   for k, arm in (("a", cmp.arm_a), ("b", cmp.arm_b))},
         "method": "per-replicate fits, Welch t over independent units (draws, else seeds)",
+        "fits": {arm.name: [{"replicate": r.key, "unit": r.unit, "points": len(r.x),
+                             **({"form": r.law.form, "params": r.law.params(), "loss": r.law.loss,
+                                 "prediction": float(r.law.predict(t))} if r.law else {"note": r.note})}
+                            for r in arm.reps] for arm in (cmp.arm_a, cmp.arm_b)},
         "fit_options": {"frontier": cmp.opts.frontier, "loss": cmp.opts.loss, "forms": list(cmp.opts.forms),
                         "bins_per_decade": cmp.opts.bins_per_decade, "fit_below": cmp.opts.fit_below},
     }

@@ -62,6 +62,7 @@ def write(cmp: "cmp_mod.Comparison", out: str, x_label: str, y_label: str, seed:
         summary[8:8] = [("measured at", f"{m['x']:.4g} ({' / '.join(map(str, m['point'])) if isinstance(m['point'], list) else m['point']})"),
                         ("measured error A / B", f"{_fmt(m['mean_a'])} / {_fmt(m['mean_b'])}"),
                         ("measured difference B - A", _with_ci(m["diff"], [m["lo"], m["hi"]] if m["lo"] is not None else None)),
+                        ("run-to-run spread there (SD over units) A / B", f"{_fmt(m['sd_a'])} / {_fmt(m['sd_b'])}"),
                         ("P(B better), measured", _fmt(m["p_b_better"], 2))]
     table = _table(["", ""], [[k, v] for k, v in summary], cls="summary")
     runs = r.get("runs", [])
