@@ -30,7 +30,14 @@ TRACKED_PACKAGES = (
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to a cluster when an address is given (argument or RAY_ADDRESS), else start locally."""
+    """Connect to a cluster when an address is given (argument or RAY_ADDRESS), else start a local
+    instance of our own.
+
+    Without an address, `ray.init()` does not simply start one: it joins a cluster it finds on the
+    machine, through the `ray_current_cluster` file in Ray's temp folder, which `ray start` writes and a
+    killed cluster leaves behind (ray/_private/services.py, canonicalize_bootstrap_address). Every
+    command then failed with "When connecting to an existing cluster, num_cpus and num_gpus must not be
+    provided", live cluster or stale file alike (issue 15). `address="local"` always starts our own."""
     import ray
 
     if ray.is_initialized():
@@ -38,10 +45,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Quiet by default: Ray's own banner and per-worker log forwarding drown our progress lines.
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    if address:
+    if address and address != "local":
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
 
 
 def run_shard_tasks(fn: Callable[..., dict], shards: list[int], args: tuple, *, label: str,
