@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -122,3 +123,21 @@ def load(cls: type[T], path: str | Path | None = None, overrides: dict | None = 
             raise InputError(f"{path}: not valid YAML: {err}") from err
     data = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     return from_dict(cls, data, where)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Names that become paths: the one rule
+
+NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+def check_name(value, what: str, where: str) -> str:
+    """A name that becomes a path component (recipe, scorer id, scale, job): letters, digits and
+    `. _ + -`, starting with a letter or digit, at most 128 characters, never `..`. A recipe named `..`
+    once replaced the pool's manifest.json, and `../shards` every shard's Parquet (issue 15), so every
+    such name is checked here, before any work, and refused with the file and field that gave it."""
+    if not isinstance(value, str) or not NAME_RULE.match(value) or ".." in value:
+        raise InputError(f"{where}: {what} {value!r} cannot be used as a name: it becomes a folder or file "
+                         f"name, so it must be letters, digits and . _ + - (starting with a letter or digit, "
+                         f"no '..', at most 128 characters)")
+    return value

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import models, runtime, schema
-from .config import config_hash, opt, to_dict
+from .config import check_name, config_hash, opt, to_dict
 from .errors import InputError, StageError
 
 # ---------------------------------------------------------------------------------------------------
@@ -310,6 +310,7 @@ def finalize_shard(shard: int, scorer_dir: str, expected: int) -> dict:
 
 def run_scorer(pool: str, cfg: ScorerConfig, ray_address: str | None = None, log=print) -> dict:
     """Embed and score every successful sample of `pool` with one open_clip model. Resumes by shard."""
+    check_name(cfg.scorer_id, "scorer id", "--scorer-id")
     shards = shard_names(pool)
     if not shards:
         raise InputError(f"{pool} has no downloaded shards; run `thresher download` first")

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import features, runtime, schema
-from .config import CONFIG_DIR, from_dict, opt, to_dict
+from .config import CONFIG_DIR, check_name, from_dict, opt, to_dict
 from .errors import InputError
 
 RECIPE_DIR = CONFIG_DIR / "recipes"
@@ -135,6 +135,7 @@ def load_recipe(name_or_path: str, variables: dict | None = None,
     except yaml.YAMLError as err:
         raise InputError(f"{path}: not valid YAML: {err}") from err
     recipe = from_dict(Recipe, data, where=str(path))
+    check_name(recipe.name, "recipe name", f"{path}: field 'name'")
     if not recipe.steps:
         raise InputError(f"{path}: a recipe needs at least one step")
     missing = _not_installed(recipe.plugins)

@@ -25,7 +25,7 @@ import os
 
 from . import runtime, train
 from . import subset as subsets
-from .config import to_dict
+from .config import check_name, to_dict
 from .errors import InputError, StageError
 from .evaluate import evaluate_run
 
@@ -84,7 +84,7 @@ def run_grid(subset_dirs: list[str], scale_specs: list[str], eval_sets: list[str
     if replicates not in REPLICATES:
         raise InputError(f"--replicates {replicates!r}: give one of {', '.join(REPLICATES)}")
     manifests = {d: subsets.read_manifest(d) for d in subset_dirs}
-    recipes = {d: m["recipe"] for d, m in manifests.items()}
+    recipes = {d: check_name(m["recipe"], "recipe", f"{d}/manifest.json") for d, m in manifests.items()}
     draws = {d: draw_of(m) for d, m in manifests.items()}
     if len({(recipes[d], draws[d]) for d in subset_dirs}) != len(subset_dirs):
         raise InputError(f"two subsets are the same draw of one recipe: "

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import CONFIG_DIR
+from .config import CONFIG_DIR, check_name
 from .errors import InputError, StageError
 
 REPO = CONFIG_DIR.parent
@@ -92,6 +92,9 @@ def _read(path: Path, seen: tuple = ()) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise InputError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a job is a mapping with name, out, include, vars, plan and steps, "
+                         f"not a {type(data).__name__}")
     unknown = set(data) - {"name", "out", "include", "vars", "plan", "steps"}
     if unknown:
         raise InputError(f"{path}: unknown top-level key(s) {sorted(unknown)}; a job has name, out, include, "
@@ -136,7 +139,8 @@ def load(spec: str, overrides: dict | None = None, out: str | None = None) -> Jo
         if (key := json.dumps([step.argv, step.serve])) not in seen:  # the same command twice runs once
             seen.add(key)
             steps.append(step)
-    return Job(str(path), data.get("name") or path.stem, out_dir, variables, data["plan"], steps)
+    name = check_name(str(data.get("name") or path.stem), "job name", f"{path}: field 'name'")
+    return Job(str(path), name, out_dir, variables, data["plan"], steps)
 
 
 def _substitute(value, subs: dict, where: str):
@@ -181,7 +185,7 @@ def argv_for(parser: argparse.ArgumentParser, command: str, args: dict, out_dir:
         if a.dest not in args:
             raise InputError(f"{where}: {command} needs `{a.dest}:` (see thresher {command} --help)")
         value = args.pop(a.dest)
-        argv += [_path(a.dest, v, out_dir) for v in (value if isinstance(value, list) else [value])]
+        argv += [_path(a.dest, v, out_dir, where) for v in (value if isinstance(value, list) else [value])]
     for key, value in args.items():
         a = by_dest.get(key)
         if a is None:
@@ -197,19 +201,23 @@ def argv_for(parser: argparse.ArgumentParser, command: str, args: dict, out_dir:
                 argv.append(flag)
         elif isinstance(a, argparse._AppendAction):
             for v in value if isinstance(value, list) else [value]:
-                argv += [flag, _path(key, v, out_dir)]
+                argv += [flag, _path(key, v, out_dir, where)]
         elif isinstance(value, list):
-            argv += [flag, ",".join(_path(key, v, out_dir) for v in value)]
+            argv += [flag, ",".join(_path(key, v, out_dir, where) for v in value)]
         elif value is not None:
-            argv += [flag, _path(key, value, out_dir)]
+            argv += [flag, _path(key, value, out_dir, where)]
     return argv
 
 
-def _path(key: str, value, out_dir: str) -> str:
+def _path(key: str, value, out_dir: str, where: str = "job") -> str:
     text = str(value)
     if isinstance(value, str) and "://" not in text and not os.path.isabs(text):
         remote = "://" in out_dir
         inside = f"{out_dir}/{text}" if remote else os.path.normpath(os.path.join(out_dir, text))
+        # a job file can come from anyone: its relative outputs stay inside the job's directory
+        if key == "out" and (".." in Path(text).parts):
+            raise InputError(f"{where}: out {text!r} leaves the job's directory {out_dir}; give a path inside "
+                             f"it, or an absolute one")
         if key in PATH_KEYS or (key in MAYBE_PATH_KEYS and (text.endswith(FILE_SUFFIXES) or
                                                             (not remote and os.path.exists(inside)))):
             return inside

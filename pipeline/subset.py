@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 
 from . import features, runtime, schema
 from . import filter as filtering
-from .config import opt, to_dict
+from .config import check_name, opt, to_dict
 from .errors import InputError, StageError
 from .hashes import normalize_url
 
@@ -502,7 +502,7 @@ def run(pool: str, recipes: list[str], cfg: SubsetConfig, out: str, variables: d
         raise InputError(f"{pool} is not a pool (no manifest.json); run `thresher download` first")
     runtime.init_ray(ray_address)
     manifests = [decisions_for(pool, r, variables, log) for r in recipes]
-    names = [m["recipe"] for m in manifests]
+    names = [check_name(m["recipe"], "recipe", f"{pool}/decisions") for m in manifests]
     if len(set(names)) != len(names):
         raise InputError(f"recipes given twice: {names}")
     shards = features.shard_names(pool)

@@ -31,7 +31,7 @@ import os
 from dataclasses import dataclass
 
 from . import models, runtime
-from .config import CONFIG_DIR, config_hash, from_dict, opt, to_dict
+from .config import CONFIG_DIR, check_name, config_hash, from_dict, opt, to_dict
 from .errors import InputError, StageError
 
 
@@ -76,6 +76,7 @@ class Scale:
                                         "spread from them. Also allowed at the top of a scale file")
 
     def check(self, where: str) -> None:
+        check_name(self.name, "scale name", where)
         if self.schedule not in ("cosine", "const", "const-cooldown"):
             raise InputError(f"{where}: schedule must be cosine, const or const-cooldown, not {self.schedule!r}")
         if self.family not in ("clip", "coca"):

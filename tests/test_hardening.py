@@ -81,3 +81,61 @@ def test_a_second_local_cluster_does_not_capture_commands(ray_tmp):
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding 1: names that become paths
+
+BAD_NAMES = ["..", "../shards", "a/b", "/etc", ".hidden", "", "x" * 200, "a b", "ok/../..", "..x"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_the_name_rule_refuses_names_that_could_escape(name):
+    from pipeline.config import check_name
+    from pipeline.errors import InputError
+
+    with pytest.raises(InputError, match="cannot be used as a name"):
+        check_name(name, "recipe name", "r.yaml: field 'name'")
+    assert check_name("datacomp-clip-l14-30pct", "recipe name", "x") == "datacomp-clip-l14-30pct"
+
+
+def _tree(pool: Path) -> dict:
+    return {str(p.relative_to(pool)): p.stat().st_mtime_ns for p in pool.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("name", ["..", "../shards"])
+def test_a_recipe_named_to_escape_is_refused_before_any_work(featured_pool, tmp_path, capsys, name):
+    """`name: ..` replaced the pool's manifest.json, `name: ../shards` every shard's Parquet."""
+    from pipeline import cli
+
+    recipe = tmp_path / "evil.yaml"
+    recipe.write_text(f"name: '{name}'\nsteps:\n  - filter: none\n")
+    before = _tree(featured_pool)
+    assert cli.main(["filter", str(featured_pool), "--recipe", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "evil.yaml: field 'name'" in err and "cannot be used as a name" in err
+    assert _tree(featured_pool) == before  # nothing written, nothing replaced
+
+
+def test_a_scorer_id_scale_name_or_job_name_that_escapes_is_refused(featured_pool, tmp_path, capsys):
+    from pipeline import cli, jobs, train
+    from pipeline.errors import InputError
+
+    before = _tree(featured_pool)
+    assert cli.main(["features", str(featured_pool), "--model", "thresher-w32", "--pretrained", "none",
+                     "--scorer-id", "../shards", "--no-base"]) == 2
+    assert "scorer id '../shards' cannot be used as a name" in capsys.readouterr().err
+    assert _tree(featured_pool) == before
+    (tmp_path / "s.yaml").write_text("scales:\n  - {name: ../x, model: thresher-w32, samples_seen: 8, batch_size: 8,"
+                                     " lr: 0.1, warmup: 1}\n")
+    with pytest.raises(InputError, match="scale name '../x'"):
+        train.load_scales(str(tmp_path / "s.yaml"))
+    (tmp_path / "j.yaml").write_text("name: ../../etc\nsteps:\n  - fit: {results: r.csv, x: a, y: b, out: f}\n")
+    with pytest.raises(InputError, match="job name"):
+        jobs.load(str(tmp_path / "j.yaml"))
+    (tmp_path / "k.yaml").write_text("name: k\nsteps:\n  - fit: {results: r.csv, x: a, y: b, out: ../../elsewhere}\n")
+    with pytest.raises(InputError, match="leaves the job's directory"):
+        jobs.load(str(tmp_path / "k.yaml"), out=str(tmp_path / "job"))
+    (tmp_path / "l.yaml").write_text("- fit: {}\n")
+    with pytest.raises(InputError, match="a job is a mapping"):
+        jobs.load(str(tmp_path / "l.yaml"))
