@@ -41,6 +41,7 @@ FAILURES = {
     "connection_error": "the connection was refused, reset or closed early",
     "opted_out": "the response carried an X-Robots-Tag directive that disallows use (noai, ...)",
     "decode_error": "bytes arrived but are not a decodable image",
+    "too_large": "the image's header declares more pixels than max_pixels: refused before decoding",
     "hash_mismatch": "the bytes do not match the expected hash",
     "disallowed_address": "refused before fetching: loopback, private, link-local or metadata host",
     "download_error": "any other download error (see error_message)",
@@ -78,6 +79,8 @@ class DownloadConfig:
     verify_hash_column: str | None = opt(None, "column with each image's expected sha256 (DataComp: sha256); "
                                                "a mismatch fails the row as hash_mismatch")
     allow_private_addresses: bool = opt(False, "fetch from loopback/private/link-local hosts (local tests only)")
+    max_pixels: int = opt(89_478_485, "refuse an image whose header declares more pixels than this, before "
+                                      "decoding it (too_large); Pillow's own limit by default; 0: no limit")
     extract_exif: bool = opt(False, "keep EXIF data in the metadata")
     shard_retries: int = opt(2, "extra attempts for a shard that fails or overruns its deadline")
     shard_deadline_s: float = opt(0.0, "seconds a shard may take; 0 = derived from timeout, retries, threads")
@@ -111,6 +114,44 @@ INGEST_FIELDS = ("url_col", "caption_col", "uid_col", "extra_columns", "bbox_col
                  "samples_per_shard")
 
 
+def make_resizer(cfg: DownloadConfig):
+    """img2dataset's Resizer, behind a check of the image's declared size.
+
+    img2dataset decodes every image in full (cv2.imdecode) before it looks at its area, so a 30000 x
+    30000 PNG of 150 KB costs 900 MB, per thread (issue 15). Pillow reads width and height from the
+    header without decoding; past `max_pixels` the image is refused as too_large. What Pillow cannot
+    identify goes on to img2dataset, which records it as before."""
+    import warnings
+
+    from img2dataset.blurrer import BoundingBoxBlurrer
+    from img2dataset.resizer import Resizer
+    from PIL import Image
+
+    class HeaderChecked(Resizer):
+        def __call__(self, img_stream, blurring_bbox_list=None):
+            if cfg.max_pixels:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                        img_stream.seek(0)
+                        width, height = Image.open(img_stream).size  # the header only
+                except Image.DecompressionBombError as err:  # Pillow's own refusal, past twice its limit
+                    return None, None, None, None, None, f"too_large: {err} (read from the header, not decoded)"
+                except Exception:  # noqa: BLE001 - not identifiable here: img2dataset decides
+                    width = height = 0
+                if width * height > cfg.max_pixels:
+                    return (None, None, None, None, None,
+                            f"too_large: {width}x{height} = {width * height} pixels, over max_pixels "
+                            f"{cfg.max_pixels} (read from the header, not decoded)")
+            img_stream.seek(0)
+            return super().__call__(img_stream, blurring_bbox_list)
+
+    return HeaderChecked(
+        image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
+        encode_quality=cfg.encode_quality, encode_format=cfg.encode_format,
+        blurrer=BoundingBoxBlurrer() if cfg.bbox_column else None)
+
+
 def classify(status: str, error_message: str | None) -> str | None:
     """Normalised failure reason for one row (see FAILURES)."""
     if status == "success":
@@ -125,6 +166,8 @@ def classify(status: str, error_message: str | None) -> str | None:
         return f"http_{m.group(1)}"
     if "hash mismatch" in msg:
         return "hash_mismatch"
+    if msg.startswith("too_large"):
+        return "too_large"
     if status == "failed_to_resize":
         return "decode_error"
     low = msg.lower()
@@ -197,10 +240,7 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
     with fs.open(p, "wb") as f, pa.ipc.new_file(f, i2d_table.schema) as w:
         w.write_table(i2d_table)
 
-    resizer = Resizer(
-        image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
-        encode_quality=cfg.encode_quality, encode_format=cfg.encode_format,
-        blurrer=BoundingBoxBlurrer() if cfg.bbox_column else None)
+    resizer = make_resizer(cfg)
     downloader = Downloader(
         sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=cfg.threads,
         save_caption=True, extract_exif=cfg.extract_exif, output_folder=tmp, column_list=column_list,
@@ -320,6 +360,7 @@ def done_shards(pool: str) -> set[int]:
     return runtime.completed_shards(runtime.join(pool, "shards"))
 
 
+@runtime.holds(lambda urls, pool, *a, **k: runtime.join(pool, "_work"), "this pool's download")
 def run(urls: str, pool: str, cfg: DownloadConfig, ray_address: str | None = None, log=print) -> dict:
     """Download `urls` into `pool`, resuming whatever an earlier run finished. Returns the manifest."""
     cfg.validate()

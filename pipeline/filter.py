@@ -351,8 +351,6 @@ def threshold_from(hist: np.ndarray, rank: int, values_in_bin) -> tuple[float | 
 
 def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address: str | None = None,
         log=print) -> dict:
-    import ray
-
     t0 = time.time()
     recipe, steps, path = load_recipe(recipe_name, variables)
     shards = features.shard_names(pool)
@@ -362,6 +360,15 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
     check_columns(steps, available, path, pool)
     columns = {c: available[c] for c in {"uid", "key"} | {c for s in steps for c in s.needs}}
     out_dir = runtime.join(pool, "decisions", recipe.name)
+    # one writer at a time: two runs of one recipe (say with other --var values) would each replace the
+    # other's shards and manifest, and both exit 0 (issue 15)
+    with runtime.output_lock(out_dir, f"the decisions of recipe {recipe.name}"):
+        return _decide(pool, recipe, steps, path, shards, columns, out_dir, variables, ray_address, t0, log)
+
+
+def _decide(pool, recipe, steps, path, shards, columns, out_dir, variables, ray_address, t0, log) -> dict:
+    import ray
+
     resolved = {**to_dict(recipe), "vars": {**recipe.vars, **(variables or {})},
                 "steps": [{"name": s.name, "filter": s.spec.name, "params": to_dict(s.params),
                            "top_fraction": s.top_fraction, "fraction_of": s.fraction_of} for s in steps]}

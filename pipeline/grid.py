@@ -74,6 +74,7 @@ def draw_of(manifest: dict) -> int:
     return int((manifest.get("draw") or {}).get("index", 0))
 
 
+@runtime.holds(lambda subset_dirs, scale_specs, eval_sets, out, *a, **k: out, "this grid")
 def run_grid(subset_dirs: list[str], scale_specs: list[str], eval_sets: list[str], out: str,
              cpus_per_run: int | None = None, ray_address: str | None = None, replicates: str = "crossed",
              log=print) -> dict:

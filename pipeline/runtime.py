@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import logging
@@ -155,12 +156,59 @@ def read_json(url: str) -> Any:
 
 
 def write_json(url: str, obj: Any) -> None:
-    """Write JSON atomically where the filesystem allows: a reader never sees half a file."""
+    """Write JSON atomically where the filesystem allows: a reader never sees half a file. The temporary
+    name is the writer's own (pid and a random suffix), so two writers never write into one file."""
+    import uuid
+
     fs, path = fs_path(url)
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     with fs.open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=str)
     fs.mv(tmp, path)
+
+
+@contextlib.contextmanager
+def output_lock(directory: str, what: str):
+    """Hold `directory` for one writer: a second run that would write the same output at the same time
+    is refused at once with a clear error, instead of the two silently replacing each other's files.
+    An advisory lock (flock, through fasteners) on DIRECTORY/.thresher.lock: the kernel releases it when
+    its process dies, so a killed run never leaves a stale lock. Object stores have no such lock: there
+    the caller's output must be its own (docs/reliability.md)."""
+    if "://" in directory and not directory.startswith("file://"):
+        yield
+        return
+    import fasteners
+
+    from .errors import InputError
+
+    created = not os.path.exists(directory)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, ".thresher.lock")
+    lock = fasteners.InterProcessLock(path)
+    if not lock.acquire(blocking=False):
+        raise InputError(f"{directory}: {what} is being written by another run right now; wait for it to "
+                         f"finish (then run again: finished work is kept), or choose another output")
+    try:
+        yield
+    finally:
+        lock.release()
+        # a folder made only to hold the lock (a subset's _work on a re-run of a finished subset) goes again
+        if created and os.path.isdir(directory) and os.listdir(directory) == [".thresher.lock"]:
+            os.remove(path)
+            os.rmdir(directory)
+
+
+def holds(where: Callable[..., str], what: str):
+    """Decorator: the stage runs holding output_lock(where(*its arguments), what)."""
+    import functools
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            with output_lock(where(*args, **kwargs), what):
+                return fn(*args, **kwargs)
+        return inner
+    return wrap
 
 
 def write_npz(url: str, arrays: dict) -> None:

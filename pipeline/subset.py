@@ -544,6 +544,7 @@ def target_dir(out: str, recipe: str, recipes: int = 1, draw: int = 0, draws: in
     return base if draws == 1 else runtime.join(base, f"draw-{draw}")
 
 
+@runtime.holds(lambda pool, decisions, rule, cfg, out, *a, **k: runtime.join(out, "_work"), "this subset")
 def build(pool: str, decisions: dict, rule: Rule, cfg: SubsetConfig, out: str, *, hist=None,
           exclude: Exclusion | None = None, previous: dict | None = None, draw: int = 0, log=print) -> dict:
     """Select and reshard one recipe's subset into `out`; resumes a run with the same plan."""
@@ -569,7 +570,7 @@ def build(pool: str, decisions: dict, rule: Rule, cfg: SubsetConfig, out: str, *
         if runtime.read_json(runtime.join(work, "plan.json"))["plan_sha256"] != phash:
             raise InputError(f"{out} holds an unfinished subset made with other settings; delete {out} "
                              f"or choose another --out")
-    elif runtime.exists(out) and runtime.glob(runtime.join(out, "*")):
+    elif runtime.exists(out) and [p for p in runtime.glob(runtime.join(out, "*")) if not p.endswith("/_work")]:
         raise InputError(f"{out} exists and is not empty; choose another --out")
     runtime.makedirs(work)
 

@@ -139,3 +139,127 @@ def test_a_scorer_id_scale_name_or_job_name_that_escapes_is_refused(featured_poo
     (tmp_path / "l.yaml").write_text("- fit: {}\n")
     with pytest.raises(InputError, match="a job is a mapping"):
         jobs.load(str(tmp_path / "l.yaml"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding 6: concurrent writers of one output
+
+def test_a_second_writer_of_the_same_decisions_is_refused(featured_pool, tmp_path):
+    """Two `thresher filter` runs of one recipe at once both exited 0, one's decisions silently replacing
+    the other's. Now the output is held by one writer: while it runs, a second is refused with a clear
+    message (tested with the first writer holding the lock, so the overlap is certain), and once it is
+    done the same command runs."""
+    from pipeline import runtime
+
+    out = featured_pool / "decisions" / "datacomp-basic"
+    cmd = [str(Path(sys.executable).parent / "thresher"), "filter", str(featured_pool), "--recipe", "datacomp-basic"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with runtime.output_lock(str(out), "the decisions of recipe datacomp-basic"):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "being written by another run" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_json_writers_use_temporaries_of_their_own(tmp_path, monkeypatch):
+    """runtime.write_json always used NAME.tmp: two writers wrote into one temporary."""
+    from pipeline import runtime
+
+    seen = []
+    real_mv = runtime.fsspec.implementations.local.LocalFileSystem.mv
+
+    def spy(self, a, b, **kw):
+        seen.append(a)
+        return real_mv(self, a, b, **kw)
+
+    monkeypatch.setattr(runtime.fsspec.implementations.local.LocalFileSystem, "mv", spy)
+    runtime.write_json(str(tmp_path / "m.json"), {"a": 1})
+    runtime.write_json(str(tmp_path / "m.json"), {"a": 2})
+    assert len(set(seen)) == 2 and all(str(os.getpid()) in s for s in seen)
+    assert runtime.read_json(str(tmp_path / "m.json")) == {"a": 2}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding 3: image bombs at download
+
+def png_bomb(side: int = 30000) -> bytes:
+    """A valid grayscale PNG of side x side pixels whose compressed body is under a megabyte: decoding
+    it takes side^2 bytes (900 MB at 30000)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    z = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)  # filter byte + one byte per pixel
+    body = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def test_an_image_bomb_is_refused_from_its_header_without_decoding():
+    """Two 30000x30000 PNGs (150 KB and 2.7 MB) took the download past 3 GB and were stored as successes.
+    The download now reads width and height from the header and refuses the image as too_large before
+    decoding it; the process grows by far less than the 900 MB a decode would take."""
+    import io
+    import resource
+
+    from pipeline import download
+
+    bomb = png_bomb()
+    assert len(bomb) < 2_000_000
+    resizer = download.make_resizer(download.DownloadConfig())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    img, *_, err = resizer(io.BytesIO(bomb))
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert img is None and err.startswith("too_large: ") and "900000000 pixels" in err
+    assert grown_mb < 100, grown_mb
+    assert download.classify("failed_to_resize", err) == "too_large"
+    # a normal image passes through to img2dataset's own resizer
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), "red").save(buf, format="JPEG")
+    img, w, h, ow, oh, err = resizer(io.BytesIO(buf.getvalue()))
+    assert err is None and (ow, oh) == (64, 48)
+    # the limit is configurable, and 0 turns it off
+    small = download.make_resizer(download.DownloadConfig(max_pixels=1000))
+    assert small(io.BytesIO(buf.getvalue()))[-1].startswith("too_large: 64x48")
+
+
+@pytest.fixture
+def bomb_server(tmp_path):
+    """A threaded HTTP server on 127.0.0.1 serving a PNG bomb and an ordinary JPEG."""
+    import functools
+    import http.server
+    import threading
+
+    from PIL import Image
+
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "bomb.png").write_bytes(png_bomb())
+    Image.new("RGB", (96, 64), "blue").save(www / "ok.jpg")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a, **k: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def test_a_download_records_a_bomb_as_too_large(bomb_server, tmp_path, ray_local):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import download
+
+    pq.write_table(pa.table({"url": [f"{bomb_server}/bomb.png", f"{bomb_server}/ok.jpg"],
+                             "text": ["a bomb", "a blue image"]}), tmp_path / "urls.parquet")
+    cfg = download.DownloadConfig(samples_per_shard=10, threads=2, timeout=5, allow_private_addresses=True)
+    download.run(str(tmp_path / "urls.parquet"), str(tmp_path / "pool"), cfg, log=lambda *_: None)
+    rows = {r["url"].rsplit("/", 1)[-1]: r for r in download.read_metadata(str(tmp_path / "pool")).to_pylist()}
+    assert rows["bomb.png"]["failure"] == "too_large" and rows["bomb.png"]["status"] != "success"
+    assert rows["ok.jpg"]["status"] == "success"
