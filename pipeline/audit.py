@@ -248,19 +248,22 @@ def _fetch(url: str, timeout: float, allow_private: bool) -> tuple[str, str | No
     """(outcome, sha256 of the body, detail): outcome is ok, gone, opted_out or refused."""
     from urllib.parse import urlsplit
 
-    from .ingest import host_refusal
+    from .netsafety import REFUSED, host_refusal, safe_opener
 
     why = None if allow_private else host_refusal(urlsplit(url).hostname)
     if why:
         return "refused", None, why
     req = urllib.request.Request(url, headers={"User-Agent": "thresher-recheck"})
+    opener = urllib.request.build_opener() if allow_private else safe_opener()
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with opener.open(req, timeout=timeout) as resp:
             body = resp.read()
             robots = ",".join(resp.headers.get_all("X-Robots-Tag") or []).lower()
     except urllib.error.HTTPError as err:
         return "gone", None, f"http_{err.code}"
     except (urllib.error.URLError, OSError, ValueError) as err:
+        if REFUSED in str(err):  # a private address behind the name, or a redirect to one
+            return "refused", None, str(err)[:200]
         return "gone", None, f"{type(err).__name__}: {err}"[:200]
     directives = {d.strip().split(":")[-1].strip() for d in robots.split(",") if d.strip()}
     if directives & set(DISALLOWING):

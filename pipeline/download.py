@@ -24,13 +24,14 @@ import math
 import os
 import re
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import ingest, runtime, schema
+from . import ingest, netsafety, runtime, schema
 from .config import config_hash, from_dict, opt, to_dict
 from .errors import InputError
 
@@ -43,7 +44,8 @@ FAILURES = {
     "decode_error": "bytes arrived but are not a decodable image",
     "too_large": "the image's header declares more pixels than max_pixels: refused before decoding",
     "hash_mismatch": "the bytes do not match the expected hash",
-    "disallowed_address": "refused before fetching: loopback, private, link-local or metadata host",
+    "disallowed_address": "refused: a loopback, private, link-local or metadata host, as written, as resolved, "
+                          "as connected to, or as the target of a redirect",
     "download_error": "any other download error (see error_message)",
 }
 RESERVED_COLUMNS = {"key", "caption", "url", "width", "height", "original_width", "original_height", "status",
@@ -79,6 +81,8 @@ class DownloadConfig:
     verify_hash_column: str | None = opt(None, "column with each image's expected sha256 (DataComp: sha256); "
                                                "a mismatch fails the row as hash_mismatch")
     allow_private_addresses: bool = opt(False, "fetch from loopback/private/link-local hosts (local tests only)")
+    allow_hosts: list[str] = opt(help="hosts (HOST or HOST:PORT) fetched although private, e.g. an internal "
+                                      "mirror; every other private address stays refused", factory=list)
     max_pixels: int = opt(89_478_485, "refuse an image whose header declares more pixels than this, before "
                                       "decoding it (too_large); Pillow's own limit by default; 0: no limit")
     extract_exif: bool = opt(False, "keep EXIF data in the metadata")
@@ -159,6 +163,8 @@ def classify(status: str, error_message: str | None) -> str | None:
     if status == "refused":
         return "disallowed_address"
     msg = error_message or ""
+    if "disallowed_address" in msg:  # refused at connect time or on a redirect (netsafety.safe_opener)
+        return "disallowed_address"
     if "X-Robots-Tag" in msg:
         return "opted_out"
     m = re.search(r"HTTP Error (\d{3})", msg)
@@ -207,9 +213,7 @@ def _shard_name(shard: int) -> str:
 
 def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
     """Download one shard into POOL/_work/tmp, then move its files into POOL/shards. Runs as a Ray task."""
-    from img2dataset.blurrer import BoundingBoxBlurrer
     from img2dataset.downloader import Downloader
-    from img2dataset.resizer import Resizer
     from img2dataset.writer import WebDatasetSampleWriter
 
     cfg = from_dict(DownloadConfig, cfg_dict)
@@ -221,7 +225,8 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
     started = time.time()
 
     table = ingest.read_shard_input(runtime.join(work, "inputs", f"{name}.arrow"))
-    refused = [None] * table.num_rows if cfg.allow_private_addresses else ingest.refusals(table.column("url"))
+    refused = ([None] * table.num_rows if cfg.allow_private_addresses else
+               ingest.refusals(table.column("url"), cfg.allow_hosts))
     keep = pa.array([r is None for r in refused])
     allowed = table.filter(keep)
     refused_rows = table.filter(pc.invert(keep))
@@ -250,6 +255,11 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
         user_agent_token=cfg.user_agent_token,
         disallowed_header_directives=cfg.disallowed_header_directives if cfg.honor_robots else None,
         blurring_bbox_col=cfg.bbox_column)
+    # img2dataset fetches with urllib.request.urlopen, which follows redirects and resolves names on its
+    # own: the opener installed for this task checks every resolved and connected address and every
+    # redirect (pipeline/netsafety.py); with allow_private_addresses, urllib's default opener
+    urllib.request.install_opener(None if cfg.allow_private_addresses else
+                                  netsafety.safe_opener(cfg.allow_hosts))
     # download_shard, not __call__: __call__ swallows errors, and we want Ray to see them
     downloader.download_shard((shard, i2d_input))
 

@@ -15,9 +15,7 @@ Also here: the fetch-safety check that refuses loopback, private, link-local and
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
-import socket
 import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -32,6 +30,7 @@ import pyarrow.parquet as pq
 from . import runtime
 from .errors import InputError
 from .hashes import make_uid
+from .netsafety import host_refusal
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl",
            ".ndjson": "jsonl"}
@@ -364,55 +363,25 @@ def read_shard_input(path: str) -> pa.Table:
 
 # ---------------------------------------------------------------------------------------------------
 # Fetch safety: a URL list must not be able to make a cluster fetch from its own internal services.
-# This looks at the URL's host as written. A DNS name that resolves to a private address is NOT
-# caught here (that needs an egress proxy or firewall); docs/download.md says so.
+# Here each URL's host as written (pipeline/netsafety.py normalises it as the HTTP client will); the
+# download then checks every resolved and connected address, and every redirect (netsafety.safe_opener).
 
-LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback", "metadata",
-               "metadata.google.internal", "instance-data", "instance-data.ec2.internal"}
-METADATA_IPS = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254"),
-                ipaddress.ip_address("100.100.100.200")}
+def refusals(urls: pa.Array | pa.ChunkedArray, allow_hosts=()) -> list[str | None]:
+    """Per-URL refusal reason (or None), checking each distinct host (and port) once; `allow_hosts`
+    ("host" or "host:port") may be fetched although private."""
+    parts = pc.extract_regex(urls, r"^[a-zA-Z][a-zA-Z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)"
+                                   r"(?::(?P<port>[0-9]*))?")
+    hosts = pc.utf8_lower(pc.struct_field(parts, [0])).to_pylist()
+    ports = pc.struct_field(parts, [1]).to_pylist()
+    allow = set(allow_hosts or ())
 
-
-def _parse_ip(host: str):
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    # inet_aton also takes the forms browsers and urllib accept: 127.1, 0x7f.0.0.1, 2130706433
-    if host and all(ch in "0123456789abcdefx." for ch in host) and any(ch.isdigit() for ch in host):
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
+    def verdict(host, port):
+        if allow and (host.strip("[]") in allow or f"{host.strip('[]')}:{port}" in allow):
             return None
-    return None
+        return host_refusal(host)
 
-
-def host_refusal(host: str | None) -> str | None:
-    """Why a host must not be fetched by default, or None when it may be."""
-    if not host:
-        return "no host"
-    h = host.strip("[]").lower().rstrip(".")
-    if h in LOCAL_NAMES or h.endswith(".localhost"):
-        return f"host {host} is local"
-    ip = _parse_ip(h.split("%", 1)[0])
-    if ip is None:
-        return None
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip in METADATA_IPS:
-        return f"host {host} is a cloud metadata address"
-    for attr, what in (("is_loopback", "loopback"), ("is_link_local", "link-local"), ("is_private", "private"),
-                       ("is_multicast", "multicast"), ("is_unspecified", "unspecified"), ("is_reserved", "reserved")):
-        if getattr(ip, attr):
-            return f"host {host} is a {what} address"
-    if not ip.is_global:
-        return f"host {host} is not a public address"
-    return None
-
-
-def refusals(urls: pa.Array | pa.ChunkedArray) -> list[str | None]:
-    """Per-URL refusal reason (or None), checking each distinct host once."""
-    hosts = pc.extract_regex(urls, r"^[a-zA-Z][a-zA-Z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)")
-    hosts = pc.utf8_lower(pc.struct_field(hosts, [0]))
-    verdict = {h: host_refusal(h) for h in pc.unique(hosts).to_pylist()}
-    return [verdict[h] for h in hosts.to_pylist()]
+    memo: dict = {}
+    for key in zip(hosts, ports):
+        if key not in memo:
+            memo[key] = verdict(*key)
+    return [memo[key] for key in zip(hosts, ports)]

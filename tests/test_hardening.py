@@ -263,3 +263,101 @@ def test_a_download_records_a_bomb_as_too_large(bomb_server, tmp_path, ray_local
     rows = {r["url"].rsplit("/", 1)[-1]: r for r in download.read_metadata(str(tmp_path / "pool")).to_pylist()}
     assert rows["bomb.png"]["failure"] == "too_large" and rows["bomb.png"]["status"] != "success"
     assert rows["ok.jpg"]["status"] == "success"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding 2: the private-address check
+
+# hosts that reach this machine (or another private or metadata address), each spelled another way
+LOOPBACK_SPELLINGS = [
+    "127.0.0.1", "127.1", "127.0.1", "0x7f.0.0.1", "0x7f000001", "2130706433", "0177.0.0.1", "017700000001",
+    "127.000.000.001", "12\u00ad7.0.0.1",  # a soft hyphen inside 127: IDNA nameprep drops it
+    "\uff11\uff12\uff17.0.0.1",  # full-width digits: nameprep maps them to 127
+    "127\u30020\u30020\u30021",  # ideographic full stops: IDNA reads them as dots
+    "LOCALHOST", "localhost.", "a.b.localhost", "[::1]", "[0:0:0:0:0:0:0:1]", "[::ffff:127.0.0.1]",
+    "[::ffff:7f00:1]", "0.0.0.0", "0", "127.127.127.127",
+]
+OTHER_PRIVATE = ["10.0.0.1", "192.168.1.1", "172.16.0.1", "169.254.169.254", "[fd00:ec2::254]", "100.100.100.200",
+                 "100.64.0.1", "[fe80::1]", "metadata.google.internal", "224.0.0.1"]
+
+
+@pytest.mark.parametrize("host", LOOPBACK_SPELLINGS + OTHER_PRIVATE)
+def test_every_spelling_of_a_private_host_is_refused_as_written(host):
+    from pipeline import netsafety
+
+    assert netsafety.host_refusal(host) is not None, host
+    assert netsafety.host_refusal("example.com") is None and netsafety.host_refusal("8.8.8.8") is None
+
+
+@pytest.fixture
+def counting_server():
+    """Two threaded servers on 127.0.0.1 that count their requests: `a` redirects to `b`."""
+    import http.server
+    import threading
+
+    hits = {"a": 0, "b": 0}
+    servers = {}
+
+    def handler_for(name):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                hits[name] += 1
+                if name == "a":
+                    self.send_response(302)
+                    self.send_header("Location", f"http://127.0.0.1:{servers['b'].server_address[1]}/x.jpg")
+                    self.end_headers()
+                else:
+                    self.send_response(200)
+                    self.end_headers()
+                    self.wfile.write(b"private bytes")
+
+            def log_message(self, *a):
+                pass
+        return Handler
+
+    for name in ("b", "a"):
+        servers[name] = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_for(name))
+        threading.Thread(target=servers[name].serve_forever, daemon=True).start()
+    yield {k: s.server_address[1] for k, s in servers.items()}, hits
+    for s in servers.values():
+        s.shutdown()
+
+
+def test_no_spelling_reaches_a_local_server_through_the_fetch(counting_server):
+    """At connect time, not only as written: every spelling the resolver accepts is refused before a
+    byte is sent, and so is a redirect from an allowed host to a private one."""
+    import urllib.error
+
+    from pipeline import netsafety
+
+    ports, hits = counting_server
+    opener = netsafety.safe_opener()
+    for host in LOOPBACK_SPELLINGS:
+        with pytest.raises((urllib.error.URLError, UnicodeError, ValueError, OSError)) as err:
+            opener.open(f"http://{host}:{ports['b']}/x.jpg", timeout=5)
+        if isinstance(err.value, urllib.error.URLError) and netsafety.REFUSED not in str(err.value):
+            # names the resolver does not know (no DNS here) fail to resolve: also nothing fetched
+            assert "Name or service not known" in str(err.value) or "not known" in str(err.value), (host, err.value)
+    assert hits["b"] == 0
+    # a redirect from a host the user allowed (a mirror) to a private one is refused, not followed
+    mirror = netsafety.safe_opener(allow_hosts=[f"127.0.0.1:{ports['a']}"])
+    with pytest.raises(urllib.error.URLError, match="disallowed_address: redirect to"):
+        mirror.open(f"http://127.0.0.1:{ports['a']}/start", timeout=5)
+    assert hits == {"a": 1, "b": 0}
+
+
+def test_a_download_records_a_redirect_to_a_private_host_as_disallowed(counting_server, tmp_path, ray_local):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import download
+
+    ports, hits = counting_server
+    pq.write_table(pa.table({"url": [f"http://127.0.0.1:{ports['a']}/start", f"http://127.1:{ports['b']}/x.jpg"],
+                             "text": ["redirects", "loopback"]}), tmp_path / "urls.parquet")
+    cfg = download.DownloadConfig(samples_per_shard=10, threads=2, timeout=5, retries=0,
+                                  allow_hosts=[f"127.0.0.1:{ports['a']}"])
+    download.run(str(tmp_path / "urls.parquet"), str(tmp_path / "pool"), cfg, log=lambda *_: None)
+    rows = download.read_metadata(str(tmp_path / "pool")).to_pylist()
+    assert [r["failure"] for r in rows] == ["disallowed_address", "disallowed_address"]
+    assert hits["b"] == 0 and hits["a"] == 1
