@@ -198,6 +198,42 @@ def output_lock(directory: str, what: str):
             os.rmdir(directory)
 
 
+@contextlib.contextmanager
+def watchdog(progress: Callable[[], Any], stall_s: float, what: str, poll_s: float = 5.0):
+    """Turn a stall into an error: while the block runs, a thread reads `progress()` every `poll_s`; if
+    it has not changed for `stall_s` seconds, the main thread is interrupted and StageError names the
+    stall, instead of the block spinning forever (a loader that never fills a batch: issue 15)."""
+    import _thread
+    import threading
+
+    from .errors import StageError
+
+    stop, fired = threading.Event(), threading.Event()
+
+    def watch():
+        last, since = progress(), time.monotonic()
+        while not stop.wait(poll_s):
+            now = progress()
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since > stall_s:
+                fired.set()
+                _thread.interrupt_main()
+                return
+
+    thread = threading.Thread(target=watch, daemon=True, name="thresher-watchdog")
+    thread.start()
+    try:
+        yield
+    except KeyboardInterrupt:
+        if fired.is_set():
+            raise StageError(f"{what}: no progress for {stall_s:.0f}s; stopped instead of spinning") from None
+        raise
+    finally:
+        stop.set()
+        thread.join(timeout=poll_s + 1)
+
+
 def holds(where: Callable[..., str], what: str):
     """Decorator: the stage runs holding output_lock(where(*its arguments), what)."""
     import functools

@@ -28,6 +28,7 @@ import contextlib
 import glob
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 from . import models, runtime
@@ -223,18 +224,46 @@ def _shrink(data: bytes, side: int, name: str, shard: str) -> bytes:
         return data
 
 
+WDS_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext: the key ends at the first dot
+
+
 def count_samples(shards: list[str]) -> int:
-    """Samples with an image and a caption, counted from the tars (what open_clip_train needs to know)."""
+    """Samples open_clip_train will read: grouped by key exactly as webdataset groups them (the key ends
+    at the basename's first dot, webdataset's base_plus_ext) and kept only with a caption and an image
+    (open_clip_train's filter_no_caption_or_no_image).
+
+    Counting by another rule made training spin forever at 100% CPU: with dotted keys
+    (photo.v0000000000.jpg) we counted samples that webdataset reads as extension 'v0000000000.jpg',
+    so the resampled loader never filled a batch (issue 15). A member that could escape its folder
+    (absolute, or with ..) is refused, naming the shard and the member; none readable is an error that
+    says why."""
     import tarfile
 
-    n = 0
+    n, dotted = 0, []
     for path in shards:
-        keys: dict[str, set] = {}
+        samples: dict[str, set] = {}
         with tarfile.open(path) as tar:
-            for name in tar.getnames():
-                stem, _, ext = name.rpartition(".")
-                keys.setdefault(stem, set()).add(ext.lower())
-        n += sum(1 for exts in keys.values() if "txt" in exts and exts & {"jpg", "jpeg", "png", "webp"})
+            for member in tar:
+                name = member.name
+                if name.startswith("/") or ".." in name.split("/"):
+                    raise InputError(f"training shard {path}: member {name!r} would escape its folder; "
+                                     f"refusing the shard")
+                if not member.isfile():
+                    continue
+                m = WDS_KEY.match(name)
+                if not m:
+                    continue
+                key, ext = m.group(1), m.group(2).lower()
+                if "." in ext and len(dotted) < 3:
+                    dotted.append(f"{path}: {name}")
+                samples.setdefault(key, set()).add(ext)
+        n += sum(1 for exts in samples.values() if "txt" in exts and exts & set(IMAGE_EXTS))
+    if n == 0:
+        why = (f"; webdataset ends a sample's key at the first dot of its name, so {dotted[0]!r} has the "
+               f"extension {dotted[0].rsplit('/', 1)[-1].split('.', 1)[1]!r}: rename such keys without dots"
+               if dotted else "")
+        raise InputError(f"training data: no sample has both an image and a txt caption as webdataset reads "
+                         f"them{why}")
     return n
 
 
@@ -243,8 +272,6 @@ def train(data: str, out: str, cfg: TrainConfig, name: str = "run", log=print) -
 
     shards = shard_list(data)
     samples = count_samples(shards)
-    if samples == 0:
-        raise InputError(f"training data {data!r}: no sample has both an image and a txt caption")
     models.register_project_models()
     precision = cfg.precision if cfg.precision != "auto" else ("amp" if torch.cuda.is_available() else "fp32")
     os.makedirs(out, exist_ok=True)
@@ -310,6 +337,18 @@ def _deterministic(seed: int):
         torch.use_deterministic_algorithms(was)
 
 
+# no new log line or checkpoint for this long is a stall (open_clip_train logs every 20-50 steps; the
+# slowest tiny scale, CoCa on 2 cores, takes about 2 minutes for 50)
+STALL_SECONDS = float(os.environ.get("THRESHER_TRAIN_STALL_S", 900))
+
+
+def _progress(run_dir: str) -> tuple:
+    """What changes while open_clip_train makes progress: its log's size and its checkpoints."""
+    log_file = os.path.join(run_dir, "out.log")
+    ckpts = glob.glob(os.path.join(run_dir, "checkpoints", "*.pt"))
+    return (os.path.getsize(log_file) if os.path.exists(log_file) else -1, len(ckpts))
+
+
 def _run_open_clip_train(args: list[str]):
     from open_clip_train.main import main as open_clip_train_main
 
@@ -318,8 +357,10 @@ def _run_open_clip_train(args: list[str]):
     levels = {n: logging.getLogger(n).level for n in list(logging.root.manager.loggerDict)}
     root_level, root_handlers = logging.root.level, list(logging.root.handlers)
     seed = int(args[args.index("--seed") + 1]) if "--seed" in args else 0
+    run_dir = os.path.join(args[args.index("--logs") + 1], args[args.index("--name") + 1])
     try:
-        with _deterministic(seed):
+        with _deterministic(seed), runtime.watchdog(lambda: _progress(run_dir), STALL_SECONDS,
+                                                    f"training in {run_dir}"):
             return open_clip_train_main(args)
     finally:
         for handler in [h for h in logging.root.handlers if h not in root_handlers]:
@@ -374,6 +415,7 @@ def train_scale(data: str, scale: Scale, out: str, name: str = "run", log=print,
             return m
         raise InputError(f"{out} holds a run of another scale; choose another --out")
     shards = shard_list(data)
+    count_samples(shards)  # fails fast where webdataset would yield nothing (the loader would spin)
     shas = [runtime.file_sha256(p) for p in shards]
     models.register_project_models()
     precision = scale.precision if scale.precision != "auto" else ("amp" if torch.cuda.is_available() else "fp32")

@@ -361,3 +361,59 @@ def test_a_download_records_a_redirect_to_a_private_host_as_disallowed(counting_
     rows = download.read_metadata(str(tmp_path / "pool")).to_pylist()
     assert [r["failure"] for r in rows] == ["disallowed_address", "disallowed_address"]
     assert hits["b"] == 0 and hits["a"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding 4: training that cannot make progress
+
+def _tar(path: Path, members: dict) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_training_on_dotted_keys_fails_fast_instead_of_spinning(tmp_path):
+    """`photo.v0000000000.jpg` + `.txt`: we counted samples that webdataset reads as extension
+    'v0000000000.jpg', and the resampled loader spun forever at 100% CPU. Now: an error in seconds."""
+    import io
+
+    from PIL import Image
+
+    from pipeline import train
+    from pipeline.errors import InputError
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(buf, format="JPEG")
+    data = tmp_path / "data"
+    data.mkdir()
+    _tar(data / "0.tar", {f"photo{i}.v000000000{i}.jpg": buf.getvalue() for i in range(4)} |
+         {f"photo{i}.v000000000{i}.txt": b"a red square" for i in range(4)})
+    scale = train.Scale(name="t", model="thresher-w32", samples_seen=64, batch_size=8, lr=1e-3, warmup=1,
+                        schedule="const", checkpoints=1)
+    started = time.time()
+    with pytest.raises(InputError, match="ends a sample's key at the first dot"):
+        train.train_scale(str(data), scale, str(tmp_path / "run"), log=lambda *_: None)
+    assert time.time() - started < 30
+    _tar(data / "0.tar", {"../evil.jpg": buf.getvalue(), "../evil.txt": b"x"})
+    with pytest.raises(InputError, match="would escape its folder"):
+        train.count_samples([str(data / "0.tar")])
+
+
+def test_the_watchdog_turns_a_stall_into_an_error():
+    from pipeline import runtime
+    from pipeline.errors import StageError
+
+    started = time.time()
+    with pytest.raises(StageError, match="no progress for 1s"):
+        with runtime.watchdog(lambda: 0, stall_s=1, what="a stalled loop", poll_s=0.2):
+            while True:  # what the loader did: no progress, ever
+                time.sleep(0.05)
+    assert time.time() - started < 10
+    ticks = iter(range(10 ** 9))
+    with runtime.watchdog(lambda: next(ticks), stall_s=1, what="progressing", poll_s=0.2):
+        time.sleep(2)  # progress keeps changing: no error
