@@ -145,6 +145,25 @@ class Blocklist:
     radius: int = opt(31, "image_pdq: Hamming radius of a match, in bits")
     missing_ok: bool = opt(False, "a missing file drops nothing instead of failing")
 
+    def __post_init__(self):
+        if not self.missing_ok:
+            _must_exist(self.path)
+
+
+def _must_exist(*paths: str, shipped_dir: str | None = None) -> None:
+    """Checked when a recipe is loaded, before any data is read: a list file the recipe names exists
+    (a missing one used to fail only inside a Ray task, after the pool was read: issue 15)."""
+    from pipeline import runtime
+    from pipeline.config import CONFIG_DIR
+
+    for path in paths:
+        if not path:
+            continue
+        if shipped_dir and "/" not in path and (CONFIG_DIR / shipped_dir / f"{path}.txt").exists():
+            continue
+        if not runtime.exists(path):
+            raise InputError(f"list file {path} does not exist")
+
 
 def _read_list(path: str, missing_ok: bool) -> list[str]:
     from pipeline import runtime
@@ -204,6 +223,9 @@ def blocklist(table, p: Blocklist):
 class ClassNames:
     path: str = opt("", "file of class names, one per line; a bare NAME means configs/classes/NAME.txt")
 
+    def __post_init__(self):
+        _must_exist(self.path, shipped_dir="classes")
+
 
 @lru_cache(maxsize=None)
 def _class_names(name_or_path: str) -> tuple[tuple[str, ...], ...]:
@@ -250,6 +272,9 @@ class UrlBlocklist:
     banned_words: str = opt("", "file: words that block a URL containing them")
     integrated_lists: bool = opt(True, "add datatrove's bundled lists (UT1 adult domains and URLs, banned words)")
 
+    def __post_init__(self):
+        _must_exist(self.domains, self.urls, self.banned_words)
+
 
 def _lines(path: str) -> list[str] | None:
     return _read_list(path, False) if path else None
@@ -292,6 +317,9 @@ def url_blocklist(table, p: UrlBlocklist):
 @dataclass
 class BannedWords:
     path: str = opt("", "file: one word or phrase per line")
+
+    def __post_init__(self):
+        _must_exist(self.path)
 
 
 @register("banned_words", BannedWords, needs=["caption"])

@@ -645,19 +645,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cause(err: BaseException) -> BaseException:
+    """The error a Ray task raised, out of its RayTaskError wrapper (an InputError raised inside a task
+    is still the user's input error)."""
+    seen = 0
+    # RayTaskError(InputError) is an InputError too, but its message is the task's whole traceback
+    while seen < 8 and (not isinstance(err, ThresherError) or type(err).__name__.startswith("RayTaskError")):
+        inner = getattr(err, "cause", None) or err.__cause__
+        if inner is None or inner is err:
+            break
+        err, seen = inner, seen + 1
+    return err
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     args = build_parser().parse_args(argv)
     try:
         rc = args.func(args)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ThresherError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted: completed shards are kept; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as raised:  # noqa: BLE001 - a command ends in one line, never a traceback (issue 15)
+        err = _cause(raised)
+        if os.environ.get("THRESHER_DEBUG"):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        if isinstance(err, InputError):
+            print(f"error: {message}", file=sys.stderr)
+            return 2
+        if isinstance(err, ThresherError):
+            print(f"error: {message}", file=sys.stderr)
+            return 1
+        print(f"error: {args.command}: unexpected {type(err).__name__}: {message[:500]} (an input Thresher "
+              f"does not check yet, or a bug: please report it; THRESHER_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
     return rc or 0
 
 

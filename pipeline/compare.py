@@ -120,8 +120,8 @@ def _arm(name, sub, x, metric, accuracy, where) -> Arm:
         key = key if isinstance(key, tuple) else (key,)
         label = " / ".join(f"{c} {v}" for c, v in zip(cols, key)) or "all rows"
         unit = f"draw {key[cols.index('draw')]}" if unit_kind == "draw" else label
-        xs = rows[x].to_numpy(dtype=float)
-        ys = rows[metric].to_numpy(dtype=float)
+        xs = scaling.numeric(rows, x, where)
+        ys = scaling.numeric(rows, metric, where)
         if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
             raise InputError(f"{where}: recipe {name!r} ({label}) has non-numeric or missing {x} or {metric}")
         ys = 1.0 - ys if accuracy else ys

@@ -107,20 +107,30 @@ def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
     return cls(**kwargs)
 
 
+def read_yaml(path: str | Path, what: str = "config file"):
+    """A YAML file's data, or an InputError naming the file: unreadable, a directory, not UTF-8 text, or
+    not valid YAML. Every YAML a user hands us (configs, recipes, jobs, scales) is read here."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise InputError(f"{what} {path} is a directory, not a YAML file") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{what} {path} is not UTF-8 text (byte {err.start}): not a YAML file") from None
+    except OSError as err:
+        raise InputError(f"cannot read {what} {path}: {err.strerror}") from err
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+
+
 def load(cls: type[T], path: str | Path | None = None, overrides: dict | None = None) -> T:
     """Config from a YAML file (or defaults when path is None), then non-None overrides on top."""
     data: dict = {}
     where = "defaults"
     if path is not None:
         where = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as err:
-            raise InputError(f"cannot read config file {path}: {err.strerror}") from err
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise InputError(f"{path}: not valid YAML: {err}") from err
+        data = read_yaml(path) or {}
     data = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     return from_dict(cls, data, where)
 

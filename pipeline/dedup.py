@@ -284,7 +284,7 @@ def eval_index(eval_sets: list[str]) -> tuple[np.ndarray, list[str]]:
     return pdq_codes(eval_hashes)[0], eval_names
 
 
-@runtime.holds(lambda pool, *a, **k: runtime.join(pool, "dedup"), "this pool's dedup")
+@runtime.holds(lambda pool, *a, **k: runtime.join(runtime.require_pool(pool), "dedup"), "this pool's dedup")
 def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) -> dict:
     cfg.validate()
     t0 = time.time()

@@ -139,7 +139,8 @@ def base_features_shard(shard: int, pool: str) -> dict:
 done = runtime.completed_shards
 
 
-@runtime.holds(lambda pool, *a, **k: runtime.join(pool, "features", "base"), "this pool's base features")
+@runtime.holds(lambda pool, *a, **k: runtime.join(runtime.require_pool(pool), "features", "base"),
+               "this pool's base features")
 def run_base(pool: str, ray_address: str | None = None, retries: int = 2, log=print) -> dict:
     shards = shard_names(pool)
     if not shards:
@@ -309,8 +310,8 @@ def finalize_shard(shard: int, scorer_dir: str, expected: int) -> dict:
     return stats
 
 
-@runtime.holds(lambda pool, cfg, *a, **k: runtime.join(pool, "features", check_name(cfg.scorer_id, "scorer id",
-                                                                                    "--scorer-id")),
+@runtime.holds(lambda pool, cfg, *a, **k: runtime.join(runtime.require_pool(pool), "features",
+                                                      check_name(cfg.scorer_id, "scorer id", "--scorer-id")),
                "this scorer's features")
 def run_scorer(pool: str, cfg: ScorerConfig, ray_address: str | None = None, log=print) -> dict:
     """Embed and score every successful sample of `pool` with one open_clip model. Resumes by shard."""

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import features, runtime, schema
-from .config import CONFIG_DIR, check_name, from_dict, opt, to_dict
+from .config import CONFIG_DIR, check_name, from_dict, opt, read_yaml, to_dict
 from .errors import InputError
 
 RECIPE_DIR = CONFIG_DIR / "recipes"
@@ -115,9 +115,8 @@ def _not_installed(packages: list) -> list[str]:
 def missing_plugins(name_or_path: str) -> list[str]:
     """The plugin packages a recipe lists under `plugins:` that this environment lacks (reads only the
     YAML: the every-preset test skips such presets rather than failing)."""
-    import yaml
 
-    data = yaml.safe_load(recipe_path(name_or_path).read_text()) or {}
+    data = read_yaml(recipe_path(name_or_path), "recipe") or {}
     return _not_installed(data.get("plugins") or []) if isinstance(data, dict) else []
 
 
@@ -125,15 +124,11 @@ def load_recipe(name_or_path: str, variables: dict | None = None,
                 _including: tuple = ()) -> tuple[Recipe, list[ResolvedStep], Path]:
     """Parse and check a recipe completely (filters exist, parameters typed) before any data is read.
     A step `{include: OTHER}` puts another recipe's steps there (e.g. safety before quality)."""
-    import yaml
 
     from filters import api
 
     path = recipe_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML: {err}") from err
+    data = read_yaml(path, "recipe")
     recipe = from_dict(Recipe, data, where=str(path))
     check_name(recipe.name, "recipe name", f"{path}: field 'name'")
     if not recipe.steps:
@@ -162,7 +157,10 @@ def load_recipe(name_or_path: str, variables: dict | None = None,
             spec = api.resolve(step.filter)
         except InputError as err:
             raise InputError(f"{where}: {err}") from err
-        params = from_dict(spec.params, step.params, where=f"{where} params")
+        try:
+            params = from_dict(spec.params, step.params, where=f"{where} params")
+        except InputError as err:
+            raise InputError(str(err) if str(err).startswith(where) else f"{where} params: {err}") from None
         if step.top_fraction is not None:
             if not spec.scores:
                 raise InputError(f"{where}: top_fraction needs a filter that scores; {step.filter} does not")
@@ -353,6 +351,7 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
         log=print) -> dict:
     t0 = time.time()
     recipe, steps, path = load_recipe(recipe_name, variables)
+    runtime.require_pool(pool)
     shards = features.shard_names(pool)
     if not shards:
         raise InputError(f"{pool} has no downloaded shards; run `thresher download` first")

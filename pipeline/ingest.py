@@ -163,6 +163,27 @@ class _Read:
     buckets: int
 
 
+def _utf8(path: str, batch: pa.RecordBatch, offset: int) -> None:
+    """Text columns must be valid UTF-8 (a JSONL or Parquet file can carry other bytes, which fail later,
+    far from their row): the first bad value is named by file, column and row."""
+    for name, col in zip(batch.schema.names, batch.columns):
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            continue
+        try:
+            col.validate(full=True)
+        except pa.ArrowInvalid:
+            bad = next(i for i in range(len(col)) if not _valid_utf8(col, i))
+            raise InputError(f"{path}: column {name!r}, row {offset + bad + 1}: not valid UTF-8 text") from None
+
+
+def _valid_utf8(col: pa.Array, i: int) -> bool:
+    try:
+        col[i].as_py()
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def _ingest_file(path: str, index: int, out: str, hashes_dir: str, spec: _Read, local: bool) -> dict:
     """Check one URL-list file and cut it into shard inputs: `out/{shard:08d}.arrow`, numbered from 0 within
     this file (`local`: it is the only file, so these are the final names). Its uid hashes go to
@@ -177,6 +198,7 @@ def _ingest_file(path: str, index: int, out: str, hashes_dir: str, spec: _Read, 
     pending: list[pa.Table] = []
     pending_rows = 0
     for batch in _read_batches(path, fmt, columns, spec.batch_rows):
+        _utf8(path, batch, rows)
         _validate(path, batch, rows, spec.url_col, use_uid)
         urls = batch.column(spec.url_col).to_pylist()
         texts = batch.column(spec.caption_col).to_pylist() if spec.caption_col else [None] * len(urls)

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import CONFIG_DIR, check_name
+from .config import CONFIG_DIR, check_name, read_yaml
 from .errors import InputError, StageError
 
 REPO = CONFIG_DIR.parent
@@ -84,14 +84,10 @@ def resolve_path(spec: str) -> Path:
 
 def _read(path: Path, seen: tuple = ()) -> dict:
     """The job file with its `include:`s expanded: their steps first, their vars and plan as defaults."""
-    import yaml
 
     if path in seen:
         raise InputError(f"{path}: includes itself (through {' -> '.join(map(str, seen))})")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML ({err})") from None
+    data = read_yaml(path, "job") or {}
     if not isinstance(data, dict):
         raise InputError(f"{path}: a job is a mapping with name, out, include, vars, plan and steps, "
                          f"not a {type(data).__name__}")

@@ -234,6 +234,16 @@ def watchdog(progress: Callable[[], Any], stall_s: float, what: str, poll_s: flo
         thread.join(timeout=poll_s + 1)
 
 
+def require_pool(pool: str) -> str:
+    """`pool`, if it is one (its manifest.json exists); else an error that says how to make one. Checked
+    before a stage takes its output lock, so a mistyped directory gets no folders written into it."""
+    from .errors import InputError
+
+    if not exists(join(pool, "manifest.json")):
+        raise InputError(f"{pool} is not a pool (no manifest.json); make one with `thresher download`")
+    return pool
+
+
 def holds(where: Callable[..., str], what: str):
     """Decorator: the stage runs holding output_lock(where(*its arguments), what)."""
     import functools

@@ -337,6 +337,24 @@ def read_table(path: str):
     raise InputError(f"{path}: give a .csv or .parquet results table")
 
 
+def numeric(rows, col: str, where: str) -> np.ndarray:
+    """A column as floats, or an error naming the table, the column and the first value that is not a
+    number (pandas would raise a bare ValueError)."""
+    try:
+        return rows[col].to_numpy(dtype=float)
+    except (ValueError, TypeError):
+        bad = next(v for v in rows[col] if not _is_number(v))
+        raise InputError(f"{where}: column {col!r} must hold numbers; it holds {bad!r}") from None
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (ValueError, TypeError):
+        return False
+
+
 def points(df, x: str, y: str, group: str | None, accuracy: bool, where: str):
     for col in [x, y] + ([group] if group else []):
         if col not in df.columns:
@@ -345,8 +363,8 @@ def points(df, x: str, y: str, group: str | None, accuracy: bool, where: str):
     keys = sorted(df[group].astype(str).unique()) if group else ["all"]
     for key in keys:
         sub = df[df[group].astype(str) == key] if group else df
-        xs = sub[x].to_numpy(dtype=float)
-        ys = sub[y].to_numpy(dtype=float)
+        xs = numeric(sub, x, where)
+        ys = numeric(sub, y, where)
         if accuracy:
             ys = 1.0 - ys
         groups[key] = (xs, ys)

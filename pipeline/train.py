@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 
 from . import models, runtime
-from .config import CONFIG_DIR, check_name, config_hash, from_dict, opt, to_dict
+from .config import CONFIG_DIR, check_name, config_hash, from_dict, opt, read_yaml, to_dict
 from .errors import InputError, StageError
 
 
@@ -105,17 +105,15 @@ def load_scales(spec: str) -> list[Scale]:
     """`NAME` (configs/scales/NAME.yaml: one scale, or a set under `scales:`), `NAME/SCALE` (one of a set),
     or a path to such a YAML file. A scale with `seeds` (its own, its set's `defaults`, or a top-level
     `seeds:` beside `scales:`) comes back once per seed, in seed order."""
-    import yaml
 
     base, _, member = spec.partition("/") if not os.path.exists(spec) else (spec, "", "")
     path = base if os.path.exists(base) else str(SCALE_DIR / f"{base}.yaml")
+    if os.path.isdir(path):
+        raise InputError(f"scale {spec!r}: {path} is a directory; give a preset name, NAME/SCALE or a YAML file")
     if not os.path.exists(path):
         names = ", ".join(sorted(p.stem for p in SCALE_DIR.glob("*.yaml")))
         raise InputError(f"unknown scale {spec!r}; presets: {names}; or a YAML file")
-    try:
-        data = yaml.safe_load(open(path)) or {}
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML: {err}") from err
+    data = read_yaml(path, "scale file") or {}
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a scale (a mapping) or `scales:` with a list of them")
     entries = data["scales"] if "scales" in data else [data]

@@ -417,3 +417,145 @@ def test_the_watchdog_turns_a_stall_into_an_error():
     ticks = iter(range(10 ** 9))
     with runtime.watchdog(lambda: next(ticks), stall_s=1, what="progressing", poll_s=0.2):
         time.sleep(2)  # progress keeps changing: no error
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding 7: bad input ends in one line, never a traceback
+
+BAD = Path(__file__).parent / "data" / "bad_inputs"
+YAMLS = ["not_yaml.yaml", "list.yaml", "empty.yaml", "scalar.yaml", "binary.bin"]
+
+
+def _bad_cases(tmp: Path) -> list[list[str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    not_pool = tmp / "not_a_pool"
+    not_pool.mkdir(exist_ok=True)
+    (not_pool / "stray.txt").write_text("x")
+    # a Parquet URL list whose captions are not UTF-8 (binary column read as text)
+    pq.write_table(pa.table({"url": pa.array([b"http://example.com/a.jpg"], pa.binary()),
+                             "text": pa.array([b"caf\xe9 \xff"], pa.binary())}), tmp / "not_utf8.parquet")
+    out = str(tmp / "out")
+    cases = []
+    for f in ["not_utf8.jsonl", "header_only.csv", "binary.bin", "empty.yaml", str(tmp / "not_utf8.parquet")]:
+        cases.append(["download", str(BAD / f) if "/" not in f else f, "--out", out + "-dl"])
+    for f in YAMLS:
+        cases += [["filter", str(not_pool), "--recipe", str(BAD / f)],
+                  ["run", str(BAD / f), "--dry-run"],
+                  ["grid", "--subset", str(not_pool), "--scale", str(BAD / f), "--eval-set", str(not_pool),
+                   "--out", out + "-grid"],
+                  ["train", str(not_pool), "--scale", str(BAD / f), "--out", out + "-train"]]
+    for f in ["non_numeric.csv", "binary.bin", "header_only.csv"]:
+        cases += [["fit", str(BAD / f), "--x", "gflops_total", "--y", "acc", "--out", out + "-fit"],
+                  ["compare", str(BAD / f), "--a", "a", "--b", "b", "--metric", "acc", "--target-compute", "2x",
+                   "--out", out + "-cmp"]]
+    cases += [["dedup", str(not_pool)], ["features", str(not_pool)], ["filter", str(not_pool), "--recipe", "datacomp-basic"],
+              ["subset", str(not_pool), "--recipe", "datacomp-basic", "--size", "10", "--out", out + "-sub"],
+              ["export-metadata", str(not_pool), "--out", out + ".parquet"],
+              ["audit", "verify", str(not_pool)], ["audit", "report", str(not_pool), "--out", out + ".html"],
+              ["eval", str(not_pool), "--eval-set", str(not_pool)],
+              ["train", str(not_pool), "--scale", f"{not_pool}/x.yaml/NAME", "--out", out + "-train"],
+              ["train", str(not_pool), "--scale", str(not_pool), "--out", out + "-train"]]
+    return cases
+
+
+def test_every_command_ends_bad_input_in_one_line(tmp_path, capsys, ray_local):
+    from pipeline import cli
+
+    failures = []
+    for argv in _bad_cases(tmp_path):
+        rc = cli.main(argv)
+        err = capsys.readouterr().err.strip()
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        if rc == 0 or len(lines) != 1 or "Traceback" in err or "unexpected" in err:
+            failures.append((argv[:2], rc, err[-400:]))
+    assert not failures, "\n".join(map(str, failures))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Property-based: the config and table loaders answer any input with data or an InputError
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                    max_size=3), max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(["url_col", "timeout", "threads", "extra_columns", "allow_hosts",
+                                        "max_pixels", "resize_mode", "nope", ""]), VALUES, max_size=5))
+def test_config_loader_takes_any_mapping(data):
+    from pipeline.config import from_dict
+    from pipeline.download import DownloadConfig
+    from pipeline.errors import InputError
+
+    try:
+        cfg = from_dict(DownloadConfig, data, where="cfg.yaml")
+        cfg.validate()
+    except InputError as err:
+        assert "cfg.yaml" in str(err) or str(err)  # a message, never another exception
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=200))
+def test_yaml_reader_takes_any_bytes(tmp_path, blob):
+    from pipeline.config import read_yaml
+    from pipeline.errors import InputError
+
+    path = tmp_path / "x.yaml"
+    path.write_bytes(blob)
+    try:
+        read_yaml(path)
+    except InputError as err:
+        assert str(path) in str(err)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.text(max_size=6), st.one_of(st.floats(allow_nan=False, allow_infinity=False),
+                                                          st.text(max_size=4)),
+                          st.one_of(st.floats(0, 1), st.text(max_size=4))), min_size=0, max_size=12))
+def test_results_table_loader_takes_any_rows(tmp_path, rows):
+    import pandas as pd
+
+    from pipeline import compare, scaling
+    from pipeline.errors import InputError
+
+    path = tmp_path / "r.csv"
+    pd.DataFrame(rows, columns=["recipe", "gflops_total", "acc"]).to_csv(path, index=False)
+    df = scaling.read_table(str(path))
+    for call in (lambda: scaling.points(df, "gflops_total", "acc", "recipe", True, str(path)),
+                 lambda: compare.arms_from_table(df, "a", "b", "acc", where=str(path))):
+        try:
+            call()
+        except InputError:
+            pass
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.text(max_size=30), st.text(max_size=30)), min_size=1, max_size=8),
+       st.sampled_from(["csv", "jsonl"]))
+def test_url_list_reader_takes_any_rows(tmp_path, rows, fmt):
+    import json
+
+    from pipeline import ingest
+    from pipeline.errors import InputError
+
+    path = tmp_path / f"u.{fmt}"
+    if fmt == "csv":
+        import csv
+
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["url", "text"])
+            w.writerows(rows)
+    else:
+        path.write_text("".join(json.dumps({"url": u, "text": t}) + "\n" for u, t in rows))
+    try:
+        for batch in ingest._read_batches(str(path), fmt, ["url", "text"], 100):
+            ingest._utf8(str(path), batch, 0)
+            ingest._validate(str(path), batch, 0, "url", None)
+    except InputError as err:
+        assert str(path) in str(err)
