@@ -115,7 +115,6 @@ def _not_installed(packages: list) -> list[str]:
 def missing_plugins(name_or_path: str) -> list[str]:
     """The plugin packages a recipe lists under `plugins:` that this environment lacks (reads only the
     YAML: the every-preset test skips such presets rather than failing)."""
-
     data = read_yaml(recipe_path(name_or_path), "recipe") or {}
     return _not_installed(data.get("plugins") or []) if isinstance(data, dict) else []
 
@@ -124,7 +123,6 @@ def load_recipe(name_or_path: str, variables: dict | None = None,
                 _including: tuple = ()) -> tuple[Recipe, list[ResolvedStep], Path]:
     """Parse and check a recipe completely (filters exist, parameters typed) before any data is read.
     A step `{include: OTHER}` puts another recipe's steps there (e.g. safety before quality)."""
-
     from filters import api
 
     path = recipe_path(name_or_path)

@@ -105,7 +105,6 @@ def load_scales(spec: str) -> list[Scale]:
     """`NAME` (configs/scales/NAME.yaml: one scale, or a set under `scales:`), `NAME/SCALE` (one of a set),
     or a path to such a YAML file. A scale with `seeds` (its own, its set's `defaults`, or a top-level
     `seeds:` beside `scales:`) comes back once per seed, in seed order."""
-
     base, _, member = spec.partition("/") if not os.path.exists(spec) else (spec, "", "")
     path = base if os.path.exists(base) else str(SCALE_DIR / f"{base}.yaml")
     if os.path.isdir(path):
