@@ -235,12 +235,13 @@ def watchdog(progress: Callable[[], Any], stall_s: float, what: str, poll_s: flo
 
 
 def require_pool(pool: str) -> str:
-    """`pool`, if it is one (its manifest.json exists); else an error that says how to make one. Checked
-    before a stage takes its output lock, so a mistyped directory gets no folders written into it."""
+    """`pool`, if it is one (a manifest.json or a shards/ folder: what download writes first); else an
+    error that says how to make one. Checked before a stage takes its output lock, so a mistyped
+    directory gets no folders written into it."""
     from .errors import InputError
 
-    if not exists(join(pool, "manifest.json")):
-        raise InputError(f"{pool} is not a pool (no manifest.json); make one with `thresher download`")
+    if not (exists(join(pool, "manifest.json")) or exists(join(pool, "shards"))):
+        raise InputError(f"{pool} is not a pool (no manifest.json or shards/); make one with `thresher download`")
     return pool
 
 

@@ -498,7 +498,8 @@ def run(pool: str, recipes: list[str], cfg: SubsetConfig, out: str, variables: d
     if cfg.size < 1 or cfg.samples_per_shard < 1 or cfg.draws < 1:
         raise InputError(f"--size, --samples-per-shard and --draws must be positive (got {cfg.size}, "
                          f"{cfg.samples_per_shard}, {cfg.draws})")
-    runtime.require_pool(pool)
+    if not runtime.exists(runtime.join(pool, "manifest.json")):
+        raise InputError(f"{pool} is not a pool (no manifest.json); run `thresher download` first")
     runtime.init_ray(ray_address)
     manifests = [decisions_for(pool, r, variables, log) for r in recipes]
     names = [check_name(m["recipe"], "recipe", f"{pool}/decisions") for m in manifests]
