@@ -559,3 +559,61 @@ def test_url_list_reader_takes_any_rows(tmp_path, rows, fmt):
             ingest._validate(str(path), batch, 0, "url", None)
     except InputError as err:
         assert str(path) in str(err)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding 8: a killed command's Ray workers go with it
+
+def _session_processes(sid: int) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "sid=,pid=,cmd="], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if ln.split(None, 1)[0] == str(sid)]
+
+
+def test_a_killed_download_leaves_no_ray_process_behind(tmp_path):
+    """A Ray worker outlived a SIGKILL of its command's process group by about 40 s, holding memory: the
+    busy worker runs in a process group of its own. Every process of the command's session is gone
+    within 20 s (it exits when Ray's liveness check finds its raylet dead), even while it is blocked
+    reading from a server that never answers."""
+    import http.server
+    import threading
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    release = threading.Event()
+
+    class Stall(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            release.wait(120)  # never answers while the test runs
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stall)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    urls = [f"http://127.0.0.1:{srv.server_address[1]}/{i}.jpg" for i in range(8)]
+    pq.write_table(pa.table({"url": urls, "text": ["x"] * 8}), tmp_path / "urls.parquet")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "thresher"), "download", str(tmp_path / "urls.parquet"),
+                             "--out", str(tmp_path / "pool"), "--allow-private-addresses", "--timeout", "100",
+                             "--threads", "4", "--processes", "1"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(240):  # until the shard's task is running (a worker blocked on the stalled server)
+            if any("download_shard" in ln for ln in _session_processes(proc.pid)):
+                break
+            time.sleep(0.5)
+        assert any("download_shard" in ln for ln in _session_processes(proc.pid))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        killed = time.time()
+        while _session_processes(proc.pid) and time.time() - killed < 60:
+            time.sleep(0.5)
+        left = _session_processes(proc.pid)
+        print(f"all of the killed command's processes gone {time.time() - killed:.1f}s after the kill")
+        assert not left and time.time() - killed < 20, (round(time.time() - killed, 1), left)
+    finally:
+        release.set()
+        srv.shutdown()
+        for ln in _session_processes(proc.pid):
+            os.kill(int(ln.split()[1]), signal.SIGKILL)
