@@ -187,10 +187,10 @@ def larger_check(demo: str, out: str, k: int, level: float) -> dict:
     arm_a, arm_b = compare.arms_from_table(df, "datacomp-none", "dfn-dedup", METRIC)
     print(f"larger check ({k} vs {k} replicates, 3 widths): the measured verdict at each point of w64 and w128")
     points = []
-    for x, key in compare._common_points(arm_a, arm_b):
+    for x, key in compare.common_points(arm_a, arm_b):
         if key[0] == "w32-const-8k":
             continue
-        d = compare.welch(*(arm.unit_means(compare._values_at(arm, key)) for arm in (arm_a, arm_b)), level)
+        d = compare.welch(*(arm.unit_means(compare.values_at(arm, key)) for arm in (arm_a, arm_b)), level)
         points.append({"x": x, "point": list(key), "better": d.better, "diff": d.diff, "ci": [d.lo, d.hi]})
         print(f"  {x:7.1f} GFLOPs {'/'.join(key):18s}: {d.better or '-':2s} {d.diff:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]")
     tests = {}

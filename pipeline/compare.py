@@ -263,14 +263,14 @@ def runs_needed(d: Difference, effect: float) -> int | None:
 def measured_difference(arm_a: Arm, arm_b: Arm, level: float, below: float | None = None,
                         above: float | None = None):
     """(x, point key, Difference) at the largest point both arms measured (within the given range)."""
-    keys = _common_points(arm_a, arm_b, below, above)
+    keys = common_points(arm_a, arm_b, below, above)
     if not keys:
         return None
     x, key = keys[-1]
-    return x, key, welch(*(arm.unit_means(_values_at(arm, key)) for arm in (arm_a, arm_b)), level)
+    return x, key, welch(*(arm.unit_means(values_at(arm, key)) for arm in (arm_a, arm_b)), level)
 
 
-def _common_points(arm_a: Arm, arm_b: Arm, below=None, above=None) -> list[tuple[float, object]]:
+def common_points(arm_a: Arm, arm_b: Arm, below=None, above=None) -> list[tuple[float, object]]:
     def xs(arm):
         return {p: float(r.x[i]) for r in arm.reps for i, p in enumerate(r.points)}
     xa, xb = xs(arm_a), xs(arm_b)
@@ -279,7 +279,7 @@ def _common_points(arm_a: Arm, arm_b: Arm, below=None, above=None) -> list[tuple
     return sorted(keys, key=lambda t: t[0])
 
 
-def _values_at(arm: Arm, key) -> np.ndarray:
+def values_at(arm: Arm, key) -> np.ndarray:
     out = []
     for r in arm.reps:
         hit = [r.y[i] for i, p in enumerate(r.points) if p == key]

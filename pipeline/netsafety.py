@@ -117,17 +117,17 @@ def safe_opener(allow_hosts=(), timeout: float | None = None) -> urllib.request.
     """A urllib opener that refuses private addresses at connect time and on every redirect."""
     allow = set(allow_hosts or ())
 
-    class SafeHTTPConnection(http.client.HTTPConnection):
+    class Checked:  # before http.client's connect: every resolved address; after it: the one connected to
         def connect(self):
             _check_resolved(self.host, self.port, allow)
             super().connect()
             _check_peer(self.sock, self.host, allow)
 
-    class SafeHTTPSConnection(http.client.HTTPSConnection):
-        def connect(self):
-            _check_resolved(self.host, self.port, allow)
-            super().connect()
-            _check_peer(self.sock, self.host, allow)
+    class SafeHTTPConnection(Checked, http.client.HTTPConnection):
+        pass
+
+    class SafeHTTPSConnection(Checked, http.client.HTTPSConnection):
+        pass
 
     class SafeHTTPHandler(urllib.request.HTTPHandler):
         def http_open(self, req):
