@@ -404,7 +404,7 @@ def _result(cmp: Comparison) -> dict:
     if cmp.arm_a.unit_kind == "seed" or cmp.arm_b.unit_kind == "seed":
         flags.append("one subset draw per recipe: the interval covers training seeds, not the draw of the subset "
                      "(thresher subset --draws K makes the draw a replicate too)")
-    ci = {k: _mean_interval(arm, t, cmp.level) for k, arm in (("a", cmp.arm_a), ("b", cmp.arm_b))}
+    ci = {k: _mean_interval(arm, t, cmp.level, cmp.opts) for k, arm in (("a", cmp.arm_a), ("b", cmp.arm_b))}
     return {
         "a": a, "b": b, "target_compute": t, "confidence": cmp.level,
         "error_a": _num(ex.mean_a), "error_b": _num(ex.mean_b), "ci_a": ci["a"], "ci_b": ci["b"],
@@ -432,16 +432,12 @@ def _num(v: float):
     return v if math.isfinite(v) else None
 
 
-def _mean_interval(arm: Arm, c: float, level: float) -> list | None:
-    """The t interval of the recipe's mean prediction at c (None with fewer than 2 units)."""
-    from scipy import stats
-
-    v = unit_predictions(arm, c)[:, 0]
-    v = v[np.isfinite(v)]
-    if len(v) < 2:
+def _mean_interval(arm: Arm, c: float, level: float, opts: FitOptions) -> list | None:
+    """The curve band at c: the t interval of the recipe's mean prediction (None with fewer than 2 units)."""
+    if len(unit_predictions(arm, c)) < 2:
         return None
-    h = float(stats.t.ppf(0.5 + level / 2, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
-    return [float(v.mean() - h), float(v.mean() + h)]
+    lo, hi = bands(arm, [c], level, opts)["curve"]
+    return [float(lo[0]), float(hi[0])]
 
 
 def _crossings(diff, lo: float, hi: float) -> list[float]:
@@ -511,8 +507,7 @@ def bands(arm: Arm, c, level: float, opts: FitOptions | None = None, seed: int =
 
 
 def frontier(x: np.ndarray, y: np.ndarray, opts: FitOptions) -> np.ndarray:
-    return (scaling.laion_frontier(x, y) if opts.frontier == "laion"
-            else scaling.pareto_frontier(x, y, opts.bins_per_decade))
+    return scaling.frontier_of(x, y, opts.frontier, opts.bins_per_decade)
 
 
 def _frontier_points(r: Replicate, opts: FitOptions, below: float | None = None):

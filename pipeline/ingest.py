@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from . import runtime
 from .errors import InputError
 from .hashes import make_uid
-from .netsafety import host_refusal
+from .netsafety import allowed, host_refusal
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl",
            ".ndjson": "jsonl"}
@@ -398,9 +398,7 @@ def refusals(urls: pa.Array | pa.ChunkedArray, allow_hosts=()) -> list[str | Non
     allow = set(allow_hosts or ())
 
     def verdict(host, port):
-        if allow and (host.strip("[]") in allow or f"{host.strip('[]')}:{port}" in allow):
-            return None
-        return host_refusal(host)
+        return None if allowed(host, port, allow) else host_refusal(host)
 
     memo: dict = {}
     for key in zip(hosts, ports):

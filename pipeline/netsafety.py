@@ -92,7 +92,9 @@ def host_refusal(host: str | None) -> str | None:
     return f"host {host} is {why}" if why else None
 
 
-def _allowed(host: str, port: int | None, allow_hosts) -> bool:
+def allowed(host: str, port, allow_hosts) -> bool:
+    """`host` (or `host:port`) is one the user allowed although private (`--allow-hosts`)."""
+    host = host.strip("[]")
     return bool(allow_hosts) and (host in allow_hosts or f"{host}:{port}" in allow_hosts)
 
 
@@ -101,14 +103,14 @@ def _check_resolved(host: str, port: int, allow_hosts) -> None:
     for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
         addr = info[4][0]
         why = address_refusal(ipaddress.ip_address(addr.split("%", 1)[0]))
-        if why and not _allowed(addr, port, allow_hosts):
+        if why and not allowed(addr, port, allow_hosts):
             raise urllib.error.URLError(f"{REFUSED}: {host} resolves to {addr}, {why}")
 
 
 def _check_peer(sock, host: str, allow_hosts) -> None:
     addr, port = sock.getpeername()[:2]
     why = address_refusal(ipaddress.ip_address(addr.split("%", 1)[0]))
-    if why and not _allowed(addr, port, allow_hosts):
+    if why and not allowed(addr, port, allow_hosts):
         sock.close()
         raise urllib.error.URLError(f"{REFUSED}: {host} connected to {addr}, {why}")
 
@@ -143,7 +145,7 @@ def safe_opener(allow_hosts=(), timeout: float | None = None) -> urllib.request.
             if parts.scheme not in ("http", "https"):
                 raise urllib.error.URLError(f"{REFUSED}: redirect to a {parts.scheme or 'relative'} URL {newurl}")
             why = host_refusal(parts.hostname)
-            if why and not _allowed(normalise_host(parts.hostname or ""), parts.port, allow):
+            if why and not allowed(normalise_host(parts.hostname or ""), parts.port, allow):
                 raise urllib.error.URLError(f"{REFUSED}: redirect to {newurl}: {why}")
             return super().redirect_request(req, fp, code, msg, headers, newurl)
 

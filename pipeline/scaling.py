@@ -121,6 +121,11 @@ def laion_frontier(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 FRONTIERS = ("bins", "laion")
+
+
+def frontier_of(x: np.ndarray, y: np.ndarray, rule: str = "bins", bins_per_decade: float = 4.0) -> np.ndarray:
+    """The frontier's indices by `rule`: our log10 bins, or the LAION rule (what `--frontier` picks)."""
+    return laion_frontier(x, y) if rule == "laion" else pareto_frontier(x, y, bins_per_decade)
 LOSSES = ("log", "mse")
 
 
@@ -280,8 +285,7 @@ def fit_group(name: str, x, y, *, holdout_above: float | None = None, n_bootstra
     x, y = np.asarray(x, float), np.asarray(y, float)
     usable = x <= holdout_above if holdout_above is not None else np.ones(len(x), bool)
     idx = np.flatnonzero(usable)
-    front = idx[laion_frontier(x[idx], y[idx]) if frontier == "laion" else
-                pareto_frontier(x[idx], y[idx], bins_per_decade)]
+    front = idx[frontier_of(x[idx], y[idx], frontier, bins_per_decade)]
     if len(front) < 3:
         raise InputError(f"group {name!r}: {len(front)} frontier point(s)" +
                          (f" at or below --holdout-above {holdout_above}" if holdout_above is not None else "") +
