@@ -31,7 +31,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from pipeline import dedup, runtime, schema
+from pipeline import dedup, execute, runtime, schema
 
 
 def make_pool(root: Path, rows: int, shards: int, dim: int = 0, seed: int = 0) -> None:
@@ -94,7 +94,7 @@ def main() -> None:
     if not (root / "shards").exists():
         make_pool(root, args.rows, args.shards, args.dim if args.semantic else 0)
     print(f"pool: {args.rows:,} rows in {args.shards} shards at {root} ({time.time() - t0:.0f} s to build)")
-    runtime.init_ray(num_cpus=os.cpu_count())  # both paths pay Ray's start outside their timing
+    execute.init_ray(num_cpus=os.cpu_count())  # both paths pay Ray's start outside their timing
     common = dict(perceptual=False, semantic=False, contamination=False, keep="first")
     if args.semantic:
         common.update(semantic=True, keep="clip_score", scorer="bench", probes=1, threshold=0.95)

@@ -109,15 +109,15 @@ def write_pool(root: Path, rows: int, shard_rows: int) -> None:
 def stage(rows: int, shard_rows: int) -> None:
     import tempfile
 
-    from pipeline import runtime
+    from pipeline import execute
 
     with tempfile.TemporaryDirectory() as tmp:
         pool = Path(tmp) / "pool"
         t0 = time.perf_counter()
         write_pool(pool, rows, shard_rows)
         print(f"stage: {rows:,}-row pool written in {time.perf_counter() - t0:.1f}s", flush=True)
-        runtime.init_ray()
-        cores = runtime.cluster_cpus()
+        execute.init_ray()
+        cores = execute.current().cpus()
         for label, recipe in RECIPES.items():
             flt.run(str(pool), recipe, log=lambda *_: None)  # warm the workers
             t = best_of(lambda: flt.run(str(pool), recipe, log=lambda *_: None), 2)

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from pipeline import runtime, schema, subset  # noqa: E402
+from pipeline import execute, runtime, schema, subset  # noqa: E402
 
 
 def make_pool(root: Path, shards: int, per: int, image_kb: int, fraction: float, seed: int = 0) -> None:
@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--samples-per-shard", type=int, default=1000, help="output shard size")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
-    runtime.init_ray(num_cpus=cores)
+    execute.init_ray(num_cpus=cores)
     import pyarrow.parquet as pq
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from pipeline import runtime, schema, subset  # noqa: E402
+from pipeline import execute, runtime, schema, subset  # noqa: E402
 
 
 def make_pool(root: Path, rows: int, shards: int, seed: int = 0) -> list[np.ndarray]:
@@ -115,7 +115,7 @@ def main() -> None:
     import ray
 
     cores = os.cpu_count() or 1
-    runtime.init_ray(num_cpus=cores)
+    execute.init_ray(num_cpus=cores)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         print(f"writing {args.rows:,} decisions in {args.shards} shards ...", flush=True)

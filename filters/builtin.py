@@ -357,12 +357,13 @@ def _image_clusters_needs(p: ImageClusters) -> list[str]:
     return [f"{p.scorer}_img_emb"]
 
 
-def _sample_embeddings(path: str, take: int, seed: int, shard: int) -> np.ndarray:
-    """Up to `take` rows of one shard's image embeddings, drawn with a seed of its own (the same whichever
-    worker draws it). Zero rows are undecodable images, not embeddings."""
-    from pipeline import features
+def _sample_embeddings(shard: int, scorer_dir: str, takes: dict[int, int], seed: int) -> np.ndarray:
+    """Up to `takes[shard]` rows of one shard's image embeddings, drawn with a seed of its own (the same
+    whichever worker draws it). Zero rows are undecodable images, not embeddings."""
+    from pipeline import features, runtime
 
-    emb = features.read_npy(path)
+    take = takes[shard]
+    emb = features.read_npy(runtime.join(scorer_dir, f"{shard:08d}.img.npy"))
     emb = emb[np.linalg.norm(emb.astype(np.float32), axis=1) > 0.5]
     if take >= len(emb):
         return emb
@@ -373,22 +374,19 @@ def _prepare_image_clusters(pool: str, p: ImageClusters) -> dict:
     """Train spherical k-means on a sample of the pool's embeddings; find each target image's centroid."""
     import faiss
 
-    from pipeline import features, runtime
+    from pipeline import execute, features, runtime
 
     if not runtime.exists(p.target_embeddings):
         raise InputError(f"image_clusters: target embeddings {p.target_embeddings} do not exist "
                          f"(make them with `thresher embed-images`)")
-    import ray
-
     d_scorer = runtime.join(pool, "features", p.scorer)
     shards = features.shard_names(pool)
     counts = {s: runtime.read_json(runtime.join(d_scorer, f"{s:08d}_stats.json"))["count"] for s in shards}
     total = sum(counts.values())
     # an even share of the sample from every shard, drawn where the shard is read (one Ray task each), so
     # the driver holds the sample, never the pool's embeddings (13 TB for DataComp's 12.8B at L/14)
-    task = ray.remote(_sample_embeddings).options(num_cpus=1)
-    parts = ray.get([task.remote(runtime.join(d_scorer, f"{s:08d}.img.npy"),
-                                 int(np.ceil(p.sample * counts[s] / max(total, 1))), p.seed, s) for s in shards])
+    takes = {s: int(np.ceil(p.sample * counts[s] / max(total, 1))) for s in shards}
+    parts = execute.map(_sample_embeddings, shards, d_scorer, takes, p.seed, label="image_clusters sample")
     x = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
     target = features.read_npy(p.target_embeddings).astype(np.float32)
     if target.ndim != 2 or target.shape[1] != x.shape[1]:

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import features, runtime, subset
+from . import execute, features, runtime, subset
 from .errors import InputError
 
 KNOWN_FILES = ("manifest.json", "lineage.parquet")
@@ -69,7 +69,8 @@ def _verify_shard(subset_dir: str, entry: dict, expected: dict[str, str]) -> lis
     return problems
 
 
-def _verify_task(subset_dir: str, entry: dict, shard: int) -> list[str]:
+def _verify_task(entry: dict, subset_dir: str) -> list[str]:
+    shard = int(entry["name"].split(".")[0])
     import pyarrow.parquet as pq
 
     fs, path = runtime.fs_path(runtime.join(subset_dir, "lineage.parquet"))
@@ -81,8 +82,6 @@ def _verify_task(subset_dir: str, entry: dict, shard: int) -> list[str]:
 
 def verify(subset_dir: str, ray_address: str | None = None) -> dict:
     """{"ok": bool, "problems": [...], "shards": n, "samples": n}. Shards are checked as Ray tasks."""
-    import ray
-
     m = subset.read_manifest(subset_dir)
     problems = []
     lineage = runtime.join(subset_dir, "lineage.parquet")
@@ -94,9 +93,9 @@ def verify(subset_dir: str, ray_address: str | None = None) -> dict:
     expected_files = set(KNOWN_FILES) | {s["name"] for s in m["shards"]} | {s["parquet"] for s in m["shards"]}
     present = {p.rstrip("/").rsplit("/", 1)[-1] for p in runtime.glob(runtime.join(subset_dir, "*"))}
     problems += [f"extra file {name}" for name in sorted(present - expected_files)]
-    runtime.init_ray(ray_address)
-    task = ray.remote(_verify_task).options(num_cpus=1)
-    for found in ray.get([task.remote(subset_dir, e, int(e["name"].split(".")[0])) for e in m["shards"]]):
+    execute.start(ray_address)
+    for found in execute.map(_verify_task, m["shards"], subset_dir, label="audit verify", quiet=False,
+                             unit="shards"):
         problems += found
     return {"ok": not problems, "problems": problems, "shards": len(m["shards"]), "samples": m["size"]}
 
@@ -232,7 +231,7 @@ def remove(subset_dir: str, out: str, urls_file: str | None = None, domains_file
                 "refill": refill, "request": {"urls": urls_file, "domains": domains_file,
                                               "urls_sha256": urls_file and runtime.file_sha256(urls_file),
                                               "domains_sha256": domains_file and runtime.file_sha256(domains_file)}}
-    runtime.init_ray(ray_address)
+    execute.start(ray_address)
     log(f"[audit remove] {removed} sample(s) of {subset_dir} match; writing {size} samples to {out}")
     return subset.build(pool, decisions, subset.rule_for(decisions, m["seed"]), cfg, out, exclude=exclude,
                         previous=previous, log=log)

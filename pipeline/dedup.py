@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from . import features, runtime, schema
+from . import execute, features, runtime, schema
 from .config import config_hash, from_dict, opt, to_dict
 from .errors import InputError
 
@@ -148,6 +148,12 @@ def faiss_gpus(allowed: bool = True) -> int:
     return faiss.get_num_gpus() if allowed and hasattr(faiss, "get_num_gpus") else 0
 
 
+def _within_chunk(groups: list[np.ndarray], x: np.ndarray, threshold: float, block: int,
+                  torch_device: str | None = None) -> np.ndarray:
+    """One task's share of the clusters (the item comes first: the executor's calling rule)."""
+    return _within(x, groups, threshold, block, torch_device)
+
+
 def _within(x: np.ndarray, groups: list[np.ndarray], threshold: float, block: int,
             torch_device: str | None = None) -> np.ndarray:
     """Pairs (a < b) at cosine >= threshold within each group of row indices into x; the products in
@@ -198,16 +204,12 @@ def semantic_pairs(emb: np.ndarray, threshold: float, clusters: int = 0, probes:
     bounds = np.flatnonzero(np.diff(assign.ravel()[order])) + 1
     groups = [m for m in np.split(members_all, bounds) if len(m) > 1]
     if ray_tasks > 0 and len(groups) > 1:
-        import ray
-
         cost = np.array([len(g) ** 2 for g in groups], dtype=np.float64)
         chunk_of = np.minimum((np.cumsum(cost) - cost) * ray_tasks // cost.sum(), ray_tasks - 1).astype(int)
-        x_ref = ray.put(x)
-        task = ray.remote(_within).options(num_gpus=1 if on_gpu else 0)
-        refs = [task.remote(x_ref, [g for g, c in zip(groups, chunk_of) if c == t], threshold, block,
-                            "cuda" if on_gpu else None)
-                for t in range(ray_tasks) if (chunk_of == t).any()]
-        parts = ray.get(refs)
+        chunks = [[g for g, c in zip(groups, chunk_of) if c == t] for t in range(ray_tasks) if (chunk_of == t).any()]
+        parts = execute.map(_within_chunk, chunks, execute.current().share(x), threshold, block,
+                            "cuda" if on_gpu else None, label="dedup:semantic",
+                            resources=execute.Resources(cpus=1, gpus=1 if on_gpu else 0))
     else:
         parts = [_within(x, groups, threshold, block, "cuda" if on_gpu else None)]
     pairs = np.concatenate(parts)
@@ -348,7 +350,7 @@ def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) 
         ok = alive[np.isfinite(scores[alive])] if cfg.keep == "clip_score" else alive
         ok = ok[np.linalg.norm(emb[ok], axis=1) > 0.5]  # rows with no embedding (decode errors) are zeros
         if cfg.ray_tasks:
-            runtime.init_ray(ray_address)
+            execute.start(ray_address)
         pairs = semantic_pairs(emb[ok], cfg.threshold, cfg.clusters, cfg.probes, cfg.kmeans_iters, cfg.seed,
                                gpu=cfg.gpu, ray_tasks=cfg.ray_tasks)
         # map back to indices into `alive`
@@ -396,14 +398,8 @@ _MAP_FIELDS = ("sha", "uid", "shard", "row", "key", "score")
 VERDICT_FIELDS = ("shard", "row", "keep", "group")
 
 
-def _remote(fn):
-    import ray
-
-    return ray.remote(fn).options(num_cpus=1)
-
-
-def _map_exact(pool: str, shards: list[int], g: int, cfg_dict: dict, eval_codes, work: str) -> int:
-    cfg = from_dict(DedupConfig, cfg_dict)
+def _map_exact(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, eval_codes, work: str) -> int:
+    shards, cfg = groups[g], from_dict(DedupConfig, cfg_dict)
     cols: dict[str, list] = {k: [] for k in _MAP_FIELDS}
     contaminated = {"c_shard": [], "c_row": [], "c_eval": []}
     for s in shards:
@@ -443,7 +439,7 @@ def _map_exact(pool: str, shards: list[int], g: int, cfg_dict: dict, eval_codes,
     return len(arrays["sha"])
 
 
-def _reduce_exact(work: str, maps: int, p: int, cfg_dict: dict, group_of: np.ndarray) -> int:
+def _reduce_exact(p: int, work: str, maps: int, cfg_dict: dict, group_of: np.ndarray) -> int:
     cfg = from_dict(DedupConfig, cfg_dict)
     parts = [runtime.read_npz(runtime.join(work, "map", f"{g:06d}.npz"), [f"{k}{p}" for k in _MAP_FIELDS])
              for g in range(maps)]
@@ -493,7 +489,8 @@ def _read_verdicts(work: str, sub: str, partitions: int, g: int) -> list[np.ndar
     return [np.concatenate([x[i] for x in parts]) for i in range(len(VERDICT_FIELDS))]
 
 
-def _write_exact(pool: str, shards: list[int], g: int, work: str, partitions: int, eval_names: list[str]) -> dict:
+def _write_exact(g: int, groups: list[list[int]], pool: str, work: str, partitions: int, eval_names: list[str]) -> dict:
+    shards = groups[g]
     c_shard, c_row, c_eval = runtime.read_npz(runtime.join(work, "map", f"{g:06d}.npz"), ["c_shard", "c_row", "c_eval"])
     v_shard, v_row, v_keep, v_group = _read_verdicts(work, "reduce", partitions, g)
     samples = kept = 0
@@ -518,9 +515,7 @@ def _write_exact(pool: str, shards: list[int], g: int, work: str, partitions: in
 
 
 def _run_partitioned(pool: str, cfg: DedupConfig, shards: list[int], ray_address, log, t0: float) -> dict:
-    import ray
-
-    runtime.init_ray(ray_address)
+    ex = execute.start(ray_address)
     work = runtime.join(pool, "dedup", "_work")
     runtime.remove(work, recursive=True)
     for d in ("map", "reduce"):
@@ -531,13 +526,14 @@ def _run_partitioned(pool: str, cfg: DedupConfig, shards: list[int], ray_address
     for g, members in enumerate(groups):
         group_of[members] = g
     cfg_d = to_dict(cfg)
-    rows = ray.get([_remote(_map_exact).remote(pool, m, g, cfg_d, eval_codes, work) for g, m in enumerate(groups)])
+    g_all = range(len(groups))
+    rows = execute.map(_map_exact, g_all, groups, pool, cfg_d, eval_codes, work, label="dedup:exact map")
     log(f"[dedup] {len(groups)} shard groups mapped to {cfg.partitions} sha256 partitions ({sum(rows)} rows)")
-    group_ref = ray.put(group_of)
-    exact = sum(ray.get([_remote(_reduce_exact).remote(work, len(groups), p, cfg_d, group_ref)
-                         for p in range(cfg.partitions)]))
-    stats = ray.get([_remote(_write_exact).remote(pool, m, g, work, cfg.partitions, eval_names)
-                     for g, m in enumerate(groups)])
+    group_ref = ex.share(group_of)
+    exact = sum(execute.map(_reduce_exact, range(cfg.partitions), work, len(groups), cfg_d, group_ref,
+                            label="dedup:exact reduce"))
+    stats = execute.map(_write_exact, g_all, groups, pool, work, cfg.partitions, eval_names,
+                        label="dedup:exact write")
     counts = ({"contamination": sum(st["contamination"] for st in stats)} if eval_codes is not None else {})
     if cfg.exact:
         counts["exact"] = exact
@@ -572,8 +568,8 @@ def _semantic_rows(pool: str, s: int, cfg: DedupConfig):
     return rows, emb[rows], score[rows], keys[rows], np.array(verdict.column("uid").to_pylist(), dtype=str)[rows]
 
 
-def _sample_semantic(pool: str, shards: list[int], cfg_dict: dict, fraction: float) -> np.ndarray:
-    cfg = from_dict(DedupConfig, cfg_dict)
+def _sample_semantic(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, fraction: float) -> np.ndarray:
+    shards, cfg = groups[g], from_dict(DedupConfig, cfg_dict)
     parts = []
     for s in shards:
         _, emb, *_ = _semantic_rows(pool, s, cfg)
@@ -582,10 +578,11 @@ def _sample_semantic(pool: str, shards: list[int], cfg_dict: dict, fraction: flo
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def _map_semantic(pool: str, shards: list[int], g: int, cfg_dict: dict, centroids: np.ndarray, work: str) -> int:
+def _map_semantic(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, centroids: np.ndarray,
+                  work: str) -> int:
     import faiss
 
-    cfg = from_dict(DedupConfig, cfg_dict)
+    shards, cfg = groups[g], from_dict(DedupConfig, cfg_dict)
     index = faiss.IndexFlatIP(centroids.shape[1])
     index.add(centroids)
     cols: dict[str, list] = {k: [] for k in ("emb", "cluster", "shard", "row", "key", "score", "uid")}
@@ -601,7 +598,7 @@ def _map_semantic(pool: str, shards: list[int], g: int, cfg_dict: dict, centroid
     return len(part)
 
 
-def _reduce_semantic(work: str, maps: int, p: int, cfg_dict: dict, group_of: np.ndarray) -> int:
+def _reduce_semantic(p: int, work: str, maps: int, cfg_dict: dict, group_of: np.ndarray) -> int:
     cfg = from_dict(DedupConfig, cfg_dict)
     names = ["emb", "cluster", "shard", "row", "key", "score", "uid"]
     parts = [runtime.read_npz(runtime.join(work, "smap", f"{g:06d}.npz"), [f"{k}{p}" for k in names])
@@ -623,7 +620,8 @@ def _reduce_semantic(work: str, maps: int, p: int, cfg_dict: dict, group_of: np.
     return dropped
 
 
-def _write_semantic(pool: str, shards: list[int], g: int, work: str, partitions: int) -> None:
+def _write_semantic(g: int, groups: list[list[int]], pool: str, work: str, partitions: int) -> None:
+    shards = groups[g]
     v_shard, v_row, v_keep, v_group = _read_verdicts(work, "sreduce", partitions, g)
     for s in shards:
         mine = v_shard == s
@@ -644,14 +642,15 @@ def _write_semantic(pool: str, shards: list[int], g: int, work: str, partitions:
 def _semantic_partitioned(pool: str, cfg: DedupConfig, groups: list[list[int]], group_ref, work: str, alive: int,
                           log) -> int:
     import faiss
-    import ray
 
     for d in ("smap", "sreduce"):
         runtime.makedirs(runtime.join(work, d))
     k = min(cfg.clusters or max(1, alive // 1000), max(1, alive))
     fraction = min(1.0, 256 * k / max(1, alive))  # FAISS trains on at most 256 points a centroid
     cfg_d = to_dict(cfg)
-    parts = [x for x in ray.get([_remote(_sample_semantic).remote(pool, m, cfg_d, fraction) for m in groups]) if len(x)]
+    g_all = range(len(groups))
+    parts = [x for x in execute.map(_sample_semantic, g_all, groups, pool, cfg_d, fraction, label="dedup:sample")
+             if len(x)]
     if not parts:
         return 0
     sample = np.concatenate(parts)
@@ -659,11 +658,11 @@ def _semantic_partitioned(pool: str, cfg: DedupConfig, groups: list[list[int]], 
                       verbose=False, max_points_per_centroid=256, gpu=faiss_gpus(cfg.gpu) > 0)
     km.train(np.ascontiguousarray(sample, dtype=np.float32))
     log(f"[dedup] SemDeDup: k-means with {km.k} clusters on a sample of {len(sample)} of {alive} rows")
-    centroids = ray.put(km.centroids.copy())
-    ray.get([_remote(_map_semantic).remote(pool, m, g, cfg_d, centroids, work) for g, m in enumerate(groups)])
-    dropped = sum(ray.get([_remote(_reduce_semantic).remote(work, len(groups), p, cfg_d, group_ref)
-                           for p in range(cfg.partitions)]))
-    ray.get([_remote(_write_semantic).remote(pool, m, g, work, cfg.partitions) for g, m in enumerate(groups)])
+    centroids = execute.current().share(km.centroids.copy())
+    execute.map(_map_semantic, g_all, groups, pool, cfg_d, centroids, work, label="dedup:semantic map")
+    dropped = sum(execute.map(_reduce_semantic, range(cfg.partitions), work, len(groups), cfg_d, group_ref,
+                              label="dedup:semantic reduce"))
+    execute.map(_write_semantic, g_all, groups, pool, work, cfg.partitions, label="dedup:semantic write")
     return dropped
 
 

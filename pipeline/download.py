@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import ingest, netsafety, runtime, schema
+from . import execute, ingest, netsafety, runtime, schema
 from .config import config_hash, from_dict, opt, to_dict
 from .errors import InputError
 
@@ -386,18 +386,18 @@ def run(urls: str, pool: str, cfg: DownloadConfig, ray_address: str | None = Non
     if todo:
         failed = _run_shards(pool, cfg, todo, state, ray_address, log)
     manifest = write_manifest(pool, urls, state, cfg, failed)
-    runtime.raise_if_failed(f"download (after {cfg.shard_retries + 1} attempts)", failed)
+    execute.raise_failures(f"download (after {cfg.shard_retries + 1} attempts)", failed)
     return manifest
 
 
 def _run_shards(pool: str, cfg: DownloadConfig, todo: list[int], state: dict, ray_address, log) -> dict[int, str]:
-    runtime.init_ray(ray_address)
+    ex = execute.start(ray_address)
     rows_of = _shard_rows(state)
-    return runtime.run_shard_tasks(
-        download_shard, todo, (pool, to_dict(cfg)), label="download", rows_of=rows_of,
-        max_inflight=cfg.processes or runtime.cluster_cpus(), retries=cfg.shard_retries,
-        deadline_of=lambda s: cfg.deadline(rows_of(s)),
-        describe=lambda stats: f"last shard {sum(stats['failures'].values())} failed", log=log)
+    return execute.run(
+        download_shard, todo, pool, to_dict(cfg), label="download", weight=rows_of, unit="samples",
+        max_inflight=cfg.processes or ex.cpus(), retries=cfg.shard_retries,
+        deadline_s=lambda s: cfg.deadline(rows_of(s)),
+        describe=lambda stats: f"last shard {sum(stats['failures'].values())} failed", log=log).failures
 
 
 def _shard_rows(state: dict):

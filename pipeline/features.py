@@ -20,6 +20,7 @@ them into the shard's files and writes its marker.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import os
@@ -34,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import models, runtime, schema
+from . import execute, models, runtime, schema
 from .config import check_name, config_hash, opt, to_dict
 from .errors import InputError, StageError
 
@@ -149,13 +150,13 @@ def run_base(pool: str, ray_address: str | None = None, retries: int = 2, log=pr
     todo = [s for s in shards if s not in done(out)]
     failed: dict[int, str] = {}
     if todo:
-        runtime.init_ray(ray_address)
+        ex = execute.start(ray_address)
         counts = {s: successful_rows(pool, s).num_rows for s in todo}
-        failed = runtime.run_shard_tasks(
-            base_features_shard, todo, (pool,), label="features:base", rows_of=counts.__getitem__,
-            max_inflight=runtime.cluster_cpus(), retries=retries, deadline_of=lambda s: 600 + counts[s] * 0.2,
-            describe=lambda st: f"last shard {st['errors']} undecodable", log=log)
-    runtime.raise_if_failed("base features", failed)
+        failed = execute.run(
+            base_features_shard, todo, pool, label="features:base", weight=counts.__getitem__, unit="samples",
+            max_inflight=ex.cpus(), retries=retries, deadline_s=lambda s: 600 + counts[s] * 0.2,
+            describe=lambda st: f"last shard {st['errors']} undecodable", log=log).failures
+    execute.raise_failures("base features", failed)
     return {"shards": len(shards), "complete": len(done(out))}
 
 
@@ -177,12 +178,10 @@ class ScorerConfig:
     decode_memory_mb: int = opt(1536, "memory reserved per decoding task (it holds one shard's images)")
 
 
-def _device(cfg: ScorerConfig) -> str:
-    import ray
-
+def _device(cfg: ScorerConfig, ex) -> str:
     if cfg.device != "auto":
         return cfg.device
-    return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
+    return "cuda" if ex.gpus() >= 1 else "cpu"
 
 
 def _decode_shards(batch: dict, pool: str, scorer_dir: str, pp_cfg: dict, model: str, rows_per_batch: int):
@@ -325,8 +324,8 @@ def run_scorer(pool: str, cfg: ScorerConfig, ray_address: str | None = None, log
     _check_scorer_manifest(scorer_dir, cfg)
     todo = [s for s in shards if s not in done(scorer_dir)]
     failed: dict[int, str] = {}
-    runtime.init_ray(ray_address)
-    device = _device(cfg)
+    ex = execute.start(ray_address)
+    device = _device(cfg, ex)
     if todo:
         for s in todo:  # whatever a killed run left of these shards is redone from scratch
             runtime.remove(runtime.join(scorer_dir, "_parts", f"{s:08d}"), recursive=True)
@@ -334,7 +333,7 @@ def run_scorer(pool: str, cfg: ScorerConfig, ray_address: str | None = None, log
         expected = {s: successful_rows(pool, s).num_rows for s in todo}
         failed = _embed(pool, scorer_dir, cfg, pp_cfg, device, todo, expected, log)
     manifest = _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, shards, failed)
-    runtime.raise_if_failed(f"features {cfg.scorer_id}", failed)
+    execute.raise_failures(f"features {cfg.scorer_id}", failed)
     return manifest
 
 
@@ -360,12 +359,16 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, todo, expected, log) -> dict[i
     got: Counter[int] = Counter()
     finals = {}
     finalize = ray.remote(finalize_shard).options(num_cpus=0.25)
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for shard, rows in zip(batch["shard"].tolist(), batch["rows"].tolist()):
-            got[shard] += rows
-            progress.update(rows, extra=f"shards {len(finals)}/{len(todo)}")
-            if got[shard] == expected[shard]:
-                finals[shard] = finalize.remote(shard, scorer_dir, expected[shard])
+    stall = execute.stall_default()
+    # Ray Data has no stall detection of its own: a wedged actor would leave this loop waiting forever
+    with (runtime.watchdog(lambda: progress.done, stall, f"features {cfg.scorer_id}")
+          if stall else contextlib.nullcontext()):
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for shard, rows in zip(batch["shard"].tolist(), batch["rows"].tolist()):
+                got[shard] += rows
+                progress.update(rows, extra=f"shards {len(finals)}/{len(todo)}")
+                if got[shard] == expected[shard]:
+                    finals[shard] = finalize.remote(shard, scorer_dir, expected[shard])
     for s in todo:  # shards no row of which arrived (empty, or unreadable)
         if s not in finals and expected[s] == 0:
             finals[s] = finalize.remote(s, scorer_dir, 0)

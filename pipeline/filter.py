@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import features, runtime, schema
+from . import execute, features, runtime, schema
 from .config import CONFIG_DIR, check_name, from_dict, opt, read_yaml, to_dict
 from .errors import InputError
 
@@ -296,20 +296,20 @@ def evaluate(table: pa.Table, steps: list[ResolvedStep], thresholds: dict[int, f
     return alive, dropped_by, score, None
 
 
-def _histogram_task(pool, shard, steps, thresholds, columns):
+def _histogram_task(shard, pool, steps, thresholds, columns):
     table = shard_table(pool, shard, columns)
     _, _, _, pending = evaluate(table, steps, thresholds)
     i, s = pending
     return i, np.bincount(order_key(s) >> 16, minlength=65536).astype(np.int64)
 
 
-def _bin_values_task(pool, shard, steps, thresholds, columns, bin_index):
+def _bin_values_task(shard, pool, steps, thresholds, columns, bin_index):
     table = shard_table(pool, shard, columns)
     _, _, _, (i, s) = evaluate(table, steps, thresholds)
     return s[(order_key(s) >> 16) == bin_index].astype(np.float32)
 
 
-def _decide_task(pool, shard, steps, thresholds, columns, out_dir):
+def _decide_task(shard, pool, steps, thresholds, columns, out_dir):
     table = shard_table(pool, shard, columns)
     keep, dropped_by, scores, _ = evaluate(table, steps, thresholds)
     names = [s.name for s in steps]
@@ -364,8 +364,6 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
 
 
 def _decide(pool, recipe, steps, path, shards, columns, out_dir, variables, ray_address, t0, log) -> dict:
-    import ray
-
     resolved = {**to_dict(recipe), "vars": {**recipe.vars, **(variables or {})},
                 "steps": [{"name": s.name, "filter": s.spec.name, "params": to_dict(s.params),
                            "top_fraction": s.top_fraction, "fraction_of": s.fraction_of} for s in steps]}
@@ -377,27 +375,26 @@ def _decide(pool, recipe, steps, path, shards, columns, out_dir, variables, ray_
         log(f"[filter:{recipe.name}] decisions are up to date (same recipe, vars, inputs and code); kept")
         return runtime.read_json(runtime.join(out_dir, "manifest.json"))
     prepared = {}
-    runtime.init_ray(ray_address)  # a prepare may spread its reads over Ray tasks (image_clusters does)
+    ex = execute.start(ray_address)  # a prepare may spread its reads over tasks (image_clusters does)
     for step in steps:  # pool-wide work some filters need first (e.g. k-means), on the driver
         if step.spec.prepare:
             step.context = step.spec.prepare(pool, step.params)
             prepared[step.name] = step.context.get("info") if isinstance(step.context, dict) else None
             log(f"[filter:{recipe.name}] {step.name}: prepared {prepared[step.name]}")
-    steps_ref = ray.put(steps)
-    hist_task = ray.remote(_histogram_task).options(num_cpus=1)
-    bin_task = ray.remote(_bin_values_task).options(num_cpus=1)
+    steps_ref = ex.share(steps)
     thresholds: dict[int, float] = {}
     threshold_info = {}
+    label = f"filter:{recipe.name}"
     for _ in range(sum(s.top_fraction is not None for s in steps)):
-        parts = ray.get([hist_task.remote(pool, s, steps_ref, thresholds, columns) for s in shards])
+        parts = execute.map(_histogram_task, shards, pool, steps_ref, thresholds, columns, label=label)
         i = parts[0][0]
         hist = np.sum([h for _, h in parts], axis=0)
         n = int(hist.sum())
         rank = int(n * steps[i].top_fraction)
 
         def values_in_bin(b, i=i):
-            return np.concatenate(ray.get([bin_task.remote(pool, s, steps_ref, thresholds, columns, b)
-                                           for s in shards]))
+            return np.concatenate(execute.map(_bin_values_task, shards, pool, steps_ref, thresholds, columns, b,
+                                              label=label))
 
         value, _ = threshold_from(hist, rank, values_in_bin)
         thresholds[i] = -np.inf if value is None else value
@@ -405,8 +402,8 @@ def _decide(pool, recipe, steps, path, shards, columns, out_dir, variables, ray_
                                          "fraction": steps[i].top_fraction, "of": steps[i].fraction_of}
         log(f"[filter:{recipe.name}] {steps[i].name}: top {steps[i].top_fraction} of {n} -> threshold {value}")
     runtime.makedirs(out_dir)
-    decide = ray.remote(_decide_task).options(num_cpus=1)
-    stats = ray.get([decide.remote(pool, s, steps_ref, thresholds, columns, out_dir) for s in shards])
+    stats = execute.map(_decide_task, shards, pool, steps_ref, thresholds, columns, out_dir, label=label,
+                        quiet=False, weight=lambda s: 1, unit="shards")
     total = sum(st["count"] for st in stats)
     dropped = np.sum([st["dropped"] for st in stats], axis=0).tolist()
     funnel, remaining = [], total

@@ -23,16 +23,18 @@ from __future__ import annotations
 import csv
 import os
 
-from . import runtime, train
+from . import execute, runtime, train
 from . import subset as subsets
 from .config import check_name, to_dict
 from .errors import InputError, StageError
 from .evaluate import evaluate_run
 
 
-def _run(subset_dir: str, scale: dict, run_dir: str, eval_sets: list[str], threads: int | None, cache: str) -> dict:
+def _run(job: tuple[str, dict, str], eval_sets: list[str], threads: int | None, cache: str) -> dict:
+    """Train and evaluate one (subset, scale, run directory)."""
     import torch
 
+    subset_dir, scale, run_dir = job
     if threads:
         torch.set_num_threads(threads)
     sc = train.Scale(**scale)
@@ -78,8 +80,6 @@ def draw_of(manifest: dict) -> int:
 def run_grid(subset_dirs: list[str], scale_specs: list[str], eval_sets: list[str], out: str,
              cpus_per_run: int | None = None, ray_address: str | None = None, replicates: str = "crossed",
              log=print) -> dict:
-    import ray
-
     if not eval_sets:
         raise InputError("give at least one --eval-set")
     if replicates not in REPLICATES:
@@ -97,11 +97,10 @@ def run_grid(subset_dirs: list[str], scale_specs: list[str], eval_sets: list[str
     if len({(s.name, s.seed) for s in scales}) != len(scales):
         raise InputError(f"scale names repeat: {[s.name for s in scales]}")
     pairs = _pairs(subset_dirs, scales, draws, replicates)
-    runtime.init_ray(ray_address)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    cpus = cpus_per_run or runtime.cluster_cpus()
-    task = ray.remote(_run).options(num_gpus=1, num_cpus=1) if gpus else ray.remote(_run).options(num_cpus=cpus)
-    pending, done = {}, []
+    ex = execute.start(ray_address)
+    gpus = ex.gpus()
+    cpus = cpus_per_run or ex.cpus()
+    jobs, done = [], []
     for d, sc in pairs:
         run_dir = os.path.join(out, "runs", recipes[d], sc.name, f"d{draws[d]}-s{sc.seed}")
         ev = os.path.join(run_dir, "eval.json")
@@ -109,25 +108,25 @@ def run_grid(subset_dirs: list[str], scale_specs: list[str], eval_sets: list[str
                 _covers(ev, eval_sets):
             done.append((d, run_dir))
             continue
-        ref = task.remote(d, to_dict(sc), run_dir, [os.path.abspath(e) for e in eval_sets],
-                          1 if gpus else cpus, os.path.abspath(os.path.join(out, "_shards")))
-        pending[ref] = (d, run_dir)
-    log(f"[grid] {len(done) + len(pending)} runs ({len(subset_dirs)} subsets x {len({s.name for s in scales})} "
+        jobs.append((d, to_dict(sc), run_dir))
+    log(f"[grid] {len(done) + len(jobs)} runs ({len(subset_dirs)} subsets x {len({s.name for s in scales})} "
         f"scales x {len({s.seed for s in scales})} seed(s), {replicates}); {len(done)} done already, "
-        f"{len(pending)} to run ({'1 GPU' if gpus else f'{cpus} CPU(s)'} each)")
-    failed = {}
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        for ref in ready:
-            d, run_dir = pending.pop(ref)
-            try:
-                r = ray.get(ref)
-                log(f"[grid] {os.path.relpath(run_dir, out)}: {r['samples_seen']} samples in {r['seconds']:.0f}s, "
-                    f"{r['checkpoints']} checkpoint(s) evaluated")
-                done.append((d, run_dir))
-            except Exception as err:  # noqa: BLE001 - a failed run is reported; the others go on
-                failed[run_dir] = (str(err).strip().splitlines() or [type(err).__name__])[-1][:300]
-                log(f"[grid] {run_dir} failed: {failed[run_dir]}")
+        f"{len(jobs)} to run ({'1 GPU' if gpus else f'{cpus} CPU(s)'} each)")
+
+    def finished(job, r):
+        log(f"[grid] {os.path.relpath(job[2], out)}: {r['samples_seen']} samples in {r['seconds']:.0f}s, "
+            f"{r['checkpoints']} checkpoint(s) evaluated")
+        done.append((job[0], job[2]))
+
+    # no stall limit here: each training run has its own watchdog (train.train_scale); a failed run is
+    # reported and the others go on
+    outcome = execute.run(_run, jobs, [os.path.abspath(e) for e in eval_sets], 1 if gpus else cpus,
+                          os.path.abspath(os.path.join(out, "_shards")), label="grid", unit="runs", stall_s=None,
+                          resources=execute.Resources(cpus=1, gpus=1) if gpus else execute.Resources(cpus=cpus),
+                          on_result=finished, quiet=True, log=log)
+    failed = {job[2]: why for job, why in ((outcome.items[i], w) for i, w in outcome.failed.items())}
+    for run_dir, why in failed.items():
+        log(f"[grid] {run_dir} failed: {why}")
     rows = [r for d, run_dir in sorted(done, key=lambda x: x[1]) for r in rows_for(run_dir, d, recipes[d], draws[d])]
     write_results(rows, os.path.join(out, "results.csv"))
     if failed:

@@ -27,7 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from . import runtime
+from . import execute, runtime
 from .errors import InputError
 from .hashes import make_uid
 from .netsafety import allowed, host_refusal
@@ -297,23 +297,15 @@ def _place(src: str, dst: str, first: int, shards: int) -> None:
 
 
 def _runner(parallel: bool, ray_address: str | None):
-    """Call a function over argument tuples: in this process for one file, else one Ray task each."""
-    if not parallel:
-        return lambda fn, calls: [fn(*args) for args in calls]
-    import ray
+    """Call a function over argument tuples: in this process for one file, else one task each (an
+    InputError from a task reaches the user as raised, naming the file and row)."""
+    ex = execute.start(ray_address) if parallel else execute.LocalExecutor()
+    return lambda fn, calls: execute.map(_call, calls, fn, executor=ex, retries=2 if parallel else 0,
+                                         label="ingest")
 
-    runtime.init_ray(ray_address)
 
-    def run(fn, calls):
-        task = ray.remote(fn).options(num_cpus=1, max_retries=2, retry_exceptions=[OSError])
-        refs = [task.remote(*args) for args in calls]
-        try:
-            return ray.get(refs)
-        except ray.exceptions.RayTaskError as err:
-            if isinstance(err.cause, InputError):  # the message naming the file and row, as raised
-                raise InputError(str(err.cause)) from None
-            raise
-    return run
+def _call(args: tuple, fn):
+    return fn(*args)
 
 
 def ingest(path: str, work_dir: str, *, url_col: str = "url", caption_col: str | None = "text",

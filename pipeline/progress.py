@@ -14,14 +14,17 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, label: str, total: int, unit: str = "samples", every: float = 5.0, stream=None):
+    def __init__(self, label: str, total: int, unit: str = "samples", every: float = 5.0, stream=None,
+                 quiet_start: bool = False):
+        """`quiet_start`: print nothing until one period has passed (a short fan-out stays silent)."""
         self.label, self.total, self.unit, self.every = label, total, unit, every
         self.done = 0
         self.extra = ""
         self.stream = stream or sys.stderr
         self.start = time.monotonic()
-        self._last = 0.0
+        self._last = self.start if quiet_start else 0.0
         self._printed = -1
+        self._quiet = quiet_start
 
     def update(self, n: int, extra: str = "", force: bool = False) -> None:
         self.done += n
@@ -43,4 +46,5 @@ class Progress:
                 f"{rate:.0f} {self.unit}/s, elapsed {_fmt_duration(elapsed)}, ETA {eta_s}{extra}")
 
     def close(self) -> None:
-        self.update(0, force=True)
+        if not (self._quiet and self._printed < 0):
+            self.update(0, force=True)

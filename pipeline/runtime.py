@@ -1,7 +1,6 @@
-"""Where stages run and where their bytes live.
+"""Where stages' bytes live, and the guards around a stage: output locks, the watchdog, provenance.
+How work runs (Ray or local, retries, deadlines) is `execute.py`.
 
-- Ray: local by default (a fresh local instance sized to this machine), or the cluster named by
-  `--ray-address` / `RAY_ADDRESS`. Nothing else schedules work.
 - Storage: every path goes through fsspec, so `s3://`, `gs://` and local paths work the same way
   wherever the matching fsspec backend and credentials exist.
 """
@@ -30,104 +29,9 @@ TRACKED_PACKAGES = (
 )
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to a cluster when an address is given (argument or RAY_ADDRESS), else start a local
-    instance of our own.
-
-    Without an address, `ray.init()` does not simply start one: it joins a cluster it finds on the
-    machine, through the `ray_current_cluster` file in Ray's temp folder, which `ray start` writes and a
-    killed cluster leaves behind (ray/_private/services.py, canonicalize_bootstrap_address). Every
-    command then failed with "When connecting to an existing cluster, num_cpus and num_gpus must not be
-    provided", live cluster or stale file alike (issue 15). `address="local"` always starts our own."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    # Quiet by default: Ray's own banner and per-worker log forwarding drown our progress lines.
-    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    if address and address != "local":
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
-
-
-def run_shard_tasks(fn: Callable[..., dict], shards: list[int], args: tuple, *, label: str,
-                    rows_of: Callable[[int], int], max_inflight: int, retries: int,
-                    deadline_of: Callable[[int], float], describe: Callable[[dict], str] = lambda _: "",
-                    num_cpus: float = 1, num_gpus: float = 0, log=print) -> dict[int, str]:
-    """Run `fn(shard, *args)` as one Ray task per shard; the executor every per-shard stage shares.
-
-    At most `max_inflight` tasks run at once. A task that raises, or runs past its deadline (it is then
-    cancelled), is retried up to `retries` times; a shard that still fails is returned as
-    {shard: reason} so the caller can report it and a re-run can pick it up. `fn` must return a stats
-    dict with a "count" of rows; progress is reported in rows.
-    """
-    import ray
-
-    from .progress import Progress
-
-    task = ray.remote(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)
-    progress = Progress(label, sum(rows_of(s) for s in shards))
-    pending = list(shards)
-    attempts: dict[int, int] = {}
-    inflight: dict = {}  # ref -> (shard, started)
-    failed: dict[int, str] = {}
-    done = 0
-
-    def retry_or_fail(shard: int, why: str) -> None:
-        if attempts[shard] <= retries:
-            log(f"[{label}] shard {shard:08d} attempt {attempts[shard]} failed ({why}); retrying")
-            pending.append(shard)
-        else:
-            log(f"[{label}] shard {shard:08d} failed {attempts[shard]} times ({why}); giving up for this run")
-            failed[shard] = why
-
-    while pending or inflight:
-        while pending and len(inflight) < max_inflight:
-            s = pending.pop(0)
-            attempts[s] = attempts.get(s, 0) + 1
-            inflight[task.remote(s, *args)] = (s, time.monotonic())
-        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-        for ref in ready:
-            s, _ = inflight.pop(ref)
-            try:
-                stats = ray.get(ref)
-            except Exception as err:  # noqa: BLE001 - any task failure is retried, then reported
-                lines = str(err).strip().splitlines()
-                retry_or_fail(s, (lines[-1] if lines else type(err).__name__)[:300])
-                continue
-            done += 1
-            progress.update(stats["count"], extra=f"shards {done}/{len(shards)}, {describe(stats)}".rstrip(", "))
-        now = time.monotonic()
-        for ref, (s, started) in list(inflight.items()):
-            if now - started > deadline_of(s):
-                ray.cancel(ref, force=True)
-                inflight.pop(ref)
-                retry_or_fail(s, f"over the {deadline_of(s):.0f}s shard deadline")
-    progress.close()
-    return failed
-
-
 def completed_shards(directory: str) -> set[int]:
     """Shards with a `{shard:08d}_stats.json` completion marker in `directory` (img2dataset's rule)."""
     return {int(p.rsplit("/", 1)[-1].split("_")[0]) for p in glob(join(directory, "*_stats.json"))}
-
-
-def raise_if_failed(stage: str, failed: dict[int, str]) -> None:
-    """The common end of a per-shard stage: finished shards are kept, the rest named with their reasons."""
-    from .errors import StageError
-
-    if failed:
-        listing = "; ".join(f"shard {s:08d}: {why}" for s, why in sorted(failed.items())[:10])
-        raise StageError(f"{stage}: {len(failed)} shard(s) failed ({listing}). Finished shards are kept: "
-                         f"run the same command again to retry the rest")
-
-
-def cluster_cpus() -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def fs_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -203,7 +107,7 @@ def watchdog(progress: Callable[[], Any], stall_s: float, what: str, poll_s: flo
     """Turn a stall into an error: while the block runs, a thread reads `progress()` every `poll_s`; if
     it has not changed for `stall_s` seconds, the main thread is interrupted and StageError names the
     stall, instead of the block spinning forever (a loader that never fills a batch: issue 15)."""
-    import _thread
+    import signal
     import threading
 
     from .errors import StageError
@@ -218,7 +122,9 @@ def watchdog(progress: Callable[[], Any], stall_s: float, what: str, poll_s: flo
                 last, since = now, time.monotonic()
             elif time.monotonic() - since > stall_s:
                 fired.set()
-                _thread.interrupt_main()
+                # a real SIGINT to the main thread, not _thread.interrupt_main(): only a signal
+                # interrupts a blocking call (a sleep, an open() of a hung file) in C
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
                 return
 
     thread = threading.Thread(target=watch, daemon=True, name="thresher-watchdog")

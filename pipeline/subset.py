@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import features, runtime, schema
+from . import execute, features, runtime, schema
 from . import filter as filtering
 from .config import check_name, opt, to_dict
 from .errors import InputError, StageError
@@ -173,13 +173,13 @@ def _candidates(pool: str, recipe: str, shard: int, rule: Rule, exclude: Exclusi
     return dec, mask, selection_keys(dec, rule)
 
 
-def _histogram_task(pool, recipe, shard, rule, exclude):
+def _histogram_task(shard, pool, recipe, rule, exclude):
     need_uid = rule.mode == "uniform" or bool(exclude)  # a score ranking's histogram needs no uids
     _, mask, keys = _candidates(pool, recipe, shard, rule, exclude, RANKING if need_uid else RANKING[1:])
     return np.bincount(keys[mask] >> 16, minlength=65536).astype(np.int64)
 
 
-def _bin_task(pool, recipe, shard, rule, exclude, bin_index):
+def _bin_task(shard, pool, recipe, rule, exclude, bin_index):
     dec, mask, keys = _candidates(pool, recipe, shard, rule, exclude, RANKING)
     sel = np.flatnonzero(mask & ((keys >> 16) == bin_index))
     return keys[sel], np.asarray(dec.column("uid").take(pa.array(sel)).to_pylist(), dtype=object)
@@ -466,19 +466,13 @@ def decisions_for(pool: str, recipe: str, variables: dict | None, log) -> dict:
 
 def _count(pool, name, rule, exclude, shards) -> np.ndarray:
     """The merged histogram of the candidates' keys (its sum: how many candidates there are)."""
-    import ray
-
-    task = ray.remote(_histogram_task).options(num_cpus=1)
-    return np.sum(ray.get([task.remote(pool, name, s, rule, exclude) for s in shards]), axis=0)
+    return np.sum(execute.map(_histogram_task, shards, pool, name, rule, exclude, label=f"subset:{name} count"),
+                  axis=0)
 
 
 def _cut(pool, name, rule, ex, shards, hist, rank) -> Cut:
-    import ray
-
-    task = ray.remote(_bin_task).options(num_cpus=1)
-
     def in_bin(b):
-        parts = ray.get([task.remote(pool, name, s, rule, ex, b) for s in shards])
+        parts = execute.map(_bin_task, shards, pool, name, rule, ex, b, label=f"subset:{name} cut")
         return np.concatenate([k for k, _ in parts]), np.concatenate([u for _, u in parts])
 
     return find_cut(hist, rank, in_bin)
@@ -500,7 +494,7 @@ def run(pool: str, recipes: list[str], cfg: SubsetConfig, out: str, variables: d
                          f"{cfg.samples_per_shard}, {cfg.draws})")
     if not runtime.exists(runtime.join(pool, "manifest.json")):
         raise InputError(f"{pool} is not a pool (no manifest.json); run `thresher download` first")
-    runtime.init_ray(ray_address)
+    execute.start(ray_address)
     manifests = [decisions_for(pool, r, variables, log) for r in recipes]
     names = [check_name(m["recipe"], "recipe", f"{pool}/decisions") for m in manifests]
     if len(set(names)) != len(names):
@@ -574,8 +568,7 @@ def build(pool: str, decisions: dict, rule: Rule, cfg: SubsetConfig, out: str, *
         raise InputError(f"{out} exists and is not empty; choose another --out")
     runtime.makedirs(work)
 
-    import ray
-    ex_ref = ray.put(exclude)
+    ex_ref = execute.current().share(exclude)
     if hist is None:
         hist = _count(pool, name, rule, ex_ref, shards)
     kept = int(hist.sum())
@@ -597,11 +590,9 @@ def build(pool: str, decisions: dict, rule: Rule, cfg: SubsetConfig, out: str, *
     todo = [s for s in shards if not runtime.exists(runtime.join(index_dir, f"{s:08d}.parquet"))]
     if not runtime.exists(runtime.join(work, "plan.json")):
         runtime.write_json(runtime.join(work, "plan.json"), {**plan, "plan_sha256": phash})
-    failed = runtime.run_shard_tasks(
-        _index_task, todo, (pool, name, rule, ex_ref, cut, repeat, index_dir), label=f"subset:{name} index",
-        rows_of=lambda s: 1, max_inflight=2 * runtime.cluster_cpus(), retries=2, deadline_of=lambda s: 3600,
-        log=log)
-    runtime.raise_if_failed(f"subset {name} (index)", failed)
+    execute.run(_index_task, todo, pool, name, rule, ex_ref, cut, repeat, index_dir, label=f"subset:{name} index",
+                unit="shards", max_inflight=2 * execute.current().cpus(), retries=2, deadline_s=3600,
+                log=log).raise_if_failed(f"subset {name} (index)")
     counts = [runtime.read_parquet(runtime.join(index_dir, f"{s:08d}.parquet"), columns=["uid"]).num_rows
               for s in shards]
     if sum(counts) != cfg.size:
@@ -619,11 +610,10 @@ def build(pool: str, decisions: dict, rule: Rule, cfg: SubsetConfig, out: str, *
     runtime.makedirs(done_dir)
     runtime.makedirs(runtime.join(work, "lineage"))
     todo = [j for j in range(n_out) if not runtime.exists(runtime.join(done_dir, f"{j:08d}.json"))]
-    failed = runtime.run_shard_tasks(
-        _write_shard_task, todo, (wplan, work), label=f"subset:{name} write",
-        rows_of=lambda j: min(cfg.samples_per_shard, cfg.size - j * cfg.samples_per_shard),
-        max_inflight=2 * runtime.cluster_cpus(), retries=2, deadline_of=lambda j: 3600, log=log)
-    runtime.raise_if_failed(f"subset {name} (write)", failed)
+    execute.run(_write_shard_task, todo, wplan, work, label=f"subset:{name} write", unit="samples",
+                weight=lambda j: min(cfg.samples_per_shard, cfg.size - j * cfg.samples_per_shard),
+                max_inflight=2 * execute.current().cpus(), retries=2, deadline_s=3600,
+                log=log).raise_if_failed(f"subset {name} (write)")
     shard_stats = [runtime.read_json(runtime.join(done_dir, f"{j:08d}.json")) for j in range(n_out)]
 
     # lineage: the per-shard parts, streamed into one file

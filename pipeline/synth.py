@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import math
-import multiprocessing as mp
 import os
 import shutil
 import tarfile
@@ -36,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageEnhance
 
-from . import schema
+from . import execute, schema
 from .config import config_hash, opt
 from .errors import InputError
 from .hashes import make_uid, pdq_hash, url_hash
@@ -521,14 +520,24 @@ def _eval_item(job: tuple) -> tuple[int, bytes, dict]:
     return i, data, meta
 
 
-def _write_eval_sets(cfg: SynthConfig, eval_dir: Path, pool) -> None:
+def _each(calls: list, fn) -> list:
+    return [fn(c) for c in calls]
+
+
+def _parallel(ex, fn, calls: list, chunk: int) -> list:
+    """fn over calls on the executor, `chunk` calls to an item (one sample's work is milliseconds)."""
+    chunks = [calls[i:i + chunk] for i in range(0, len(calls), chunk)]
+    return [r for part in execute.map(_each, chunks, fn, executor=ex, label="synth", unit="batches") for r in part]
+
+
+def _write_eval_sets(cfg: SynthConfig, eval_dir: Path, ex) -> None:
     sets = {"shapes_kind": ("classification", cfg.eval_classification, KINDS, CLASS_TEMPLATES),
             "shapes_color": ("classification", cfg.eval_classification, list(COLORS), COLOR_TEMPLATES),
             "shapes_retrieval": ("retrieval", cfg.eval_retrieval, None, None)}
     for name, (task, n, classes, templates) in sets.items():
         root = eval_dir / name
         (root / "test").mkdir(parents=True, exist_ok=True)
-        items = sorted(pool.map(_eval_item, [(cfg.seed, name, i) for i in range(n)], chunksize=16))
+        items = sorted(_parallel(ex, _eval_item, [(cfg.seed, name, i) for i in range(n)], 16))
         with tarfile.open(root / "test" / "0.tar", "w") as tar:
             for i, data, meta in items:
                 key = f"s{i:06d}"
@@ -557,10 +566,10 @@ def _trusted_item(job: tuple) -> tuple[int, bytes, str]:
     return i, encode(render(scene, w, h, rng), "jpg", 90), english_caption(scene, rng)
 
 
-def _write_trusted_set(cfg: SynthConfig, out: Path, pool, per_shard: int = 1000) -> None:
+def _write_trusted_set(cfg: SynthConfig, out: Path, ex, per_shard: int = 1000) -> None:
     """Clean pairs, drawn apart from the pool, as WebDataset shards (jpg + txt) open_clip_train reads."""
     out.mkdir(parents=True, exist_ok=True)
-    items = sorted(pool.map(_trusted_item, [(cfg.seed, i) for i in range(cfg.trusted)], chunksize=16))
+    items = sorted(_parallel(ex, _trusted_item, [(cfg.seed, i) for i in range(cfg.trusted)], 16))
     for shard, start in enumerate(range(0, len(items), per_shard)):
         with tarfile.open(out / f"{shard:05d}.tar", "w") as tar:
             for i, data, caption in items[start:start + per_shard]:
@@ -603,31 +612,30 @@ def generate(out: str | Path, cfg: SynthConfig, log=print) -> dict:
 
     plans = _plan(cfg)
     workers = cfg.workers or os.cpu_count() or 1
-    ctx = mp.get_context("fork")
-    with ctx.Pool(workers) as pool:
-        _write_eval_sets(cfg, eval_dir, pool)
-        if cfg.trusted:
-            _write_trusted_set(cfg, out / "trusted", pool)
-        results = {r["index"]: r for r in pool.imap_unordered(
-            _draw_one, [(cfg.seed, p, str(www), str(eval_dir)) for p in plans], chunksize=32)}
-        # exact duplicates: the very same bytes under another URL
-        for p in plans:
-            if p["category"] == "exact_duplicate":
-                src = plans[p["source"]]
-                src_path = www / "img" / f"{src['index']:08d}.{src['format']}"
-                shutil.copyfile(src_path, www / "img" / f"{p['index']:08d}.{p['format']}")
-                results[p["index"]] = {**results[src["index"]], "index": p["index"], "pdq": None}
-        derived_jobs = []
-        for p in plans:
-            if p["category"] == "near_duplicate":
-                src = plans[p["source"]]
-                derived_jobs.append((cfg.seed, p, str(www), str(www / "img" / f"{src['index']:08d}.{src['format']}")))
-            elif p["category"] == "eval_contamination":
-                tmp = out / "www" / f".eval-src-{p['index']}.jpg"
-                tmp.write_bytes(eval_image_bytes(eval_dir, "shapes_kind", p["source"]))
-                derived_jobs.append((cfg.seed, p, str(www), str(tmp)))
-        for r in pool.imap_unordered(_derive_one, derived_jobs, chunksize=8):
-            results[r["index"]] = r
+    ex = execute.LocalExecutor(workers)  # forked processes: a source needs no cluster
+    _write_eval_sets(cfg, eval_dir, ex)
+    if cfg.trusted:
+        _write_trusted_set(cfg, out / "trusted", ex)
+    results = {r["index"]: r for r in _parallel(
+        ex, _draw_one, [(cfg.seed, p, str(www), str(eval_dir)) for p in plans], 32)}
+    # exact duplicates: the very same bytes under another URL
+    for p in plans:
+        if p["category"] == "exact_duplicate":
+            src = plans[p["source"]]
+            src_path = www / "img" / f"{src['index']:08d}.{src['format']}"
+            shutil.copyfile(src_path, www / "img" / f"{p['index']:08d}.{p['format']}")
+            results[p["index"]] = {**results[src["index"]], "index": p["index"], "pdq": None}
+    derived_jobs = []
+    for p in plans:
+        if p["category"] == "near_duplicate":
+            src = plans[p["source"]]
+            derived_jobs.append((cfg.seed, p, str(www), str(www / "img" / f"{src['index']:08d}.{src['format']}")))
+        elif p["category"] == "eval_contamination":
+            tmp = out / "www" / f".eval-src-{p['index']}.jpg"
+            tmp.write_bytes(eval_image_bytes(eval_dir, "shapes_kind", p["source"]))
+            derived_jobs.append((cfg.seed, p, str(www), str(tmp)))
+    for r in _parallel(ex, _derive_one, derived_jobs, 8):
+        results[r["index"]] = r
     for tmp in www.glob(".eval-src-*"):
         tmp.unlink()
 

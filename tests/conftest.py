@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import download, runtime, serve
+from pipeline import download, execute, serve
 from pipeline.synth import SynthConfig, generate
 
 POOL_SAMPLES = 3000
@@ -57,7 +57,7 @@ def server(synth_dir, port):
 def ray_local():
     import ray
 
-    runtime.init_ray(num_cpus=2)
+    execute.init_ray(num_cpus=2)
     yield
     ray.shutdown()
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import free_port
 
 # what every command does first: start Ray (a local instance of its own when no address is given)
-INIT = ("import ray; from pipeline import runtime; runtime.init_ray(num_cpus=1); "
+INIT = ("import ray; from pipeline import execute; execute.init_ray(num_cpus=1); "
         "print('CPUS', int(ray.cluster_resources()['CPU']))")
 
 

@@ -1,0 +1,401 @@
+"""The execution layer: how every stage's work over shards, files or partitions runs.
+
+A stage says what to run on each item (`fn(item, *args)`) and what the item needs (`Resources`); this
+module decides how: retries, deadlines, a stall watchdog, progress with an ETA, failure records, and
+the choice of executor. datatrove's split is the model: the same steps, run by different executors.
+
+- `RayExecutor` (the default): one Ray task per item, on the local instance `init_ray` starts or on the
+  cluster named by `--ray-address` / `RAY_ADDRESS`.
+- `LocalExecutor`: in this process (`workers=1`: no Ray, so stages are testable without it), or in a
+  pool of forked processes (`workers>1`: `thresher synth`, which needs no cluster).
+
+Select one with `using(executor)` (tests) or `THRESHER_EXECUTOR=local`; stages call `start()` (once, to
+connect) and then `run` (per-shard stages: finished items are kept, failures returned) or `map`
+(fan-outs whose every result is needed: any failure raises). Completion markers stay with the stages
+(`{shard:08d}_stats.json`, read by `pool.Pool.completed`), because only a stage knows when its output
+is whole.
+
+Ray is imported here and in three places that need more than tasks, named in docs/architecture.md:
+Ray Data's actor pool in `features._embed`, and the tests' cluster fixtures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from .errors import InputError, StageError, ThresherError
+
+DEFAULT_STALL_S = 1800.0
+
+
+def stall_default() -> float | None:
+    """Seconds without a finished item before a fan-out is stopped (`THRESHER_STALL_S`; 0 turns it off)."""
+    s = float(os.environ.get("THRESHER_STALL_S", DEFAULT_STALL_S))
+    return s if s > 0 else None
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one item needs: Ray reserves it per task; the local executor runs items regardless."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    memory_mb: int | None = None
+
+
+@dataclass
+class Outcome:
+    """Results in item order (None where an item failed) and {item: reason} for the failures."""
+
+    items: list
+    results: list
+    failed: dict[int, str] = field(default_factory=dict)  # by position in `items`
+    errors: dict[int, BaseException] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> dict[Any, str]:
+        return {self.items[i]: why for i, why in self.failed.items()}
+
+    def raise_if_failed(self, stage: str) -> None:
+        """The end of a per-shard stage: finished shards are kept, the rest named with their reasons."""
+        if self.failed:
+            raise_failures(stage, self.failures)
+
+
+def raise_failures(stage: str, failed: dict) -> None:
+    if failed:
+        listing = "; ".join(f"{_name(s)}: {why}" for s, why in sorted(failed.items())[:10])
+        raise StageError(f"{stage}: {len(failed)} shard(s) failed ({listing}). Finished shards are kept: "
+                         f"run the same command again to retry the rest")
+
+
+def _name(item) -> str:
+    return f"shard {item:08d}" if isinstance(item, int) else str(item)
+
+
+# ---------------------------------------------------------------------------------------------------
+# executors: start an item, wait for some, take a result, cancel. The loop in `run` does the rest.
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self):
+        import ray
+
+        self._ray = ray
+        self._remotes: dict = {}
+
+    def share(self, obj):
+        """A handle for a large argument many items read (put once in the object store)."""
+        return self._ray.put(obj)
+
+    def cpus(self) -> int:
+        return max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+
+    def gpus(self) -> int:
+        return int(self._ray.cluster_resources().get("GPU", 0))
+
+    def start(self, fn, args: tuple, res: Resources):
+        key = (fn, res)
+        if key not in self._remotes:
+            opts = dict(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=0)  # retries are ours (run)
+            if res.memory_mb:
+                opts["memory"] = res.memory_mb * 2**20
+            self._remotes[key] = self._ray.remote(fn).options(**opts)
+        return self._remotes[key].remote(*args)
+
+    def wait(self, handles: list, timeout: float) -> list:
+        return self._ray.wait(handles, num_returns=1, timeout=timeout)[0] if handles else []
+
+    def result(self, handle):
+        try:
+            return self._ray.get(handle)
+        except self._ray.exceptions.RayTaskError as err:
+            cause = getattr(err, "cause", None)
+            raise (cause if isinstance(cause, BaseException) else err) from None
+
+    def cancel(self, handle) -> None:
+        self._ray.cancel(handle, force=True)
+
+    def close(self, handles: list) -> None:
+        for h in handles:
+            self.cancel(h)
+
+
+class _Done:
+    """An inline item's outcome, already known when `start` returns."""
+
+    def __init__(self, fn, args):
+        try:
+            self.value, self.error = fn(*args), None
+        except Exception as err:  # noqa: BLE001 - handed to the loop, which retries or records it
+            self.value, self.error = None, err
+
+
+class LocalExecutor:
+    """Items in this process (workers=1), or in `workers` forked processes. Deadlines and stalls stop
+    the whole fan-out here (a forked worker cannot be cancelled alone; an inline item is interrupted by
+    the watchdog), where Ray cancels just the late task."""
+
+    name = "local"
+
+    def __init__(self, workers: int = 1):
+        self.workers = max(1, workers)
+        self._pool = None
+        self._ready: queue.Queue = queue.Queue()
+
+    def share(self, obj):
+        return obj
+
+    def cpus(self) -> int:
+        return self.workers
+
+    def gpus(self) -> int:
+        try:
+            import torch
+
+            return torch.cuda.device_count()
+        except Exception:  # noqa: BLE001 - no torch, no GPU
+            return 0
+
+    def start(self, fn, args: tuple, res: Resources):
+        if self.workers == 1:
+            return _Done(fn, args)
+        if self._pool is None:
+            import multiprocessing as mp
+
+            self._pool = mp.get_context("fork").Pool(self.workers)
+        handle: list = []
+        handle.append(self._pool.apply_async(fn, args, callback=lambda _: self._ready.put(id(handle)),
+                                             error_callback=lambda _: self._ready.put(id(handle))))
+        return handle
+
+    def wait(self, handles: list, timeout: float) -> list:
+        if self.workers == 1:
+            return list(handles)
+        ready: set = set()
+        with contextlib.suppress(queue.Empty):
+            ready.add(self._ready.get(timeout=timeout))
+            while True:
+                ready.add(self._ready.get_nowait())
+        return [h for h in handles if id(h) in ready]
+
+    def result(self, handle):
+        if self.workers == 1:
+            if handle.error is not None:
+                raise handle.error
+            return handle.value
+        return handle[0].get()
+
+    def cancel(self, handle) -> None:
+        raise _StopAll()
+
+    def close(self, handles: list) -> None:
+        if self._pool is not None:
+            self._pool.terminate() if handles else self._pool.close()
+            self._pool.join()
+            self._pool = None
+
+
+class _StopAll(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------
+# choosing one
+
+_current: contextvars.ContextVar = contextvars.ContextVar("thresher_executor", default=None)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to a cluster when an address is given (argument or RAY_ADDRESS), else start a local
+    instance of our own.
+
+    Without an address, `ray.init()` does not simply start one: it joins a cluster it finds on the
+    machine, through the `ray_current_cluster` file in Ray's temp folder, which `ray start` writes and a
+    killed cluster leaves behind (ray/_private/services.py, canonicalize_bootstrap_address). Every
+    command then failed with "When connecting to an existing cluster, num_cpus and num_gpus must not be
+    provided", live cluster or stale file alike (issue 15). `address="local"` always starts our own."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Quiet by default: Ray's own banner and per-worker log forwarding drown our progress lines.
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    if address and address != "local":
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
+
+
+def start(ray_address: str | None = None):
+    """The executor this stage runs on: the one `using` set, else a local one when
+    THRESHER_EXECUTOR=local, else Ray (started or connected here)."""
+    ex = _current.get()
+    if ex is not None:
+        return ex
+    if os.environ.get("THRESHER_EXECUTOR", "ray") == "local":
+        return LocalExecutor()
+    init_ray(ray_address)
+    return RayExecutor()
+
+
+def current():
+    """The executor in use, without starting Ray if nothing chose one yet (then a local one)."""
+    ex = _current.get()
+    if ex is not None:
+        return ex
+    if os.environ.get("THRESHER_EXECUTOR", "ray") == "local":
+        return LocalExecutor()
+    import sys
+
+    ray = sys.modules.get("ray")
+    return RayExecutor() if ray is not None and ray.is_initialized() else LocalExecutor()
+
+
+@contextlib.contextmanager
+def using(executor):
+    token = _current.set(executor)
+    try:
+        yield executor
+    finally:
+        _current.reset(token)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the loop
+
+
+def run(fn: Callable, items: Iterable, *args, label: str, resources: Resources = Resources(),
+        retries: int = 0, deadline_s: Callable[[Any], float] | float | None = None,
+        stall_s: float | None | str = "default", max_inflight: int | None = None,
+        weight: Callable[[Any], int] | None = None, unit: str = "items",
+        describe: Callable[[Any], str] | None = None, on_result: Callable[[Any, Any], None] | None = None,
+        quiet: bool = False, executor=None, log=print) -> Outcome:
+    """Run `fn(item, *args)` for every item; return an Outcome (nothing raises for a failed item).
+
+    An item that raises, or runs past its deadline, is retried up to `retries` times (never for an
+    InputError: bad input stays bad). If no item finishes for `stall_s` seconds while some run, the
+    rest are cancelled and StageError names the stall: a hung stage reports instead of spinning
+    (issue 15). Progress counts `weight(item)` units (default 1 each) and prints an ETA; `quiet` keeps
+    a short fan-out silent unless it runs past one progress period."""
+    from .progress import Progress
+
+    ex = executor or current()
+    items = list(items)
+    stall = stall_default() if stall_s == "default" else stall_s
+    limit = deadline_s if callable(deadline_s) else (lambda _item, d=deadline_s: d)
+    weigh = weight or (lambda _item: 1)
+    if stall is not None and deadline_s is not None and items:  # a deadline already stops a hung item
+        stall = max(stall, max(limit(i) or 0 for i in items))
+    progress = Progress(label, sum(weigh(i) for i in items), unit=unit, quiet_start=quiet)
+    out = Outcome(items, [None] * len(items))
+    # a bounded number in flight, so a million shards are not a million queued tasks at once
+    cap = max_inflight or max(8, 4 * ex.cpus())
+    pending, attempts, inflight = list(range(len(items))), [0] * len(items), {}
+    last_event, done = time.monotonic(), 0
+
+    def retry_or_fail(i: int, err: BaseException | None, why: str) -> None:
+        if attempts[i] <= retries and not isinstance(err, _NoRetry):
+            log(f"[{label}] {_name(items[i])} attempt {attempts[i]} failed ({why}); retrying")
+            pending.append(i)
+        else:
+            if retries:
+                log(f"[{label}] {_name(items[i])} failed {attempts[i]} times ({why}); giving up for this run")
+            out.failed[i] = why
+            if err is not None:
+                out.errors[i] = err
+
+    try:
+        while pending or inflight:
+            while pending and len(inflight) < cap:
+                i = pending.pop(0)
+                attempts[i] += 1
+                h = _start(ex, fn, items[i], args, resources, stall)
+                inflight[_key(h)] = (h, i, time.monotonic())
+            for h in ex.wait([h for h, _, _ in inflight.values()], timeout=1.0):
+                _, i, _ = inflight.pop(_key(h))
+                last_event = time.monotonic()
+                try:
+                    value = ex.result(h)
+                except Exception as err:  # noqa: BLE001 - any item failure is retried, then recorded
+                    # bad input stays bad: retrying an InputError only repeats its message
+                    retry_or_fail(i, _NoRetry(err) if isinstance(err, InputError) else err, _reason(err))
+                    continue
+                out.results[i], done = value, done + 1
+                if on_result:
+                    on_result(items[i], value)
+                extra = f"{done}/{len(items)} done" + (f", {describe(value)}" if describe else "")
+                progress.update(weigh(items[i]), extra=extra.rstrip(", "))
+            now = time.monotonic()
+            for key, (h, i, started) in list(inflight.items()):
+                if limit(items[i]) is not None and now - started > limit(items[i]):
+                    ex.cancel(h)
+                    inflight.pop(key)
+                    last_event = now
+                    retry_or_fail(i, None, f"over the {limit(items[i]):.0f}s deadline")
+            if stall is not None and inflight and now - last_event > stall:
+                raise StageError(f"{label}: no item finished for {stall:.0f}s ({len(inflight)} running: "
+                                 f"{', '.join(_name(items[i]) for _, i, _ in list(inflight.values())[:5])}); "
+                                 f"stopped instead of waiting forever (THRESHER_STALL_S sets the limit). "
+                                 f"Finished items are kept: run the same command again")
+    except _StopAll:
+        raise StageError(f"{label}: an item ran past its deadline; the local executor stops the whole run "
+                         f"(Ray cancels only that task). Finished items are kept: run the command again") from None
+    finally:
+        ex.close([h for h, _, _ in inflight.values()])
+    progress.close()
+    return out
+
+
+def map(fn: Callable, items: Iterable, *args, label: str = "tasks", quiet: bool = True, **kw) -> list:
+    """`run` for fan-outs whose every result is needed: results in item order; a failure raises (an
+    InputError or StageError from an item as itself, so its message reaches the user unchanged)."""
+    out = run(fn, items, *args, label=label, quiet=quiet, **kw)
+    if out.failed:
+        i = min(out.failed)
+        err = out.errors.get(i)
+        err = err.err if isinstance(err, _NoRetry) else err
+        if isinstance(err, ThresherError):
+            raise type(err)(str(err)) from None
+        raise StageError(f"{label}: {_name(out.items[i])} failed: {out.failed[i]}"
+                         + (f" (and {len(out.failed) - 1} more)" if len(out.failed) > 1 else ""))
+    return out.results
+
+
+class _NoRetry(Exception):
+    def __init__(self, err: BaseException):
+        super().__init__(str(err))
+        self.err = err
+
+
+def _start(ex, fn, item, args, res, stall):
+    """Start one item; an inline one runs now, under the watchdog (it can only interrupt the main thread)."""
+    import threading
+
+    if isinstance(ex, LocalExecutor) and ex.workers == 1 and stall is not None \
+            and threading.current_thread() is threading.main_thread():
+        from .runtime import watchdog
+
+        with watchdog(lambda: None, stall, f"{getattr(fn, '__name__', 'task')}({_name(item)})",
+                      poll_s=min(5.0, stall / 4)):
+            return ex.start(fn, (item, *args), res)
+    return ex.start(fn, (item, *args), res)
+
+
+def _key(handle):
+    return id(handle) if isinstance(handle, (_Done, list)) else handle
+
+
+def _reason(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return (lines[-1] if lines else type(err).__name__)[:300]
