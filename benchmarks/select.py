@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from pipeline import execute, runtime, schema, subset  # noqa: E402
+from pipeline import execute, runtime, schema, subset, topk  # noqa: E402
 
 
 def make_pool(root: Path, rows: int, shards: int, seed: int = 0) -> list[np.ndarray]:
@@ -77,24 +77,23 @@ def select_in_memory(parts, size: int):
     """The same code path on arrays already in the object store (no Parquet reading)."""
     import ray
 
-    from pipeline import filter as filtering
 
     @ray.remote(num_cpus=1)
     def hist(p):
         scores, keep, _ = p
-        return np.bincount(filtering.order_key(scores)[keep] >> 16, minlength=65536)
+        return topk.histogram(topk.order_key(scores)[keep])
 
     @ray.remote(num_cpus=1)
     def in_bin(p, b):
         scores, keep, uids = p
-        keys = filtering.order_key(scores)
-        sel = keep & ((keys >> 16) == b)
+        keys = topk.order_key(scores)
+        sel = keep & (topk.bin_of(keys) == b)
         return keys[sel], uids[sel]
 
     @ray.remote(num_cpus=1)
     def count(p, cut):
         scores, keep, uids = p
-        return int((keep & cut.inside(filtering.order_key(scores), uids)).sum())
+        return int((keep & cut.inside(topk.order_key(scores), uids)).sum())
 
     h = np.sum(ray.get([hist.remote(p) for p in parts]), axis=0)
 

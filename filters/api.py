@@ -78,8 +78,7 @@ def _load_plugins() -> None:
     _loaded_plugins = True
     from importlib.metadata import entry_points
 
-    from . import builtin  # noqa: F401 - registers the built-in filters
-
+    # the built-in filters come in by Thresher's own entry point (pyproject.toml), as a plugin's do
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
@@ -90,6 +89,10 @@ def _load_plugins() -> None:
             raise InputError(f"filter plugin {ep.name} = {ep.value} (from {dist}, entry-point group "
                              f"{ENTRY_POINT_GROUP}) failed to load: {type(err).__name__}: {err}; fix or "
                              f"reinstall {dist}, or uninstall it") from err
+    if "none" not in _REGISTRY:
+        raise InputError(f"the built-in filters are not registered: Thresher's {ENTRY_POINT_GROUP!r} entry "
+                         f"point is missing from this environment; reinstall Thresher (pip install -e .). A stale "
+                         f"thresher.egg-info in the working directory hides it: delete that folder")
 
 
 def get(name: str) -> FilterSpec:

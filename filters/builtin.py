@@ -180,11 +180,11 @@ def _read_list(path: str, missing_ok: bool) -> list[str]:
 @lru_cache(maxsize=None)
 def _listed(kind: str, path: str, missing_ok: bool):
     """A blocklist, read once per worker process: PDQ codes for image_pdq, else a set of digests."""
-    from pipeline import dedup
+    from pipeline import hashes
 
     entries = _read_list(path, missing_ok)
     if kind == "image_pdq":
-        return dedup.pdq_codes(entries)[0] if entries else None
+        return hashes.pdq_codes(entries)[0] if entries else None
     return set(entries) or None
 
 
@@ -199,16 +199,16 @@ def _blocklist_needs(p: Blocklist) -> list[str]:
 @register("blocklist", Blocklist, needs=_blocklist_needs)
 def blocklist(table, p: Blocklist):
     """Drops samples whose URL or image hash is on a list (exact digests; PDQ within `radius` bits)."""
-    from pipeline import dedup, hashes
+    from pipeline import hashes
 
     listed = _listed(p.kind, p.path, p.missing_ok)
     n = table.num_rows
     if listed is None:
         return np.ones(n, bool), None
     if p.kind == "image_pdq":
-        codes, have = dedup.pdq_codes(table.column("pdq").to_pylist())
+        codes, have = hashes.pdq_codes(table.column("pdq").to_pylist())
         hit = np.zeros(n, bool)
-        pairs = dedup.hamming_pairs(listed, p.radius, queries=codes) if len(codes) else np.zeros((0, 2), int)
+        pairs = hashes.hamming_pairs(listed, p.radius, queries=codes) if len(codes) else np.zeros((0, 2), int)
         if len(pairs):
             hit[have[np.unique(pairs[:, 0])]] = True
         return ~hit, None
@@ -357,13 +357,13 @@ def _image_clusters_needs(p: ImageClusters) -> list[str]:
     return [f"{p.scorer}_img_emb"]
 
 
-def _sample_embeddings(shard: int, scorer_dir: str, takes: dict[int, int], seed: int) -> np.ndarray:
+def _sample_embeddings(shard: int, pool: str, scorer: str, takes: dict[int, int], seed: int) -> np.ndarray:
     """Up to `takes[shard]` rows of one shard's image embeddings, drawn with a seed of its own (the same
     whichever worker draws it). Zero rows are undecodable images, not embeddings."""
-    from pipeline import features, runtime
+    from pipeline.pool import Pool, read_npy
 
     take = takes[shard]
-    emb = features.read_npy(runtime.join(scorer_dir, f"{shard:08d}.img.npy"))
+    emb = read_npy(Pool(pool).embeddings(scorer, shard))
     emb = emb[np.linalg.norm(emb.astype(np.float32), axis=1) > 0.5]
     if take >= len(emb):
         return emb
@@ -374,21 +374,22 @@ def _prepare_image_clusters(pool: str, p: ImageClusters) -> dict:
     """Train spherical k-means on a sample of the pool's embeddings; find each target image's centroid."""
     import faiss
 
-    from pipeline import execute, features, runtime
+    from pipeline import execute, runtime
+    from pipeline.pool import Pool, read_npy
 
     if not runtime.exists(p.target_embeddings):
         raise InputError(f"image_clusters: target embeddings {p.target_embeddings} do not exist "
                          f"(make them with `thresher embed-images`)")
-    d_scorer = runtime.join(pool, "features", p.scorer)
-    shards = features.shard_names(pool)
-    counts = {s: runtime.read_json(runtime.join(d_scorer, f"{s:08d}_stats.json"))["count"] for s in shards}
+    shards = Pool(pool).shards()
+    counts = {s: runtime.read_json(Pool(pool).feature_stats(p.scorer, s))["count"] for s in shards}
     total = sum(counts.values())
     # an even share of the sample from every shard, drawn where the shard is read (one Ray task each), so
     # the driver holds the sample, never the pool's embeddings (13 TB for DataComp's 12.8B at L/14)
     takes = {s: int(np.ceil(p.sample * counts[s] / max(total, 1))) for s in shards}
-    parts = execute.map(_sample_embeddings, shards, d_scorer, takes, p.seed, label="image_clusters sample")
+    parts = execute.map(_sample_embeddings, shards, pool, p.scorer, takes, p.seed,
+                        label="image_clusters sample")
     x = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
-    target = features.read_npy(p.target_embeddings).astype(np.float32)
+    target = read_npy(p.target_embeddings).astype(np.float32)
     if target.ndim != 2 or target.shape[1] != x.shape[1]:
         raise InputError(f"image_clusters: target embeddings {p.target_embeddings} have shape {target.shape}; "
                          f"the pool's {p.scorer} embeddings are {x.shape[1]}-d (same model needed)")

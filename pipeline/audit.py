@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import execute, features, runtime, subset
+from . import execute, runtime, subset
+from .pool import Pool
 from .errors import InputError
 
 KNOWN_FILES = ("manifest.json", "lineage.parquet")
@@ -133,8 +134,8 @@ def trace(subset_dir: str, uid: str) -> dict:
 
 
 def _find_in_pool(pool: str, uid: str) -> tuple[int, dict] | None:
-    for s in features.shard_names(pool):
-        path = runtime.join(pool, "shards", f"{s:08d}.parquet")
+    for s in Pool(pool).shards():
+        path = Pool(pool).metadata(s)
         i = pc.index(runtime.read_parquet(path, columns=["uid"]).column("uid"), uid).as_py()
         if i >= 0:  # only the shard holding it is read whole
             return s, runtime.read_parquet(path).slice(i, 1).to_pylist()[0]
@@ -161,21 +162,21 @@ def explain(pool: str, uid: str, recipes: list[str] | None = None) -> dict:
     if row["status"] != "success":
         out["verdict"] = f"not downloaded: {row.get('failure') or row['status']} ({row.get('error_message')})"
         return out
-    dd = runtime.join(pool, "dedup", f"{shard:08d}.parquet")
+    dd = Pool(pool).dedup(shard)
     if runtime.exists(dd):
         t = runtime.read_parquet(dd)
         r = t.filter(pc.equal(t.column("uid"), uid)).to_pylist()
         if r:
             out["dedup"] = {"keep": r[0]["keep"], "reason": r[0]["reason"], "group": r[0]["duplicate_group"]}
     names = recipes or sorted(p.rstrip("/").split("/")[-2]
-                              for p in runtime.glob(runtime.join(pool, "decisions", "*", "manifest.json")))
+                              for p in runtime.glob(Pool(pool).decisions_manifest("*")))
     out["recipes"] = {}
     for name in names:
-        mpath = runtime.join(pool, "decisions", name, "manifest.json")
+        mpath = Pool(pool).decisions_manifest(name)
         if not runtime.exists(mpath):
             raise InputError(f"{pool} has no decisions for recipe {name}; run `thresher filter {pool} --recipe {name}`")
         m = runtime.read_json(mpath)
-        t = runtime.read_parquet(runtime.join(pool, "decisions", name, f"{shard:08d}.parquet"))
+        t = runtime.read_parquet(Pool(pool).decisions(name, shard))
         r = t.filter(pc.equal(t.column("uid"), uid)).to_pylist()[0]
         steps = m["recipe_resolved"]["steps"]
         scores = r.get("step_scores") or [None] * len(steps)
@@ -215,7 +216,7 @@ def remove(subset_dir: str, out: str, urls_file: str | None = None, domains_file
     if not hit.any():
         raise InputError(f"no sample of {subset_dir} matches the requests: it already honours them")
     pool = m["pool"]["path"]
-    dpath = runtime.join(pool, "decisions", m["recipe"], "manifest.json")
+    dpath = Pool(pool).decisions_manifest(m["recipe"])
     if not runtime.exists(dpath) or runtime.file_sha256(dpath) != m["decisions_manifest_sha256"]:
         raise InputError(f"{pool}: the decisions of {m['recipe']} changed since {subset_dir} was made, so its "
                          f"ranking cannot be continued; make a new subset instead")

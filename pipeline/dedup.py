@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from . import execute, features, runtime, schema
+from . import execute, features, hashes, runtime, schema
+from .pool import Pool, completed, read_npy
 from .config import config_hash, from_dict, opt, to_dict
 from .errors import InputError
 
@@ -108,37 +109,6 @@ def exact_pairs(sha256: list[str | None]) -> np.ndarray:
         else:
             first[h] = i
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)
-
-
-def pdq_codes(hexes: list[str | None], quality: list[int | None] | None = None,
-              min_quality: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 [n, 32] codes, indices of rows that have a hash of at least `min_quality`)."""
-    quality = quality or [100] * len(hexes)
-    have = np.array([i for i, (h, q) in enumerate(zip(hexes, quality)) if h and (q or 0) >= min_quality],
-                    dtype=np.int64)
-    codes = np.frombuffer(b"".join(bytes.fromhex(hexes[i]) for i in have), dtype=np.uint8).reshape(-1, 32)
-    return codes, have
-
-
-def hamming_pairs(codes: np.ndarray, radius: int, queries: np.ndarray | None = None) -> np.ndarray:
-    """Pairs (query row, index row) within `radius` bits, by FAISS binary range search."""
-    import faiss
-
-    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
-    index.add(codes)
-    q = codes if queries is None else queries
-    pairs = []
-    for start in range(0, len(q), 65536):
-        lims, _, ids = index.range_search(q[start:start + 65536], radius + 1)  # FAISS keeps distance < radius
-        for row in range(len(lims) - 1):
-            for j in ids[lims[row]:lims[row + 1]]:
-                if queries is not None or j != start + row:
-                    pairs.append((start + row, int(j)))
-    out = np.array(pairs, dtype=np.int64).reshape(-1, 2)
-    if queries is None and len(out):
-        out = np.sort(out, axis=1)
-        out = np.unique(out, axis=0)
-    return out
 
 
 def faiss_gpus(allowed: bool = True) -> int:
@@ -283,21 +253,21 @@ def eval_index(eval_sets: list[str]) -> tuple[np.ndarray, list[str]]:
         for name, h in eval_pdq(d):
             eval_hashes.append(h)
             eval_names.append(f"{d.rstrip('/').rsplit('/', 1)[-1]}/{name}")
-    return pdq_codes(eval_hashes)[0], eval_names
+    return hashes.pdq_codes(eval_hashes)[0], eval_names
 
 
-@runtime.holds(lambda pool, *a, **k: runtime.join(runtime.require_pool(pool), "dedup"), "this pool's dedup")
+@runtime.holds(lambda pool, *a, **k: runtime.join(Pool(pool).require().root, "dedup"), "this pool's dedup")
 def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) -> dict:
     cfg.validate()
     t0 = time.time()
-    base_dir = runtime.join(pool, "features", "base")
-    shards = features.shard_names(pool)
-    missing = [s for s in shards if s not in features.done(base_dir)]
+    base_dir = Pool(pool).features_dir("base")
+    shards = Pool(pool).shards()
+    missing = [s for s in shards if s not in completed(base_dir)]
     if missing:
         raise InputError(f"{pool}: base features missing for {len(missing)} shard(s) (first {missing[0]:08d}); "
                          f"run `thresher features {pool}` first")
-    scorer_dir = runtime.join(pool, "features", cfg.scorer)
-    if (cfg.semantic or cfg.keep == "clip_score") and set(features.done(scorer_dir)) != set(shards):
+    scorer_dir = Pool(pool).features_dir(cfg.scorer)
+    if (cfg.semantic or cfg.keep == "clip_score") and set(completed(scorer_dir)) != set(shards):
         raise InputError(f"{pool}: scorer {cfg.scorer!r} is missing or incomplete; run `thresher features` "
                          f"with --scorer-id {cfg.scorer}, or choose --scorer, or --keep first")
     if cfg.partitions:
@@ -324,9 +294,9 @@ def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) 
 
     if cfg.contamination and cfg.eval_sets:  # first: a near-copy of an eval image is that, whatever else it is
         alive = np.flatnonzero(keep)
-        codes, have = pdq_codes([pdq[i] for i in alive], [quality[i] for i in alive], cfg.pdq_min_quality)
+        codes, have = hashes.pdq_codes([pdq[i] for i in alive], [quality[i] for i in alive], cfg.pdq_min_quality)
         eval_codes, eval_names = eval_index(cfg.eval_sets)
-        hits = hamming_pairs(eval_codes, cfg.pdq_radius, queries=codes) if len(codes) else np.zeros((0, 2), int)
+        hits = hashes.hamming_pairs(eval_codes, cfg.pdq_radius, queries=codes) if len(codes) else np.zeros((0, 2), int)
         dropped = 0
         for q, e in hits:
             i = alive[have[q]]
@@ -341,8 +311,8 @@ def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) 
                                  group, reason, keep, uids)
     if cfg.perceptual:
         alive = np.flatnonzero(keep)
-        codes, have = pdq_codes([pdq[i] for i in alive], [quality[i] for i in alive], cfg.pdq_min_quality)
-        pairs = hamming_pairs(codes, cfg.pdq_radius)
+        codes, have = hashes.pdq_codes([pdq[i] for i in alive], [quality[i] for i in alive], cfg.pdq_min_quality)
+        pairs = hashes.hamming_pairs(codes, cfg.pdq_radius)
         counts["perceptual"] = _apply(have[pairs] if len(pairs) else pairs, alive, "perceptual", cfg, scores,
                                       order_key, rng, group, reason, keep, uids)
     if cfg.semantic:
@@ -359,25 +329,25 @@ def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) 
                                     rng, group, reason, keep, uids)
 
     shard_of = np.array([int(k[:8]) for k in keys])
-    out_dir = runtime.join(pool, "dedup")
+    out_dir = Pool(pool).dedup_dir
     runtime.makedirs(out_dir)
     for s in shards:
         rows = np.flatnonzero(shard_of == s)
         table = pa.table({"uid": [uids[i] for i in rows], "key": [keys[i] for i in rows],
                           "duplicate_group": [group[i] for i in rows], "keep": keep[rows],
                           "reason": [reason[i] for i in rows]}, schema=schema.DEDUP)
-        runtime.write_parquet(table, runtime.join(out_dir, f"{s:08d}.parquet"))
+        runtime.write_parquet(table, Pool(pool).dedup(s))
     return _write_manifest(pool, cfg, n, int(keep.sum()), counts, t0, log)
 
 
 def _write_manifest(pool: str, cfg: DedupConfig, n: int, kept: int, counts: dict, t0: float, log) -> dict:
-    scorer_manifest = runtime.join(pool, "features", cfg.scorer, "manifest.json")
+    scorer_manifest = Pool(pool).features_manifest(cfg.scorer)
     manifest = {"kind": "thresher.dedup", "config": to_dict(cfg), "config_hash": config_hash(cfg),
                 "samples": n, "kept": kept, "removed": counts, "seconds": round(time.time() - t0, 2),
                 "scorer_manifest": runtime.read_json(scorer_manifest)
                 if (cfg.semantic or cfg.keep == "clip_score") else None,
                 **runtime.provenance()}
-    runtime.write_json(runtime.join(pool, "dedup", "manifest.json"), manifest)
+    runtime.write_json(Pool(pool).dedup_manifest, manifest)
     log(f"[dedup] {n} samples, kept {kept}; removed " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return manifest
 
@@ -403,14 +373,14 @@ def _map_exact(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, eval_
     cols: dict[str, list] = {k: [] for k in _MAP_FIELDS}
     contaminated = {"c_shard": [], "c_row": [], "c_eval": []}
     for s in shards:
-        base = runtime.read_parquet(runtime.join(pool, "features", "base", f"{s:08d}.parquet"),
+        base = runtime.read_parquet(Pool(pool).features("base", s),
                                     columns=["uid", "key", "sha256", "pdq", "pdq_quality"])
         uids, n = base.column("uid").to_pylist(), base.num_rows
         alive = np.ones(n, bool)
         if eval_codes is not None:
-            codes, have = pdq_codes(base.column("pdq").to_pylist(), base.column("pdq_quality").to_pylist(),
+            codes, have = hashes.pdq_codes(base.column("pdq").to_pylist(), base.column("pdq_quality").to_pylist(),
                                     cfg.pdq_min_quality)
-            hits = hamming_pairs(eval_codes, cfg.pdq_radius, queries=codes) if len(codes) else np.zeros((0, 2), int)
+            hits = hashes.hamming_pairs(eval_codes, cfg.pdq_radius, queries=codes) if len(codes) else np.zeros((0, 2), int)
             for q, e in hits:
                 if alive[have[q]]:
                     alive[have[q]] = False
@@ -418,7 +388,7 @@ def _map_exact(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, eval_
                         contaminated[k].append(int(v))
         scores = np.full(n, np.nan)
         if cfg.keep == "clip_score":
-            t = runtime.read_parquet(runtime.join(pool, "features", cfg.scorer, f"{s:08d}.parquet"),
+            t = runtime.read_parquet(Pool(pool).features(cfg.scorer, s),
                                      columns=["uid", "clip_score"])
             if t.column("uid").to_pylist() != uids:
                 raise InputError(f"{pool}: scorer {cfg.scorer} shard {s:08d} is not row-aligned with the base "
@@ -495,7 +465,7 @@ def _write_exact(g: int, groups: list[list[int]], pool: str, work: str, partitio
     v_shard, v_row, v_keep, v_group = _read_verdicts(work, "reduce", partitions, g)
     samples = kept = 0
     for s in shards:
-        base = runtime.read_parquet(runtime.join(pool, "features", "base", f"{s:08d}.parquet"), columns=["uid", "key"])
+        base = runtime.read_parquet(Pool(pool).features("base", s), columns=["uid", "key"])
         n = base.num_rows
         keep = np.ones(n, bool)
         reason: list[str | None] = [None] * n
@@ -509,14 +479,14 @@ def _write_exact(g: int, groups: list[list[int]], pool: str, work: str, partitio
                 keep[r], reason[r] = False, "exact"
         table = pa.table({"uid": base.column("uid"), "key": base.column("key"), "duplicate_group": group,
                           "keep": keep, "reason": reason}, schema=schema.DEDUP)
-        runtime.write_parquet(table, runtime.join(pool, "dedup", f"{s:08d}.parquet"))
+        runtime.write_parquet(table, Pool(pool).dedup(s))
         samples, kept = samples + n, kept + int(keep.sum())
     return {"samples": samples, "kept": kept, "contamination": len(c_row)}
 
 
 def _run_partitioned(pool: str, cfg: DedupConfig, shards: list[int], ray_address, log, t0: float) -> dict:
     ex = execute.start(ray_address)
-    work = runtime.join(pool, "dedup", "_work")
+    work = Pool(pool).path("dedup", "_work")
     runtime.remove(work, recursive=True)
     for d in ("map", "reduce"):
         runtime.makedirs(runtime.join(work, d))
@@ -553,12 +523,13 @@ def _run_partitioned(pool: str, cfg: DedupConfig, shards: list[int], ray_address
 def _semantic_rows(pool: str, s: int, cfg: DedupConfig):
     """One shard's rows that semantic dedup looks at (kept so far, with an embedding, and a score where the
     survivor is chosen by score), with their embeddings, scores, keys and uids."""
-    verdict = runtime.read_parquet(runtime.join(pool, "dedup", f"{s:08d}.parquet"), columns=["uid", "key", "keep"])
-    d = runtime.join(pool, "features", cfg.scorer)
-    table = runtime.read_parquet(runtime.join(d, f"{s:08d}.parquet"), columns=["uid", "clip_score"])
+    verdict = runtime.read_parquet(Pool(pool).dedup(s), columns=["uid", "key", "keep"])
+    layout = Pool(pool)
+    table = runtime.read_parquet(layout.features(cfg.scorer, s), columns=["uid", "clip_score"])
     if table.column("uid").to_pylist() != verdict.column("uid").to_pylist():
-        raise InputError(f"{d}: shard {s:08d} is not row-aligned with the base features; recompute it")
-    emb = features.read_npy(runtime.join(d, f"{s:08d}.img.npy")).astype(np.float32)
+        raise InputError(f"{layout.features_dir(cfg.scorer)}: shard {s:08d} is not row-aligned with the base "
+                         f"features; recompute it")
+    emb = read_npy(layout.embeddings(cfg.scorer, s)).astype(np.float32)
     score = np.array(table.column("clip_score").to_pylist(), dtype=np.float64)
     ok = np.asarray(verdict.column("keep")) & (np.linalg.norm(emb, axis=1) > 0.5)  # zeros: undecodable
     if cfg.keep == "clip_score":
@@ -627,7 +598,7 @@ def _write_semantic(g: int, groups: list[list[int]], pool: str, work: str, parti
         mine = v_shard == s
         if not mine.any():
             continue
-        path = runtime.join(pool, "dedup", f"{s:08d}.parquet")
+        path = Pool(pool).dedup(s)
         table = runtime.read_parquet(path)
         keep, reason, group = (np.array(table.column("keep")), table.column("reason").to_pylist(),
                                table.column("duplicate_group").to_pylist())
@@ -667,5 +638,5 @@ def _semantic_partitioned(pool: str, cfg: DedupConfig, groups: list[list[int]], 
 
 
 def read(pool: str) -> pa.Table:
-    shards = features.shard_names(pool)
-    return pa.concat_tables([runtime.read_parquet(runtime.join(pool, "dedup", f"{s:08d}.parquet")) for s in shards])
+    shards = Pool(pool).shards()
+    return pa.concat_tables([runtime.read_parquet(Pool(pool).dedup(s)) for s in shards])

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import execute, ingest, netsafety, runtime, schema
+from .pool import Pool
 from .config import config_hash, from_dict, opt, to_dict
 from .errors import InputError
 
@@ -218,7 +219,7 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
 
     cfg = from_dict(DownloadConfig, cfg_dict)
     name = _shard_name(shard)
-    work = runtime.join(pool, "_work")
+    work = Pool(pool).work()
     tmp = runtime.join(work, "tmp", name)
     runtime.remove(tmp, recursive=True)
     runtime.makedirs(tmp)
@@ -275,7 +276,7 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
         "status": dict(statuses), "failures": dict(failures),
         "img2dataset": i2d_stats, "start_time": started, "end_time": time.time(),
     }
-    shards_dir = runtime.join(pool, "shards")
+    shards_dir = Pool(pool).shards_dir
     runtime.makedirs(shards_dir)
     runtime.move(runtime.join(tmp, f"{name}.tar"), runtime.join(shards_dir, f"{name}.tar"))
     runtime.move(runtime.join(tmp, "meta.parquet"), runtime.join(shards_dir, f"{name}.parquet"))
@@ -311,7 +312,7 @@ def _pool_metadata(meta: pa.Table, refused_rows: pa.Table, reasons: list[str], s
 
 def _prepare_inputs(urls: str, pool: str, cfg: DownloadConfig, ray_address, log) -> dict:
     """Ingest once; a re-run reuses the shard inputs, after checking it was given the same list."""
-    work = runtime.join(pool, "_work")
+    work = Pool(pool).work()
     state_path = runtime.join(work, "inputs", "_SUCCESS.json")
     ingest_cfg = {k: getattr(cfg, k) for k in INGEST_FIELDS}
     if runtime.exists(state_path):
@@ -355,7 +356,7 @@ def _check_same_list(pool: str, urls: str, cfg: DownloadConfig, state: dict) -> 
 
 def _check_fetch_config(pool: str, cfg: DownloadConfig, any_done: bool) -> None:
     """Shards fetched with other settings must not be mixed with new ones."""
-    path = runtime.join(pool, "_work", "download_config.json")
+    path = Pool(pool).work("download_config.json")
     current = {k: v for k, v in to_dict(cfg).items() if k not in OPERATIONAL}
     if runtime.exists(path) and any_done:
         before = runtime.read_json(path)
@@ -366,17 +367,13 @@ def _check_fetch_config(pool: str, cfg: DownloadConfig, any_done: bool) -> None:
     runtime.write_json(path, current)
 
 
-def done_shards(pool: str) -> set[int]:
-    return runtime.completed_shards(runtime.join(pool, "shards"))
-
-
-@runtime.holds(lambda urls, pool, *a, **k: runtime.join(pool, "_work"), "this pool's download")
+@runtime.holds(lambda urls, pool, *a, **k: Pool(pool).work(), "this pool's download")
 def run(urls: str, pool: str, cfg: DownloadConfig, ray_address: str | None = None, log=print) -> dict:
     """Download `urls` into `pool`, resuming whatever an earlier run finished. Returns the manifest."""
     cfg.validate()
     runtime.makedirs(pool)
     state = _prepare_inputs(urls, pool, cfg, ray_address, log)
-    finished = done_shards(pool)
+    finished = set(Pool(pool).shards())
     _check_fetch_config(pool, cfg, bool(finished))
     todo = [s for s in range(state["shards"]) if s not in finished]
     if finished:
@@ -431,13 +428,5 @@ def write_manifest(pool: str, urls: str, state: dict, cfg: DownloadConfig, faile
         "layout": {"tar": "shards/{shard:08d}.tar", "metadata": "shards/{shard:08d}.parquet",
                    "stats": "shards/{shard:08d}_stats.json"},
     }
-    runtime.write_json(runtime.join(pool, "manifest.json"), manifest)
+    runtime.write_json(Pool(pool).manifest, manifest)
     return manifest
-
-
-def read_metadata(pool: str) -> pa.Table:
-    """All of a pool's per-shard metadata as one table (for tests, audits and small pools)."""
-    paths = runtime.glob(runtime.join(pool, "shards", "*.parquet"))
-    if not paths:
-        raise InputError(f"{pool} has no downloaded shards (expected {pool}/shards/*.parquet)")
-    return pa.concat_tables([runtime.read_parquet(p) for p in paths], promote_options="default")

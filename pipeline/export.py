@@ -10,7 +10,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import download, features, runtime
+from . import features, runtime
+from .pool import Pool, completed
 from .errors import InputError
 
 DATACOMP_COLUMNS = pa.schema([
@@ -23,14 +24,14 @@ SCORERS = {"clip_b32_similarity_score": "clip_b32", "clip_l14_similarity_score":
 
 
 def export_metadata(pool: str, out: str) -> pa.Table:
-    meta = download.read_metadata(pool)
+    meta = Pool(pool).read_metadata()
     meta = meta.filter(pc.equal(meta.column("status"), "success"))
     columns = {"uid": meta.column("uid"), "url": meta.column("url"), "text": meta.column("caption"),
                "original_width": meta.column("original_width"), "original_height": meta.column("original_height")}
     uids = meta.column("uid").to_pylist()
     for column, scorer in SCORERS.items():
         scores: dict[str, float] = {}
-        if features.done(runtime.join(pool, "features", scorer)):
+        if completed(Pool(pool).features_dir(scorer)):
             t = features.read_scorer(pool, scorer)
             scores = dict(zip(t.column("uid").to_pylist(), t.column("clip_score").to_pylist()))
         columns[column] = pa.array([scores.get(u) for u in uids], pa.float32())

@@ -36,37 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import execute, models, runtime, schema
+from .pool import Pool, completed, read_npy
 from .config import check_name, config_hash, opt, to_dict
 from .errors import InputError, StageError
-
-# ---------------------------------------------------------------------------------------------------
-# Reading a downloaded shard
-
-
-def shard_names(pool: str) -> list[int]:
-    """The pool's downloaded (complete) shards."""
-    return sorted(runtime.completed_shards(runtime.join(pool, "shards")))
-
-
-def successful_rows(pool: str, shard: int) -> pa.Table:
-    meta = runtime.read_parquet(runtime.join(pool, "shards", f"{shard:08d}.parquet"))
-    return meta.filter(pc.equal(meta.column("status"), "success"))
-
-
-def read_images(pool: str, shard: int) -> dict[str, bytes]:
-    """key -> image bytes of a shard's tar. Raises on an unreadable or truncated tar."""
-    fs, path = runtime.fs_path(runtime.join(pool, "shards", f"{shard:08d}.tar"))
-    images: dict[str, bytes] = {}
-    try:
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if ext in ("jpg", "jpeg", "png", "webp"):
-                    images[key] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise StageError(f"shard {shard:08d}: unreadable tar {path}: {err}") from err
-    return images
-
 
 # ---------------------------------------------------------------------------------------------------
 # Base features
@@ -101,8 +73,8 @@ def base_features_shard(shard: int, pool: str) -> dict:
     from .hashes import pdq_hash
 
     started = time.time()
-    rows = successful_rows(pool, shard)
-    images = read_images(pool, shard)
+    rows = Pool(pool).successful_rows(shard)
+    images = Pool(pool).read_images(shard)
     captions = [c or "" for c in rows.column("caption").to_pylist()]
     langs, lang_scores = detect_language(captions)
     pdq, quality, errors = [], [], []
@@ -128,36 +100,33 @@ def base_features_shard(shard: int, pool: str) -> dict:
         "pdq": pa.array(pdq, pa.string()), "pdq_quality": pa.array(quality, pa.int32()),
         "error": pa.array(errors, pa.string()),
     }, schema=schema.BASE_FEATURES)
-    out = runtime.join(pool, "features", "base")
-    runtime.makedirs(out)
-    runtime.write_parquet(table, runtime.join(out, f"{shard:08d}.parquet"))
+    layout = Pool(pool)
+    runtime.makedirs(layout.features_dir("base"))
+    runtime.write_parquet(table, layout.features("base", shard))
     stats = {"shard": shard, "count": table.num_rows, "errors": sum(e is not None for e in errors),
              "languages": dict(Counter(langs).most_common(10)), "start_time": started, "end_time": time.time()}
-    runtime.write_json(runtime.join(out, f"{shard:08d}_stats.json"), stats)
+    runtime.write_json(layout.feature_stats("base", shard), stats)
     return stats
 
 
-done = runtime.completed_shards
-
-
-@runtime.holds(lambda pool, *a, **k: runtime.join(runtime.require_pool(pool), "features", "base"),
+@runtime.holds(lambda pool, *a, **k: Pool(pool).require().features_dir("base"),
                "this pool's base features")
 def run_base(pool: str, ray_address: str | None = None, retries: int = 2, log=print) -> dict:
-    shards = shard_names(pool)
+    shards = Pool(pool).shards()
     if not shards:
         raise InputError(f"{pool} has no downloaded shards; run `thresher download` first")
-    out = runtime.join(pool, "features", "base")
-    todo = [s for s in shards if s not in done(out)]
+    out = Pool(pool).features_dir("base")
+    todo = [s for s in shards if s not in completed(out)]
     failed: dict[int, str] = {}
     if todo:
         ex = execute.start(ray_address)
-        counts = {s: successful_rows(pool, s).num_rows for s in todo}
+        counts = {s: Pool(pool).successful_rows(s).num_rows for s in todo}
         failed = execute.run(
             base_features_shard, todo, pool, label="features:base", weight=counts.__getitem__, unit="samples",
             max_inflight=ex.cpus(), retries=retries, deadline_s=lambda s: 600 + counts[s] * 0.2,
             describe=lambda st: f"last shard {st['errors']} undecodable", log=log).failures
     execute.raise_failures("base features", failed)
-    return {"shards": len(shards), "complete": len(done(out))}
+    return {"shards": len(shards), "complete": len(completed(out))}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -196,8 +165,8 @@ def _decode_shards(batch: dict, pool: str, scorer_dir: str, pp_cfg: dict, model:
     for shard in batch["shard"]:
         shard = int(shard)
         try:
-            rows = successful_rows(pool, shard)
-            images = read_images(pool, shard)
+            rows = Pool(pool).successful_rows(shard)
+            images = Pool(pool).read_images(shard)
         except Exception as err:  # noqa: BLE001 - recorded for the driver; other shards go on
             runtime.write_json(runtime.join(scorer_dir, f"{shard:08d}_error.json"), {"shard": shard, "error": str(err)})
             continue
@@ -280,12 +249,6 @@ def _write_npy(array: np.ndarray, url: str) -> None:
         np.save(f, array)
 
 
-def read_npy(url: str) -> np.ndarray:
-    fs, path = runtime.fs_path(url)
-    with fs.open(path, "rb") as f:
-        return np.load(io.BytesIO(f.read()))
-
-
 def finalize_shard(shard: int, scorer_dir: str, expected: int) -> dict:
     """Join a shard's parts into its row-aligned parquet and npy files, then write its marker."""
     part_dir = runtime.join(scorer_dir, "_parts", f"{shard:08d}")
@@ -309,20 +272,20 @@ def finalize_shard(shard: int, scorer_dir: str, expected: int) -> dict:
     return stats
 
 
-@runtime.holds(lambda pool, cfg, *a, **k: runtime.join(runtime.require_pool(pool), "features",
-                                                      check_name(cfg.scorer_id, "scorer id", "--scorer-id")),
+@runtime.holds(lambda pool, cfg, *a, **k: Pool(pool).require().features_dir(
+                   check_name(cfg.scorer_id, "scorer id", "--scorer-id")),
                "this scorer's features")
 def run_scorer(pool: str, cfg: ScorerConfig, ray_address: str | None = None, log=print) -> dict:
     """Embed and score every successful sample of `pool` with one open_clip model. Resumes by shard."""
     check_name(cfg.scorer_id, "scorer id", "--scorer-id")
-    shards = shard_names(pool)
+    shards = Pool(pool).shards()
     if not shards:
         raise InputError(f"{pool} has no downloaded shards; run `thresher download` first")
     pp_cfg = models.preprocess_config(cfg.model, cfg.pretrained)  # fail fast on a bad name or tag
-    scorer_dir = runtime.join(pool, "features", cfg.scorer_id)
+    scorer_dir = Pool(pool).features_dir(cfg.scorer_id)
     runtime.makedirs(scorer_dir)
     _check_scorer_manifest(scorer_dir, cfg)
-    todo = [s for s in shards if s not in done(scorer_dir)]
+    todo = [s for s in shards if s not in completed(scorer_dir)]
     failed: dict[int, str] = {}
     ex = execute.start(ray_address)
     device = _device(cfg, ex)
@@ -330,7 +293,7 @@ def run_scorer(pool: str, cfg: ScorerConfig, ray_address: str | None = None, log
         for s in todo:  # whatever a killed run left of these shards is redone from scratch
             runtime.remove(runtime.join(scorer_dir, "_parts", f"{s:08d}"), recursive=True)
             runtime.remove(runtime.join(scorer_dir, f"{s:08d}_error.json"))
-        expected = {s: successful_rows(pool, s).num_rows for s in todo}
+        expected = {s: Pool(pool).successful_rows(s).num_rows for s in todo}
         failed = _embed(pool, scorer_dir, cfg, pp_cfg, device, todo, expected, log)
     manifest = _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, shards, failed)
     execute.raise_failures(f"features {cfg.scorer_id}", failed)
@@ -392,7 +355,7 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, todo, expected, log) -> dict[i
 
 def _check_scorer_manifest(scorer_dir: str, cfg: ScorerConfig) -> None:
     path = runtime.join(scorer_dir, "manifest.json")
-    if runtime.exists(path) and done(scorer_dir):
+    if runtime.exists(path) and completed(scorer_dir):
         before = runtime.read_json(path)
         for key in ("model", "pretrained"):
             if before["scorer"][key] != getattr(cfg, key):
@@ -412,7 +375,7 @@ def _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, shards, failed
     manifest = {
         "kind": "thresher.features", "scorer": to_dict(cfg), "config_hash": config_hash(cfg), "weights": weights,
         "preprocess": pp_cfg, "device": device, "source": "computed", **runtime.provenance(),
-        "shards": {"total": len(shards), "complete": len(done(scorer_dir)),
+        "shards": {"total": len(shards), "complete": len(completed(scorer_dir)),
                    "failed": {f"{s:08d}": why for s, why in sorted(failed.items())}},
         "files": {"table": "{shard:08d}.parquet", "image_embeddings": "{shard:08d}.img.npy",
                   "text_embeddings": "{shard:08d}.txt.npy"},
@@ -430,8 +393,8 @@ def import_precomputed(pool: str, scorer_id: str, score_column: str, npz_dir: st
     where this writes them as scorer `scorer_id`. DataComp's `.npz` feature files (beside each metadata
     Parquet of the same name, row-aligned with it; keys such as `l14_img`) give the embeddings.
     """
-    shards = shard_names(pool)
-    scorer_dir = runtime.join(pool, "features", scorer_id)
+    shards = Pool(pool).shards()
+    scorer_dir = Pool(pool).features_dir(scorer_id)
     runtime.makedirs(scorer_dir)
     index: dict[str, tuple[str, int]] = {}
     if npz_dir:
@@ -440,7 +403,7 @@ def import_precomputed(pool: str, scorer_id: str, score_column: str, npz_dir: st
                 index[u] = (meta_path[: -len(".parquet")] + ".npz", i)
     npz_cache: dict[str, dict] = {}
     for shard in shards:
-        rows = successful_rows(pool, shard)
+        rows = Pool(pool).successful_rows(shard)
         if score_column not in rows.column_names:
             raise InputError(f"pool shard {shard:08d} has no column {score_column!r}; download with "
                              f"--extra-columns {score_column} to carry it from the input metadata")
@@ -476,7 +439,7 @@ def import_precomputed(pool: str, scorer_id: str, score_column: str, npz_dir: st
                 + (f"; embeddings from {npz_dir} ({npz_img_key}, {npz_txt_key})" if npz_dir else ""),
                 "scorer": {"scorer_id": scorer_id, "model": None, "pretrained": None},
                 "weights": {"kind": "precomputed"}, **runtime.provenance(),
-                "shards": {"total": len(shards), "complete": len(done(scorer_dir)), "failed": {}}}
+                "shards": {"total": len(shards), "complete": len(completed(scorer_dir)), "failed": {}}}
     runtime.write_json(runtime.join(scorer_dir, "manifest.json"), manifest)
     log(f"[features:{scorer_id}] imported {score_column} for {len(shards)} shards")
     return manifest
@@ -485,13 +448,13 @@ def import_precomputed(pool: str, scorer_id: str, score_column: str, npz_dir: st
 def read_scorer(pool: str, scorer_id: str, with_embeddings: bool = False, text: bool = True):
     """A scorer's table for the whole pool (and its image/text embeddings when asked; `text=False` skips
     reading the text embeddings and returns None for them)."""
-    d = runtime.join(pool, "features", scorer_id)
-    shards = sorted(done(d))
-    table = pa.concat_tables([runtime.read_parquet(runtime.join(d, f"{s:08d}.parquet")) for s in shards])
+    p = Pool(pool)
+    shards = sorted(p.completed(scorer_id))
+    table = pa.concat_tables([runtime.read_parquet(p.features(scorer_id, s)) for s in shards])
     if not with_embeddings:
         return table
-    img = np.concatenate([read_npy(runtime.join(d, f"{s:08d}.img.npy")) for s in shards])
-    txt = np.concatenate([read_npy(runtime.join(d, f"{s:08d}.txt.npy")) for s in shards]) if text else None
+    img = np.concatenate([read_npy(p.embeddings(scorer_id, s)) for s in shards])
+    txt = np.concatenate([read_npy(p.embeddings(scorer_id, s, "txt")) for s in shards]) if text else None
     return table, img, txt
 
 
@@ -541,5 +504,5 @@ def embed_images(image_dir: str, model: str, pretrained: str | None, out: str, b
 
 
 def read_base(pool: str) -> pa.Table:
-    d = runtime.join(pool, "features", "base")
-    return pa.concat_tables([runtime.read_parquet(runtime.join(d, f"{s:08d}.parquet")) for s in sorted(done(d))])
+    p = Pool(pool)
+    return pa.concat_tables([runtime.read_parquet(p.features("base", s)) for s in sorted(p.completed("base"))])

@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from . import execute, features, runtime, schema
+from . import execute, runtime, schema, topk
+from .pool import Pool
+from .topk import order_key
 from .config import CONFIG_DIR, check_name, from_dict, opt, read_yaml, to_dict
 from .errors import InputError
 
@@ -182,28 +183,6 @@ def load_recipe(name_or_path: str, variables: dict | None = None,
 # ---------------------------------------------------------------------------------------------------
 # The columns a pool offers filters
 
-META_COLUMNS = ["uid", "key", "url", "caption", "width", "height", "original_width", "original_height", "sha256"]
-BASE_ONLY = [f.name for f in schema.BASE_FEATURES if f.name not in META_COLUMNS]
-
-
-def available_columns(pool: str) -> dict[str, str]:
-    """column -> where it comes from ("metadata", "base", "score:S", "img_emb:S", "dedup"), for a pool's
-    complete feature sets (reads only markers). shard_table reads each column from its source."""
-    shards = set(features.shard_names(pool))
-    cols = {c: "metadata" for c in META_COLUMNS}
-    if shards and shards <= set(features.done(runtime.join(pool, "features", "base"))):
-        cols.update({c: "base" for c in BASE_ONLY if c != "error"})
-    for scorer_dir in runtime.glob(runtime.join(pool, "features", "*", "manifest.json")):
-        scorer = scorer_dir.rstrip("/").split("/")[-2]
-        if scorer != "base" and shards and shards <= set(features.done(runtime.join(pool, "features", scorer))):
-            cols[f"{scorer}_score"] = f"score:{scorer}"
-            if runtime.exists(runtime.join(pool, "features", scorer, f"{min(shards):08d}.img.npy")):
-                cols[f"{scorer}_img_emb"] = f"img_emb:{scorer}"
-    if runtime.exists(runtime.join(pool, "dedup", "manifest.json")):
-        cols.update({"dedup_keep": "dedup", "dedup_reason": "dedup"})
-    return cols
-
-
 def check_columns(steps: list[ResolvedStep], available: dict[str, str], path: Path, pool: str) -> None:
     for i, step in enumerate(steps):
         missing = [c for c in step.needs if c not in available]
@@ -215,59 +194,8 @@ def check_columns(steps: list[ResolvedStep], available: dict[str, str], path: Pa
                              f"{pool} does not have; {hint}")
 
 
-def shard_table(pool: str, shard: int, columns: dict[str, str]) -> pa.Table:
-    """One shard's successful samples, sorted by key, with the requested columns (column -> source, as
-    available_columns gives them) joined in."""
-    meta = sorted(c for c, src in columns.items() if src == "metadata" and c not in ("uid", "key"))
-    rows = runtime.read_parquet(runtime.join(pool, "shards", f"{shard:08d}.parquet"),
-                                columns=["uid", "key", "status"] + meta)
-    rows = rows.filter(pc.equal(rows.column("status"), "success"))
-    keys = rows.column("key")
-    if len(keys) > 1 and pc.any(pc.less(keys.slice(1), keys.slice(0, len(keys) - 1))).as_py():
-        rows = rows.take(pc.sort_indices(rows, sort_keys=[("key", "ascending")]))  # features are in key order
-    uids = rows.column("uid")
-    name = f"{shard:08d}"
-    out = {"uid": uids, **({"key": rows.column("key")} if "key" in columns else {}),
-           **{c: rows.column(c) for c in meta}}
-
-    def aligned(table: pa.Table, what: str) -> pa.Table:
-        if not table.column("uid").equals(uids):
-            raise InputError(f"{pool}: {what} of shard {name} is not row-aligned with its metadata; recompute it")
-        return table
-
-    tables: dict[str, pa.Table] = {}  # each Parquet source read once, whatever number of its columns
-    for c, src in sorted(columns.items()):
-        kind, _, scorer = src.partition(":")
-        if kind == "base":
-            if "base" not in tables:
-                tables["base"] = aligned(runtime.read_parquet(runtime.join(pool, "features", "base",
-                                                                           f"{name}.parquet")), "base features")
-            out[c] = tables["base"].column(c)
-        elif kind == "score":
-            t = aligned(runtime.read_parquet(runtime.join(pool, "features", scorer, f"{name}.parquet")),
-                        f"scorer {scorer}")
-            out[c] = t.column("clip_score")
-        elif kind == "img_emb":  # float32 [n, d] as a fixed-size list column
-            emb = features.read_npy(runtime.join(pool, "features", scorer, f"{name}.img.npy"))
-            if len(emb) != len(uids):
-                raise InputError(f"{pool}: embeddings of shard {name} have {len(emb)} rows, metadata {len(uids)}")
-            out[c] = pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).ravel()), emb.shape[1])
-        elif kind == "dedup":
-            if "dedup" not in tables:
-                tables["dedup"] = aligned(runtime.read_parquet(runtime.join(pool, "dedup", f"{name}.parquet")),
-                                          "dedup")
-            out[c] = tables["dedup"].column({"dedup_keep": "keep", "dedup_reason": "reason"}[c])
-    return pa.table(out)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Evaluating steps on one shard
-
-def order_key(scores: np.ndarray) -> np.ndarray:
-    """uint32 keys whose order is the float32 order of `scores` (NaN: treat as -inf before calling)."""
-    u = np.ascontiguousarray(scores, dtype=np.float32).view(np.uint32)
-    return np.where(u & 0x80000000, ~u, u | 0x80000000).astype(np.uint32)
-
 
 def evaluate(table: pa.Table, steps: list[ResolvedStep], thresholds: dict[int, float]):
     """Run steps in order. Stops at the first top_fraction step whose threshold is not known yet and
@@ -297,20 +225,20 @@ def evaluate(table: pa.Table, steps: list[ResolvedStep], thresholds: dict[int, f
 
 
 def _histogram_task(shard, pool, steps, thresholds, columns):
-    table = shard_table(pool, shard, columns)
+    table = Pool(pool).shard_table(shard, columns)
     _, _, _, pending = evaluate(table, steps, thresholds)
     i, s = pending
-    return i, np.bincount(order_key(s) >> 16, minlength=65536).astype(np.int64)
+    return i, topk.histogram(order_key(s))
 
 
 def _bin_values_task(shard, pool, steps, thresholds, columns, bin_index):
-    table = shard_table(pool, shard, columns)
+    table = Pool(pool).shard_table(shard, columns)
     _, _, _, (i, s) = evaluate(table, steps, thresholds)
-    return s[(order_key(s) >> 16) == bin_index].astype(np.float32)
+    return s[topk.bin_of(order_key(s)) == bin_index].astype(np.float32)
 
 
 def _decide_task(shard, pool, steps, thresholds, columns, out_dir):
-    table = shard_table(pool, shard, columns)
+    table = Pool(pool).shard_table(shard, columns)
     keep, dropped_by, scores, _ = evaluate(table, steps, thresholds)
     names = [s.name for s in steps]
     score = np.full(table.num_rows, np.nan, np.float32)  # the last scoring step's score each sample reached
@@ -334,13 +262,9 @@ def _decide_task(shard, pool, steps, thresholds, columns, out_dir):
 def threshold_from(hist: np.ndarray, rank: int, values_in_bin) -> tuple[float | None, int]:
     """The score at `rank` (0-based, descending) given the merged histogram of order keys' top 16 bits;
     `values_in_bin(b)` returns every score falling in bin b. None if rank >= total (keep all)."""
-    total = int(hist.sum())
-    if rank >= total:
+    if rank >= int(hist.sum()):
         return None, -1
-    desc = np.cumsum(hist[::-1])  # samples in bins >= (65535 - j)
-    j = int(np.searchsorted(desc, rank + 1))
-    b = 65535 - j
-    above = int(desc[j - 1]) if j > 0 else 0
+    b, above = topk.locate(hist, rank + 1)
     vals = np.sort(np.asarray(values_in_bin(b), dtype=np.float32))[::-1]
     return float(vals[rank - above]), b
 
@@ -349,14 +273,14 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
         log=print) -> dict:
     t0 = time.time()
     recipe, steps, path = load_recipe(recipe_name, variables)
-    runtime.require_pool(pool)
-    shards = features.shard_names(pool)
+    Pool(pool).require().root
+    shards = Pool(pool).shards()
     if not shards:
         raise InputError(f"{pool} has no downloaded shards; run `thresher download` first")
-    available = available_columns(pool)
+    available = Pool(pool).available_columns()
     check_columns(steps, available, path, pool)
     columns = {c: available[c] for c in {"uid", "key"} | {c for s in steps for c in s.needs}}
-    out_dir = runtime.join(pool, "decisions", recipe.name)
+    out_dir = Pool(pool).decisions_dir(recipe.name)
     # one writer at a time: two runs of one recipe (say with other --var values) would each replace the
     # other's shards and manifest, and both exit 0 (issue 15)
     with runtime.output_lock(out_dir, f"the decisions of recipe {recipe.name}"):
@@ -419,8 +343,8 @@ def _decide(pool, recipe, steps, path, shards, columns, out_dir, variables, ray_
                 "inputs": inputs, "seconds": round(time.time() - t0, 2),
                 **runtime.provenance()}
     runtime.write_json(runtime.join(out_dir, "manifest.json"), manifest)
-    runtime.makedirs(runtime.join(pool, "stats"))
-    runtime.write_json(runtime.join(pool, "stats", f"filter-{recipe.name}.json"),
+    runtime.makedirs(Pool(pool).path("stats"))
+    runtime.write_json(Pool(pool).stats(f"filter-{recipe.name}"),
                        {"recipe": recipe.name, "samples": total, "kept": remaining, "funnel": funnel,
                         "thresholds": threshold_info})
     log(f"[filter:{recipe.name}] kept {remaining} of {total}: " +
@@ -454,8 +378,8 @@ def _fingerprint(pool: str, recipe_path, resolved: dict, inputs: dict, steps) ->
         return runtime.file_sha256(path) if runtime.exists(path) else None
 
     parts = {"recipe": resolved, "recipe_sha256": runtime.file_sha256(str(recipe_path)), "inputs": inputs,
-             "pool": sha(runtime.join(pool, "manifest.json")),
-             "base": sha(runtime.join(pool, "features", "base", "manifest.json")),
+             "pool": sha(Pool(pool).manifest),
+             "base": sha(Pool(pool).features_manifest("base")),
              "plugins": _plugin_versions(steps), "code": runtime.code_version()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -474,13 +398,13 @@ def _input_manifests(pool: str, columns: dict[str, str]) -> dict:
     for src in sorted(set(columns.values())):
         kind, _, scorer = src.partition(":")
         if kind in ("score", "img_emb") and scorer not in out:
-            out[scorer] = runtime.read_json(runtime.join(pool, "features", scorer, "manifest.json"))
+            out[scorer] = runtime.read_json(Pool(pool).features_manifest(scorer))
         elif kind == "dedup":
-            out["dedup"] = {k: v for k, v in runtime.read_json(runtime.join(pool, "dedup", "manifest.json")).items()
+            out["dedup"] = {k: v for k, v in runtime.read_json(Pool(pool).dedup_manifest).items()
                             if k in ("config", "config_hash", "removed", "created")}
     return out
 
 
 def read(pool: str, recipe: str) -> pa.Table:
-    return pa.concat_tables([runtime.read_parquet(runtime.join(pool, "decisions", recipe, f"{s:08d}.parquet"))
-                             for s in features.shard_names(pool)])
+    return pa.concat_tables([runtime.read_parquet(Pool(pool).decisions(recipe, s))
+                             for s in Pool(pool).shards()])

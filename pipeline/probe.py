@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import features, runtime
+from .pool import Pool
 from .errors import InputError
 
 
@@ -52,7 +53,7 @@ def train_probe(pool: str, scorer: str, labels_path: str, out: str, c: float = 1
     if n_test and len(np.unique(y[test])) == 2:
         auc = float(roc_auc_score(y[test], fit(train).predict_proba(x[test])[:, 1]))
     model = fit(order)  # the saved probe uses every label
-    scorer_manifest = runtime.read_json(runtime.join(pool, "features", scorer, "manifest.json"))
+    scorer_manifest = runtime.read_json(Pool(pool).features_manifest(scorer))
     fs, path = runtime.fs_path(out)
     with fs.open(path, "wb") as f:
         np.savez(f, weight=model.coef_[0].astype(np.float32), bias=np.float32(model.intercept_[0]),

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import runtime, subset
+from .pool import Pool
 
 
 def _png(fig) -> str:
@@ -137,7 +138,7 @@ def opt_out_compliance(subset_dir: str, m: dict, lin: pa.Table) -> dict:
     urls = {normalize_url(u) for u in lin.column("url").to_pylist()}
     out = {}
     opted = set()
-    if runtime.exists(runtime.join(pool, "manifest.json")):
+    if runtime.exists(Pool(pool).manifest):
         for p in runtime.glob(runtime.join(pool, "shards", "*.parquet")):
             t = runtime.read_parquet(p, columns=["url", "failure"])
             opted |= {normalize_url(u) for u in t.filter(pc.equal(t.column("failure"), "opted_out"))

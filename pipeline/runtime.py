@@ -29,11 +29,6 @@ TRACKED_PACKAGES = (
 )
 
 
-def completed_shards(directory: str) -> set[int]:
-    """Shards with a `{shard:08d}_stats.json` completion marker in `directory` (img2dataset's rule)."""
-    return {int(p.rsplit("/", 1)[-1].split("_")[0]) for p in glob(join(directory, "*_stats.json"))}
-
-
 def fs_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     fs, path = fsspec.core.url_to_fs(str(url))
     return fs, path
@@ -138,17 +133,6 @@ def watchdog(progress: Callable[[], Any], stall_s: float, what: str, poll_s: flo
     finally:
         stop.set()
         thread.join(timeout=poll_s + 1)
-
-
-def require_pool(pool: str) -> str:
-    """`pool`, if it is one (a manifest.json or a shards/ folder: what download writes first); else an
-    error that says how to make one. Checked before a stage takes its output lock, so a mistyped
-    directory gets no folders written into it."""
-    from .errors import InputError
-
-    if not (exists(join(pool, "manifest.json")) or exists(join(pool, "shards"))):
-        raise InputError(f"{pool} is not a pool (no manifest.json or shards/); make one with `thresher download`")
-    return pool
 
 
 def holds(where: Callable[..., str], what: str):

@@ -6,7 +6,7 @@ they are missing or stale), select exactly N samples and reshard them:
 - A recipe that ranks (it has a `top_fraction` step) gives the top N by its last ranking step's score,
   ties broken by uid. A keep/drop recipe gives N drawn uniformly from the kept samples: the top N by a
   seeded hash of the uid, so a larger N always extends a smaller one and the draw is reproducible.
-- The Nth key is found as the filter stage finds its thresholds (filter.threshold_from): per-shard
+- The Nth key is found by the one top-k search the filter's thresholds use (topk.py): per-shard
   65,536-bin histograms merged on the driver, then only the keys inside one bin are gathered.
 - Output order is a seeded permutation of the selected samples (a Feistel network over their global
   index), so every output shard can compute which samples it holds without any node holding the list.
@@ -38,7 +38,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import execute, features, runtime, schema
+from . import execute, runtime, schema, topk
+from .pool import Pool
 from . import filter as filtering
 from .config import check_name, opt, to_dict
 from .errors import InputError, StageError
@@ -148,7 +149,7 @@ def selection_keys(dec: pa.Table, rule: Rule) -> np.ndarray:
     else:
         scores = pc.list_element(col, rule.step).to_numpy(zero_copy_only=False)
     scores = np.asarray(scores, dtype=np.float32)
-    return filtering.order_key(np.where(np.isnan(scores), -np.inf, scores))
+    return topk.order_key(np.where(np.isnan(scores), -np.inf, scores))
 
 
 RANKING = ["uid", "keep", "step_scores"]  # the decisions columns selecting reads
@@ -156,7 +157,7 @@ RANKING = ["uid", "keep", "step_scores"]  # the decisions columns selecting read
 
 def _candidates(pool: str, recipe: str, shard: int, rule: Rule, exclude: Exclusion, columns=None):
     """(decisions table with `columns` (all if None), candidate mask, keys) for one pool shard."""
-    path = runtime.join(pool, "decisions", recipe, f"{shard:08d}.parquet")
+    path = Pool(pool).decisions(recipe, shard)
     try:
         dec = runtime.read_parquet(path, columns=columns, use_threads=False)
     except (KeyError, pa.ArrowInvalid):  # a file without step_scores: the check below names it
@@ -166,7 +167,7 @@ def _candidates(pool: str, recipe: str, shard: int, rule: Rule, exclude: Exclusi
                          f"run `thresher filter {pool} --recipe {recipe}` again")
     mask = dec.column("keep").to_numpy(zero_copy_only=False).astype(bool)
     if exclude:
-        urls = filtering.shard_table(pool, shard, {"uid": "metadata", "url": "metadata"})
+        urls = Pool(pool).shard_table(shard, {"uid": "metadata", "url": "metadata"})
         if not urls.column("uid").equals(dec.column("uid")):
             raise InputError(f"{pool}: decisions of {recipe} shard {shard:08d} are not aligned with its metadata")
         mask &= ~exclude.mask(urls.column("url").to_pylist())
@@ -176,12 +177,12 @@ def _candidates(pool: str, recipe: str, shard: int, rule: Rule, exclude: Exclusi
 def _histogram_task(shard, pool, recipe, rule, exclude):
     need_uid = rule.mode == "uniform" or bool(exclude)  # a score ranking's histogram needs no uids
     _, mask, keys = _candidates(pool, recipe, shard, rule, exclude, RANKING if need_uid else RANKING[1:])
-    return np.bincount(keys[mask] >> 16, minlength=65536).astype(np.int64)
+    return topk.histogram(keys[mask])
 
 
 def _bin_task(shard, pool, recipe, rule, exclude, bin_index):
     dec, mask, keys = _candidates(pool, recipe, shard, rule, exclude, RANKING)
-    sel = np.flatnonzero(mask & ((keys >> 16) == bin_index))
+    sel = np.flatnonzero(mask & (topk.bin_of(keys) == bin_index))
     return keys[sel], np.asarray(dec.column("uid").take(pa.array(sel)).to_pylist(), dtype=object)
 
 
@@ -212,10 +213,7 @@ def find_cut(hist: np.ndarray, rank: int, in_bin) -> Cut:
         return Cut()
     if rank <= 0:
         return Cut(key=1 << 33, uid="")  # nothing is in
-    desc = np.cumsum(hist[::-1])
-    j = int(np.searchsorted(desc, rank))
-    b = 65535 - j
-    above = int(desc[j - 1]) if j > 0 else 0
+    b, above = topk.locate(hist, rank)
     keys, uids = in_bin(b)
     order = np.lexsort((np.asarray(uids, dtype=str), -keys.astype(np.int64)))  # key descending, then uid
     i = order[rank - above - 1]
@@ -275,7 +273,7 @@ class Shuffle:
 
 def _member_index(pool: str, shard: int) -> dict[str, list[tuple[str, int, int]]]:
     """key -> [(extension, data offset, size)] of a pool tar, reading only its headers."""
-    fs, path = runtime.fs_path(runtime.join(pool, "shards", f"{shard:08d}.tar"))
+    fs, path = runtime.fs_path(Pool(pool).tar(shard))
     out: dict[str, list] = {}
     try:
         with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
@@ -290,7 +288,7 @@ def _member_index(pool: str, shard: int) -> dict[str, list[tuple[str, int, int]]
 
 def _feature_columns(pool: str) -> dict[str, str]:
     """Columns a subset carries per sample: metadata, base features and CLIP scores (not embeddings)."""
-    return {c: src for c, src in filtering.available_columns(pool).items()
+    return {c: src for c, src in Pool(pool).available_columns().items()
             if src == "metadata" or src == "base" or src.startswith("score:")}
 
 
@@ -303,7 +301,7 @@ def _index_task(shard, pool, recipe, rule, exclude, cut, repeat, out_dir):
         if repeat else (mask & cut.inside(keys, uids)).astype(np.int64)
     rows = np.repeat(np.arange(len(uids)), copies)
     copy = (np.arange(len(rows)) - np.repeat(np.cumsum(copies) - copies, copies)).astype(np.int32)
-    table = filtering.shard_table(pool, shard, _feature_columns(pool))
+    table = Pool(pool).shard_table(shard, _feature_columns(pool))
     if not table.column("uid").equals(dec.column("uid")):
         raise InputError(f"{pool}: decisions of {recipe} shard {shard:08d} are not aligned with its features")
     members = _member_index(pool, shard)
@@ -311,7 +309,7 @@ def _index_task(shard, pool, recipe, rule, exclude, cut, repeat, out_dir):
     missing = [pool_keys[i] for i in np.flatnonzero(copies) if pool_keys[i] not in members]
     if missing:
         raise StageError(f"{pool}: shard {shard:08d}.tar lacks selected samples {missing[:5]}; re-download it")
-    stats = runtime.read_json(runtime.join(pool, "shards", f"{shard:08d}_stats.json"))
+    stats = runtime.read_json(Pool(pool).shard_stats(shard))
     idx = pa.array(rows, pa.int64())
     out = table.take(idx)
     out = out.append_column("pool_shard", pa.array(np.full(len(rows), shard, np.int32)))
@@ -385,7 +383,7 @@ def _write_shard_task(j, plan, work):
                 uids, pool_keys = rows.column("uid").to_pylist(), rows.column("key").to_pylist()
                 for key, mem, ps, uid, pkey in zip(keys, members, pshard, uids, pool_keys):
                     if ps not in handles:
-                        pfs, ppath = runtime.fs_path(runtime.join(pool, "shards", f"{ps:08d}.tar"))
+                        pfs, ppath = runtime.fs_path(Pool(pool).tar(ps))
                         handles[ps] = pfs.open(ppath, "rb")
                     f = handles[ps]
                     digest = None
@@ -454,7 +452,7 @@ def decisions_for(pool: str, recipe: str, variables: dict | None, log) -> dict:
     """The recipe's decisions manifest, running the filter stage first when they are missing or were
     made from another version of the recipe or other --var values."""
     rec, _, path = filtering.load_recipe(recipe, variables)
-    mpath = runtime.join(pool, "decisions", rec.name, "manifest.json")
+    mpath = Pool(pool).decisions_manifest(rec.name)
     if runtime.exists(mpath):
         m = runtime.read_json(mpath)
         same_vars = m["recipe_resolved"].get("vars") == {**rec.vars, **(variables or {})}
@@ -492,14 +490,14 @@ def run(pool: str, recipes: list[str], cfg: SubsetConfig, out: str, variables: d
     if cfg.size < 1 or cfg.samples_per_shard < 1 or cfg.draws < 1:
         raise InputError(f"--size, --samples-per-shard and --draws must be positive (got {cfg.size}, "
                          f"{cfg.samples_per_shard}, {cfg.draws})")
-    if not runtime.exists(runtime.join(pool, "manifest.json")):
+    if not runtime.exists(Pool(pool).manifest):
         raise InputError(f"{pool} is not a pool (no manifest.json); run `thresher download` first")
     execute.start(ray_address)
     manifests = [decisions_for(pool, r, variables, log) for r in recipes]
     names = [check_name(m["recipe"], "recipe", f"{pool}/decisions") for m in manifests]
     if len(set(names)) != len(names):
         raise InputError(f"recipes given twice: {names}")
-    shards = features.shard_names(pool)
+    shards = Pool(pool).shards()
     counted, short = [], []
     for m in manifests:
         rule = rule_for(m, cfg.seed)
@@ -545,9 +543,9 @@ def build(pool: str, decisions: dict, rule: Rule, cfg: SubsetConfig, out: str, *
     t0 = time.time()
     exclude = exclude or Exclusion()
     name = decisions["recipe"]
-    shards = features.shard_names(pool)
+    shards = Pool(pool).shards()
     work = runtime.join(out, "_work")
-    dec_sha = runtime.file_sha256(runtime.join(pool, "decisions", name, "manifest.json"))
+    dec_sha = runtime.file_sha256(Pool(pool).decisions_manifest(name))
     ex_sha = hashlib.sha256(json.dumps([sorted(exclude.urls), sorted(exclude.domains)]).encode()).hexdigest() \
         if exclude else None
     plan = {"pool": str(pool), "recipe": name, "decisions_sha256": dec_sha, "size": cfg.size, "seed": cfg.seed,
@@ -636,7 +634,7 @@ def build(pool: str, decisions: dict, rule: Rule, cfg: SubsetConfig, out: str, *
 def _manifest(pool, decisions, rule, cfg, out, plan, phash, kept, repeat, cut, exclude, shard_stats, previous):
     """Everything in it is a function of the inputs (no times, no output path): the same inputs and
     seed give a byte-identical manifest."""
-    pool_manifest = runtime.read_json(runtime.join(pool, "manifest.json"))
+    pool_manifest = runtime.read_json(Pool(pool).manifest)
     counts = pool_manifest["counts"]
     funnel = [{"stage": "download", "in": counts["rows"], "out": counts["status"].get("success", 0)}]
     funnel += [{"stage": f"filter:{f['step']}", "filter": f["filter"], "in": f["in"], "out": f["out"]}
@@ -649,7 +647,7 @@ def _manifest(pool, decisions, rule, cfg, out, plan, phash, kept, repeat, cut, e
         "recipe_resolved": decisions["recipe_resolved"], "recipe_sha256": decisions["recipe_sha256"],
         "decisions_manifest_sha256": plan["decisions_sha256"], "thresholds": decisions["thresholds"],
         "inputs": decisions.get("inputs", {}),
-        "pool": {"path": str(pool), "manifest_sha256": runtime.file_sha256(runtime.join(pool, "manifest.json")),
+        "pool": {"path": str(pool), "manifest_sha256": runtime.file_sha256(Pool(pool).manifest),
                  "input_sha256": pool_manifest["input"]["sha256"], "rows": counts["rows"]},
         "size": cfg.size, "seed": cfg.seed, "samples_per_shard": cfg.samples_per_shard,
         "draw": {"index": plan.get("draw", 0), "of": cfg.draws,

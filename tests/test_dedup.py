@@ -7,7 +7,8 @@ import collections
 import numpy as np
 import pytest
 
-from pipeline import dedup
+from pipeline import dedup, hashes
+from pipeline.pool import Pool
 
 
 def _planted_vectors():
@@ -48,9 +49,9 @@ def test_hamming_pairs_match_brute_force():
     dist = (bits[:, None, :] != bits[None, :, :]).sum(-1)
     a, b = np.nonzero(np.triu(dist <= 31, k=1))
     truth = set(zip(a.tolist(), b.tolist()))
-    assert {tuple(p) for p in dedup.hamming_pairs(codes, 31).tolist()} == truth
+    assert {tuple(p) for p in hashes.hamming_pairs(codes, 31).tolist()} == truth
     queries = codes[:10]
-    hits = {tuple(p) for p in dedup.hamming_pairs(codes, 31, queries=queries).tolist()}
+    hits = {tuple(p) for p in hashes.hamming_pairs(codes, 31, queries=queries).tolist()}
     assert hits == {(q, int(j)) for q in range(10) for j in np.flatnonzero(dist[q] <= 31)}
 
 
@@ -90,10 +91,9 @@ def deduped(featured_pool, synth_dir):
 
 
 def test_every_success_has_one_decision(deduped, featured_pool):
-    from pipeline import download
 
     _, rows = deduped
-    success = [r["uid"] for r in download.read_metadata(str(featured_pool)).to_pylist() if r["status"] == "success"]
+    success = [r["uid"] for r in Pool(str(featured_pool)).read_metadata().to_pylist() if r["status"] == "success"]
     assert sorted(rows) == sorted(success)
 
 

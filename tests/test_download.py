@@ -18,6 +18,7 @@ import pytest
 
 from conftest import test_download_config
 from pipeline import download, runtime
+from pipeline.pool import Pool
 from pipeline.errors import StageError
 
 # what each planted category must end as; every other category downloads successfully
@@ -31,7 +32,7 @@ def _by_uid(table: pa.Table) -> dict[str, dict]:
 
 def test_every_row_once_with_the_right_status(pool, ground_truth):
     out, _ = pool
-    meta = download.read_metadata(str(out))
+    meta = Pool(str(out)).read_metadata()
     uids = meta.column("uid").to_pylist()
     assert len(uids) == len(set(uids)) == len(ground_truth)
     rows = _by_uid(meta)
@@ -54,7 +55,7 @@ def test_exact_counts_per_status(pool, ground_truth):
 
 def test_metadata_matches_served_bytes_and_tars(pool, ground_truth):
     out, _ = pool
-    meta = download.read_metadata(str(out))
+    meta = Pool(str(out)).read_metadata()
     rows = _by_uid(meta)
     for gt in ground_truth:
         row = rows[gt["uid"]]
@@ -123,12 +124,12 @@ def test_resume_after_kill_loses_nothing_and_refetches_no_finished_shard(synth_d
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             cwd=os.path.dirname(os.path.dirname(__file__)))
     deadline = time.time() + 240
-    while len(download.done_shards(str(out))) < 2 and time.time() < deadline and proc.poll() is None:
+    while len(set(Pool(str(out)).shards())) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray die mid-shard
     proc.wait()
     time.sleep(1.0)
-    finished = download.done_shards(str(out))
+    finished = set(Pool(str(out)).shards())
     assert 2 <= len(finished) < 12, finished
     stamps = {s: (out / "shards" / f"{s:08d}_stats.json").stat().st_mtime_ns for s in finished}
     # a torn shard as a killed writer would leave it: a truncated tar with no stats file
@@ -143,7 +144,7 @@ def test_resume_after_kill_loses_nothing_and_refetches_no_finished_shard(synth_d
     manifest = download.run(urls, str(out), cfg, log=lambda *_: None)
 
     assert manifest["shards"]["complete"] == 12
-    meta = download.read_metadata(str(out))
+    meta = Pool(str(out)).read_metadata()
     uids = meta.column("uid").to_pylist()
     assert len(uids) == len(set(uids)) == 2400
     assert set(uids) == set(pq.read_table(urls).column("uid").to_pylist())
@@ -178,7 +179,7 @@ def test_a_failed_shard_is_reported_and_rerun(synth_dir, ground_truth, server, r
     assert manifest["shards"] == {"total": 1, "complete": 1, "failed": {}}
     assert manifest["counts"]["failure"] == {"timeout": 1} | {
         k: v for k, v in manifest["counts"]["failure"].items() if k != "timeout"}
-    assert download.read_metadata(str(out)).num_rows == 60
+    assert Pool(str(out)).read_metadata().num_rows == 60
 
 
 def test_local_addresses_are_refused_by_default(synth_dir, server, ray_local, tmp_path, port):
@@ -194,7 +195,7 @@ def test_local_addresses_are_refused_by_default(synth_dir, server, ray_local, tm
     assert manifest["counts"]["status"] == {"refused": len(hosts)}
     assert manifest["counts"]["failure"] == {"disallowed_address": len(hosts)}
     assert server.hits[path] == before  # nothing was fetched
-    meta = download.read_metadata(str(tmp_path / "pool")).to_pylist()
+    meta = Pool(str(tmp_path / "pool")).read_metadata().to_pylist()
     assert all("loopback" in r["error_message"] or "local" in r["error_message"] for r in meta)
 
 
@@ -244,7 +245,7 @@ def test_expected_hashes_are_verified(synth_dir, ground_truth, server, ray_local
     manifest = download.run(urls, str(tmp_path / "pool"), test_download_config(verify_hash_column="sha256"),
                             log=lambda *_: None)
     assert manifest["counts"]["failure"] == {"hash_mismatch": 2}
-    rows = {r["uid"]: r for r in download.read_metadata(str(tmp_path / "pool")).to_pylist()}
+    rows = {r["uid"]: r for r in Pool(str(tmp_path / "pool")).read_metadata().to_pylist()}
     assert rows[clean[3]["uid"]]["failure"] == rows[clean[7]["uid"]]["failure"] == "hash_mismatch"
     assert all(rows[g["uid"]]["sha256"] == g["sha256"] for i, g in enumerate(clean) if i not in (3, 7))
 
@@ -265,7 +266,7 @@ def test_a_directory_of_url_lists_downloads_as_one_pool(synth_dir, server, ray_l
     assert manifest["shards"] == {"total": 6, "complete": 6, "failed": {}}
     rows = [pq.read_metadata(out / "shards" / f"{s:08d}.parquet").num_rows for s in range(6)]
     assert rows == [100, 100, 50, 100, 100, 100]
-    assert download.read_metadata(str(out)).column("uid").to_pylist() == table.column("uid").to_pylist()
+    assert Pool(str(out)).read_metadata().column("uid").to_pylist() == table.column("uid").to_pylist()
     pq.write_table(table.slice(0, 10), parts / "part-00003.parquet")
     with pytest.raises(InputError, match="another URL list: .* has 4 files, the pool was made from 3"):
         download.run(str(parts), str(out), test_download_config(samples_per_shard=100), log=lambda *_: None)

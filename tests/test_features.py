@@ -11,13 +11,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import download, features
+from pipeline import features
+from pipeline.pool import Pool
 from pipeline.errors import StageError
 from pipeline.hashes import hamming_hex
 
 
 def _success(out):
-    return [r for r in download.read_metadata(str(out)).to_pylist() if r["status"] == "success"]
+    return [r for r in Pool(str(out)).read_metadata().to_pylist() if r["status"] == "success"]
 
 
 def test_base_features_cover_every_success_and_match_ground_truth(featured_pool, ground_truth):

@@ -17,6 +17,8 @@ import pytest
 
 from conftest import free_port
 
+from pipeline.pool import Pool
+
 # what every command does first: start Ray (a local instance of its own when no address is given)
 INIT = ("import ray; from pipeline import execute; execute.init_ray(num_cpus=1); "
         "print('CPUS', int(ray.cluster_resources()['CPU']))")
@@ -260,7 +262,7 @@ def test_a_download_records_a_bomb_as_too_large(bomb_server, tmp_path, ray_local
                              "text": ["a bomb", "a blue image"]}), tmp_path / "urls.parquet")
     cfg = download.DownloadConfig(samples_per_shard=10, threads=2, timeout=5, allow_private_addresses=True)
     download.run(str(tmp_path / "urls.parquet"), str(tmp_path / "pool"), cfg, log=lambda *_: None)
-    rows = {r["url"].rsplit("/", 1)[-1]: r for r in download.read_metadata(str(tmp_path / "pool")).to_pylist()}
+    rows = {r["url"].rsplit("/", 1)[-1]: r for r in Pool(str(tmp_path / "pool")).read_metadata().to_pylist()}
     assert rows["bomb.png"]["failure"] == "too_large" and rows["bomb.png"]["status"] != "success"
     assert rows["ok.jpg"]["status"] == "success"
 
@@ -358,7 +360,7 @@ def test_a_download_records_a_redirect_to_a_private_host_as_disallowed(counting_
     cfg = download.DownloadConfig(samples_per_shard=10, threads=2, timeout=5, retries=0,
                                   allow_hosts=[f"127.0.0.1:{ports['a']}"])
     download.run(str(tmp_path / "urls.parquet"), str(tmp_path / "pool"), cfg, log=lambda *_: None)
-    rows = download.read_metadata(str(tmp_path / "pool")).to_pylist()
+    rows = Pool(str(tmp_path / "pool")).read_metadata().to_pylist()
     assert [r["failure"] for r in rows] == ["disallowed_address", "disallowed_address"]
     assert hits["b"] == 0 and hits["a"] == 1
 

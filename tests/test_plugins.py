@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import features
+from pipeline.pool import Pool
 from pipeline import filter as flt
 from pipeline.errors import InputError
 
@@ -60,11 +60,11 @@ def test_plugin_recipe_runs_by_name_and_by_module(plugin_site, featured_pool, tr
     assert manifest["kept"] == kept and int(n * 0.3) + 1 <= kept <= int(n * 0.3) + 3  # the rank element, few ties
 
     # the scores are the plugin's rule, recomputed here from the pool's columns
-    cols = flt.available_columns(str(featured_pool))
+    cols = Pool(str(featured_pool)).available_columns()
     need = {c: cols[c] for c in ("uid", "clip_tiny_score", "caption_lang", "caption_lang_score", "caption_words")}
     table = {c: [] for c in need}
-    for s in features.shard_names(str(featured_pool)):
-        t = flt.shard_table(str(featured_pool), s, need)
+    for s in Pool(str(featured_pool)).shards():
+        t = Pool(str(featured_pool)).shard_table(s, need)
         for c in need:
             table[c] += t.column(c).to_pylist()
     clip = np.array(table["clip_tiny_score"], np.float64)

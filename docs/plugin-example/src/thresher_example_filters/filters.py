@@ -82,13 +82,14 @@ def _score_moments(pool: str, p: ClipCaptionQuality) -> dict:
     """Mean and standard deviation of the scorer's CLIP score, from up to `sample_shards` shards spread
     over the pool: once, on the driver, so every shard standardises the same way and the penalty means
     the same for a B/32, an L/14 or a random-init scorer (their cosines spread very differently)."""
-    from pipeline import features, runtime
+    from pipeline import runtime
+    from pipeline.pool import Pool  # the pool's layout, and which shards are complete
 
-    scorer_dir = runtime.join(pool, "features", p.scorer)
-    shards = sorted(features.done(scorer_dir))
+    layout = Pool(pool)
+    shards = sorted(layout.completed(p.scorer))
     picked = sorted({shards[int(i)] for i in np.linspace(0, len(shards) - 1, min(len(shards), p.sample_shards))})
     scores = np.concatenate([
-        _column(runtime.read_parquet(runtime.join(scorer_dir, f"{s:08d}.parquet"), columns=["clip_score"]),
+        _column(runtime.read_parquet(layout.features(p.scorer, s), columns=["clip_score"]),
                 "clip_score", np.nan).astype(np.float64)
         for s in picked]) if picked else np.zeros(0)
     scores = scores[np.isfinite(scores)]
