@@ -267,7 +267,8 @@ def cmd_fit(args) -> None:
 def cmd_compare(args) -> None:
     import os
 
-    from .compare import FitOptions, run
+    from .compare import FitOptions
+    from .compare_report import run
 
     results = os.path.join(args.grid, "results.csv") if os.path.isdir(args.grid) else args.grid
     opts = FitOptions(frontier=args.frontier, loss=args.loss, forms=tuple(args.forms.split(",")),

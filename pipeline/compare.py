@@ -31,9 +31,7 @@ simulated grids and on real ones; docs/scaling-laws.md gives its figures and wha
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -579,11 +577,11 @@ def backtest(arm_a: Arm, arm_b: Arm, below: float, level: float, opts: FitOption
 # ---------------------------------------------------------------------------------------------------
 # The command
 
-def run(path: str, a: str, b: str, metric: str, target, out: str, *, x: str = "gflops_total",
-        group: str = "recipe", accuracy: bool = True, level: float = 0.95, opts: FitOptions | None = None,
-        backtest_below: float | None = None, seed: int = 0) -> dict:
-    """`thresher compare`: read the table, compare, write OUT/compare.{json,html,png} and compare_diff.png.
-    `target` is a compute figure or a string 'Nx' (N times the largest compute measured)."""
+def from_table(path: str, a: str, b: str, metric: str, target, *, x: str = "gflops_total",
+               group: str = "recipe", accuracy: bool = True, level: float = 0.95, opts: FitOptions | None = None,
+               backtest_below: float | None = None) -> Comparison:
+    """Read the results table and compare A with B at `target` (a compute figure, or 'Nx': N times the
+    largest compute measured); `compare_report.run` writes it out as `thresher compare` does."""
     df = scaling.read_table(path)
     opts = opts or FitOptions()
     arm_a, arm_b = arms_from_table(df, a, b, metric, x=x, group=group, accuracy=accuracy, where=path)
@@ -597,17 +595,10 @@ def run(path: str, a: str, b: str, metric: str, target, out: str, *, x: str = "g
     if backtest_below is not None:
         result["backtest"] = backtest(arm_a, arm_b, backtest_below, level, opts)
     result["runs"] = runs_table(df, a, b, metric, x, group)
-    os.makedirs(out, exist_ok=True)
-    from . import compare_report
-
-    compare_report.write(cmp, out, y_label=("1 - " + metric) if accuracy else metric, x_label=x,
-                         seed=seed)
-    with open(os.path.join(out, "compare.json"), "w") as f:
-        json.dump(result, f, indent=2, default=_json_default)
-    return result
+    return cmp
 
 
-def _json_default(v):
+def json_default(v):
     if isinstance(v, (np.floating, np.integer)):
         return v.item()
     if isinstance(v, np.ndarray):

@@ -1,4 +1,4 @@
-"""The A/B report of `thresher compare`: REPORT/compare.html with compare.png and compare_diff.png.
+"""`thresher compare`'s output: REPORT/compare.json, and compare.html with compare.png and compare_diff.png.
 
 The page leads with the verdict at the target and the verdict from the runs at the largest measured
 compute, then the flags (crossings, disagreements, how far the target is extrapolated), what would
@@ -17,6 +17,22 @@ import os
 import numpy as np
 
 from . import compare as cmp_mod
+
+
+def run(path: str, a: str, b: str, metric: str, target, out: str, *, x: str = "gflops_total",
+        group: str = "recipe", accuracy: bool = True, level: float = 0.95, opts=None,
+        backtest_below: float | None = None, seed: int = 0) -> dict:
+    """`thresher compare`: read the table, compare (compare.from_table), write OUT/compare.json and the
+    report. `target` is a compute figure or a string 'Nx' (N times the largest compute measured)."""
+    import json
+
+    cmp = cmp_mod.from_table(path, a, b, metric, target, x=x, group=group, accuracy=accuracy, level=level,
+                             opts=opts, backtest_below=backtest_below)
+    os.makedirs(out, exist_ok=True)
+    write(cmp, out, y_label=("1 - " + metric) if accuracy else metric, x_label=x, seed=seed)
+    with open(os.path.join(out, "compare.json"), "w") as f:
+        json.dump(cmp.result, f, indent=2, default=cmp_mod.json_default)
+    return cmp.result
 
 
 def _fmt(v, digits: int = 4) -> str:

@@ -366,10 +366,8 @@ def _check_scorer_manifest(scorer_dir: str, cfg: ScorerConfig) -> None:
 def _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, shards, failed) -> dict:
     weights = {"kind": models.weights_kind(cfg.pretrained), "pretrained": cfg.pretrained}
     if weights["kind"] == "checkpoint":
-        from .train import training_record
-
         weights["sha256"] = runtime.file_sha256(cfg.pretrained)
-        weights["training"] = training_record(cfg.pretrained)  # data, config, hashes when `thresher train` made it
+        weights["training"] = models.training_record(cfg.pretrained)  # data, config, hashes when `thresher train` made it
     if weights["kind"] == "random-init":
         weights["note"] = "randomly initialised weights: scores are meaningless except for tests and speed"
     manifest = {

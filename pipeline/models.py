@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from . import runtime
 from .config import CONFIG_DIR
 from .errors import InputError
 
@@ -111,3 +112,14 @@ def load(model: str, pretrained: str | None, device: str = "cpu"):
 
 def tokenize(tokenizer, texts: list[str]) -> np.ndarray:
     return tokenizer([t or "" for t in texts]).numpy().astype(np.int32)
+
+
+def training_record(checkpoint: str) -> dict | None:
+    """The train_manifest.json of the run a checkpoint came from (OUT/<name>/checkpoints/x.pt), if any:
+    what a scorer records of weights `thresher train` made (a DFN)."""
+    run_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))))
+    path = os.path.join(run_root, "train_manifest.json")
+    if not os.path.exists(path):
+        return None
+    record = runtime.read_json(path)
+    return record if os.path.abspath(record.get("checkpoint", "")) == os.path.abspath(checkpoint) else None

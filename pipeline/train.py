@@ -462,13 +462,3 @@ def train_scale(data: str, scale: Scale, out: str, name: str = "run", log=print,
     runtime.write_json(manifest_path, manifest)
     log(f"[train] {scale.name}: {samples_seen} samples in {seconds:.1f}s ({samples_seen / seconds:.0f}/s)")
     return manifest
-
-
-def training_record(checkpoint: str) -> dict | None:
-    """The train_manifest.json of the run a checkpoint came from (OUT/<name>/checkpoints/x.pt), if any."""
-    run_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))))
-    path = os.path.join(run_root, "train_manifest.json")
-    if not os.path.exists(path):
-        return None
-    record = runtime.read_json(path)
-    return record if os.path.abspath(record.get("checkpoint", "")) == os.path.abspath(checkpoint) else None

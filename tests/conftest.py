@@ -17,6 +17,22 @@ from pipeline.synth import SynthConfig, generate
 POOL_SAMPLES = 3000
 
 
+def pytest_collection_modifyitems(config, items):
+    """`ray` for every test that starts the session's Ray (directly or through a fixture); `gpu` tests
+    are skipped where CUDA is not available (CI has none; the device machine runs them)."""
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - no torch, no GPU
+        cuda = False
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+        if item.get_closest_marker("gpu") and not cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

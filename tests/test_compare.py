@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import ab_calibration as sim
-from pipeline import cli, compare
+from pipeline import cli, compare, compare_report
 
 NOISE = {"replicate": 0.021, "run": 0.023, "checkpoint": 0.020, "rho": 0.5}  # our own grids' (ab_calibration.py)
 BASE = 12.7  # the generator's data term
@@ -68,7 +68,7 @@ def test_null_comparisons_rarely_name_a_winner_and_planted_ones_are_found():
 def test_the_null_case_says_no_detectable_difference_and_what_would_resolve_it(tmp_path):
     df = simulated_table(7, BASE)
     df.to_csv(tmp_path / "null.csv", index=False)
-    res = compare.run(str(tmp_path / "null.csv"), "a", "b", "acc", "10x", str(tmp_path / "ab"))
+    res = compare_report.run(str(tmp_path / "null.csv"), "a", "b", "acc", "10x", str(tmp_path / "ab"))
     assert res["better"] is None and res["verdict"].startswith("no detectable difference at compute")
     d = res["difference"]
     assert d["lo"] < 0 < d["hi"] and d["mde"] > abs(d["diff"]) and "could detect a difference of" in res["verdict"]
@@ -122,14 +122,14 @@ def test_backtest_scores_the_extrapolation_against_the_measurement(tmp_path):
     df = simulated_table(11, PLANTED, noise=quiet)
     df.to_csv(tmp_path / "r.csv", index=False)
     cut = sim.WIDTH_GFLOPS[1] * sim.WIDTH_SAMPLES[1]
-    res = compare.run(str(tmp_path / "r.csv"), "a", "b", "acc", "10x", str(tmp_path / "ab"), backtest_below=cut)
+    res = compare_report.run(str(tmp_path / "r.csv"), "a", "b", "acc", "10x", str(tmp_path / "ab"), backtest_below=cut)
     bt = res["backtest"]
     assert bt["x"] > cut and bt["outcome"] in compare.OUTCOMES.values()
     assert bt["measured"]["better"] == "b" and bt["outcome"] in ("right", "missed (the runs show a difference the "
                                                                   "fits did not)")
     null = simulated_table(12, BASE)
     null.to_csv(tmp_path / "n.csv", index=False)
-    bt = compare.run(str(tmp_path / "n.csv"), "a", "b", "acc", "10x", str(tmp_path / "ab2"), backtest_below=cut)["backtest"]
+    bt = compare_report.run(str(tmp_path / "n.csv"), "a", "b", "acc", "10x", str(tmp_path / "ab2"), backtest_below=cut)["backtest"]
     assert bt["outcome"] == "rightly undecided"
 
 
@@ -175,6 +175,7 @@ def test_scale_files_ask_for_seeds(tmp_path):
         train.load_scales(str(tmp_path / "bad.yaml"))
 
 
+@pytest.mark.slow
 def test_draws_and_seeds_are_replicates_and_a_grid_is_deterministic(featured_pool, synth_dir, tmp_path, ray_local):
     """`thresher subset --draws 2` gives two draws of each recipe (distinct samples, recorded in the
     manifest); a grid with `--replicates paired` trains draw k with seed k; the same grid from scratch

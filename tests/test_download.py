@@ -116,6 +116,7 @@ def _subset(synth_dir, tmp_path, rows: slice, name: str) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_loses_nothing_and_refetches_no_finished_shard(synth_dir, server, ray_local, tmp_path):
     urls = _subset(synth_dir, tmp_path, slice(0, 2400), "urls.parquet")
     out = tmp_path / "pool"

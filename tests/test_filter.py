@@ -333,6 +333,7 @@ def dfn_scored(featured_pool, synth_dir, tmp_path_factory, ray_local):
     return trained
 
 
+@pytest.mark.slow
 def test_dfn_removes_mismatched_captions_far_above_chance(dfn_scored, featured_pool, truth_by_uid):
     manifest = flt.run(str(featured_pool), "dfn", {"fraction": 0.7}, log=lambda *_: None)
     rows = decisions(featured_pool, "dfn")

@@ -59,6 +59,7 @@ def test_a_stale_ray_current_cluster_file_does_not_break_commands(ray_tmp):
     assert "CPUS 1" in r.stdout
 
 
+@pytest.mark.slow
 def test_a_second_local_cluster_does_not_capture_commands(ray_tmp):
     """Finding 5: with a head node started by `ray start` on the machine, `init_ray` passed num_cpus to a
     `ray.init()` that found it: ValueError. Now the command runs on a local instance of its own."""

@@ -129,7 +129,7 @@ def test_fit_reproduces_a_published_fit(tmp_path):
 def test_compare_says_which_recipe_scales_better(tmp_path):
     """Replicated laws (3 seeds each, independent noise): a clear difference is named, with its interval
     below zero; laws that cross are found; too few points is an answer (pipeline/compare.py)."""
-    from pipeline import compare
+    from pipeline import compare_report
 
     rows = []
     for name, a, e in (("base", 3.0, 0.2), ("filtered", 3.0, 0.12)):
@@ -137,7 +137,7 @@ def test_compare_says_which_recipe_scales_better(tmp_path):
             x, y = law_points(10 * seed + (name == "base"), n=20, a=a, e=e)
             rows += [{"recipe": name, "seed": seed, "gflops_total": xi, "acc": 1 - yi} for xi, yi in zip(x, y)]
     pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
-    res = compare.run(str(tmp_path / "results.csv"), "base", "filtered", "acc", 1e11, str(tmp_path / "ab"))
+    res = compare_report.run(str(tmp_path / "results.csv"), "base", "filtered", "acc", 1e11, str(tmp_path / "ab"))
     assert res["better"] == "filtered" and res["p_b_better"] > 0.975 and not res["crossings"]
     assert res["difference"]["hi"] < 0 and res["verdict"].startswith("filtered is better at compute 1e+11")
     assert res["measured"]["better"] == "filtered"
@@ -149,13 +149,13 @@ def test_compare_says_which_recipe_scales_better(tmp_path):
             x, y = law_points(3 + seed, n=30, a=a, alpha=alpha, e=e, noise=0.002)
             rows += [{"recipe": name, "seed": seed, "gflops_total": xi, "acc": 1 - yi} for xi, yi in zip(x, y)]
     pd.DataFrame(rows).to_csv(tmp_path / "cross.csv", index=False)
-    res = compare.run(str(tmp_path / "cross.csv"), "base", "filtered", "acc", 1e12, str(tmp_path / "ab2"))
+    res = compare_report.run(str(tmp_path / "cross.csv"), "base", "filtered", "acc", 1e12, str(tmp_path / "ab2"))
     truth = (8.0 - 1.0) / (0.3 - 0.1)  # (A_b - A_a) C^-0.3 = E_a - E_b  ->  C = (7 / 0.2)^(1/0.3)
     assert len(res["crossings"]) == 1 and abs(np.log10(res["crossings"][0]["x"]) - np.log10(truth ** (1 / 0.3))) < 0.2
     assert any("cross" in f for f in res["flags"])
     # too few points to fit is an answer: a report that says so and why, not a crash
     pd.DataFrame(rows[:2] + rows[60:62]).to_csv(tmp_path / "few.csv", index=False)
-    res = compare.run(str(tmp_path / "few.csv"), "base", "filtered", "acc", 1e12, str(tmp_path / "ab3"))
+    res = compare_report.run(str(tmp_path / "few.csv"), "base", "filtered", "acc", 1e12, str(tmp_path / "ab3"))
     assert res["better"] is None and res["verdict"].startswith("no comparison:") and "needs 3" in res["verdict"]
     assert "no comparison" in (tmp_path / "ab3" / "compare.html").read_text()
 
@@ -220,6 +220,7 @@ def test_const_schedule_run_gives_checkpoints_flops_and_evals(synth_dir, tmp_pat
     assert "epoch 4 (1024 samples seen)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_grid_trains_every_pair_resumes_and_writes_results(featured_pool, synth_dir, tmp_path, ray_local):
     from pipeline import grid, subset
 
