@@ -151,3 +151,26 @@ def check_name(value, what: str, where: str) -> str:
                          f"name, so it must be letters, digits and . _ + - (starting with a letter or digit, "
                          f"no '..', at most 128 characters)")
     return value
+
+
+def substitute(value, variables: dict, where: str):
+    """Replace `{name}` placeholders in strings, lists and mappings: the one rule of recipes' and jobs'
+    `vars:`. A string that is one placeholder alone takes the variable's own type ("{size}" stays a
+    number); inside a longer string it is formatted. An unknown name is an error naming the known ones."""
+    if isinstance(value, dict):
+        return {k: substitute(v, variables, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, variables, where) for v in value]
+    if not isinstance(value, str):
+        return value
+    whole = re.fullmatch(r"\{(\w+)\}", value)
+    if whole and whole.group(1) in variables:
+        return variables[whole.group(1)]
+
+    def one(m):
+        if m.group(1) not in variables:
+            raise InputError(f"{where}: unknown placeholder {{{m.group(1)}}}; known: {sorted(variables)} "
+                             f"(add it under `vars:` or pass --var {m.group(1)}=VALUE)")
+        return str(variables[m.group(1)])
+
+    return re.sub(r"\{(\w+)\}", one, value)

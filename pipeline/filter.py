@@ -21,7 +21,6 @@ Outputs:
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ import pyarrow as pa
 from . import execute, runtime, schema, topk
 from .pool import Pool
 from .topk import order_key
-from .config import CONFIG_DIR, check_name, from_dict, opt, read_yaml, to_dict
+from .config import CONFIG_DIR, check_name, from_dict, opt, read_yaml, substitute, to_dict
 from .errors import InputError
 
 RECIPE_DIR = CONFIG_DIR / "recipes"
@@ -69,23 +68,6 @@ class ResolvedStep:
     fraction_of: str
     needs: list[str] = field(default_factory=list)
     context: Any = None  # what the filter's prepare() computed over the whole pool
-
-
-def _substitute(value, variables: dict, where: str):
-    whole = re.fullmatch(r"\{(\w+)\}", value) if isinstance(value, str) else None
-    if whole and whole.group(1) in variables:  # "{x}" alone takes the variable's own type (int, float...)
-        return variables[whole.group(1)]
-    if isinstance(value, str):
-        def sub(m):
-            if m.group(1) not in variables:
-                raise InputError(f"{where}: unknown variable {{{m.group(1)}}} (set it under vars: or with --var)")
-            return str(variables[m.group(1)])
-        return re.sub(r"\{(\w+)\}", sub, value)
-    if isinstance(value, list):
-        return [_substitute(v, variables, where) for v in value]
-    if isinstance(value, dict):
-        return {k: _substitute(v, variables, where) for k, v in value.items()}
-    return value
 
 
 def recipe_path(name_or_path: str) -> Path:
@@ -150,7 +132,7 @@ def load_recipe(name_or_path: str, variables: dict | None = None,
             _, included, _ = load_recipe(str(raw["include"]), variables, _including + (str(path),))
             steps.extend(included)
             continue
-        step = from_dict(Step, _substitute(raw, variables, where), where=where)
+        step = from_dict(Step, substitute(raw, variables, where), where=where)
         where = f"{path}: step {i + 1} ({step.name or step.filter})"
         try:
             spec = api.resolve(step.filter)

@@ -220,7 +220,7 @@ def test_embed_images_uses_the_scorers_random_weights(synth_dir, tmp_path):
     ("name: r\nsteps:\n  - {filter: image_size, params: {min_sides: 3}}\n", "min_sides"),
     ("name: r\nsteps:\n  - {filter: none, top_fraction: 0.5}\n", "top_fraction needs a filter that scores"),
     ("name: r\nsteps:\n  - {filter: random, top_fraction: 1.5}\n", "top_fraction must be in (0, 1]"),
-    ("name: r\nsteps:\n  - {filter: blocklist, params: {kind: url_md5, path: '{lists}/a.txt'}}\n", "unknown variable {lists}"),
+    ("name: r\nsteps:\n  - {filter: blocklist, params: {kind: url_md5, path: '{lists}/a.txt'}}\n", "unknown placeholder {lists}"),
     ("name: r\nsteps: []\n", "at least one step"),
     ("steps:\n  - {filter: none}\n", "name"),
 ])
