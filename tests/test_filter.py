@@ -12,12 +12,14 @@ import pytest
 
 from pipeline import filter as flt
 from pipeline import runtime, schema, topk
+from pipeline.pool import Pool
 from pipeline.errors import InputError
 
 
 def make_pool(root, shards: list[list[dict]], scorer: str = "clip_b32"):
     """A minimal pool on disk: per-shard metadata and markers, base features and one scorer's scores.
     Each row dict may set caption, original_width/height, caption_lang, caption_words, score."""
+    layout = Pool(root)
     for i, rows in enumerate(shards):
         name = f"{i:08d}"
         keys = [f"{name}{j:04d}" for j in range(len(rows))]
@@ -30,9 +32,9 @@ def make_pool(root, shards: list[list[dict]], scorer: str = "clip_b32"):
             "original_width": [r.get("original_width", 300) for r in rows],
             "original_height": [r.get("original_height", 300) for r in rows], "sha256": [None] * len(rows),
         }, schema=schema.POOL)
-        runtime.makedirs(str(root / "shards"))
-        runtime.write_parquet(meta, str(root / "shards" / f"{name}.parquet"))
-        runtime.write_json(str(root / "shards" / f"{name}_stats.json"), {"count": len(rows)})
+        runtime.makedirs(layout.shards_dir)
+        runtime.write_parquet(meta, layout.metadata(i))
+        runtime.write_json(layout.shard_stats(i), {"count": len(rows)})
         base = pa.table({
             "uid": uids, "key": keys, "caption_lang": [r.get("caption_lang", "en") for r in rows],
             "caption_lang_score": [0.9] * len(rows), "caption_chars": [len(r.get("caption", "x" * 20)) for r in rows],
@@ -41,18 +43,18 @@ def make_pool(root, shards: list[list[dict]], scorer: str = "clip_b32"):
             "aspect_ratio": [1.0] * len(rows), "sha256": [None] * len(rows), "md5": [None] * len(rows),
             "pdq": [None] * len(rows), "pdq_quality": [None] * len(rows), "error": [None] * len(rows),
         }, schema=schema.BASE_FEATURES)
-        runtime.makedirs(str(root / "features" / "base"))
-        runtime.write_parquet(base, str(root / "features" / "base" / f"{name}.parquet"))
-        runtime.write_json(str(root / "features" / "base" / f"{name}_stats.json"), {"count": len(rows)})
+        runtime.makedirs(layout.features_dir("base"))
+        runtime.write_parquet(base, layout.features("base", i))
+        runtime.write_json(layout.feature_stats("base", i), {"count": len(rows)})
         scores = pa.table({"uid": uids, "key": keys, "clip_score": [r.get("score") for r in rows],
                            "error": [None] * len(rows)}, schema=schema.CLIP_FEATURES)
-        runtime.makedirs(str(root / "features" / scorer))
-        runtime.write_parquet(scores, str(root / "features" / scorer / f"{name}.parquet"))
-        runtime.write_json(str(root / "features" / scorer / f"{name}_stats.json"), {"count": len(rows)})
+        runtime.makedirs(layout.features_dir(scorer))
+        runtime.write_parquet(scores, layout.features(scorer, i))
+        runtime.write_json(layout.feature_stats(scorer, i), {"count": len(rows)})
         if rows and "emb" in rows[0]:
             for tower in ("img", "txt"):  # the text tower's rows do not matter to these tests
-                np.save(root / "features" / scorer / f"{name}.{tower}.npy", np.array([r["emb"] for r in rows], np.float16))
-    runtime.write_json(str(root / "features" / scorer / "manifest.json"),
+                np.save(layout.embeddings(scorer, i, tower), np.array([r["emb"] for r in rows], np.float16))
+    runtime.write_json(layout.features_manifest(scorer),
                        {"scorer": {"model": "planted", "pretrained": None}, "weights": {"kind": "planted"}})
     return root
 
