@@ -27,7 +27,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING):  # noqa: A002
-    """A config field with its help text; the CLI and docs/config-reference.md (pipeline/reference.py) read it."""
+    """A config field with its help text; the command registry (pipeline/commands.py: the flags) and
+    docs/config-reference.md (pipeline/reference.py) read it."""
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata={"help": help})
     return dataclasses.field(default=default, metadata={"help": help})

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from . import dedup, jobs
+from . import commands, dedup, jobs
 from . import filter as filtering
 from .synth import score_dedup
 
@@ -103,3 +103,27 @@ def summarize(job: jobs.Job, log=print) -> dict:
                                              "target_compute", "measured")}, "known_answer": answer},
             "paths": {"subset": str(sub), "audit": str(reports / "subset.html"),
                       "ab": str(reports / "ab" / "compare.html")}}
+
+
+# ---------------------------------------------------------------------------------------------------
+# `thresher demo`
+
+
+@commands.args_dataclass
+class DemoArgs(commands.Common):
+    out: str = commands.arg("thresher-demo", "working directory (default: thresher-demo)")
+    samples: int = commands.arg(20000, "pool size (default: 20000)")
+    seed: int = commands.arg(0)
+    port: int = commands.arg(8765, "local port for the pool's HTTP server")
+    scales: str = commands.arg("demo", "scales of the A/B grid (default: configs/scales/demo.yaml)")
+
+
+def _run_command(args: DemoArgs) -> None:
+    run_demo(out=args.out, samples=args.samples, seed=args.seed, port=args.port, ray_address=args.ray_address,
+             scales=args.scales)
+
+
+COMMAND = commands.Command(
+    "demo", "Run the three workflows (build a subset, audit it, A/B-test two recipes by scaling laws) on a "
+            "generated pool served over local HTTP: jobs/demo.yaml, then a summary scored against the pool's "
+            "planted ground truth.", "thresher demo --out thresher-demo --samples 20000", DemoArgs, _run_command)

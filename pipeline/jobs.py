@@ -13,34 +13,36 @@ resumable.
 
 Each step is one command: its keys are the command's positional arguments and options (`--eval-set`
 is `eval_set`; a list repeats a repeatable option or joins a comma-separated one; true/false for
-flags), checked against the command's own parser, so a step accepts exactly what `thresher CMD --help`
-lists. `audit` takes `action: verify|report|...`. One key is the runner's: `serve: DIR` serves that
-synthetic pool on 127.0.0.1 while the step runs. Placeholders: `{repo}` (this checkout), `{job_dir}`
-(the job file's directory), `{out}` and the job's `vars`. A step identical to one before it (the same
-command with the same arguments, as when two included jobs both include the pool job) runs once, so jobs
-compose: jobs/demo.yaml is build_subset, audit and ab_test on one pool.
+flags), checked when the job loads against the command's arguments in the registry
+(pipeline/commands.py), which are what `thresher CMD --help` lists: a step accepts exactly those,
+needs the required ones, and its values must parse. `audit` takes `action: verify|report|...`. One key
+is the runner's: `serve: DIR` serves that synthetic pool on 127.0.0.1 while the step runs.
+Placeholders: `{repo}` (this checkout), `{job_dir}` (the job file's directory), `{out}` and the job's
+`vars`. A step identical to one before it (the same command with the same arguments, as when two
+included jobs both include the pool job) runs once, so jobs compose: jobs/demo.yaml is build_subset,
+audit and ab_test on one pool.
 
-The runner prints each step as the command it runs, so a job can be replayed by hand. After a step
-succeeds, OUT/_job/NN-COMMAND.json records a hash of that step and every step before it; a re-run skips
-the steps whose records match and runs from the first that changed. The stages resume on their own as
-well, so a step killed halfway picks up at its first unfinished shard. `out` may be object storage
+The runner prints each step as the command line it runs, and runs the command with exactly what that
+line parses to, so a job can be replayed by hand. After a step succeeds, OUT/_job/NN-COMMAND.json
+records a hash of that step and every step before it; a re-run skips the steps whose records match
+and runs from the first that changed. The stages resume on their own as well, so a step killed
+halfway picks up at its first unfinished shard. `out` may be object storage
 (s3://...); the records then live in ./thresher-jobs/NAME/_job.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import re
 import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import CONFIG_DIR, check_name, read_yaml
-from .errors import InputError, StageError
+from . import commands
+from .config import CONFIG_DIR, check_name, read_yaml, substitute
+from .errors import InputError, StageError, cause, describe
 
 REPO = CONFIG_DIR.parent
 JOB_DIR = REPO / "jobs"
@@ -60,7 +62,8 @@ class Step:
     command: str
     args: dict
     serve: str | None = None
-    argv: list[str] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)  # what the runner prints, and what its record hashes
+    call: commands.Call | None = None  # the command it runs, bound to what argv parses to
 
 
 @dataclass
@@ -117,21 +120,18 @@ def load(spec: str, overrides: dict | None = None, out: str | None = None) -> Jo
     out_dir = out_dir.rstrip("/") if "://" in out_dir else os.path.abspath(out_dir)
     subs = {"repo": str(REPO), "job_dir": str(path.parent.resolve()), "out": out_dir, **variables}
     for _ in range(len(variables)):  # vars may use placeholders too ({repo}, {out}, other vars)
-        subs.update({k: _substitute(v, subs, f"{path}: vars.{k}") for k, v in variables.items()})
-    from .cli import build_parser
-
-    parser = build_parser()
+        subs.update({k: substitute(v, subs, f"{path}: vars.{k}") for k, v in variables.items()})
     steps, seen = [], set()
     for i, (source, entry) in enumerate(data["steps"], 1):
         where = f"{source}: step {i}"
         if not isinstance(entry, dict) or len(entry) != 1:
             raise InputError(f"{where}: a step is one `command: {{option: value, ...}}` mapping, got {entry!r}")
         (command, args), = entry.items()
-        args = _substitute(dict(args or {}), subs, where)
+        args = substitute(dict(args or {}), subs, where)
         serve = args.pop("serve", None)
         serve = None if serve in (None, "", "none") else serve  # "none": a real pool, nothing to serve
         step = Step(len(steps) + 1, command, args, serve=_path("serve", serve, out_dir) if serve else None)
-        step.argv = argv_for(parser, command, args, out_dir, where)
+        step.argv, step.call = bind_step(command, args, out_dir, where)
         if (key := json.dumps([step.argv, step.serve])) not in seen:  # the same command twice runs once
             seen.add(key)
             steps.append(step)
@@ -139,70 +139,46 @@ def load(spec: str, overrides: dict | None = None, out: str | None = None) -> Jo
     return Job(str(path), name, out_dir, variables, data["plan"], steps)
 
 
-def _substitute(value, subs: dict, where: str):
-    if isinstance(value, dict):
-        return {k: _substitute(v, subs, where) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_substitute(v, subs, where) for v in value]
-    if not isinstance(value, str):
-        return value
-
-    def one(m):
-        if m.group(1) not in subs:
-            raise InputError(f"{where}: unknown placeholder {{{m.group(1)}}}; known: {sorted(subs)} "
-                             f"(add it under `vars:` or pass --var {m.group(1)}=VALUE)")
-        return str(subs[m.group(1)])
-
-    whole = re.fullmatch(r"\{(\w+)\}", value)
-    if whole and whole.group(1) in subs and not isinstance(subs[whole.group(1)], str):
-        return subs[whole.group(1)]  # "{size}" stays a number
-    return re.sub(r"\{(\w+)\}", one, value)
-
-
-def _subparsers(parser: argparse.ArgumentParser):
-    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-
-
-def argv_for(parser: argparse.ArgumentParser, command: str, args: dict, out_dir: str, where: str) -> list[str]:
-    """The `thresher` argument list of one step, checked against the command's parser."""
-    commands = _subparsers(parser)
-    if command not in commands.choices:
-        raise InputError(f"{where}: unknown command {command!r}; commands: {', '.join(sorted(commands.choices))}")
-    sub, argv, args = commands.choices[command], [command], dict(args)
-    nested = _subparsers(sub)
-    if nested is not None:  # audit ACTION ...
-        action = args.pop(nested.dest, None)
-        if action not in nested.choices:
-            raise InputError(f"{where}: {command} needs `{nested.dest}:` one of {', '.join(nested.choices)}")
-        sub = nested.choices[action]
+def bind_step(command: str, args: dict, out_dir: str, where: str) -> tuple[list[str], commands.Call]:
+    """The `thresher` argument list of one step, and the call it makes: the command from the registry,
+    bound to what that argument list parses to."""
+    cmd = commands.COMMANDS.get(command)
+    if cmd is None:
+        raise InputError(f"{where}: unknown command {command!r}; commands: {', '.join(sorted(commands.COMMANDS))}")
+    argv, args = [command], dict(args)
+    if cmd.actions:  # audit ACTION ...
+        action = args.pop(commands.ACTION, None)
+        if action not in cmd.actions:
+            raise InputError(f"{where}: {command} needs `{commands.ACTION}:` one of {', '.join(cmd.actions)}")
+        cmd = cmd.actions[action]
         argv.append(action)
-    by_dest = {a.dest: a for a in sub._actions if a.dest not in ("help",) and not isinstance(a, argparse._SubParsersAction)}
-    for a in [a for a in by_dest.values() if not a.option_strings]:
+    words = _words(command, cmd.args, args, out_dir, where)
+    argv += [w for ws in words.values() for w in ws]
+    return argv, commands.Call(command, cmd, commands.bind(cmd.args, words, where))
+
+
+def _words(command: str, cls: type, args: dict, out_dir: str, where: str) -> dict[str, list[str]]:
+    """Each given argument's command-line words: the positionals in the command's order, then the options
+    in the step's (the order every step record hashes)."""
+    by_dest = {a.dest: a for a in commands.arguments(cls)}
+    words, args = {}, dict(args)
+    for a in (a for a in by_dest.values() if a.kind == commands.POSITIONAL):
         if a.dest not in args:
             raise InputError(f"{where}: {command} needs `{a.dest}:` (see thresher {command} --help)")
-        value = args.pop(a.dest)
-        argv += [_path(a.dest, v, out_dir, where) for v in (value if isinstance(value, list) else [value])]
+        words[a.dest] = a.tokens(args.pop(a.dest), lambda v, k=a.dest: _path(k, v, out_dir, where))
     for key, value in args.items():
         a = by_dest.get(key)
         if a is None:
-            options = ", ".join(sorted(d for d, x in by_dest.items() if x.option_strings))
+            options = ", ".join(sorted(d for d, x in by_dest.items() if x.kind != commands.POSITIONAL))
             raise InputError(f"{where}: {command} has no option {key!r}; options: {options}")
-        flag = next((s for s in a.option_strings if s.startswith("--")), a.option_strings[0])
-        if isinstance(a, argparse.BooleanOptionalAction):
-            argv.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            if not isinstance(value, bool):
-                raise InputError(f"{where}: {key} is a flag: true or false, not {value!r}")
-            if value == isinstance(a, argparse._StoreTrueAction):
-                argv.append(flag)
-        elif isinstance(a, argparse._AppendAction):
-            for v in value if isinstance(value, list) else [value]:
-                argv += [flag, _path(key, v, out_dir, where)]
-        elif isinstance(value, list):
-            argv += [flag, ",".join(_path(key, v, out_dir, where) for v in value)]
-        elif value is not None:
-            argv += [flag, _path(key, value, out_dir, where)]
-    return argv
+        if a.kind == commands.FLAG and not isinstance(value, bool):
+            raise InputError(f"{where}: {key} is a flag: true or false, not {value!r}")
+        words[key] = a.tokens(value, lambda v, k=key: _path(k, v, out_dir, where))
+    missing = [a.dest for a in by_dest.values()
+               if a.required and a.kind != commands.POSITIONAL and not words.get(a.dest)]
+    if missing:
+        raise InputError(f"{where}: {command} needs `{missing[0]}:` (see thresher {command} --help)")
+    return words
 
 
 def _path(key: str, value, out_dir: str, where: str = "job") -> str:
@@ -244,7 +220,7 @@ def step_hashes(job: Job) -> list[str]:
 
 
 def run(job: Job, ray_address: str | None = None, log=print) -> dict:
-    from . import cli, serve
+    from . import serve
 
     os.makedirs(state_dir(job), exist_ok=True)
     log(f"[run] job {job.name} ({job.path}): {len(job.steps)} steps in {job.out}")
@@ -260,11 +236,15 @@ def run(job: Job, ray_address: str | None = None, log=print) -> dict:
             if int(later.name[:2]) >= step.index:
                 later.unlink()  # this step changed or never finished: what follows it is stale
         argv = step.argv + (["--ray-address", ray_address] if ray_address else [])
+        call = step.call.on(ray_address) if ray_address else step.call
         log(f"{head}: {show(argv)}" + (f"   (serving {step.serve} on 127.0.0.1)" if step.serve else ""))
         t0 = time.time()
         server = serve.start(step.serve, _port(step.serve)) if step.serve else None
         try:
-            rc = cli.main(argv)
+            rc = call.run()
+        except Exception as raised:  # noqa: BLE001 - one line naming the step, its cause and how to resume
+            raise StageError(f"job {job.name}: step {step.index} ({step.command}) failed: {describe(cause(raised))}; "
+                             f"fix it and run `thresher run {job.path}` again: it resumes at this step") from raised
         finally:
             if server:
                 server.stop()
@@ -283,3 +263,38 @@ def _port(source: str) -> int:
     if not record.exists():
         raise InputError(f"serve: {source} is not a `thresher synth` output (no synth.json)")
     return int(json.loads(record.read_text())["config"]["port"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# `thresher run`: a command of its own, beside the registry it runs (so the registry never imports jobs)
+
+
+@commands.args_dataclass
+class RunArgs(commands.Common):
+    job: str = commands.arg(help="job file, or a job name in jobs/ (build_subset, ab_test, audit, ...)",
+                            positional=True)
+    plan: bool = commands.arg(False, "print the estimated wall time, storage, CPU- and GPU-hours instead of running")
+    cluster: str | None = commands.arg(None, "with --plan: cluster to size for (configs/cluster/NAME.yaml or a Ray "
+                                             "cluster YAML; default: the job's plan.cluster)")
+    dry_run: bool = commands.arg(False, "print the commands the job would run")
+    var: list[str] = commands.arg(help="key=value overriding the job's vars", factory=list)
+    out: str | None = commands.arg(None, "job directory (default: the job's `out`)")
+
+
+def run_job(args: RunArgs) -> None:
+    """A job: its plan (--plan), its commands (--dry-run), or its steps run to the end."""
+    job = load(args.job, commands.parse_vars(args.var), out=args.out)
+    if args.plan:
+        from .plan import plan_job, render
+
+        print(render(plan_job(job, cluster=args.cluster)))
+        return
+    if args.dry_run:
+        for step in job.steps:
+            print(show(step.argv) + (f"   # while serving {step.serve}" if step.serve else ""))
+        return
+    run(job, ray_address=args.ray_address)
+
+
+COMMAND = commands.Command("run", "Run a job (jobs/*.yaml: a list of thresher commands) end to end; re-running "
+                                  "resumes.", "thresher run jobs/build_subset.yaml --plan", RunArgs, run_job)

@@ -1,6 +1,8 @@
 """`thresher run JOB.yaml --plan`: wall time, storage, CPU-hours and GPU-hours of a job before it runs.
 
-Each step of the job is costed from a measured throughput in benchmarks/throughputs.yaml (the figure,
+Each step of the job is costed by its command's `plan` function (pipeline/commands.py; this module holds
+what they share: Sizes, Cluster, Estimate, the throughputs and the rendering) from a measured
+throughput in benchmarks/throughputs.yaml (the figure,
 its unit, the benchmark that measured it, machine and date), applied to the job's sizes (the pool's
 samples, the subset's, the grid's samples seen) on the cluster the job names under `plan.cluster`: a
 Ray cluster-launcher YAML in configs/cluster/ (its node types' CPU, GPU, memory and max_workers), or
@@ -44,9 +46,9 @@ class Cluster:
 
 @dataclass
 class Estimate:
-    step: int
-    command: str
-    what: str
+    step: int = 0             # set by estimate_step: a command's plan does not know its place in the job
+    command: str = ""
+    what: str = ""
     cpu_s: float = 0.0        # core-seconds of work
     gpu_s: float = 0.0        # GPU-seconds of work
     disk_bytes: float = 0.0   # what the step leaves on disk
@@ -142,181 +144,22 @@ class Sizes:
         return self.pool * self.success
 
 
-def _opt(argv: list[str], flag: str, default=None, many: bool = False):
-    vals = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
-    return vals if many else (vals[-1] if vals else default)
+def rate(t: dict, key: str) -> float:
+    """One measured throughput of benchmarks/throughputs.yaml."""
+    return float(t[key]["rate"])
 
 
-def estimate_step(i: int, argv: list[str], sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
-    cmd = argv[0]
-    rate = lambda key: float(t[key]["rate"])  # noqa: E731
-    e = Estimate(i, cmd, "")
-    if cmd == "synth":
-        sizes.pool = int(_opt(argv, "--samples", 10000))
-        sizes.trusted = int(_opt(argv, "--trusted", sizes.trusted))
-        e.what, e.inputs = f"{sizes.pool:,} synthetic samples", ["stages.synth"]
-        e.cpu_s = sizes.pool / rate("stages.synth")
-        e.disk_bytes = sizes.pool * sizes.bytes * 1.05
-    elif cmd == "download":
-        n = sizes.downloaded
-        e.what, e.inputs = f"{sizes.pool:,.0f} URLs, {n:,.0f} arrive", ["stages.download"]
-        e.cpu_s = sizes.pool / rate("stages.download")
-        if cluster.name != "local":  # internet downloads: img2dataset's per-node rate bounds us
-            e.inputs.append("download.img2dataset_node")
-            e.cpu_s = max(e.cpu_s, sizes.pool / (rate("download.img2dataset_node") / 16))
-        e.disk_bytes = n * sizes.bytes
-    elif cmd == "features":
-        n = sizes.downloaded
-        models = _opt(argv, "--model", many=True)
-        parts = []
-        if "--no-base" not in argv:
-            e.cpu_s += n / rate("stages.features_base")
-            e.inputs.append("stages.features_base")
-            e.disk_bytes += n * 200
-            parts.append("base")
-        for m in models:
-            dim = _embed_dim(m)
-            e.disk_bytes += n * (2 * dim * float(t["features.embedding_bytes"]["rate"]) + 60)
-            if cluster.gpus and f"features.gpu_{m}" in t:
-                e.gpu_s += n / rate(f"features.gpu_{m}")
-                e.cpu_s += n / rate("features.decode_224")
-                e.inputs += [f"features.gpu_{m}", "features.decode_224"]
-                e.object_store_bytes = max(e.object_store_bytes, cluster.gpus * 4 * 512 * 150_000)
-            else:
-                key = f"features.cpu_{m}" if f"features.cpu_{m}" in t else "features.cpu_thresher-tiny"
-                scale = 1.0 if key.endswith(m) else _gflops(m) / _gflops("thresher-tiny")
-                e.cpu_s += n * scale / rate(key)
-                e.inputs.append(key + ("" if scale == 1.0 else f" x{scale:.3g} (GFLOPs ratio)"))
-            parts.append(m)
-        for spec in _opt(argv, "--precomputed", many=True):
-            e.cpu_s += n / rate("filter.stage")
-            e.inputs.append("filter.stage")
-            parts.append(f"imported {spec.split('=')[0]}")
-        e.what = f"{n:,.0f} samples: " + ", ".join(parts)
-    elif cmd == "train":
-        epochs = int(_opt(argv, "--epochs", 10))
-        model = _opt(argv, "--model", "thresher-tiny")
-        key = f"train.cpu_{model}" if f"train.cpu_{model}" in t else "train.cpu_thresher-tiny"
-        e.what, e.inputs = f"{model}, {epochs} epochs of {sizes.trusted:,} pairs", [key]
-        e.cpu_s = sizes.trusted * epochs / rate(key) * 2  # the figure is per 2-core run
-    elif cmd == "dedup":
-        n = sizes.downloaded
-        partitions = int(_opt(argv, "--partitions", 0))
-        if partitions:  # Ray tasks over partitions: spread over the cluster, ~100 B a row staged for exact
-            e.cpu_s, e.inputs = n / rate("dedup.exact_partitioned"), ["dedup.exact_partitioned"]
-            e.cores = partitions  # each round has a task per partition (or shard group) at most
-            e.what = f"{n:,.0f} samples: exact"
-            e.disk_bytes = n * 80 + n * 100
-            if "--no-semantic" not in argv:  # the shuffle stages each embedding once, as float16
-                k = int(_opt(argv, "--clusters", 0)) or max(1, int(n // 1000))
-                flops = n * (n / k) * 512 * 2
-                e.cpu_s += flops / rate("dedup.semantic_flops")
-                e.inputs.append("dedup.semantic_flops")
-                e.disk_bytes += n * 512 * 2
-                e.what += f", SemDeDup ({k:,} clusters, {flops:.2g} flops)"
-                # its k-means is one flat FAISS k-means on the driver, on up to 256 rows a centroid
-                km = min(n, 256 * k) * k * 512 * 2 * int(_opt(argv, "--kmeans-iters", 20))
-                if km > KMEANS_FLOPS_ONE_NODE:
-                    e.warnings.append(f"SemDeDup's k-means ({k:,} clusters on {min(n, 256 * k):,.0f} rows, "
-                                      f"{km:.2g} flops) is beyond one process; pass fewer --clusters (hierarchical "
-                                      f"k-means is not built)")
-            e.what += f" over {partitions} partitions (Ray tasks)"
-            return e
-        e.cpu_s = n / rate("stages.dedup_exact_pdq")
-        e.inputs = ["stages.dedup_exact_pdq"]
-        # in one process: the figure was measured on 2 cores, and that is all it gets on a cluster too;
-        # it holds the base columns (uid, key, sha256, PDQ: ~250 B a row) and, for SemDeDup, the embeddings
-        e.cores, e.driver_bytes = 2, n * 250
-        e.what = f"{n:,.0f} samples: exact, PDQ (in one process)"
-        if "--no-semantic" not in argv:
-            k = int(_opt(argv, "--clusters", 0)) or max(1, int(n // 1000))
-            probes = int(_opt(argv, "--probes", 2))
-            flops = n * (n / k) * probes * 512 * 2
-            if cluster.gpus:
-                e.gpu_s = flops / (rate("dedup.semantic_flops") * 16 * rate("dedup.semantic_gpu_speedup"))
-                e.inputs += ["dedup.semantic_flops", "dedup.semantic_gpu_speedup"]
-            else:
-                e.cpu_s += flops / rate("dedup.semantic_flops")
-                e.inputs.append("dedup.semantic_flops")
-            e.object_store_bytes = n * 512 * 4
-            e.driver_bytes += n * 512 * 4
-            e.what += f", SemDeDup ({k:,} clusters, {flops:.2g} flops)"
-        e.disk_bytes = n * 80
-    elif cmd == "filter":
-        n, recipes = sizes.downloaded, len(_opt(argv, "--recipe", many=True))
-        e.what, e.inputs = f"{recipes} recipe(s) x {n:,.0f} samples", ["filter.stage"]
-        e.cpu_s = recipes * n / rate("filter.stage")
-        e.disk_bytes = recipes * n * 60
-    elif cmd == "subset":
-        recipes = _opt(argv, "--recipe", many=True)
-        size, out = int(_opt(argv, "--size")), _opt(argv, "--out")
-        for r in recipes:
-            sizes.subsets[out if len(recipes) == 1 else os.path.join(out, Path(r).stem)] = size
-        e.what = f"{len(recipes)} x {size:,} samples resharded"
-        e.inputs = ["subset.select", "subset.reshard_bytes"]
-        e.cpu_s = len(recipes) * (sizes.downloaded / rate("subset.select") + size * sizes.bytes / rate("subset.reshard_bytes"))
-        e.disk_bytes = len(recipes) * size * (sizes.bytes + 300)
-    elif cmd == "audit":
-        action, subset = argv[1], argv[2]
-        size = sizes.subsets.get(subset, max(sizes.subsets.values(), default=0))
-        e.what = f"{action} on {size:,} samples"
-        if action in ("verify", "remove"):
-            e.inputs, e.cpu_s = ["subset.reshard_bytes"], size * sizes.bytes / rate("subset.reshard_bytes")
-        elif action == "report":
-            e.inputs, e.cpu_s = ["stages.audit_report"], size / rate("stages.audit_report")
-        elif action == "recheck":
-            n = int(_opt(argv, "--sample", 1000))
-            e.inputs, e.cpu_s = ["stages.download"], n / rate("stages.download")
-            e.what = f"recheck of {n:,} URLs"
-    elif cmd == "grid":
-        e = _grid(i, argv, t, cluster)
-    elif cmd == "embed-images":
-        n, model = float(sizes.target_images), _opt(argv, "--model")
-        gpu = cluster.gpus and f"features.gpu_{model}" in t
-        key = f"features.gpu_{model}" if gpu else "features.cpu_thresher-tiny"
-        scale = 1.0 if gpu else _gflops(model) / _gflops("thresher-tiny")
-        e.what, e.inputs = f"{n:,.0f} target images, {model}", [key + ("" if scale == 1.0 else f" x{scale:.3g} (GFLOPs ratio)")]
-        if gpu:
-            e.gpu_s = n / rate(key)
-        else:
-            e.cpu_s = n * scale / rate(key)
-        e.disk_bytes = n * 2 * _embed_dim(model)
-    elif cmd in ("fit", "compare"):
-        e.what, e.cpu_s = "scaling-law fits with 200 bootstraps", 10.0
-    return e
-
-
-def _grid(i: int, argv: list[str], t: dict, cluster: Cluster) -> Estimate:
-    from . import train
-
-    subsets = _opt(argv, "--subset", many=True)
-    scales = [s for spec in _opt(argv, "--scale", many=True) for s in train.load_scales(spec)]
-    names, seeds = len({s.name for s in scales}), len({s.seed for s in scales})
-    paired = _opt(argv, "--replicates") == "paired"
-    per_subset = names if paired else len(scales)  # paired: each draw trains with one seed of each scale
-    e = Estimate(i, "grid", f"{len(subsets)} subsets x {names} scales" + (f" x {seeds} seeds" if seeds > 1 else "") +
-                 (" (paired with draws)" if paired else "") + f" = {len(subsets) * per_subset} runs")
-    share = per_subset / len(scales)
-    for sc in scales:
-        gpu_key = f"train.gpu_{sc.model}"
-        if cluster.gpus and (gpu_key in t or "train.gpu_ViT-B-32" in t):
-            key = gpu_key if gpu_key in t else "train.gpu_ViT-B-32"
-            scale = 1.0 if key == gpu_key else _gflops(sc.model) / _gflops("ViT-B-32")
-            e.gpu_s += share * len(subsets) * (sc.samples_seen * scale / float(t[key]["rate"])
-                                       + sc.checkpoints * float(t["train.gpu_eval_seconds"]["rate"]))
-        else:
-            key = f"train.cpu_{sc.model}" if f"train.cpu_{sc.model}" in t else "train.cpu_thresher-tiny"
-            scale = 1.0 if key == f"train.cpu_{sc.model}" else _gflops(sc.model) / _gflops("thresher-tiny")
-            e.cpu_s += share * len(subsets) * sc.samples_seen * scale / float(t[key]["rate"]) * 2  # per 2-core run
-        label = key + ("" if scale == 1.0 else f" x{scale:.3g} (GFLOPs ratio)")
-        if label not in e.inputs:
-            e.inputs.append(label)
-        e.disk_bytes += share * len(subsets) * sc.checkpoints * _params(sc.model) * 4 * 3  # weights + Adam moments
+def estimate_step(i: int, call, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
+    """Step i's estimate: its command's `plan` (pipeline/commands.py) on its arguments; a command
+    without one (demo, serve, eval, ...) costs nothing here."""
+    estimate = call.command.plan
+    e = estimate(call.args, sizes, t, cluster) if estimate else Estimate()
+    e.step, e.command = i, call.name
     return e
 
 
 @lru_cache(maxsize=None)  # a grid names the same models many times; each builds a model
-def _embed_dim(model: str) -> int:
+def embed_dim(model: str) -> int:
     from . import models
 
     models.register_project_models()
@@ -327,14 +170,14 @@ def _embed_dim(model: str) -> int:
 
 
 @lru_cache(maxsize=None)  # a grid names the same models many times; each builds a model
-def _gflops(model: str) -> float:
+def gflops(model: str) -> float:
     from .train import gflops_per_sample
 
     return gflops_per_sample(model)
 
 
 @lru_cache(maxsize=None)  # a grid names the same models many times; each builds a model
-def _params(model: str) -> float:
+def param_count(model: str) -> float:
     import open_clip
 
     from . import models
@@ -348,7 +191,7 @@ def plan_job(job, cluster: str | None = None) -> dict:
     t = load_throughputs()
     c = load_cluster(cluster or job.plan.get("cluster"))
     sizes = Sizes(job.plan)
-    steps = [estimate_step(s.index, s.argv, sizes, t, c) for s in job.steps]
+    steps = [estimate_step(s.index, s.call, sizes, t, c) for s in job.steps]
     used = sorted({k.split(" ")[0] for e in steps for k in e.inputs})
     return {"job": job.name, "path": job.path, "out": job.out, "cluster": c, "steps": steps,
             "wall_s": sum(e.wall_s(c) for e in steps), "cpu_hours": sum(e.cpu_s for e in steps) / 3600,

@@ -11,7 +11,6 @@ tests/test_reference.py fails when the committed file differs from what this pri
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import inspect
@@ -76,14 +75,11 @@ def config_classes() -> list[type]:
 
 
 def _flags(command: str) -> dict[str, str]:
-    """dest -> the option strings of one `thresher` subcommand."""
-    from .cli import build_parser
+    """dest -> the option strings of one `thresher` command, from the command registry."""
+    from .commands import COMMANDS, arguments
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
-    return {a.dest: ", ".join(f"`{o}`" for o in a.option_strings)
-            for a in sub.choices[command]._actions  # noqa: SLF001
-            if a.option_strings and a.dest not in ("help", "ray_address", "config")}
+    return {a.dest: ", ".join(f"`{o}`" for o in a.option_strings) for a in arguments(COMMANDS[command].args)
+            if a.flags and a.dest not in ("ray_address", "config")}
 
 
 def _type(tp) -> str:

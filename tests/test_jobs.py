@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -58,12 +59,94 @@ steps:
     ("  - subset: {pool: p, recipe: r, size: '{n}', out: o}", "unknown placeholder {n}"),
     ("  - subset: {pool: p, recipe: r, size: 1, out: o, allow_repeat: 'yes'}", "allow_repeat is a flag"),
     ("  - audit: {subset: s}", "audit needs `action:`"),
+    ("  - audit: {action: verify, subset: s, sise: 1}", "audit has no option 'sise'; options: ray_address"),
+    ("  - subset: {pool: p, recipe: r, out: o}", "subset needs `size:`"),
+    ("  - subset: {pool: p, recipe: r, size: lots, out: o}", "size: invalid int value: 'lots'"),
+    ("  - grid: {subset: s, scale: tiny, eval_set: e, out: o, replicates: sideways}",
+     "replicates: invalid choice: 'sideways' (choose from crossed, paired)"),
+    ("  - serve: {dir: [a, b]}", "`dir` takes one value, not 2"),
 ])
 def test_bad_steps_name_the_file_the_step_and_the_fix(tmp_path, body, message):
     path = write_job(tmp_path, f"steps:\n{body}\n")
     with pytest.raises(InputError, match=re.escape(message)) as err:
         jobs.load(str(path))
     assert f"{path}: step 1" in str(err.value)
+
+
+def test_an_unknown_option_lists_the_options_the_command_has(tmp_path):
+    path = write_job(tmp_path, "steps:\n  - filter: {pool: p, recipe: r}\n  - subset: {pool: p, recipe: r, size: 1, "
+                               "out: o, sise: 2}\n")
+    with pytest.raises(InputError) as err:
+        jobs.load(str(path))
+    assert str(err.value) == (f"{path}: step 2: subset has no option 'sise'; options: allow_repeat, draws, out, "
+                              f"ray_address, recipe, samples_per_shard, seed, size, var")
+
+
+# Each step's record (OUT/_job) hashes its argv: a change to how a step is spelled re-runs every existing
+# job. These were computed with the argparse-reading jobs.argv_for, before the command registry
+# (commit 6526ef2), with out=PINNED_OUT (a directory that does not exist, so presets stay names).
+PINNED_OUT = "/thresher-pinned"
+DEMO_STEPS = [
+    [["synth", "--out", "/thresher-pinned/source", "--samples", "20000", "--trusted", "2000",
+      "--eval-classification", "500", "--seed", "0", "--port", "8765"], None],
+    [["download", "/thresher-pinned/source/urls.parquet", "--out", "/thresher-pinned/pool", "--config", "demo"],
+     "/thresher-pinned/source"],
+    [["features", "/thresher-pinned/pool"], None],
+    [["features", "/thresher-pinned/pool", "--model", "thresher-tiny", "--pretrained", "none", "--scorer-id",
+      "clip_tiny", "--no-base"], None],
+    [["train", "/thresher-pinned/source/trusted", "--out", "/thresher-pinned/dfn-run", "--name", "dfn", "--model",
+      "thresher-tiny", "--epochs", "5"], None],
+    [["features", "/thresher-pinned/pool", "--model", "thresher-tiny", "--pretrained",
+      "/thresher-pinned/dfn-run/dfn/checkpoints/epoch_5.pt", "--scorer-id", "dfn", "--no-base"], None],
+    [["dedup", "/thresher-pinned/pool", "--no-semantic", "--eval-sets",
+      "/thresher-pinned/source/eval/shapes_kind,/thresher-pinned/source/eval/shapes_color"], None],
+    [["filter", "/thresher-pinned/pool", "--recipe", "dfn-dedup"], None],
+    [["subset", "/thresher-pinned/pool", "--recipe", "dfn-dedup", "--size", "2000", "--out",
+      "/thresher-pinned/subset", "--seed", "0", "--samples-per-shard", "500"], None],
+    [["audit", "verify", "/thresher-pinned/subset"], None],
+    [["audit", "report", "/thresher-pinned/subset", "--out", "/thresher-pinned/reports/subset.html"], None],
+    [["audit", "recheck", "/thresher-pinned/subset", "--sample", "200", "--out",
+      "/thresher-pinned/reports/recheck.json", "--allow-private-addresses"], "/thresher-pinned/source"],
+    [["filter", "/thresher-pinned/pool", "--recipe", "datacomp-none", "--recipe", "dfn-dedup"], None],
+    [["subset", "/thresher-pinned/pool", "--recipe", "datacomp-none", "--recipe", "dfn-dedup", "--size", "2000",
+      "--out", "/thresher-pinned/subsets", "--seed", "0", "--samples-per-shard", "500"], None],
+    [["grid", "--subset", "/thresher-pinned/subsets/datacomp-none", "--subset", "/thresher-pinned/subsets/dfn-dedup",
+      "--scale", "ab", "--eval-set", "/thresher-pinned/source/eval/shapes_color", "--eval-set",
+      "/thresher-pinned/source/eval/shapes_retrieval", "--out", "/thresher-pinned/grid"], None],
+    [["compare", "/thresher-pinned/grid", "--a", "datacomp-none", "--b", "dfn-dedup", "--metric",
+      "shapes_retrieval/image_retrieval_recall@5", "--target-compute", "3x", "--out", "/thresher-pinned/reports/ab"],
+     None],
+]
+DEMO_LAST_STEP_HASH = "4603df93430dc2e986b1853b54c186cfbd49e03047a89243a850d58dd0a0e8dd"
+# sha256 of json.dumps([[argv, serve], ...]) of each shipped job's steps, the same way
+SHIPPED_STEPS_SHA256 = {
+    "ab_test": "87e8ba72b75c8b9fcbd4843c0f3a19d0e7ff2f9891c5f353103a4b88ee41c12d",
+    "audit": "a9641970a3e56d30a3aac7dae0b191354b82e29c854e92b6ae19150ef3aacdc6",
+    "build_subset": "20702a0a77b5cccaf63f15b3dcba7216f02bc23df90fa9fb25520922440bbb0b",
+    "build_subset_datacomp": "c85dc75309c2d4c65dda1a4a24916d46abee6bdc56d790c3b74921739f5971ea",
+    "demo": "4afe3f883b98f8cb4cf3ba5d5c9457db84ee4bbcd15100838738409aeffafe01",
+    "pool": "602b1e6bb9dde91f707fda2030208ab1dbb3e9d8dec4beaa44b9de969ebface7",
+}
+
+
+def test_demo_steps_keep_the_argv_their_records_hash():
+    job = jobs.load("demo", out=PINNED_OUT)
+    assert [[s.argv, s.serve] for s in job.steps] == DEMO_STEPS
+    assert jobs.step_hashes(job)[-1] == DEMO_LAST_STEP_HASH
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_STEPS_SHA256))
+def test_shipped_jobs_keep_their_steps_argv(name):
+    job = jobs.load(name, out=PINNED_OUT)
+    steps = json.dumps([[s.argv, s.serve] for s in job.steps])
+    assert hashlib.sha256(steps.encode()).hexdigest() == SHIPPED_STEPS_SHA256[name], steps
+
+
+def test_a_step_runs_what_its_printed_command_line_parses_to():
+    """jobs.run calls the registry with the step's bound arguments; they are what `thresher ARGV` would run."""
+    for name in sorted(p.stem for p in (REPO / "jobs").glob("*.yaml")):
+        for step in jobs.load(name, out=PINNED_OUT).steps:
+            assert cli.parse(step.argv) == step.call, (name, step.argv)
 
 
 def test_include_runs_the_other_jobs_steps_first_with_its_vars_as_defaults(tmp_path):
@@ -116,6 +199,7 @@ def test_a_failing_step_stops_the_job_and_says_how_to_resume(featured_pool, tmp_
     assert cli.main(["run", str(path), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "step 1 (subset) failed" in err and "resumes at this step" in err
+    assert len(err.strip().splitlines()) == 1 and "100000000" in err  # one line, with the step's own error
     assert not list((tmp_path / "o" / "_job").glob("*.json"))
 
 

@@ -1,0 +1,81 @@
+"""The code's structure, checked (issue 16): the import path follows the data path, no import cycles,
+Ray only in the execution layer (and Ray Data's scoring), and nothing but the entry point imports cli."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# the main line of docs/architecture.md, in data order: a stage may import earlier stages, never later
+DATA_PATH = ["synth", "serve", "ingest", "download", "features", "dedup", "filter", "subset", "train",
+             "evaluate", "grid", "scaling", "compare", "compare_report"]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for d in ("pipeline", "filters"):
+        for p in (ROOT / d).rglob("*.py"):
+            name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
+            out[name.removesuffix(".__init__")] = p
+    return out
+
+
+def _imports(mods: dict[str, Path]) -> dict[str, set[str]]:
+    """module -> the project modules it imports, at the top or inside a function alike."""
+    graph = {m: set() for m in mods}
+    for m, p in mods.items():
+        pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                for a in node.names:
+                    target = next((c for c in (f"{base}.{a.name}", base) if c in mods), None)
+                    if target and target != m:
+                        graph[m].add(target)
+            elif isinstance(node, ast.Import):
+                graph[m] |= {a.name for a in node.names if a.name in mods and a.name != m}
+    return graph
+
+
+def test_no_import_cycles():
+    graph = _imports(_modules())
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m, path):
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                cycles.append(path[path.index(n):] + [n])
+            elif n not in state:
+                visit(n, path + [n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles
+
+
+def test_no_stage_imports_a_later_stage():
+    graph = _imports(_modules())
+    order = {f"pipeline.{s}": i for i, s in enumerate(DATA_PATH)}
+    backwards = sorted((a, b) for a in order for b in graph[a] if b in order and order[b] > order[a])
+    assert not backwards, backwards
+
+
+def test_only_the_entry_point_imports_cli():
+    graph = _imports(_modules())
+    assert sorted(m for m, deps in graph.items() if "pipeline.cli" in deps) == []
+
+
+def test_ray_is_imported_only_by_the_execution_layer_and_ray_data():
+    """One execution layer. Ray Data's actor pool (CLIP scoring) is the one other user."""
+    users = sorted(str(p.relative_to(ROOT)) for p in _modules().values()
+                   if re.search(r"^\s*(import ray|from ray)\b", p.read_text(), re.M))
+    assert users == ["pipeline/execute.py", "pipeline/features.py"]
