@@ -293,10 +293,10 @@ def _config_path(value: str | None, kind: str) -> Path | None:
     """A config given by path, or by preset name under configs/<kind>/."""
     if value is None:
         return None
-    path = Path(value)
-    if path.exists():
+    path, preset = Path(value), CONFIG_DIR / kind / f"{value}.yaml"
+    # a folder that happens to share a preset's name (a run's `demo/` output) is not a config file
+    if path.is_file() or (path.exists() and not preset.exists()):
         return path
-    preset = CONFIG_DIR / kind / f"{value}.yaml"
     if preset.exists():
         return preset
     presets = sorted(p.stem for p in (CONFIG_DIR / kind).glob("*.yaml"))

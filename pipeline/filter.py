@@ -72,7 +72,8 @@ class ResolvedStep:
 
 def recipe_path(name_or_path: str) -> Path:
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    # a folder that shares a preset's name is not a recipe file (see commands._config_path)
+    if p.suffix in (".yaml", ".yml") or p.is_file() or (p.exists() and not (RECIPE_DIR / f"{p}.yaml").exists()):
         if not p.exists():
             raise InputError(f"recipe file {p} does not exist")
         return p

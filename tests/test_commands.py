@@ -94,3 +94,17 @@ def test_a_bad_value_names_the_step_and_the_argument(tmp_path):
     path.write_text("steps:\n  - synth: {out: s, proportions: 'dup'}\n")
     with pytest.raises(InputError, match=re.escape(f"{path}: step 1: proportions: expected KEY=VALUE, got 'dup'")):
         jobs.load(str(path))
+
+
+def test_a_folder_named_like_a_preset_does_not_hide_the_preset(tmp_path, monkeypatch):
+    """`thresher demo --out demo` leaves a folder `demo/`; `--config demo` run from beside it used to
+    read that folder as the config file ("is a directory, not a YAML file")."""
+    from pipeline import filter as flt
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "dfn").mkdir()
+    assert commands._config_path("demo", "download") == commands.CONFIG_DIR / "download" / "demo.yaml"
+    assert flt.recipe_path("dfn") == flt.RECIPE_DIR / "dfn.yaml"
+    (tmp_path / "mine.yaml").write_text("x: 1\n")
+    assert commands._config_path("mine.yaml", "download") == Path("mine.yaml")
