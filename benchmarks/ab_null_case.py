@@ -19,7 +19,7 @@ import sys
 
 sys.path[0] = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
-from pipeline import cli  # noqa: E402
+from thresher.pipeline import cli  # noqa: E402
 
 METRIC = "shapes_retrieval/image_retrieval_recall@5"
 
@@ -36,7 +36,9 @@ def main(argv=None) -> int:
         with open(os.path.join(out, f"{name}.yaml"), "w") as f:
             f.write(f"name: {name}\ndescription: every sample (a null arm)\nsteps:\n  - filter: none\n")
     pool = os.path.join(demo, "pool")
-    evals = [a for s in ("shapes_color", "shapes_retrieval") for a in ("--eval-set", os.path.join(demo, "source", "eval", s))]
+    evals = [
+        a for s in ("shapes_color", "shapes_retrieval") for a in ("--eval-set", os.path.join(demo, "source", "eval", s))
+    ]
     verdicts = []
     designs = [("seeds", f"{sa}-{sb}", [(sa, 1), (sb, 1)], "crossed") for sa, sb in ((1, 2), (3, 4), (5, 6))]
     designs.append(("draws", "1..3-4..6", [(1, 3), (4, 3)], "paired"))
@@ -45,23 +47,75 @@ def main(argv=None) -> int:
         subsets = []
         for name, (seed, draws) in zip(("null-a", "null-b"), arms):
             target = os.path.join(base, "subsets", name)
-            cli.main(["subset", pool, "--recipe", os.path.join(out, f"{name}.yaml"), "--size", "2000", "--seed",
-                      str(seed), "--draws", str(draws), "--samples-per-shard", "500", "--out", target])
+            cli.main(
+                [
+                    "subset",
+                    pool,
+                    "--recipe",
+                    os.path.join(out, f"{name}.yaml"),
+                    "--size",
+                    "2000",
+                    "--seed",
+                    str(seed),
+                    "--draws",
+                    str(draws),
+                    "--samples-per-shard",
+                    "500",
+                    "--out",
+                    target,
+                ]
+            )
             subsets += [target] if draws == 1 else [os.path.join(target, f"draw-{k}") for k in range(draws)]
         grid = os.path.join(base, "grid")
-        assert cli.main(["grid", *[a for s in subsets for a in ("--subset", s)], "--scale", "demo", *evals,
-                         "--replicates", replicates, "--out", grid]) == 0
-        assert cli.main(["compare", grid, "--a", "null-a", "--b", "null-b", "--metric", METRIC,
-                         "--target-compute", "10x", "--out", os.path.join(base, "report")]) == 0
+        assert (
+            cli.main(
+                [
+                    "grid",
+                    *[a for s in subsets for a in ("--subset", s)],
+                    "--scale",
+                    "demo",
+                    *evals,
+                    "--replicates",
+                    replicates,
+                    "--out",
+                    grid,
+                ]
+            )
+            == 0
+        )
+        assert (
+            cli.main(
+                [
+                    "compare",
+                    grid,
+                    "--a",
+                    "null-a",
+                    "--b",
+                    "null-b",
+                    "--metric",
+                    METRIC,
+                    "--target-compute",
+                    "10x",
+                    "--out",
+                    os.path.join(base, "report"),
+                ]
+            )
+            == 0
+        )
         res = json.load(open(os.path.join(base, "report", "compare.json")))
-        verdicts.append((design, label, res["better"], res["measured"]["better"], res["verdict"],
-                         res["measured"]["verdict"]))
+        verdicts.append(
+            (design, label, res["better"], res["measured"]["better"], res["verdict"], res["measured"]["verdict"])
+        )
     print()
     for design, label, better, measured, verdict, mverdict in verdicts:
-        print(f"null case, {design} {label}: target {better or 'no difference'}, measured {measured or 'no difference'}")
+        print(
+            f"null case, {design} {label}: target {better or 'no difference'}, measured {measured or 'no difference'}"
+        )
         print(f"  {verdict}\n  {mverdict}")
     named = sum(b is not None for _, _, b, _, _, _ in verdicts) + sum(m is not None for _, _, _, m, _, _ in verdicts)
-    print(f"null case: {named} 'better' verdict(s) in {2 * len(verdicts)} (target and measured, {len(verdicts)} designs)")
+    print(
+        f"null case: {named} 'better' verdict(s) in {2 * len(verdicts)} (target and measured, {len(verdicts)} designs)"
+    )
     return 0
 
 

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from pipeline import cli, compare, scaling
+from thresher.pipeline import cli, compare, scaling
 
 METRIC = "shapes_retrieval/image_retrieval_recall@5"
 FACTOR = 3.0  # the extrapolated verdict's target: 3x the bank's largest compute, where the larger check measures
@@ -40,13 +40,29 @@ def build_bank(demo: str, out: str, k_none: int, k_dfn: int, log=print) -> str:
     subsets = []
     for recipe, k, seed in (("datacomp-none", k_none, 100), ("dfn-dedup", k_dfn, 200)):
         target = os.path.join(out, "subsets", recipe)
-        cli.main(["subset", pool, "--recipe", recipe, "--size", "2000", "--draws", str(k), "--seed", str(seed),
-                  "--samples-per-shard", "500", "--out", target])
+        cli.main(
+            [
+                "subset",
+                pool,
+                "--recipe",
+                recipe,
+                "--size",
+                "2000",
+                "--draws",
+                str(k),
+                "--seed",
+                str(seed),
+                "--samples-per-shard",
+                "500",
+                "--out",
+                target,
+            ]
+        )
         subsets += [os.path.join(target, f"draw-{i}") for i in range(k)]
     scales = os.path.join(out, "scales.yaml")
     import yaml
 
-    from pipeline import train
+    from thresher.pipeline import train
 
     spec = yaml.safe_load(open(train.SCALE_DIR / "demo.yaml"))
     spec["defaults"].pop("seeds", None)
@@ -54,8 +70,17 @@ def build_bank(demo: str, out: str, k_none: int, k_dfn: int, log=print) -> str:
     with open(scales, "w") as f:
         yaml.safe_dump(spec, f)
     evals = [os.path.join(demo, "source", "eval", s) for s in ("shapes_color", "shapes_retrieval")]
-    args = ["grid", *[a for s in subsets for a in ("--subset", s)], "--scale", scales, "--replicates", "paired",
-            *[a for e in evals for a in ("--eval-set", e)], "--out", os.path.join(out, "grid")]
+    args = [
+        "grid",
+        *[a for s in subsets for a in ("--subset", s)],
+        "--scale",
+        scales,
+        "--replicates",
+        "paired",
+        *[a for e in evals for a in ("--eval-set", e)],
+        "--out",
+        os.path.join(out, "grid"),
+    ]
     t0 = time.time()
     if cli.main(args) != 0:
         raise SystemExit("the bank's grid failed")
@@ -101,32 +126,60 @@ def main(args) -> dict:
     for t in range(args.real_nulls):
         p = rng.permutation(none)
         k = args.real_replicates
-        m, e, held, bt = trial(df, p[:k], p[k:2 * k], "datacomp-none", "datacomp-none", args.confidence)
-        rows.append({"kind": "null", "a": p[:k].tolist(), "b": p[k:2 * k].tolist(), "measured": m.better,
-                     "held_out_inside": held, "backtest": bt,
-                     "extrapolated": e.better, "measured_diff": m.diff, "measured_ci": [m.lo, m.hi],
-                     "extrapolated_diff": e.diff, "extrapolated_ci": [e.lo, e.hi]})
+        m, e, held, bt = trial(df, p[:k], p[k : 2 * k], "datacomp-none", "datacomp-none", args.confidence)
+        rows.append(
+            {
+                "kind": "null",
+                "a": p[:k].tolist(),
+                "b": p[k : 2 * k].tolist(),
+                "measured": m.better,
+                "held_out_inside": held,
+                "backtest": bt,
+                "extrapolated": e.better,
+                "measured_diff": m.diff,
+                "measured_ci": [m.lo, m.hi],
+                "extrapolated_diff": e.diff,
+                "extrapolated_ci": [e.lo, e.hi],
+            }
+        )
     for t in range(args.real_planted):
-        a, b = rng.permutation(none)[:args.real_replicates], rng.permutation(dfn)[:args.real_replicates]
+        a, b = rng.permutation(none)[: args.real_replicates], rng.permutation(dfn)[: args.real_replicates]
         m, e, held, bt = trial(df, a, b, "datacomp-none", "dfn-dedup", args.confidence)
-        rows.append({"kind": "planted", "a": a.tolist(), "b": b.tolist(), "measured": m.better,
-                     "held_out_inside": held, "backtest": bt,
-                     "extrapolated": e.better, "measured_diff": m.diff, "measured_ci": [m.lo, m.hi],
-                     "extrapolated_diff": e.diff, "extrapolated_ci": [e.lo, e.hi]})
+        rows.append(
+            {
+                "kind": "planted",
+                "a": a.tolist(),
+                "b": b.tolist(),
+                "measured": m.better,
+                "held_out_inside": held,
+                "backtest": bt,
+                "extrapolated": e.better,
+                "measured_diff": m.diff,
+                "measured_ci": [m.lo, m.hi],
+                "extrapolated_diff": e.diff,
+                "extrapolated_ci": [e.lo, e.hi],
+            }
+        )
     for r in rows:
-        print(f"  {r['kind']:8s} A draws {r['a']} B draws {r['b']}: measured {r['measured'] or '-':2s} "
-              f"{r['measured_diff']:+.4f} [{r['measured_ci'][0]:+.4f}, {r['measured_ci'][1]:+.4f}]  "
-              f"{FACTOR:g}x {r['extrapolated'] or '-':2s} {r['extrapolated_diff']:+.4f} "
-              f"[{r['extrapolated_ci'][0]:+.4f}, {r['extrapolated_ci'][1]:+.4f}]; held out "
-              f"{r['held_out_inside'][0]}/{r['held_out_inside'][1]} inside; backtest {r['backtest']}")
+        print(
+            f"  {r['kind']:8s} A draws {r['a']} B draws {r['b']}: measured {r['measured'] or '-':2s} "
+            f"{r['measured_diff']:+.4f} [{r['measured_ci'][0]:+.4f}, {r['measured_ci'][1]:+.4f}]  "
+            f"{FACTOR:g}x {r['extrapolated'] or '-':2s} {r['extrapolated_diff']:+.4f} "
+            f"[{r['extrapolated_ci'][0]:+.4f}, {r['extrapolated_ci'][1]:+.4f}]; held out "
+            f"{r['held_out_inside'][0]}/{r['held_out_inside'][1]} inside; backtest {r['backtest']}"
+        )
     inside = sum(r["held_out_inside"][0] for r in rows)
     total = sum(r["held_out_inside"][1] for r in rows)
-    print(f"real held-out coverage: {inside}/{total} = {inside / max(total, 1):.3f} of the larger width's frontier "
-          f"points inside the {args.confidence:.0%} prediction bands fitted on the smaller width (bound: 0.90)")
+    print(
+        f"real held-out coverage: {inside}/{total} = {inside / max(total, 1):.3f} of the larger width's frontier "
+        f"points inside the {args.confidence:.0%} prediction bands fitted on the smaller width (bound: 0.90)"
+    )
     from collections import Counter
 
-    print(f"real backtests (fit on the smaller width, scored at the larger's last point): "
-          f"{dict(Counter(r['backtest'] for r in rows))}")
+    print(
+        f"real backtests (fit on the smaller width, scored at the larger's last point): "
+        f"{dict(Counter(r['backtest'] for r in rows))}"
+    )
     spread = run_spread(df)
     if args.real_larger_draws:
         summary_larger = larger_check(demo, out, args.real_larger_draws, args.confidence)
@@ -135,10 +188,14 @@ def main(args) -> dict:
         fp = sum(r[kind] is not None for r in rows if r["kind"] == "null")
         hit = sum(r[kind] == "b" for r in rows if r["kind"] == "planted")
         summary[kind] = {"false_better": fp, "nulls": args.real_nulls, "found": hit, "planted": args.real_planted}
-        print(f"real {kind}: {fp} false 'better' verdict(s) in {args.real_nulls} nulls (bound: at most 1); planted "
-              f"difference found in {hit} of {args.real_planted} (bound: at least 4)")
-    print(f"real run-to-run spread (SD of the error over replicates, per scale and checkpoint, datacomp-none): "
-          f"{json.dumps(spread)}")
+        print(
+            f"real {kind}: {fp} false 'better' verdict(s) in {args.real_nulls} nulls (bound: at most 1); planted "
+            f"difference found in {hit} of {args.real_planted} (bound: at least 4)"
+        )
+    print(
+        f"real run-to-run spread (SD of the error over replicates, per scale and checkpoint, datacomp-none): "
+        f"{json.dumps(spread)}"
+    )
     if args.real_larger_draws:
         summary["larger"] = summary_larger
     with open(os.path.join(out, "calibration.json"), "w") as f:
@@ -161,7 +218,7 @@ def larger_check(demo: str, out: str, k: int, level: float) -> dict:
 
     import yaml
 
-    from pipeline import train
+    from thresher.pipeline import train
 
     larger = os.path.join(out, "grid-larger")
     subsets = []
@@ -179,8 +236,17 @@ def larger_check(demo: str, out: str, k: int, level: float) -> dict:
     with open(scales, "w") as f:
         yaml.safe_dump(spec, f)
     evals = [os.path.join(demo, "source", "eval", s) for s in ("shapes_color", "shapes_retrieval")]
-    args = ["grid", *[a for s in subsets for a in ("--subset", s)], "--scale", scales, "--replicates", "paired",
-            *[a for e in evals for a in ("--eval-set", e)], "--out", larger]
+    args = [
+        "grid",
+        *[a for s in subsets for a in ("--subset", s)],
+        "--scale",
+        scales,
+        "--replicates",
+        "paired",
+        *[a for e in evals for a in ("--eval-set", e)],
+        "--out",
+        larger,
+    ]
     if cli.main(args) != 0:
         raise SystemExit("the larger check's grid failed")
     df = scaling.read_table(os.path.join(larger, "results.csv"))
@@ -195,12 +261,18 @@ def larger_check(demo: str, out: str, k: int, level: float) -> dict:
         print(f"  {x:7.1f} GFLOPs {'/'.join(key):18s}: {d.better or '-':2s} {d.diff:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]")
     tests = {}
     opts = compare.FitOptions(n_bootstrap=0)
-    for name, below in (("w32 only", max(float(r.x[[p[0] == "w32-const-8k" for p in r.points]].max())
-                                         for r in arm_a.reps)),
-                        ("w32 and w64", max(float(r.x[[p[0] != "w128-const-16k" for p in r.points]].max())
-                                            for r in arm_a.reps))):
+    for name, below in (
+        ("w32 only", max(float(r.x[[p[0] == "w32-const-8k" for p in r.points]].max()) for r in arm_a.reps)),
+        ("w32 and w64", max(float(r.x[[p[0] != "w128-const-16k" for p in r.points]].max()) for r in arm_a.reps)),
+    ):
         bt = compare.backtest(arm_a, arm_b, below, level, opts)
-        tests[name] = {"outcome": bt["outcome"], "predicted": bt["predicted_verdict"], "measured": bt["measured_verdict"]}
-        print(f"  backtest, fitted on {name} (<= {below:.1f}), scored at {bt['x']:.1f}: {bt['outcome']}\n"
-              f"    {bt['predicted_verdict']}\n    {bt['measured_verdict']}")
+        tests[name] = {
+            "outcome": bt["outcome"],
+            "predicted": bt["predicted_verdict"],
+            "measured": bt["measured_verdict"],
+        }
+        print(
+            f"  backtest, fitted on {name} (<= {below:.1f}), scored at {bt['x']:.1f}: {bt['outcome']}\n"
+            f"    {bt['predicted_verdict']}\n    {bt['measured_verdict']}"
+        )
     return {"points": points, "backtests": tests}

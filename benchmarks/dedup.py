@@ -29,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-from pipeline.dedup import faiss_gpus, semantic_pairs  # noqa: E402
+from thresher.pipeline.dedup import faiss_gpus, semantic_pairs  # noqa: E402
 
 
 def make_embeddings(n: int, dim: int, dup_fraction: float, seed: int) -> np.ndarray:
@@ -42,7 +41,7 @@ def make_embeddings(n: int, dim: int, dup_fraction: float, seed: int) -> np.ndar
         m = min(100_000, n - start)
         c = rng.integers(len(centers), size=m)
         block = centers[c] + rng.normal(scale=0.06, size=(m, dim)).astype(np.float32)
-        x[start:start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        x[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
     n_dup = int(n * dup_fraction)
     dst = rng.choice(n, n_dup, replace=False)
     src = rng.integers(n, size=n_dup)
@@ -55,7 +54,7 @@ def make_embeddings(n: int, dim: int, dup_fraction: float, seed: int) -> np.ndar
 def brute_force_pairs(x: np.ndarray, threshold: float, block: int = 8192) -> set[tuple[int, int]]:
     pairs = set()
     for start in range(0, len(x), block):
-        sims = x[start:start + block] @ x.T
+        sims = x[start : start + block] @ x.T
         a, b = np.nonzero(sims >= threshold)
         for i, j in zip((a + start).tolist(), b.tolist()):
             if i < j:
@@ -85,16 +84,22 @@ def main() -> None:
     pairs = semantic_pairs(x, args.threshold, clusters=args.clusters, probes=args.probes, seed=args.seed, gpu=gpu)
     elapsed = time.perf_counter() - t0
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"semantic_pairs on {'GPU' if gpu else 'CPU'}: {len(pairs)} pairs in {elapsed:.1f}s; "
-          f"peak RSS {peak_gb:.2f} GB", flush=True)
+    print(
+        f"semantic_pairs on {'GPU' if gpu else 'CPU'}: {len(pairs)} pairs in {elapsed:.1f}s; peak RSS {peak_gb:.2f} GB",
+        flush=True,
+    )
     if gpu and args.compare_cpu:
         t0 = time.perf_counter()
-        cpu_pairs = semantic_pairs(x, args.threshold, clusters=args.clusters, probes=args.probes, seed=args.seed,
-                                   gpu=False)
+        cpu_pairs = semantic_pairs(
+            x, args.threshold, clusters=args.clusters, probes=args.probes, seed=args.seed, gpu=False
+        )
         cpu_s = time.perf_counter() - t0
         both = len({tuple(p) for p in pairs.tolist()} & {tuple(p) for p in cpu_pairs.tolist()})
-        print(f"semantic_pairs on CPU ({os.cpu_count()} cores): {len(cpu_pairs)} pairs in {cpu_s:.1f}s; "
-              f"GPU speed-up {cpu_s / elapsed:.1f}x; pairs in both {both}", flush=True)
+        print(
+            f"semantic_pairs on CPU ({os.cpu_count()} cores): {len(cpu_pairs)} pairs in {cpu_s:.1f}s; "
+            f"GPU speed-up {cpu_s / elapsed:.1f}x; pairs in both {both}",
+            flush=True,
+        )
 
     rng = np.random.default_rng(args.seed + 1)
     sub = np.sort(rng.choice(args.n, min(args.subsample, args.n), replace=False))
@@ -105,13 +110,27 @@ def main() -> None:
     found = len(truth & ours)
     recall = found / len(truth) if truth else 1.0
     extra = len(ours - truth)
-    print(f"brute force over {len(sub)} rows: {len(truth)} pairs in {time.perf_counter() - t0:.1f}s; "
-          f"ours found {found} (recall {recall:.4f}), {extra} pairs not in the reference")
+    print(
+        f"brute force over {len(sub)} rows: {len(truth)} pairs in {time.perf_counter() - t0:.1f}s; "
+        f"ours found {found} (recall {recall:.4f}), {extra} pairs not in the reference"
+    )
     ok = recall >= 0.99 and elapsed <= 120 and peak_gb <= 4
     print(f"targets (recall >= 0.99, <= 120 s, <= 4 GB) on {os.cpu_count()} cores: {'met' if ok else 'NOT met'}")
-    print(json.dumps({"n": args.n, "dim": args.dim, "probes": args.probes, "gpu": gpu, "seconds": round(elapsed, 1),
-                      "peak_rss_gb": round(peak_gb, 2), "recall": round(recall, 4), "reference_pairs": len(truth),
-                      "cpus": os.cpu_count()}))
+    print(
+        json.dumps(
+            {
+                "n": args.n,
+                "dim": args.dim,
+                "probes": args.probes,
+                "gpu": gpu,
+                "seconds": round(elapsed, 1),
+                "peak_rss_gb": round(peak_gb, 2),
+                "recall": round(recall, 4),
+                "reference_pairs": len(truth),
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

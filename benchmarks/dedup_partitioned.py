@@ -31,7 +31,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from pipeline import dedup, execute, runtime, schema
+from thresher.pipeline import dedup, execute, runtime, schema
 
 
 def make_pool(root: Path, rows: int, shards: int, dim: int = 0, seed: int = 0) -> None:
@@ -43,9 +43,11 @@ def make_pool(root: Path, rows: int, shards: int, dim: int = 0, seed: int = 0) -
         centers = rng.normal(size=(max(1, rows // 500), dim)).astype(np.float32)
         centers /= np.linalg.norm(centers, axis=1, keepdims=True)
         # rows of a cluster at cosine ~0.8 from each other: clusters k-means can find, far below the threshold
-        emb = centers[rng.integers(0, len(centers), rows)] + rng.normal(size=(rows, dim)).astype(np.float32) * (0.5 / dim ** 0.5)
+        emb = centers[rng.integers(0, len(centers), rows)] + rng.normal(size=(rows, dim)).astype(np.float32) * (
+            0.5 / dim**0.5
+        )
         near = rng.choice(rows, rows // 10, replace=False)
-        emb[near] = emb[rng.integers(0, rows, len(near))] + (0.05 / dim ** 0.5) * rng.normal(size=(len(near), dim))
+        emb[near] = emb[rng.integers(0, rows, len(near))] + (0.05 / dim**0.5) * rng.normal(size=(len(near), dim))
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         scores = rng.uniform(0.2, 0.4, rows)
         scorer = root / "features" / "bench"
@@ -58,22 +60,41 @@ def make_pool(root: Path, rows: int, shards: int, dim: int = 0, seed: int = 0) -
             break
         n = hi - lo
         keys = [f"{s:08d}{i:05d}" for i in range(n)]
-        table = pa.table({
-            "uid": [f"{lo + i:032x}" for i in range(n)], "key": keys, "caption_lang": ["en"] * n,
-            "caption_lang_score": pa.array(np.ones(n), pa.float32()), "caption_chars": pa.array(np.full(n, 20), pa.int32()),
-            "caption_words": pa.array(np.full(n, 4), pa.int32()), "original_width": pa.array(np.full(n, 512), pa.int32()),
-            "original_height": pa.array(np.full(n, 512), pa.int32()), "aspect_ratio": pa.array(np.ones(n), pa.float32()),
-            "sha256": [d.tobytes().hex() for d in digests[lo:hi]], "pdq": [None] * n,
-            "pdq_quality": pa.array([None] * n, pa.int32()), "error": [None] * n}, schema=schema.BASE_FEATURES)
+        table = pa.table(
+            {
+                "uid": [f"{lo + i:032x}" for i in range(n)],
+                "key": keys,
+                "caption_lang": ["en"] * n,
+                "caption_lang_score": pa.array(np.ones(n), pa.float32()),
+                "caption_chars": pa.array(np.full(n, 20), pa.int32()),
+                "caption_words": pa.array(np.full(n, 4), pa.int32()),
+                "original_width": pa.array(np.full(n, 512), pa.int32()),
+                "original_height": pa.array(np.full(n, 512), pa.int32()),
+                "aspect_ratio": pa.array(np.ones(n), pa.float32()),
+                "sha256": [d.tobytes().hex() for d in digests[lo:hi]],
+                "pdq": [None] * n,
+                "pdq_quality": pa.array([None] * n, pa.int32()),
+                "error": [None] * n,
+            },
+            schema=schema.BASE_FEATURES,
+        )
         (root / "features" / "base").mkdir(parents=True, exist_ok=True)
         (root / "shards").mkdir(exist_ok=True)
         runtime.write_parquet(table, str(root / "features" / "base" / f"{s:08d}.parquet"))
         dirs = ["features/base", "shards"]
         if dim:
-            runtime.write_parquet(pa.table({"uid": table.column("uid"), "key": table.column("key"),
-                                            "clip_score": pa.array(scores[lo:hi], pa.float32()),
-                                            "error": pa.array([None] * n, pa.string())}, schema=schema.CLIP_FEATURES),
-                                  str(scorer / f"{s:08d}.parquet"))
+            runtime.write_parquet(
+                pa.table(
+                    {
+                        "uid": table.column("uid"),
+                        "key": table.column("key"),
+                        "clip_score": pa.array(scores[lo:hi], pa.float32()),
+                        "error": pa.array([None] * n, pa.string()),
+                    },
+                    schema=schema.CLIP_FEATURES,
+                ),
+                str(scorer / f"{s:08d}.parquet"),
+            )
             np.save(scorer / f"{s:08d}.img.npy", emb[lo:hi].astype(np.float16))
             dirs.append("features/bench")
         for d in dirs:

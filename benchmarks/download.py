@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from pipeline.synth import DEFAULT_PROPORTIONS, SynthConfig, generate  # noqa: E402
+from thresher.pipeline.synth import DEFAULT_PROPORTIONS, SynthConfig, generate  # noqa: E402
 
 
 def free_port() -> int:
@@ -66,8 +66,10 @@ def count_success(out: Path, plain: bool) -> int:
     import pyarrow.parquet as pq
 
     folder = out if plain else out / "shards"
-    return sum(pq.read_table(p, columns=["status"]).column("status").to_pylist().count("success")
-               for p in folder.glob("*.parquet"))
+    return sum(
+        pq.read_table(p, columns=["status"]).column("status").to_pylist().count("success")
+        for p in folder.glob("*.parquet")
+    )
 
 
 def main() -> None:
@@ -90,26 +92,80 @@ def main() -> None:
     urls = src / "urls.parquet"
 
     bindir = Path(sys.executable).parent
-    server = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", str(src), "--port", str(port)],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "thresher.pipeline.cli", "serve", str(src), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(port)
         common = dict(timeout="10", retries="2")
         plain_cmd = lambda out: [  # noqa: E731
-            str(bindir / "img2dataset"), "--url_list", str(urls), "--input_format", "parquet", "--url_col", "url",
-            "--caption_col", "text", "--output_format", "webdataset", "--output_folder", str(out),
-            "--processes_count", str(args.processes), "--thread_count", str(args.threads),
-            "--image_size", str(args.image_size), "--resize_mode", "keep_ratio_largest",
-            "--resize_only_if_bigger", "True", "--number_sample_per_shard", str(args.per_shard),
-            "--timeout", common["timeout"], "--retries", common["retries"], "--save_additional_columns", '["uid"]',
-            "--extract_exif", "False", "--compute_hash", "sha256", "--oom_shard_count", "8",
-            "--distributor", "multiprocessing", "--user_agent_token", "thresher",
-            "--disallowed_header_directives", '["noai","noimageai","noindex","noimageindex"]']
+            str(bindir / "img2dataset"),
+            "--url_list",
+            str(urls),
+            "--input_format",
+            "parquet",
+            "--url_col",
+            "url",
+            "--caption_col",
+            "text",
+            "--output_format",
+            "webdataset",
+            "--output_folder",
+            str(out),
+            "--processes_count",
+            str(args.processes),
+            "--thread_count",
+            str(args.threads),
+            "--image_size",
+            str(args.image_size),
+            "--resize_mode",
+            "keep_ratio_largest",
+            "--resize_only_if_bigger",
+            "True",
+            "--number_sample_per_shard",
+            str(args.per_shard),
+            "--timeout",
+            common["timeout"],
+            "--retries",
+            common["retries"],
+            "--save_additional_columns",
+            '["uid"]',
+            "--extract_exif",
+            "False",
+            "--compute_hash",
+            "sha256",
+            "--oom_shard_count",
+            "8",
+            "--distributor",
+            "multiprocessing",
+            "--user_agent_token",
+            "thresher",
+            "--disallowed_header_directives",
+            '["noai","noimageai","noindex","noimageindex"]',
+        ]
         ours_cmd = lambda out: [  # noqa: E731
-            str(bindir / "thresher"), "download", str(urls), "--out", str(out), "--processes", str(args.processes),
-            "--threads", str(args.threads), "--image-size", str(args.image_size), "--samples-per-shard",
-            str(args.per_shard), "--timeout", common["timeout"], "--retries", common["retries"],
-            "--allow-private-addresses"]
+            str(bindir / "thresher"),
+            "download",
+            str(urls),
+            "--out",
+            str(out),
+            "--processes",
+            str(args.processes),
+            "--threads",
+            str(args.threads),
+            "--image-size",
+            str(args.image_size),
+            "--samples-per-shard",
+            str(args.per_shard),
+            "--timeout",
+            common["timeout"],
+            "--retries",
+            common["retries"],
+            "--allow-private-addresses",
+        ]
         times: dict[str, list[float]] = {"plain": [], "ours": []}
         successes = {}
         for rep in range(args.repeats):
@@ -129,10 +185,18 @@ def main() -> None:
     best = {k: min(v) for k, v in times.items()}
     rate = {k: args.samples / v for k, v in best.items()}
     ratio = rate["ours"] / rate["plain"]
-    result = {"samples": args.samples, "successes": successes["ours"], "processes": args.processes,
-              "threads": args.threads, "image_size": args.image_size, "cpus": os.cpu_count(),
-              "plain_samples_per_s": round(rate["plain"], 1), "ours_samples_per_s": round(rate["ours"], 1),
-              "ratio": round(ratio, 3), "target": 0.9}
+    result = {
+        "samples": args.samples,
+        "successes": successes["ours"],
+        "processes": args.processes,
+        "threads": args.threads,
+        "image_size": args.image_size,
+        "cpus": os.cpu_count(),
+        "plain_samples_per_s": round(rate["plain"], 1),
+        "ours_samples_per_s": round(rate["ours"], 1),
+        "ratio": round(ratio, 3),
+        "target": 0.9,
+    }
     print(f"plain img2dataset : {rate['plain']:8.1f} samples/s (best of {args.repeats}: {best['plain']:.1f}s)")
     print(f"thresher download : {rate['ours']:8.1f} samples/s (best of {args.repeats}: {best['ours']:.1f}s)")
     print(f"ratio ours/plain  : {ratio:.3f}  (target >= 0.9: {'met' if ratio >= 0.9 else 'NOT met'})")

@@ -43,12 +43,12 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet  # noqa: E402,F401 - pa.parquet below
 
-from pipeline import schema  # noqa: E402
+from thresher.pipeline import schema  # noqa: E402
 
 
 def _make_shard(job) -> None:
     out, shard, n, per_shard = job
-    from pipeline.synth import encode, english_caption, random_scene, render
+    from thresher.pipeline.synth import encode, english_caption, random_scene, render
 
     rng = np.random.default_rng([7, shard])
     rows = []
@@ -60,9 +60,20 @@ def _make_shard(job) -> None:
             data = encode(render(scene, w, h, rng), "jpg", 90)
             caption = english_caption(scene, rng)
             uid = f"{shard:016x}{j:016x}"
-            meta = {"uid": uid, "key": key, "url": f"http://example.invalid/{key}.jpg", "caption": caption,
-                    "status": "success", "failure": None, "error_message": None, "width": w, "height": h,
-                    "original_width": w, "original_height": h, "sha256": None}
+            meta = {
+                "uid": uid,
+                "key": key,
+                "url": f"http://example.invalid/{key}.jpg",
+                "caption": caption,
+                "status": "success",
+                "failure": None,
+                "error_message": None,
+                "width": w,
+                "height": h,
+                "original_width": w,
+                "original_height": h,
+                "sha256": None,
+            }
             rows.append(meta)
             for ext, payload in (("jpg", data), ("txt", caption.encode()), ("json", json.dumps(meta).encode())):
                 info = tarfile.TarInfo(f"{key}.{ext}")
@@ -85,7 +96,7 @@ def plain_loop(pool: Path, model_name: str, batch_size: int, device: str) -> int
     import torch
     import webdataset as wds
 
-    from pipeline import models
+    from thresher.pipeline import models
 
     models.register_project_models()
     torch.set_num_threads(os.cpu_count())
@@ -118,25 +129,30 @@ def model_only(model_name: str, batch_size: int, device: str, batches: int) -> f
     """Our actor's model call alone (normalise, encode image and text, L2, score) on decoded uint8 batches."""
     import torch
 
-    from pipeline import features, models
+    from thresher.pipeline import features, models
 
     pp = models.preprocess_config(model_name, None)
     actor = features.ClipEmbedder.__new__(features.ClipEmbedder)  # the model part of the actor, no writing
-    features.ClipEmbedder.__init__(actor, features.to_dict(features.ScorerConfig(model=model_name)), "/tmp", pp,
-                                   device, os.cpu_count())
+    features.ClipEmbedder.__init__(
+        actor, features.to_dict(features.ScorerConfig(model=model_name)), "/tmp", pp, device, os.cpu_count()
+    )
     size = pp["size"]
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 255, (batch_size, size, size, 3), dtype=np.uint8)
     tokens = rng.integers(1, 40000, (batch_size, 77 if model_name.startswith("ViT") else 32)).astype(np.int64)
-    ctx = torch.autocast(device_type=device, dtype=actor.autocast) if actor.autocast else torch.autocast(device,
-                                                                                                        enabled=False)
+    ctx = (
+        torch.autocast(device_type=device, dtype=actor.autocast)
+        if actor.autocast
+        else torch.autocast(device, enabled=False)
+    )
 
     def step():
         with torch.inference_mode(), ctx:
             image = models.normalize(pixels, pp, device, torch.float32)
             img = torch.nn.functional.normalize(actor.model.encode_image(image).float(), dim=-1)
-            txt = torch.nn.functional.normalize(actor.model.encode_text(torch.as_tensor(tokens, device=device)).float(),
-                                                dim=-1)
+            txt = torch.nn.functional.normalize(
+                actor.model.encode_text(torch.as_tensor(tokens, device=device)).float(), dim=-1
+            )
             return (img * txt).sum(-1).cpu()
 
     for _ in range(3):
@@ -153,14 +169,14 @@ def model_only(model_name: str, batch_size: int, device: str, batches: int) -> f
 
 def _decode_one(job) -> int:
     pool, shard, pp, model = job
-    from pipeline import features
+    from thresher.pipeline import features
 
     return sum(len(b["key"]) for b in features._decode_shards({"shard": [shard]}, pool, "/tmp", pp, model, 256))
 
 
 def decode_only(pool: Path, model_name: str) -> tuple[int, float]:
     """Our decoding step (read tar, decode, resize/crop, tokenize) on every core, without Ray."""
-    from pipeline import models
+    from thresher.pipeline import models
 
     pp = models.preprocess_config(model_name, None)
     shards = sorted(int(p.name[:8]) for p in (pool / "shards").glob("*.tar"))
@@ -202,8 +218,10 @@ def main() -> None:
         print(f"pool of {args.samples} samples written in {time.perf_counter() - t0:.1f}s", flush=True)
         if args.decode_only:
             n, t = decode_only(pool, args.model)
-            print(f"decode only: {n} samples in {t:.1f}s on {os.cpu_count()} cores = {n / t:.0f} samples/s "
-                  f"({n / t / os.cpu_count():.0f} per core)")
+            print(
+                f"decode only: {n} samples in {t:.1f}s on {os.cpu_count()} cores = {n / t:.0f} samples/s "
+                f"({n / t / os.cpu_count():.0f} per core)"
+            )
             print(json.dumps({"model": args.model, "decode_samples_per_s": round(n / t, 1), "cpus": os.cpu_count()}))
             return
         common = ["--model", args.model, "--batch-size", str(args.batch_size), "--device", args.device]
@@ -211,11 +229,30 @@ def main() -> None:
         n_plain = json.loads(out.strip().splitlines()[-1])["n"]
         assert n_plain == args.samples, n_plain
         print(f"plain loop : {n_plain} samples in {t_plain:.1f}s = {n_plain / t_plain:.0f} samples/s", flush=True)
-        result = {"model": args.model, "device": args.device, "samples": args.samples, "batch_size": args.batch_size,
-                  "cpus": os.cpu_count(), "plain_samples_per_s": round(n_plain / t_plain, 1)}
+        result = {
+            "model": args.model,
+            "device": args.device,
+            "samples": args.samples,
+            "batch_size": args.batch_size,
+            "cpus": os.cpu_count(),
+            "plain_samples_per_s": round(n_plain / t_plain, 1),
+        }
         if not args.no_ray:
-            t_ours, _ = timed_command([sys.executable, "-m", "pipeline.cli", "features", str(pool), "--no-base",
-                                    "--scorer-id", "bench", "--actor-cpus", str(args.actor_cpus), *common])
+            t_ours, _ = timed_command(
+                [
+                    sys.executable,
+                    "-m",
+                    "thresher.pipeline.cli",
+                    "features",
+                    str(pool),
+                    "--no-base",
+                    "--scorer-id",
+                    "bench",
+                    "--actor-cpus",
+                    str(args.actor_cpus),
+                    *common,
+                ]
+            )
             stats = list((pool / "features" / "bench").glob("*_stats.json"))
             n_ours = sum(json.loads(p.read_text())["count"] for p in stats)
             assert n_ours == n_plain, (n_ours, n_plain)

@@ -29,12 +29,11 @@ import sys
 import time
 from pathlib import Path
 
-
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
-from pipeline import filter as flt  # noqa: E402
+from thresher.pipeline import filter as flt  # noqa: E402
 
 RECIPES = {
     "datacomp-basic": "datacomp-basic",
@@ -46,16 +45,18 @@ RECIPES = {
 def make_shard(n: int, seed: int) -> pa.Table:
     rng = np.random.default_rng(seed)
     langs = np.array(["en", "de", "fr", "es", "ja", "ru"])
-    return pa.table({
-        "uid": pa.array(np.char.add("u", np.arange(n).astype(str)).astype(object)),
-        "caption_lang": pa.array(langs[rng.choice(6, n, p=[0.6, 0.1, 0.1, 0.1, 0.05, 0.05])]),
-        "caption_lang_score": pa.array(rng.uniform(0.2, 1.0, n).astype(np.float32)),
-        "caption_words": pa.array(rng.integers(0, 30, n).astype(np.int32)),
-        "caption_chars": pa.array(rng.integers(0, 200, n).astype(np.int32)),
-        "original_width": pa.array(rng.integers(50, 2000, n).astype(np.int32)),
-        "original_height": pa.array(rng.integers(50, 2000, n).astype(np.int32)),
-        "clip_b32_score": pa.array(rng.normal(0.28, 0.05, n).astype(np.float32)),
-    })
+    return pa.table(
+        {
+            "uid": pa.array(np.char.add("u", np.arange(n).astype(str)).astype(object)),
+            "caption_lang": pa.array(langs[rng.choice(6, n, p=[0.6, 0.1, 0.1, 0.1, 0.05, 0.05])]),
+            "caption_lang_score": pa.array(rng.uniform(0.2, 1.0, n).astype(np.float32)),
+            "caption_words": pa.array(rng.integers(0, 30, n).astype(np.int32)),
+            "caption_chars": pa.array(rng.integers(0, 200, n).astype(np.int32)),
+            "original_width": pa.array(rng.integers(50, 2000, n).astype(np.int32)),
+            "original_height": pa.array(rng.integers(50, 2000, n).astype(np.int32)),
+            "clip_b32_score": pa.array(rng.normal(0.28, 0.05, n).astype(np.float32)),
+        }
+    )
 
 
 def reference(name: str, t: pa.Table) -> np.ndarray:
@@ -64,9 +65,13 @@ def reference(name: str, t: pa.Table) -> np.ndarray:
     if name == "datacomp-basic":
         side = pc.min_element_wise(t["original_width"], t["original_height"])
         big = pc.max_element_wise(t["original_width"], t["original_height"])
-        keep = pc.and_(pc.and_(en, pc.and_(pc.greater(t["caption_words"], 2), pc.greater(t["caption_chars"], 5))),
-                       pc.and_(pc.greater_equal(side, 200),
-                               pc.less_equal(pc.divide(pc.cast(big, pa.float64()), pc.cast(side, pa.float64())), 3.0)))
+        keep = pc.and_(
+            pc.and_(en, pc.and_(pc.greater(t["caption_words"], 2), pc.greater(t["caption_chars"], 5))),
+            pc.and_(
+                pc.greater_equal(side, 200),
+                pc.less_equal(pc.divide(pc.cast(big, pa.float64()), pc.cast(side, pa.float64())), 3.0),
+            ),
+        )
     elif name == "clip-b32 >= 0.3":
         keep = pc.greater_equal(t["clip_b32_score"], 0.3)
     else:
@@ -84,7 +89,7 @@ def best_of(fn, repeats: int = 3) -> float:
 
 
 def write_pool(root: Path, rows: int, shard_rows: int) -> None:
-    from pipeline import runtime, schema
+    from thresher.pipeline import runtime, schema
 
     for i, start in enumerate(range(0, rows, shard_rows)):
         t = make_shard(min(shard_rows, rows - start), 100 + i)
@@ -92,12 +97,41 @@ def write_pool(root: Path, rows: int, shard_rows: int) -> None:
         keys = pa.array(np.char.add(name, np.char.zfill(np.arange(n).astype(str), 7)).astype(object))
         uids = pa.array(np.char.add(f"s{i}_", np.arange(n).astype(str)).astype(object))
         none_s, none_i = pa.nulls(n, pa.string()), pa.nulls(n, pa.int32())
-        meta = pa.table([uids, keys, pa.array(["http://x.invalid/a.jpg"] * n), pa.array(["a caption"] * n),
-                         pa.array(["success"] * n), none_s, none_s, t["original_width"], t["original_height"],
-                         t["original_width"], t["original_height"], none_s], schema=schema.POOL)
-        base = pa.table([uids, keys, t["caption_lang"], t["caption_lang_score"], t["caption_chars"],
-                         t["caption_words"], t["original_width"], t["original_height"], pa.nulls(n, pa.float32()),
-                         none_s, none_s, none_i, none_s], schema=schema.BASE_FEATURES)
+        meta = pa.table(
+            [
+                uids,
+                keys,
+                pa.array(["http://x.invalid/a.jpg"] * n),
+                pa.array(["a caption"] * n),
+                pa.array(["success"] * n),
+                none_s,
+                none_s,
+                t["original_width"],
+                t["original_height"],
+                t["original_width"],
+                t["original_height"],
+                none_s,
+            ],
+            schema=schema.POOL,
+        )
+        base = pa.table(
+            [
+                uids,
+                keys,
+                t["caption_lang"],
+                t["caption_lang_score"],
+                t["caption_chars"],
+                t["caption_words"],
+                t["original_width"],
+                t["original_height"],
+                pa.nulls(n, pa.float32()),
+                none_s,
+                none_s,
+                none_i,
+                none_s,
+            ],
+            schema=schema.BASE_FEATURES,
+        )
         scores = pa.table([uids, keys, t["clip_b32_score"], none_s], schema=schema.CLIP_FEATURES)
         for sub, table in (("shards", meta), ("features/base", base), ("features/clip_b32", scores)):
             runtime.makedirs(str(root / sub))
@@ -109,7 +143,7 @@ def write_pool(root: Path, rows: int, shard_rows: int) -> None:
 def stage(rows: int, shard_rows: int) -> None:
     import tempfile
 
-    from pipeline import execute
+    from thresher.pipeline import execute
 
     with tempfile.TemporaryDirectory() as tmp:
         pool = Path(tmp) / "pool"
@@ -121,8 +155,11 @@ def stage(rows: int, shard_rows: int) -> None:
         for label, recipe in RECIPES.items():
             flt.run(str(pool), recipe, log=lambda *_: None)  # warm the workers
             t = best_of(lambda: flt.run(str(pool), recipe, log=lambda *_: None), 2)
-            print(f"stage {label:18s} {rows / t / 1e6:6.2f}M samples/s on {cores} cores = "
-                  f"{rows / t / cores / 1e6:.2f}M per core (Parquet in, decisions out, Ray tasks)", flush=True)
+            print(
+                f"stage {label:18s} {rows / t / 1e6:6.2f}M samples/s on {cores} cores = "
+                f"{rows / t / cores / 1e6:.2f}M per core (Parquet in, decisions out, Ray tasks)",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -139,8 +176,9 @@ def main() -> None:
     except (AttributeError, OSError):
         pass
     t0 = time.perf_counter()
-    shards = [make_shard(min(args.shard_rows, args.rows - s), i)
-              for i, s in enumerate(range(0, args.rows, args.shard_rows))]
+    shards = [
+        make_shard(min(args.shard_rows, args.rows - s), i) for i, s in enumerate(range(0, args.rows, args.shard_rows))
+    ]
     print(f"{args.rows:,} rows in {len(shards)} shards made in {time.perf_counter() - t0:.1f}s", flush=True)
     for label, recipe in RECIPES.items():
         _, steps, _ = flt.load_recipe(recipe)
@@ -154,16 +192,21 @@ def main() -> None:
 
         t_ours, t_ref = best_of(ours), best_of(ref)
         assert kept["ours"] == kept["ref"], (label, kept)
-        print(f"{label:18s} ours {args.rows / t_ours / 1e6:6.2f}M samples/s per core, pyarrow.compute expression "
-              f"{args.rows / t_ref / 1e6:6.2f}M/s, ratio {t_ref / t_ours:.2f}; kept {kept['ours']:,} "
-              f"({'meets' if args.rows / t_ours >= 1e6 else 'BELOW'} the 1M/s target)", flush=True)
+        print(
+            f"{label:18s} ours {args.rows / t_ours / 1e6:6.2f}M samples/s per core, pyarrow.compute expression "
+            f"{args.rows / t_ref / 1e6:6.2f}M/s, ratio {t_ref / t_ours:.2f}; kept {kept['ours']:,} "
+            f"({'meets' if args.rows / t_ours >= 1e6 else 'BELOW'} the 1M/s target)",
+            flush=True,
+        )
 
-    from pipeline import features
-    from pipeline.synth import english_caption, foreign_caption, random_scene
+    from thresher.pipeline import features
+    from thresher.pipeline.synth import english_caption, foreign_caption, random_scene
 
     rng = np.random.default_rng(0)
-    captions = [english_caption(random_scene(rng), rng) if i % 3 else foreign_caption(random_scene(rng), rng)[0]
-                for i in range(args.lid_captions)]
+    captions = [
+        english_caption(random_scene(rng), rng) if i % 3 else foreign_caption(random_scene(rng), rng)[0]
+        for i in range(args.lid_captions)
+    ]
     features.detect_language(captions[:10])  # load the model outside the timing
     t = best_of(lambda: features.detect_language(captions), 2)
     print(f"fastText lid.176 alone: {len(captions) / t:,.0f} captions/s on one core")

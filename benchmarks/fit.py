@@ -25,7 +25,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline import scaling  # noqa: E402
+from thresher.pipeline import scaling  # noqa: E402
 
 TRUTH = {"a": (30.0, 0.2, 0.12), "b": (30.0, 0.2, 0.08)}
 
@@ -41,27 +41,49 @@ def main() -> None:
         n = args.points // len(TRUTH)
         x = 10 ** rng.uniform(6, 12, n)
         gap = np.where(rng.random(n) < 0.2, 0.0, rng.exponential(0.05, n))  # most runs sit above the law
-        y = (a * x ** -alpha + e) * np.exp(gap + rng.normal(0, 0.005, n))
+        y = (a * x**-alpha + e) * np.exp(gap + rng.normal(0, 0.005, n))
         rows += [{"group": name, "gflops_total": xi, "acc1": 1 - yi} for xi, yi in zip(x, y)]
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/results.csv"
         pd.DataFrame(rows).to_csv(path, index=False)
         t0 = time.perf_counter()
-        scaling.fit_table(path, "gflops_total", "acc1", "group", f"{tmp}/ref", accuracy=True, n_bootstrap=0,
-                          holdout_above=1e11, predict=[1e13])
+        scaling.fit_table(
+            path,
+            "gflops_total",
+            "acc1",
+            "group",
+            f"{tmp}/ref",
+            accuracy=True,
+            n_bootstrap=0,
+            holdout_above=1e11,
+            predict=[1e13],
+        )
         t_ref = time.perf_counter() - t0
         t0 = time.perf_counter()
-        res = scaling.fit_table(path, "gflops_total", "acc1", "group", f"{tmp}/out", accuracy=True,
-                                n_bootstrap=args.bootstrap, holdout_above=1e11, predict=[1e13])
+        res = scaling.fit_table(
+            path,
+            "gflops_total",
+            "acc1",
+            "group",
+            f"{tmp}/out",
+            accuracy=True,
+            n_bootstrap=args.bootstrap,
+            holdout_above=1e11,
+            predict=[1e13],
+        )
         t = time.perf_counter() - t0
     for name, g in res["groups"].items():
         a, alpha, e = TRUTH[name]
         p, ci = g["params"], g["params_ci95"]
-        print(f"{name}: {g['form']} alpha {p['alpha']:.4f} (truth {alpha}, 95% CI {ci['alpha'][0]:.4f}-"
-              f"{ci['alpha'][1]:.4f}), E {p['E']:.4f} (truth {e}), {len(g['frontier'])} frontier points, "
-              f"held-out RMSE {g['holdout']['rmse']:.4f}")
-    print(f"fit, {args.points} points, {args.bootstrap} bootstraps per group: {t:.1f} s "
-          f"(target <= 60 s: {'met' if t <= 60 else 'NOT met'}); without bootstraps: {t_ref:.1f} s")
+        print(
+            f"{name}: {g['form']} alpha {p['alpha']:.4f} (truth {alpha}, 95% CI {ci['alpha'][0]:.4f}-"
+            f"{ci['alpha'][1]:.4f}), E {p['E']:.4f} (truth {e}), {len(g['frontier'])} frontier points, "
+            f"held-out RMSE {g['holdout']['rmse']:.4f}"
+        )
+    print(
+        f"fit, {args.points} points, {args.bootstrap} bootstraps per group: {t:.1f} s "
+        f"(target <= 60 s: {'met' if t <= 60 else 'NOT met'}); without bootstraps: {t_ref:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -37,25 +37,33 @@ def steady_rate(run_dir: Path) -> float | None:
 
 
 def train_and_eval(data: str, scale, out: Path, eval_sets: list[str]) -> dict:
-    from pipeline import train
-    from pipeline.evaluate import evaluate_run
+    from thresher.pipeline import train
+    from thresher.pipeline.evaluate import evaluate_run
 
     t0 = time.perf_counter()
     m = train.train_scale(data, scale, str(out), log=lambda *_: None)
     t1 = time.perf_counter()
     ev = evaluate_run(str(out), eval_sets, log=lambda *_: None) if eval_sets else None
     t2 = time.perf_counter()
-    return {"scale": scale.name, "model": scale.model, "precision": m["precision"], "samples_seen": m["samples_seen"],
-            "train_wall_s": round(t1 - t0, 1), "train_s": m["seconds"], "samples_per_s": m["samples_per_second"],
-            "steady_samples_per_s": steady_rate(out), "eval_s": round(t2 - t1, 1),
-            "metrics": ev["checkpoints"][-1]["metrics"] if ev else None}
+    return {
+        "scale": scale.name,
+        "model": scale.model,
+        "precision": m["precision"],
+        "samples_seen": m["samples_seen"],
+        "train_wall_s": round(t1 - t0, 1),
+        "train_s": m["seconds"],
+        "samples_per_s": m["samples_per_second"],
+        "steady_samples_per_s": steady_rate(out),
+        "eval_s": round(t2 - t1, 1),
+        "metrics": ev["checkpoints"][-1]["metrics"] if ev else None,
+    }
 
 
 def dedup_check(n: int = 200_000, d: int = 512, groups: int = 100, seed: int = 0) -> dict:
     import numpy as np
     import torch
 
-    from pipeline.dedup import _within
+    from thresher.pipeline.dedup import _within
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, d)).astype(np.float32)
@@ -71,8 +79,17 @@ def dedup_check(n: int = 200_000, d: int = 512, groups: int = 100, seed: int = 0
     gpu = _within(x, members, 0.9, 4096, "cuda")
     t3 = time.perf_counter()
     same = {tuple(p) for p in cpu.tolist()} == {tuple(p) for p in gpu.tolist()}
-    return {"n": n, "dim": d, "groups": groups, "pairs_cpu": len(cpu), "pairs_gpu": len(gpu), "same_pairs": same,
-            "cpu_s": round(t1 - t0, 2), "gpu_s": round(t3 - t2, 2), "speedup": round((t1 - t0) / (t3 - t2), 1)}
+    return {
+        "n": n,
+        "dim": d,
+        "groups": groups,
+        "pairs_cpu": len(cpu),
+        "pairs_gpu": len(gpu),
+        "same_pairs": same,
+        "cpu_s": round(t1 - t0, 2),
+        "gpu_s": round(t3 - t2, 2),
+        "speedup": round((t1 - t0) / (t3 - t2), 1),
+    }
 
 
 def main() -> None:
@@ -82,13 +99,16 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=14, help="data-loading processes for the small recipe")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--parts", default="tiny,small,dedup", help="which checks to run (comma-separated)")
-    ap.add_argument("--src", default=None, help="an existing `thresher synth` output to use instead of generating "
-                                                "one (its trusted/ and eval/ sets)")
+    ap.add_argument(
+        "--src",
+        default=None,
+        help="an existing `thresher synth` output to use instead of generating one (its trusted/ and eval/ sets)",
+    )
     args = ap.parse_args()
     import torch
 
-    from pipeline import train
-    from pipeline.synth import SynthConfig, generate
+    from thresher.pipeline import train
+    from thresher.pipeline.synth import SynthConfig, generate
 
     if not torch.cuda.is_available():
         sys.exit("benchmarks/gpu.py: no CUDA GPU visible to torch")
@@ -97,19 +117,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         src = Path(args.src) if args.src else Path(tmp) / "src"
         if not args.src:
-            generate(src, SynthConfig(samples=100, trusted=2000, eval_classification=500, eval_retrieval=300),
-                     log=lambda *_: None)
+            generate(
+                src,
+                SynthConfig(samples=100, trusted=2000, eval_classification=500, eval_retrieval=300),
+                log=lambda *_: None,
+            )
         data = str(src / "trusted")
         eval_sets = sorted(str(p.parent) for p in (src / "eval").glob("*/dataset_type.txt"))
         runs, parts = [], args.parts.split(",")
         for spec in ("tiny/w32-8k", "tiny/w128-8k", "tiny-coca/coca-w32-2k") if "tiny" in parts else ():
-            sc, = train.load_scales(spec)
+            (sc,) = train.load_scales(spec)
             runs.append(train_and_eval(data, sc, Path(tmp) / "runs" / sc.name, eval_sets))
             print(json.dumps(runs[-1]), flush=True)
         if "small" in parts:
-            small, = train.load_scales("small")
-            probe = dataclasses.replace(small, name="small-probe", samples_seen=args.small_samples,
-                                        workers=args.workers)
+            (small,) = train.load_scales("small")
+            probe = dataclasses.replace(
+                small, name="small-probe", samples_seen=args.small_samples, workers=args.workers
+            )
             r = train_and_eval(data, probe, Path(tmp) / "runs" / "small-probe", [])
             rate = r["steady_samples_per_s"] or r["samples_per_s"]
             r["small_12.8M_hours_at_steady_rate"] = round(small.samples_seen / rate / 3600, 2)

@@ -35,11 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
-
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from pipeline import execute, runtime, schema, subset  # noqa: E402
+from thresher.pipeline import execute, runtime, schema, subset  # noqa: E402
 
 
 def make_pool(root: Path, shards: int, per: int, image_kb: int, fraction: float, seed: int = 0) -> None:
@@ -60,23 +59,52 @@ def make_pool(root: Path, shards: int, per: int, image_kb: int, fraction: float,
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
-                rows.append({**meta, "failure": None, "error_message": None, "width": 512, "height": 512,
-                             "original_width": 512, "original_height": 512, "sha256": "0" * 64})
+                rows.append(
+                    {
+                        **meta,
+                        "failure": None,
+                        "error_message": None,
+                        "width": 512,
+                        "height": 512,
+                        "original_width": 512,
+                        "original_height": 512,
+                        "sha256": "0" * 64,
+                    }
+                )
         runtime.write_parquet(pa.Table.from_pylist(rows, schema=schema.POOL), str(root / "shards" / f"{s:08d}.parquet"))
         runtime.write_json(str(root / "shards" / f"{s:08d}_stats.json"), {"count": per, "end_time": time.time()})
         keep = rng.random(per) < fraction
-        runtime.write_parquet(pa.table({
-            "uid": pa.array([r["uid"] for r in rows]), "keep": pa.array(keep),
-            "score": pa.array(np.full(per, np.nan, np.float32), from_pandas=True),
-            "dropped_by": pa.array(np.where(keep, None, "coin"), pa.string()),
-            "step_scores": pa.array([[] for _ in range(per)], pa.list_(pa.float32()))}, schema=schema.DECISIONS),
-            str(root / "decisions" / "bench" / f"{s:08d}.parquet"))
+        runtime.write_parquet(
+            pa.table(
+                {
+                    "uid": pa.array([r["uid"] for r in rows]),
+                    "keep": pa.array(keep),
+                    "score": pa.array(np.full(per, np.nan, np.float32), from_pandas=True),
+                    "dropped_by": pa.array(np.where(keep, None, "coin"), pa.string()),
+                    "step_scores": pa.array([[] for _ in range(per)], pa.list_(pa.float32())),
+                },
+                schema=schema.DECISIONS,
+            ),
+            str(root / "decisions" / "bench" / f"{s:08d}.parquet"),
+        )
         total += int(keep.sum())
-    runtime.write_json(str(root / "manifest.json"), {"counts": {"rows": shards * per, "status": {"success": shards * per}},
-                                                     "input": {"sha256": "bench"}})
-    runtime.write_json(str(root / "decisions" / "bench" / "manifest.json"), {
-        "recipe": "bench", "recipe_resolved": {"steps": []}, "recipe_sha256": "bench", "thresholds": {},
-        "funnel": [], "kept": total, "samples": shards * per, "inputs": {}})
+    runtime.write_json(
+        str(root / "manifest.json"),
+        {"counts": {"rows": shards * per, "status": {"success": shards * per}}, "input": {"sha256": "bench"}},
+    )
+    runtime.write_json(
+        str(root / "decisions" / "bench" / "manifest.json"),
+        {
+            "recipe": "bench",
+            "recipe_resolved": {"steps": []},
+            "recipe_sha256": "bench",
+            "thresholds": {},
+            "funnel": [],
+            "kept": total,
+            "samples": shards * per,
+            "inputs": {},
+        },
+    )
     return total
 
 
@@ -128,8 +156,9 @@ def main() -> None:
         cfg = subset.SubsetConfig(size=kept, seed=0, samples_per_shard=args.samples_per_shard)
         rule = subset.rule_for(decisions, 0)
         # warm-up on a small subset so that worker start-up is not timed
-        subset.build(str(pool), decisions, rule, subset.SubsetConfig(size=10, seed=0), str(root / "warm"),
-                     log=lambda *_: None)
+        subset.build(
+            str(pool), decisions, rule, subset.SubsetConfig(size=10, seed=0), str(root / "warm"), log=lambda *_: None
+        )
         t0 = time.perf_counter()
         m = subset.build(str(pool), decisions, rule, cfg, str(root / "ours"), log=lambda *_: None)
         t_ours = time.perf_counter() - t0
@@ -140,12 +169,17 @@ def main() -> None:
         t_ref = time.perf_counter() - t0
         ours_bytes = sum(s["bytes"] for s in m["shards"])
     mb = written / 1e6
-    print(f"pool {args.shards} shards x {args.per_shard} samples (~{args.image_kb} KB images); selected {kept:,} "
-          f"samples, {mb:.0f} MB of members; {len(m['shards'])} output shards ({ours_bytes / 1e6:.0f} MB with tar headers)")
-    print(f"ours (thresher subset, {cores} Ray workers, with metadata, hashes, lineage): {t_ours:6.2f} s "
-          f"{mb / t_ours:8.1f} MB/s")
-    print(f"reference (tarfile streaming copy, 1 process)                       : {t_ref:6.2f} s "
-          f"{mb / t_ref:8.1f} MB/s")
+    print(
+        f"pool {args.shards} shards x {args.per_shard} samples (~{args.image_kb} KB images); selected {kept:,} "
+        f"samples, {mb:.0f} MB of members; {len(m['shards'])} output shards ({ours_bytes / 1e6:.0f} MB with tar headers)"
+    )
+    print(
+        f"ours (thresher subset, {cores} Ray workers, with metadata, hashes, lineage): {t_ours:6.2f} s "
+        f"{mb / t_ours:8.1f} MB/s"
+    )
+    print(
+        f"reference (tarfile streaming copy, 1 process)                       : {t_ref:6.2f} s {mb / t_ref:8.1f} MB/s"
+    )
     ratio = t_ref / t_ours
     print(f"ratio ours/reference: {ratio:.2f} (target >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'})")
 

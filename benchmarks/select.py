@@ -32,11 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from pipeline import execute, runtime, schema, subset, topk  # noqa: E402
+from thresher.pipeline import execute, runtime, schema, subset, topk  # noqa: E402
 
 
 def make_pool(root: Path, rows: int, shards: int, seed: int = 0) -> list[np.ndarray]:
@@ -49,11 +48,16 @@ def make_pool(root: Path, rows: int, shards: int, seed: int = 0) -> list[np.ndar
         scores = np.round(rng.normal(0.3, 0.05, per), 4).astype(np.float32)
         keep = rng.random(per) < 0.9
         uids = np.char.mod("%032x", rng.integers(0, 2**62, per, dtype=np.int64))  # fixed-width str
-        table = pa.table({"uid": pa.array(uids, pa.string()), "keep": pa.array(keep),
-                          "score": pa.array(scores),
-                          "dropped_by": pa.array(np.where(keep, None, "quality"), pa.string()),
-                          "step_scores": pa.FixedSizeListArray.from_arrays(pa.array(scores), 1)
-                          .cast(pa.list_(pa.float32()))}, schema=schema.DECISIONS)
+        table = pa.table(
+            {
+                "uid": pa.array(uids, pa.string()),
+                "keep": pa.array(keep),
+                "score": pa.array(scores),
+                "dropped_by": pa.array(np.where(keep, None, "quality"), pa.string()),
+                "step_scores": pa.FixedSizeListArray.from_arrays(pa.array(scores), 1).cast(pa.list_(pa.float32())),
+            },
+            schema=schema.DECISIONS,
+        )
         runtime.write_parquet(table, str(root / "decisions" / "bench" / f"{s:08d}.parquet"))
         out.append((scores, keep, uids))
     return out
@@ -76,7 +80,6 @@ def select(pool: str, shards: list[int], size: int, rule) -> int:
 def select_in_memory(parts, size: int):
     """The same code path on arrays already in the object store (no Parquet reading)."""
     import ray
-
 
     @ray.remote(num_cpus=1)
     def hist(p):
@@ -136,20 +139,29 @@ def main() -> None:
         t0 = time.perf_counter()
         scores = np.concatenate([s[k] for s, k, _ in arrays])
         uids = np.concatenate([u[k] for _, k, u in arrays])
-        order = np.lexsort((uids, -scores.astype(np.float64)))[:args.size]
+        order = np.lexsort((uids, -scores.astype(np.float64)))[: args.size]
         t_ref = time.perf_counter() - t0
         truth = set(uids[order].tolist())
     assert n == n_mem == args.size, (n, n_mem)
     last = order[-1]
-    assert (cut.uid, np.float32(scores[last])) == (cut_mem.uid, np.float32(scores[last])) and cut.uid == uids[last], \
+    assert (cut.uid, np.float32(scores[last])) == (cut_mem.uid, np.float32(scores[last])) and cut.uid == uids[last], (
         "the cut differs from the global sort"
+    )
     print(f"selected exactly {n:,} of {args.rows:,} ({len(truth):,} in the global sort's top N; same cut)")
     rate = lambda t: args.rows / t / cores  # noqa: E731
-    print(f"distributed threshold, reading Parquet decisions : {t_disk:6.2f} s  {rate(t_disk) / 1e6:5.2f} M samples/s/core")
-    print(f"distributed threshold, arrays in the object store: {t_mem:6.2f} s  {rate(t_mem) / 1e6:5.2f} M samples/s/core")
-    print(f"reference: global lexsort on one node            : {t_ref:6.2f} s  ({args.rows / t_ref / 1e6:5.2f} M samples/s, 1 core)")
-    print(f"target >= 2M samples/s/core: {'met' if rate(t_disk) >= 2e6 else 'NOT met'} reading Parquet, "
-          f"{'met' if rate(t_mem) >= 2e6 else 'NOT met'} in memory ({cores} cores)")
+    print(
+        f"distributed threshold, reading Parquet decisions : {t_disk:6.2f} s  {rate(t_disk) / 1e6:5.2f} M samples/s/core"
+    )
+    print(
+        f"distributed threshold, arrays in the object store: {t_mem:6.2f} s  {rate(t_mem) / 1e6:5.2f} M samples/s/core"
+    )
+    print(
+        f"reference: global lexsort on one node            : {t_ref:6.2f} s  ({args.rows / t_ref / 1e6:5.2f} M samples/s, 1 core)"
+    )
+    print(
+        f"target >= 2M samples/s/core: {'met' if rate(t_disk) >= 2e6 else 'NOT met'} reading Parquet, "
+        f"{'met' if rate(t_mem) >= 2e6 else 'NOT met'} in memory ({cores} cores)"
+    )
 
 
 if __name__ == "__main__":

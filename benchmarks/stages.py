@@ -27,9 +27,13 @@ import time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # throughputs.yaml key -> (job step file name, what the rate counts)
-STAGES = {"synth": ("01-synth", "pool"), "download": ("02-download", "pool"),
-          "features_base": ("03-features", "downloaded"), "dedup_exact_pdq": ("07-dedup", "downloaded"),
-          "audit_report": ("11-audit", "subset")}
+STAGES = {
+    "synth": ("01-synth", "pool"),
+    "download": ("02-download", "pool"),
+    "features_base": ("03-features", "downloaded"),
+    "dedup_exact_pdq": ("07-dedup", "downloaded"),
+    "audit_report": ("11-audit", "subset"),
+}
 
 
 def free_port() -> int:
@@ -42,8 +46,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=20000)
     ap.add_argument("--write", action="store_true", help="update benchmarks/throughputs.yaml's stages block")
-    ap.add_argument("--dir", default=None, help="job directory to use and keep (re-running resumes; finished "
-                                                "steps keep the seconds of the run that did them)")
+    ap.add_argument(
+        "--dir",
+        default=None,
+        help="job directory to use and keep (re-running resumes; finished "
+        "steps keep the seconds of the run that did them)",
+    )
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     thresher = str(Path(sys.executable).with_name("thresher"))
@@ -52,8 +60,20 @@ def main() -> None:
         t0 = time.perf_counter()
         synth = out / "source" / "synth.json"  # a kept directory resumes: the same port, so the same steps
         port = json.loads(synth.read_text())["config"]["port"] if synth.exists() else free_port()
-        subprocess.run([thresher, "run", str(ROOT / "jobs" / "build_subset.yaml"), "--out", str(out),
-                        "--var", f"samples={args.samples}", "--var", f"port={port}"], check=True)
+        subprocess.run(
+            [
+                thresher,
+                "run",
+                str(ROOT / "jobs" / "build_subset.yaml"),
+                "--out",
+                str(out),
+                "--var",
+                f"samples={args.samples}",
+                "--var",
+                f"port={port}",
+            ],
+            check=True,
+        )
         wall = time.perf_counter() - t0
         steps = {p.stem: json.loads(p.read_text()) for p in sorted((out / "_job").glob("*.json"))}
         counts = json.loads((out / "pool" / "manifest.json").read_text())["counts"]
@@ -72,8 +92,12 @@ def main() -> None:
         text = path.read_text()
         date = time.strftime("%Y-%m-%d")
         for key, rate in rates.items():
-            text = re.sub(rf"^(  {key}: {{rate: )[0-9.e+]+(,.*measured: \")[^\"]*(\"}})$",
-                          lambda m: f"{m.group(1)}{rate:.3g}{m.group(2)}{date}{m.group(3)}", text, flags=re.M)
+            text = re.sub(
+                rf"^(  {key}: {{rate: )[0-9.e+]+(,.*measured: \")[^\"]*(\"}})$",
+                lambda m: f"{m.group(1)}{rate:.3g}{m.group(2)}{date}{m.group(3)}",
+                text,
+                flags=re.M,
+            )
         path.write_text(text)
         print(f"updated {path}")
 

@@ -23,8 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-from pipeline.synth import SynthConfig, generate  # noqa: E402
+from thresher.pipeline.synth import SynthConfig, generate  # noqa: E402
 
 
 def main() -> None:
@@ -41,8 +40,10 @@ def main() -> None:
     finally:
         shutil.rmtree(out, ignore_errors=True)
     ratio = elapsed / args.budget_s * 10000 / args.samples
-    print(f"synth: {args.samples} samples in {elapsed:.1f}s ({args.samples / elapsed:.0f} samples/s) on "
-          f"{os.cpu_count()} cores; time per 10k / 60 s budget = {ratio:.2f} (<= 1.0 meets the target)")
+    print(
+        f"synth: {args.samples} samples in {elapsed:.1f}s ({args.samples / elapsed:.0f} samples/s) on "
+        f"{os.cpu_count()} cores; time per 10k / 60 s budget = {ratio:.2f} (<= 1.0 meets the target)"
+    )
     print(json.dumps({"samples": args.samples, "seconds": round(elapsed, 1), "budget_ratio": round(ratio, 3)}))
 
 

@@ -31,8 +31,10 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-PLAIN = ("import sys, open_clip; open_clip.add_model_config(sys.argv[1]); "
-         "from open_clip_train.main import main; sys.exit(main(sys.argv[2:]))")
+PLAIN = (
+    "import sys, open_clip; open_clip.add_model_config(sys.argv[1]); "
+    "from open_clip_train.main import main; sys.exit(main(sys.argv[2:]))"
+)
 
 
 def main() -> None:
@@ -41,14 +43,15 @@ def main() -> None:
     ap.add_argument("--compare", action="append", help="scales compared with plain open_clip_train")
     args = ap.parse_args()
     compare = args.compare or ["tiny/w32-8k", "tiny/w64-8k", "tiny/w128-8k"]
-    from pipeline import train
-    from pipeline.synth import SynthConfig, generate
+    from thresher.pipeline import train
+    from thresher.pipeline.synth import SynthConfig, generate
 
     thresher = str(Path(sys.executable).with_name("thresher"))
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
-        generate(src, SynthConfig(samples=100, trusted=2000, eval_classification=10, eval_retrieval=10),
-                 log=lambda *_: None)
+        generate(
+            src, SynthConfig(samples=100, trusted=2000, eval_classification=10, eval_retrieval=10), log=lambda *_: None
+        )
         data = str(src / "trusted")
         print(f"data: {len(train.shard_list(data))} shards, {train.count_samples(train.shard_list(data))} pairs")
         print(f"{'scale':10s} {'model':14s} {'samples':>8s} {'wall s':>7s} {'samples/s':>9s}")
@@ -56,22 +59,27 @@ def main() -> None:
         for sc in train.load_scales(args.scale):
             out = Path(tmp) / "ours" / sc.name
             t0 = time.perf_counter()
-            subprocess.run([thresher, "train", data, "--scale", f"{args.scale}/{sc.name}", "--out", str(out)],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [thresher, "train", data, "--scale", f"{args.scale}/{sc.name}", "--out", str(out)],
+                check=True,
+                capture_output=True,
+            )
             wall = time.perf_counter() - t0
             seen = json.loads((out / "train_manifest.json").read_text())["samples_seen"]
             ours[f"{args.scale}/{sc.name}"] = seen / wall
             print(f"{sc.name:10s} {sc.model:14s} {seen:8d} {wall:7.1f} {seen / wall:9.1f}")
         print()
         for spec in compare:
-            sc, = train.load_scales(spec)
+            (sc,) = train.load_scales(spec)
             if spec not in ours:
                 out = Path(tmp) / "ours" / sc.name
                 t0 = time.perf_counter()
-                subprocess.run([thresher, "train", data, "--scale", spec, "--out", str(out)], check=True,
-                               capture_output=True)
-                ours[spec] = json.loads((out / "train_manifest.json").read_text())["samples_seen"] / \
-                    (time.perf_counter() - t0)
+                subprocess.run(
+                    [thresher, "train", data, "--scale", spec, "--out", str(out)], check=True, capture_output=True
+                )
+                ours[spec] = json.loads((out / "train_manifest.json").read_text())["samples_seen"] / (
+                    time.perf_counter() - t0
+                )
             record = json.loads((Path(tmp) / "ours" / sc.name / "train_manifest.json").read_text())
             seen = record["samples_seen"]
             inputs = {"the same shards": train.shard_list(data)}
@@ -82,11 +90,16 @@ def main() -> None:
                 os.makedirs(plain_out, exist_ok=True)
                 cmd, _ = train.scale_args(shards, sc, str(plain_out), "run", "fp32")
                 t0 = time.perf_counter()
-                subprocess.run([sys.executable, "-c", PLAIN, str(ROOT / "configs" / "models"), *cmd], check=True,
-                               capture_output=True)
+                subprocess.run(
+                    [sys.executable, "-c", PLAIN, str(ROOT / "configs" / "models"), *cmd],
+                    check=True,
+                    capture_output=True,
+                )
                 plain = seen / (time.perf_counter() - t0)
-                print(f"{spec}: ours {ours[spec]:.1f} samples/s, plain open_clip_train on {what} {plain:.1f} "
-                      f"samples/s, ratio {ours[spec] / plain:.3f} (target >= 0.95)")
+                print(
+                    f"{spec}: ours {ours[spec]:.1f} samples/s, plain open_clip_train on {what} {plain:.1f} "
+                    f"samples/s, ratio {ours[spec] / plain:.3f} (target >= 0.95)"
+                )
                 shutil.rmtree(plain_out, ignore_errors=True)
 
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import InputError
+from ..pipeline.errors import InputError
 
 ENTRY_POINT_GROUP = "thresher.filters"
 
@@ -53,8 +54,13 @@ class NoParams:
     pass
 
 
-def register(name: str, params: type = NoParams, needs: Callable[[Any], list[str]] | list[str] = (),
-             scores: bool = False, prepare: Callable | None = None):
+def register(
+    name: str,
+    params: type = NoParams,
+    needs: Callable[[Any], list[str]] | list[str] = (),
+    scores: bool = False,
+    prepare: Callable | None = None,
+):
     """Decorator: `@register("caption_length", CaptionLength, needs=["caption_words", "caption_chars"])`."""
     if not dataclasses.is_dataclass(params):
         raise TypeError(f"filter {name}: params must be a dataclass")
@@ -62,10 +68,12 @@ def register(name: str, params: type = NoParams, needs: Callable[[Any], list[str
 
     def wrap(fn: FilterFn) -> FilterFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
-            raise ValueError(f"filter {name!r} is registered twice ({_REGISTRY[name].fn.__module__} and "
-                             f"{fn.__module__})")
-        _REGISTRY[name] = FilterSpec(name, fn, params, needs_fn, scores, (fn.__doc__ or "").strip().split("\n")[0],
-                                     prepare)
+            raise ValueError(
+                f"filter {name!r} is registered twice ({_REGISTRY[name].fn.__module__} and {fn.__module__})"
+            )
+        _REGISTRY[name] = FilterSpec(
+            name, fn, params, needs_fn, scores, (fn.__doc__ or "").strip().split("\n")[0], prepare
+        )
         return fn
 
     return wrap
@@ -86,13 +94,17 @@ def _load_plugins() -> None:
                 obj()
         except Exception as err:  # one broken plugin is named, rather than a traceback from inside it
             dist = ep.dist.name if ep.dist else "its package"
-            raise InputError(f"filter plugin {ep.name} = {ep.value} (from {dist}, entry-point group "
-                             f"{ENTRY_POINT_GROUP}) failed to load: {type(err).__name__}: {err}; fix or "
-                             f"reinstall {dist}, or uninstall it") from err
+            raise InputError(
+                f"filter plugin {ep.name} = {ep.value} (from {dist}, entry-point group "
+                f"{ENTRY_POINT_GROUP}) failed to load: {type(err).__name__}: {err}; fix or "
+                f"reinstall {dist}, or uninstall it"
+            ) from err
     if "none" not in _REGISTRY:
-        raise InputError(f"the built-in filters are not registered: Thresher's {ENTRY_POINT_GROUP!r} entry "
-                         f"point is missing from this environment; reinstall Thresher (pip install -e .). A stale "
-                         f"thresher.egg-info in the working directory hides it: delete that folder")
+        raise InputError(
+            f"the built-in filters are not registered: Thresher's {ENTRY_POINT_GROUP!r} entry "
+            f"point is missing from this environment; reinstall Thresher (pip install -e .). A stale "
+            f"thresher.egg-info in the working directory hides it: delete that folder"
+        )
 
 
 def get(name: str) -> FilterSpec:
@@ -107,18 +119,22 @@ def resolve(ref: str) -> FilterSpec:
     if ":" not in ref:
         if ref in _REGISTRY:
             return _REGISTRY[ref]
-        raise InputError(f"unknown filter {ref!r}; known: {', '.join(sorted(_REGISTRY))}. A filter from a "
-                         f"plugin needs its package installed in this environment (`pip install PACKAGE`) "
-                         f"with a {ENTRY_POINT_GROUP!r} entry point (`thresher filters` lists what is "
-                         f"registered), or name it as module:function")
+        raise InputError(
+            f"unknown filter {ref!r}; known: {', '.join(sorted(_REGISTRY))}. A filter from a "
+            f"plugin needs its package installed in this environment (`pip install PACKAGE`) "
+            f"with a {ENTRY_POINT_GROUP!r} entry point (`thresher filters` lists what is "
+            f"registered), or name it as module:function"
+        )
     module_name, _, attr = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         if err.name and (module_name + ".").startswith(err.name + "."):  # the module (or a parent) is not there
-            raise InputError(f"filter {ref!r}: no module {module_name!r} to import; install the package "
-                             f"that provides it (`pip install PACKAGE`) or put its directory on "
-                             f"PYTHONPATH") from err
+            raise InputError(
+                f"filter {ref!r}: no module {module_name!r} to import; install the package "
+                f"that provides it (`pip install PACKAGE`) or put its directory on "
+                f"PYTHONPATH"
+            ) from err
         raise InputError(f"filter {ref!r}: importing {module_name} failed: {err}") from err
     fn = getattr(module, attr, None)
     if fn is None:
@@ -126,8 +142,10 @@ def resolve(ref: str) -> FilterSpec:
     # by identity: `register` returns the function itself, so the module's name for it is the spec's fn
     spec = next((s for s in _REGISTRY.values() if s.fn is fn), None)
     if spec is None:
-        raise InputError(f"filter {ref!r}: {module_name}.{attr} is not a registered filter; decorate it "
-                         f"with @filters.api.register(NAME, PARAMS, needs=[...]) (docs/plugins.md)")
+        raise InputError(
+            f"filter {ref!r}: {module_name}.{attr} is not a registered filter; decorate it "
+            f"with @filters.api.register(NAME, PARAMS, needs=[...]) (docs/plugins.md)"
+        )
     return spec
 
 

@@ -11,9 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.config import opt
-from pipeline.errors import InputError
-
+from ..pipeline.config import opt
+from ..pipeline.errors import InputError
 from .api import register
 
 
@@ -26,8 +25,9 @@ def _np(table: pa.Table, column: str, dtype=np.float64, fill=np.nan) -> np.ndarr
 
 def _embeddings(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
     """float32 [n, d] from a fixed-size list column, and which rows have one (undecodable images are zeros)."""
-    emb = np.ascontiguousarray(np.asarray(table.column(column).combine_chunks().values, np.float32)
-                               .reshape(table.num_rows, -1))
+    emb = np.ascontiguousarray(
+        np.asarray(table.column(column).combine_chunks().values, np.float32).reshape(table.num_rows, -1)
+    )
     return emb, np.linalg.norm(emb, axis=1) > 0.5
 
 
@@ -48,7 +48,7 @@ def random_score(table, p: Seed):
     coordination; with top_fraction it is DataComp's random-subset baseline."""
     uids = table.column("uid").to_pylist()
     digest = [hashlib.blake2b(f"{p.seed}\0{u}".encode(), digest_size=8).digest() for u in uids]
-    score = np.frombuffer(b"".join(digest), dtype=">u8").astype(np.float64) / 2.0 ** 64
+    score = np.frombuffer(b"".join(digest), dtype=">u8").astype(np.float64) / 2.0**64
     return np.ones(table.num_rows, bool), score
 
 
@@ -77,8 +77,10 @@ class CaptionLength:
 def caption_length(table, p: CaptionLength):
     """Caption has more than `more_words_than` whitespace-separated words and more than `more_chars_than`
     characters."""
-    return ((_np(table, "caption_words", np.int64, 0) > p.more_words_than)
-            & (_np(table, "caption_chars", np.int64, 0) > p.more_chars_than)), None
+    return (
+        (_np(table, "caption_words", np.int64, 0) > p.more_words_than)
+        & (_np(table, "caption_chars", np.int64, 0) > p.more_chars_than)
+    ), None
 
 
 @dataclass
@@ -134,8 +136,7 @@ def dedup_keep(table, _p):
 # ---------------------------------------------------------------------------------------------------
 # Hash blocklists (Re-LAION-style safety). Format: docs/schemas.md#blocklists.
 
-BLOCKLIST_COLUMNS = {"url_md5": "url", "url_sha256": "url", "image_sha256": "sha256",
-                     "image_pdq": "pdq"}
+BLOCKLIST_COLUMNS = {"url_md5": "url", "url_sha256": "url", "image_sha256": "sha256", "image_pdq": "pdq"}
 
 
 @dataclass
@@ -153,8 +154,8 @@ class Blocklist:
 def _must_exist(*paths: str, shipped_dir: str | None = None) -> None:
     """Checked when a recipe is loaded, before any data is read: a list file the recipe names exists
     (a missing one used to fail only inside a Ray task, after the pool was read: issue 15)."""
-    from pipeline import runtime
-    from pipeline.config import CONFIG_DIR
+    from ..pipeline import runtime
+    from ..pipeline.config import CONFIG_DIR
 
     for path in paths:
         if not path:
@@ -166,7 +167,7 @@ def _must_exist(*paths: str, shipped_dir: str | None = None) -> None:
 
 
 def _read_list(path: str, missing_ok: bool) -> list[str]:
-    from pipeline import runtime
+    from ..pipeline import runtime
 
     if not runtime.exists(path):
         if missing_ok:
@@ -180,7 +181,7 @@ def _read_list(path: str, missing_ok: bool) -> list[str]:
 @lru_cache(maxsize=None)
 def _listed(kind: str, path: str, missing_ok: bool):
     """A blocklist, read once per worker process: PDQ codes for image_pdq, else a set of digests."""
-    from pipeline import hashes
+    from ..pipeline import hashes
 
     entries = _read_list(path, missing_ok)
     if kind == "image_pdq":
@@ -199,7 +200,7 @@ def _blocklist_needs(p: Blocklist) -> list[str]:
 @register("blocklist", Blocklist, needs=_blocklist_needs)
 def blocklist(table, p: Blocklist):
     """Drops samples whose URL or image hash is on a list (exact digests; PDQ within `radius` bits)."""
-    from pipeline import hashes
+    from ..pipeline import hashes
 
     listed = _listed(p.kind, p.path, p.missing_ok)
     n = table.num_rows
@@ -231,7 +232,7 @@ class ClassNames:
 def _class_names(name_or_path: str) -> tuple[tuple[str, ...], ...]:
     import re
 
-    from pipeline.config import CONFIG_DIR
+    from ..pipeline.config import CONFIG_DIR
 
     shipped = CONFIG_DIR / "classes" / f"{name_or_path}.txt"  # a bare name is a list shipped in configs/classes/
     path = str(shipped) if "/" not in name_or_path and shipped.exists() else name_or_path
@@ -251,8 +252,10 @@ def caption_names_class(table, p: ClassNames):
     keep = []
     for caption in table.column("caption").to_pylist():
         words = re.findall(r"[a-z0-9]+", (caption or "").lower())
-        hit = any(w in singles or (w.endswith("s") and w[:-1] in singles) or (w.endswith("es") and w[:-2] in singles)
-                  for w in words)
+        hit = any(
+            w in singles or (w.endswith("s") and w[:-1] in singles) or (w.endswith("es") and w[:-2] in singles)
+            for w in words
+        )
         if not hit and multi:
             joined = " " + " ".join(words) + " "
             hit = any(" " + " ".join(n) + " " in joined for n in multi)
@@ -285,8 +288,12 @@ def _url_filter(domains: str, urls: str, banned: str, integrated: bool):
     import tldextract
     from datatrove.pipeline.filters import URLFilter
 
-    f = URLFilter(extra_domains=_lines(domains), extra_urls=_lines(urls), banned_words=_lines(banned),
-                  use_integrated_lists=integrated)
+    f = URLFilter(
+        extra_domains=_lines(domains),
+        extra_urls=_lines(urls),
+        banned_words=_lines(banned),
+        use_integrated_lists=integrated,
+    )
     # the public-suffix list snapshot shipped with tldextract: no fetch (machines may be offline)
     f.tldextractor = tldextract.TLDExtract(suffix_list_urls=())
     f.download_data()  # despite the name, this extracts lists bundled in the package
@@ -309,8 +316,10 @@ def url_blocklist(table, p: UrlBlocklist):
     from datatrove.data import Document
 
     f = _url_filter(p.domains, p.urls, p.banned_words, p.integrated_lists)
-    keep = [bool(u) and f.filter(Document(text="", id="", metadata={"url": u})) is True
-            for u in table.column("url").to_pylist()]
+    keep = [
+        bool(u) and f.filter(Document(text="", id="", metadata={"url": u})) is True
+        for u in table.column("url").to_pylist()
+    ]
     return np.array(keep, bool), None
 
 
@@ -342,10 +351,14 @@ def banned_words(table, p: BannedWords):
 @dataclass
 class ImageClusters:
     scorer: str = opt("clip_l14", "scorer id whose image embeddings are clustered")
-    target_embeddings: str = opt("", ".npy of L2-normalised image embeddings of the target set (`thresher "
-                                     "embed-images`), from the scorer's model (required)")
-    clusters: int = opt(100_000, "k-means clusters (the paper's count for its large pools); capped at a tenth "
-                                 "of the sample")
+    target_embeddings: str = opt(
+        "",
+        ".npy of L2-normalised image embeddings of the target set (`thresher "
+        "embed-images`), from the scorer's model (required)",
+    )
+    clusters: int = opt(
+        100_000, "k-means clusters (the paper's count for its large pools); capped at a tenth of the sample"
+    )
     sample: int = opt(2_000_000, "embeddings k-means trains on, spread evenly over the pool")
     iters: int = opt(20, "k-means iterations")
     seed: int = opt(0, "seed of the sample and of k-means")
@@ -360,7 +373,7 @@ def _image_clusters_needs(p: ImageClusters) -> list[str]:
 def _sample_embeddings(shard: int, pool: str, scorer: str, takes: dict[int, int], seed: int) -> np.ndarray:
     """Up to `takes[shard]` rows of one shard's image embeddings, drawn with a seed of its own (the same
     whichever worker draws it). Zero rows are undecodable images, not embeddings."""
-    from pipeline.pool import Pool, read_npy
+    from ..pipeline.pool import Pool, read_npy
 
     take = takes[shard]
     emb = read_npy(Pool(pool).embeddings(scorer, shard))
@@ -374,33 +387,39 @@ def _prepare_image_clusters(pool: str, p: ImageClusters) -> dict:
     """Train spherical k-means on a sample of the pool's embeddings; find each target image's centroid."""
     import faiss
 
-    from pipeline import execute, runtime
-    from pipeline.pool import Pool, read_npy
+    from ..pipeline import execute, runtime
+    from ..pipeline.pool import Pool, read_npy
 
     if not runtime.exists(p.target_embeddings):
-        raise InputError(f"image_clusters: target embeddings {p.target_embeddings} do not exist "
-                         f"(make them with `thresher embed-images`)")
+        raise InputError(
+            f"image_clusters: target embeddings {p.target_embeddings} do not exist "
+            f"(make them with `thresher embed-images`)"
+        )
     shards = Pool(pool).shards()
     counts = {s: runtime.read_json(Pool(pool).feature_stats(p.scorer, s))["count"] for s in shards}
     total = sum(counts.values())
     # an even share of the sample from every shard, drawn where the shard is read (one Ray task each), so
     # the driver holds the sample, never the pool's embeddings (13 TB for DataComp's 12.8B at L/14)
     takes = {s: int(np.ceil(p.sample * counts[s] / max(total, 1))) for s in shards}
-    parts = execute.map(_sample_embeddings, shards, pool, p.scorer, takes, p.seed,
-                        label="image_clusters sample")
+    parts = execute.map(_sample_embeddings, shards, pool, p.scorer, takes, p.seed, label="image_clusters sample")
     x = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
     target = read_npy(p.target_embeddings).astype(np.float32)
     if target.ndim != 2 or target.shape[1] != x.shape[1]:
-        raise InputError(f"image_clusters: target embeddings {p.target_embeddings} have shape {target.shape}; "
-                         f"the pool's {p.scorer} embeddings are {x.shape[1]}-d (same model needed)")
+        raise InputError(
+            f"image_clusters: target embeddings {p.target_embeddings} have shape {target.shape}; "
+            f"the pool's {p.scorer} embeddings are {x.shape[1]}-d (same model needed)"
+        )
     target /= np.maximum(np.linalg.norm(target, axis=1, keepdims=True), 1e-12)
     k = max(1, min(p.clusters, len(x) // 10))
     km = faiss.Kmeans(x.shape[1], k, niter=p.iters, seed=p.seed, spherical=True, verbose=False)
     km.train(x)
     _, nearest = km.index.search(target, 1)
     chosen = np.unique(nearest[:, 0])
-    return {"centroids": km.centroids.copy(), "chosen": chosen,
-            "info": {"clusters": k, "trained_on": len(x), "targets": len(target), "clusters_kept": len(chosen)}}
+    return {
+        "centroids": km.centroids.copy(),
+        "chosen": chosen,
+        "info": {"clusters": k, "trained_on": len(x), "targets": len(target), "clusters_kept": len(chosen)},
+    }
 
 
 @register("image_clusters", ImageClusters, needs=_image_clusters_needs, prepare=_prepare_image_clusters)
@@ -430,7 +449,7 @@ class ImageProbe:
 
 @lru_cache(maxsize=None)
 def _probe(path: str):
-    from pipeline.probe import load_probe
+    from ..pipeline.probe import load_probe
 
     return load_probe(path)
 

@@ -25,14 +25,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import execute, runtime, subset
-from .pool import Pool
 from .errors import InputError
+from .pool import Pool
 
 KNOWN_FILES = ("manifest.json", "lineage.parquet")
 
 
 # ---------------------------------------------------------------------------------------------------
 # verify
+
 
 def _verify_shard(subset_dir: str, entry: dict, expected: dict[str, str]) -> list[str]:
     """Problems of one listed shard: its file hashes, then every sample's image bytes."""
@@ -63,8 +64,10 @@ def _verify_shard(subset_dir: str, entry: dict, expected: dict[str, str]) -> lis
         if key not in seen:
             problems.append(f"missing sample {key} in {entry['name']}")
         elif seen[key] != sha:
-            problems.append(f"changed sample {key} in {entry['name']} (image sha256 {str(seen[key])[:12]}…, "
-                            f"lineage says {sha[:12]}…)")
+            problems.append(
+                f"changed sample {key} in {entry['name']} (image sha256 {str(seen[key])[:12]}…, "
+                f"lineage says {sha[:12]}…)"
+            )
     for key in sorted(set(seen) - set(expected)):
         problems.append(f"extra sample {key} in {entry['name']}")
     return problems
@@ -77,8 +80,9 @@ def _verify_task(entry: dict, subset_dir: str) -> list[str]:
     fs, path = runtime.fs_path(runtime.join(subset_dir, "lineage.parquet"))
     with fs.open(path, "rb") as f:  # row groups are written per shard, so this reads one shard's rows
         t = pq.read_table(f, columns=["subset_key", "image_sha256"], filters=[("subset_shard", "=", shard)])
-    return _verify_shard(subset_dir, entry, dict(zip(t.column("subset_key").to_pylist(),
-                                                     t.column("image_sha256").to_pylist())))
+    return _verify_shard(
+        subset_dir, entry, dict(zip(t.column("subset_key").to_pylist(), t.column("image_sha256").to_pylist()))
+    )
 
 
 def verify(subset_dir: str, ray_address: str | None = None) -> dict:
@@ -87,16 +91,19 @@ def verify(subset_dir: str, ray_address: str | None = None) -> dict:
     problems = []
     lineage = runtime.join(subset_dir, "lineage.parquet")
     if not runtime.exists(lineage):
-        return {"ok": False, "problems": ["missing lineage.parquet: samples cannot be checked"],
-                "shards": len(m["shards"]), "samples": m["size"]}
+        return {
+            "ok": False,
+            "problems": ["missing lineage.parquet: samples cannot be checked"],
+            "shards": len(m["shards"]),
+            "samples": m["size"],
+        }
     if runtime.file_sha256(lineage) != m["lineage"]["sha256"]:
         problems.append("changed lineage.parquet (sha256 differs from the manifest)")
     expected_files = set(KNOWN_FILES) | {s["name"] for s in m["shards"]} | {s["parquet"] for s in m["shards"]}
     present = {p.rstrip("/").rsplit("/", 1)[-1] for p in runtime.glob(runtime.join(subset_dir, "*"))}
     problems += [f"extra file {name}" for name in sorted(present - expected_files)]
     execute.start(ray_address)
-    for found in execute.map(_verify_task, m["shards"], subset_dir, label="audit verify", quiet=False,
-                             unit="shards"):
+    for found in execute.map(_verify_task, m["shards"], subset_dir, label="audit verify", quiet=False, unit="shards"):
         problems += found
     return {"ok": not problems, "problems": problems, "shards": len(m["shards"]), "samples": m["size"]}
 
@@ -104,30 +111,58 @@ def verify(subset_dir: str, ray_address: str | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------------
 # trace and explain
 
+
 def trace(subset_dir: str, uid: str) -> dict:
     m = subset.read_manifest(subset_dir)
     lin = subset.read_lineage(subset_dir)
     rows = lin.filter(pc.equal(lin.column("uid"), uid)).to_pylist()
     if not rows:
-        raise InputError(f"uid {uid} is not in {subset_dir} (explain why with `thresher audit explain "
-                         f"{m['pool']['path']} {uid}`)")
+        raise InputError(
+            f"uid {uid} is not in {subset_dir} (explain why with `thresher audit explain {m['pool']['path']} {uid}`)"
+        )
     first = rows[0]
     meta = runtime.read_parquet(runtime.join(subset_dir, f"{first['subset_shard']:08d}.parquet"))
     meta = meta.filter(pc.equal(meta.column("key"), first["subset_key"])).to_pylist()[0]
     thresholds = m.get("thresholds", {})
     return {
-        "uid": uid, "url": first["url"], "caption": meta.get("caption"),
-        "source": {"pool": m["pool"]["path"], "pool_manifest_sha256": m["pool"]["manifest_sha256"],
-                   "shard": f"{first['pool_shard']:08d}", "key": first["pool_key"]},
-        "download": {"status": first["status"], "downloaded_at": str(first["downloaded_at"]),
-                     "source_sha256": first["source_sha256"]},
-        "recipe": {"name": m["recipe"], "sha256": m["recipe_sha256"],
-                   "steps": [{**s, "threshold": (thresholds.get(s["step"]) or {}).get("threshold"),
-                              "params": next((x["params"] for x in m["recipe_resolved"]["steps"]
-                                              if x["name"] == s["step"]), None)} for s in first["steps"]]},
+        "uid": uid,
+        "url": first["url"],
+        "caption": meta.get("caption"),
+        "source": {
+            "pool": m["pool"]["path"],
+            "pool_manifest_sha256": m["pool"]["manifest_sha256"],
+            "shard": f"{first['pool_shard']:08d}",
+            "key": first["pool_key"],
+        },
+        "download": {
+            "status": first["status"],
+            "downloaded_at": str(first["downloaded_at"]),
+            "source_sha256": first["source_sha256"],
+        },
+        "recipe": {
+            "name": m["recipe"],
+            "sha256": m["recipe_sha256"],
+            "steps": [
+                {
+                    **s,
+                    "threshold": (thresholds.get(s["step"]) or {}).get("threshold"),
+                    "params": next(
+                        (x["params"] for x in m["recipe_resolved"]["steps"] if x["name"] == s["step"]), None
+                    ),
+                }
+                for s in first["steps"]
+            ],
+        },
         "selection": {**m["selection"], "rank_key": first["rank_key"]},
-        "in_subset": [{"shard": f"{r['subset_shard']:08d}", "key": r["subset_key"], "copy": r["copy"],
-                       "image_sha256": r["image_sha256"]} for r in rows],
+        "in_subset": [
+            {
+                "shard": f"{r['subset_shard']:08d}",
+                "key": r["subset_key"],
+                "copy": r["copy"],
+                "image_sha256": r["image_sha256"],
+            }
+            for r in rows
+        ],
         "subset_version": {"previous": m.get("previous")},
         "features": {k: v for k, v in meta.items() if k not in ("uid", "key", "url", "caption")},
     }
@@ -145,10 +180,16 @@ def _find_in_pool(pool: str, uid: str) -> tuple[int, dict] | None:
 def _threshold_text(step: dict, threshold: dict | None) -> str:
     if threshold:
         t = threshold.get("threshold")
-        return (f"top {threshold['fraction']:.0%} of {threshold['of']} ({threshold['ranked']} ranked): "
-                f"threshold {t:.6g}" if t is not None else "keeps all")
-    return "rule: " + ", ".join(f"{k}={v}" for k, v in (step.get("params") or {}).items()) if step.get("params") \
+        return (
+            f"top {threshold['fraction']:.0%} of {threshold['of']} ({threshold['ranked']} ranked): threshold {t:.6g}"
+            if t is not None
+            else "keeps all"
+        )
+    return (
+        "rule: " + ", ".join(f"{k}={v}" for k, v in (step.get("params") or {}).items())
+        if step.get("params")
         else "rule: the filter's own"
+    )
 
 
 def explain(pool: str, uid: str, recipes: list[str] | None = None) -> dict:
@@ -156,9 +197,14 @@ def explain(pool: str, uid: str, recipes: list[str] | None = None) -> dict:
     if found is None:
         raise InputError(f"uid {uid} is not in {pool}")
     shard, row = found
-    out = {"uid": uid, "url": row["url"], "caption": row.get("caption"), "shard": f"{shard:08d}",
-           "key": row["key"], "download": {"status": row["status"], "failure": row.get("failure"),
-                                           "error": row.get("error_message")}}
+    out = {
+        "uid": uid,
+        "url": row["url"],
+        "caption": row.get("caption"),
+        "shard": f"{shard:08d}",
+        "key": row["key"],
+        "download": {"status": row["status"], "failure": row.get("failure"), "error": row.get("error_message")},
+    }
     if row["status"] != "success":
         out["verdict"] = f"not downloaded: {row.get('failure') or row['status']} ({row.get('error_message')})"
         return out
@@ -168,8 +214,7 @@ def explain(pool: str, uid: str, recipes: list[str] | None = None) -> dict:
         r = t.filter(pc.equal(t.column("uid"), uid)).to_pylist()
         if r:
             out["dedup"] = {"keep": r[0]["keep"], "reason": r[0]["reason"], "group": r[0]["duplicate_group"]}
-    names = recipes or sorted(p.rstrip("/").split("/")[-2]
-                              for p in runtime.glob(Pool(pool).decisions_manifest("*")))
+    names = recipes or sorted(p.rstrip("/").split("/")[-2] for p in runtime.glob(Pool(pool).decisions_manifest("*")))
     out["recipes"] = {}
     for name in names:
         mpath = Pool(pool).decisions_manifest(name)
@@ -184,8 +229,15 @@ def explain(pool: str, uid: str, recipes: list[str] | None = None) -> dict:
         detail = []
         for i, (s, sc) in enumerate(zip(steps, scores)):
             decision = "passed" if dropped is None or i < dropped else "dropped" if i == dropped else "not reached"
-            detail.append({"step": s["name"], "filter": s["filter"], "score": sc, "decision": decision,
-                           "rule": _threshold_text(s, m["thresholds"].get(s["name"]))})
+            detail.append(
+                {
+                    "step": s["name"],
+                    "filter": s["filter"],
+                    "score": sc,
+                    "decision": decision,
+                    "rule": _threshold_text(s, m["thresholds"].get(s["name"])),
+                }
+            )
         if r["keep"]:
             verdict = "kept"
         else:
@@ -199,18 +251,29 @@ def explain(pool: str, uid: str, recipes: list[str] | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------------
 # remove
 
-def remove(subset_dir: str, out: str, urls_file: str | None = None, domains_file: str | None = None,
-           refill: bool = False, ray_address: str | None = None, log=print) -> dict:
+
+def remove(
+    subset_dir: str,
+    out: str,
+    urls_file: str | None = None,
+    domains_file: str | None = None,
+    refill: bool = False,
+    ray_address: str | None = None,
+    log=print,
+) -> dict:
     """A new version of `subset_dir` in `out` without the samples the requests name. Requests are cumulative:
     the new version also honours every earlier version's."""
     m = subset.read_manifest(subset_dir)
     if m["selection"].get("repeat"):
-        raise InputError(f"{subset_dir} repeats samples (--allow-repeat); remove does not handle upsampled "
-                         f"subsets yet: make a new subset from the pool instead")
+        raise InputError(
+            f"{subset_dir} repeats samples (--allow-repeat); remove does not handle upsampled "
+            f"subsets yet: make a new subset from the pool instead"
+        )
     request = subset.read_exclusion(urls_file, domains_file)
     earlier = m.get("exclusion") or {}
-    exclude = subset.Exclusion(urls=request.urls | set(earlier.get("url_list", [])),
-                               domains=request.domains | set(earlier.get("domains", [])))
+    exclude = subset.Exclusion(
+        urls=request.urls | set(earlier.get("url_list", [])), domains=request.domains | set(earlier.get("domains", []))
+    )
     lin = subset.read_lineage(subset_dir, columns=["uid", "url"])
     hit = request.mask(lin.column("url").to_pylist())
     if not hit.any():
@@ -218,24 +281,34 @@ def remove(subset_dir: str, out: str, urls_file: str | None = None, domains_file
     pool = m["pool"]["path"]
     dpath = Pool(pool).decisions_manifest(m["recipe"])
     if not runtime.exists(dpath) or runtime.file_sha256(dpath) != m["decisions_manifest_sha256"]:
-        raise InputError(f"{pool}: the decisions of {m['recipe']} changed since {subset_dir} was made, so its "
-                         f"ranking cannot be continued; make a new subset instead")
+        raise InputError(
+            f"{pool}: the decisions of {m['recipe']} changed since {subset_dir} was made, so its "
+            f"ranking cannot be continued; make a new subset instead"
+        )
     decisions = runtime.read_json(dpath)
     removed = int(hit.sum())
     size = m["size"] if refill else m["size"] - removed
     if size < 1:
         raise InputError(f"the requests remove every sample of {subset_dir}")
     cfg = subset.SubsetConfig(size=size, seed=m["seed"], samples_per_shard=m["samples_per_shard"])
-    previous = {"path": str(subset_dir), "manifest_sha256": runtime.file_sha256(runtime.join(subset_dir,
-                                                                                             "manifest.json")),
-                "removed": removed, "removed_uids": sorted(set(lin.column("uid").filter(pa.array(hit)).to_pylist())),
-                "refill": refill, "request": {"urls": urls_file, "domains": domains_file,
-                                              "urls_sha256": urls_file and runtime.file_sha256(urls_file),
-                                              "domains_sha256": domains_file and runtime.file_sha256(domains_file)}}
+    previous = {
+        "path": str(subset_dir),
+        "manifest_sha256": runtime.file_sha256(runtime.join(subset_dir, "manifest.json")),
+        "removed": removed,
+        "removed_uids": sorted(set(lin.column("uid").filter(pa.array(hit)).to_pylist())),
+        "refill": refill,
+        "request": {
+            "urls": urls_file,
+            "domains": domains_file,
+            "urls_sha256": urls_file and runtime.file_sha256(urls_file),
+            "domains_sha256": domains_file and runtime.file_sha256(domains_file),
+        },
+    }
     execute.start(ray_address)
     log(f"[audit remove] {removed} sample(s) of {subset_dir} match; writing {size} samples to {out}")
-    return subset.build(pool, decisions, subset.rule_for(decisions, m["seed"]), cfg, out, exclude=exclude,
-                        previous=previous, log=log)
+    return subset.build(
+        pool, decisions, subset.rule_for(decisions, m["seed"]), cfg, out, exclude=exclude, previous=previous, log=log
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -271,8 +344,14 @@ def _fetch(url: str, timeout: float, allow_private: bool) -> tuple[str, str | No
     return "ok", hashlib.sha256(body).hexdigest(), None
 
 
-def recheck(subset_dir: str, sample: int, seed: int = 0, timeout: float = 10.0, threads: int = 32,
-            allow_private_addresses: bool = False) -> dict:
+def recheck(
+    subset_dir: str,
+    sample: int,
+    seed: int = 0,
+    timeout: float = 10.0,
+    threads: int = 32,
+    allow_private_addresses: bool = False,
+) -> dict:
     """Re-download `sample` random URLs of a subset. gone: no longer served; drifted: served, but the
     bytes differ from those downloaded (source_sha256); opted_out: now carries a disallowing X-Robots-Tag."""
     lin = subset.read_lineage(subset_dir, columns=["uid", "url", "source_sha256", "copy"])
@@ -289,8 +368,15 @@ def recheck(subset_dir: str, sample: int, seed: int = 0, timeout: float = 10.0, 
         if outcome == "ok" and sha != r["source_sha256"]:
             outcome = "drifted"
         counts[outcome] += 1
-        results.append({"uid": r["uid"], "url": r["url"], "outcome": outcome, "detail": detail,
-                        "sha256": sha, "expected_sha256": r["source_sha256"]})
+        results.append(
+            {
+                "uid": r["uid"],
+                "url": r["url"],
+                "outcome": outcome,
+                "detail": detail,
+                "sha256": sha,
+                "expected_sha256": r["source_sha256"],
+            }
+        )
     rate = {f"{o}_rate": counts[o] / k for o in ("gone", "drifted", "opted_out", "refused")}
-    return {"subset": str(subset_dir), "checked": k, "seed": seed, "counts": dict(counts), **rate,
-            "samples": results}
+    return {"subset": str(subset_dir), "checked": k, "seed": seed, "counts": dict(counts), **rate, "samples": results}

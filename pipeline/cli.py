@@ -1,5 +1,5 @@
 """The `thresher` command line, and only that: the entry point of the console script and of
-`python -m pipeline.cli`.
+`python -m thresher.pipeline.cli`.
 
 Every command is a record in the registry (pipeline/commands.py). This module derives the argparse
 parser from the records' `args` dataclasses, turns what argparse parsed into the command's `args`,
@@ -34,9 +34,17 @@ def _add_argument(target, a: Arg) -> None:
     elif a.kind == TOGGLE:
         target.add_argument(*a.flags, dest=a.dest, action=argparse.BooleanOptionalAction, default=None, help=a.help)
     else:
-        target.add_argument(*a.flags, dest=a.dest, action="append" if a.kind == REPEAT else "store", type=a.type,
-                            default=a.default, required=a.required, choices=a.choices, metavar=a.metavar,
-                            help=a.help)
+        target.add_argument(
+            *a.flags,
+            dest=a.dest,
+            action="append" if a.kind == REPEAT else "store",
+            type=a.type,
+            default=a.default,
+            required=a.required,
+            choices=a.choices,
+            metavar=a.metavar,
+            help=a.help,
+        )
 
 
 def _add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
@@ -58,13 +66,15 @@ def all_commands() -> dict[str, commands.Command]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command in the registry, in its order, each with its help and example."""
-    parser = argparse.ArgumentParser(prog="thresher", description="Curate image-text pre-training datasets.",
-                                     formatter_class=FORMAT)
+    parser = argparse.ArgumentParser(
+        prog="thresher", description="Curate image-text pre-training datasets.", formatter_class=FORMAT
+    )
     parser.add_argument("--version", action="version", version=f"thresher {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for cmd in all_commands().values():
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, formatter_class=FORMAT,
-                           epilog=f"example:\n  {cmd.example}")
+        p = sub.add_parser(
+            cmd.name, help=cmd.help, description=cmd.help, formatter_class=FORMAT, epilog=f"example:\n  {cmd.example}"
+        )
         _add_arguments(p, cmd.args)
         if cmd.actions:
             actions = p.add_subparsers(dest=commands.ACTION, required=True, metavar="ACTION")

@@ -25,10 +25,11 @@ import importlib
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .config import CONFIG_DIR, load
 from .errors import InputError
@@ -37,8 +38,15 @@ from .plan import KMEANS_FLOPS_ONE_NODE, Cluster, Estimate, Sizes, embed_dim, gf
 ACTION = "action"  # the key (and argparse dest) naming a nested command: `audit` takes `action: verify`
 
 # how an argument is spelled on the command line
-POSITIONAL, VALUE, REPEAT, FLAG, TOGGLE, CSV, MAPPING = ("positional", "value", "repeat", "flag", "toggle", "csv",
-                                                          "mapping")
+POSITIONAL, VALUE, REPEAT, FLAG, TOGGLE, CSV, MAPPING = (
+    "positional",
+    "value",
+    "repeat",
+    "flag",
+    "toggle",
+    "csv",
+    "mapping",
+)
 
 args_dataclass = dataclass(frozen=True, kw_only=True)  # keywords only: a default may precede a required field
 
@@ -46,6 +54,7 @@ args_dataclass = dataclass(frozen=True, kw_only=True)  # keywords only: a defaul
 @dataclass(frozen=True)
 class Spec:
     """What a field's type does not say about its argument."""
+
     help: str | None = None
     positional: bool = False
     flags: tuple[str, ...] = ()
@@ -53,9 +62,16 @@ class Spec:
     metavar: str | None = None
 
 
-def arg(default: Any = MISSING, help: str | None = None, *, positional: bool = False,  # noqa: A002
-        flags: tuple[str, ...] = (), choices: tuple | None = None, metavar: str | None = None,
-        factory: Any = MISSING):
+def arg(
+    default: Any = MISSING,
+    help: str | None = None,
+    *,
+    positional: bool = False,  # noqa: A002
+    flags: tuple[str, ...] = (),
+    choices: tuple | None = None,
+    metavar: str | None = None,
+    factory: Any = MISSING,
+):
     """A command argument. Without a default (or factory) it is required."""
     meta = {"arg": Spec(help, positional, flags, choices, metavar)}
     if factory is not MISSING:
@@ -70,14 +86,14 @@ def include(cls: type, group: str | None = None):
 
 
 def config_group(path: str):
-    """One option per field of the config dataclass `path` ("module.Class", imported when first
-    needed); the value is a dict of the fields given, which override the `--config` file."""
+    """One option per field of the config dataclass `path` (".module.Class" in this package, imported
+    when first needed, so the CLI starts without importing every stage); the value is a dict of the fields given, which override the `--config` file."""
     return field(default_factory=dict, metadata={"config": path})
 
 
 def _config_class(path: str) -> type:
     module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    return getattr(importlib.import_module(module, __package__), name)  # ".synth": this package's synth
 
 
 def comma_list(text: str) -> list[str]:
@@ -97,16 +113,17 @@ def mapping(text: str) -> dict:
 @dataclass(frozen=True)
 class Arg:
     """One argument of a command as the command line and a job step spell it."""
+
     dest: str
     kind: str
     help: str | None = None
-    flags: tuple[str, ...] = ()     # () for a positional
-    type: Callable | None = None    # text -> value (argparse's `type`); None: the text itself
+    flags: tuple[str, ...] = ()  # () for a positional
+    type: Callable | None = None  # text -> value (argparse's `type`); None: the text itself
     default: Any = None
     required: bool = False
     choices: tuple | None = None
     metavar: str | None = None
-    group: str | None = None        # the help section, when not the command's own options
+    group: str | None = None  # the help section, when not the command's own options
 
     @property
     def option_strings(self) -> tuple[str, ...]:
@@ -151,8 +168,9 @@ class Arg:
         except (TypeError, ValueError):
             raise InputError(f"{where}: {self.dest}: invalid {self.type.__name__} value: {word!r}") from None
         if self.choices and value not in self.choices:
-            raise InputError(f"{where}: {self.dest}: invalid choice: {value!r} (choose from "
-                             f"{', '.join(map(str, self.choices))})")
+            raise InputError(
+                f"{where}: {self.dest}: invalid choice: {value!r} (choose from {', '.join(map(str, self.choices))})"
+            )
         return value
 
 
@@ -185,9 +203,18 @@ def _from_field(f: dataclasses.Field, tp, group: str | None) -> Arg:
         kind, convert = FLAG, None
     elif typing.get_origin(base) is list:
         kind, convert = REPEAT, typing.get_args(base)[0]
-    return Arg(f.name, kind, spec.help, spec.flags or ("--" + f.name.replace("_", "-"),),
-               None if convert is str else convert, _parsed_default(f), required and kind != FLAG, spec.choices,
-               spec.metavar, group)
+    return Arg(
+        f.name,
+        kind,
+        spec.help,
+        spec.flags or ("--" + f.name.replace("_", "-"),),
+        None if convert is str else convert,
+        _parsed_default(f),
+        required and kind != FLAG,
+        spec.choices,
+        spec.metavar,
+        group,
+    )
 
 
 def _config_args(cls: type) -> list[Arg]:
@@ -252,6 +279,7 @@ def bind(cls: type, words: dict[str, list[str]], where: str):
 class Command:
     """One `thresher` command. `run(args)` returns an exit code (None: 0); `plan` estimates a job step of
     it (None: nothing to cost). A command with `actions` (audit) runs one of them instead."""
+
     name: str
     help: str
     example: str
@@ -268,8 +296,9 @@ class Command:
 @dataclass(frozen=True)
 class Call:
     """A command bound to its arguments: one command line, or one job step."""
-    name: str          # the command as typed: `audit` for each of its actions
-    command: Command   # what runs: the command, or the audit action
+
+    name: str  # the command as typed: `audit` for each of its actions
+    command: Command  # what runs: the command, or the audit action
     args: Any
 
     def run(self) -> int:
@@ -286,6 +315,7 @@ class Call:
 @args_dataclass
 class Common:
     """Every command's argument."""
+
     ray_address: str | None = arg(None, "Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray instance)")
 
 
@@ -333,7 +363,7 @@ def _with_ratio(key: str, scale: float) -> str:
 class SynthArgs(Common):
     out: str = arg(help="directory to write")
     config: str | None = arg(None, "YAML file or preset name in configs/synth/")
-    overrides: dict = config_group("pipeline.synth.SynthConfig")
+    overrides: dict = config_group(".synth.SynthConfig")
 
 
 def _synth_config(args: SynthArgs):
@@ -353,8 +383,12 @@ def run_synth(args: SynthArgs) -> None:
 def plan_synth(args: SynthArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
     cfg = _synth_config(args)
     sizes.pool, sizes.trusted = cfg.samples, cfg.trusted  # what the steps after it read
-    return Estimate(what=f"{sizes.pool:,} synthetic samples", inputs=["stages.synth"],
-                    cpu_s=sizes.pool / rate(t, "stages.synth"), disk_bytes=sizes.pool * sizes.bytes * 1.05)
+    return Estimate(
+        what=f"{sizes.pool:,} synthetic samples",
+        inputs=["stages.synth"],
+        cpu_s=sizes.pool / rate(t, "stages.synth"),
+        disk_bytes=sizes.pool * sizes.bytes * 1.05,
+    )
 
 
 @args_dataclass
@@ -379,7 +413,7 @@ class DownloadArgs(Common):
     urls: str = arg(help="URL list: Parquet, CSV or JSONL (local path or s3://, gs://, ...)", positional=True)
     out: str = arg(help="pool directory (local path or s3://, gs://, ...)")
     config: str | None = arg(None, "YAML file or preset name in configs/download/")
-    overrides: dict = config_group("pipeline.download.DownloadConfig")
+    overrides: dict = config_group(".download.DownloadConfig")
 
 
 def run_download(args: DownloadArgs) -> None:
@@ -396,8 +430,12 @@ def run_download(args: DownloadArgs) -> None:
 
 def plan_download(args: DownloadArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
     n = sizes.downloaded
-    e = Estimate(what=f"{sizes.pool:,.0f} URLs, {n:,.0f} arrive", inputs=["stages.download"],
-                 cpu_s=sizes.pool / rate(t, "stages.download"), disk_bytes=n * sizes.bytes)
+    e = Estimate(
+        what=f"{sizes.pool:,.0f} URLs, {n:,.0f} arrive",
+        inputs=["stages.download"],
+        cpu_s=sizes.pool / rate(t, "stages.download"),
+        disk_bytes=n * sizes.bytes,
+    )
     if cluster.name != "local":  # internet downloads: img2dataset's per-node rate bounds us
         e.inputs.append("download.img2dataset_node")
         e.cpu_s = max(e.cpu_s, sizes.pool / (rate(t, "download.img2dataset_node") / 16))
@@ -407,6 +445,7 @@ def plan_download(args: DownloadArgs, sizes: Sizes, t: dict, cluster: Cluster) -
 @args_dataclass
 class ScorerSettings:
     """The ScorerConfig fields `thresher features` sets for every scorer (None: the config's default)."""
+
     batch_size: int | None = arg(None, "images per model call (default 256)")
     device: str | None = arg(None, "auto, cpu or cuda (default auto)")
     precision: str | None = arg(None, "auto, fp32, fp16 or bf16 (default auto)")
@@ -418,13 +457,17 @@ class ScorerSettings:
 class FeaturesArgs(Common):
     pool: str = arg(help="pool directory written by `thresher download`", positional=True)
     model: list[str] = arg(help="open_clip model name (repeatable; one scorer each)", factory=list)
-    pretrained: list[str] = arg(help="pretrained tag or checkpoint path for the matching --model; 'none' = random "
-                                     "init", factory=list)
+    pretrained: list[str] = arg(
+        help="pretrained tag or checkpoint path for the matching --model; 'none' = random init", factory=list
+    )
     scorer_id: list[str] = arg(help="output name for the matching --model, e.g. clip_b32", factory=list)
     no_base: bool = arg(False, "skip the scorer-independent base features")
-    precomputed: list[str] = arg(help="use a score column the input metadata already had (carried by download "
-                                      "--extra-columns), e.g. clip_l14=clip_l14_similarity_score; repeatable",
-                                 metavar="SCORER_ID=COLUMN", factory=list)
+    precomputed: list[str] = arg(
+        help="use a score column the input metadata already had (carried by download "
+        "--extra-columns), e.g. clip_l14=clip_l14_similarity_score; repeatable",
+        metavar="SCORER_ID=COLUMN",
+        factory=list,
+    )
     npz_dir: str | None = arg(None, "with --precomputed: DataComp metadata dir of X.parquet + X.npz")
     npz_img_key: str = arg("l14_img", "image-embedding array in the .npz (default l14_img)")
     npz_txt_key: str = arg("l14_txt", "text-embedding array in the .npz (default l14_txt)")
@@ -441,10 +484,23 @@ def _scorers(args: FeaturesArgs) -> list:
     scorers = []
     for i, model in enumerate(args.model):
         pretrained = args.pretrained[i] if i < len(args.pretrained) else None
-        scorer_id = args.scorer_id[i] if i < len(args.scorer_id) else \
-            "clip_" + model.lower().replace("-", "_").replace("/", "_")
-        scorers.append(load(ScorerConfig, None, {**shared, "model": model, "scorer_id": scorer_id,
-                                                 "pretrained": None if pretrained in (None, "none") else pretrained}))
+        scorer_id = (
+            args.scorer_id[i]
+            if i < len(args.scorer_id)
+            else "clip_" + model.lower().replace("-", "_").replace("/", "_")
+        )
+        scorers.append(
+            load(
+                ScorerConfig,
+                None,
+                {
+                    **shared,
+                    "model": model,
+                    "scorer_id": scorer_id,
+                    "pretrained": None if pretrained in (None, "none") else pretrained,
+                },
+            )
+        )
     return scorers
 
 
@@ -456,16 +512,26 @@ def run_features(args: FeaturesArgs) -> None:
     for spec in args.precomputed:
         scorer_id, sep, column = spec.partition("=")
         if not sep:
-            raise InputError(f"--precomputed takes SCORER_ID=COLUMN, e.g. clip_l14=clip_l14_similarity_score; got {spec!r}")
-        import_precomputed(args.pool, scorer_id, column, npz_dir=args.npz_dir, npz_img_key=args.npz_img_key,
-                           npz_txt_key=args.npz_txt_key)
+            raise InputError(
+                f"--precomputed takes SCORER_ID=COLUMN, e.g. clip_l14=clip_l14_similarity_score; got {spec!r}"
+            )
+        import_precomputed(
+            args.pool,
+            scorer_id,
+            column,
+            npz_dir=args.npz_dir,
+            npz_img_key=args.npz_img_key,
+            npz_txt_key=args.npz_txt_key,
+        )
     if not args.no_base:
         result = run_base(args.pool, ray_address=args.ray_address)
         print(f"base features: {result['complete']}/{result['shards']} shards in {args.pool}/features/base")
     for cfg in scorers:
         manifest = run_scorer(args.pool, cfg, ray_address=args.ray_address)
-        print(f"{cfg.scorer_id}: {manifest['shards']['complete']}/{manifest['shards']['total']} shards, "
-              f"weights {manifest['weights']['kind']}, device {manifest['device']} -> {args.pool}/features/{cfg.scorer_id}")
+        print(
+            f"{cfg.scorer_id}: {manifest['shards']['complete']}/{manifest['shards']['total']} shards, "
+            f"weights {manifest['weights']['kind']}, device {manifest['device']} -> {args.pool}/features/{cfg.scorer_id}"
+        )
 
 
 def plan_features(args: FeaturesArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
@@ -498,10 +564,9 @@ def plan_features(args: FeaturesArgs, sizes: Sizes, t: dict, cluster: Cluster) -
 
 @args_dataclass
 class DedupArgs(Common):
-    pool: str = arg(help="pool with base features (and the scorer's embeddings for the semantic step)",
-                    positional=True)
+    pool: str = arg(help="pool with base features (and the scorer's embeddings for the semantic step)", positional=True)
     config: str | None = arg(None, "YAML file or preset name in configs/dedup/")
-    overrides: dict = config_group("pipeline.dedup.DedupConfig")
+    overrides: dict = config_group(".dedup.DedupConfig")
 
 
 def _dedup_config(args: DedupArgs):
@@ -515,8 +580,9 @@ def run_dedup(args: DedupArgs) -> None:
     from .dedup import run
 
     manifest = run(args.pool, _dedup_config(args), ray_address=args.ray_address)
-    print(f"dedup: kept {manifest['kept']} of {manifest['samples']}; removed {manifest['removed']} "
-          f"-> {args.pool}/dedup")
+    print(
+        f"dedup: kept {manifest['kept']} of {manifest['samples']}; removed {manifest['removed']} -> {args.pool}/dedup"
+    )
 
 
 def plan_dedup(args: DedupArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
@@ -526,8 +592,12 @@ def plan_dedup(args: DedupArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Esti
 
 def _dedup_partitioned(cfg, n: float, t: dict) -> Estimate:
     """Ray tasks over partitions: spread over the cluster, ~100 B a row staged for exact."""
-    e = Estimate(what=f"{n:,.0f} samples: exact", cpu_s=n / rate(t, "dedup.exact_partitioned"),
-                 inputs=["dedup.exact_partitioned"], disk_bytes=n * 80 + n * 100)
+    e = Estimate(
+        what=f"{n:,.0f} samples: exact",
+        cpu_s=n / rate(t, "dedup.exact_partitioned"),
+        inputs=["dedup.exact_partitioned"],
+        disk_bytes=n * 80 + n * 100,
+    )
     e.cores = cfg.partitions  # each round has a task per partition (or shard group) at most
     if cfg.semantic:  # the shuffle stages each embedding once, as float16
         k = cfg.clusters or max(1, int(n // 1000))
@@ -539,9 +609,11 @@ def _dedup_partitioned(cfg, n: float, t: dict) -> Estimate:
         # its k-means is one flat FAISS k-means on the driver, on up to 256 rows a centroid
         km = min(n, 256 * k) * k * 512 * 2 * cfg.kmeans_iters
         if km > KMEANS_FLOPS_ONE_NODE:
-            e.warnings.append(f"SemDeDup's k-means ({k:,} clusters on {min(n, 256 * k):,.0f} rows, "
-                              f"{km:.2g} flops) is beyond one process; pass fewer --clusters (hierarchical "
-                              f"k-means is not built)")
+            e.warnings.append(
+                f"SemDeDup's k-means ({k:,} clusters on {min(n, 256 * k):,.0f} rows, "
+                f"{km:.2g} flops) is beyond one process; pass fewer --clusters (hierarchical "
+                f"k-means is not built)"
+            )
     e.what += f" over {cfg.partitions} partitions (Ray tasks)"
     return e
 
@@ -549,8 +621,13 @@ def _dedup_partitioned(cfg, n: float, t: dict) -> Estimate:
 def _dedup_in_process(cfg, n: float, t: dict, cluster: Cluster) -> Estimate:
     # in one process: the figure was measured on 2 cores, and that is all it gets on a cluster too; it
     # holds the base columns (uid, key, sha256, PDQ: ~250 B a row) and, for SemDeDup, the embeddings
-    e = Estimate(what=f"{n:,.0f} samples: exact, PDQ (in one process)", cpu_s=n / rate(t, "stages.dedup_exact_pdq"),
-                 inputs=["stages.dedup_exact_pdq"], cores=2, driver_bytes=n * 250)
+    e = Estimate(
+        what=f"{n:,.0f} samples: exact, PDQ (in one process)",
+        cpu_s=n / rate(t, "stages.dedup_exact_pdq"),
+        inputs=["stages.dedup_exact_pdq"],
+        cores=2,
+        driver_bytes=n * 250,
+    )
     if cfg.semantic:
         k = cfg.clusters or max(1, int(n // 1000))
         flops = n * (n / k) * cfg.probes * 512 * 2
@@ -599,14 +676,20 @@ def run_filter(args: FilterArgs) -> None:
     variables = parse_vars(args.var)
     for recipe in args.recipe:
         manifest = run(args.pool, recipe, variables, ray_address=args.ray_address)
-        print(f"filter {manifest['recipe']}: kept {manifest['kept']} of {manifest['samples']} -> "
-              f"{args.pool}/decisions/{manifest['recipe']} (funnel in {args.pool}/stats/filter-{manifest['recipe']}.json)")
+        print(
+            f"filter {manifest['recipe']}: kept {manifest['kept']} of {manifest['samples']} -> "
+            f"{args.pool}/decisions/{manifest['recipe']} (funnel in {args.pool}/stats/filter-{manifest['recipe']}.json)"
+        )
 
 
 def plan_filter(args: FilterArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
     n, recipes = sizes.downloaded, len(args.recipe)
-    return Estimate(what=f"{recipes} recipe(s) x {n:,.0f} samples", inputs=["filter.stage"],
-                    cpu_s=recipes * n / rate(t, "filter.stage"), disk_bytes=recipes * n * 60)
+    return Estimate(
+        what=f"{recipes} recipe(s) x {n:,.0f} samples",
+        inputs=["filter.stage"],
+        cpu_s=recipes * n / rate(t, "filter.stage"),
+        disk_bytes=recipes * n * 60,
+    )
 
 
 @args_dataclass
@@ -616,7 +699,7 @@ class FiltersArgs(Common):
 
 def run_filters(args: FiltersArgs) -> None:
     """The registered filters, built-in and from plugins, with their one-line docs."""
-    from filters import api
+    from ..filters import api
 
     for name, spec in api.known().items():
         print(f"{name:22s} {spec.doc}")
@@ -624,16 +707,20 @@ def run_filters(args: FiltersArgs) -> None:
 
 @args_dataclass
 class SubsetArgs(Common):
-    pool: str = arg(help="pool with the recipes' decisions (the filter runs first where they are missing)",
-                    positional=True)
+    pool: str = arg(
+        help="pool with the recipes' decisions (the filter runs first where they are missing)", positional=True
+    )
     recipe: list[str] = arg(help="preset name or YAML file; repeat for equal-sized subsets of several recipes")
     size: int = arg(help="samples in each subset (exactly)")
     out: str = arg(help="subset directory (one recipe) or parent of OUT/RECIPE (several)")
     seed: int = arg(0, "seed of the uniform draw and the shuffle (default 0)")
     samples_per_shard: int = arg(10000, "samples per output shard (default 10000)")
     allow_repeat: bool = arg(False, "upsample a recipe that keeps fewer than --size samples instead of failing")
-    draws: int = arg(1, "independent draws per recipe (seeds SEED, SEED+1, ...), each in OUT[/RECIPE]/draw-K: "
-                        "replicates for an A/B comparison (default 1)")
+    draws: int = arg(
+        1,
+        "independent draws per recipe (seeds SEED, SEED+1, ...), each in OUT[/RECIPE]/draw-K: "
+        "replicates for an A/B comparison (default 1)",
+    )
     var: list[str] = arg(help="key=value for the recipes' {key} placeholders", factory=list)
 
 
@@ -641,25 +728,36 @@ def run_subset(args: SubsetArgs) -> None:
     """Exactly N samples per recipe, resharded, with a manifest and lineage."""
     from .subset import SubsetConfig, run, target_dir
 
-    cfg = SubsetConfig(size=args.size, seed=args.seed, samples_per_shard=args.samples_per_shard,
-                       allow_repeat=args.allow_repeat, draws=args.draws)
+    cfg = SubsetConfig(
+        size=args.size,
+        seed=args.seed,
+        samples_per_shard=args.samples_per_shard,
+        allow_repeat=args.allow_repeat,
+        draws=args.draws,
+    )
     results = run(args.pool, args.recipe, cfg, args.out, parse_vars(args.var) or None, ray_address=args.ray_address)
     for name, m in results.items():
         where = target_dir(args.out, m["recipe"], len(args.recipe), m["draw"]["index"], args.draws)
         rep = f", repeated ({m['selection']['repeat']})" if m["selection"]["repeat"] else ""
-        print(f"subset {name}: {m['size']} samples ({m['selection']['mode']} of {m['selection']['kept_by_recipe']} "
-              f"kept{rep}) in {len(m['shards'])} shards -> {where}")
+        print(
+            f"subset {name}: {m['size']} samples ({m['selection']['mode']} of {m['selection']['kept_by_recipe']} "
+            f"kept{rep}) in {len(m['shards'])} shards -> {where}"
+        )
 
 
 def plan_subset(args: SubsetArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
     recipes, size, out = args.recipe, args.size, args.out
     for r in recipes:  # what the audit steps after it read
         sizes.subsets[out if len(recipes) == 1 else os.path.join(out, Path(r).stem)] = size
-    cpu_s = len(recipes) * (sizes.downloaded / rate(t, "subset.select") +
-                            size * sizes.bytes / rate(t, "subset.reshard_bytes"))
-    return Estimate(what=f"{len(recipes)} x {size:,} samples resharded",
-                    inputs=["subset.select", "subset.reshard_bytes"], cpu_s=cpu_s,
-                    disk_bytes=len(recipes) * size * (sizes.bytes + 300))
+    cpu_s = len(recipes) * (
+        sizes.downloaded / rate(t, "subset.select") + size * sizes.bytes / rate(t, "subset.reshard_bytes")
+    )
+    return Estimate(
+        what=f"{len(recipes)} x {size:,} samples resharded",
+        inputs=["subset.select", "subset.reshard_bytes"],
+        cpu_s=cpu_s,
+        disk_bytes=len(recipes) * size * (sizes.bytes + 300),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -673,8 +771,11 @@ def _audited(sizes: Sizes, path: str) -> int:
 
 def _rehash(action: str, subset: str, sizes: Sizes, t: dict) -> Estimate:
     size = _audited(sizes, subset)
-    return Estimate(what=f"{action} on {size:,} samples", inputs=["subset.reshard_bytes"],
-                    cpu_s=size * sizes.bytes / rate(t, "subset.reshard_bytes"))
+    return Estimate(
+        what=f"{action} on {size:,} samples",
+        inputs=["subset.reshard_bytes"],
+        cpu_s=size * sizes.bytes / rate(t, "subset.reshard_bytes"),
+    )
 
 
 @args_dataclass
@@ -694,8 +795,10 @@ def run_verify(args: VerifyArgs) -> int:
     res = audit.verify(args.subset, ray_address=args.ray_address)
     for p in res["problems"]:
         print(p)
-    print(f"verify {args.subset}: {'OK' if res['ok'] else 'FAILED'} ({res['shards']} shards, "
-          f"{res['samples']} samples, {len(res['problems'])} problem(s))")
+    print(
+        f"verify {args.subset}: {'OK' if res['ok'] else 'FAILED'} ({res['shards']} shards, "
+        f"{res['samples']} samples, {len(res['problems'])} problem(s))"
+    )
     return 0 if res["ok"] else 1
 
 
@@ -754,14 +857,16 @@ def run_report(args: ReportArgs) -> None:
     from . import report
 
     res = report.build_report(args.subset, args.out)
-    print(f"report: {res['out']} (plots: {', '.join(res['plots'])}; opt-out compliant: "
-          f"{res['compliance']['compliant']})")
+    print(
+        f"report: {res['out']} (plots: {', '.join(res['plots'])}; opt-out compliant: {res['compliance']['compliant']})"
+    )
 
 
 def plan_report(args: ReportArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
     size = _audited(sizes, args.subset)
-    return Estimate(what=f"report on {size:,} samples", inputs=["stages.audit_report"],
-                    cpu_s=size / rate(t, "stages.audit_report"))
+    return Estimate(
+        what=f"report on {size:,} samples", inputs=["stages.audit_report"], cpu_s=size / rate(t, "stages.audit_report")
+    )
 
 
 @args_dataclass
@@ -779,10 +884,11 @@ def run_remove(args: RemoveArgs) -> None:
 
     if not (args.urls or args.domains):
         raise InputError("give --urls FILE and/or --domains FILE")
-    m = audit.remove(args.subset, args.out, args.urls, args.domains, refill=args.refill,
-                     ray_address=args.ray_address)
-    print(f"new version: {args.out} ({m['size']} samples; removed {m['previous']['removed']}"
-          f"{', refilled' if args.refill else ''}; previous {args.subset})")
+    m = audit.remove(args.subset, args.out, args.urls, args.domains, refill=args.refill, ray_address=args.ray_address)
+    print(
+        f"new version: {args.out} ({m['size']} samples; removed {m['previous']['removed']}"
+        f"{', refilled' if args.refill else ''}; previous {args.subset})"
+    )
 
 
 def plan_remove(args: RemoveArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
@@ -803,32 +909,73 @@ def run_recheck(args: RecheckArgs) -> None:
     """Re-download a random sample of a subset's URLs: link rot, content drift, new opt-outs."""
     from . import audit
 
-    res = audit.recheck(args.subset, args.sample, seed=args.seed, timeout=args.timeout,
-                        allow_private_addresses=args.allow_private_addresses)
+    res = audit.recheck(
+        args.subset,
+        args.sample,
+        seed=args.seed,
+        timeout=args.timeout,
+        allow_private_addresses=args.allow_private_addresses,
+    )
     if args.out:
         import json
+
         Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"recheck {args.subset}: {res['checked']} URLs; gone {res['gone_rate']:.1%}, drifted "
-          f"{res['drifted_rate']:.1%}, opted out {res['opted_out_rate']:.1%}, refused {res['refused_rate']:.1%}")
+    print(
+        f"recheck {args.subset}: {res['checked']} URLs; gone {res['gone_rate']:.1%}, drifted "
+        f"{res['drifted_rate']:.1%}, opted out {res['opted_out_rate']:.1%}, refused {res['refused_rate']:.1%}"
+    )
 
 
 def plan_recheck(args: RecheckArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
-    return Estimate(what=f"recheck of {args.sample:,} URLs", inputs=["stages.download"],
-                    cpu_s=args.sample / rate(t, "stages.download"))
+    return Estimate(
+        what=f"recheck of {args.sample:,} URLs",
+        inputs=["stages.download"],
+        cpu_s=args.sample / rate(t, "stages.download"),
+    )
 
 
 AUDIT_ACTIONS = {
-    "verify": Command("verify", "re-hash every shard and sample against the manifest and lineage", "",
-                      VerifyArgs, run_verify, plan_verify),
+    "verify": Command(
+        "verify",
+        "re-hash every shard and sample against the manifest and lineage",
+        "",
+        VerifyArgs,
+        run_verify,
+        plan_verify,
+    ),
     "trace": Command("trace", "the whole history of a sample in a subset", "", TraceArgs, run_trace, plan_trace),
-    "explain": Command("explain", "why a pool sample was dropped: the step, its score and threshold", "",
-                       ExplainArgs, run_explain, plan_explain),
-    "report": Command("report", "an HTML report: funnel, domains, languages, sizes, scores, opt-outs", "",
-                      ReportArgs, run_report, plan_report),
-    "remove": Command("remove", "a new version without the samples of takedown/opt-out requests", "",
-                      RemoveArgs, run_remove, plan_remove),
-    "recheck": Command("recheck", "re-download a random sample of URLs: link rot and content drift", "",
-                       RecheckArgs, run_recheck, plan_recheck),
+    "explain": Command(
+        "explain",
+        "why a pool sample was dropped: the step, its score and threshold",
+        "",
+        ExplainArgs,
+        run_explain,
+        plan_explain,
+    ),
+    "report": Command(
+        "report",
+        "an HTML report: funnel, domains, languages, sizes, scores, opt-outs",
+        "",
+        ReportArgs,
+        run_report,
+        plan_report,
+    ),
+    "remove": Command(
+        "remove",
+        "a new version without the samples of takedown/opt-out requests",
+        "",
+        RemoveArgs,
+        run_remove,
+        plan_remove,
+    ),
+    "recheck": Command(
+        "recheck",
+        "re-download a random sample of URLs: link rot and content drift",
+        "",
+        RecheckArgs,
+        run_recheck,
+        plan_recheck,
+    ),
 }
 
 
@@ -839,13 +986,18 @@ AUDIT_ACTIONS = {
 @args_dataclass
 class GridArgs(Common):
     subset: list[str] = arg(help="a subset directory (repeatable)")
-    scale: list[str] = arg(help="scale preset, SET/NAME or YAML file (repeatable; a set such as tiny adds all its "
-                                "scales)")
+    scale: list[str] = arg(
+        help="scale preset, SET/NAME or YAML file (repeatable; a set such as tiny adds all its scales)"
+    )
     eval_set: list[str] = arg(help="evaluation set directory (repeatable)")
     cpus_per_run: int | None = arg(None, "CPUs per run without GPUs (default: all)")
-    replicates: str = arg("crossed", "with several draws of a recipe and seeds: train every draw with every seed "
-                                     "(crossed), or draw k with the k-th seed only (paired: each replicate its own "
-                                     "draw and seed)", choices=("crossed", "paired"))
+    replicates: str = arg(
+        "crossed",
+        "with several draws of a recipe and seeds: train every draw with every seed "
+        "(crossed), or draw k with the k-th seed only (paired: each replicate its own "
+        "draw and seed)",
+        choices=("crossed", "paired"),
+    )
     out: str = arg(help="grid directory (runs/ and results.csv)")
 
 
@@ -853,8 +1005,15 @@ def run_grid(args: GridArgs) -> None:
     """Every (subset, scale) pair trained and evaluated as a Ray task, into results.csv."""
     from .grid import run_grid as grid
 
-    res = grid(args.subset, args.scale, args.eval_set, args.out, cpus_per_run=args.cpus_per_run,
-               ray_address=args.ray_address, replicates=args.replicates)
+    res = grid(
+        args.subset,
+        args.scale,
+        args.eval_set,
+        args.out,
+        cpus_per_run=args.cpus_per_run,
+        ray_address=args.ray_address,
+        replicates=args.replicates,
+    )
     print(f"grid: {res['runs']} runs, {res['rows']} data points -> {res['results']}")
 
 
@@ -866,16 +1025,23 @@ def plan_grid(args: GridArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Estima
     names, seeds = len({s.name for s in scales}), len({s.seed for s in scales})
     paired = args.replicates == "paired"
     per_subset = names if paired else len(scales)  # paired: each draw trains with one seed of each scale
-    e = Estimate(what=f"{len(subsets)} subsets x {names} scales" + (f" x {seeds} seeds" if seeds > 1 else "") +
-                 (" (paired with draws)" if paired else "") + f" = {len(subsets) * per_subset} runs")
+    e = Estimate(
+        what=f"{len(subsets)} subsets x {names} scales"
+        + (f" x {seeds} seeds" if seeds > 1 else "")
+        + (" (paired with draws)" if paired else "")
+        + f" = {len(subsets) * per_subset} runs"
+    )
     share = per_subset / len(scales)
     for sc in scales:
         gpu_key = f"train.gpu_{sc.model}"
         if cluster.gpus and (gpu_key in t or "train.gpu_ViT-B-32" in t):
             key = gpu_key if gpu_key in t else "train.gpu_ViT-B-32"
             scale = 1.0 if key == gpu_key else gflops(sc.model) / gflops("ViT-B-32")
-            e.gpu_s += share * len(subsets) * (sc.samples_seen * scale / rate(t, key)
-                                               + sc.checkpoints * rate(t, "train.gpu_eval_seconds"))
+            e.gpu_s += (
+                share
+                * len(subsets)
+                * (sc.samples_seen * scale / rate(t, key) + sc.checkpoints * rate(t, "train.gpu_eval_seconds"))
+            )
         else:
             key = f"train.cpu_{sc.model}" if f"train.cpu_{sc.model}" in t else "train.cpu_thresher-tiny"
             scale = 1.0 if key == f"train.cpu_{sc.model}" else gflops(sc.model) / gflops("thresher-tiny")
@@ -889,13 +1055,21 @@ def plan_grid(args: GridArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Estima
 @args_dataclass
 class FitFlags:
     """The fitting options `thresher fit` and `thresher compare` share."""
+
     bootstrap: int = arg(200, "bootstrap resamples (default 200)")
     bins_per_decade: float = arg(4.0, "log-spaced frontier bins (default 4)")
     forms: str = arg("power,offset", "laws to try: power (A C^-a + E), offset (A (C+C0)^-a + E)")
-    frontier: str = arg("bins", "bins: --bins-per-decade log10 bins (default); laion: Nezhurina et al.'s rule, "
-                                "int(log2(x_max/1500)) geometric bins (x in GFLOPs)", choices=("bins", "laion"))
-    loss: str = arg("log", "least squares on log-errors (default) or on raw errors (mse, as LAION's published fits)",
-                    choices=("log", "mse"))
+    frontier: str = arg(
+        "bins",
+        "bins: --bins-per-decade log10 bins (default); laion: Nezhurina et al.'s rule, "
+        "int(log2(x_max/1500)) geometric bins (x in GFLOPs)",
+        choices=("bins", "laion"),
+    )
+    loss: str = arg(
+        "log",
+        "least squares on log-errors (default) or on raw errors (mse, as LAION's published fits)",
+        choices=("log", "mse"),
+    )
 
 
 def plan_fits(args, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
@@ -910,8 +1084,11 @@ class FitArgs(Common):
     y: str = arg(help="error column (or accuracy with --accuracy)")
     group: str | None = arg(None, "fit one law per value of this column, e.g. recipe")
     accuracy: bool = arg(False, "y is an accuracy: fit 1 - y")
-    holdout_above: float | None = arg(None, "fit only x <= this; report the rest (held out) against the bands",
-                                      flags=("--holdout-above", "--fit-below"))
+    holdout_above: float | None = arg(
+        None,
+        "fit only x <= this; report the rest (held out) against the bands",
+        flags=("--holdout-above", "--fit-below"),
+    )
     predict: list[float] = arg(help="x to predict at (repeatable)", factory=list)
     options: FitFlags = include(FitFlags)
     seed: int = arg(0)
@@ -923,10 +1100,22 @@ def run_fit(args: FitArgs) -> None:
     from .scaling import fit_table
 
     o = args.options
-    res = fit_table(args.results, args.x, args.y, args.group, args.out, accuracy=args.accuracy,
-                    holdout_above=args.holdout_above, predict=args.predict, n_bootstrap=o.bootstrap,
-                    bins_per_decade=o.bins_per_decade, forms=tuple(o.forms.split(",")), seed=args.seed,
-                    frontier=o.frontier, loss=o.loss)
+    res = fit_table(
+        args.results,
+        args.x,
+        args.y,
+        args.group,
+        args.out,
+        accuracy=args.accuracy,
+        holdout_above=args.holdout_above,
+        predict=args.predict,
+        n_bootstrap=o.bootstrap,
+        bins_per_decade=o.bins_per_decade,
+        forms=tuple(o.forms.split(",")),
+        seed=args.seed,
+        frontier=o.frontier,
+        loss=o.loss,
+    )
     for name, g in res["groups"].items():
         print(f"{name}: err = {_law(g)} ({len(g['frontier'])} frontier points{_fit_notes(g)})")
         for pr in g["predictions"]:
@@ -936,8 +1125,11 @@ def run_fit(args: FitArgs) -> None:
 
 def _law(g: dict) -> str:
     p = g["params"]
-    return (f"{p['A']:.4g} * C^-{p['alpha']:.4f} + {p['E']:.4f}" if g["form"] == "power"
-            else f"{p['A']:.4g} * (C + {p['C0']:.4g})^-{p['alpha']:.4f} + {p['E']:.4f}")
+    return (
+        f"{p['A']:.4g} * C^-{p['alpha']:.4f} + {p['E']:.4f}"
+        if g["form"] == "power"
+        else f"{p['A']:.4g} * (C + {p['C0']:.4g})^-{p['alpha']:.4f} + {p['E']:.4f}"
+    )
 
 
 def _fit_notes(g: dict) -> str:
@@ -946,9 +1138,9 @@ def _fit_notes(g: dict) -> str:
     hold = g.get("holdout")
     if hold and hold["points"]:
         share = hold["share_inside_prediction"]
-        extra += (f"; held-out RMSE {hold['rmse']:.4f} over {len(hold['points'])} point(s)" +
-                  (f", {share:.2f} of the held-out frontier inside the 95% prediction band" if share is not None
-                   else ""))
+        extra += f"; held-out RMSE {hold['rmse']:.4f} over {len(hold['points'])} point(s)" + (
+            f", {share:.2f} of the held-out frontier inside the 95% prediction band" if share is not None else ""
+        )
     return extra
 
 
@@ -959,15 +1151,22 @@ class CompareArgs(Common):
     b: str = arg(help="candidate recipe")
     metric: str = arg(help="metric column (an accuracy unless --error)")
     error: bool = arg(False, "the metric is already an error (lower is better)")
-    target_compute: str = arg(help="compute (x units) to compare at, e.g. 1e12, or a multiple of the largest "
-                                   "measured, e.g. 10x")
+    target_compute: str = arg(
+        help="compute (x units) to compare at, e.g. 1e12, or a multiple of the largest measured, e.g. 10x"
+    )
     x: str = arg("gflops_total", "compute column (default gflops_total)")
     group: str = arg("recipe", "column naming the recipe (default recipe)")
     confidence: float = arg(0.95, "level of the intervals and the three-way verdict (default 0.95)")
-    fit_below: float | None = arg(None, "fit only points at or below this compute; the points above are scored "
-                                        "against the prediction bands (held out)")
-    backtest: float | None = arg(None, "also fit at or below X and score the verdict at the largest compute "
-                                       "measured above X against what was measured there", metavar="X")
+    fit_below: float | None = arg(
+        None,
+        "fit only points at or below this compute; the points above are scored against the prediction bands (held out)",
+    )
+    backtest: float | None = arg(
+        None,
+        "also fit at or below X and score the verdict at the largest compute "
+        "measured above X against what was measured there",
+        metavar="X",
+    )
     options: FitFlags = include(FitFlags)
     seed: int = arg(0)
     out: str = arg(help="report directory")
@@ -980,25 +1179,48 @@ def run_compare(args: CompareArgs) -> None:
 
     o = args.options
     results = os.path.join(args.grid, "results.csv") if os.path.isdir(args.grid) else args.grid
-    opts = FitOptions(frontier=o.frontier, loss=o.loss, forms=tuple(o.forms.split(",")),
-                      bins_per_decade=o.bins_per_decade, n_bootstrap=o.bootstrap, fit_below=args.fit_below)
-    res = run(results, args.a, args.b, args.metric, args.target_compute, args.out, x=args.x, group=args.group,
-              accuracy=not args.error, level=args.confidence, opts=opts, backtest_below=args.backtest, seed=args.seed)
+    opts = FitOptions(
+        frontier=o.frontier,
+        loss=o.loss,
+        forms=tuple(o.forms.split(",")),
+        bins_per_decade=o.bins_per_decade,
+        n_bootstrap=o.bootstrap,
+        fit_below=args.fit_below,
+    )
+    res = run(
+        results,
+        args.a,
+        args.b,
+        args.metric,
+        args.target_compute,
+        args.out,
+        x=args.x,
+        group=args.group,
+        accuracy=not args.error,
+        level=args.confidence,
+        opts=opts,
+        backtest_below=args.backtest,
+        seed=args.seed,
+    )
     print(res["verdict"])
     if res.get("measured"):
         m = res["measured"]
         print(m["verdict"])
         if m["sd_a"] is not None and m["sd_b"] is not None:
-            print(f"  run-to-run spread at {m['x']:.4g}: SD {m['sd_a']:.4f} ({res['a']}), {m['sd_b']:.4f} ({res['b']}) "
-                  f"over {m['n_a']} and {m['n_b']} independent runs")
+            print(
+                f"  run-to-run spread at {m['x']:.4g}: SD {m['sd_a']:.4f} ({res['a']}), {m['sd_b']:.4f} ({res['b']}) "
+                f"over {m['n_a']} and {m['n_b']} independent runs"
+            )
     for flag in res["flags"]:
         print(f"  note: {flag}")
     if res.get("resolve"):
         print(f"  {res['resolve']}")
     for k, h in (res.get("held_out") or {}).items():
-        print(f"  held out above {h['above']:.4g} ({res[k]}): {len(h['points'])} frontier point(s), "
-              f"{h['share_inside_prediction'] if h['share_inside_prediction'] is not None else float('nan'):.2f} "
-              f"inside the {args.confidence:.0%} prediction band")
+        print(
+            f"  held out above {h['above']:.4g} ({res[k]}): {len(h['points'])} frontier point(s), "
+            f"{h['share_inside_prediction'] if h['share_inside_prediction'] is not None else float('nan'):.2f} "
+            f"inside the {args.confidence:.0%} prediction band"
+        )
     if res.get("backtest"):
         bt = res["backtest"]
         print(f"  backtest (fit at or below {bt['fit_below']:.4g}, scored at {bt['x']:.4g}): {bt['outcome']}")
@@ -1014,9 +1236,12 @@ class TrainArgs(Common):
     data: str = arg(help="WebDataset shards (jpg + txt): a directory, a glob or a brace pattern", positional=True)
     out: str = arg(help="directory for open_clip_train's run and train_manifest.json")
     name: str = arg("run", "run name (open_clip_train's --name)")
-    scale: str | None = arg(None, "a fixed recipe from configs/scales/ (NAME or SET/NAME, e.g. tiny/w64-8k, small) "
-                                  "or a YAML file; the TrainConfig fields below are then ignored")
-    overrides: dict = config_group("pipeline.train.TrainConfig")
+    scale: str | None = arg(
+        None,
+        "a fixed recipe from configs/scales/ (NAME or SET/NAME, e.g. tiny/w64-8k, small) "
+        "or a YAML file; the TrainConfig fields below are then ignored",
+    )
+    overrides: dict = config_group(".train.TrainConfig")
 
 
 def run_train(args: TrainArgs) -> None:
@@ -1027,8 +1252,10 @@ def run_train(args: TrainArgs) -> None:
         return _train_scale(args)
     cfg = load(TrainConfig, None, args.overrides)
     manifest = train(args.data, args.out, cfg, name=args.name)
-    print(f"trained {cfg.model}: {manifest['checkpoint']} (sha256 {manifest['checkpoint_sha256'][:12]}...); "
-          f"record in {args.out}/train_manifest.json")
+    print(
+        f"trained {cfg.model}: {manifest['checkpoint']} (sha256 {manifest['checkpoint_sha256'][:12]}...); "
+        f"record in {args.out}/train_manifest.json"
+    )
 
 
 def _train_scale(args: TrainArgs) -> None:
@@ -1038,16 +1265,21 @@ def _train_scale(args: TrainArgs) -> None:
     if len({s.name for s in scales}) == 1 and len(scales) > 1:  # one scale's replicates: the --seed one
         pick = [s for s in scales if s.seed == (seed if seed is not None else scales[0].seed)]
         if not pick:
-            raise InputError(f"--scale {args.scale} has seeds {[s.seed for s in scales]}; --seed {seed} "
-                             f"is not one of them")
+            raise InputError(
+                f"--scale {args.scale} has seeds {[s.seed for s in scales]}; --seed {seed} is not one of them"
+            )
         scales = pick
     if len(scales) != 1:
-        raise InputError(f"--scale {args.scale} names {len(scales)} scales; pick one as "
-                         f"{args.scale}/NAME (names: {', '.join(s.name for s in scales)})")
+        raise InputError(
+            f"--scale {args.scale} names {len(scales)} scales; pick one as "
+            f"{args.scale}/NAME (names: {', '.join(s.name for s in scales)})"
+        )
     m = train_scale(args.data, scales[0], args.out, name=args.name)
-    print(f"trained scale {scales[0].name}: {m['samples_seen']} samples seen, {m['gflops_per_sample']:.4g} "
-          f"GFLOPs/sample ({m['gflops_total']:.4g} total), {len(m['checkpoints'])} checkpoint(s); "
-          f"record in {args.out}/train_manifest.json")
+    print(
+        f"trained scale {scales[0].name}: {m['samples_seen']} samples seen, {m['gflops_per_sample']:.4g} "
+        f"GFLOPs/sample ({m['gflops_total']:.4g} total), {len(m['checkpoints'])} checkpoint(s); "
+        f"record in {args.out}/train_manifest.json"
+    )
 
 
 def plan_train(args: TrainArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
@@ -1056,8 +1288,11 @@ def plan_train(args: TrainArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Esti
     # costed from the TrainConfig (a --scale run is costed the same way; grid costs scales properly)
     cfg = load(TrainConfig, None, args.overrides)
     key = f"train.cpu_{cfg.model}" if f"train.cpu_{cfg.model}" in t else "train.cpu_thresher-tiny"
-    return Estimate(what=f"{cfg.model}, {cfg.epochs} epochs of {sizes.trusted:,} pairs", inputs=[key],
-                    cpu_s=sizes.trusted * cfg.epochs / rate(t, key) * 2)  # the figure is per 2-core run
+    return Estimate(
+        what=f"{cfg.model}, {cfg.epochs} epochs of {sizes.trusted:,} pairs",
+        inputs=[key],
+        cpu_s=sizes.trusted * cfg.epochs / rate(t, key) * 2,
+    )  # the figure is per 2-core run
 
 
 @args_dataclass
@@ -1073,8 +1308,12 @@ def run_eval(args: EvalArgs) -> None:
 
     res = evaluate_run(args.run, args.eval_set, device=args.device)
     for ck in res["checkpoints"]:
-        flat = ", ".join(f"{s}/{k} {v:.3f}" for s, ms in ck["metrics"].items() for k, v in ms.items()
-                         if k in ("acc1", "image_retrieval_recall@1", "text_retrieval_recall@1"))
+        flat = ", ".join(
+            f"{s}/{k} {v:.3f}"
+            for s, ms in ck["metrics"].items()
+            for k, v in ms.items()
+            if k in ("acc1", "image_retrieval_recall@1", "text_retrieval_recall@1")
+        )
         print(f"epoch {ck['epoch']} ({ck['samples_seen']} samples seen): {flat}")
     print(f"wrote {args.run}/eval.json")
 
@@ -1093,14 +1332,17 @@ def run_train_probe(args: TrainProbeArgs) -> None:
     from .probe import train_probe
 
     record = train_probe(args.pool, args.scorer, args.labels, args.out, c=args.c)
-    print(f"probe on {record['samples']} labelled embeddings ({record['positives']} positive), held-out AUC "
-          f"{record['holdout_auc']} -> {args.out} (record {args.out}.json)")
+    print(
+        f"probe on {record['samples']} labelled embeddings ({record['positives']} positive), held-out AUC "
+        f"{record['holdout_auc']} -> {args.out} (record {args.out}.json)"
+    )
 
 
 @args_dataclass
 class EmbedImagesArgs(Common):
-    images: str = arg(help="directory with .tar files (searched recursively), e.g. a CLIP_benchmark set",
-                      positional=True)
+    images: str = arg(
+        help="directory with .tar files (searched recursively), e.g. a CLIP_benchmark set", positional=True
+    )
     model: str = arg(help="open_clip model: the pool scorer's")
     pretrained: str | None = arg(None, "tag or checkpoint: the pool scorer's (none: random init)")
     out: str = arg(help=".npy file to write (float16, L2-normalised)")
@@ -1120,8 +1362,9 @@ def plan_embed_images(args: EmbedImagesArgs, sizes: Sizes, t: dict, cluster: Clu
     gpu = cluster.gpus and f"features.gpu_{model}" in t
     key = f"features.gpu_{model}" if gpu else "features.cpu_thresher-tiny"
     scale = 1.0 if gpu else gflops(model) / gflops("thresher-tiny")
-    e = Estimate(what=f"{n:,.0f} target images, {model}", inputs=[_with_ratio(key, scale)],
-                 disk_bytes=n * 2 * embed_dim(model))
+    e = Estimate(
+        what=f"{n:,.0f} target images, {model}", inputs=[_with_ratio(key, scale)], disk_bytes=n * 2 * embed_dim(model)
+    )
     if gpu:
         e.gpu_s = n / rate(t, key)
     else:
@@ -1132,52 +1375,142 @@ def plan_embed_images(args: EmbedImagesArgs, sizes: Sizes, t: dict, cluster: Clu
 # ---------------------------------------------------------------------------------------------------
 # The registry, in the order `thresher --help` lists the commands
 
-COMMANDS: dict[str, Command] = {c.name: c for c in (
-    Command("synth", "Generate a synthetic web-pair pool with planted faults and its ground truth.",
-            "thresher synth --out pool-src --samples 10000 --seed 0 --port 8765", SynthArgs, run_synth, plan_synth),
-    Command("serve", "Serve a synthetic pool over HTTP on 127.0.0.1, with its planted behaviours.",
-            "thresher serve pool-src --port 8765", ServeArgs, run_serve),
-    Command("features", "Compute base features and CLIP embeddings/scores for a downloaded pool (resumable).",
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command(
+            "synth",
+            "Generate a synthetic web-pair pool with planted faults and its ground truth.",
+            "thresher synth --out pool-src --samples 10000 --seed 0 --port 8765",
+            SynthArgs,
+            run_synth,
+            plan_synth,
+        ),
+        Command(
+            "serve",
+            "Serve a synthetic pool over HTTP on 127.0.0.1, with its planted behaviours.",
+            "thresher serve pool-src --port 8765",
+            ServeArgs,
+            run_serve,
+        ),
+        Command(
+            "features",
+            "Compute base features and CLIP embeddings/scores for a downloaded pool (resumable).",
             "thresher features pool --model ViT-B-32 --pretrained openai --scorer-id clip_b32 "
-            "--model ViT-L-14 --pretrained openai --scorer-id clip_l14", FeaturesArgs, run_features, plan_features),
-    Command("dedup", "Find exact, perceptual and semantic duplicates and evaluation-set contamination.",
+            "--model ViT-L-14 --pretrained openai --scorer-id clip_l14",
+            FeaturesArgs,
+            run_features,
+            plan_features,
+        ),
+        Command(
+            "dedup",
+            "Find exact, perceptual and semantic duplicates and evaluation-set contamination.",
             "thresher dedup pool --scorer clip_b32 --eval-sets eval/shapes_kind,eval/shapes_color",
-            DedupArgs, run_dedup, plan_dedup),
-    Command("filter", "Apply filtering recipes; write per-sample decisions and the funnel.",
+            DedupArgs,
+            run_dedup,
+            plan_dedup,
+        ),
+        Command(
+            "filter",
+            "Apply filtering recipes; write per-sample decisions and the funnel.",
             "thresher filter pool --recipe datacomp-basic --recipe relaion-safety --var blocklists=src/blocklists",
-            FilterArgs, run_filter, plan_filter),
-    Command("subset", "Select exactly N samples per recipe and reshard them, with a manifest and lineage.",
+            FilterArgs,
+            run_filter,
+            plan_filter,
+        ),
+        Command(
+            "subset",
+            "Select exactly N samples per recipe and reshard them, with a manifest and lineage.",
             "thresher subset pool --recipe datacomp-basic --recipe dfn --size 100000 --out subsets --seed 0",
-            SubsetArgs, run_subset, plan_subset),
-    Command("audit", "Provenance: verify, trace, explain, report, remove (takedowns) and recheck subsets.",
-            "thresher audit verify subsets/dfn", AuditArgs, None, actions=AUDIT_ACTIONS),
-    Command("grid", "Train every (subset, scale) pair as a Ray task, evaluate it, and collect results.csv "
-                    "(resumable).",
+            SubsetArgs,
+            run_subset,
+            plan_subset,
+        ),
+        Command(
+            "audit",
+            "Provenance: verify, trace, explain, report, remove (takedowns) and recheck subsets.",
+            "thresher audit verify subsets/dfn",
+            AuditArgs,
+            None,
+            actions=AUDIT_ACTIONS,
+        ),
+        Command(
+            "grid",
+            "Train every (subset, scale) pair as a Ray task, evaluate it, and collect results.csv (resumable).",
             "thresher grid --subset subsets/datacomp-none --subset subsets/dfn --scale tiny "
-            "--eval-set src/eval/shapes_kind --out grid", GridArgs, run_grid, plan_grid),
-    Command("fit", "Fit scaling laws (Pareto frontier, power law with saturation, bootstrap CIs) to a results table.",
+            "--eval-set src/eval/shapes_kind --out grid",
+            GridArgs,
+            run_grid,
+            plan_grid,
+        ),
+        Command(
+            "fit",
+            "Fit scaling laws (Pareto frontier, power law with saturation, bootstrap CIs) to a results table.",
             "thresher fit grid/results.csv --x gflops_total --y shapes_kind/acc1 --accuracy --group recipe "
-            "--predict 1e12 --out fits", FitArgs, run_fit, plan_fits),
-    Command("compare", "A/B-compare two recipes by their scaling laws; HTML, PNG and JSON report.",
-            "thresher compare grid --a datacomp-none --b dfn --metric shapes_kind/acc1 --target-compute 1e12 "
-            "--out ab", CompareArgs, run_compare, plan_fits),
-    Command("train", "Train an open_clip model with open_clip_train (e.g. a data-filtering network on a trusted set).",
-            "thresher train src/trusted --out runs/dfn --model thresher-tiny --epochs 5", TrainArgs, run_train,
-            plan_train),
-    Command("eval", "Zero-shot classification and retrieval of a run's checkpoints (CLIP_benchmark's metrics).",
+            "--predict 1e12 --out fits",
+            FitArgs,
+            run_fit,
+            plan_fits,
+        ),
+        Command(
+            "compare",
+            "A/B-compare two recipes by their scaling laws; HTML, PNG and JSON report.",
+            "thresher compare grid --a datacomp-none --b dfn --metric shapes_kind/acc1 --target-compute 1e12 --out ab",
+            CompareArgs,
+            run_compare,
+            plan_fits,
+        ),
+        Command(
+            "train",
+            "Train an open_clip model with open_clip_train (e.g. a data-filtering network on a trusted set).",
+            "thresher train src/trusted --out runs/dfn --model thresher-tiny --epochs 5",
+            TrainArgs,
+            run_train,
+            plan_train,
+        ),
+        Command(
+            "eval",
+            "Zero-shot classification and retrieval of a run's checkpoints (CLIP_benchmark's metrics).",
             "thresher eval runs/dfn-small --eval-set src/eval/shapes_kind --eval-set src/eval/shapes_retrieval",
-            EvalArgs, run_eval),
-    Command("train-probe", "Train a logistic-regression probe (e.g. NSFW) on a pool scorer's image embeddings.",
+            EvalArgs,
+            run_eval,
+        ),
+        Command(
+            "train-probe",
+            "Train a logistic-regression probe (e.g. NSFW) on a pool scorer's image embeddings.",
             "thresher train-probe pool --scorer clip_l14 --labels nsfw-labels.parquet --out nsfw.npz",
-            TrainProbeArgs, run_train_probe),
-    Command("embed-images", "Embed a directory of WebDataset image tars (a target set for image-based filtering).",
+            TrainProbeArgs,
+            run_train_probe,
+        ),
+        Command(
+            "embed-images",
+            "Embed a directory of WebDataset image tars (a target set for image-based filtering).",
             "thresher embed-images imagenet-train-tars/ --model ViT-L-14 --pretrained openai --out in1k-l14.npy",
-            EmbedImagesArgs, run_embed_images, plan_embed_images),
-    Command("filters", "List the registered filters (built-in and from plugins).", "thresher filters",
-            FiltersArgs, run_filters),
-    Command("export-metadata", "Write a pool's metadata with DataComp's column names (for DataComp's tools).",
-            "thresher export-metadata pool --out pool-metadata.parquet", ExportMetadataArgs, run_export_metadata),
-    Command("download", "Download a URL list into WebDataset shards with Parquet metadata (resumable).",
-            "thresher download pool-src/urls.parquet --out pool --allow-private-addresses", DownloadArgs,
-            run_download, plan_download),
-)}
+            EmbedImagesArgs,
+            run_embed_images,
+            plan_embed_images,
+        ),
+        Command(
+            "filters",
+            "List the registered filters (built-in and from plugins).",
+            "thresher filters",
+            FiltersArgs,
+            run_filters,
+        ),
+        Command(
+            "export-metadata",
+            "Write a pool's metadata with DataComp's column names (for DataComp's tools).",
+            "thresher export-metadata pool --out pool-metadata.parquet",
+            ExportMetadataArgs,
+            run_export_metadata,
+        ),
+        Command(
+            "download",
+            "Download a URL list into WebDataset shards with Parquet metadata (resumable).",
+            "thresher download pool-src/urls.parquet --out pool --allow-private-addresses",
+            DownloadArgs,
+            run_download,
+            plan_download,
+        ),
+    )
+}

@@ -40,37 +40,38 @@ from . import scaling
 from .errors import InputError
 
 REPLICATE_COLUMNS = ("draw", "seed")  # results.csv columns that name a run's replicate
-POINT_COLUMNS = ("scale", "epoch")    # columns that name the same measured point in every replicate
-POWER = 0.8                           # the power at which the smallest detectable difference is stated
+POINT_COLUMNS = ("scale", "epoch")  # columns that name the same measured point in every replicate
+POWER = 0.8  # the power at which the smallest detectable difference is stated
 
 
 @dataclass
 class FitOptions:
     """The options `thresher fit` takes, so a comparison can be made with any published procedure."""
+
     frontier: str = "bins"
     loss: str = "log"
     forms: tuple = ("power", "offset")
     bins_per_decade: float = 4.0
-    n_bootstrap: int = 200     # used for bands only when a recipe has a single replicate
+    n_bootstrap: int = 200  # used for bands only when a recipe has a single replicate
     fit_below: float | None = None
 
 
 @dataclass
 class Replicate:
-    key: str                   # e.g. "draw 0 / seed 1"
-    unit: str                  # its independent unit (the draw, or the replicate itself)
+    key: str  # e.g. "draw 0 / seed 1"
+    unit: str  # its independent unit (the draw, or the replicate itself)
     x: np.ndarray
-    y: np.ndarray              # errors
-    points: list               # each point's key (scale, epoch), to match measured points across arms
+    y: np.ndarray  # errors
+    points: list  # each point's key (scale, epoch), to match measured points across arms
     law: scaling.Law | None = None
-    note: str = ""             # why there is no law
+    note: str = ""  # why there is no law
 
 
 @dataclass
 class Arm:
     name: str
     reps: list[Replicate]
-    unit_kind: str             # "draw" or "seed" or "run"
+    unit_kind: str  # "draw" or "seed" or "run"
 
     def units(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
@@ -92,8 +93,18 @@ class Arm:
 # ---------------------------------------------------------------------------------------------------
 # Reading a results table into replicates
 
-def arms_from_table(df, a: str, b: str, metric: str, *, x: str = "gflops_total", group: str = "recipe",
-                    accuracy: bool = True, where: str = "results") -> tuple[Arm, Arm]:
+
+def arms_from_table(
+    df,
+    a: str,
+    b: str,
+    metric: str,
+    *,
+    x: str = "gflops_total",
+    group: str = "recipe",
+    accuracy: bool = True,
+    where: str = "results",
+) -> tuple[Arm, Arm]:
     for col in (x, metric, group):
         if col not in df.columns:
             raise InputError(f"{where}: no column {col!r}; columns: {', '.join(map(str, df.columns))}")
@@ -131,6 +142,7 @@ def _arm(name, sub, x, metric, accuracy, where) -> Arm:
 # ---------------------------------------------------------------------------------------------------
 # Fits per replicate
 
+
 def fit_replicates(arm: Arm, opts: FitOptions) -> None:
     """A law per replicate, on its own frontier (points at or below opts.fit_below)."""
     for r in arm.reps:
@@ -141,8 +153,13 @@ def fit_replicates(arm: Arm, opts: FitOptions) -> None:
             r.law, r.note = None, f"{len(front)} frontier point(s); a fit needs 3"
             continue
         try:
-            r.law = scaling.fit_law(xs[front], ys[front], opts.forms, loss=opts.loss,
-                                    starts=projected_starts(xs[front], ys[front], opts.forms))
+            r.law = scaling.fit_law(
+                xs[front],
+                ys[front],
+                opts.forms,
+                loss=opts.loss,
+                starts=projected_starts(xs[front], ys[front], opts.forms),
+            )
         except InputError:
             try:  # the one start failed: the default grid of starts
                 r.law = scaling.fit_law(xs[front], ys[front], opts.forms, loss=opts.loss)
@@ -158,12 +175,13 @@ def projected_starts(x: np.ndarray, y: np.ndarray, forms) -> dict:
     ref = float(np.exp(np.mean(np.log(x))))
     c = x / ref
     alphas = np.geomspace(0.01, 3.0, 48)[:, None]
-    basis = np.power(c[None, :], -alphas)                      # [alphas, points]
+    basis = np.power(c[None, :], -alphas)  # [alphas, points]
     bm, ym = basis.mean(axis=1, keepdims=True), y.mean()
-    slope = ((basis - bm) * (y - ym)).sum(axis=1, keepdims=True) / np.maximum(((basis - bm) ** 2).sum(
-        axis=1, keepdims=True), 1e-300)
-    e = np.clip(ym - slope * bm, 0.0, y.min() * 0.99)          # E within its bounds, then A for that E
-    a_coef = np.maximum(((y - e) * basis).sum(axis=1, keepdims=True) / (basis ** 2).sum(axis=1, keepdims=True), 1e-9)
+    slope = ((basis - bm) * (y - ym)).sum(axis=1, keepdims=True) / np.maximum(
+        ((basis - bm) ** 2).sum(axis=1, keepdims=True), 1e-300
+    )
+    e = np.clip(ym - slope * bm, 0.0, y.min() * 0.99)  # E within its bounds, then A for that E
+    a_coef = np.maximum(((y - e) * basis).sum(axis=1, keepdims=True) / (basis**2).sum(axis=1, keepdims=True), 1e-9)
     err = ((a_coef * basis + e - y) ** 2).mean(axis=1)
     i = int(np.argmin(err))
     la, alpha, e = math.log(float(a_coef[i, 0])), float(alphas[i, 0]), float(e[i, 0])
@@ -194,6 +212,7 @@ def unit_predictions(arm: Arm, c) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------
 # The difference of two means, and the verdict
 
+
 @dataclass
 class Difference:
     mean_a: float
@@ -203,14 +222,14 @@ class Difference:
     sd_a: float
     sd_b: float
     level: float
-    diff: float = float("nan")      # error B - error A (negative: B better)
+    diff: float = float("nan")  # error B - error A (negative: B better)
     se: float = float("nan")
     df: float = float("nan")
     lo: float = float("nan")
     hi: float = float("nan")
     p_b_better: float | None = None
-    better: str | None = None       # "a", "b" or None
-    mde: float = float("nan")       # smallest |difference| detectable at POWER
+    better: str | None = None  # "a", "b" or None
+    mde: float = float("nan")  # smallest |difference| detectable at POWER
     reason: str = ""
 
     def to_dict(self) -> dict:
@@ -225,19 +244,28 @@ def welch(a: np.ndarray, b: np.ndarray, level: float) -> Difference:
     a, b = np.asarray(a, float), np.asarray(b, float)
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
     sd = lambda v: float(v.std(ddof=1)) if len(v) > 1 else float("nan")  # noqa: E731
-    d = Difference(float(a.mean()) if len(a) else float("nan"), float(b.mean()) if len(b) else float("nan"),
-                   len(a), len(b), sd(a), sd(b), level)
+    d = Difference(
+        float(a.mean()) if len(a) else float("nan"),
+        float(b.mean()) if len(b) else float("nan"),
+        len(a),
+        len(b),
+        sd(a),
+        sd(b),
+        level,
+    )
     if len(a) < 2 or len(b) < 2:
-        d.reason = (f"{min(len(a), len(b))} independent run(s) in one recipe: a single run measures no "
-                    f"run-to-run spread; give at least 2 (seeds: in the scale file, or --draws)")
+        d.reason = (
+            f"{min(len(a), len(b))} independent run(s) in one recipe: a single run measures no "
+            f"run-to-run spread; give at least 2 (seeds: in the scale file, or --draws)"
+        )
         d.diff = d.mean_b - d.mean_a
         return d
-    va, vb = d.sd_a ** 2 / len(a), d.sd_b ** 2 / len(b)
+    va, vb = d.sd_a**2 / len(a), d.sd_b**2 / len(b)
     d.diff = d.mean_b - d.mean_a
     d.se = math.sqrt(va + vb)
     if d.se == 0:
         d.se = 1e-12  # identical runs: a difference, if any, is exact
-    d.df = (va + vb) ** 2 / ((va ** 2 / (len(a) - 1) if va else 0) + (vb ** 2 / (len(b) - 1) if vb else 0) or 1e-300)
+    d.df = (va + vb) ** 2 / ((va**2 / (len(a) - 1) if va else 0) + (vb**2 / (len(b) - 1) if vb else 0) or 1e-300)
     d.df = float(min(max(d.df, 1.0), len(a) + len(b) - 2))
     t = float(stats.t.ppf(0.5 + level / 2, d.df))
     d.lo, d.hi = d.diff - t * d.se, d.diff + t * d.se
@@ -254,12 +282,11 @@ def runs_needed(d: Difference, effect: float) -> int | None:
     if not (math.isfinite(d.sd_a) and math.isfinite(d.sd_b)) or effect == 0:
         return None
     z = stats.norm.ppf(0.5 + d.level / 2) + stats.norm.ppf(POWER)
-    n = math.ceil(z ** 2 * (d.sd_a ** 2 + d.sd_b ** 2) / effect ** 2)
+    n = math.ceil(z**2 * (d.sd_a**2 + d.sd_b**2) / effect**2)
     return max(n + 1, 2)  # +1: the t distribution's heavier tails at small n
 
 
-def measured_difference(arm_a: Arm, arm_b: Arm, level: float, below: float | None = None,
-                        above: float | None = None):
+def measured_difference(arm_a: Arm, arm_b: Arm, level: float, below: float | None = None, above: float | None = None):
     """(x, point key, Difference) at the largest point both arms measured (within the given range)."""
     keys = common_points(arm_a, arm_b, below, above)
     if not keys:
@@ -271,6 +298,7 @@ def measured_difference(arm_a: Arm, arm_b: Arm, level: float, below: float | Non
 def common_points(arm_a: Arm, arm_b: Arm, below=None, above=None) -> list[tuple[float, object]]:
     def xs(arm):
         return {p: float(r.x[i]) for r in arm.reps for i, p in enumerate(r.points)}
+
     xa, xb = xs(arm_a), xs(arm_b)
     keys = [(max(xa[k], xb[k]), k) for k in set(xa) & set(xb)]
     keys = [(x, k) for x, k in keys if (below is None or x <= below) and (above is None or x > above)]
@@ -298,15 +326,19 @@ def extrapolated_difference(arm_a: Arm, arm_b: Arm, target: float, level: float)
 def _fmt_diff(d: Difference) -> str:
     if not math.isfinite(d.lo):
         return f"difference {d.diff:+.4f}"
-    return (f"difference {d.diff:+.4f}, {d.level:.0%} interval {d.lo:+.4f} to {d.hi:+.4f}; "
-            f"P(B better) = {d.p_b_better:.2f}; {d.n_a} vs {d.n_b} runs")
+    return (
+        f"difference {d.diff:+.4f}, {d.level:.0%} interval {d.lo:+.4f} to {d.hi:+.4f}; "
+        f"P(B better) = {d.p_b_better:.2f}; {d.n_a} vs {d.n_b} runs"
+    )
 
 
 def sentence(d: Difference, a: str, b: str, where: str) -> str:
     if d.better:
         win = b if d.better == "b" else a
-        return (f"{win} is better {where}: error {min(d.mean_a, d.mean_b):.4f} vs {max(d.mean_a, d.mean_b):.4f} "
-                f"({_fmt_diff(d)})")
+        return (
+            f"{win} is better {where}: error {min(d.mean_a, d.mean_b):.4f} vs {max(d.mean_a, d.mean_b):.4f} "
+            f"({_fmt_diff(d)})"
+        )
     head = f"no detectable difference {where}: error {d.mean_a:.4f} ({a}) vs {d.mean_b:.4f} ({b}) ({_fmt_diff(d)})"
     if d.reason and not math.isfinite(d.lo):
         return head + f"; {d.reason}"
@@ -327,14 +359,17 @@ def resolution(d: Difference, target_law_diff, measured_max: float) -> str:
     gaps = np.abs(target_law_diff(cs))
     beyond = cs[gaps > d.mde]
     if len(beyond):
-        parts.append(f"or a scale of about {beyond[0]:.3g} (x{beyond[0] / measured_max:.1f} the largest measured), "
-                     f"where the fitted curves differ by more than {d.mde:.4f}, if the run-to-run spread stays "
-                     f"as measured")
+        parts.append(
+            f"or a scale of about {beyond[0]:.3g} (x{beyond[0] / measured_max:.1f} the largest measured), "
+            f"where the fitted curves differ by more than {d.mde:.4f}, if the run-to-run spread stays "
+            f"as measured"
+        )
     return ("to resolve it: " + ", ".join(parts)) if parts else ""
 
 
 # ---------------------------------------------------------------------------------------------------
 # The whole comparison
+
 
 @dataclass
 class Comparison:
@@ -343,7 +378,7 @@ class Comparison:
     target: float
     level: float
     opts: FitOptions
-    measured: tuple | None = None                  # (x, key, Difference)
+    measured: tuple | None = None  # (x, key, Difference)
     extrapolated: Difference | None = None
     result: dict = field(default_factory=dict)
 
@@ -375,50 +410,102 @@ def _result(cmp: Comparison) -> dict:
     cross = _crossings(law_diff, measured_min, max(measured_max, t) * 100) if fitted else []
     where_t = f"at compute {t:.3g} (x{t / measured_max:.3g} the largest measured)"
     verdict = sentence(ex, a, b, where_t)
-    unfit = [f"recipe {arm.name}: " + "; ".join(sorted({r.note for r in arm.reps}))
-             for arm in (cmp.arm_a, cmp.arm_b) if not any(r.law for r in arm.reps)]
+    unfit = [
+        f"recipe {arm.name}: " + "; ".join(sorted({r.note for r in arm.reps}))
+        for arm in (cmp.arm_a, cmp.arm_b)
+        if not any(r.law for r in arm.reps)
+    ]
     if unfit:  # too few points to fit is an answer, not a crash: the report says so and what would fix it
-        verdict = ("no comparison: " + "; ".join(unfit) + " (more compute scales or checkpoints, or fewer bins "
-                   "per decade)")
+        verdict = (
+            "no comparison: " + "; ".join(unfit) + " (more compute scales or checkpoints, or fewer bins per decade)"
+        )
     res = resolution(ex, law_diff, measured_max)
     measured = None
     flags = []
     if cmp.measured:
         mx, key, md = cmp.measured
-        measured = {"x": mx, "point": list(key) if isinstance(key, tuple) else key, **md.to_dict(),
-                    "verdict": sentence(md, a, b, f"at the largest measured compute {mx:.3g}"),
-                    "better": {"a": a, "b": b}.get(md.better)}
+        measured = {
+            "x": mx,
+            "point": list(key) if isinstance(key, tuple) else key,
+            **md.to_dict(),
+            "verdict": sentence(md, a, b, f"at the largest measured compute {mx:.3g}"),
+            "better": {"a": a, "b": b}.get(md.better),
+        }
         if md.better and ex.better and md.better != ex.better:
-            flags.append(f"the measured and extrapolated verdicts disagree: {measured['verdict'].split(' is')[0]} "
-                         f"now, the other at the target")
+            flags.append(
+                f"the measured and extrapolated verdicts disagree: {measured['verdict'].split(' is')[0]} "
+                f"now, the other at the target"
+            )
         elif bool(md.better) != bool(ex.better):
             flags.append("only one of the measured and extrapolated verdicts finds a difference")
     for c in cross:
-        flags.append(f"the fitted curves cross at {c:.3g}" + (" (inside the measured range)" if c <= measured_max
-                                                             else " (extrapolated)"))
+        flags.append(
+            f"the fitted curves cross at {c:.3g}"
+            + (" (inside the measured range)" if c <= measured_max else " (extrapolated)")
+        )
     if t > measured_max * 10:
-        flags.append(f"the target lies x{t / measured_max:.3g} past the largest measured compute: more than a "
-                     f"decade of extrapolation")
+        flags.append(
+            f"the target lies x{t / measured_max:.3g} past the largest measured compute: more than a "
+            f"decade of extrapolation"
+        )
     if cmp.arm_a.unit_kind == "seed" or cmp.arm_b.unit_kind == "seed":
-        flags.append("one subset draw per recipe: the interval covers training seeds, not the draw of the subset "
-                     "(thresher subset --draws K makes the draw a replicate too)")
+        flags.append(
+            "one subset draw per recipe: the interval covers training seeds, not the draw of the subset "
+            "(thresher subset --draws K makes the draw a replicate too)"
+        )
     ci = {k: _mean_interval(arm, t, cmp.level, cmp.opts) for k, arm in (("a", cmp.arm_a), ("b", cmp.arm_b))}
     return {
-        "a": a, "b": b, "target_compute": t, "confidence": cmp.level,
-        "error_a": _num(ex.mean_a), "error_b": _num(ex.mean_b), "ci_a": ci["a"], "ci_b": ci["b"],
-        "better": {"a": a, "b": b}.get(ex.better), "p_b_better": ex.p_b_better,
-        "difference": ex.to_dict(), "crossings": [{"x": c, "inside_measured_range": c <= measured_max} for c in cross],
-        "verdict": verdict, "resolve": res, "measured": measured, "flags": flags,
-        "measured_range": [measured_min, measured_max], "extrapolation_factor": t / measured_max,
-        "units": {k: {"kind": arm.unit_kind, "count": len(arm.units()), "replicates": len(arm.reps)}
-                  for k, arm in (("a", cmp.arm_a), ("b", cmp.arm_b))},
+        "a": a,
+        "b": b,
+        "target_compute": t,
+        "confidence": cmp.level,
+        "error_a": _num(ex.mean_a),
+        "error_b": _num(ex.mean_b),
+        "ci_a": ci["a"],
+        "ci_b": ci["b"],
+        "better": {"a": a, "b": b}.get(ex.better),
+        "p_b_better": ex.p_b_better,
+        "difference": ex.to_dict(),
+        "crossings": [{"x": c, "inside_measured_range": c <= measured_max} for c in cross],
+        "verdict": verdict,
+        "resolve": res,
+        "measured": measured,
+        "flags": flags,
+        "measured_range": [measured_min, measured_max],
+        "extrapolation_factor": t / measured_max,
+        "units": {
+            k: {"kind": arm.unit_kind, "count": len(arm.units()), "replicates": len(arm.reps)}
+            for k, arm in (("a", cmp.arm_a), ("b", cmp.arm_b))
+        },
         "method": "per-replicate fits, Welch t over independent units (draws, else seeds)",
-        "fits": {arm.name: [{"replicate": r.key, "unit": r.unit, "points": len(r.x),
-                             **({"form": r.law.form, "params": r.law.params(), "loss": r.law.loss,
-                                 "prediction": float(r.law.predict(t))} if r.law else {"note": r.note})}
-                            for r in arm.reps] for arm in (cmp.arm_a, cmp.arm_b)},
-        "fit_options": {"frontier": cmp.opts.frontier, "loss": cmp.opts.loss, "forms": list(cmp.opts.forms),
-                        "bins_per_decade": cmp.opts.bins_per_decade, "fit_below": cmp.opts.fit_below},
+        "fits": {
+            arm.name: [
+                {
+                    "replicate": r.key,
+                    "unit": r.unit,
+                    "points": len(r.x),
+                    **(
+                        {
+                            "form": r.law.form,
+                            "params": r.law.params(),
+                            "loss": r.law.loss,
+                            "prediction": float(r.law.predict(t)),
+                        }
+                        if r.law
+                        else {"note": r.note}
+                    ),
+                }
+                for r in arm.reps
+            ]
+            for arm in (cmp.arm_a, cmp.arm_b)
+        },
+        "fit_options": {
+            "frontier": cmp.opts.frontier,
+            "loss": cmp.opts.loss,
+            "forms": list(cmp.opts.forms),
+            "bins_per_decade": cmp.opts.bins_per_decade,
+            "fit_below": cmp.opts.fit_below,
+        },
     }
 
 
@@ -458,6 +545,7 @@ def _crossings(diff, lo: float, hi: float) -> list[float]:
 # ---------------------------------------------------------------------------------------------------
 # Bands: for the recipe's curve, and for a new measured point
 
+
 def bands(arm: Arm, c, level: float, opts: FitOptions | None = None, seed: int = 0) -> dict:
     """{'curve': (lo, hi), 'prediction': (lo, hi), 'kind': ...} at c.
 
@@ -483,25 +571,36 @@ def bands(arm: Arm, c, level: float, opts: FitOptions | None = None, seed: int =
         u = u[np.isfinite(u).all(axis=1)]
         m, n, nu = u.mean(axis=0), len(p), len(u)
         s_rep = p.std(axis=0, ddof=1)
-        h_curve = (float(stats.t.ppf(q, nu - 1)) * u.std(axis=0, ddof=1) / math.sqrt(nu) if nu >= 2
-                   else np.full(len(c), np.inf))
-        h_pred = float(stats.t.ppf(q, n - 1)) * np.sqrt(s_rep ** 2 * (1 + 1 / n) + resid ** 2)
-        return {"curve": (m - h_curve, m + h_curve), "prediction": (m - h_pred, m + h_pred),
-                "kind": f"replicates ({nu} units, {n} runs; t intervals)"}
+        h_curve = (
+            float(stats.t.ppf(q, nu - 1)) * u.std(axis=0, ddof=1) / math.sqrt(nu)
+            if nu >= 2
+            else np.full(len(c), np.inf)
+        )
+        h_pred = float(stats.t.ppf(q, n - 1)) * np.sqrt(s_rep**2 * (1 + 1 / n) + resid**2)
+        return {
+            "curve": (m - h_curve, m + h_curve),
+            "prediction": (m - h_pred, m + h_pred),
+            "kind": f"replicates ({nu} units, {n} runs; t intervals)",
+        }
     r = laws[0]
     m = p[0]
     opts = opts or FitOptions()
-    boots = (scaling.bootstrap(*_frontier_points(r, opts, opts.fit_below), r.law, opts.n_bootstrap, seed, opts.loss)
-             if opts.n_bootstrap else [])
+    boots = (
+        scaling.bootstrap(*_frontier_points(r, opts, opts.fit_below), r.law, opts.n_bootstrap, seed, opts.loss)
+        if opts.n_bootstrap
+        else []
+    )
     if boots:
         pr = np.array([b.predict(c) for b in boots])
         lo, hi = np.quantile(pr, 1 - q, axis=0), np.quantile(pr, q, axis=0)
     else:
         lo, hi = m.copy(), m.copy()
     z = float(stats.norm.ppf(q))
-    return {"curve": (lo, hi), "prediction": (m - np.sqrt((m - lo) ** 2 + (z * resid) ** 2),
-                                              m + np.sqrt((hi - m) ** 2 + (z * resid) ** 2)),
-            "kind": "one replicate: frontier points resampled (fit uncertainty only; run-to-run spread unmeasured)"}
+    return {
+        "curve": (lo, hi),
+        "prediction": (m - np.sqrt((m - lo) ** 2 + (z * resid) ** 2), m + np.sqrt((hi - m) ** 2 + (z * resid) ** 2)),
+        "kind": "one replicate: frontier points resampled (fit uncertainty only; run-to-run spread unmeasured)",
+    }
 
 
 def frontier(x: np.ndarray, y: np.ndarray, opts: FitOptions) -> np.ndarray:
@@ -519,7 +618,7 @@ def _residual_sq(r: Replicate) -> float:
     x, y = r.x, r.y
     k = 4 if r.law.form == "offset" else 3
     res = r.law.predict(x) - y
-    return float(np.sum(res ** 2) / max(len(x) - k, 1))
+    return float(np.sum(res**2) / max(len(x) - k, 1))
 
 
 def held_out(arm: Arm, level: float, opts: FitOptions) -> dict:
@@ -531,23 +630,36 @@ def held_out(arm: Arm, level: float, opts: FitOptions) -> dict:
             if xv <= opts.fit_below:
                 continue
             b = bands(arm, [xv], level, opts)
-            rows.append({"replicate": r.key, "x": float(xv), "actual": float(yv),
-                         "predicted": _num(float(np.mean(m))) if len(m := _finite(predictions(arm, [xv]))) else None,
-                         "inside_curve": bool(b["curve"][0][0] <= yv <= b["curve"][1][0]),
-                         "inside_prediction": bool(b["prediction"][0][0] <= yv <= b["prediction"][1][0])})
+            rows.append(
+                {
+                    "replicate": r.key,
+                    "x": float(xv),
+                    "actual": float(yv),
+                    "predicted": _num(float(np.mean(m))) if len(m := _finite(predictions(arm, [xv]))) else None,
+                    "inside_curve": bool(b["curve"][0][0] <= yv <= b["curve"][1][0]),
+                    "inside_prediction": bool(b["prediction"][0][0] <= yv <= b["prediction"][1][0]),
+                }
+            )
     share = lambda k: float(np.mean([row[k] for row in rows])) if rows else None  # noqa: E731
-    return {"above": opts.fit_below, "band": "prediction (a new run's point: curve + run spread + residual scatter)",
-            "points": rows, "share_inside_prediction": share("inside_prediction"),
-            "share_inside_curve": share("inside_curve")}
+    return {
+        "above": opts.fit_below,
+        "band": "prediction (a new run's point: curve + run spread + residual scatter)",
+        "points": rows,
+        "share_inside_prediction": share("inside_prediction"),
+        "share_inside_curve": share("inside_curve"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
 # Backtest: would the extrapolation have called what was measured?
 
-OUTCOMES = {("same", True, True): "right", ("differ", True, True): "wrong",
-            (None, True, False): "unsupported (a difference the runs do not show)",
-            (None, False, True): "missed (the runs show a difference the fits did not)",
-            (None, False, False): "rightly undecided"}
+OUTCOMES = {
+    ("same", True, True): "right",
+    ("differ", True, True): "wrong",
+    (None, True, False): "unsupported (a difference the runs do not show)",
+    (None, False, True): "missed (the runs show a difference the fits did not)",
+    (None, False, False): "rightly undecided",
+}
 
 
 def backtest(arm_a: Arm, arm_b: Arm, below: float, level: float, opts: FitOptions) -> dict:
@@ -568,18 +680,38 @@ def backtest(arm_a: Arm, arm_b: Arm, below: float, level: float, opts: FitOption
     both = bool(predicted.better) and bool(measured.better)
     agree = ("same" if predicted.better == measured.better else "differ") if both else None
     outcome = OUTCOMES[(agree, bool(predicted.better), bool(measured.better))]
-    return {"fit_below": below, "x": x, "factor": x / below, "predicted": predicted.to_dict(),
-            "measured": measured.to_dict(), "outcome": outcome,
-            "predicted_verdict": sentence(predicted, arm_a.name, arm_b.name, f"at {x:.3g} (fitted at or below {below:.3g})"),
-            "measured_verdict": sentence(measured, arm_a.name, arm_b.name, f"at {x:.3g} (measured)")}
+    return {
+        "fit_below": below,
+        "x": x,
+        "factor": x / below,
+        "predicted": predicted.to_dict(),
+        "measured": measured.to_dict(),
+        "outcome": outcome,
+        "predicted_verdict": sentence(
+            predicted, arm_a.name, arm_b.name, f"at {x:.3g} (fitted at or below {below:.3g})"
+        ),
+        "measured_verdict": sentence(measured, arm_a.name, arm_b.name, f"at {x:.3g} (measured)"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
 # The command
 
-def from_table(path: str, a: str, b: str, metric: str, target, *, x: str = "gflops_total",
-               group: str = "recipe", accuracy: bool = True, level: float = 0.95, opts: FitOptions | None = None,
-               backtest_below: float | None = None) -> Comparison:
+
+def from_table(
+    path: str,
+    a: str,
+    b: str,
+    metric: str,
+    target,
+    *,
+    x: str = "gflops_total",
+    group: str = "recipe",
+    accuracy: bool = True,
+    level: float = 0.95,
+    opts: FitOptions | None = None,
+    backtest_below: float | None = None,
+) -> Comparison:
     """Read the results table and compare A with B at `target` (a compute figure, or 'Nx': N times the
     largest compute measured); `compare_report.run` writes it out as `thresher compare` does."""
     df = scaling.read_table(path)
@@ -590,8 +722,7 @@ def from_table(path: str, a: str, b: str, metric: str, target, *, x: str = "gflo
     result = cmp.result
     result.update({"source": path, "metric": metric, "x": x, "accuracy": accuracy})
     if opts.fit_below is not None:
-        result["held_out"] = {k: held_out(arm, level, opts)
-                              for k, arm in (("a", arm_a), ("b", arm_b))}
+        result["held_out"] = {k: held_out(arm, level, opts) for k, arm in (("a", arm_a), ("b", arm_b))}
     if backtest_below is not None:
         result["backtest"] = backtest(arm_a, arm_b, backtest_below, level, opts)
     result["runs"] = runs_table(df, a, b, metric, x, group)
@@ -613,8 +744,10 @@ def resolve_target(target, arm_a: Arm, arm_b: Arm) -> float:
             return float(target[:-1]) * largest
         return float(target)
     except ValueError:
-        raise InputError(f"--target-compute {target!r}: give a number (e.g. 1e12) or a multiple of the largest "
-                         f"measured compute (e.g. 10x)") from None
+        raise InputError(
+            f"--target-compute {target!r}: give a number (e.g. 1e12) or a multiple of the largest "
+            f"measured compute (e.g. 10x)"
+        ) from None
 
 
 def runs_table(df, a: str, b: str, metric: str, x: str, group: str) -> list[dict]:
@@ -624,7 +757,17 @@ def runs_table(df, a: str, b: str, metric: str, x: str, group: str) -> list[dict
     rows = []
     for key, g in sub.groupby(keys, sort=True):
         last = g.loc[g[x].idxmax()]
-        rows.append({**dict(zip(keys, (k.item() if hasattr(k, "item") else k for k in
-                                       (key if isinstance(key, tuple) else (key,))))),
-                     "points": int(len(g)), x: float(last[x]), metric: float(last[metric])})
+        rows.append(
+            {
+                **dict(
+                    zip(
+                        keys,
+                        (k.item() if hasattr(k, "item") else k for k in (key if isinstance(key, tuple) else (key,))),
+                    )
+                ),
+                "points": int(len(g)),
+                x: float(last[x]),
+                metric: float(last[metric]),
+            }
+        )
     return rows

@@ -19,15 +19,39 @@ import numpy as np
 from . import compare as cmp_mod
 
 
-def run(path: str, a: str, b: str, metric: str, target, out: str, *, x: str = "gflops_total",
-        group: str = "recipe", accuracy: bool = True, level: float = 0.95, opts=None,
-        backtest_below: float | None = None, seed: int = 0) -> dict:
+def run(
+    path: str,
+    a: str,
+    b: str,
+    metric: str,
+    target,
+    out: str,
+    *,
+    x: str = "gflops_total",
+    group: str = "recipe",
+    accuracy: bool = True,
+    level: float = 0.95,
+    opts=None,
+    backtest_below: float | None = None,
+    seed: int = 0,
+) -> dict:
     """`thresher compare`: read the table, compare (compare.from_table), write OUT/compare.json and the
     report. `target` is a compute figure or a string 'Nx' (N times the largest compute measured)."""
     import json
 
-    cmp = cmp_mod.from_table(path, a, b, metric, target, x=x, group=group, accuracy=accuracy, level=level,
-                             opts=opts, backtest_below=backtest_below)
+    cmp = cmp_mod.from_table(
+        path,
+        a,
+        b,
+        metric,
+        target,
+        x=x,
+        group=group,
+        accuracy=accuracy,
+        level=level,
+        opts=opts,
+        backtest_below=backtest_below,
+    )
     os.makedirs(out, exist_ok=True)
     write(cmp, out, y_label=("1 - " + metric) if accuracy else metric, x_label=x, seed=seed)
     with open(os.path.join(out, "compare.json"), "w") as f:
@@ -48,7 +72,7 @@ def _png(path: str) -> str:
         return base64.b64encode(f.read()).decode()
 
 
-def write(cmp: "cmp_mod.Comparison", out: str, x_label: str, y_label: str, seed: int = 0) -> None:
+def write(cmp: cmp_mod.Comparison, out: str, x_label: str, y_label: str, seed: int = 0) -> None:
     r = cmp.result
     curves = os.path.join(out, "compare.png")
     diff = os.path.join(out, "compare_diff.png")
@@ -58,28 +82,43 @@ def write(cmp: "cmp_mod.Comparison", out: str, x_label: str, y_label: str, seed:
     a, b = r["a"], r["b"]
     d = r["difference"]
     summary = [
-        ("A (baseline)", a), ("B (candidate)", b),
+        ("A (baseline)", a),
+        ("B (candidate)", b),
         ("metric", r.get("metric", "") + (" (error = 1 - value)" if r.get("accuracy") else "")),
         ("confidence", f"{r['confidence']:.0%}"),
-        ("target compute", f"{r['target_compute']:.4g} (x{r['extrapolation_factor']:.3g} the largest measured, "
-                           f"{r['measured_range'][1]:.4g})"),
+        (
+            "target compute",
+            f"{r['target_compute']:.4g} (x{r['extrapolation_factor']:.3g} the largest measured, "
+            f"{r['measured_range'][1]:.4g})",
+        ),
         ("predicted error A", _with_ci(r["error_a"], r["ci_a"])),
         ("predicted error B", _with_ci(r["error_b"], r["ci_b"])),
         ("difference B - A at target", _with_ci(d["diff"], [d["lo"], d["hi"]] if d["lo"] is not None else None)),
-        (f"P(B better at target) (a verdict needs at least {0.5 + r['confidence'] / 2:.3g}, or at most "
-         f"{0.5 - r['confidence'] / 2:.3g} for A)", _fmt(r["p_b_better"], 2)),
+        (
+            f"P(B better at target) (a verdict needs at least {0.5 + r['confidence'] / 2:.3g}, or at most "
+            f"{0.5 - r['confidence'] / 2:.3g} for A)",
+            _fmt(r["p_b_better"], 2),
+        ),
         ("smallest detectable difference (80% power)", _fmt(d["mde"])),
-        ("independent units", f"A: {r['units']['a']['count']} {r['units']['a']['kind']}(s), "
-                              f"B: {r['units']['b']['count']} {r['units']['b']['kind']}(s)"),
+        (
+            "independent units",
+            f"A: {r['units']['a']['count']} {r['units']['a']['kind']}(s), "
+            f"B: {r['units']['b']['count']} {r['units']['b']['kind']}(s)",
+        ),
         ("method", r["method"]),
     ]
     m = r.get("measured")
     if m:
-        summary[8:8] = [("measured at", f"{m['x']:.4g} ({' / '.join(map(str, m['point'])) if isinstance(m['point'], list) else m['point']})"),
-                        ("measured error A / B", f"{_fmt(m['mean_a'])} / {_fmt(m['mean_b'])}"),
-                        ("measured difference B - A", _with_ci(m["diff"], [m["lo"], m["hi"]] if m["lo"] is not None else None)),
-                        ("run-to-run spread there (SD over units) A / B", f"{_fmt(m['sd_a'])} / {_fmt(m['sd_b'])}"),
-                        ("P(B better), measured", _fmt(m["p_b_better"], 2))]
+        summary[8:8] = [
+            (
+                "measured at",
+                f"{m['x']:.4g} ({' / '.join(map(str, m['point'])) if isinstance(m['point'], list) else m['point']})",
+            ),
+            ("measured error A / B", f"{_fmt(m['mean_a'])} / {_fmt(m['mean_b'])}"),
+            ("measured difference B - A", _with_ci(m["diff"], [m["lo"], m["hi"]] if m["lo"] is not None else None)),
+            ("run-to-run spread there (SD over units) A / B", f"{_fmt(m['sd_a'])} / {_fmt(m['sd_b'])}"),
+            ("P(B better), measured", _fmt(m["p_b_better"], 2)),
+        ]
     table = _table(["", ""], [[k, v] for k, v in summary], cls="summary")
     runs = r.get("runs", [])
     run_cols = list(runs[0]) if runs else []
@@ -88,14 +127,18 @@ def write(cmp: "cmp_mod.Comparison", out: str, x_label: str, y_label: str, seed:
     extra = ""
     for k, h in (r.get("held_out") or {}).items():
         share = h["share_inside_prediction"]
-        extra += (f"<h2>Held out above {h['above']:.4g}: recipe {e(r[k])}</h2><p>{e(h['band'])}: "
-                  f"{_fmt(share, 2) if share is not None else '-'} of {len(h['points'])} held-out frontier points "
-                  f"inside (curve band: {_fmt(h['share_inside_curve'], 2)})</p>")
+        extra += (
+            f"<h2>Held out above {h['above']:.4g}: recipe {e(r[k])}</h2><p>{e(h['band'])}: "
+            f"{_fmt(share, 2) if share is not None else '-'} of {len(h['points'])} held-out frontier points "
+            f"inside (curve band: {_fmt(h['share_inside_curve'], 2)})</p>"
+        )
     bt = r.get("backtest")
     if bt:
-        extra += (f"<h2>Backtest: fitted at or below {bt['fit_below']:.4g}, scored at {bt['x']:.4g}</h2>"
-                  f"<p class='outcome'>outcome: <b>{e(bt['outcome'])}</b></p><ul><li>{e(bt['predicted_verdict'])}</li>"
-                  f"<li>{e(bt['measured_verdict'])}</li></ul>")
+        extra += (
+            f"<h2>Backtest: fitted at or below {bt['fit_below']:.4g}, scored at {bt['x']:.4g}</h2>"
+            f"<p class='outcome'>outcome: <b>{e(bt['outcome'])}</b></p><ul><li>{e(bt['predicted_verdict'])}</li>"
+            f"<li>{e(bt['measured_verdict'])}</li></ul>"
+        )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>A/B: {e(a)} vs {e(b)}</title><style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}"
@@ -108,7 +151,8 @@ def write(cmp: "cmp_mod.Comparison", out: str, x_label: str, y_label: str, seed:
         + f"<h2>Flags</h2><ul id='flags'>{flags}</ul>{table}"
         f"<h2>Measured points and fitted curves</h2><p><img alt='curves' src='data:image/png;base64,{_png(curves)}'></p>"
         f"<h2>Difference B - A against compute</h2><p><img alt='difference' src='data:image/png;base64,{_png(diff)}'></p>"
-        f"{extra}<h2>Every run (last checkpoint)</h2>{runs_html}</body></html>")
+        f"{extra}<h2>Every run (last checkpoint)</h2>{runs_html}</body></html>"
+    )
     with open(os.path.join(out, "compare.html"), "w") as f:
         f.write(page)
 
@@ -149,8 +193,16 @@ def plot_curves(cmp, path: str, x_label: str, y_label: str, seed: int = 0) -> No
             vals = [(r.x[i], r.y[i]) for r in arm.reps for i, q in enumerate(r.points) if q == p]
             xs, ys = np.array(vals).T
             mk = markers[scales.index(p[0] if isinstance(p, tuple) else "") % len(markers)]
-            ax.errorbar(xs.mean(), ys.mean(), yerr=ys.std(ddof=1) if len(ys) > 1 else None, fmt=mk, color=col,
-                        ms=5, capsize=2, alpha=0.8)
+            ax.errorbar(
+                xs.mean(),
+                ys.mean(),
+                yerr=ys.std(ddof=1) if len(ys) > 1 else None,
+                fmt=mk,
+                color=col,
+                ms=5,
+                capsize=2,
+                alpha=0.8,
+            )
         lo_x = min(float(r.x.min()) for r in arm.reps)
         grid = np.geomspace(lo_x, top, 200)
         for r in arm.reps:
@@ -159,18 +211,23 @@ def plot_curves(cmp, path: str, x_label: str, y_label: str, seed: int = 0) -> No
         mean = cmp_mod.mean_curve(arm, grid)
         if np.isfinite(mean).any():
             b = cmp_mod.bands(arm, grid, cmp.level, cmp.opts, seed)
-            ax.plot(grid, mean, color=col, lw=2, label=f"{'AB'[k]}: {arm.name} (mean of {len(arm.reps)} replicate fits)")
+            ax.plot(
+                grid, mean, color=col, lw=2, label=f"{'AB'[k]}: {arm.name} (mean of {len(arm.reps)} replicate fits)"
+            )
             ax.fill_between(grid, *b["curve"], color=col, alpha=0.15)
         for s in scales if k == 0 else []:
-            ax.plot([], [], markers[scales.index(s) % len(markers)], color="grey", label=f"scale {s}" if s else "points")
+            ax.plot(
+                [], [], markers[scales.index(s) % len(markers)], color="grey", label=f"scale {s}" if s else "points"
+            )
     ax.axvline(cmp.target, color="grey", ls=":", label=f"target {cmp.target:.3g}")
     ax.axvline(cmp.result["measured_range"][1], color="grey", ls="--", lw=0.8, label="largest measured")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
-    ax.set_title(f"measured points (mean +- SD over replicates) and fits; bands: {cmp.level:.0%} of the mean curve",
-                 fontsize=9)
+    ax.set_title(
+        f"measured points (mean +- SD over replicates) and fits; bands: {cmp.level:.0%} of the mean curve", fontsize=9
+    )
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.2)
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -188,8 +245,7 @@ def plot_difference(cmp, path: str, x_label: str) -> None:
     if np.isfinite(lo).any():
         ax.fill_between(grid, lo, hi, color="black", alpha=0.12, label=f"{cmp.level:.0%} interval (replicates)")
     for x, key in cmp_mod.common_points(cmp.arm_a, cmp.arm_b):
-        d = cmp_mod.welch(*(arm.unit_means(cmp_mod.values_at(arm, key)) for arm in (cmp.arm_a, cmp.arm_b)),
-                          cmp.level)
+        d = cmp_mod.welch(*(arm.unit_means(cmp_mod.values_at(arm, key)) for arm in (cmp.arm_a, cmp.arm_b)), cmp.level)
         err = [[d.diff - d.lo], [d.hi - d.diff]] if math.isfinite(d.lo) else None
         ax.errorbar(x, d.diff, yerr=err, fmt="o", color="tab:red", ms=4, capsize=2)
     ax.errorbar([], [], fmt="o", color="tab:red", label="measured: B - A per point")

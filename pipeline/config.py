@@ -101,8 +101,11 @@ def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
     if unknown:
         raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}; known fields: {', '.join(fields)}")
     kwargs = {name: _check_type(value, hints[name], f"{where}: field '{name}'") for name, value in data.items()}
-    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise InputError(f"{where}: required field(s) missing: {', '.join(missing)}")
     return cls(**kwargs)
@@ -148,9 +151,11 @@ def check_name(value, what: str, where: str) -> str:
     once replaced the pool's manifest.json, and `../shards` every shard's Parquet (issue 15), so every
     such name is checked here, before any work, and refused with the file and field that gave it."""
     if not isinstance(value, str) or not NAME_RULE.match(value) or ".." in value:
-        raise InputError(f"{where}: {what} {value!r} cannot be used as a name: it becomes a folder or file "
-                         f"name, so it must be letters, digits and . _ + - (starting with a letter or digit, "
-                         f"no '..', at most 128 characters)")
+        raise InputError(
+            f"{where}: {what} {value!r} cannot be used as a name: it becomes a folder or file "
+            f"name, so it must be letters, digits and . _ + - (starting with a letter or digit, "
+            f"no '..', at most 128 characters)"
+        )
     return value
 
 
@@ -170,8 +175,10 @@ def substitute(value, variables: dict, where: str):
 
     def one(m):
         if m.group(1) not in variables:
-            raise InputError(f"{where}: unknown placeholder {{{m.group(1)}}}; known: {sorted(variables)} "
-                             f"(add it under `vars:` or pass --var {m.group(1)}=VALUE)")
+            raise InputError(
+                f"{where}: unknown placeholder {{{m.group(1)}}}; known: {sorted(variables)} "
+                f"(add it under `vars:` or pass --var {m.group(1)}=VALUE)"
+            )
         return str(variables[m.group(1)])
 
     return re.sub(r"\{(\w+)\}", one, value)

@@ -31,9 +31,9 @@ import numpy as np
 import pyarrow as pa
 
 from . import execute, features, hashes, runtime, schema
-from .pool import Pool, completed, read_npy
 from .config import config_hash, from_dict, opt, to_dict
 from .errors import InputError
+from .pool import Pool, completed, read_npy
 
 
 @dataclass
@@ -50,12 +50,14 @@ class DedupConfig:
     kmeans_iters: int = opt(20, "k-means iterations")
     gpu: bool = opt(True, "use GPU FAISS (k-means) and torch (within-cluster cosine) when a GPU is usable")
     ray_tasks: int = opt(0, "spread the within-cluster work over this many Ray tasks; 0 = in this process")
-    partitions: int = opt(0, "run contamination, exact and semantic dedup as Ray tasks over this many partitions "
-                             "(by sha256, then by cluster), so no process holds the pool; needs perceptual off and "
-                             "probes 1; 0 = in this process")
+    partitions: int = opt(
+        0,
+        "run contamination, exact and semantic dedup as Ray tasks over this many partitions "
+        "(by sha256, then by cluster), so no process holds the pool; needs perceptual off and "
+        "probes 1; 0 = in this process",
+    )
     contamination: bool = opt(True, "drop near-copies of evaluation images (needs eval_sets)")
-    eval_sets: list[str] = opt(help="evaluation sets (CLIP_benchmark WebDataset dirs) to check against",
-                               factory=list)
+    eval_sets: list[str] = opt(help="evaluation sets (CLIP_benchmark WebDataset dirs) to check against", factory=list)
     keep: str = opt("clip_score", "which sample of a group survives: clip_score, first or random")
     seed: int = opt(0, "seed for k-means and keep=random")
 
@@ -65,11 +67,15 @@ class DedupConfig:
         if not 0 < self.threshold <= 1:
             raise InputError("threshold must be in (0, 1]")
         if self.partitions and self.perceptual:
-            raise InputError("partitions runs contamination, exact and semantic dedup: set perceptual: false "
-                             "(partitioned PDQ dedup is not built; docs/scaling.md)")
+            raise InputError(
+                "partitions runs contamination, exact and semantic dedup: set perceptual: false "
+                "(partitioned PDQ dedup is not built; docs/scaling.md)"
+            )
         if self.partitions and self.semantic and self.probes != 1:
-            raise InputError("partitioned SemDeDup puts each sample in its one nearest cluster, as SemDeDup's "
-                             "paper does: set probes: 1")
+            raise InputError(
+                "partitioned SemDeDup puts each sample in its one nearest cluster, as SemDeDup's "
+                "paper does: set probes: 1"
+            )
 
 
 class UnionFind:
@@ -118,14 +124,16 @@ def faiss_gpus(allowed: bool = True) -> int:
     return faiss.get_num_gpus() if allowed and hasattr(faiss, "get_num_gpus") else 0
 
 
-def _within_chunk(groups: list[np.ndarray], x: np.ndarray, threshold: float, block: int,
-                  torch_device: str | None = None) -> np.ndarray:
+def _within_chunk(
+    groups: list[np.ndarray], x: np.ndarray, threshold: float, block: int, torch_device: str | None = None
+) -> np.ndarray:
     """One task's share of the clusters (the item comes first: the executor's calling rule)."""
     return _within(x, groups, threshold, block, torch_device)
 
 
-def _within(x: np.ndarray, groups: list[np.ndarray], threshold: float, block: int,
-            torch_device: str | None = None) -> np.ndarray:
+def _within(
+    x: np.ndarray, groups: list[np.ndarray], threshold: float, block: int, torch_device: str | None = None
+) -> np.ndarray:
     """Pairs (a < b) at cosine >= threshold within each group of row indices into x; the products in
     numpy, or in torch on `torch_device` (the GPU path)."""
     pairs = []
@@ -137,18 +145,27 @@ def _within(x: np.ndarray, groups: list[np.ndarray], threshold: float, block: in
             t = torch.from_numpy(sub).to(torch_device)
         for start in range(0, len(members), block):
             if torch_device:
-                a, b = (t[start:start + block] @ t.T >= threshold).nonzero(as_tuple=True)
+                a, b = (t[start : start + block] @ t.T >= threshold).nonzero(as_tuple=True)
                 a, b = a.cpu().numpy(), b.cpu().numpy()
             else:
-                a, b = np.nonzero(sub[start:start + block] @ sub.T >= threshold)
+                a, b = np.nonzero(sub[start : start + block] @ sub.T >= threshold)
             keep = members[start + a] < members[b]
             if keep.any():
                 pairs.append(np.stack([members[start + a[keep]], members[b[keep]]], axis=1))
     return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
 
 
-def semantic_pairs(emb: np.ndarray, threshold: float, clusters: int = 0, probes: int = 2, iters: int = 20,
-                   seed: int = 0, block: int = 4096, gpu: bool = True, ray_tasks: int = 0) -> np.ndarray:
+def semantic_pairs(
+    emb: np.ndarray,
+    threshold: float,
+    clusters: int = 0,
+    probes: int = 2,
+    iters: int = 20,
+    seed: int = 0,
+    block: int = 4096,
+    gpu: bool = True,
+    ray_tasks: int = 0,
+) -> np.ndarray:
     """SemDeDup: spherical k-means, then exact cosine within clusters. Rows must be L2-normalised.
 
     k-means runs on a GPU when the FAISS build has one (`gpu`), and so does the within-cluster product
@@ -165,8 +182,9 @@ def semantic_pairs(emb: np.ndarray, threshold: float, clusters: int = 0, probes:
     k = min(k, n)
     probes = min(probes, k)
     on_gpu = faiss_gpus(gpu) > 0
-    km = faiss.Kmeans(d, k, niter=iters, seed=seed, spherical=True, verbose=False, max_points_per_centroid=256,
-                      gpu=on_gpu)
+    km = faiss.Kmeans(
+        d, k, niter=iters, seed=seed, spherical=True, verbose=False, max_points_per_centroid=256, gpu=on_gpu
+    )
     km.train(x)
     _, assign = km.index.search(x, probes)  # each sample visits its `probes` nearest clusters
     order = np.argsort(assign.ravel(), kind="stable")
@@ -177,9 +195,16 @@ def semantic_pairs(emb: np.ndarray, threshold: float, clusters: int = 0, probes:
         cost = np.array([len(g) ** 2 for g in groups], dtype=np.float64)
         chunk_of = np.minimum((np.cumsum(cost) - cost) * ray_tasks // cost.sum(), ray_tasks - 1).astype(int)
         chunks = [[g for g, c in zip(groups, chunk_of) if c == t] for t in range(ray_tasks) if (chunk_of == t).any()]
-        parts = execute.map(_within_chunk, chunks, execute.current().share(x), threshold, block,
-                            "cuda" if on_gpu else None, label="dedup:semantic",
-                            resources=execute.Resources(cpus=1, gpus=1 if on_gpu else 0))
+        parts = execute.map(
+            _within_chunk,
+            chunks,
+            execute.current().share(x),
+            threshold,
+            block,
+            "cuda" if on_gpu else None,
+            label="dedup:semantic",
+            resources=execute.Resources(cpus=1, gpus=1 if on_gpu else 0),
+        )
     else:
         parts = [_within(x, groups, threshold, block, "cuda" if on_gpu else None)]
     pairs = np.concatenate(parts)
@@ -189,8 +214,9 @@ def semantic_pairs(emb: np.ndarray, threshold: float, clusters: int = 0, probes:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _choose(group_rows: np.ndarray, cfg: DedupConfig, scores: np.ndarray, order_key: np.ndarray,
-            rng: np.random.Generator) -> int:
+def _choose(
+    group_rows: np.ndarray, cfg: DedupConfig, scores: np.ndarray, order_key: np.ndarray, rng: np.random.Generator
+) -> int:
     if cfg.keep == "first":
         return int(group_rows[np.argmin(order_key[group_rows])])
     if cfg.keep == "random":
@@ -264,12 +290,16 @@ def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) 
     shards = Pool(pool).shards()
     missing = [s for s in shards if s not in completed(base_dir)]
     if missing:
-        raise InputError(f"{pool}: base features missing for {len(missing)} shard(s) (first {missing[0]:08d}); "
-                         f"run `thresher features {pool}` first")
+        raise InputError(
+            f"{pool}: base features missing for {len(missing)} shard(s) (first {missing[0]:08d}); "
+            f"run `thresher features {pool}` first"
+        )
     scorer_dir = Pool(pool).features_dir(cfg.scorer)
     if (cfg.semantic or cfg.keep == "clip_score") and set(completed(scorer_dir)) != set(shards):
-        raise InputError(f"{pool}: scorer {cfg.scorer!r} is missing or incomplete; run `thresher features` "
-                         f"with --scorer-id {cfg.scorer}, or choose --scorer, or --keep first")
+        raise InputError(
+            f"{pool}: scorer {cfg.scorer!r} is missing or incomplete; run `thresher features` "
+            f"with --scorer-id {cfg.scorer}, or choose --scorer, or --keep first"
+        )
     if cfg.partitions:
         return _run_partitioned(pool, cfg, shards, ray_address, log, t0)
     base = features.read_base(pool)
@@ -307,46 +337,90 @@ def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) 
     if cfg.exact:
         alive = np.flatnonzero(keep)
         sha = base.column("sha256").to_pylist()
-        counts["exact"] = _apply(exact_pairs([sha[i] for i in alive]), alive, "exact", cfg, scores, order_key, rng,
-                                 group, reason, keep, uids)
+        counts["exact"] = _apply(
+            exact_pairs([sha[i] for i in alive]), alive, "exact", cfg, scores, order_key, rng, group, reason, keep, uids
+        )
     if cfg.perceptual:
         alive = np.flatnonzero(keep)
         codes, have = hashes.pdq_codes([pdq[i] for i in alive], [quality[i] for i in alive], cfg.pdq_min_quality)
         pairs = hashes.hamming_pairs(codes, cfg.pdq_radius)
-        counts["perceptual"] = _apply(have[pairs] if len(pairs) else pairs, alive, "perceptual", cfg, scores,
-                                      order_key, rng, group, reason, keep, uids)
+        counts["perceptual"] = _apply(
+            have[pairs] if len(pairs) else pairs,
+            alive,
+            "perceptual",
+            cfg,
+            scores,
+            order_key,
+            rng,
+            group,
+            reason,
+            keep,
+            uids,
+        )
     if cfg.semantic:
         alive = np.flatnonzero(keep)
         ok = alive[np.isfinite(scores[alive])] if cfg.keep == "clip_score" else alive
         ok = ok[np.linalg.norm(emb[ok], axis=1) > 0.5]  # rows with no embedding (decode errors) are zeros
         if cfg.ray_tasks:
             execute.start(ray_address)
-        pairs = semantic_pairs(emb[ok], cfg.threshold, cfg.clusters, cfg.probes, cfg.kmeans_iters, cfg.seed,
-                               gpu=cfg.gpu, ray_tasks=cfg.ray_tasks)
+        pairs = semantic_pairs(
+            emb[ok],
+            cfg.threshold,
+            cfg.clusters,
+            cfg.probes,
+            cfg.kmeans_iters,
+            cfg.seed,
+            gpu=cfg.gpu,
+            ray_tasks=cfg.ray_tasks,
+        )
         # map back to indices into `alive`
         pos = np.searchsorted(alive, ok)
-        counts["semantic"] = _apply(pos[pairs] if len(pairs) else pairs, alive, "semantic", cfg, scores, order_key,
-                                    rng, group, reason, keep, uids)
+        counts["semantic"] = _apply(
+            pos[pairs] if len(pairs) else pairs,
+            alive,
+            "semantic",
+            cfg,
+            scores,
+            order_key,
+            rng,
+            group,
+            reason,
+            keep,
+            uids,
+        )
 
     shard_of = np.array([int(k[:8]) for k in keys])
     out_dir = Pool(pool).dedup_dir
     runtime.makedirs(out_dir)
     for s in shards:
         rows = np.flatnonzero(shard_of == s)
-        table = pa.table({"uid": [uids[i] for i in rows], "key": [keys[i] for i in rows],
-                          "duplicate_group": [group[i] for i in rows], "keep": keep[rows],
-                          "reason": [reason[i] for i in rows]}, schema=schema.DEDUP)
+        table = pa.table(
+            {
+                "uid": [uids[i] for i in rows],
+                "key": [keys[i] for i in rows],
+                "duplicate_group": [group[i] for i in rows],
+                "keep": keep[rows],
+                "reason": [reason[i] for i in rows],
+            },
+            schema=schema.DEDUP,
+        )
         runtime.write_parquet(table, Pool(pool).dedup(s))
     return _write_manifest(pool, cfg, n, int(keep.sum()), counts, t0, log)
 
 
 def _write_manifest(pool: str, cfg: DedupConfig, n: int, kept: int, counts: dict, t0: float, log) -> dict:
     scorer_manifest = Pool(pool).features_manifest(cfg.scorer)
-    manifest = {"kind": "thresher.dedup", "config": to_dict(cfg), "config_hash": config_hash(cfg),
-                "samples": n, "kept": kept, "removed": counts, "seconds": round(time.time() - t0, 2),
-                "scorer_manifest": runtime.read_json(scorer_manifest)
-                if (cfg.semantic or cfg.keep == "clip_score") else None,
-                **runtime.provenance()}
+    manifest = {
+        "kind": "thresher.dedup",
+        "config": to_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "samples": n,
+        "kept": kept,
+        "removed": counts,
+        "seconds": round(time.time() - t0, 2),
+        "scorer_manifest": runtime.read_json(scorer_manifest) if (cfg.semantic or cfg.keep == "clip_score") else None,
+        **runtime.provenance(),
+    }
     runtime.write_json(Pool(pool).dedup_manifest, manifest)
     log(f"[dedup] {n} samples, kept {kept}; removed " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return manifest
@@ -373,14 +447,18 @@ def _map_exact(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, eval_
     cols: dict[str, list] = {k: [] for k in _MAP_FIELDS}
     contaminated = {"c_shard": [], "c_row": [], "c_eval": []}
     for s in shards:
-        base = runtime.read_parquet(Pool(pool).features("base", s),
-                                    columns=["uid", "key", "sha256", "pdq", "pdq_quality"])
+        base = runtime.read_parquet(
+            Pool(pool).features("base", s), columns=["uid", "key", "sha256", "pdq", "pdq_quality"]
+        )
         uids, n = base.column("uid").to_pylist(), base.num_rows
         alive = np.ones(n, bool)
         if eval_codes is not None:
-            codes, have = hashes.pdq_codes(base.column("pdq").to_pylist(), base.column("pdq_quality").to_pylist(),
-                                    cfg.pdq_min_quality)
-            hits = hashes.hamming_pairs(eval_codes, cfg.pdq_radius, queries=codes) if len(codes) else np.zeros((0, 2), int)
+            codes, have = hashes.pdq_codes(
+                base.column("pdq").to_pylist(), base.column("pdq_quality").to_pylist(), cfg.pdq_min_quality
+            )
+            hits = (
+                hashes.hamming_pairs(eval_codes, cfg.pdq_radius, queries=codes) if len(codes) else np.zeros((0, 2), int)
+            )
             for q, e in hits:
                 if alive[have[q]]:
                     alive[have[q]] = False
@@ -388,17 +466,25 @@ def _map_exact(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, eval_
                         contaminated[k].append(int(v))
         scores = np.full(n, np.nan)
         if cfg.keep == "clip_score":
-            t = runtime.read_parquet(Pool(pool).features(cfg.scorer, s),
-                                     columns=["uid", "clip_score"])
+            t = runtime.read_parquet(Pool(pool).features(cfg.scorer, s), columns=["uid", "clip_score"])
             if t.column("uid").to_pylist() != uids:
-                raise InputError(f"{pool}: scorer {cfg.scorer} shard {s:08d} is not row-aligned with the base "
-                                 f"features; recompute it")
+                raise InputError(
+                    f"{pool}: scorer {cfg.scorer} shard {s:08d} is not row-aligned with the base features; recompute it"
+                )
             scores = np.array(t.column("clip_score").to_pylist(), dtype=np.float64)
         sha = base.column("sha256").to_pylist()
         rows = np.flatnonzero(alive & np.array([h is not None for h in sha])) if cfg.exact else np.zeros(0, int)
-        for k, v in zip(_MAP_FIELDS, (np.array([bytes.fromhex(sha[r]) for r in rows], dtype="S32"),
-                                      np.array(uids, dtype=str)[rows], np.full(len(rows), s), rows,
-                                      _int_keys(base.column("key"))[rows], scores[rows])):
+        for k, v in zip(
+            _MAP_FIELDS,
+            (
+                np.array([bytes.fromhex(sha[r]) for r in rows], dtype="S32"),
+                np.array(uids, dtype=str)[rows],
+                np.full(len(rows), s),
+                rows,
+                _int_keys(base.column("key"))[rows],
+                scores[rows],
+            ),
+        ):
             cols[k].append(v)
     arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
     arrays["sha"] = arrays["sha"].astype("S32")
@@ -411,8 +497,10 @@ def _map_exact(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, eval_
 
 def _reduce_exact(p: int, work: str, maps: int, cfg_dict: dict, group_of: np.ndarray) -> int:
     cfg = from_dict(DedupConfig, cfg_dict)
-    parts = [runtime.read_npz(runtime.join(work, "map", f"{g:06d}.npz"), [f"{k}{p}" for k in _MAP_FIELDS])
-             for g in range(maps)]
+    parts = [
+        runtime.read_npz(runtime.join(work, "map", f"{g:06d}.npz"), [f"{k}{p}" for k in _MAP_FIELDS])
+        for g in range(maps)
+    ]
     sha, uid, shard, row, key, score = (np.concatenate([x[i] for x in parts]) for i in range(len(_MAP_FIELDS)))
     s = np.nan_to_num(score, nan=-np.inf)
     # each sha256 group's rows with its winner first: highest score then first seen, or first seen
@@ -426,14 +514,15 @@ def _reduce_exact(p: int, work: str, maps: int, cfg_dict: dict, group_of: np.nda
     winner = np.flatnonzero(start)[gid]
     if cfg.keep == "random":
         firsts = np.flatnonzero(start)
-        for i, (f, n) in enumerate(zip(firsts, size)):
+        for f, n in zip(firsts, size):
             if n > 1:
                 seed = int.from_bytes(sha[f][:8], "big")
-                winner[f:f + n] = f + np.random.default_rng([cfg.seed, seed]).integers(n)
+                winner[f : f + n] = f + np.random.default_rng([cfg.seed, seed]).integers(n)
     keep = np.arange(len(sha)) == winner
     dup = np.flatnonzero(in_group)
-    _write_verdicts(runtime.join(work, "reduce", f"{p:06d}.npz"), group_of,
-                    shard[dup], row[dup], keep[dup], uid[winner[dup]])
+    _write_verdicts(
+        runtime.join(work, "reduce", f"{p:06d}.npz"), group_of, shard[dup], row[dup], keep[dup], uid[winner[dup]]
+    )
     return int((~keep[dup]).sum())
 
 
@@ -446,16 +535,23 @@ def _write_verdicts(url: str, group_of: np.ndarray, shard, row, keep, group) -> 
     """A reduce task's verdicts (every member of a duplicate group: its shard and row, whether it survives,
     the group's name), one npz member per shard group, for that group's write task."""
     target = group_of[shard]
-    columns = {"shard": np.asarray(shard, np.int64), "row": np.asarray(row, np.int64),
-               "keep": np.asarray(keep, bool), "group": np.asarray(group, dtype=str)}
-    runtime.write_npz(url, {f"{k}{g}": v[target == g] for g in range(int(group_of.max()) + 1)
-                            for k, v in columns.items()})
+    columns = {
+        "shard": np.asarray(shard, np.int64),
+        "row": np.asarray(row, np.int64),
+        "keep": np.asarray(keep, bool),
+        "group": np.asarray(group, dtype=str),
+    }
+    runtime.write_npz(
+        url, {f"{k}{g}": v[target == g] for g in range(int(group_of.max()) + 1) for k, v in columns.items()}
+    )
 
 
 def _read_verdicts(work: str, sub: str, partitions: int, g: int) -> list[np.ndarray]:
     """Shard group g's verdicts from every reduce file: shard, row, keep, group."""
-    parts = [runtime.read_npz(runtime.join(work, sub, f"{p:06d}.npz"), [f"{k}{g}" for k in VERDICT_FIELDS])
-             for p in range(partitions)]
+    parts = [
+        runtime.read_npz(runtime.join(work, sub, f"{p:06d}.npz"), [f"{k}{g}" for k in VERDICT_FIELDS])
+        for p in range(partitions)
+    ]
     return [np.concatenate([x[i] for x in parts]) for i in range(len(VERDICT_FIELDS))]
 
 
@@ -477,8 +573,16 @@ def _write_exact(g: int, groups: list[list[int]], pool: str, work: str, partitio
             group[r] = str(grp)
             if not k:
                 keep[r], reason[r] = False, "exact"
-        table = pa.table({"uid": base.column("uid"), "key": base.column("key"), "duplicate_group": group,
-                          "keep": keep, "reason": reason}, schema=schema.DEDUP)
+        table = pa.table(
+            {
+                "uid": base.column("uid"),
+                "key": base.column("key"),
+                "duplicate_group": group,
+                "keep": keep,
+                "reason": reason,
+            },
+            schema=schema.DEDUP,
+        )
         runtime.write_parquet(table, Pool(pool).dedup(s))
         samples, kept = samples + n, kept + int(keep.sum())
     return {"samples": samples, "kept": kept, "contamination": len(c_row)}
@@ -500,11 +604,13 @@ def _run_partitioned(pool: str, cfg: DedupConfig, shards: list[int], ray_address
     rows = execute.map(_map_exact, g_all, groups, pool, cfg_d, eval_codes, work, label="dedup:exact map")
     log(f"[dedup] {len(groups)} shard groups mapped to {cfg.partitions} sha256 partitions ({sum(rows)} rows)")
     group_ref = ex.share(group_of)
-    exact = sum(execute.map(_reduce_exact, range(cfg.partitions), work, len(groups), cfg_d, group_ref,
-                            label="dedup:exact reduce"))
-    stats = execute.map(_write_exact, g_all, groups, pool, work, cfg.partitions, eval_names,
-                        label="dedup:exact write")
-    counts = ({"contamination": sum(st["contamination"] for st in stats)} if eval_codes is not None else {})
+    exact = sum(
+        execute.map(
+            _reduce_exact, range(cfg.partitions), work, len(groups), cfg_d, group_ref, label="dedup:exact reduce"
+        )
+    )
+    stats = execute.map(_write_exact, g_all, groups, pool, work, cfg.partitions, eval_names, label="dedup:exact write")
+    counts = {"contamination": sum(st["contamination"] for st in stats)} if eval_codes is not None else {}
     if cfg.exact:
         counts["exact"] = exact
     kept = sum(st["kept"] for st in stats)
@@ -520,6 +626,7 @@ def _run_partitioned(pool: str, cfg: DedupConfig, shards: list[int], ray_address
 # partition, cosine pairs within each cluster and one survivor per connected group; verdicts written
 # back into POOL/dedup/. One cluster per sample, so every group lies within one partition.
 
+
 def _semantic_rows(pool: str, s: int, cfg: DedupConfig):
     """One shard's rows that semantic dedup looks at (kept so far, with an embedding, and a score where the
     survivor is chosen by score), with their embeddings, scores, keys and uids."""
@@ -527,8 +634,9 @@ def _semantic_rows(pool: str, s: int, cfg: DedupConfig):
     layout = Pool(pool)
     table = runtime.read_parquet(layout.features(cfg.scorer, s), columns=["uid", "clip_score"])
     if table.column("uid").to_pylist() != verdict.column("uid").to_pylist():
-        raise InputError(f"{layout.features_dir(cfg.scorer)}: shard {s:08d} is not row-aligned with the base "
-                         f"features; recompute it")
+        raise InputError(
+            f"{layout.features_dir(cfg.scorer)}: shard {s:08d} is not row-aligned with the base features; recompute it"
+        )
     emb = read_npy(layout.embeddings(cfg.scorer, s)).astype(np.float32)
     score = np.array(table.column("clip_score").to_pylist(), dtype=np.float64)
     ok = np.asarray(verdict.column("keep")) & (np.linalg.norm(emb, axis=1) > 0.5)  # zeros: undecodable
@@ -549,8 +657,7 @@ def _sample_semantic(g: int, groups: list[list[int]], pool: str, cfg_dict: dict,
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def _map_semantic(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, centroids: np.ndarray,
-                  work: str) -> int:
+def _map_semantic(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, centroids: np.ndarray, work: str) -> int:
     import faiss
 
     shards, cfg = groups[g], from_dict(DedupConfig, cfg_dict)
@@ -564,16 +671,19 @@ def _map_semantic(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, ce
             cols[k].append(v)
     arrays = {k: np.concatenate(v) for k, v in cols.items()}
     part = arrays["cluster"] % cfg.partitions
-    runtime.write_npz(runtime.join(work, "smap", f"{g:06d}.npz"),
-                      {f"{k}{p}": a[part == p] for p in range(cfg.partitions) for k, a in arrays.items()})
+    runtime.write_npz(
+        runtime.join(work, "smap", f"{g:06d}.npz"),
+        {f"{k}{p}": a[part == p] for p in range(cfg.partitions) for k, a in arrays.items()},
+    )
     return len(part)
 
 
 def _reduce_semantic(p: int, work: str, maps: int, cfg_dict: dict, group_of: np.ndarray) -> int:
     cfg = from_dict(DedupConfig, cfg_dict)
     names = ["emb", "cluster", "shard", "row", "key", "score", "uid"]
-    parts = [runtime.read_npz(runtime.join(work, "smap", f"{g:06d}.npz"), [f"{k}{p}" for k in names])
-             for g in range(maps)]
+    parts = [
+        runtime.read_npz(runtime.join(work, "smap", f"{g:06d}.npz"), [f"{k}{p}" for k in names]) for g in range(maps)
+    ]
     emb, cluster, shard, row, key, score, uid = (np.concatenate([x[i] for x in parts]) for i in range(len(names)))
     x = emb.astype(np.float32)
     order = np.argsort(cluster, kind="stable")
@@ -583,11 +693,18 @@ def _reduce_semantic(p: int, work: str, maps: int, cfg_dict: dict, group_of: np.
     # the in-process step's grouping and choice, on this partition's rows (random: a stream per partition)
     n = len(x)
     keep, reason, group = np.ones(n, bool), [None] * n, [None] * n
-    dropped = _apply(pairs, np.arange(n), "semantic", cfg, score, key, np.random.default_rng([cfg.seed, p]),
-                     group, reason, keep, uid)
+    dropped = _apply(
+        pairs, np.arange(n), "semantic", cfg, score, key, np.random.default_rng([cfg.seed, p]), group, reason, keep, uid
+    )
     members = np.array([i for i in range(n) if group[i] is not None], np.int64)
-    _write_verdicts(runtime.join(work, "sreduce", f"{p:06d}.npz"), group_of, shard[members], row[members],
-                    keep[members], [group[i] for i in members])
+    _write_verdicts(
+        runtime.join(work, "sreduce", f"{p:06d}.npz"),
+        group_of,
+        shard[members],
+        row[members],
+        keep[members],
+        [group[i] for i in members],
+    )
     return dropped
 
 
@@ -600,18 +717,33 @@ def _write_semantic(g: int, groups: list[list[int]], pool: str, work: str, parti
             continue
         path = Pool(pool).dedup(s)
         table = runtime.read_parquet(path)
-        keep, reason, group = (np.array(table.column("keep")), table.column("reason").to_pylist(),
-                               table.column("duplicate_group").to_pylist())
+        keep, reason, group = (
+            np.array(table.column("keep")),
+            table.column("reason").to_pylist(),
+            table.column("duplicate_group").to_pylist(),
+        )
         for r, k, grp in zip(v_row[mine], v_keep[mine], v_group[mine]):
             group[r] = group[r] or str(grp)  # a survivor of an exact group keeps that group's name
             if not k:
                 keep[r], reason[r] = False, "semantic"
-        runtime.write_parquet(pa.table({"uid": table.column("uid"), "key": table.column("key"), "duplicate_group": group,
-                                        "keep": keep, "reason": reason}, schema=schema.DEDUP), path)
+        runtime.write_parquet(
+            pa.table(
+                {
+                    "uid": table.column("uid"),
+                    "key": table.column("key"),
+                    "duplicate_group": group,
+                    "keep": keep,
+                    "reason": reason,
+                },
+                schema=schema.DEDUP,
+            ),
+            path,
+        )
 
 
-def _semantic_partitioned(pool: str, cfg: DedupConfig, groups: list[list[int]], group_ref, work: str, alive: int,
-                          log) -> int:
+def _semantic_partitioned(
+    pool: str, cfg: DedupConfig, groups: list[list[int]], group_ref, work: str, alive: int, log
+) -> int:
     import faiss
 
     for d in ("smap", "sreduce"):
@@ -620,19 +752,31 @@ def _semantic_partitioned(pool: str, cfg: DedupConfig, groups: list[list[int]], 
     fraction = min(1.0, 256 * k / max(1, alive))  # FAISS trains on at most 256 points a centroid
     cfg_d = to_dict(cfg)
     g_all = range(len(groups))
-    parts = [x for x in execute.map(_sample_semantic, g_all, groups, pool, cfg_d, fraction, label="dedup:sample")
-             if len(x)]
+    parts = [
+        x for x in execute.map(_sample_semantic, g_all, groups, pool, cfg_d, fraction, label="dedup:sample") if len(x)
+    ]
     if not parts:
         return 0
     sample = np.concatenate(parts)
-    km = faiss.Kmeans(sample.shape[1], min(k, len(sample)), niter=cfg.kmeans_iters, seed=cfg.seed, spherical=True,
-                      verbose=False, max_points_per_centroid=256, gpu=faiss_gpus(cfg.gpu) > 0)
+    km = faiss.Kmeans(
+        sample.shape[1],
+        min(k, len(sample)),
+        niter=cfg.kmeans_iters,
+        seed=cfg.seed,
+        spherical=True,
+        verbose=False,
+        max_points_per_centroid=256,
+        gpu=faiss_gpus(cfg.gpu) > 0,
+    )
     km.train(np.ascontiguousarray(sample, dtype=np.float32))
     log(f"[dedup] SemDeDup: k-means with {km.k} clusters on a sample of {len(sample)} of {alive} rows")
     centroids = execute.current().share(km.centroids.copy())
     execute.map(_map_semantic, g_all, groups, pool, cfg_d, centroids, work, label="dedup:semantic map")
-    dropped = sum(execute.map(_reduce_semantic, range(cfg.partitions), work, len(groups), cfg_d, group_ref,
-                              label="dedup:semantic reduce"))
+    dropped = sum(
+        execute.map(
+            _reduce_semantic, range(cfg.partitions), work, len(groups), cfg_d, group_ref, label="dedup:semantic reduce"
+        )
+    )
     execute.map(_write_semantic, g_all, groups, pool, work, cfg.partitions, label="dedup:semantic write")
     return dropped
 

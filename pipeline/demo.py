@@ -26,9 +26,16 @@ def demo_vars(samples: int, seed: int, port: int, scales: str) -> dict:
     return {"samples": samples, "seed": seed, "port": port, "scales": scales, "size": max(100, samples // 10)}
 
 
-def run_demo(out: str = "thresher-demo", samples: int = 20000, seed: int = 0, port: int = 8765,
-             ray_address: str | None = None, scales: str = "demo", overrides: dict | None = None,
-             log=print) -> dict:
+def run_demo(
+    out: str = "thresher-demo",
+    samples: int = 20000,
+    seed: int = 0,
+    port: int = 8765,
+    ray_address: str | None = None,
+    scales: str = "demo",
+    overrides: dict | None = None,
+    log=print,
+) -> dict:
     """`overrides`: further job vars (see jobs/demo.yaml and the jobs it includes)."""
     variables = {**demo_vars(samples, seed, port, scales), **(overrides or {})}
     out_path = Path(out).resolve()
@@ -70,24 +77,34 @@ def summarize(job: jobs.Job, log=print) -> dict:
     kept = {r: filtering.read(str(pool), r) for r in (v["recipe"], v["a"], v["b"])}
     cats = {g["uid"]: g["category"] for g in truth}
     candidate = {r["uid"]: r["keep"] for r in kept[v["b"]].to_pylist()}
-    removed = {c: sum(not keep for u, keep in candidate.items() if cats[u] == c) /
-               max(1, sum(cats[u] == c for u in candidate)) for c in ("mismatched_caption", "clean")}
+    removed = {
+        c: sum(not keep for u, keep in candidate.items() if cats[u] == c) / max(1, sum(cats[u] == c for u in candidate))
+        for c in ("mismatched_caption", "clean")
+    }
     counts = manifest["counts"]
     log("")
     log("demo finished")
     log(f"  synthetic source (URL list, ground truth, eval sets): {src}")
-    log(f"  pool: {pool}  ({counts['status'].get('success', 0)} of {counts['rows']} samples downloaded; "
-        f"failures: {counts['failure']})")
+    log(
+        f"  pool: {pool}  ({counts['status'].get('success', 0)} of {counts['rows']} samples downloaded; "
+        f"failures: {counts['failure']})"
+    )
     log(f"  features: {pool / 'features'} (base; clip_tiny, random-init; dfn, trained on the trusted set)")
     log(f"  dedup: {pool / 'dedup'} (kept {dd['kept']} of {dd['samples']}; removed {dd['removed']})")
     for name, table in kept.items():
         log(f"  recipe {name:14s} keeps {sum(table.column('keep').to_pylist()):6d} of {table.num_rows}")
-    log(f"  {v['b']} removes {removed['mismatched_caption']:.1%} of mismatched captions and "
-        f"{removed['clean']:.1%} of clean samples")
-    log("  dedup against the planted ground truth: " + "; ".join(
-        f"{k} recall {v['recall']:.3f} precision {v['precision']:.3f}" for k, v in score.items()))
-    log(f"  audit: verify passed; recheck of {recheck['checked']} URLs: {recheck['gone_rate']:.1%} gone, "
-        f"{recheck['drifted_rate']:.1%} drifted")
+    log(
+        f"  {v['b']} removes {removed['mismatched_caption']:.1%} of mismatched captions and "
+        f"{removed['clean']:.1%} of clean samples"
+    )
+    log(
+        "  dedup against the planted ground truth: "
+        + "; ".join(f"{k} recall {v['recall']:.3f} precision {v['precision']:.3f}" for k, v in score.items())
+    )
+    log(
+        f"  audit: verify passed; recheck of {recheck['checked']} URLs: {recheck['gone_rate']:.1%} gone, "
+        f"{recheck['drifted_rate']:.1%} drifted"
+    )
     log(f"  A/B ({v['a']} vs {v['b']}, {v['metric']}, {v['scales']} scales): {ab['verdict']}")
     if ab.get("measured"):
         log(f"       and {ab['measured']['verdict']}")
@@ -97,12 +114,26 @@ def summarize(job: jobs.Job, log=print) -> dict:
     log(f"  subset:     {sub}  ({subset_manifest['size']} samples, recipe {v['recipe']})")
     log(f"  audit:      {reports / 'subset.html'}")
     log(f"  A/B report: {reports / 'ab' / 'compare.html'}")
-    return {"source": str(src), "pool": str(pool), "manifest": manifest, "dedup_score": score,
-            "kept": {r: sum(t.column("keep").to_pylist()) for r, t in kept.items()}, "recheck": recheck,
-            "ab": {**{k: ab.get(k) for k in ("better", "p_b_better", "verdict", "error_a", "error_b",
-                                             "target_compute", "measured")}, "known_answer": answer},
-            "paths": {"subset": str(sub), "audit": str(reports / "subset.html"),
-                      "ab": str(reports / "ab" / "compare.html")}}
+    return {
+        "source": str(src),
+        "pool": str(pool),
+        "manifest": manifest,
+        "dedup_score": score,
+        "kept": {r: sum(t.column("keep").to_pylist()) for r, t in kept.items()},
+        "recheck": recheck,
+        "ab": {
+            **{
+                k: ab.get(k)
+                for k in ("better", "p_b_better", "verdict", "error_a", "error_b", "target_compute", "measured")
+            },
+            "known_answer": answer,
+        },
+        "paths": {
+            "subset": str(sub),
+            "audit": str(reports / "subset.html"),
+            "ab": str(reports / "ab" / "compare.html"),
+        },
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -119,11 +150,22 @@ class DemoArgs(commands.Common):
 
 
 def _run_command(args: DemoArgs) -> None:
-    run_demo(out=args.out, samples=args.samples, seed=args.seed, port=args.port, ray_address=args.ray_address,
-             scales=args.scales)
+    run_demo(
+        out=args.out,
+        samples=args.samples,
+        seed=args.seed,
+        port=args.port,
+        ray_address=args.ray_address,
+        scales=args.scales,
+    )
 
 
 COMMAND = commands.Command(
-    "demo", "Run the three workflows (build a subset, audit it, A/B-test two recipes by scaling laws) on a "
-            "generated pool served over local HTTP: jobs/demo.yaml, then a summary scored against the pool's "
-            "planted ground truth.", "thresher demo --out thresher-demo --samples 20000", DemoArgs, _run_command)
+    "demo",
+    "Run the three workflows (build a subset, audit it, A/B-test two recipes by scaling laws) on a "
+    "generated pool served over local HTTP: jobs/demo.yaml, then a summary scored against the pool's "
+    "planted ground truth.",
+    "thresher demo --out thresher-demo --samples 20000",
+    DemoArgs,
+    _run_command,
+)

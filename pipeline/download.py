@@ -32,9 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import execute, ingest, netsafety, runtime, schema
-from .pool import Pool
 from .config import config_hash, from_dict, opt, to_dict
 from .errors import InputError
+from .pool import Pool
 
 # Normalised failure reasons in the `failure` column (null on success).
 FAILURES = {
@@ -46,11 +46,25 @@ FAILURES = {
     "too_large": "the image's header declares more pixels than max_pixels: refused before decoding",
     "hash_mismatch": "the bytes do not match the expected hash",
     "disallowed_address": "refused: a loopback, private, link-local or metadata host, as written, as resolved, "
-                          "as connected to, or as the target of a redirect",
+    "as connected to, or as the target of a redirect",
     "download_error": "any other download error (see error_message)",
 }
-RESERVED_COLUMNS = {"key", "caption", "url", "width", "height", "original_width", "original_height", "status",
-                    "error_message", "exif", "md5", "sha256", "sha512", "failure"}
+RESERVED_COLUMNS = {
+    "key",
+    "caption",
+    "url",
+    "width",
+    "height",
+    "original_width",
+    "original_height",
+    "status",
+    "error_message",
+    "exif",
+    "md5",
+    "sha256",
+    "sha512",
+    "failure",
+}
 OOM_SHARD_COUNT = 8  # shard names are {:08d}, as DataComp's
 
 
@@ -76,16 +90,24 @@ class DownloadConfig:
     honor_robots: bool = opt(True, "skip images whose response carries a disallowing X-Robots-Tag")
     disallowed_header_directives: list[str] = opt(
         help="X-Robots-Tag directives that count as an opt-out",
-        factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"])
+        factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"],
+    )
     user_agent_token: str | None = opt("thresher", "token added to the User-Agent; X-Robots-Tag may name it")
     bbox_column: str | None = opt(None, "blur these boxes before writing (DataComp: face_bboxes)")
-    verify_hash_column: str | None = opt(None, "column with each image's expected sha256 (DataComp: sha256); "
-                                               "a mismatch fails the row as hash_mismatch")
+    verify_hash_column: str | None = opt(
+        None, "column with each image's expected sha256 (DataComp: sha256); a mismatch fails the row as hash_mismatch"
+    )
     allow_private_addresses: bool = opt(False, "fetch from loopback/private/link-local hosts (local tests only)")
-    allow_hosts: list[str] = opt(help="hosts (HOST or HOST:PORT) fetched although private, e.g. an internal "
-                                      "mirror; every other private address stays refused", factory=list)
-    max_pixels: int = opt(89_478_485, "refuse an image whose header declares more pixels than this, before "
-                                      "decoding it (too_large); Pillow's own limit by default; 0: no limit")
+    allow_hosts: list[str] = opt(
+        help="hosts (HOST or HOST:PORT) fetched although private, e.g. an internal "
+        "mirror; every other private address stays refused",
+        factory=list,
+    )
+    max_pixels: int = opt(
+        89_478_485,
+        "refuse an image whose header declares more pixels than this, before "
+        "decoding it (too_large); Pillow's own limit by default; 0: no limit",
+    )
     extract_exif: bool = opt(False, "keep EXIF data in the metadata")
     shard_retries: int = opt(2, "extra attempts for a shard that fails or overruns its deadline")
     shard_deadline_s: float = opt(0.0, "seconds a shard may take; 0 = derived from timeout, retries, threads")
@@ -95,8 +117,10 @@ class DownloadConfig:
         if bad:
             raise InputError(f"extra_columns {bad} clash with columns the download stage writes; rename them")
         if self.resize_mode not in ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"):
-            raise InputError(f"resize_mode {self.resize_mode!r} is not one of no, border, keep_ratio, "
-                             f"keep_ratio_largest, center_crop")
+            raise InputError(
+                f"resize_mode {self.resize_mode!r} is not one of no, border, keep_ratio, "
+                f"keep_ratio_largest, center_crop"
+            )
         if self.encode_format not in ("jpg", "png", "webp"):
             raise InputError(f"encode_format {self.encode_format!r} is not one of jpg, png, webp")
         for name in ("image_size", "samples_per_shard", "threads"):
@@ -114,9 +138,16 @@ class DownloadConfig:
 
 # Fields that change how the stage runs but not what it writes; a re-run may change them freely.
 OPERATIONAL = {"processes", "threads", "shard_retries", "shard_deadline_s"}
-INGEST_FIELDS = ("url_col", "caption_col", "uid_col", "extra_columns", "bbox_column", "verify_hash_column",
-                 "input_format",
-                 "samples_per_shard")
+INGEST_FIELDS = (
+    "url_col",
+    "caption_col",
+    "uid_col",
+    "extra_columns",
+    "bbox_column",
+    "verify_hash_column",
+    "input_format",
+    "samples_per_shard",
+)
 
 
 def make_resizer(cfg: DownloadConfig):
@@ -145,16 +176,26 @@ def make_resizer(cfg: DownloadConfig):
                 except Exception:  # noqa: BLE001 - not identifiable here: img2dataset decides
                     width = height = 0
                 if width * height > cfg.max_pixels:
-                    return (None, None, None, None, None,
-                            f"too_large: {width}x{height} = {width * height} pixels, over max_pixels "
-                            f"{cfg.max_pixels} (read from the header, not decoded)")
+                    return (
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                        f"too_large: {width}x{height} = {width * height} pixels, over max_pixels "
+                        f"{cfg.max_pixels} (read from the header, not decoded)",
+                    )
             img_stream.seek(0)
             return super().__call__(img_stream, blurring_bbox_list)
 
     return HeaderChecked(
-        image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
-        encode_quality=cfg.encode_quality, encode_format=cfg.encode_format,
-        blurrer=BoundingBoxBlurrer() if cfg.bbox_column else None)
+        image_size=cfg.image_size,
+        resize_mode=cfg.resize_mode,
+        resize_only_if_bigger=cfg.resize_only_if_bigger,
+        encode_quality=cfg.encode_quality,
+        encode_format=cfg.encode_format,
+        blurrer=BoundingBoxBlurrer() if cfg.bbox_column else None,
+    )
 
 
 def classify(status: str, error_message: str | None) -> str | None:
@@ -180,8 +221,18 @@ def classify(status: str, error_message: str | None) -> str | None:
     low = msg.lower()
     if "timed out" in low or "timeout" in low:
         return "timeout"
-    if any(s in low for s in ("connection refused", "connection reset", "remote end closed", "connection aborted",
-                              "name or service not known", "no route to host", "broken pipe")):
+    if any(
+        s in low
+        for s in (
+            "connection refused",
+            "connection reset",
+            "remote end closed",
+            "connection aborted",
+            "name or service not known",
+            "no route to host",
+            "broken pipe",
+        )
+    ):
         return "connection_error"
     return "download_error"
 
@@ -226,8 +277,11 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
     started = time.time()
 
     table = ingest.read_shard_input(runtime.join(work, "inputs", f"{name}.arrow"))
-    refused = ([None] * table.num_rows if cfg.allow_private_addresses else
-               ingest.refusals(table.column("url"), cfg.allow_hosts))
+    refused = (
+        [None] * table.num_rows
+        if cfg.allow_private_addresses
+        else ingest.refusals(table.column("url"), cfg.allow_hosts)
+    )
     keep = pa.array([r is None for r in refused])
     allowed = table.filter(keep)
     refused_rows = table.filter(pc.invert(keep))
@@ -248,19 +302,28 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
 
     resizer = make_resizer(cfg)
     downloader = Downloader(
-        sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=cfg.threads,
-        save_caption=True, extract_exif=cfg.extract_exif, output_folder=tmp, column_list=column_list,
-        timeout=cfg.timeout, number_sample_per_shard=cfg.samples_per_shard, oom_shard_count=OOM_SHARD_COUNT,
-        compute_hash="sha256", verify_hash_type="sha256" if cfg.verify_hash_column else None,
-        encode_format=cfg.encode_format, retries=cfg.retries,
+        sample_writer_class=WebDatasetSampleWriter,
+        resizer=resizer,
+        thread_count=cfg.threads,
+        save_caption=True,
+        extract_exif=cfg.extract_exif,
+        output_folder=tmp,
+        column_list=column_list,
+        timeout=cfg.timeout,
+        number_sample_per_shard=cfg.samples_per_shard,
+        oom_shard_count=OOM_SHARD_COUNT,
+        compute_hash="sha256",
+        verify_hash_type="sha256" if cfg.verify_hash_column else None,
+        encode_format=cfg.encode_format,
+        retries=cfg.retries,
         user_agent_token=cfg.user_agent_token,
         disallowed_header_directives=cfg.disallowed_header_directives if cfg.honor_robots else None,
-        blurring_bbox_col=cfg.bbox_column)
+        blurring_bbox_col=cfg.bbox_column,
+    )
     # img2dataset fetches with urllib.request.urlopen, which follows redirects and resolves names on its
     # own: the opener installed for this task checks every resolved and connected address and every
     # redirect (pipeline/netsafety.py); with allow_private_addresses, urllib's default opener
-    urllib.request.install_opener(None if cfg.allow_private_addresses else
-                                  netsafety.safe_opener(cfg.allow_hosts))
+    urllib.request.install_opener(None if cfg.allow_private_addresses else netsafety.safe_opener(cfg.allow_hosts))
     # download_shard, not __call__: __call__ swallows errors, and we want Ray to see them
     downloader.download_shard((shard, i2d_input))
 
@@ -272,9 +335,14 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
     statuses = Counter(table_out.column("status").to_pylist())
     failures = Counter(f for f in table_out.column("failure").to_pylist() if f is not None)
     stats = {
-        "shard": shard, "count": table_out.num_rows, "successes": statuses.get("success", 0),
-        "status": dict(statuses), "failures": dict(failures),
-        "img2dataset": i2d_stats, "start_time": started, "end_time": time.time(),
+        "shard": shard,
+        "count": table_out.num_rows,
+        "successes": statuses.get("success", 0),
+        "status": dict(statuses),
+        "failures": dict(failures),
+        "img2dataset": i2d_stats,
+        "start_time": started,
+        "end_time": time.time(),
     }
     shards_dir = Pool(pool).shards_dir
     runtime.makedirs(shards_dir)
@@ -285,15 +353,22 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
     return stats
 
 
-def _pool_metadata(meta: pa.Table, refused_rows: pa.Table, reasons: list[str], shard: int,
-                   cfg: DownloadConfig) -> pa.Table:
+def _pool_metadata(
+    meta: pa.Table, refused_rows: pa.Table, reasons: list[str], shard: int, cfg: DownloadConfig
+) -> pa.Table:
     """img2dataset's per-shard parquet, plus refused rows, in schema.POOL (+ extras), sorted by key."""
     extras = carried_columns(cfg)
     rows = meta.to_pylist()
     n_fetched = len(rows)
     for j, row in enumerate(refused_rows.to_pylist()):
-        rows.append({**row, "key": _key(n_fetched + j, shard, cfg.samples_per_shard), "status": "refused",
-                     "error_message": reasons[j]})
+        rows.append(
+            {
+                **row,
+                "key": _key(n_fetched + j, shard, cfg.samples_per_shard),
+                "status": "refused",
+                "error_message": reasons[j],
+            }
+        )
     out = []
     for row in rows:
         rec = {f.name: row.get(f.name) for f in schema.POOL}
@@ -320,16 +395,32 @@ def _prepare_inputs(urls: str, pool: str, cfg: DownloadConfig, ray_address, log)
         _check_same_list(pool, urls, cfg, state)
         if state["ingest"] != ingest_cfg:
             diff = sorted(k for k in ingest_cfg if state["ingest"].get(k) != ingest_cfg[k])
-            raise InputError(f"{pool} was ingested with other settings ({', '.join(diff)} differ). "
-                             f"Re-run with the same options, or use a new --out")
+            raise InputError(
+                f"{pool} was ingested with other settings ({', '.join(diff)} differ). "
+                f"Re-run with the same options, or use a new --out"
+            )
         return state
     log(f"[download] reading {urls}")
-    inputs = ingest.ingest(urls, work, url_col=cfg.url_col, caption_col=cfg.caption_col, uid_col=cfg.uid_col,
-                           extra_columns=tuple(ingested_columns(cfg)), input_format=cfg.input_format,
-                           per_shard=cfg.samples_per_shard, ray_address=ray_address)
+    inputs = ingest.ingest(
+        urls,
+        work,
+        url_col=cfg.url_col,
+        caption_col=cfg.caption_col,
+        uid_col=cfg.uid_col,
+        extra_columns=tuple(ingested_columns(cfg)),
+        input_format=cfg.input_format,
+        per_shard=cfg.samples_per_shard,
+        ray_address=ray_address,
+    )
     # shards are cut per input file, so each file's last shard may be short: keep every file's counts
-    state = {"input_path": urls, "input_sha256": inputs.input_sha256, "rows": inputs.rows, "shards": inputs.shards,
-             "ingest": ingest_cfg, "files": inputs.files}
+    state = {
+        "input_path": urls,
+        "input_sha256": inputs.input_sha256,
+        "rows": inputs.rows,
+        "shards": inputs.shards,
+        "ingest": ingest_cfg,
+        "files": inputs.files,
+    }
     runtime.write_json(state_path, state)
     log(f"[download] {inputs.rows} rows from {len(inputs.files)} file(s) in {inputs.shards} shards")
     return state
@@ -343,15 +434,19 @@ def _check_same_list(pool: str, urls: str, cfg: DownloadConfig, state: dict) -> 
     if len(files) == 1 and len(before) == 1:
         sha = runtime.file_sha256(files[0])
         if sha != state["input_sha256"]:
-            raise InputError(f"{pool} was downloaded from another URL list (sha256 {state['input_sha256'][:12]}…, "
-                             f"{urls} has {sha[:12]}…). Use a new --out for a new list")
+            raise InputError(
+                f"{pool} was downloaded from another URL list (sha256 {state['input_sha256'][:12]}…, "
+                f"{urls} has {sha[:12]}…). Use a new --out for a new list"
+            )
         return
     now = [(os.path.basename(f), fs.size(p)) for f in files for fs, p in [runtime.fs_path(f)]]
     then = [(os.path.basename(f["path"]), f.get("size")) for f in before]
     if now != then:
         changed = sorted(set(now) ^ set(then))[:5]
-        raise InputError(f"{pool} was downloaded from another URL list: {urls} has {len(now)} files, the pool was "
-                         f"made from {len(then)}; differing (name, size): {changed}. Use a new --out for a new list")
+        raise InputError(
+            f"{pool} was downloaded from another URL list: {urls} has {len(now)} files, the pool was "
+            f"made from {len(then)}; differing (name, size): {changed}. Use a new --out for a new list"
+        )
 
 
 def _check_fetch_config(pool: str, cfg: DownloadConfig, any_done: bool) -> None:
@@ -362,8 +457,10 @@ def _check_fetch_config(pool: str, cfg: DownloadConfig, any_done: bool) -> None:
         before = runtime.read_json(path)
         diff = sorted(k for k in current if before.get(k) != current[k])
         if diff:
-            raise InputError(f"{pool} has shards downloaded with other settings ({', '.join(diff)} differ). "
-                             f"Re-run with the same options, or use a new --out")
+            raise InputError(
+                f"{pool} has shards downloaded with other settings ({', '.join(diff)} differ). "
+                f"Re-run with the same options, or use a new --out"
+            )
     runtime.write_json(path, current)
 
 
@@ -391,10 +488,19 @@ def _run_shards(pool: str, cfg: DownloadConfig, todo: list[int], state: dict, ra
     ex = execute.start(ray_address)
     rows_of = _shard_rows(state)
     return execute.run(
-        download_shard, todo, pool, to_dict(cfg), label="download", weight=rows_of, unit="samples",
-        max_inflight=cfg.processes or ex.cpus(), retries=cfg.shard_retries,
+        download_shard,
+        todo,
+        pool,
+        to_dict(cfg),
+        label="download",
+        weight=rows_of,
+        unit="samples",
+        max_inflight=cfg.processes or ex.cpus(),
+        retries=cfg.shard_retries,
         deadline_s=lambda s: cfg.deadline(rows_of(s)),
-        describe=lambda stats: f"last shard {sum(stats['failures'].values())} failed", log=log).failures
+        describe=lambda stats: f"last shard {sum(stats['failures'].values())} failed",
+        log=log,
+    ).failures
 
 
 def _shard_rows(state: dict):
@@ -417,16 +523,29 @@ def write_manifest(pool: str, urls: str, state: dict, cfg: DownloadConfig, faile
     manifest = {
         "kind": "thresher.pool",
         **runtime.provenance(),
-        "input": {"path": urls, "sha256": state["input_sha256"], "rows": state["rows"],
-                  "files": len(state.get("files") or [urls])},
+        "input": {
+            "path": urls,
+            "sha256": state["input_sha256"],
+            "rows": state["rows"],
+            "files": len(state.get("files") or [urls]),
+        },
         "config": to_dict(cfg),
         "config_hash": config_hash(cfg),
-        "shards": {"total": state["shards"], "complete": complete,
-                   "failed": {f"{s:08d}": why for s, why in sorted(failed.items())}},
-        "counts": {"rows": sum(status.values()), "status": dict(sorted(status.items())),
-                   "failure": dict(sorted(failures.items()))},
-        "layout": {"tar": "shards/{shard:08d}.tar", "metadata": "shards/{shard:08d}.parquet",
-                   "stats": "shards/{shard:08d}_stats.json"},
+        "shards": {
+            "total": state["shards"],
+            "complete": complete,
+            "failed": {f"{s:08d}": why for s, why in sorted(failed.items())},
+        },
+        "counts": {
+            "rows": sum(status.values()),
+            "status": dict(sorted(status.items())),
+            "failure": dict(sorted(failures.items())),
+        },
+        "layout": {
+            "tar": "shards/{shard:08d}.tar",
+            "metadata": "shards/{shard:08d}.parquet",
+            "stats": "shards/{shard:08d}_stats.json",
+        },
     }
     runtime.write_json(Pool(pool).manifest, manifest)
     return manifest

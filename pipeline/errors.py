@@ -32,5 +32,7 @@ def describe(err: BaseException) -> str:
     message = " ".join(str(err).split()) or type(err).__name__
     if isinstance(err, ThresherError):
         return message
-    return (f"unexpected {type(err).__name__}: {message[:500]} (an input Thresher does not check yet, or a bug: "
-            f"please report it; THRESHER_DEBUG=1 shows the traceback)")
+    return (
+        f"unexpected {type(err).__name__}: {message[:500]} (an input Thresher does not check yet, or a bug: "
+        f"please report it; THRESHER_DEBUG=1 shows the traceback)"
+    )

@@ -65,8 +65,9 @@ def read_set(path: str) -> dict:
     if kind == "classification":
         out["labels"] = np.asarray(labels)
         out["classnames"] = [c.strip() for c in open(os.path.join(path, "classnames.txt")) if c.strip()]
-        out["templates"] = [t.strip() for t in open(os.path.join(path, "zeroshot_classification_templates.txt"))
-                            if t.strip()]
+        out["templates"] = [
+            t.strip() for t in open(os.path.join(path, "zeroshot_classification_templates.txt")) if t.strip()
+        ]
     else:
         out["captions"] = captions
     return out
@@ -81,11 +82,12 @@ def _encode(net, pp_cfg: dict, tokenizer, images: list[bytes], texts: list[str],
     img_emb, txt_emb = [], []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            pixels = np.stack([np.asarray(resize(Image.open(io.BytesIO(b)).convert("RGB")))
-                               for b in images[i:i + batch]])
+            pixels = np.stack(
+                [np.asarray(resize(Image.open(io.BytesIO(b)).convert("RGB"))) for b in images[i : i + batch]]
+            )
             img_emb.append(models.encode_images(net, pixels, pp_cfg, device).cpu())
         for i in range(0, len(texts), batch):
-            t = tokenizer(texts[i:i + batch]).to(device)
+            t = tokenizer(texts[i : i + batch]).to(device)
             txt_emb.append(torch.nn.functional.normalize(net.encode_text(t).float(), dim=-1).cpu())
     return torch.cat(img_emb).numpy(), torch.cat(txt_emb).numpy()
 
@@ -149,17 +151,29 @@ def evaluate_run(run: str, eval_sets: list[str], device: str | None = None, log=
     out_path = os.path.join(run, "eval.json")
     done = runtime.read_json(out_path) if os.path.exists(out_path) else {"checkpoints": []}
     have = {c["checkpoint_sha256"] for c in done["checkpoints"] if set(c["metrics"]) >= {s["name"] for s in sets}}
-    for ck in manifest.get("checkpoints") or [{"path": manifest["checkpoint"], "epoch": manifest["config"].get("epochs"),
-                                               "samples_seen": None, "sha256": manifest["checkpoint_sha256"]}]:
+    for ck in manifest.get("checkpoints") or [
+        {
+            "path": manifest["checkpoint"],
+            "epoch": manifest["config"].get("epochs"),
+            "samples_seen": None,
+            "sha256": manifest["checkpoint_sha256"],
+        }
+    ]:
         if ck["sha256"] in have:
             continue
         log(f"[eval] {ck['path']} on {', '.join(s['name'] for s in sets)}")
-        metrics = evaluate_model(manifest.get("model") or manifest["config"]["model"],
-                                 ck["path"], sets, device)
+        metrics = evaluate_model(manifest.get("model") or manifest["config"]["model"], ck["path"], sets, device)
         done["checkpoints"] = [c for c in done["checkpoints"] if c["checkpoint_sha256"] != ck["sha256"]]
-        done["checkpoints"].append({"checkpoint": ck["path"], "checkpoint_sha256": ck["sha256"], "epoch": ck["epoch"],
-                                    "samples_seen": ck["samples_seen"], "metrics": metrics})
+        done["checkpoints"].append(
+            {
+                "checkpoint": ck["path"],
+                "checkpoint_sha256": ck["sha256"],
+                "epoch": ck["epoch"],
+                "samples_seen": ck["samples_seen"],
+                "metrics": metrics,
+            }
+        )
         runtime.write_json(out_path, done)
-    done["checkpoints"].sort(key=lambda c: (c["epoch"] or 0))
+    done["checkpoints"].sort(key=lambda c: c["epoch"] or 0)
     runtime.write_json(out_path, done)
     return done

@@ -27,8 +27,9 @@ import logging
 import os
 import queue
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .errors import InputError, StageError, ThresherError
 
@@ -72,8 +73,10 @@ class Outcome:
 def raise_failures(stage: str, failed: dict) -> None:
     if failed:
         listing = "; ".join(f"{_name(s)}: {why}" for s, why in sorted(failed.items())[:10])
-        raise StageError(f"{stage}: {len(failed)} shard(s) failed ({listing}). Finished shards are kept: "
-                         f"run the same command again to retry the rest")
+        raise StageError(
+            f"{stage}: {len(failed)} shard(s) failed ({listing}). Finished shards are kept: "
+            f"run the same command again to retry the rest"
+        )
 
 
 def _name(item) -> str:
@@ -174,8 +177,14 @@ class LocalExecutor:
 
             self._pool = mp.get_context("fork").Pool(self.workers)
         handle: list = []
-        handle.append(self._pool.apply_async(fn, args, callback=lambda _: self._ready.put(id(handle)),
-                                             error_callback=lambda _: self._ready.put(id(handle))))
+        handle.append(
+            self._pool.apply_async(
+                fn,
+                args,
+                callback=lambda _: self._ready.put(id(handle)),
+                error_callback=lambda _: self._ready.put(id(handle)),
+            )
+        )
         return handle
 
     def wait(self, handles: list, timeout: float) -> list:
@@ -275,12 +284,24 @@ def using(executor):
 # the loop
 
 
-def run(fn: Callable, items: Iterable, *args, label: str, resources: Resources = Resources(),
-        retries: int = 0, deadline_s: Callable[[Any], float] | float | None = None,
-        stall_s: float | None | str = "default", max_inflight: int | None = None,
-        weight: Callable[[Any], int] | None = None, unit: str = "items",
-        describe: Callable[[Any], str] | None = None, on_result: Callable[[Any, Any], None] | None = None,
-        quiet: bool = False, executor=None, log=print) -> Outcome:
+def run(
+    fn: Callable,
+    items: Iterable,
+    *args,
+    label: str,
+    resources: Resources = Resources(),
+    retries: int = 0,
+    deadline_s: Callable[[Any], float] | float | None = None,
+    stall_s: float | None | str = "default",
+    max_inflight: int | None = None,
+    weight: Callable[[Any], int] | None = None,
+    unit: str = "items",
+    describe: Callable[[Any], str] | None = None,
+    on_result: Callable[[Any, Any], None] | None = None,
+    quiet: bool = False,
+    executor=None,
+    log=print,
+) -> Outcome:
     """Run `fn(item, *args)` for every item; return an Outcome (nothing raises for a failed item).
 
     An item that raises, or runs past its deadline, is retried up to `retries` times (never for an
@@ -344,13 +365,17 @@ def run(fn: Callable, items: Iterable, *args, label: str, resources: Resources =
                     last_event = now
                     retry_or_fail(i, None, f"over the {limit(items[i]):.0f}s deadline")
             if stall is not None and inflight and now - last_event > stall:
-                raise StageError(f"{label}: no item finished for {stall:.0f}s ({len(inflight)} running: "
-                                 f"{', '.join(_name(items[i]) for _, i, _ in list(inflight.values())[:5])}); "
-                                 f"stopped instead of waiting forever (THRESHER_STALL_S sets the limit). "
-                                 f"Finished items are kept: run the same command again")
+                raise StageError(
+                    f"{label}: no item finished for {stall:.0f}s ({len(inflight)} running: "
+                    f"{', '.join(_name(items[i]) for _, i, _ in list(inflight.values())[:5])}); "
+                    f"stopped instead of waiting forever (THRESHER_STALL_S sets the limit). "
+                    f"Finished items are kept: run the same command again"
+                )
     except _StopAll:
-        raise StageError(f"{label}: an item ran past its deadline; the local executor stops the whole run "
-                         f"(Ray cancels only that task). Finished items are kept: run the command again") from None
+        raise StageError(
+            f"{label}: an item ran past its deadline; the local executor stops the whole run "
+            f"(Ray cancels only that task). Finished items are kept: run the command again"
+        ) from None
     finally:
         ex.close([h for h, _, _ in inflight.values()])
     progress.close()
@@ -367,8 +392,10 @@ def map(fn: Callable, items: Iterable, *args, label: str = "tasks", quiet: bool 
         err = err.err if isinstance(err, _NoRetry) else err
         if isinstance(err, ThresherError):
             raise type(err)(str(err)) from None
-        raise StageError(f"{label}: {_name(out.items[i])} failed: {out.failed[i]}"
-                         + (f" (and {len(out.failed) - 1} more)" if len(out.failed) > 1 else ""))
+        raise StageError(
+            f"{label}: {_name(out.items[i])} failed: {out.failed[i]}"
+            + (f" (and {len(out.failed) - 1} more)" if len(out.failed) > 1 else "")
+        )
     return out.results
 
 
@@ -382,12 +409,17 @@ def _start(ex, fn, item, args, res, stall):
     """Start one item; an inline one runs now, under the watchdog (it can only interrupt the main thread)."""
     import threading
 
-    if isinstance(ex, LocalExecutor) and ex.workers == 1 and stall is not None \
-            and threading.current_thread() is threading.main_thread():
+    if (
+        isinstance(ex, LocalExecutor)
+        and ex.workers == 1
+        and stall is not None
+        and threading.current_thread() is threading.main_thread()
+    ):
         from .runtime import watchdog
 
-        with watchdog(lambda: None, stall, f"{getattr(fn, '__name__', 'task')}({_name(item)})",
-                      poll_s=min(5.0, stall / 4)):
+        with watchdog(
+            lambda: None, stall, f"{getattr(fn, '__name__', 'task')}({_name(item)})", poll_s=min(5.0, stall / 4)
+        ):
             return ex.start(fn, (item, *args), res)
     return ex.start(fn, (item, *args), res)
 

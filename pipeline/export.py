@@ -11,23 +11,34 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import features, runtime
-from .pool import Pool, completed
 from .errors import InputError
+from .pool import Pool, completed
 
-DATACOMP_COLUMNS = pa.schema([
-    pa.field("uid", pa.string()), pa.field("url", pa.string()), pa.field("text", pa.string()),
-    pa.field("original_width", pa.int32()), pa.field("original_height", pa.int32()),
-    pa.field("clip_b32_similarity_score", pa.float32()), pa.field("clip_l14_similarity_score", pa.float32()),
-    pa.field("sha256", pa.string()),
-])
+DATACOMP_COLUMNS = pa.schema(
+    [
+        pa.field("uid", pa.string()),
+        pa.field("url", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("original_width", pa.int32()),
+        pa.field("original_height", pa.int32()),
+        pa.field("clip_b32_similarity_score", pa.float32()),
+        pa.field("clip_l14_similarity_score", pa.float32()),
+        pa.field("sha256", pa.string()),
+    ]
+)
 SCORERS = {"clip_b32_similarity_score": "clip_b32", "clip_l14_similarity_score": "clip_l14"}
 
 
 def export_metadata(pool: str, out: str) -> pa.Table:
     meta = Pool(pool).read_metadata()
     meta = meta.filter(pc.equal(meta.column("status"), "success"))
-    columns = {"uid": meta.column("uid"), "url": meta.column("url"), "text": meta.column("caption"),
-               "original_width": meta.column("original_width"), "original_height": meta.column("original_height")}
+    columns = {
+        "uid": meta.column("uid"),
+        "url": meta.column("url"),
+        "text": meta.column("caption"),
+        "original_width": meta.column("original_width"),
+        "original_height": meta.column("original_height"),
+    }
     uids = meta.column("uid").to_pylist()
     for column, scorer in SCORERS.items():
         scores: dict[str, float] = {}

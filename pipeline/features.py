@@ -36,9 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import execute, models, runtime, schema
-from .pool import Pool, completed, read_npy
 from .config import check_name, config_hash, opt, to_dict
 from .errors import InputError, StageError
+from .pool import Pool, completed, read_npy
 
 # ---------------------------------------------------------------------------------------------------
 # Base features
@@ -90,27 +90,40 @@ def base_features_shard(shard: int, pool: str) -> dict:
     ow = np.array(rows.column("original_width").to_pylist(), dtype=np.float64)
     oh = np.array(rows.column("original_height").to_pylist(), dtype=np.float64)
     aspect = np.maximum(ow, oh) / np.maximum(np.minimum(ow, oh), 1)
-    table = pa.table({
-        "uid": rows.column("uid"), "key": rows.column("key"),
-        "caption_lang": pa.array(langs, pa.string()), "caption_lang_score": pa.array(lang_scores, pa.float32()),
-        "caption_chars": pa.array([len(c) for c in captions], pa.int32()),
-        "caption_words": pa.array([len(c.split()) for c in captions], pa.int32()),
-        "original_width": rows.column("original_width"), "original_height": rows.column("original_height"),
-        "aspect_ratio": pa.array(aspect, pa.float32()), "sha256": rows.column("sha256"),
-        "pdq": pa.array(pdq, pa.string()), "pdq_quality": pa.array(quality, pa.int32()),
-        "error": pa.array(errors, pa.string()),
-    }, schema=schema.BASE_FEATURES)
+    table = pa.table(
+        {
+            "uid": rows.column("uid"),
+            "key": rows.column("key"),
+            "caption_lang": pa.array(langs, pa.string()),
+            "caption_lang_score": pa.array(lang_scores, pa.float32()),
+            "caption_chars": pa.array([len(c) for c in captions], pa.int32()),
+            "caption_words": pa.array([len(c.split()) for c in captions], pa.int32()),
+            "original_width": rows.column("original_width"),
+            "original_height": rows.column("original_height"),
+            "aspect_ratio": pa.array(aspect, pa.float32()),
+            "sha256": rows.column("sha256"),
+            "pdq": pa.array(pdq, pa.string()),
+            "pdq_quality": pa.array(quality, pa.int32()),
+            "error": pa.array(errors, pa.string()),
+        },
+        schema=schema.BASE_FEATURES,
+    )
     layout = Pool(pool)
     runtime.makedirs(layout.features_dir("base"))
     runtime.write_parquet(table, layout.features("base", shard))
-    stats = {"shard": shard, "count": table.num_rows, "errors": sum(e is not None for e in errors),
-             "languages": dict(Counter(langs).most_common(10)), "start_time": started, "end_time": time.time()}
+    stats = {
+        "shard": shard,
+        "count": table.num_rows,
+        "errors": sum(e is not None for e in errors),
+        "languages": dict(Counter(langs).most_common(10)),
+        "start_time": started,
+        "end_time": time.time(),
+    }
     runtime.write_json(layout.feature_stats("base", shard), stats)
     return stats
 
 
-@runtime.holds(lambda pool, *a, **k: Pool(pool).require().features_dir("base"),
-               "this pool's base features")
+@runtime.holds(lambda pool, *a, **k: Pool(pool).require().features_dir("base"), "this pool's base features")
 def run_base(pool: str, ray_address: str | None = None, retries: int = 2, log=print) -> dict:
     shards = Pool(pool).shards()
     if not shards:
@@ -122,9 +135,18 @@ def run_base(pool: str, ray_address: str | None = None, retries: int = 2, log=pr
         ex = execute.start(ray_address)
         counts = {s: Pool(pool).successful_rows(s).num_rows for s in todo}
         failed = execute.run(
-            base_features_shard, todo, pool, label="features:base", weight=counts.__getitem__, unit="samples",
-            max_inflight=ex.cpus(), retries=retries, deadline_s=lambda s: 600 + counts[s] * 0.2,
-            describe=lambda st: f"last shard {st['errors']} undecodable", log=log).failures
+            base_features_shard,
+            todo,
+            pool,
+            label="features:base",
+            weight=counts.__getitem__,
+            unit="samples",
+            max_inflight=ex.cpus(),
+            retries=retries,
+            deadline_s=lambda s: 600 + counts[s] * 0.2,
+            describe=lambda st: f"last shard {st['errors']} undecodable",
+            log=log,
+        ).failures
     execute.raise_failures("base features", failed)
     return {"shards": len(shards), "complete": len(completed(out))}
 
@@ -183,12 +205,18 @@ def _decode_shards(batch: dict, pool: str, scorer_dir: str, pp_cfg: dict, model:
                     errors.append("")
                 except Exception as err:  # noqa: BLE001 - a bad image is recorded, not fatal
                     pixels.append(np.zeros((size[0], size[1], 3), np.uint8))
-                    errors.append(("image missing from the tar" if isinstance(err, KeyError)
-                                   else f"decode_error: {err}")[:300])
+                    errors.append(
+                        ("image missing from the tar" if isinstance(err, KeyError) else f"decode_error: {err}")[:300]
+                    )
             n = len(pixels)
-            yield {"shard": np.full(n, shard, np.int64), "key": np.array(keys[sl], dtype=object),
-                   "uid": np.array(uids[sl], dtype=object), "pixels": np.stack(pixels),
-                   "tokens": models.tokenize(tokenizer, captions[sl]), "error": np.array(errors, dtype=object)}
+            yield {
+                "shard": np.full(n, shard, np.int64),
+                "key": np.array(keys[sl], dtype=object),
+                "uid": np.array(uids[sl], dtype=object),
+                "pixels": np.stack(pixels),
+                "tokens": models.tokenize(tokenizer, captions[sl]),
+                "error": np.array(errors, dtype=object),
+            }
 
 
 class ClipEmbedder:
@@ -214,8 +242,11 @@ class ClipEmbedder:
 
         import torch
 
-        ctx = (torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast) if self.autocast
-               else contextlib.nullcontext())
+        ctx = (
+            torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast)
+            if self.autocast
+            else contextlib.nullcontext()
+        )
         with torch.inference_mode(), ctx:
             tokens = torch.as_tensor(batch["tokens"].astype(np.int64), device=self.device)
             img = models.encode_images(self.model, batch["pixels"], self.pp_cfg, self.device)
@@ -232,12 +263,17 @@ class ClipEmbedder:
             runtime.makedirs(runtime.join(self.dir, "_parts", f"{int(shard):08d}"))
             _write_npy(img[sel].astype(np.float16), part + ".img.npy")
             _write_npy(txt[sel].astype(np.float16), part + ".txt.npy")
-            runtime.write_parquet(pa.table({
-                "uid": pa.array(list(batch["uid"][sel]), pa.string()),
-                "key": pa.array(list(batch["key"][sel]), pa.string()),
-                "clip_score": pa.array(score[sel], pa.float32(), from_pandas=True),
-                "error": pa.array([e or None for e in batch["error"][sel]], pa.string()),
-            }), part + ".parquet")
+            runtime.write_parquet(
+                pa.table(
+                    {
+                        "uid": pa.array(list(batch["uid"][sel]), pa.string()),
+                        "key": pa.array(list(batch["key"][sel]), pa.string()),
+                        "clip_score": pa.array(score[sel], pa.float32(), from_pandas=True),
+                        "error": pa.array([e or None for e in batch["error"][sel]], pa.string()),
+                    }
+                ),
+                part + ".parquet",
+            )
             shards_out.append(int(shard))
             rows_out.append(int(sel.sum()))
         return {"shard": np.array(shards_out, np.int64), "rows": np.array(rows_out, np.int64)}
@@ -272,9 +308,10 @@ def finalize_shard(shard: int, scorer_dir: str, expected: int) -> dict:
     return stats
 
 
-@runtime.holds(lambda pool, cfg, *a, **k: Pool(pool).require().features_dir(
-                   check_name(cfg.scorer_id, "scorer id", "--scorer-id")),
-               "this scorer's features")
+@runtime.holds(
+    lambda pool, cfg, *a, **k: Pool(pool).require().features_dir(check_name(cfg.scorer_id, "scorer id", "--scorer-id")),
+    "this scorer's features",
+)
 def run_scorer(pool: str, cfg: ScorerConfig, ray_address: str | None = None, log=print) -> dict:
     """Embed and score every successful sample of `pool` with one open_clip model. Resumes by shard."""
     check_name(cfg.scorer_id, "scorer id", "--scorer-id")
@@ -311,21 +348,36 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, todo, expected, log) -> dict[i
     ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
     # decoding runs in its own CPU tasks ahead of the model; its memory reservation also keeps Ray Data
     # from fusing it into the model actors, where it would stall the model
-    ds = ds.map_batches(_decode_shards, batch_size=1, num_cpus=1, memory=cfg.decode_memory_mb * 2**20,
-                        fn_kwargs=dict(pool=pool, scorer_dir=scorer_dir, pp_cfg=pp_cfg, model=cfg.model,
-                                       rows_per_batch=cfg.decode_batch))
-    ds = ds.map_batches(ClipEmbedder, batch_size=cfg.batch_size, compute=ActorPoolStrategy(size=actors),
-                        num_gpus=1 if gpus else 0, num_cpus=cfg.actor_cpus,
-                        fn_constructor_kwargs=dict(scorer=to_dict(cfg), scorer_dir=scorer_dir, pp_cfg=pp_cfg,
-                                                   device=device, threads=int(cfg.actor_cpus)))
+    ds = ds.map_batches(
+        _decode_shards,
+        batch_size=1,
+        num_cpus=1,
+        memory=cfg.decode_memory_mb * 2**20,
+        fn_kwargs=dict(
+            pool=pool, scorer_dir=scorer_dir, pp_cfg=pp_cfg, model=cfg.model, rows_per_batch=cfg.decode_batch
+        ),
+    )
+    ds = ds.map_batches(
+        ClipEmbedder,
+        batch_size=cfg.batch_size,
+        compute=ActorPoolStrategy(size=actors),
+        num_gpus=1 if gpus else 0,
+        num_cpus=cfg.actor_cpus,
+        fn_constructor_kwargs=dict(
+            scorer=to_dict(cfg), scorer_dir=scorer_dir, pp_cfg=pp_cfg, device=device, threads=int(cfg.actor_cpus)
+        ),
+    )
     progress = Progress(f"features:{cfg.scorer_id}", sum(expected.values()))
     got: Counter[int] = Counter()
     finals = {}
     finalize = ray.remote(finalize_shard).options(num_cpus=0.25)
     stall = execute.stall_default()
     # Ray Data has no stall detection of its own: a wedged actor would leave this loop waiting forever
-    with (runtime.watchdog(lambda: progress.done, stall, f"features {cfg.scorer_id}")
-          if stall else contextlib.nullcontext()):
+    with (
+        runtime.watchdog(lambda: progress.done, stall, f"features {cfg.scorer_id}")
+        if stall
+        else contextlib.nullcontext()
+    ):
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for shard, rows in zip(batch["shard"].tolist(), batch["rows"].tolist()):
                 got[shard] += rows
@@ -345,8 +397,11 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, todo, expected, log) -> dict[i
         if s in finals:
             continue
         err_path = runtime.join(scorer_dir, f"{s:08d}_error.json")
-        failed[s] = (runtime.read_json(err_path)["error"] if runtime.exists(err_path)
-                     else f"{got[s]} of {expected[s]} rows embedded")
+        failed[s] = (
+            runtime.read_json(err_path)["error"]
+            if runtime.exists(err_path)
+            else f"{got[s]} of {expected[s]} rows embedded"
+        )
     progress.close()
     for s, why in failed.items():
         log(f"[features:{cfg.scorer_id}] shard {s:08d} failed: {why}")
@@ -359,31 +414,54 @@ def _check_scorer_manifest(scorer_dir: str, cfg: ScorerConfig) -> None:
         before = runtime.read_json(path)
         for key in ("model", "pretrained"):
             if before["scorer"][key] != getattr(cfg, key):
-                raise InputError(f"{scorer_dir} holds features from {key}={before['scorer'][key]!r}; this run asks "
-                                 f"for {getattr(cfg, key)!r}. Use another --scorer-id")
+                raise InputError(
+                    f"{scorer_dir} holds features from {key}={before['scorer'][key]!r}; this run asks "
+                    f"for {getattr(cfg, key)!r}. Use another --scorer-id"
+                )
 
 
 def _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, shards, failed) -> dict:
     weights = {"kind": models.weights_kind(cfg.pretrained), "pretrained": cfg.pretrained}
     if weights["kind"] == "checkpoint":
         weights["sha256"] = runtime.file_sha256(cfg.pretrained)
-        weights["training"] = models.training_record(cfg.pretrained)  # data, config, hashes when `thresher train` made it
+        weights["training"] = models.training_record(
+            cfg.pretrained
+        )  # data, config, hashes when `thresher train` made it
     if weights["kind"] == "random-init":
         weights["note"] = "randomly initialised weights: scores are meaningless except for tests and speed"
     manifest = {
-        "kind": "thresher.features", "scorer": to_dict(cfg), "config_hash": config_hash(cfg), "weights": weights,
-        "preprocess": pp_cfg, "device": device, "source": "computed", **runtime.provenance(),
-        "shards": {"total": len(shards), "complete": len(completed(scorer_dir)),
-                   "failed": {f"{s:08d}": why for s, why in sorted(failed.items())}},
-        "files": {"table": "{shard:08d}.parquet", "image_embeddings": "{shard:08d}.img.npy",
-                  "text_embeddings": "{shard:08d}.txt.npy"},
+        "kind": "thresher.features",
+        "scorer": to_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "weights": weights,
+        "preprocess": pp_cfg,
+        "device": device,
+        "source": "computed",
+        **runtime.provenance(),
+        "shards": {
+            "total": len(shards),
+            "complete": len(completed(scorer_dir)),
+            "failed": {f"{s:08d}": why for s, why in sorted(failed.items())},
+        },
+        "files": {
+            "table": "{shard:08d}.parquet",
+            "image_embeddings": "{shard:08d}.img.npy",
+            "text_embeddings": "{shard:08d}.txt.npy",
+        },
     }
     runtime.write_json(runtime.join(scorer_dir, "manifest.json"), manifest)
     return manifest
 
 
-def import_precomputed(pool: str, scorer_id: str, score_column: str, npz_dir: str | None = None,
-                       npz_img_key: str = "l14_img", npz_txt_key: str = "l14_txt", log=print) -> dict:
+def import_precomputed(
+    pool: str,
+    scorer_id: str,
+    score_column: str,
+    npz_dir: str | None = None,
+    npz_img_key: str = "l14_img",
+    npz_txt_key: str = "l14_txt",
+    log=print,
+) -> dict:
     """Use scores (and embeddings) a pool's input metadata already has, instead of recomputing them.
 
     DataComp's metadata carries `clip_b32_similarity_score` and `clip_l14_similarity_score`; download
@@ -403,11 +481,18 @@ def import_precomputed(pool: str, scorer_id: str, score_column: str, npz_dir: st
     for shard in shards:
         rows = Pool(pool).successful_rows(shard)
         if score_column not in rows.column_names:
-            raise InputError(f"pool shard {shard:08d} has no column {score_column!r}; download with "
-                             f"--extra-columns {score_column} to carry it from the input metadata")
-        table = pa.table({"uid": rows.column("uid"), "key": rows.column("key"),
-                          "clip_score": pc.cast(rows.column(score_column), pa.float32()),
-                          "error": pa.nulls(rows.num_rows, pa.string())}).cast(schema.CLIP_FEATURES)
+            raise InputError(
+                f"pool shard {shard:08d} has no column {score_column!r}; download with "
+                f"--extra-columns {score_column} to carry it from the input metadata"
+            )
+        table = pa.table(
+            {
+                "uid": rows.column("uid"),
+                "key": rows.column("key"),
+                "clip_score": pc.cast(rows.column(score_column), pa.float32()),
+                "error": pa.nulls(rows.num_rows, pa.string()),
+            }
+        ).cast(schema.CLIP_FEATURES)
         name = f"{shard:08d}"
         dim = None
         if npz_dir:
@@ -431,13 +516,19 @@ def import_precomputed(pool: str, scorer_id: str, score_column: str, npz_dir: st
             _write_npy(img_arr, runtime.join(scorer_dir, f"{name}.img.npy"))
             _write_npy(txt_arr, runtime.join(scorer_dir, f"{name}.txt.npy"))
         runtime.write_parquet(table, runtime.join(scorer_dir, f"{name}.parquet"))
-        runtime.write_json(runtime.join(scorer_dir, f"{name}_stats.json"),
-                           {"shard": shard, "count": table.num_rows, "errors": 0, "dim": dim})
-    manifest = {"kind": "thresher.features", "source": f"precomputed: input metadata column {score_column}"
-                + (f"; embeddings from {npz_dir} ({npz_img_key}, {npz_txt_key})" if npz_dir else ""),
-                "scorer": {"scorer_id": scorer_id, "model": None, "pretrained": None},
-                "weights": {"kind": "precomputed"}, **runtime.provenance(),
-                "shards": {"total": len(shards), "complete": len(completed(scorer_dir)), "failed": {}}}
+        runtime.write_json(
+            runtime.join(scorer_dir, f"{name}_stats.json"),
+            {"shard": shard, "count": table.num_rows, "errors": 0, "dim": dim},
+        )
+    manifest = {
+        "kind": "thresher.features",
+        "source": f"precomputed: input metadata column {score_column}"
+        + (f"; embeddings from {npz_dir} ({npz_img_key}, {npz_txt_key})" if npz_dir else ""),
+        "scorer": {"scorer_id": scorer_id, "model": None, "pretrained": None},
+        "weights": {"kind": "precomputed"},
+        **runtime.provenance(),
+        "shards": {"total": len(shards), "complete": len(completed(scorer_dir)), "failed": {}},
+    }
     runtime.write_json(runtime.join(scorer_dir, "manifest.json"), manifest)
     log(f"[features:{scorer_id}] imported {score_column} for {len(shards)} shards")
     return manifest
@@ -456,8 +547,9 @@ def read_scorer(pool: str, scorer_id: str, with_embeddings: bool = False, text: 
     return table, img, txt
 
 
-def embed_images(image_dir: str, model: str, pretrained: str | None, out: str, batch_size: int = 256,
-                 device: str = "auto") -> np.ndarray:
+def embed_images(
+    image_dir: str, model: str, pretrained: str | None, out: str, batch_size: int = 256, device: str = "auto"
+) -> np.ndarray:
     """L2-normalised image embeddings of every image in a directory of WebDataset tars (for example a
     CLIP_benchmark set, or ImageNet train as tars), saved as float16 .npy: the target set of DataComp's
     image-based filter. Embed it with the same model and weights as the pool's scorer."""

@@ -30,10 +30,10 @@ import numpy as np
 import pyarrow as pa
 
 from . import execute, runtime, schema, topk
-from .pool import Pool
-from .topk import order_key
 from .config import CONFIG_DIR, check_name, from_dict, opt, read_yaml, substitute, to_dict
 from .errors import InputError
+from .pool import Pool
+from .topk import order_key
 
 RECIPE_DIR = CONFIG_DIR / "recipes"
 
@@ -52,10 +52,11 @@ class Recipe:
     name: str = opt(help="recipe name (the decisions directory)")
     description: str = opt("", "what it does")
     source: str = opt("", "the published rule it implements")
-    plugins: list = opt(help="packages (distribution names) its plugin filters come from, checked first so a "
-                             "missing one is named", factory=list)
-    vars: dict = opt(help="defaults for {name} placeholders in string parameters (--var overrides)",
-                     factory=dict)
+    plugins: list = opt(
+        help="packages (distribution names) its plugin filters come from, checked first so a missing one is named",
+        factory=list,
+    )
+    vars: dict = opt(help="defaults for {name} placeholders in string parameters (--var overrides)", factory=dict)
     steps: list = opt(help="the steps, in order", factory=list)
 
 
@@ -103,11 +104,12 @@ def missing_plugins(name_or_path: str) -> list[str]:
     return _not_installed(data.get("plugins") or []) if isinstance(data, dict) else []
 
 
-def load_recipe(name_or_path: str, variables: dict | None = None,
-                _including: tuple = ()) -> tuple[Recipe, list[ResolvedStep], Path]:
+def load_recipe(
+    name_or_path: str, variables: dict | None = None, _including: tuple = ()
+) -> tuple[Recipe, list[ResolvedStep], Path]:
     """Parse and check a recipe completely (filters exist, parameters typed) before any data is read.
     A step `{include: OTHER}` puts another recipe's steps there (e.g. safety before quality)."""
-    from filters import api
+    from ..filters import api
 
     path = recipe_path(name_or_path)
     data = read_yaml(path, "recipe")
@@ -117,10 +119,12 @@ def load_recipe(name_or_path: str, variables: dict | None = None,
         raise InputError(f"{path}: a recipe needs at least one step")
     missing = _not_installed(recipe.plugins)
     if missing:
-        raise InputError(f"{path}: needs the filter plugin package(s) {', '.join(missing)}, not installed in "
-                         f"this environment; install with pip (`pip install {' '.join(missing)}`, or `pip "
-                         f"install DIR` of its source: the recipe's `source:` says where it comes from) or put "
-                         f"it on PYTHONPATH; its filters then register through the thresher.filters entry point")
+        raise InputError(
+            f"{path}: needs the filter plugin package(s) {', '.join(missing)}, not installed in "
+            f"this environment; install with pip (`pip install {' '.join(missing)}`, or `pip "
+            f"install DIR` of its source: the recipe's `source:` says where it comes from) or put "
+            f"it on PYTHONPATH; its filters then register through the thresher.filters entry point"
+        )
     variables = {**recipe.vars, **(variables or {})}
     steps = []
     for i, raw in enumerate(recipe.steps):
@@ -155,8 +159,7 @@ def load_recipe(name_or_path: str, variables: dict | None = None,
         except InputError as err:
             raise InputError(f"{where}: {err}") from err
         # a module:function step is named by its registered name, as decisions name any other step
-        steps.append(ResolvedStep(step.name or spec.name, spec, params, step.top_fraction, step.fraction_of,
-                                  needs))
+        steps.append(ResolvedStep(step.name or spec.name, spec, params, step.top_fraction, step.fraction_of, needs))
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise InputError(f"{path}: step names must be unique (give repeated filters a `name:`): {names}")
@@ -166,19 +169,27 @@ def load_recipe(name_or_path: str, variables: dict | None = None,
 # ---------------------------------------------------------------------------------------------------
 # The columns a pool offers filters
 
+
 def check_columns(steps: list[ResolvedStep], available: dict[str, str], path: Path, pool: str) -> None:
     for i, step in enumerate(steps):
         missing = [c for c in step.needs if c not in available]
         if missing:
-            hint = ("run `thresher features` with that --scorer-id" if any(c.endswith("_score") for c in missing)
-                    else "run `thresher dedup`" if any(c.startswith("dedup_") for c in missing)
-                    else "run `thresher features` (base features)")
-            raise InputError(f"{path}: step {i + 1} ({step.name}) needs column(s) {', '.join(missing)}, which "
-                             f"{pool} does not have; {hint}")
+            hint = (
+                "run `thresher features` with that --scorer-id"
+                if any(c.endswith("_score") for c in missing)
+                else "run `thresher dedup`"
+                if any(c.startswith("dedup_") for c in missing)
+                else "run `thresher features` (base features)"
+            )
+            raise InputError(
+                f"{path}: step {i + 1} ({step.name}) needs column(s) {', '.join(missing)}, which "
+                f"{pool} does not have; {hint}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Evaluating steps on one shard
+
 
 def evaluate(table: pa.Table, steps: list[ResolvedStep], thresholds: dict[int, float]):
     """Run steps in order. Stops at the first top_fraction step whose threshold is not known yet and
@@ -189,8 +200,9 @@ def evaluate(table: pa.Table, steps: list[ResolvedStep], thresholds: dict[int, f
     dropped_by = np.full(n, -1, np.int64)
     score = np.full((n, len(steps)), np.nan, np.float32)
     for i, step in enumerate(steps):
-        keep, s = (step.spec.fn(table, step.params, step.context) if step.spec.prepare
-                   else step.spec.fn(table, step.params))
+        keep, s = (
+            step.spec.fn(table, step.params, step.context) if step.spec.prepare else step.spec.fn(table, step.params)
+        )
         keep = np.asarray(keep, bool)
         if step.top_fraction is not None:
             # ranked and compared as float32, the precision thresholds and decisions are kept in
@@ -228,15 +240,21 @@ def _decide_task(shard, pool, steps, thresholds, columns, out_dir):
     for i in range(len(steps)):
         reached = (dropped_by < 0) | (dropped_by >= i)
         score = np.where(reached & ~np.isnan(scores[:, i]), scores[:, i], score)
-    step_scores = pa.FixedSizeListArray.from_arrays(pa.array(scores.ravel(), pa.float32(), from_pandas=True),
-                                                    len(steps))
-    out = pa.table({"uid": table.column("uid"), "keep": pa.array(keep),
-                    "score": pa.array(score.astype(np.float32), pa.float32(), from_pandas=True),
-                    "dropped_by": pa.DictionaryArray.from_arrays(
-                        pa.array(dropped_by, pa.int32(), mask=dropped_by < 0), pa.array(names, pa.string())
-                    ).cast(pa.string()),
-                    "step_scores": step_scores.cast(pa.list_(pa.float32()))},
-                   schema=schema.DECISIONS)
+    step_scores = pa.FixedSizeListArray.from_arrays(
+        pa.array(scores.ravel(), pa.float32(), from_pandas=True), len(steps)
+    )
+    out = pa.table(
+        {
+            "uid": table.column("uid"),
+            "keep": pa.array(keep),
+            "score": pa.array(score.astype(np.float32), pa.float32(), from_pandas=True),
+            "dropped_by": pa.DictionaryArray.from_arrays(
+                pa.array(dropped_by, pa.int32(), mask=dropped_by < 0), pa.array(names, pa.string())
+            ).cast(pa.string()),
+            "step_scores": step_scores.cast(pa.list_(pa.float32())),
+        },
+        schema=schema.DECISIONS,
+    )
     runtime.write_parquet(out, runtime.join(out_dir, f"{shard:08d}.parquet"))
     funnel = np.bincount(dropped_by[dropped_by >= 0], minlength=len(steps))
     return {"shard": shard, "count": table.num_rows, "kept": int(keep.sum()), "dropped": funnel.tolist()}
@@ -252,11 +270,10 @@ def threshold_from(hist: np.ndarray, rank: int, values_in_bin) -> tuple[float | 
     return float(vals[rank - above]), b
 
 
-def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address: str | None = None,
-        log=print) -> dict:
+def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address: str | None = None, log=print) -> dict:
     t0 = time.time()
     recipe, steps, path = load_recipe(recipe_name, variables)
-    Pool(pool).require().root
+    Pool(pool).require()
     shards = Pool(pool).shards()
     if not shards:
         raise InputError(f"{pool} has no downloaded shards; run `thresher download` first")
@@ -271,9 +288,20 @@ def run(pool: str, recipe_name: str, variables: dict | None = None, ray_address:
 
 
 def _decide(pool, recipe, steps, path, shards, columns, out_dir, variables, ray_address, t0, log) -> dict:
-    resolved = {**to_dict(recipe), "vars": {**recipe.vars, **(variables or {})},
-                "steps": [{"name": s.name, "filter": s.spec.name, "params": to_dict(s.params),
-                           "top_fraction": s.top_fraction, "fraction_of": s.fraction_of} for s in steps]}
+    resolved = {
+        **to_dict(recipe),
+        "vars": {**recipe.vars, **(variables or {})},
+        "steps": [
+            {
+                "name": s.name,
+                "filter": s.spec.name,
+                "params": to_dict(s.params),
+                "top_fraction": s.top_fraction,
+                "fraction_of": s.fraction_of,
+            }
+            for s in steps
+        ],
+    }
     inputs = _input_manifests(pool, columns)
     fingerprint = _fingerprint(pool, path, resolved, inputs, steps)
     if _up_to_date(out_dir, fingerprint, shards):
@@ -300,38 +328,69 @@ def _decide(pool, recipe, steps, path, shards, columns, out_dir, variables, ray_
         rank = int(n * steps[i].top_fraction)
 
         def values_in_bin(b, i=i):
-            return np.concatenate(execute.map(_bin_values_task, shards, pool, steps_ref, thresholds, columns, b,
-                                              label=label))
+            return np.concatenate(
+                execute.map(_bin_values_task, shards, pool, steps_ref, thresholds, columns, b, label=label)
+            )
 
         value, _ = threshold_from(hist, rank, values_in_bin)
         thresholds[i] = -np.inf if value is None else value
-        threshold_info[steps[i].name] = {"ranked": n, "rank": rank, "threshold": value,
-                                         "fraction": steps[i].top_fraction, "of": steps[i].fraction_of}
+        threshold_info[steps[i].name] = {
+            "ranked": n,
+            "rank": rank,
+            "threshold": value,
+            "fraction": steps[i].top_fraction,
+            "of": steps[i].fraction_of,
+        }
         log(f"[filter:{recipe.name}] {steps[i].name}: top {steps[i].top_fraction} of {n} -> threshold {value}")
     runtime.makedirs(out_dir)
-    stats = execute.map(_decide_task, shards, pool, steps_ref, thresholds, columns, out_dir, label=label,
-                        quiet=False, weight=lambda s: 1, unit="shards")
+    stats = execute.map(
+        _decide_task,
+        shards,
+        pool,
+        steps_ref,
+        thresholds,
+        columns,
+        out_dir,
+        label=label,
+        quiet=False,
+        weight=lambda s: 1,
+        unit="shards",
+    )
     total = sum(st["count"] for st in stats)
     dropped = np.sum([st["dropped"] for st in stats], axis=0).tolist()
     funnel, remaining = [], total
     for step, d in zip(steps, dropped):
-        funnel.append({"step": step.name, "filter": step.spec.name, "in": remaining, "out": remaining - d,
-                       "dropped": d})
+        funnel.append(
+            {"step": step.name, "filter": step.spec.name, "in": remaining, "out": remaining - d, "dropped": d}
+        )
         remaining -= d
-    manifest = {"kind": "thresher.decisions", "recipe": recipe.name, "recipe_file": str(path),
-                "recipe_resolved": resolved, "fingerprint": fingerprint,
-                "recipe_sha256": runtime.file_sha256(str(path)), "samples": total, "kept": remaining,
-                "thresholds": threshold_info, "prepared": prepared, "plugins": _plugin_versions(steps),
-                "funnel": funnel,
-                "inputs": inputs, "seconds": round(time.time() - t0, 2),
-                **runtime.provenance()}
+    manifest = {
+        "kind": "thresher.decisions",
+        "recipe": recipe.name,
+        "recipe_file": str(path),
+        "recipe_resolved": resolved,
+        "fingerprint": fingerprint,
+        "recipe_sha256": runtime.file_sha256(str(path)),
+        "samples": total,
+        "kept": remaining,
+        "thresholds": threshold_info,
+        "prepared": prepared,
+        "plugins": _plugin_versions(steps),
+        "funnel": funnel,
+        "inputs": inputs,
+        "seconds": round(time.time() - t0, 2),
+        **runtime.provenance(),
+    }
     runtime.write_json(runtime.join(out_dir, "manifest.json"), manifest)
     runtime.makedirs(Pool(pool).path("stats"))
-    runtime.write_json(Pool(pool).stats(f"filter-{recipe.name}"),
-                       {"recipe": recipe.name, "samples": total, "kept": remaining, "funnel": funnel,
-                        "thresholds": threshold_info})
-    log(f"[filter:{recipe.name}] kept {remaining} of {total}: " +
-        ", ".join(f"{f['step']} -{f['dropped']}" for f in funnel))
+    runtime.write_json(
+        Pool(pool).stats(f"filter-{recipe.name}"),
+        {"recipe": recipe.name, "samples": total, "kept": remaining, "funnel": funnel, "thresholds": threshold_info},
+    )
+    log(
+        f"[filter:{recipe.name}] kept {remaining} of {total}: "
+        + ", ".join(f"{f['step']} -{f['dropped']}" for f in funnel)
+    )
     return manifest
 
 
@@ -347,8 +406,7 @@ def _plugin_versions(steps: list[ResolvedStep]) -> dict:
         if module.split(".")[0] in ("filters", "pipeline") or step.spec.name in out:
             continue
         package = (dists.get(module.split(".")[0]) or [None])[0]
-        out[step.spec.name] = {"module": module, "package": package,
-                               "version": version(package) if package else None}
+        out[step.spec.name] = {"module": module, "package": package, "version": version(package) if package else None}
     return out
 
 
@@ -360,10 +418,15 @@ def _fingerprint(pool: str, recipe_path, resolved: dict, inputs: dict, steps) ->
     def sha(path):
         return runtime.file_sha256(path) if runtime.exists(path) else None
 
-    parts = {"recipe": resolved, "recipe_sha256": runtime.file_sha256(str(recipe_path)), "inputs": inputs,
-             "pool": sha(Pool(pool).manifest),
-             "base": sha(Pool(pool).features_manifest("base")),
-             "plugins": _plugin_versions(steps), "code": runtime.code_version()}
+    parts = {
+        "recipe": resolved,
+        "recipe_sha256": runtime.file_sha256(str(recipe_path)),
+        "inputs": inputs,
+        "pool": sha(Pool(pool).manifest),
+        "base": sha(Pool(pool).features_manifest("base")),
+        "plugins": _plugin_versions(steps),
+        "code": runtime.code_version(),
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -383,11 +446,13 @@ def _input_manifests(pool: str, columns: dict[str, str]) -> dict:
         if kind in ("score", "img_emb") and scorer not in out:
             out[scorer] = runtime.read_json(Pool(pool).features_manifest(scorer))
         elif kind == "dedup":
-            out["dedup"] = {k: v for k, v in runtime.read_json(Pool(pool).dedup_manifest).items()
-                            if k in ("config", "config_hash", "removed", "created")}
+            out["dedup"] = {
+                k: v
+                for k, v in runtime.read_json(Pool(pool).dedup_manifest).items()
+                if k in ("config", "config_hash", "removed", "created")
+            }
     return out
 
 
 def read(pool: str, recipe: str) -> pa.Table:
-    return pa.concat_tables([runtime.read_parquet(Pool(pool).decisions(recipe, s))
-                             for s in Pool(pool).shards()])
+    return pa.concat_tables([runtime.read_parquet(Pool(pool).decisions(recipe, s)) for s in Pool(pool).shards()])

@@ -40,8 +40,12 @@ def _run(job: tuple[str, dict, str], eval_sets: list[str], threads: int | None, 
     sc = train.Scale(**scale)
     manifest = train.train_scale(subset_dir, sc, run_dir, log=lambda *_: None, cache=cache)
     evals = evaluate_run(run_dir, eval_sets, log=lambda *_: None)
-    return {"run": run_dir, "seconds": manifest["seconds"], "samples_seen": manifest["samples_seen"],
-            "checkpoints": len(evals["checkpoints"])}
+    return {
+        "run": run_dir,
+        "seconds": manifest["seconds"],
+        "samples_seen": manifest["samples_seen"],
+        "checkpoints": len(evals["checkpoints"]),
+    }
 
 
 def rows_for(run_dir: str, subset_dir: str, recipe: str, draw: int = 0) -> list[dict]:
@@ -57,11 +61,21 @@ def rows_for(run_dir: str, subset_dir: str, recipe: str, draw: int = 0) -> list[
         last = ck["epoch"] == scale["checkpoints"]
         if scale["schedule"] == "const" and ck["in_warmup"] or scale["schedule"] != "const" and not last:
             continue
-        row = {"subset": subset_dir, "recipe": recipe, "draw": draw, "seed": scale["seed"],
-               "model": scale["model"], "scale": scale["name"],
-               "family": scale["family"], "samples_seen": ck["samples_seen"],
-               "gflops_per_sample": m["gflops_per_sample"], "gflops_total": m["gflops_per_sample"] * ck["samples_seen"],
-               "lr_scheduler": scale["schedule"], "epoch": ck["epoch"], "total_epochs": scale["checkpoints"]}
+        row = {
+            "subset": subset_dir,
+            "recipe": recipe,
+            "draw": draw,
+            "seed": scale["seed"],
+            "model": scale["model"],
+            "scale": scale["name"],
+            "family": scale["family"],
+            "samples_seen": ck["samples_seen"],
+            "gflops_per_sample": m["gflops_per_sample"],
+            "gflops_total": m["gflops_per_sample"] * ck["samples_seen"],
+            "lr_scheduler": scale["schedule"],
+            "epoch": ck["epoch"],
+            "total_epochs": scale["checkpoints"],
+        }
         for set_name, metrics in e["metrics"].items():
             for k, v in metrics.items():
                 row[f"{set_name}/{k}"] = v
@@ -77,9 +91,16 @@ def draw_of(manifest: dict) -> int:
 
 
 @runtime.holds(lambda subset_dirs, scale_specs, eval_sets, out, *a, **k: out, "this grid")
-def run_grid(subset_dirs: list[str], scale_specs: list[str], eval_sets: list[str], out: str,
-             cpus_per_run: int | None = None, ray_address: str | None = None, replicates: str = "crossed",
-             log=print) -> dict:
+def run_grid(
+    subset_dirs: list[str],
+    scale_specs: list[str],
+    eval_sets: list[str],
+    out: str,
+    cpus_per_run: int | None = None,
+    ray_address: str | None = None,
+    replicates: str = "crossed",
+    log=print,
+) -> dict:
     if not eval_sets:
         raise InputError("give at least one --eval-set")
     if replicates not in REPLICATES:
@@ -88,8 +109,10 @@ def run_grid(subset_dirs: list[str], scale_specs: list[str], eval_sets: list[str
     recipes = {d: check_name(m["recipe"], "recipe", f"{d}/manifest.json") for d, m in manifests.items()}
     draws = {d: draw_of(m) for d, m in manifests.items()}
     if len({(recipes[d], draws[d]) for d in subset_dirs}) != len(subset_dirs):
-        raise InputError(f"two subsets are the same draw of one recipe: "
-                         f"{ {d: f'{recipes[d]} draw {draws[d]}' for d in subset_dirs} }")
+        raise InputError(
+            f"two subsets are the same draw of one recipe: "
+            f"{ {d: f'{recipes[d]} draw {draws[d]}' for d in subset_dirs} }"
+        )
     sizes = {d: m["size"] for d, m in manifests.items()}
     if len(set(sizes.values())) != 1:
         log(f"[grid] warning: subsets differ in size {sizes}; a fair comparison uses equal sizes")
@@ -104,34 +127,53 @@ def run_grid(subset_dirs: list[str], scale_specs: list[str], eval_sets: list[str
     for d, sc in pairs:
         run_dir = os.path.join(out, "runs", recipes[d], sc.name, f"d{draws[d]}-s{sc.seed}")
         ev = os.path.join(run_dir, "eval.json")
-        if os.path.exists(os.path.join(run_dir, "train_manifest.json")) and os.path.exists(ev) and \
-                _covers(ev, eval_sets):
+        if (
+            os.path.exists(os.path.join(run_dir, "train_manifest.json"))
+            and os.path.exists(ev)
+            and _covers(ev, eval_sets)
+        ):
             done.append((d, run_dir))
             continue
         jobs.append((d, to_dict(sc), run_dir))
-    log(f"[grid] {len(done) + len(jobs)} runs ({len(subset_dirs)} subsets x {len({s.name for s in scales})} "
+    log(
+        f"[grid] {len(done) + len(jobs)} runs ({len(subset_dirs)} subsets x {len({s.name for s in scales})} "
         f"scales x {len({s.seed for s in scales})} seed(s), {replicates}); {len(done)} done already, "
-        f"{len(jobs)} to run ({'1 GPU' if gpus else f'{cpus} CPU(s)'} each)")
+        f"{len(jobs)} to run ({'1 GPU' if gpus else f'{cpus} CPU(s)'} each)"
+    )
 
     def finished(job, r):
-        log(f"[grid] {os.path.relpath(job[2], out)}: {r['samples_seen']} samples in {r['seconds']:.0f}s, "
-            f"{r['checkpoints']} checkpoint(s) evaluated")
+        log(
+            f"[grid] {os.path.relpath(job[2], out)}: {r['samples_seen']} samples in {r['seconds']:.0f}s, "
+            f"{r['checkpoints']} checkpoint(s) evaluated"
+        )
         done.append((job[0], job[2]))
 
     # no stall limit here: each training run has its own watchdog (train.train_scale); a failed run is
     # reported and the others go on
-    outcome = execute.run(_run, jobs, [os.path.abspath(e) for e in eval_sets], 1 if gpus else cpus,
-                          os.path.abspath(os.path.join(out, "_shards")), label="grid", unit="runs", stall_s=None,
-                          resources=execute.Resources(cpus=1, gpus=1) if gpus else execute.Resources(cpus=cpus),
-                          on_result=finished, quiet=True, log=log)
+    outcome = execute.run(
+        _run,
+        jobs,
+        [os.path.abspath(e) for e in eval_sets],
+        1 if gpus else cpus,
+        os.path.abspath(os.path.join(out, "_shards")),
+        label="grid",
+        unit="runs",
+        stall_s=None,
+        resources=execute.Resources(cpus=1, gpus=1) if gpus else execute.Resources(cpus=cpus),
+        on_result=finished,
+        quiet=True,
+        log=log,
+    )
     failed = {job[2]: why for job, why in ((outcome.items[i], w) for i, w in outcome.failed.items())}
     for run_dir, why in failed.items():
         log(f"[grid] {run_dir} failed: {why}")
     rows = [r for d, run_dir in sorted(done, key=lambda x: x[1]) for r in rows_for(run_dir, d, recipes[d], draws[d])]
     write_results(rows, os.path.join(out, "results.csv"))
     if failed:
-        raise StageError(f"grid: {len(failed)} run(s) failed ({'; '.join(f'{k}: {v}' for k, v in failed.items())}); "
-                         f"the rest are in {out}/results.csv; run the same command again to retry them")
+        raise StageError(
+            f"grid: {len(failed)} run(s) failed ({'; '.join(f'{k}: {v}' for k, v in failed.items())}); "
+            f"the rest are in {out}/results.csv; run the same command again to retry them"
+        )
     log(f"[grid] {len(rows)} data points -> {out}/results.csv")
     return {"results": os.path.join(out, "results.csv"), "rows": len(rows), "runs": len(done)}
 
@@ -145,8 +187,10 @@ def _pairs(subset_dirs, scales, draws, replicates):
         seeds = [s for s in scales if s.name == name]
         for d in subset_dirs:
             if draws[d] >= len(seeds):
-                raise InputError(f"--replicates paired: draw {draws[d]} of {d} has no seed of its own in scale "
-                                 f"{name} (seeds {[s.seed for s in seeds]}); give as many seeds as draws")
+                raise InputError(
+                    f"--replicates paired: draw {draws[d]} of {d} has no seed of its own in scale "
+                    f"{name} (seeds {[s.seed for s in seeds]}); give as many seeds as draws"
+                )
             out.append((d, seeds[draws[d]]))
     return out
 
@@ -157,8 +201,21 @@ def _covers(eval_json: str, eval_sets: list[str]) -> bool:
     return bool(ev["checkpoints"]) and all(names <= set(c["metrics"]) for c in ev["checkpoints"])
 
 
-FIRST = ["subset", "recipe", "draw", "seed", "model", "scale", "family", "samples_seen", "gflops_per_sample", "gflops_total",
-         "lr_scheduler", "epoch", "total_epochs"]
+FIRST = [
+    "subset",
+    "recipe",
+    "draw",
+    "seed",
+    "model",
+    "scale",
+    "family",
+    "samples_seen",
+    "gflops_per_sample",
+    "gflops_total",
+    "lr_scheduler",
+    "epoch",
+    "total_epochs",
+]
 
 
 def write_results(rows: list[dict], path: str) -> None:

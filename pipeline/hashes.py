@@ -17,7 +17,7 @@ import numpy as np
 
 
 def make_uid(url: str, text: str | None) -> str:
-    return hashlib.sha256(f"{url}\x00{text or ''}".encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(f"{url}\x00{text or ''}".encode()).hexdigest()[:32]
 
 
 def normalize_url(url: str) -> str:
@@ -54,15 +54,19 @@ def bits_to_hex(bits) -> str:
 
 
 def hamming_hex(a: str, b: str) -> int:
-    return int(np.unpackbits(np.frombuffer(bytes.fromhex(a), np.uint8) ^ np.frombuffer(bytes.fromhex(b), np.uint8)).sum())
+    return int(
+        np.unpackbits(np.frombuffer(bytes.fromhex(a), np.uint8) ^ np.frombuffer(bytes.fromhex(b), np.uint8)).sum()
+    )
 
 
-def pdq_codes(hexes: list[str | None], quality: list[int | None] | None = None,
-              min_quality: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def pdq_codes(
+    hexes: list[str | None], quality: list[int | None] | None = None, min_quality: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [n, 32] codes, indices of rows that have a hash of at least `min_quality`)."""
     quality = quality or [100] * len(hexes)
-    have = np.array([i for i, (h, q) in enumerate(zip(hexes, quality)) if h and (q or 0) >= min_quality],
-                    dtype=np.int64)
+    have = np.array(
+        [i for i, (h, q) in enumerate(zip(hexes, quality)) if h and (q or 0) >= min_quality], dtype=np.int64
+    )
     codes = np.frombuffer(b"".join(bytes.fromhex(hexes[i]) for i in have), dtype=np.uint8).reshape(-1, 32)
     return codes, have
 
@@ -76,9 +80,9 @@ def hamming_pairs(codes: np.ndarray, radius: int, queries: np.ndarray | None = N
     q = codes if queries is None else queries
     pairs = []
     for start in range(0, len(q), 65536):
-        lims, _, ids = index.range_search(q[start:start + 65536], radius + 1)  # FAISS keeps distance < radius
+        lims, _, ids = index.range_search(q[start : start + 65536], radius + 1)  # FAISS keeps distance < radius
         for row in range(len(lims) - 1):
-            for j in ids[lims[row]:lims[row + 1]]:
+            for j in ids[lims[row] : lims[row + 1]]:
                 if queries is not None or j != start + row:
                     pairs.append((start + row, int(j)))
     out = np.array(pairs, dtype=np.int64).reshape(-1, 2)

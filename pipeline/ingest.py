@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -32,14 +32,21 @@ from .errors import InputError
 from .hashes import make_uid
 from .netsafety import allowed, host_refusal
 
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl",
-           ".ndjson": "jsonl"}
+FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+}
 MAX_EXAMPLES = 5
 
 
 @dataclass
 class ShardInputs:
     """What ingest produced: `shards` Arrow IPC files of at most `per_shard` rows under `directory`."""
+
     directory: str
     rows: int
     shards: int
@@ -54,8 +61,9 @@ def detect_format(path: str, fmt: str | None) -> str:
         return fmt
     ext = os.path.splitext(path)[1].lower()
     if ext not in FORMATS:
-        raise InputError(f"{path}: cannot tell the format from the extension {ext!r}; "
-                         f"pass --input-format parquet|csv|jsonl")
+        raise InputError(
+            f"{path}: cannot tell the format from the extension {ext!r}; pass --input-format parquet|csv|jsonl"
+        )
     return FORMATS[ext]
 
 
@@ -70,8 +78,10 @@ def _read_batches(path: str, fmt: str, columns: list[str], batch_rows: int) -> I
         elif fmt == "csv":
             with fs.open(p, "rb") as f:
                 reader = pacsv.open_csv(
-                    f, read_options=pacsv.ReadOptions(block_size=1 << 24),
-                    convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}))
+                    f,
+                    read_options=pacsv.ReadOptions(block_size=1 << 24),
+                    convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}),
+                )
                 _check_columns(path, reader.schema.names, columns)
                 for batch in reader:
                     yield batch.select(columns)
@@ -89,9 +99,11 @@ def _read_batches(path: str, fmt: str, columns: list[str], batch_rows: int) -> I
 def _check_columns(path: str, present: list[str], wanted: list[str]) -> None:
     missing = [c for c in wanted if c not in present]
     if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; "
-                         f"the file has: {', '.join(present)}. Map columns with --url-col / --caption-col / "
-                         f"--uid-col, or list extra columns that exist")
+        raise InputError(
+            f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; "
+            f"the file has: {', '.join(present)}. Map columns with --url-col / --caption-col / "
+            f"--uid-col, or list extra columns that exist"
+        )
 
 
 def _bad_rows(mask: pa.ChunkedArray | pa.Array, offset: int) -> tuple[int, list[int]]:
@@ -106,14 +118,17 @@ def _validate(path: str, batch: pa.RecordBatch, offset: int, url_col: str, uid_c
     empty = pc.or_(pc.is_null(url), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(url)), 0))
     n, rows = _bad_rows(empty, offset)
     if n:
-        raise InputError(f"{path}: row {rows[0]}, field '{url_col}': empty URL "
-                         f"({n} such rows in this block; rows {rows})")
+        raise InputError(
+            f"{path}: row {rows[0]}, field '{url_col}': empty URL ({n} such rows in this block; rows {rows})"
+        )
     ok = pc.match_substring_regex(url, r"^[hH][tT][tT][pP][sS]?://[^/\s?#]+")
     n, rows = _bad_rows(pc.invert(ok), offset)
     if n:
         first = url[rows[0] - offset - 1].as_py()
-        raise InputError(f"{path}: row {rows[0]}, field '{url_col}': not an http(s) URL: {first[:200]!r} "
-                         f"({n} such rows in this block; rows {rows})")
+        raise InputError(
+            f"{path}: row {rows[0]}, field '{url_col}': not an http(s) URL: {first[:200]!r} "
+            f"({n} such rows in this block; rows {rows})"
+        )
     if uid_col is not None:
         uid = batch.column(uid_col)
         bad = pc.or_(pc.is_null(uid), pc.equal(pc.utf8_length(pc.cast(uid, pa.string())), 0))
@@ -124,8 +139,11 @@ def _validate(path: str, batch: pa.RecordBatch, offset: int, url_col: str, uid_c
 
 def uid_hashes(uids: list[str]) -> np.ndarray:
     """A 64-bit hash of each uid, the same in every process (Python's hash() is salted per process)."""
-    return np.fromiter((int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "little", signed=True)
-                        for u in uids), dtype=np.int64, count=len(uids))
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "little", signed=True) for u in uids),
+        dtype=np.int64,
+        count=len(uids),
+    )
 
 
 def _bucket_of(h: np.ndarray, buckets: int) -> np.ndarray:
@@ -138,8 +156,11 @@ def list_inputs(spec: str, fmt: str | None = None) -> list[str]:
     if any(ch in spec for ch in "*?["):
         files = runtime.glob(spec)
     elif runtime.exists(spec) and runtime.fs_path(spec)[0].isdir(runtime.fs_path(spec)[1]):
-        files = [f for f in runtime.glob(runtime.join(spec.rstrip("/"), "*"))
-                 if os.path.splitext(f)[1].lower() in FORMATS or fmt]
+        files = [
+            f
+            for f in runtime.glob(runtime.join(spec.rstrip("/"), "*"))
+            if os.path.splitext(f)[1].lower() in FORMATS or fmt
+        ]
     elif runtime.exists(spec):
         return [spec]
     else:
@@ -153,6 +174,7 @@ def list_inputs(spec: str, fmt: str | None = None) -> list[str]:
 @dataclass
 class _Read:
     """How to read each URL-list file: what an ingest task needs besides the file."""
+
     url_col: str
     caption_col: str | None
     uid_col: str | None
@@ -207,8 +229,11 @@ def _ingest_file(path: str, index: int, out: str, hashes_dir: str, spec: _Read, 
         else:
             uids = [make_uid(u, t) for u, t in zip(urls, texts)]
         hashes.append(uid_hashes(uids))
-        cols = {"uid": pa.array(uids, pa.string()), "url": batch.column(spec.url_col),
-                "caption": pa.array(texts, pa.string())}
+        cols = {
+            "uid": pa.array(uids, pa.string()),
+            "url": batch.column(spec.url_col),
+            "caption": pa.array(texts, pa.string()),
+        }
         for c in spec.extra_columns:
             cols[c] = batch.column(c)
         pending.append(pa.table(cols))
@@ -229,11 +254,19 @@ def _ingest_file(path: str, index: int, out: str, hashes_dir: str, spec: _Read, 
     bucket = _bucket_of(h, spec.buckets)
     rows_of = [np.flatnonzero(bucket == b) for b in range(spec.buckets)]
     # one zip member per bucket, so a bucket's task reads only its slice of each file's hashes
-    runtime.write_npz(runtime.join(hashes_dir, f"{index:06d}.npz"),
-                      {**{f"h{b}": h[r] for b, r in enumerate(rows_of)}, **{f"r{b}": r for b, r in enumerate(rows_of)}})
+    runtime.write_npz(
+        runtime.join(hashes_dir, f"{index:06d}.npz"),
+        {**{f"h{b}": h[r] for b, r in enumerate(rows_of)}, **{f"r{b}": r for b, r in enumerate(rows_of)}},
+    )
     fs, p = runtime.fs_path(path)
-    return {"path": path, "rows": rows, "shards": shards, "sha256": runtime.file_sha256(path),
-            "size": fs.size(p), "local": local}
+    return {
+        "path": path,
+        "rows": rows,
+        "shards": shards,
+        "sha256": runtime.file_sha256(path),
+        "size": fs.size(p),
+        "local": local,
+    }
 
 
 def _bucket_duplicates(hashes_dir: str, files: int, bucket: int) -> list[tuple[int, int, int]]:
@@ -268,8 +301,9 @@ def _uids_at(shard_dir: str, per_shard: int, rows: list[int]) -> dict[int, str]:
 
 def _check_unique(staging: str, hashes_dir: str, files: list[dict], spec: _Read, run) -> None:
     """Two rows with one uid would be one sample twice in every later table: refuse the list, naming both."""
-    candidates = [c for part in run(_bucket_duplicates, [(hashes_dir, len(files), b) for b in range(spec.buckets)])
-                  for c in part]
+    candidates = [
+        c for part in run(_bucket_duplicates, [(hashes_dir, len(files), b) for b in range(spec.buckets)]) for c in part
+    ]
     if not candidates:
         return
     by_file: dict[int, list[int]] = {}
@@ -282,10 +316,15 @@ def _check_unique(staging: str, hashes_dir: str, files: list[dict], spec: _Read,
         uid = uids[f][r]
         if uid in seen:
             (f0, r0) = seen[uid]
-            where = (f"rows {r0 + 1} and {r + 1}" if f0 == f else
-                     f"row {r0 + 1} of {files[f0]['path']} and row {r + 1} of {files[f]['path']}")
-            raise InputError(f"{files[f]['path']}: {where} have the same uid {uid}. A uid derived from (url, text) "
-                             f"repeats when a row repeats: drop repeated rows first")
+            where = (
+                f"rows {r0 + 1} and {r + 1}"
+                if f0 == f
+                else f"row {r0 + 1} of {files[f0]['path']} and row {r + 1} of {files[f]['path']}"
+            )
+            raise InputError(
+                f"{files[f]['path']}: {where} have the same uid {uid}. A uid derived from (url, text) "
+                f"repeats when a row repeats: drop repeated rows first"
+            )
         seen[uid] = (f, r)
 
 
@@ -300,17 +339,26 @@ def _runner(parallel: bool, ray_address: str | None):
     """Call a function over argument tuples: in this process for one file, else one task each (an
     InputError from a task reaches the user as raised, naming the file and row)."""
     ex = execute.start(ray_address) if parallel else execute.LocalExecutor()
-    return lambda fn, calls: execute.map(_call, calls, fn, executor=ex, retries=2 if parallel else 0,
-                                         label="ingest")
+    return lambda fn, calls: execute.map(_call, calls, fn, executor=ex, retries=2 if parallel else 0, label="ingest")
 
 
 def _call(args: tuple, fn):
     return fn(*args)
 
 
-def ingest(path: str, work_dir: str, *, url_col: str = "url", caption_col: str | None = "text",
-           uid_col: str | None = "uid", extra_columns: tuple[str, ...] = (), input_format: str | None = None,
-           per_shard: int = 10000, batch_rows: int = 100_000, ray_address: str | None = None) -> ShardInputs:
+def ingest(
+    path: str,
+    work_dir: str,
+    *,
+    url_col: str = "url",
+    caption_col: str | None = "text",
+    uid_col: str | None = "uid",
+    extra_columns: tuple[str, ...] = (),
+    input_format: str | None = None,
+    per_shard: int = 10000,
+    batch_rows: int = 100_000,
+    ray_address: str | None = None,
+) -> ShardInputs:
     """Read and check the URL list `path` (a file, a directory of files, or a glob), then write
     `work_dir/inputs/{shard:08d}.arrow` with columns uid, url, caption and the extras. Several files are
     read as one Ray task each, their shards numbered in file order. Writes nothing if any row is malformed
@@ -327,13 +375,23 @@ def ingest(path: str, work_dir: str, *, url_col: str = "url", caption_col: str |
         local = len(files) == 1
         for i in range(len(files)):
             runtime.makedirs(staging if local else runtime.join(staging, "parts", f"{i:06d}"))
-        done = run(_ingest_file, [(f, i, staging if local else runtime.join(staging, "parts", f"{i:06d}"),
-                                   hashes_dir, spec, local) for i, f in enumerate(files)])
+        done = run(
+            _ingest_file,
+            [
+                (f, i, staging if local else runtime.join(staging, "parts", f"{i:06d}"), hashes_dir, spec, local)
+                for i, f in enumerate(files)
+            ],
+        )
         _check_unique(staging, hashes_dir, done, spec, run)
         firsts = np.concatenate([[0], np.cumsum([d["shards"] for d in done])]).tolist()
         if not local:
-            run(_place, [(runtime.join(staging, "parts", f"{i:06d}"), staging, firsts[i], d["shards"])
-                         for i, d in enumerate(done)])
+            run(
+                _place,
+                [
+                    (runtime.join(staging, "parts", f"{i:06d}"), staging, firsts[i], d["shards"])
+                    for i, d in enumerate(done)
+                ],
+            )
             runtime.remove(runtime.join(staging, "parts"), recursive=True)
         runtime.remove(hashes_dir, recursive=True)
     except BaseException:
@@ -343,10 +401,16 @@ def ingest(path: str, work_dir: str, *, url_col: str = "url", caption_col: str |
     runtime.move(staging, final)
     listing = [{k: d[k] for k in ("path", "rows", "shards", "sha256", "size")} for d in done]
     # one file: its own sha256 (what `sha256sum` prints); several: the sha256 of their "sha256  name" lines
-    sha = done[0]["sha256"] if local else hashlib.sha256("".join(
-        f"{d['sha256']}  {os.path.basename(d['path'])}\n" for d in done).encode()).hexdigest()
-    return ShardInputs(directory=final, rows=sum(d["rows"] for d in done), shards=firsts[-1], input_sha256=sha,
-                       files=listing)
+    sha = (
+        done[0]["sha256"]
+        if local
+        else hashlib.sha256(
+            "".join(f"{d['sha256']}  {os.path.basename(d['path'])}\n" for d in done).encode()
+        ).hexdigest()
+    )
+    return ShardInputs(
+        directory=final, rows=sum(d["rows"] for d in done), shards=firsts[-1], input_sha256=sha, files=listing
+    )
 
 
 def _columns_of(path: str, fmt: str) -> list[str]:
@@ -380,11 +444,15 @@ def read_shard_input(path: str) -> pa.Table:
 # Here each URL's host as written (pipeline/netsafety.py normalises it as the HTTP client will); the
 # download then checks every resolved and connected address, and every redirect (netsafety.safe_opener).
 
+
 def refusals(urls: pa.Array | pa.ChunkedArray, allow_hosts=()) -> list[str | None]:
     """Per-URL refusal reason (or None), checking each distinct host (and port) once; `allow_hosts`
     ("host" or "host:port") may be fetched although private."""
-    parts = pc.extract_regex(urls, r"^[a-zA-Z][a-zA-Z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)"
-                                   r"(?::(?P<port>[0-9]*))?")
+    parts = pc.extract_regex(
+        urls,
+        r"^[a-zA-Z][a-zA-Z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)"
+        r"(?::(?P<port>[0-9]*))?",
+    )
     hosts = pc.utf8_lower(pc.struct_field(parts, [0])).to_pylist()
     ports = pc.struct_field(parts, [1]).to_pylist()
     allow = set(allow_hosts or ())

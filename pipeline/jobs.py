@@ -49,8 +49,24 @@ JOB_DIR = REPO / "jobs"
 RUNNER_KEYS = ("serve",)
 # options whose values are paths: made absolute against the job's directory, since the stages hand
 # paths to Ray workers that do not share the driver's working directory
-PATH_KEYS = {"out", "urls", "pool", "data", "subset", "run", "grid", "results", "images", "eval_set", "labels",
-             "dir", "npz_dir", "eval_sets", "blocklists", "serve"}
+PATH_KEYS = {
+    "out",
+    "urls",
+    "pool",
+    "data",
+    "subset",
+    "run",
+    "grid",
+    "results",
+    "images",
+    "eval_set",
+    "labels",
+    "dir",
+    "npz_dir",
+    "eval_sets",
+    "blocklists",
+    "serve",
+}
 # a preset name or tag, or else a file: a file when it exists already or has a file's suffix
 MAYBE_PATH_KEYS = {"config", "recipe", "scale", "pretrained"}
 FILE_SUFFIXES = (".yaml", ".yml", ".pt", ".bin", ".safetensors", ".npz", ".npy", ".parquet", ".txt")
@@ -92,12 +108,14 @@ def _read(path: Path, seen: tuple = ()) -> dict:
         raise InputError(f"{path}: includes itself (through {' -> '.join(map(str, seen))})")
     data = read_yaml(path, "job") or {}
     if not isinstance(data, dict):
-        raise InputError(f"{path}: a job is a mapping with name, out, include, vars, plan and steps, "
-                         f"not a {type(data).__name__}")
+        raise InputError(
+            f"{path}: a job is a mapping with name, out, include, vars, plan and steps, not a {type(data).__name__}"
+        )
     unknown = set(data) - {"name", "out", "include", "vars", "plan", "steps"}
     if unknown:
-        raise InputError(f"{path}: unknown top-level key(s) {sorted(unknown)}; a job has name, out, include, "
-                         f"vars, plan and steps")
+        raise InputError(
+            f"{path}: unknown top-level key(s) {sorted(unknown)}; a job has name, out, include, vars, plan and steps"
+        )
     steps, variables, plan = [], {}, {}
     for inc in data.get("include") or []:
         sub = _read(resolve_path(inc), (*seen, path))
@@ -106,8 +124,12 @@ def _read(path: Path, seen: tuple = ()) -> dict:
         plan.update(sub["plan"])
     if not isinstance(data.get("steps", []), list):
         raise InputError(f"{path}: `steps` must be a list of {{command: {{option: value}}}}")
-    return {**data, "steps": steps + [(str(path), s) for s in data.get("steps") or []],
-            "vars": {**variables, **(data.get("vars") or {})}, "plan": {**plan, **(data.get("plan") or {})}}
+    return {
+        **data,
+        "steps": steps + [(str(path), s) for s in data.get("steps") or []],
+        "vars": {**variables, **(data.get("vars") or {})},
+        "plan": {**plan, **(data.get("plan") or {})},
+    }
 
 
 def load(spec: str, overrides: dict | None = None, out: str | None = None) -> Job:
@@ -126,7 +148,7 @@ def load(spec: str, overrides: dict | None = None, out: str | None = None) -> Jo
         where = f"{source}: step {i}"
         if not isinstance(entry, dict) or len(entry) != 1:
             raise InputError(f"{where}: a step is one `command: {{option: value, ...}}` mapping, got {entry!r}")
-        (command, args), = entry.items()
+        ((command, args),) = entry.items()
         args = substitute(dict(args or {}), subs, where)
         serve = args.pop("serve", None)
         serve = None if serve in (None, "", "none") else serve  # "none": a real pool, nothing to serve
@@ -174,8 +196,9 @@ def _words(command: str, cls: type, args: dict, out_dir: str, where: str) -> dic
         if a.kind == commands.FLAG and not isinstance(value, bool):
             raise InputError(f"{where}: {key} is a flag: true or false, not {value!r}")
         words[key] = a.tokens(value, lambda v, k=key: _path(k, v, out_dir, where))
-    missing = [a.dest for a in by_dest.values()
-               if a.required and a.kind != commands.POSITIONAL and not words.get(a.dest)]
+    missing = [
+        a.dest for a in by_dest.values() if a.required and a.kind != commands.POSITIONAL and not words.get(a.dest)
+    ]
     if missing:
         raise InputError(f"{where}: {command} needs `{missing[0]}:` (see thresher {command} --help)")
     return words
@@ -188,10 +211,12 @@ def _path(key: str, value, out_dir: str, where: str = "job") -> str:
         inside = f"{out_dir}/{text}" if remote else os.path.normpath(os.path.join(out_dir, text))
         # a job file can come from anyone: its relative outputs stay inside the job's directory
         if key == "out" and (".." in Path(text).parts):
-            raise InputError(f"{where}: out {text!r} leaves the job's directory {out_dir}; give a path inside "
-                             f"it, or an absolute one")
-        if key in PATH_KEYS or (key in MAYBE_PATH_KEYS and (text.endswith(FILE_SUFFIXES) or
-                                                            (not remote and os.path.exists(inside)))):
+            raise InputError(
+                f"{where}: out {text!r} leaves the job's directory {out_dir}; give a path inside it, or an absolute one"
+            )
+        if key in PATH_KEYS or (
+            key in MAYBE_PATH_KEYS and (text.endswith(FILE_SUFFIXES) or (not remote and os.path.exists(inside)))
+        ):
             return inside
     return text
 
@@ -243,16 +268,29 @@ def run(job: Job, ray_address: str | None = None, log=print) -> dict:
         try:
             rc = call.run()
         except Exception as raised:  # noqa: BLE001 - one line naming the step, its cause and how to resume
-            raise StageError(f"job {job.name}: step {step.index} ({step.command}) failed: {describe(cause(raised))}; "
-                             f"fix it and run `thresher run {job.path}` again: it resumes at this step") from raised
+            raise StageError(
+                f"job {job.name}: step {step.index} ({step.command}) failed: {describe(cause(raised))}; "
+                f"fix it and run `thresher run {job.path}` again: it resumes at this step"
+            ) from raised
         finally:
             if server:
                 server.stop()
         if rc:
-            raise StageError(f"job {job.name}: step {step.index} ({step.command}) failed with exit code {rc}; "
-                             f"fix the cause above and run `thresher run {job.path}` again: it resumes at this step")
-        marker.write_text(json.dumps({"hash": h, "argv": argv, "seconds": round(time.time() - t0, 1),
-                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
+            raise StageError(
+                f"job {job.name}: step {step.index} ({step.command}) failed with exit code {rc}; "
+                f"fix the cause above and run `thresher run {job.path}` again: it resumes at this step"
+            )
+        marker.write_text(
+            json.dumps(
+                {
+                    "hash": h,
+                    "argv": argv,
+                    "seconds": round(time.time() - t0, 1),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                },
+                indent=1,
+            )
+        )
         done.append(step.index)
     log(f"[run] job {job.name} finished: {len(done)} steps; outputs in {job.out}")
     return {"job": job.name, "out": job.out, "steps": len(done)}
@@ -271,11 +309,15 @@ def _port(source: str) -> int:
 
 @commands.args_dataclass
 class RunArgs(commands.Common):
-    job: str = commands.arg(help="job file, or a job name in jobs/ (build_subset, ab_test, audit, ...)",
-                            positional=True)
+    job: str = commands.arg(
+        help="job file, or a job name in jobs/ (build_subset, ab_test, audit, ...)", positional=True
+    )
     plan: bool = commands.arg(False, "print the estimated wall time, storage, CPU- and GPU-hours instead of running")
-    cluster: str | None = commands.arg(None, "with --plan: cluster to size for (configs/cluster/NAME.yaml or a Ray "
-                                             "cluster YAML; default: the job's plan.cluster)")
+    cluster: str | None = commands.arg(
+        None,
+        "with --plan: cluster to size for (configs/cluster/NAME.yaml or a Ray "
+        "cluster YAML; default: the job's plan.cluster)",
+    )
     dry_run: bool = commands.arg(False, "print the commands the job would run")
     var: list[str] = commands.arg(help="key=value overriding the job's vars", factory=list)
     out: str | None = commands.arg(None, "job directory (default: the job's `out`)")
@@ -296,5 +338,10 @@ def run_job(args: RunArgs) -> None:
     run(job, ray_address=args.ray_address)
 
 
-COMMAND = commands.Command("run", "Run a job (jobs/*.yaml: a list of thresher commands) end to end; re-running "
-                                  "resumes.", "thresher run jobs/build_subset.yaml --plan", RunArgs, run_job)
+COMMAND = commands.Command(
+    "run",
+    "Run a job (jobs/*.yaml: a list of thresher commands) end to end; re-running resumes.",
+    "thresher run jobs/build_subset.yaml --plan",
+    RunArgs,
+    run_job,
+)

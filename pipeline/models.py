@@ -42,16 +42,20 @@ def preprocess_config(model: str, pretrained: str | None) -> dict:
     model_cfg = open_clip.get_model_config(model)
     if model_cfg is None:
         known = ", ".join(sorted(open_clip.list_models())[:12])
-        raise InputError(f"unknown open_clip model {model!r} (e.g. {known}, ...; project configs: "
-                         f"{', '.join(p.stem for p in (CONFIG_DIR / 'models').glob('*.json'))})")
+        raise InputError(
+            f"unknown open_clip model {model!r} (e.g. {known}, ...; project configs: "
+            f"{', '.join(p.stem for p in (CONFIG_DIR / 'models').glob('*.json'))})"
+        )
     cfg = dataclasses.asdict(PreprocessCfg())
     cfg = merge_preprocess_dict(cfg, model_cfg.get("preprocess_cfg", {}))
     cfg["size"] = model_cfg["vision_cfg"].get("image_size", cfg["size"])
     if weights_kind(pretrained) == "pretrained-tag":
         tag_cfg = open_clip.get_pretrained_cfg(model, pretrained)
         if not tag_cfg:
-            raise InputError(f"{pretrained!r} is neither a file nor a pretrained tag of {model} "
-                             f"(tags: {', '.join(open_clip.list_pretrained_tags_by_model(model)) or 'none'})")
+            raise InputError(
+                f"{pretrained!r} is neither a file nor a pretrained tag of {model} "
+                f"(tags: {', '.join(open_clip.list_pretrained_tags_by_model(model)) or 'none'})"
+            )
         cfg = merge_preprocess_dict(cfg, tag_cfg)
     return cfg
 

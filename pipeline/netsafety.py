@@ -28,10 +28,21 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
-LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback", "metadata",
-               "metadata.google.internal", "instance-data", "instance-data.ec2.internal"}
-METADATA_IPS = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254"),
-                ipaddress.ip_address("100.100.100.200")}
+LOCAL_NAMES = {
+    "localhost",
+    "localhost.localdomain",
+    "ip6-localhost",
+    "ip6-loopback",
+    "metadata",
+    "metadata.google.internal",
+    "instance-data",
+    "instance-data.ec2.internal",
+}
+METADATA_IPS = {
+    ipaddress.ip_address("169.254.169.254"),
+    ipaddress.ip_address("fd00:ec2::254"),
+    ipaddress.ip_address("100.100.100.200"),
+}
 REFUSED = "disallowed_address"
 
 
@@ -66,8 +77,14 @@ def address_refusal(ip) -> str | None:
         ip = ip.ipv4_mapped
     if ip in METADATA_IPS:
         return "a cloud metadata address"
-    for attr, what in (("is_loopback", "loopback"), ("is_link_local", "link-local"), ("is_private", "private"),
-                       ("is_multicast", "multicast"), ("is_unspecified", "unspecified"), ("is_reserved", "reserved")):
+    for attr, what in (
+        ("is_loopback", "loopback"),
+        ("is_link_local", "link-local"),
+        ("is_private", "private"),
+        ("is_multicast", "multicast"),
+        ("is_unspecified", "unspecified"),
+        ("is_reserved", "reserved"),
+    ):
         if getattr(ip, attr):
             return f"a {what} address"
     if not ip.is_global:

@@ -28,7 +28,7 @@ SYNTH_BYTES_PER_SAMPLE = 35_000  # the synthetic pool at DataComp's 512 px: 664 
 # where one flat k-means on the driver stops being practical: more than a day of a 16-vCPU head node at an
 # assumed ~50 GFLOP/s a vCPU of BLAS (not measured here; the warning's threshold, not part of any estimate)
 KMEANS_FLOPS_ONE_NODE = 1e17
-SYNTH_SUCCESS = 0.947            # its share of URLs that download (planted failures: 404, timeouts, opt-outs)
+SYNTH_SUCCESS = 0.947  # its share of URLs that download (planted failures: 404, timeouts, opt-outs)
 
 
 @dataclass
@@ -46,12 +46,12 @@ class Cluster:
 
 @dataclass
 class Estimate:
-    step: int = 0             # set by estimate_step: a command's plan does not know its place in the job
+    step: int = 0  # set by estimate_step: a command's plan does not know its place in the job
     command: str = ""
     what: str = ""
-    cpu_s: float = 0.0        # core-seconds of work
-    gpu_s: float = 0.0        # GPU-seconds of work
-    disk_bytes: float = 0.0   # what the step leaves on disk
+    cpu_s: float = 0.0  # core-seconds of work
+    gpu_s: float = 0.0  # GPU-seconds of work
+    disk_bytes: float = 0.0  # what the step leaves on disk
     object_store_bytes: float = 0.0  # peak in flight through Ray's object store
     inputs: list[str] = field(default_factory=list)  # throughputs.yaml keys used
     cores: int | None = None  # how many cores the step can use at most (in one process), when not the cluster's
@@ -104,8 +104,7 @@ def load_cluster(spec: str | None) -> Cluster:
         store += count * float(res.get("object_store_memory", 0.3 * node_mem * 1e9)) / 1e9
         vols = (t.get("node_config") or {}).get("BlockDeviceMappings") or []
         disk += count * sum(float(v.get("Ebs", {}).get("VolumeSize", 0)) for v in vols)
-    return Cluster(cfg.get("cluster_name", path.stem), nodes, cpus, gpus, mem, store, disk or None, str(path),
-                   head_mem)
+    return Cluster(cfg.get("cluster_name", path.stem), nodes, cpus, gpus, mem, store, disk or None, str(path), head_mem)
 
 
 def _local_gpus() -> int:
@@ -193,11 +192,19 @@ def plan_job(job, cluster: str | None = None) -> dict:
     sizes = Sizes(job.plan)
     steps = [estimate_step(s.index, s.call, sizes, t, c) for s in job.steps]
     used = sorted({k.split(" ")[0] for e in steps for k in e.inputs})
-    return {"job": job.name, "path": job.path, "out": job.out, "cluster": c, "steps": steps,
-            "wall_s": sum(e.wall_s(c) for e in steps), "cpu_hours": sum(e.cpu_s for e in steps) / 3600,
-            "gpu_hours": sum(e.gpu_s for e in steps) / 3600, "disk_bytes": sum(e.disk_bytes for e in steps),
-            "object_store_bytes": max((e.object_store_bytes for e in steps), default=0.0),
-            "throughputs": {k: t[k] for k in used}}
+    return {
+        "job": job.name,
+        "path": job.path,
+        "out": job.out,
+        "cluster": c,
+        "steps": steps,
+        "wall_s": sum(e.wall_s(c) for e in steps),
+        "cpu_hours": sum(e.cpu_s for e in steps) / 3600,
+        "gpu_hours": sum(e.gpu_s for e in steps) / 3600,
+        "disk_bytes": sum(e.disk_bytes for e in steps),
+        "object_store_bytes": max((e.object_store_bytes for e in steps), default=0.0),
+        "throughputs": {k: t[k] for k in used},
+    }
 
 
 def _human_time(s: float) -> str:
@@ -217,34 +224,57 @@ def _human_bytes(b: float) -> str:
 
 def render(p: dict) -> str:
     c: Cluster = p["cluster"]
-    lines = [f"plan for job {p['job']} ({p['path']})",
-             f"cluster: {c.name}: {c.nodes} node(s), {c.cpus} CPUs, {c.gpus} GPUs, {c.memory_gb:,.0f} GB memory, "
-             f"{c.object_store_gb:,.0f} GB object store" + (f", {c.disk_gb:,.0f} GB disk" if c.disk_gb else "")
-             + f" ({c.source})", "",
-             f"{'step':4s} {'command':10s} {'wall':>9s} {'CPU-h':>9s} {'GPU-h':>8s} {'disk':>9s}  what"]
+    lines = [
+        f"plan for job {p['job']} ({p['path']})",
+        f"cluster: {c.name}: {c.nodes} node(s), {c.cpus} CPUs, {c.gpus} GPUs, {c.memory_gb:,.0f} GB memory, "
+        f"{c.object_store_gb:,.0f} GB object store"
+        + (f", {c.disk_gb:,.0f} GB disk" if c.disk_gb else "")
+        + f" ({c.source})",
+        "",
+        f"{'step':4s} {'command':10s} {'wall':>9s} {'CPU-h':>9s} {'GPU-h':>8s} {'disk':>9s}  what",
+    ]
     for e in p["steps"]:
-        lines.append(f"{e.step:<4d} {e.command:10s} {_human_time(e.wall_s(c)):>9s} {e.cpu_s / 3600:9.3g} "
-                     f"{e.gpu_s / 3600:8.3g} {_human_bytes(e.disk_bytes):>9s}  {e.what}")
-    lines += ["", f"total: wall {_human_time(p['wall_s'])}, {p['cpu_hours']:,.3g} CPU-hours, "
-                  f"{p['gpu_hours']:,.3g} GPU-hours, {_human_bytes(p['disk_bytes'])} on disk, peak object store "
-                  f"{_human_bytes(p['object_store_bytes'])}"]
+        lines.append(
+            f"{e.step:<4d} {e.command:10s} {_human_time(e.wall_s(c)):>9s} {e.cpu_s / 3600:9.3g} "
+            f"{e.gpu_s / 3600:8.3g} {_human_bytes(e.disk_bytes):>9s}  {e.what}"
+        )
+    lines += [
+        "",
+        f"total: wall {_human_time(p['wall_s'])}, {p['cpu_hours']:,.3g} CPU-hours, "
+        f"{p['gpu_hours']:,.3g} GPU-hours, {_human_bytes(p['disk_bytes'])} on disk, peak object store "
+        f"{_human_bytes(p['object_store_bytes'])}",
+    ]
     if "://" in p["out"]:
         lines.append(f"storage: {_human_bytes(p['disk_bytes'])} on {p['out'].split('://')[0]}:// (the job's out)")
     elif c.disk_gb and p["disk_bytes"] > c.disk_gb * 1e9:
-        lines.append(f"warning: the job writes {_human_bytes(p['disk_bytes'])}, more than the cluster's "
-                     f"{c.disk_gb:,.0f} GB of disk: put `out` on object storage (s3://...) or add disk")
+        lines.append(
+            f"warning: the job writes {_human_bytes(p['disk_bytes'])}, more than the cluster's "
+            f"{c.disk_gb:,.0f} GB of disk: put `out` on object storage (s3://...) or add disk"
+        )
     for e in p["steps"]:
         lines += [f"warning: step {e.step} ({e.command}): {w}" for w in e.warnings]
         if c.head_memory_gb and e.driver_bytes > c.head_memory_gb * 1e9:
-            lines.append(f"warning: step {e.step} ({e.command}) holds {_human_bytes(e.driver_bytes)} in one process, "
-                         f"more than the head node's {c.head_memory_gb:,.0f} GB"
-                         + ("; `thresher dedup --partitions N --no-perceptual --no-semantic` runs exact dedup as "
-                            "Ray tasks" if e.command == "dedup" else ""))
+            lines.append(
+                f"warning: step {e.step} ({e.command}) holds {_human_bytes(e.driver_bytes)} in one process, "
+                f"more than the head node's {c.head_memory_gb:,.0f} GB"
+                + (
+                    "; `thresher dedup --partitions N --no-perceptual --no-semantic` runs exact dedup as Ray tasks"
+                    if e.command == "dedup"
+                    else ""
+                )
+            )
     if p["object_store_bytes"] > c.object_store_gb * 1e9:
-        lines.append(f"warning: peak object store {_human_bytes(p['object_store_bytes'])} exceeds "
-                     f"{c.object_store_gb:,.0f} GB: Ray will spill to local disk")
-    lines += ["", "assumes work divides evenly over the cluster and stages run one after another; start-up "
-                  "costs and k-means are left out", "", "throughputs used (benchmarks/throughputs.yaml):"]
+        lines.append(
+            f"warning: peak object store {_human_bytes(p['object_store_bytes'])} exceeds "
+            f"{c.object_store_gb:,.0f} GB: Ray will spill to local disk"
+        )
+    lines += [
+        "",
+        "assumes work divides evenly over the cluster and stages run one after another; start-up "
+        "costs and k-means are left out",
+        "",
+        "throughputs used (benchmarks/throughputs.yaml):",
+    ]
     for k, v in p["throughputs"].items():
         lines.append(f"  {k}: {v['rate']:,.4g} {v['unit']}  [{v['source']}; {v['measured']}]")
     return "\n".join(lines)

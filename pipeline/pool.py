@@ -126,8 +126,9 @@ class Pool:
         """This pool, if it is one (what download writes first); else an error saying how to make one.
         Checked before a stage takes its output lock, so a mistyped directory gets no folders in it."""
         if not self.is_pool():
-            raise InputError(f"{self.root} is not a pool (no manifest.json or shards/); make one with "
-                             f"`thresher download`")
+            raise InputError(
+                f"{self.root} is not a pool (no manifest.json or shards/); make one with `thresher download`"
+            )
         return self
 
     def shards(self) -> list[int]:
@@ -164,7 +165,6 @@ class Pool:
             raise InputError(f"{self.root} has no downloaded shards (expected {self.root}/shards/*.parquet)")
         return pa.concat_tables([runtime.read_parquet(p) for p in paths], promote_options="default")
 
-
     # --- columns across metadata, features and dedup (what filters read) ---------------------------
     def available_columns(self) -> dict[str, str]:
         """column -> where it comes from ("metadata", "base", "score:S", "img_emb:S", "dedup"), for the
@@ -193,13 +193,17 @@ class Pool:
             rows = rows.take(pc.sort_indices(rows, sort_keys=[("key", "ascending")]))  # features are in key order
         uids = rows.column("uid")
         name = shard_name(shard)
-        out = {"uid": uids, **({"key": rows.column("key")} if "key" in columns else {}),
-               **{c: rows.column(c) for c in meta}}
+        out = {
+            "uid": uids,
+            **({"key": rows.column("key")} if "key" in columns else {}),
+            **{c: rows.column(c) for c in meta},
+        }
 
         def aligned(table: pa.Table, what: str) -> pa.Table:
             if not table.column("uid").equals(uids):
-                raise InputError(f"{self.root}: {what} of shard {name} is not row-aligned with its metadata; "
-                                 f"recompute it")
+                raise InputError(
+                    f"{self.root}: {what} of shard {name} is not row-aligned with its metadata; recompute it"
+                )
             return table
 
         tables: dict[str, pa.Table] = {}  # each Parquet source read once, whatever number of its columns
@@ -215,8 +219,9 @@ class Pool:
             elif kind == "img_emb":  # float32 [n, d] as a fixed-size list column
                 emb = read_npy(self.embeddings(scorer, shard))
                 if len(emb) != len(uids):
-                    raise InputError(f"{self.root}: embeddings of shard {name} have {len(emb)} rows, "
-                                     f"metadata {len(uids)}")
+                    raise InputError(
+                        f"{self.root}: embeddings of shard {name} have {len(emb)} rows, metadata {len(uids)}"
+                    )
                 out[c] = pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).ravel()), emb.shape[1])
             elif kind == "dedup":
                 if "dedup" not in tables:

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 from . import features, runtime
-from .pool import Pool
 from .errors import InputError
+from .pool import Pool
 
 
 def labelled_embeddings(pool: str, scorer: str, labels_path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -35,8 +35,9 @@ def labelled_embeddings(pool: str, scorer: str, labels_path: str) -> tuple[np.nd
     return x, y, uids
 
 
-def train_probe(pool: str, scorer: str, labels_path: str, out: str, c: float = 1.0, seed: int = 0,
-                holdout: float = 0.2) -> dict:
+def train_probe(
+    pool: str, scorer: str, labels_path: str, out: str, c: float = 1.0, seed: int = 0, holdout: float = 0.2
+) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
@@ -56,12 +57,29 @@ def train_probe(pool: str, scorer: str, labels_path: str, out: str, c: float = 1
     scorer_manifest = runtime.read_json(Pool(pool).features_manifest(scorer))
     fs, path = runtime.fs_path(out)
     with fs.open(path, "wb") as f:
-        np.savez(f, weight=model.coef_[0].astype(np.float32), bias=np.float32(model.intercept_[0]),
-                 model=scorer_manifest["scorer"]["model"], pretrained=str(scorer_manifest["scorer"]["pretrained"]))
-    record = {"kind": "thresher.probe", "probe": out, "probe_sha256": runtime.file_sha256(out), "pool": pool,
-              "scorer": scorer, "scorer_weights": scorer_manifest.get("weights"), "labels": labels_path,
-              "labels_sha256": runtime.file_sha256(labels_path), "samples": int(len(y)), "positives": int(y.sum()),
-              "holdout_auc": auc, "holdout": n_test, "C": c, **runtime.provenance()}
+        np.savez(
+            f,
+            weight=model.coef_[0].astype(np.float32),
+            bias=np.float32(model.intercept_[0]),
+            model=scorer_manifest["scorer"]["model"],
+            pretrained=str(scorer_manifest["scorer"]["pretrained"]),
+        )
+    record = {
+        "kind": "thresher.probe",
+        "probe": out,
+        "probe_sha256": runtime.file_sha256(out),
+        "pool": pool,
+        "scorer": scorer,
+        "scorer_weights": scorer_manifest.get("weights"),
+        "labels": labels_path,
+        "labels_sha256": runtime.file_sha256(labels_path),
+        "samples": int(len(y)),
+        "positives": int(y.sum()),
+        "holdout_auc": auc,
+        "holdout": n_test,
+        "C": c,
+        **runtime.provenance(),
+    }
     runtime.write_json(out + ".json", record)
     return record
 
@@ -82,6 +100,7 @@ def load_probe(path: str):
     def apply(x):
         with torch.inference_mode():
             return module(torch.from_numpy(np.ascontiguousarray(x))).float().reshape(-1).numpy()
+
     return apply
 
 

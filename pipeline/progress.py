@@ -14,8 +14,9 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, label: str, total: int, unit: str = "samples", every: float = 5.0, stream=None,
-                 quiet_start: bool = False):
+    def __init__(
+        self, label: str, total: int, unit: str = "samples", every: float = 5.0, stream=None, quiet_start: bool = False
+    ):
         """`quiet_start`: print nothing until one period has passed (a short fan-out stays silent)."""
         self.label, self.total, self.unit, self.every = label, total, unit, every
         self.done = 0
@@ -42,8 +43,11 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         eta_s = _fmt_duration(eta) if eta != float("inf") else "?"
         extra = f", {self.extra}" if self.extra else ""
-        return (f"[{self.label}] {self.done}/{self.total} {self.unit} ({pct:.1f}%), "
-                f"{rate:.0f} {self.unit}/s, elapsed {_fmt_duration(elapsed)}, ETA {eta_s}{extra}")
+        speed = f"{rate:.0f} {self.unit}/s" if rate >= 1 else f"{rate * 60:.1f} {self.unit}/min"  # slow items: runs
+        return (
+            f"[{self.label}] {self.done}/{self.total} {self.unit} ({pct:.1f}%), "
+            f"{speed}, elapsed {_fmt_duration(elapsed)}, ETA {eta_s}{extra}"
+        )
 
     def close(self) -> None:
         if not (self._quiet and self._printed < 0):

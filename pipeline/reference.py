@@ -1,6 +1,6 @@
 """The config reference: every config dataclass rendered as markdown (docs/config-reference.md).
 
-    python -m pipeline.reference > docs/config-reference.md
+    python -m thresher.pipeline.reference > docs/config-reference.md
 
 A config dataclass is one whose fields are declared with `config.opt` (so they carry help text). Every
 module of the `pipeline` package is searched for them, so a new config shows up without a list to
@@ -20,55 +20,74 @@ import typing
 
 import yaml
 
-COMMAND = "python -m pipeline.reference > docs/config-reference.md"
+COMMAND = "python -m thresher.pipeline.reference > docs/config-reference.md"
 
 # "module.Class": (the thresher command whose flags set its fields, or None; where it is used).
 # The order is the pipeline's.
 USAGE: dict[str, tuple[str | None, str]] = {
-    "pipeline.synth.SynthConfig": (
-        "synth", "Used by `thresher synth`. `--config` takes a YAML file or a preset in `configs/synth/`; every field "
-                 "is also a flag, which wins over the file."),
-    "pipeline.download.DownloadConfig": (
-        "download", "Used by `thresher download`. `--config` takes a YAML file or a preset in `configs/download/` "
-                    "(`datacomp`, `demo`); every field is also a flag, which wins over the file. A re-run on "
-                    "the same pool must keep the settings, apart from `processes`, `threads`, `shard_retries` "
-                    "and `shard_deadline_s`."),
-    "pipeline.features.ScorerConfig": (
-        "features", "Used by `thresher features`: one scorer per `--model` (paired in order with `--pretrained` and "
-                    "`--scorer-id`); the other flags apply to every scorer. A field without a flag keeps its "
-                    "default."),
-    "pipeline.dedup.DedupConfig": (
-        "dedup", "Used by `thresher dedup`. `--config` takes a YAML file or a preset in `configs/dedup/`; every field "
-                 "is also a flag, which wins over the file. Without `--config`, the defaults below apply."),
-    "pipeline.filter.Recipe": (
-        None, "A recipe file: a preset in `configs/recipes/`, or any YAML file given to `--recipe` "
-              "(`thresher filter`, `thresher subset`). See [filters.md](filters.md)."),
-    "pipeline.filter.Step": (
-        None, "One entry of a recipe's `steps`. An entry may instead be `{include: OTHER}`, which puts "
-              "another recipe's steps in its place. `params` are the filter's parameters: see "
-              "[Filter parameters](#filter-parameters)."),
-    "pipeline.subset.SubsetConfig": ("subset", "Used by `thresher subset`."),
-    "pipeline.train.TrainConfig": (
-        "train", "Used by `thresher train` without `--scale` (for example, a data-filtering network)."),
-    "pipeline.train.Scale": (
-        None, "A scale: the fixed training recipe of `thresher train --scale` and `thresher grid --scale`. A "
-              "YAML file (presets in `configs/scales/`) holds one scale, or a set under `scales:` with shared "
-              "`defaults:`; `SET/NAME` names one scale of a set. See [scaling-laws.md](scaling-laws.md)."),
+    "thresher.pipeline.synth.SynthConfig": (
+        "synth",
+        "Used by `thresher synth`. `--config` takes a YAML file or a preset in `configs/synth/`; every field "
+        "is also a flag, which wins over the file.",
+    ),
+    "thresher.pipeline.download.DownloadConfig": (
+        "download",
+        "Used by `thresher download`. `--config` takes a YAML file or a preset in `configs/download/` "
+        "(`datacomp`, `demo`); every field is also a flag, which wins over the file. A re-run on "
+        "the same pool must keep the settings, apart from `processes`, `threads`, `shard_retries` "
+        "and `shard_deadline_s`.",
+    ),
+    "thresher.pipeline.features.ScorerConfig": (
+        "features",
+        "Used by `thresher features`: one scorer per `--model` (paired in order with `--pretrained` and "
+        "`--scorer-id`); the other flags apply to every scorer. A field without a flag keeps its "
+        "default.",
+    ),
+    "thresher.pipeline.dedup.DedupConfig": (
+        "dedup",
+        "Used by `thresher dedup`. `--config` takes a YAML file or a preset in `configs/dedup/`; every field "
+        "is also a flag, which wins over the file. Without `--config`, the defaults below apply.",
+    ),
+    "thresher.pipeline.filter.Recipe": (
+        None,
+        "A recipe file: a preset in `configs/recipes/`, or any YAML file given to `--recipe` "
+        "(`thresher filter`, `thresher subset`). See [filters.md](filters.md).",
+    ),
+    "thresher.pipeline.filter.Step": (
+        None,
+        "One entry of a recipe's `steps`. An entry may instead be `{include: OTHER}`, which puts "
+        "another recipe's steps in its place. `params` are the filter's parameters: see "
+        "[Filter parameters](#filter-parameters).",
+    ),
+    "thresher.pipeline.subset.SubsetConfig": ("subset", "Used by `thresher subset`."),
+    "thresher.pipeline.train.TrainConfig": (
+        "train",
+        "Used by `thresher train` without `--scale` (for example, a data-filtering network).",
+    ),
+    "thresher.pipeline.train.Scale": (
+        None,
+        "A scale: the fixed training recipe of `thresher train --scale` and `thresher grid --scale`. A "
+        "YAML file (presets in `configs/scales/`) holds one scale, or a set under `scales:` with shared "
+        "`defaults:`; `SET/NAME` names one scale of a set. See [scaling-laws.md](scaling-laws.md).",
+    ),
 }
-FILTERS_AFTER = "pipeline.filter.Step"  # the filter parameters section follows this config
+FILTERS_AFTER = "thresher.pipeline.filter.Step"  # the filter parameters section follows this config
 
 
 def config_classes() -> list[type]:
     """Every dataclass in the pipeline package with at least one field declared by `opt`: known ones
     in USAGE's order, then any others by module and name."""
-    import pipeline
-
+    package = importlib.import_module(__package__)  # thresher.pipeline, however it is installed
     found: dict[str, type] = {}
-    for info in sorted(pkgutil.iter_modules(pipeline.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"pipeline.{info.name}")
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__package__}.{info.name}")
         for obj in vars(module).values():
-            if inspect.isclass(obj) and dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__ \
-                    and any("help" in f.metadata for f in dataclasses.fields(obj)):
+            if (
+                inspect.isclass(obj)
+                and dataclasses.is_dataclass(obj)
+                and obj.__module__ == module.__name__
+                and any("help" in f.metadata for f in dataclasses.fields(obj))
+            ):
                 found[f"{obj.__module__}.{obj.__qualname__}"] = obj
     known = [found.pop(name) for name in USAGE if name in found]
     return known + [found[name] for name in sorted(found)]
@@ -78,8 +97,11 @@ def _flags(command: str) -> dict[str, str]:
     """dest -> the option strings of one `thresher` command, from the command registry."""
     from .commands import COMMANDS, arguments
 
-    return {a.dest: ", ".join(f"`{o}`" for o in a.option_strings) for a in arguments(COMMANDS[command].args)
-            if a.flags and a.dest not in ("ray_address", "config")}
+    return {
+        a.dest: ", ".join(f"`{o}`" for o in a.option_strings)
+        for a in arguments(COMMANDS[command].args)
+        if a.flags and a.dest not in ("ray_address", "config")
+    }
 
 
 def _type(tp) -> str:
@@ -127,14 +149,18 @@ def _doc(obj) -> str:
 
 
 def _filters() -> list[str]:
-    from filters import api
+    from ..filters import api
 
-    out = ["## Filter parameters", "",
-           "The `params` of a recipe step, for each built-in filter (`filters/builtin.py`). *Scores: yes* "
-           "means the filter returns a score, so its step may take `top_fraction`. Filters from plugins are "
-           "not listed here: `thresher filters` lists every filter registered in your environment.", ""]
+    out = [
+        "## Filter parameters",
+        "",
+        "The `params` of a recipe step, for each built-in filter (`filters/builtin.py`). *Scores: yes* "
+        "means the filter returns a score, so its step may take `top_fraction`. Filters from plugins are "
+        "not listed here: `thresher filters` lists every filter registered in your environment.",
+        "",
+    ]
     for name, spec in api.known().items():
-        if spec.fn.__module__ != "filters.builtin":
+        if spec.fn.__module__ != "thresher.filters.builtin":
             continue
         out += [f"### `{name}`", "", f"{_doc(spec.fn)} Scores: {'yes' if spec.scores else 'no'}.", ""]
         out += _table(spec.params, None, first="parameter") + [""]
@@ -143,16 +169,27 @@ def _filters() -> list[str]:
 
 def render() -> str:
     classes = config_classes()
-    out = ["# Config reference", "",
-           "Every setting of every config, with its type and default: what you can put in a config file or "
-           "a recipe, and which flag sets it on the command line.", "",
-           "This page is generated from the config dataclasses; do not edit it by hand. After changing a "
-           "config, regenerate it:", "",
-           "```bash", COMMAND, "```", "",
-           "`tests/test_reference.py` fails while it is out of date.", "",
-           "Config files are YAML. An unknown field, or a value of the wrong type, stops the command with an "
-           "error that names the file and the field. A flag given on the command line wins over the file.",
-           "", "## Contents", ""]
+    out = [
+        "# Config reference",
+        "",
+        "Every setting of every config, with its type and default: what you can put in a config file or "
+        "a recipe, and which flag sets it on the command line.",
+        "",
+        "This page is generated from the config dataclasses; do not edit it by hand. After changing a "
+        "config, regenerate it:",
+        "",
+        "```bash",
+        COMMAND,
+        "```",
+        "",
+        "`tests/test_reference.py` fails while it is out of date.",
+        "",
+        "Config files are YAML. An unknown field, or a value of the wrong type, stops the command with an "
+        "error that names the file and the field. A flag given on the command line wins over the file.",
+        "",
+        "## Contents",
+        "",
+    ]
     for cls in classes:
         out.append(f"- [{cls.__name__}](#{cls.__name__.lower()})")
         if f"{cls.__module__}.{cls.__qualname__}" == FILTERS_AFTER:
@@ -161,8 +198,11 @@ def render() -> str:
     for cls in classes:
         key = f"{cls.__module__}.{cls.__qualname__}"
         command, usage = USAGE.get(key, (None, _doc(cls)))
-        out += [f"## {cls.__name__}", "", usage, "", f"Defined in `{key}`.", ""] if usage else \
-            [f"## {cls.__name__}", "", f"Defined in `{key}`.", ""]
+        out += (
+            [f"## {cls.__name__}", "", usage, "", f"Defined in `{key}`.", ""]
+            if usage
+            else [f"## {cls.__name__}", "", f"Defined in `{key}`.", ""]
+        )
         out += _table(cls, _flags(command) if command else None) + [""]
         if key == FILTERS_AFTER:
             out += _filters()

@@ -14,8 +14,9 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import fsspec
 
@@ -23,9 +24,22 @@ log = logging.getLogger("thresher")
 
 # The packages whose versions a manifest records.
 TRACKED_PACKAGES = (
-    "thresher", "ray", "pyarrow", "img2dataset", "webdataset", "open_clip_torch", "torch",
-    "torchvision", "faiss-cpu", "fasttext-numpy2", "datatrove", "numpy", "pillow",
-    "opencv-python-headless", "pdqhash", "fsspec",
+    "thresher",
+    "ray",
+    "pyarrow",
+    "img2dataset",
+    "webdataset",
+    "open_clip_torch",
+    "torch",
+    "torchvision",
+    "faiss-cpu",
+    "fasttext-numpy2",
+    "datatrove",
+    "numpy",
+    "pillow",
+    "opencv-python-headless",
+    "pdqhash",
+    "fsspec",
 )
 
 
@@ -85,8 +99,10 @@ def output_lock(directory: str, what: str):
     path = os.path.join(directory, ".thresher.lock")
     lock = fasteners.InterProcessLock(path)
     if not lock.acquire(blocking=False):
-        raise InputError(f"{directory}: {what} is being written by another run right now; wait for it to "
-                         f"finish (then run again: finished work is kept), or choose another output")
+        raise InputError(
+            f"{directory}: {what} is being written by another run right now; wait for it to "
+            f"finish (then run again: finished work is kept), or choose another output"
+        )
     try:
         yield
     finally:
@@ -144,7 +160,9 @@ def holds(where: Callable[..., str], what: str):
         def inner(*args, **kwargs):
             with output_lock(where(*args, **kwargs), what):
                 return fn(*args, **kwargs)
+
         return inner
+
     return wrap
 
 
@@ -178,7 +196,7 @@ def read_parquet(url: str, columns: list[str] | None = None, use_threads: bool =
     # A local file is opened by Arrow itself. Read through a Python file object, Arrow can leave cleanup
     # running after read_table returns, which now and then aborts the interpreter at exit ("terminate
     # called without an active exception", exit 134; apache/arrow#33975): measured 3 in 60 runs, 0 in 60.
-    with (pa.OSFile(path, "rb") if isinstance(fs, LocalFileSystem) else fs.open(path, "rb")) as f:
+    with pa.OSFile(path, "rb") if isinstance(fs, LocalFileSystem) else fs.open(path, "rb") as f:
         return pq.read_table(f, columns=columns, use_threads=use_threads)
 
 
@@ -243,8 +261,11 @@ def git_commit() -> str | None:
 
 def provenance() -> dict[str, Any]:
     """What every manifest records about the run that wrote it: when, which code, which packages."""
-    return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": code_version(),
-            "packages": package_versions()}
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "code": code_version(),
+        "packages": package_versions(),
+    }
 
 
 def code_version() -> dict[str, Any]:

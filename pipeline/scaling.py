@@ -40,7 +40,7 @@ OFFSET_MIN_POINTS = 8  # the offset form is tried only on frontiers at least thi
 
 @dataclass
 class Law:
-    form: str                  # "power" or "offset"
+    form: str  # "power" or "offset"
     A: float
     alpha: float
     E: float
@@ -49,11 +49,18 @@ class Law:
     raw: tuple | None = field(default=None, repr=False, compare=False)  # (scaled params, x_ref): refit start
 
     @classmethod
-    def from_scaled(cls, form: str, p: np.ndarray, ref: float, loss: float) -> "Law":
+    def from_scaled(cls, form: str, p: np.ndarray, ref: float, loss: float) -> Law:
         """A law from parameters fitted in scaled units (c = x / ref, log A)."""
         alpha = float(p[1])
-        return cls(form, A=float(math.exp(p[0]) * ref ** alpha), alpha=alpha, E=float(p[2]),
-                   C0=float(p[3] * ref) if form == "offset" else None, loss=loss, raw=(p, ref))
+        return cls(
+            form,
+            A=float(math.exp(p[0]) * ref**alpha),
+            alpha=alpha,
+            E=float(p[2]),
+            C0=float(p[3] * ref) if form == "offset" else None,
+            loss=loss,
+            raw=(p, ref),
+        )
 
     def predict(self, c) -> np.ndarray:
         c = np.asarray(c, dtype=float)
@@ -68,6 +75,7 @@ class Law:
 
 # ---------------------------------------------------------------------------------------------------
 # Frontier
+
 
 def pareto_frontier(x: np.ndarray, y: np.ndarray, bins_per_decade: float = 4.0) -> np.ndarray:
     """Indices of the frontier: per log-spaced bin of x, the point of lowest y; then only bins whose
@@ -126,11 +134,14 @@ FRONTIERS = ("bins", "laion")
 def frontier_of(x: np.ndarray, y: np.ndarray, rule: str = "bins", bins_per_decade: float = 4.0) -> np.ndarray:
     """The frontier's indices by `rule`: our log10 bins, or the LAION rule (what `--frontier` picks)."""
     return laion_frontier(x, y) if rule == "laion" else pareto_frontier(x, y, bins_per_decade)
+
+
 LOSSES = ("log", "mse")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Fitting
+
 
 def _fit_form(form: str, c: np.ndarray, y: np.ndarray, starts: list[np.ndarray], loss: str = "log"):
     """Best least-squares fit over `starts`, in scaled units (c = x / x_ref). loss "log": residuals of
@@ -160,7 +171,7 @@ def _fit_form(form: str, c: np.ndarray, y: np.ndarray, starts: list[np.ndarray],
             r = least_squares(resid, p0, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=400)
         except (ValueError, FloatingPointError):
             continue
-        mean_sq = float(np.mean(r.fun ** 2))
+        mean_sq = float(np.mean(r.fun**2))
         if np.isfinite(mean_sq) and (best is None or mean_sq < best[1]):
             best = (r.x, mean_sq)
     return best
@@ -245,7 +256,7 @@ def interval(values, level: float = 0.95) -> tuple[float, float]:
 class GroupFit:
     name: str
     law: Law
-    frontier: np.ndarray       # indices into the group's points
+    frontier: np.ndarray  # indices into the group's points
     x: np.ndarray
     y: np.ndarray
     boots: list = field(default_factory=list)
@@ -272,14 +283,26 @@ class GroupFit:
         n = len(self.frontier)
         h = float(stats.norm.ppf(1 - q)) * math.sqrt(self.law.loss * n / max(n - k, 1))
         if self.loss == "log":  # residuals of log-errors: the band is multiplicative
-            return (p * np.exp(-np.hypot(np.log(p / np.maximum(lo, 1e-300)), h)),
-                    p * np.exp(np.hypot(np.log(np.maximum(hi, 1e-300) / p), h)))
+            return (
+                p * np.exp(-np.hypot(np.log(p / np.maximum(lo, 1e-300)), h)),
+                p * np.exp(np.hypot(np.log(np.maximum(hi, 1e-300) / p), h)),
+            )
         return p - np.hypot(p - lo, h), p + np.hypot(hi - p, h)
 
 
-def fit_group(name: str, x, y, *, holdout_above: float | None = None, n_bootstrap: int = 200,
-              bins_per_decade: float = 4.0, seed: int = 0, forms=("power", "offset"), frontier: str = "bins",
-              loss: str = "log") -> GroupFit:
+def fit_group(
+    name: str,
+    x,
+    y,
+    *,
+    holdout_above: float | None = None,
+    n_bootstrap: int = 200,
+    bins_per_decade: float = 4.0,
+    seed: int = 0,
+    forms=("power", "offset"),
+    frontier: str = "bins",
+    loss: str = "log",
+) -> GroupFit:
     if frontier not in FRONTIERS or loss not in LOSSES:
         raise InputError(f"frontier must be one of {FRONTIERS} and loss one of {LOSSES}")
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -287,9 +310,11 @@ def fit_group(name: str, x, y, *, holdout_above: float | None = None, n_bootstra
     idx = np.flatnonzero(usable)
     front = idx[frontier_of(x[idx], y[idx], frontier, bins_per_decade)]
     if len(front) < 3:
-        raise InputError(f"group {name!r}: {len(front)} frontier point(s)" +
-                         (f" at or below --holdout-above {holdout_above}" if holdout_above is not None else "") +
-                         "; a fit needs at least 3 (more compute scales, or fewer bins per decade)")
+        raise InputError(
+            f"group {name!r}: {len(front)} frontier point(s)"
+            + (f" at or below --holdout-above {holdout_above}" if holdout_above is not None else "")
+            + "; a fit needs at least 3 (more compute scales, or fewer bins per decade)"
+        )
     law = fit_law(x[front], y[front], forms, loss=loss)
     boots = bootstrap(x[front], y[front], law, n_bootstrap, seed, loss) if n_bootstrap else []
     return GroupFit(name, law, front, x, y, boots, holdout_above, loss)
@@ -301,35 +326,54 @@ def describe(g: GroupFit, predict: list[float]) -> dict:
     for c in predict:
         lo, hi = g.band(np.array([c]))
         preds.append({"x": c, "y": float(g.law.predict(c)), "lo": float(lo[0]), "hi": float(hi[0])})
-    out = {"form": g.law.form, "params": g.law.params(), "params_ci95": params_ci,
-           "loss": g.law.loss, "bootstraps": len(g.boots),
-           "frontier": [{"x": float(g.x[i]), "y": float(g.y[i])} for i in g.frontier],
-           "points": int(len(g.x)), "predictions": preds}
+    out = {
+        "form": g.law.form,
+        "params": g.law.params(),
+        "params_ci95": params_ci,
+        "loss": g.law.loss,
+        "bootstraps": len(g.boots),
+        "frontier": [{"x": float(g.x[i]), "y": float(g.y[i])} for i in g.frontier],
+        "points": int(len(g.x)),
+        "predictions": preds,
+    }
     if g.holdout_above is not None:
         above = np.flatnonzero(g.x > g.holdout_above)
         # the points above the cut that are on the whole data's frontier: what the law claims to predict
         whole = set(pareto_frontier(g.x, g.y).tolist())
         lo, hi = g.band(g.x[above]) if len(above) else (np.array([]), np.array([]))
         plo, phi = g.band(g.x[above], "prediction") if len(above) else (np.array([]), np.array([]))
-        rows = [{"x": float(g.x[i]), "actual": float(g.y[i]), "predicted": float(g.law.predict(g.x[i])),
-                 "lo": float(lo[j]), "hi": float(hi[j]), "inside_ci": bool(lo[j] <= g.y[i] <= hi[j]),
-                 "prediction_lo": float(plo[j]), "prediction_hi": float(phi[j]),
-                 "inside_prediction": bool(plo[j] <= g.y[i] <= phi[j]), "frontier": i in whole}
-                for j, i in enumerate(above)]
+        rows = [
+            {
+                "x": float(g.x[i]),
+                "actual": float(g.y[i]),
+                "predicted": float(g.law.predict(g.x[i])),
+                "lo": float(lo[j]),
+                "hi": float(hi[j]),
+                "inside_ci": bool(lo[j] <= g.y[i] <= hi[j]),
+                "prediction_lo": float(plo[j]),
+                "prediction_hi": float(phi[j]),
+                "inside_prediction": bool(plo[j] <= g.y[i] <= phi[j]),
+                "frontier": i in whole,
+            }
+            for j, i in enumerate(above)
+        ]
         err = [r["predicted"] - r["actual"] for r in rows]
         front = [r for r in rows if r["frontier"]]
-        out["holdout"] = {"above": g.holdout_above, "points": rows,
-                          "rmse": float(np.sqrt(np.mean(np.square(err)))) if err else None,
-                          "band": "prediction (95%: curve bootstrap + the fitted points' scatter), scored on "
-                                  "the held-out points on the whole data's frontier",
-                          "share_inside_prediction": float(np.mean([r["inside_prediction"] for r in front]))
-                          if front else None,
-                          "share_inside_curve": float(np.mean([r["inside_ci"] for r in front])) if front else None}
+        out["holdout"] = {
+            "above": g.holdout_above,
+            "points": rows,
+            "rmse": float(np.sqrt(np.mean(np.square(err)))) if err else None,
+            "band": "prediction (95%: curve bootstrap + the fitted points' scatter), scored on "
+            "the held-out points on the whole data's frontier",
+            "share_inside_prediction": float(np.mean([r["inside_prediction"] for r in front])) if front else None,
+            "share_inside_curve": float(np.mean([r["inside_ci"] for r in front])) if front else None,
+        }
     return out
 
 
 # ---------------------------------------------------------------------------------------------------
 # Tables
+
 
 def read_table(path: str):
     import pandas as pd
@@ -375,32 +419,75 @@ def points(df, x: str, y: str, group: str | None, accuracy: bool, where: str):
     return groups
 
 
-def fit_table(path: str, x: str, y: str, group: str | None, out: str, *, accuracy: bool = False,
-              holdout_above: float | None = None, predict: list[float] | None = None, n_bootstrap: int = 200,
-              bins_per_decade: float = 4.0, forms=("power", "offset"), seed: int = 0, frontier: str = "bins",
-              loss: str = "log") -> dict:
+def fit_table(
+    path: str,
+    x: str,
+    y: str,
+    group: str | None,
+    out: str,
+    *,
+    accuracy: bool = False,
+    holdout_above: float | None = None,
+    predict: list[float] | None = None,
+    n_bootstrap: int = 200,
+    bins_per_decade: float = 4.0,
+    forms=("power", "offset"),
+    seed: int = 0,
+    frontier: str = "bins",
+    loss: str = "log",
+) -> dict:
     import os
 
     df = read_table(path)
     fits = {}
     for name, (xs, ys) in points(df, x, y, group, accuracy, path).items():
-        fits[name] = fit_group(name, xs, ys, holdout_above=holdout_above, n_bootstrap=n_bootstrap,
-                               bins_per_decade=bins_per_decade, seed=seed, forms=forms, frontier=frontier, loss=loss)
-    result = {"source": path, "x": x, "y": y, "group": group, "accuracy": accuracy, "frontier": frontier, "loss": loss,
-              "groups": {k: describe(g, predict or []) for k, g in fits.items()}}
+        fits[name] = fit_group(
+            name,
+            xs,
+            ys,
+            holdout_above=holdout_above,
+            n_bootstrap=n_bootstrap,
+            bins_per_decade=bins_per_decade,
+            seed=seed,
+            forms=forms,
+            frontier=frontier,
+            loss=loss,
+        )
+    result = {
+        "source": path,
+        "x": x,
+        "y": y,
+        "group": group,
+        "accuracy": accuracy,
+        "frontier": frontier,
+        "loss": loss,
+        "groups": {k: describe(g, predict or []) for k, g in fits.items()},
+    }
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "fits.json"), "w") as f:
         json.dump(result, f, indent=2)
-    plot(fits, os.path.join(out, "fits.png"), x_label=x, y_label=("1 - " + y) if accuracy else y,
-         extend_to=max([*(predict or []), *[float(g.x.max()) for g in fits.values()]]))
+    plot(
+        fits,
+        os.path.join(out, "fits.png"),
+        x_label=x,
+        y_label=("1 - " + y) if accuracy else y,
+        extend_to=max([*(predict or []), *[float(g.x.max()) for g in fits.values()]]),
+    )
     return result
 
 
 # ---------------------------------------------------------------------------------------------------
 # Plots
 
-def plot(fits: dict[str, GroupFit], path: str, x_label: str, y_label: str, extend_to: float | None = None,
-         marker: float | None = None) -> None:
+
+def plot(
+    fits: dict[str, GroupFit],
+    path: str,
+    x_label: str,
+    y_label: str,
+    extend_to: float | None = None,
+    marker: float | None = None,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -411,14 +498,24 @@ def plot(fits: dict[str, GroupFit], path: str, x_label: str, y_label: str, exten
     for k, (name, g) in enumerate(fits.items()):
         col = colors[k % len(colors)]
         ax.scatter(g.x, g.y, s=10, color=col, alpha=0.25, label=f"{name}: all points")
-        ax.scatter(g.x[g.frontier], g.y[g.frontier], s=28, color=col, edgecolor="black", linewidth=0.5,
-                   label=f"{name}: frontier")
+        ax.scatter(
+            g.x[g.frontier],
+            g.y[g.frontier],
+            s=28,
+            color=col,
+            edgecolor="black",
+            linewidth=0.5,
+            label=f"{name}: frontier",
+        )
         lo_x = float(g.x[g.frontier].min())
         hi_x = float(g.x[g.frontier].max())
         inside = np.geomspace(lo_x, hi_x, 200)
         p = g.law
-        law_txt = (f"{p.A:.3g}·C^-{p.alpha:.3f} + {p.E:.3f}" if p.form == "power"
-                   else f"{p.A:.3g}·(C+{p.C0:.3g})^-{p.alpha:.3f} + {p.E:.3f}")
+        law_txt = (
+            f"{p.A:.3g}·C^-{p.alpha:.3f} + {p.E:.3f}"
+            if p.form == "power"
+            else f"{p.A:.3g}·(C+{p.C0:.3g})^-{p.alpha:.3f} + {p.E:.3f}"
+        )
         ax.plot(inside, p.predict(inside), color=col, label=f"{name}: {law_txt}")
         top = max(extend_to or hi_x, hi_x, float(g.x.max()))
         full = np.geomspace(lo_x, top, 300)

@@ -39,11 +39,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import execute, runtime, schema, topk
-from .pool import Pool
 from . import filter as filtering
 from .config import check_name, opt, to_dict
 from .errors import InputError, StageError
 from .hashes import normalize_url
+from .pool import Pool
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 MTIME = 0  # tar member times are fixed so the same selection gives byte-identical shards
@@ -55,13 +55,17 @@ class SubsetConfig:
     seed: int = opt(0, "seed of the uniform draw and of the shuffle across shards")
     samples_per_shard: int = opt(10000, "samples per output shard (the last may hold fewer)")
     allow_repeat: bool = opt(False, "when a recipe keeps fewer than size samples, repeat them instead of failing")
-    draws: int = opt(1, "independent draws per recipe, each its own seed (seed, seed+1, ...) and its own "
-                        "directory OUT[/RECIPE]/draw-K: replicates for an A/B comparison")
+    draws: int = opt(
+        1,
+        "independent draws per recipe, each its own seed (seed, seed+1, ...) and its own "
+        "directory OUT[/RECIPE]/draw-K: replicates for an A/B comparison",
+    )
 
 
 @dataclass
 class Exclusion:
     """Samples no subset may hold (takedowns, opt-outs): by normalised URL or by host (and its subdomains)."""
+
     urls: set = field(default_factory=set)
     domains: set = field(default_factory=set)
 
@@ -90,6 +94,7 @@ def _host_matches(url: str, domains: set) -> bool:
 
 def read_exclusion(urls_file: str | None = None, domains_file: str | None = None) -> Exclusion:
     """One entry per line; blank lines and lines starting with # are skipped."""
+
     def lines(path):
         fs, p = runtime.fs_path(path)
         if not fs.exists(p):
@@ -110,10 +115,11 @@ def read_exclusion(urls_file: str | None = None, domains_file: str | None = None
 # ---------------------------------------------------------------------------------------------------
 # Selection keys: larger is better; ties go to the smaller uid
 
+
 @dataclass
 class Rule:
-    mode: str                  # "top_score" or "uniform"
-    step: int | None = None    # for top_score: the ranking step's index in the recipe
+    mode: str  # "top_score" or "uniform"
+    step: int | None = None  # for top_score: the ranking step's index in the recipe
     step_name: str | None = None
     seed: int = 0
 
@@ -132,8 +138,9 @@ def rule_for(decisions_manifest: dict, seed: int) -> Rule:
 def uid_keys(uids: list[str], seed: int) -> np.ndarray:
     """uint32 from a keyed hash of each uid: a uniform draw that is the same wherever it is computed."""
     key = int(seed).to_bytes(8, "little", signed=True)
-    return np.frombuffer(b"".join(hashlib.blake2b(u.encode(), digest_size=4, key=key).digest() for u in uids),
-                         dtype=">u4").astype(np.uint32)
+    return np.frombuffer(
+        b"".join(hashlib.blake2b(u.encode(), digest_size=4, key=key).digest() for u in uids), dtype=">u4"
+    ).astype(np.uint32)
 
 
 def selection_keys(dec: pa.Table, rule: Rule) -> np.ndarray:
@@ -163,8 +170,10 @@ def _candidates(pool: str, recipe: str, shard: int, rule: Rule, exclude: Exclusi
     except (KeyError, pa.ArrowInvalid):  # a file without step_scores: the check below names it
         dec = runtime.read_parquet(path, use_threads=False)
     if "step_scores" not in dec.column_names:
-        raise InputError(f"{pool}: decisions of {recipe} shard {shard:08d} predate per-step scores; "
-                         f"run `thresher filter {pool} --recipe {recipe}` again")
+        raise InputError(
+            f"{pool}: decisions of {recipe} shard {shard:08d} predate per-step scores; "
+            f"run `thresher filter {pool} --recipe {recipe}` again"
+        )
     mask = dec.column("keep").to_numpy(zero_copy_only=False).astype(bool)
     if exclude:
         urls = Pool(pool).shard_table(shard, {"uid": "metadata", "url": "metadata"})
@@ -189,7 +198,8 @@ def _bin_task(shard, pool, recipe, rule, exclude, bin_index):
 @dataclass
 class Cut:
     """Everything ranked at or above (key, uid) is in: key > cut.key, or key == cut.key and uid <= cut.uid."""
-    key: int | None = None    # None: everything is in
+
+    key: int | None = None  # None: everything is in
     uid: str | None = None
 
     def inside(self, keys: np.ndarray, uids: np.ndarray) -> np.ndarray:
@@ -199,8 +209,11 @@ class Cut:
         out = keys > self.key
         tie = np.flatnonzero(keys == self.key)  # uids are read and compared only where keys tie
         if len(tie):
-            tied = np.asarray(uids.take(pa.array(tie)).to_pylist(), dtype=object) \
-                if isinstance(uids, (pa.Array, pa.ChunkedArray)) else np.asarray(uids)[tie]
+            tied = (
+                np.asarray(uids.take(pa.array(tie)).to_pylist(), dtype=object)
+                if isinstance(uids, (pa.Array, pa.ChunkedArray))
+                else np.asarray(uids)[tie]
+            )
             out[tie] = tied <= self.uid
         return out
 
@@ -222,6 +235,7 @@ def find_cut(hist: np.ndarray, rank: int, in_bin) -> Cut:
 
 # ---------------------------------------------------------------------------------------------------
 # The shuffle: a seeded bijection of [0, n) that any task can evaluate or invert for its own slice
+
 
 def _round(x: np.ndarray, key: int, mask: int) -> np.ndarray:
     z = (x ^ np.uint64(key)) * np.uint64(0x9E3779B97F4A7C15)
@@ -271,6 +285,7 @@ class Shuffle:
 # ---------------------------------------------------------------------------------------------------
 # Per pool shard: the index of selected samples (where their members are, their metadata)
 
+
 def _member_index(pool: str, shard: int) -> dict[str, list[tuple[str, int, int]]]:
     """key -> [(extension, data offset, size)] of a pool tar, reading only its headers."""
     fs, path = runtime.fs_path(Pool(pool).tar(shard))
@@ -288,8 +303,11 @@ def _member_index(pool: str, shard: int) -> dict[str, list[tuple[str, int, int]]
 
 def _feature_columns(pool: str) -> dict[str, str]:
     """Columns a subset carries per sample: metadata, base features and CLIP scores (not embeddings)."""
-    return {c: src for c, src in Pool(pool).available_columns().items()
-            if src == "metadata" or src == "base" or src.startswith("score:")}
+    return {
+        c: src
+        for c, src in Pool(pool).available_columns().items()
+        if src == "metadata" or src == "base" or src.startswith("score:")
+    }
 
 
 def _index_task(shard, pool, recipe, rule, exclude, cut, repeat, out_dir):
@@ -297,8 +315,11 @@ def _index_task(shard, pool, recipe, rule, exclude, cut, repeat, out_dir):
     order, with their tar members and every column the subset's metadata and lineage need."""
     dec, mask, keys = _candidates(pool, recipe, shard, rule, exclude)
     uids = dec.column("uid")
-    copies = np.where(mask, repeat["each"], 0) + (mask & cut.inside(keys, uids)).astype(np.int64) \
-        if repeat else (mask & cut.inside(keys, uids)).astype(np.int64)
+    copies = (
+        np.where(mask, repeat["each"], 0) + (mask & cut.inside(keys, uids)).astype(np.int64)
+        if repeat
+        else (mask & cut.inside(keys, uids)).astype(np.int64)
+    )
     rows = np.repeat(np.arange(len(uids)), copies)
     copy = (np.arange(len(rows)) - np.repeat(np.cumsum(copies) - copies, copies)).astype(np.int32)
     table = Pool(pool).shard_table(shard, _feature_columns(pool))
@@ -314,20 +335,27 @@ def _index_task(shard, pool, recipe, rule, exclude, cut, repeat, out_dir):
     out = table.take(idx)
     out = out.append_column("pool_shard", pa.array(np.full(len(rows), shard, np.int32)))
     out = out.append_column("copy", pa.array(copy))
-    out = out.append_column("downloaded_at", pa.array(np.full(len(rows), int(stats["end_time"] * 1000), np.int64))
-                            .cast(pa.timestamp("ms", tz="UTC")))
+    out = out.append_column(
+        "downloaded_at",
+        pa.array(np.full(len(rows), int(stats["end_time"] * 1000), np.int64)).cast(pa.timestamp("ms", tz="UTC")),
+    )
     out = out.append_column("recipe_score", dec.column("score").take(idx))
     out = out.append_column("rank_key", pa.array(keys[rows].astype(np.int64)))
     out = out.append_column("step_scores", dec.column("step_scores").take(idx))
-    out = out.append_column("members", pa.array(
-        [[{"ext": e, "offset": o, "size": s} for e, o, s in sorted(members[pool_keys[i]])] for i in rows],
-        pa.list_(pa.struct([("ext", pa.string()), ("offset", pa.int64()), ("size", pa.int64())]))))
+    out = out.append_column(
+        "members",
+        pa.array(
+            [[{"ext": e, "offset": o, "size": s} for e, o, s in sorted(members[pool_keys[i]])] for i in rows],
+            pa.list_(pa.struct([("ext", pa.string()), ("offset", pa.int64()), ("size", pa.int64())])),
+        ),
+    )
     runtime.write_parquet(out, runtime.join(out_dir, f"{shard:08d}.parquet"))
     return {"count": 1, "selected": len(rows)}  # progress counts pool shards here
 
 
 # ---------------------------------------------------------------------------------------------------
 # Per output shard: stream members into a new tar, write its metadata and lineage part
+
 
 class _HashingWriter:
     """File wrapper that hashes what goes through it, so a shard's sha256 costs no second read."""
@@ -410,9 +438,14 @@ def _write_shard_task(j, plan, work):
     runtime.write_parquet(lineage, runtime.join(work, "lineage", f"{name}.parquet"))
     runtime.move(runtime.join(work, "tmp", f"{name}.parquet"), runtime.join(plan["out"], f"{name}.parquet"))
     runtime.move(tmp_tar, runtime.join(plan["out"], f"{name}.tar"))
-    stats = {"name": f"{name}.tar", "samples": rows.num_rows, "sha256": tar_sha, "bytes": tar_bytes,
-             "parquet": f"{name}.parquet", "parquet_sha256": runtime.file_sha256(runtime.join(plan["out"],
-                                                                                            f"{name}.parquet"))}
+    stats = {
+        "name": f"{name}.tar",
+        "samples": rows.num_rows,
+        "sha256": tar_sha,
+        "bytes": tar_bytes,
+        "parquet": f"{name}.parquet",
+        "parquet_sha256": runtime.file_sha256(runtime.join(plan["out"], f"{name}.parquet")),
+    }
     runtime.write_json(runtime.join(work, "done", f"{name}.json"), stats)  # completion marker: last
     return {**stats, "count": rows.num_rows}
 
@@ -430,23 +463,34 @@ def subset_metadata(rows: pa.Table, keys: list[str]) -> pa.Table:
 
 def lineage_rows(rows: pa.Table, keys: list[str], image_sha: list, shard: int, step_names, step_filters):
     scores = rows.column("step_scores").to_pylist()
-    steps = [[{"step": n, "filter": f, "score": s, "decision": "kept"}
-              for n, f, s in zip(step_names, step_filters, sc)] for sc in scores]
-    return pa.table({
-        "uid": rows.column("uid"), "url": rows.column("url"),
-        "pool_shard": rows.column("pool_shard"), "pool_key": rows.column("key"),
-        # shard_table keeps only successful downloads, so every selected sample's status is "success"
-        "status": pa.array(["success"] * rows.num_rows, pa.string()), "downloaded_at": rows.column("downloaded_at"),
-        "source_sha256": rows.column("sha256"), "image_sha256": pa.array(image_sha, pa.string()),
-        "steps": pa.array(steps, schema.LINEAGE.field("steps").type),
-        "rank_key": rows.column("rank_key"),
-        "subset_shard": pa.array(np.full(rows.num_rows, shard, np.int32)),
-        "subset_key": pa.array(keys, pa.string()), "copy": rows.column("copy"),
-    }, schema=schema.LINEAGE)
+    steps = [
+        [{"step": n, "filter": f, "score": s, "decision": "kept"} for n, f, s in zip(step_names, step_filters, sc)]
+        for sc in scores
+    ]
+    return pa.table(
+        {
+            "uid": rows.column("uid"),
+            "url": rows.column("url"),
+            "pool_shard": rows.column("pool_shard"),
+            "pool_key": rows.column("key"),
+            # shard_table keeps only successful downloads, so every selected sample's status is "success"
+            "status": pa.array(["success"] * rows.num_rows, pa.string()),
+            "downloaded_at": rows.column("downloaded_at"),
+            "source_sha256": rows.column("sha256"),
+            "image_sha256": pa.array(image_sha, pa.string()),
+            "steps": pa.array(steps, schema.LINEAGE.field("steps").type),
+            "rank_key": rows.column("rank_key"),
+            "subset_shard": pa.array(np.full(rows.num_rows, shard, np.int32)),
+            "subset_key": pa.array(keys, pa.string()),
+            "copy": rows.column("copy"),
+        },
+        schema=schema.LINEAGE,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
 # The stage
+
 
 def decisions_for(pool: str, recipe: str, variables: dict | None, log) -> dict:
     """The recipe's decisions manifest, running the filter stage first when they are missing or were
@@ -464,8 +508,7 @@ def decisions_for(pool: str, recipe: str, variables: dict | None, log) -> dict:
 
 def _count(pool, name, rule, exclude, shards) -> np.ndarray:
     """The merged histogram of the candidates' keys (its sum: how many candidates there are)."""
-    return np.sum(execute.map(_histogram_task, shards, pool, name, rule, exclude, label=f"subset:{name} count"),
-                  axis=0)
+    return np.sum(execute.map(_histogram_task, shards, pool, name, rule, exclude, label=f"subset:{name} count"), axis=0)
 
 
 def _cut(pool, name, rule, ex, shards, hist, rank) -> Cut:
@@ -477,19 +520,39 @@ def _cut(pool, name, rule, ex, shards, hist, rank) -> Cut:
 
 
 def plan_hash(plan: dict) -> str:
-    keep = {k: plan[k] for k in ("pool", "recipe", "decisions_sha256", "size", "seed", "samples_per_shard",
-                                 "allow_repeat", "exclusion_sha256")}
+    keep = {
+        k: plan[k]
+        for k in (
+            "pool",
+            "recipe",
+            "decisions_sha256",
+            "size",
+            "seed",
+            "samples_per_shard",
+            "allow_repeat",
+            "exclusion_sha256",
+        )
+    }
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
 
 
-def run(pool: str, recipes: list[str], cfg: SubsetConfig, out: str, variables: dict | None = None,
-        ray_address: str | None = None, log=print) -> dict[str, dict]:
+def run(
+    pool: str,
+    recipes: list[str],
+    cfg: SubsetConfig,
+    out: str,
+    variables: dict | None = None,
+    ray_address: str | None = None,
+    log=print,
+) -> dict[str, dict]:
     """Equal-sized subsets of every recipe: `out` itself for one recipe, `out/NAME` for several, each
     with /draw-K under it for several draws (target_dir). Every recipe's count is checked before any
     shard is written. Results are keyed by recipe, or RECIPE/draw-K."""
     if cfg.size < 1 or cfg.samples_per_shard < 1 or cfg.draws < 1:
-        raise InputError(f"--size, --samples-per-shard and --draws must be positive (got {cfg.size}, "
-                         f"{cfg.samples_per_shard}, {cfg.draws})")
+        raise InputError(
+            f"--size, --samples-per-shard and --draws must be positive (got {cfg.size}, "
+            f"{cfg.samples_per_shard}, {cfg.draws})"
+        )
     if not runtime.exists(Pool(pool).manifest):
         raise InputError(f"{pool} is not a pool (no manifest.json); run `thresher download` first")
     execute.start(ray_address)
@@ -508,9 +571,11 @@ def run(pool: str, recipes: list[str], cfg: SubsetConfig, out: str, variables: d
             short.append((m["recipe"], kept, m["samples"]))
     if short:
         listing = "; ".join(f"recipe {r} keeps {k} samples of {n}" for r, k, n in short)
-        raise InputError(f"{pool}: {listing}, fewer than --size {cfg.size}; ask for at most "
-                         f"{min(k for _, k, _ in short)}, or pass --allow-repeat to upsample (a recipe that "
-                         f"keeps nothing cannot be)")
+        raise InputError(
+            f"{pool}: {listing}, fewer than --size {cfg.size}; ask for at most "
+            f"{min(k for _, k, _ in short)}, or pass --allow-repeat to upsample (a recipe that "
+            f"keeps nothing cannot be)"
+        )
     results = {}
     for m, rule, hist in counted:
         target = target_dir(out, m["recipe"], len(recipes))
@@ -518,14 +583,24 @@ def run(pool: str, recipes: list[str], cfg: SubsetConfig, out: str, variables: d
             results[m["recipe"]] = build(pool, m, rule, cfg, target, hist=hist, exclude=Exclusion(), log=log)
             continue
         if rule.mode != "uniform" or int(hist.sum()) <= cfg.size:
-            log(f"[subset:{m['recipe']}] warning: its {cfg.draws} draws hold the same samples (" +
-                ("its last step ranks by score" if rule.mode != "uniform" else "it keeps no more than --size") +
-                "): they replicate the shuffle only, not the data")
+            log(
+                f"[subset:{m['recipe']}] warning: its {cfg.draws} draws hold the same samples ("
+                + ("its last step ranks by score" if rule.mode != "uniform" else "it keeps no more than --size")
+                + "): they replicate the shuffle only, not the data"
+            )
         for k in range(cfg.draws):
             ck = replace(cfg, seed=cfg.seed + k)
             results[f"{m['recipe']}/draw-{k}"] = build(
-                pool, m, rule_for(m, ck.seed), ck, target_dir(out, m["recipe"], len(recipes), k, cfg.draws),
-                hist=hist if k == 0 else None, exclude=Exclusion(), draw=k, log=log)
+                pool,
+                m,
+                rule_for(m, ck.seed),
+                ck,
+                target_dir(out, m["recipe"], len(recipes), k, cfg.draws),
+                hist=hist if k == 0 else None,
+                exclude=Exclusion(),
+                draw=k,
+                log=log,
+            )
     return results
 
 
@@ -537,8 +612,19 @@ def target_dir(out: str, recipe: str, recipes: int = 1, draw: int = 0, draws: in
 
 
 @runtime.holds(lambda pool, decisions, rule, cfg, out, *a, **k: runtime.join(out, "_work"), "this subset")
-def build(pool: str, decisions: dict, rule: Rule, cfg: SubsetConfig, out: str, *, hist=None,
-          exclude: Exclusion | None = None, previous: dict | None = None, draw: int = 0, log=print) -> dict:
+def build(
+    pool: str,
+    decisions: dict,
+    rule: Rule,
+    cfg: SubsetConfig,
+    out: str,
+    *,
+    hist=None,
+    exclude: Exclusion | None = None,
+    previous: dict | None = None,
+    draw: int = 0,
+    log=print,
+) -> dict:
     """Select and reshard one recipe's subset into `out`; resumes a run with the same plan."""
     t0 = time.time()
     exclude = exclude or Exclusion()
@@ -546,11 +632,23 @@ def build(pool: str, decisions: dict, rule: Rule, cfg: SubsetConfig, out: str, *
     shards = Pool(pool).shards()
     work = runtime.join(out, "_work")
     dec_sha = runtime.file_sha256(Pool(pool).decisions_manifest(name))
-    ex_sha = hashlib.sha256(json.dumps([sorted(exclude.urls), sorted(exclude.domains)]).encode()).hexdigest() \
-        if exclude else None
-    plan = {"pool": str(pool), "recipe": name, "decisions_sha256": dec_sha, "size": cfg.size, "seed": cfg.seed,
-            "samples_per_shard": cfg.samples_per_shard, "allow_repeat": cfg.allow_repeat, "exclusion_sha256": ex_sha,
-            "out": str(out), "draw": draw}
+    ex_sha = (
+        hashlib.sha256(json.dumps([sorted(exclude.urls), sorted(exclude.domains)]).encode()).hexdigest()
+        if exclude
+        else None
+    )
+    plan = {
+        "pool": str(pool),
+        "recipe": name,
+        "decisions_sha256": dec_sha,
+        "size": cfg.size,
+        "seed": cfg.seed,
+        "samples_per_shard": cfg.samples_per_shard,
+        "allow_repeat": cfg.allow_repeat,
+        "exclusion_sha256": ex_sha,
+        "out": str(out),
+        "draw": draw,
+    }
     phash = plan_hash(plan)
     if runtime.exists(runtime.join(out, "manifest.json")):
         m = runtime.read_json(runtime.join(out, "manifest.json"))
@@ -560,8 +658,9 @@ def build(pool: str, decisions: dict, rule: Rule, cfg: SubsetConfig, out: str, *
         raise InputError(f"{out} already holds a subset made with other settings; choose another --out")
     if runtime.exists(runtime.join(work, "plan.json")):
         if runtime.read_json(runtime.join(work, "plan.json"))["plan_sha256"] != phash:
-            raise InputError(f"{out} holds an unfinished subset made with other settings; delete {out} "
-                             f"or choose another --out")
+            raise InputError(
+                f"{out} holds an unfinished subset made with other settings; delete {out} or choose another --out"
+            )
     elif runtime.exists(out) and [p for p in runtime.glob(runtime.join(out, "*")) if not p.endswith("/_work")]:
         raise InputError(f"{out} exists and is not empty; choose another --out")
     runtime.makedirs(work)
@@ -573,12 +672,16 @@ def build(pool: str, decisions: dict, rule: Rule, cfg: SubsetConfig, out: str, *
     repeat = None
     if kept < cfg.size:
         if not cfg.allow_repeat or kept == 0:
-            raise InputError(f"recipe {name} keeps {kept} samples (after exclusions) in {pool}, fewer than "
-                             f"--size {cfg.size}; ask for at most {kept}, or pass --allow-repeat to upsample")
+            raise InputError(
+                f"recipe {name} keeps {kept} samples (after exclusions) in {pool}, fewer than "
+                f"--size {cfg.size}; ask for at most {kept}, or pass --allow-repeat to upsample"
+            )
         repeat = {"each": cfg.size // kept, "plus_one": cfg.size % kept}
         cut = _cut(pool, name, rule, ex_ref, shards, hist, repeat["plus_one"])
-        log(f"[subset:{name}] {kept} kept < {cfg.size}: each sample {repeat['each']}x, the top "
-            f"{repeat['plus_one']} once more")
+        log(
+            f"[subset:{name}] {kept} kept < {cfg.size}: each sample {repeat['each']}x, the top "
+            f"{repeat['plus_one']} once more"
+        )
     else:
         cut = _cut(pool, name, rule, ex_ref, shards, hist, cfg.size)
 
@@ -588,46 +691,79 @@ def build(pool: str, decisions: dict, rule: Rule, cfg: SubsetConfig, out: str, *
     todo = [s for s in shards if not runtime.exists(runtime.join(index_dir, f"{s:08d}.parquet"))]
     if not runtime.exists(runtime.join(work, "plan.json")):
         runtime.write_json(runtime.join(work, "plan.json"), {**plan, "plan_sha256": phash})
-    execute.run(_index_task, todo, pool, name, rule, ex_ref, cut, repeat, index_dir, label=f"subset:{name} index",
-                unit="shards", max_inflight=2 * execute.current().cpus(), retries=2, deadline_s=3600,
-                log=log).raise_if_failed(f"subset {name} (index)")
-    counts = [runtime.read_parquet(runtime.join(index_dir, f"{s:08d}.parquet"), columns=["uid"]).num_rows
-              for s in shards]
+    execute.run(
+        _index_task,
+        todo,
+        pool,
+        name,
+        rule,
+        ex_ref,
+        cut,
+        repeat,
+        index_dir,
+        label=f"subset:{name} index",
+        unit="shards",
+        max_inflight=2 * execute.current().cpus(),
+        retries=2,
+        deadline_s=3600,
+        log=log,
+    ).raise_if_failed(f"subset {name} (index)")
+    counts = [
+        runtime.read_parquet(runtime.join(index_dir, f"{s:08d}.parquet"), columns=["uid"]).num_rows for s in shards
+    ]
     if sum(counts) != cfg.size:
-        raise StageError(f"subset {name}: selected {sum(counts)} samples, not {cfg.size}; the decisions changed "
-                         f"while it ran? delete {work} and run again")
+        raise StageError(
+            f"subset {name}: selected {sum(counts)} samples, not {cfg.size}; the decisions changed "
+            f"while it ran? delete {work} and run again"
+        )
     sources = [s for s, c in zip(shards, counts) if c]
     offsets = np.concatenate([[0], np.cumsum([c for c in counts if c])[:-1]]).astype(np.int64).tolist()
 
     # pass 2: per output shard, stream the members
     steps = decisions["recipe_resolved"]["steps"]
-    wplan = {**plan, "sources": sources, "offsets": offsets, "step_names": [s["name"] for s in steps],
-             "step_filters": [s["filter"] for s in steps]}
+    wplan = {
+        **plan,
+        "sources": sources,
+        "offsets": offsets,
+        "step_names": [s["name"] for s in steps],
+        "step_filters": [s["filter"] for s in steps],
+    }
     n_out = math.ceil(cfg.size / cfg.samples_per_shard)
     done_dir = runtime.join(work, "done")
     runtime.makedirs(done_dir)
     runtime.makedirs(runtime.join(work, "lineage"))
     todo = [j for j in range(n_out) if not runtime.exists(runtime.join(done_dir, f"{j:08d}.json"))]
-    execute.run(_write_shard_task, todo, wplan, work, label=f"subset:{name} write", unit="samples",
-                weight=lambda j: min(cfg.samples_per_shard, cfg.size - j * cfg.samples_per_shard),
-                max_inflight=2 * execute.current().cpus(), retries=2, deadline_s=3600,
-                log=log).raise_if_failed(f"subset {name} (write)")
+    execute.run(
+        _write_shard_task,
+        todo,
+        wplan,
+        work,
+        label=f"subset:{name} write",
+        unit="samples",
+        weight=lambda j: min(cfg.samples_per_shard, cfg.size - j * cfg.samples_per_shard),
+        max_inflight=2 * execute.current().cpus(),
+        retries=2,
+        deadline_s=3600,
+        log=log,
+    ).raise_if_failed(f"subset {name} (write)")
     shard_stats = [runtime.read_json(runtime.join(done_dir, f"{j:08d}.json")) for j in range(n_out)]
 
     # lineage: the per-shard parts, streamed into one file
     import pyarrow.parquet as pq
+
     fs, lpath = runtime.fs_path(runtime.join(out, "lineage.parquet"))
     with fs.open(lpath, "wb") as f, pq.ParquetWriter(f, schema.LINEAGE) as writer:
         for j in range(n_out):
-            writer.write_table(runtime.read_parquet(runtime.join(work, "lineage", f"{j:08d}.parquet"))
-                               .cast(schema.LINEAGE))
-    manifest = _manifest(pool, decisions, rule, cfg, out, plan, phash, kept, repeat, cut, exclude, shard_stats,
-                         previous)
+            writer.write_table(
+                runtime.read_parquet(runtime.join(work, "lineage", f"{j:08d}.parquet")).cast(schema.LINEAGE)
+            )
+    manifest = _manifest(
+        pool, decisions, rule, cfg, out, plan, phash, kept, repeat, cut, exclude, shard_stats, previous
+    )
     runtime.write_json(runtime.join(out, "manifest.json"), manifest)
     runtime.remove(work, recursive=True)
     mb = sum(s["bytes"] for s in shard_stats) / 1e6
-    log(f"[subset:{name}] {cfg.size} samples in {n_out} shard(s), {mb:.1f} MB -> {out} "
-        f"({time.time() - t0:.1f}s)")
+    log(f"[subset:{name}] {cfg.size} samples in {n_out} shard(s), {mb:.1f} MB -> {out} ({time.time() - t0:.1f}s)")
     return manifest
 
 
@@ -637,28 +773,48 @@ def _manifest(pool, decisions, rule, cfg, out, plan, phash, kept, repeat, cut, e
     pool_manifest = runtime.read_json(Pool(pool).manifest)
     counts = pool_manifest["counts"]
     funnel = [{"stage": "download", "in": counts["rows"], "out": counts["status"].get("success", 0)}]
-    funnel += [{"stage": f"filter:{f['step']}", "filter": f["filter"], "in": f["in"], "out": f["out"]}
-               for f in decisions["funnel"]]
+    funnel += [
+        {"stage": f"filter:{f['step']}", "filter": f["filter"], "in": f["in"], "out": f["out"]}
+        for f in decisions["funnel"]
+    ]
     if exclude:
         funnel.append({"stage": "exclude", "in": decisions["kept"], "out": kept})
     funnel.append({"stage": "select", "in": kept, "out": cfg.size})
     return {
-        "kind": "thresher.subset", "format": 1, "recipe": decisions["recipe"],
-        "recipe_resolved": decisions["recipe_resolved"], "recipe_sha256": decisions["recipe_sha256"],
-        "decisions_manifest_sha256": plan["decisions_sha256"], "thresholds": decisions["thresholds"],
+        "kind": "thresher.subset",
+        "format": 1,
+        "recipe": decisions["recipe"],
+        "recipe_resolved": decisions["recipe_resolved"],
+        "recipe_sha256": decisions["recipe_sha256"],
+        "decisions_manifest_sha256": plan["decisions_sha256"],
+        "thresholds": decisions["thresholds"],
         "inputs": decisions.get("inputs", {}),
-        "pool": {"path": str(pool), "manifest_sha256": runtime.file_sha256(Pool(pool).manifest),
-                 "input_sha256": pool_manifest["input"]["sha256"], "rows": counts["rows"]},
-        "size": cfg.size, "seed": cfg.seed, "samples_per_shard": cfg.samples_per_shard,
-        "draw": {"index": plan.get("draw", 0), "of": cfg.draws,
-                 "distinct": rule.mode == "uniform" and kept > cfg.size},
-        "selection": {**rule.describe(), "kept_by_recipe": kept, "cut_key": cut.key, "cut_uid": cut.uid,
-                      "allow_repeat": cfg.allow_repeat, "repeat": repeat},
+        "pool": {
+            "path": str(pool),
+            "manifest_sha256": runtime.file_sha256(Pool(pool).manifest),
+            "input_sha256": pool_manifest["input"]["sha256"],
+            "rows": counts["rows"],
+        },
+        "size": cfg.size,
+        "seed": cfg.seed,
+        "samples_per_shard": cfg.samples_per_shard,
+        "draw": {"index": plan.get("draw", 0), "of": cfg.draws, "distinct": rule.mode == "uniform" and kept > cfg.size},
+        "selection": {
+            **rule.describe(),
+            "kept_by_recipe": kept,
+            "cut_key": cut.key,
+            "cut_uid": cut.uid,
+            "allow_repeat": cfg.allow_repeat,
+            "repeat": repeat,
+        },
         "exclusion": ({**exclude.describe(), "sha256": plan["exclusion_sha256"]} if exclude else None),
-        "shards": shard_stats, "lineage": {"file": "lineage.parquet",
-                                           "sha256": runtime.file_sha256(runtime.join(out, "lineage.parquet"))},
-        "funnel": funnel, "previous": previous, "plan_sha256": phash,
-        "code": runtime.code_version(), "packages": runtime.package_versions(),
+        "shards": shard_stats,
+        "lineage": {"file": "lineage.parquet", "sha256": runtime.file_sha256(runtime.join(out, "lineage.parquet"))},
+        "funnel": funnel,
+        "previous": previous,
+        "plan_sha256": phash,
+        "code": runtime.code_version(),
+        "packages": runtime.package_versions(),
         "config": to_dict(cfg),
     }
 

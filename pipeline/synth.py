@@ -46,18 +46,39 @@ from .hashes import make_uid, pdq_hash, url_hash
 KINDS = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon", "crescent", "arrow"]
 PLURAL = {"cross": "crosses"}
 COLORS = {
-    "red": (220, 30, 35), "green": (40, 170, 60), "blue": (35, 70, 215), "yellow": (245, 215, 35),
-    "purple": (130, 50, 170), "orange": (245, 135, 25), "pink": (240, 120, 180), "brown": (120, 75, 40),
-    "white": (245, 245, 245), "black": (20, 20, 20),
+    "red": (220, 30, 35),
+    "green": (40, 170, 60),
+    "blue": (35, 70, 215),
+    "yellow": (245, 215, 35),
+    "purple": (130, 50, 170),
+    "orange": (245, 135, 25),
+    "pink": (240, 120, 180),
+    "brown": (120, 75, 40),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
 }
 BACKGROUNDS = {
-    "gray": (128, 128, 128), "beige": (225, 210, 180), "light blue": (170, 205, 235), "teal": (30, 125, 125),
-    "navy": (25, 35, 90), "cream": (250, 245, 220), "olive": (110, 115, 50), "lavender": (200, 185, 230),
-    "charcoal": (55, 58, 62), "sand": (205, 180, 130),
+    "gray": (128, 128, 128),
+    "beige": (225, 210, 180),
+    "light blue": (170, 205, 235),
+    "teal": (30, 125, 125),
+    "navy": (25, 35, 90),
+    "cream": (250, 245, 220),
+    "olive": (110, 115, 50),
+    "lavender": (200, 185, 230),
+    "charcoal": (55, 58, 62),
+    "sand": (205, 180, 130),
 }
 TEXTURES = ["plain", "striped", "dotted", "checkered", "grainy", "faded"]
-POSITIONS = {"center": (0.5, 0.5), "left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25),
-             "bottom": (0.5, 0.75), "top left": (0.27, 0.27), "bottom right": (0.73, 0.73)}
+POSITIONS = {
+    "center": (0.5, 0.5),
+    "left": (0.25, 0.5),
+    "right": (0.75, 0.5),
+    "top": (0.5, 0.25),
+    "bottom": (0.5, 0.75),
+    "top left": (0.27, 0.27),
+    "bottom right": (0.73, 0.73),
+}
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 
 EN_TEMPLATES = [
@@ -76,69 +97,193 @@ EN_POSITION_TEMPLATE = "a picture of {n} {size} {color} {kinds} near the {pos} o
 # ignored), which does not matter to a language identifier and keeps the world simple.
 FOREIGN = {
     "fr": {
-        "templates": ["une photo de {n} {kinds} {color} sur un fond {bg} avec des motifs",
-                      "illustration avec {n} {kinds} de couleur {color} posés sur une surface {bg}",
-                      "il y a {n} {kinds} {color} dans cette image, avec un arrière-plan {bg}"],
-        "kinds": ["cercles", "carrés", "triangles", "étoiles", "croix", "anneaux", "losanges", "hexagones",
-                  "croissants", "flèches"],
+        "templates": [
+            "une photo de {n} {kinds} {color} sur un fond {bg} avec des motifs",
+            "illustration avec {n} {kinds} de couleur {color} posés sur une surface {bg}",
+            "il y a {n} {kinds} {color} dans cette image, avec un arrière-plan {bg}",
+        ],
+        "kinds": [
+            "cercles",
+            "carrés",
+            "triangles",
+            "étoiles",
+            "croix",
+            "anneaux",
+            "losanges",
+            "hexagones",
+            "croissants",
+            "flèches",
+        ],
         "colors": ["rouges", "verts", "bleus", "jaunes", "violets", "orange", "roses", "marron", "blancs", "noirs"],
-        "bg": ["gris", "beige", "bleu clair", "turquoise", "marine", "crème", "olive", "lavande", "anthracite", "sable"],
+        "bg": [
+            "gris",
+            "beige",
+            "bleu clair",
+            "turquoise",
+            "marine",
+            "crème",
+            "olive",
+            "lavande",
+            "anthracite",
+            "sable",
+        ],
         "n": ["un", "deux", "trois", "quatre"],
     },
     "de": {
-        "templates": ["ein Foto von {n} {color}en {kinds} auf einem {bg} Hintergrund mit Muster",
-                      "eine Zeichnung mit {n} {color}en {kinds} vor einer {bg} Wand",
-                      "auf diesem Bild sind {n} {color}e {kinds} und der Hintergrund ist {bg}"],
-        "kinds": ["Kreisen", "Quadraten", "Dreiecken", "Sternen", "Kreuzen", "Ringen", "Rauten", "Sechsecken",
-                  "Halbmonden", "Pfeilen"],
+        "templates": [
+            "ein Foto von {n} {color}en {kinds} auf einem {bg} Hintergrund mit Muster",
+            "eine Zeichnung mit {n} {color}en {kinds} vor einer {bg} Wand",
+            "auf diesem Bild sind {n} {color}e {kinds} und der Hintergrund ist {bg}",
+        ],
+        "kinds": [
+            "Kreisen",
+            "Quadraten",
+            "Dreiecken",
+            "Sternen",
+            "Kreuzen",
+            "Ringen",
+            "Rauten",
+            "Sechsecken",
+            "Halbmonden",
+            "Pfeilen",
+        ],
         "colors": ["rot", "grün", "blau", "gelb", "lila", "orange", "rosa", "braun", "weiß", "schwarz"],
-        "bg": ["grauen", "beigen", "hellblauen", "türkisen", "dunkelblauen", "cremefarbenen", "olivgrünen",
-               "lavendelfarbenen", "anthrazitfarbenen", "sandfarbenen"],
+        "bg": [
+            "grauen",
+            "beigen",
+            "hellblauen",
+            "türkisen",
+            "dunkelblauen",
+            "cremefarbenen",
+            "olivgrünen",
+            "lavendelfarbenen",
+            "anthrazitfarbenen",
+            "sandfarbenen",
+        ],
         "n": ["einem", "zwei", "drei", "vier"],
     },
     "es": {
-        "templates": ["una foto de {n} {kinds} {color} sobre un fondo {bg} con textura",
-                      "ilustración sencilla que muestra {n} {kinds} de color {color} en una pared {bg}",
-                      "en esta imagen hay {n} {kinds} {color} y el fondo es de color {bg}"],
-        "kinds": ["círculos", "cuadrados", "triángulos", "estrellas", "cruces", "anillos", "rombos", "hexágonos",
-                  "medias lunas", "flechas"],
-        "colors": ["rojos", "verdes", "azules", "amarillos", "morados", "naranjas", "rosados", "marrones",
-                   "blancos", "negros"],
+        "templates": [
+            "una foto de {n} {kinds} {color} sobre un fondo {bg} con textura",
+            "ilustración sencilla que muestra {n} {kinds} de color {color} en una pared {bg}",
+            "en esta imagen hay {n} {kinds} {color} y el fondo es de color {bg}",
+        ],
+        "kinds": [
+            "círculos",
+            "cuadrados",
+            "triángulos",
+            "estrellas",
+            "cruces",
+            "anillos",
+            "rombos",
+            "hexágonos",
+            "medias lunas",
+            "flechas",
+        ],
+        "colors": [
+            "rojos",
+            "verdes",
+            "azules",
+            "amarillos",
+            "morados",
+            "naranjas",
+            "rosados",
+            "marrones",
+            "blancos",
+            "negros",
+        ],
         "bg": ["gris", "beige", "celeste", "turquesa", "azul marino", "crema", "oliva", "lavanda", "carbón", "arena"],
         "n": ["un", "dos", "tres", "cuatro"],
     },
     "it": {
-        "templates": ["una foto di {n} {kinds} {color} su uno sfondo {bg} con una trama",
-                      "illustrazione semplice con {n} {kinds} di colore {color} sopra una parete {bg}",
-                      "in questa immagine ci sono {n} {kinds} {color} e lo sfondo è {bg}"],
-        "kinds": ["cerchi", "quadrati", "triangoli", "stelle", "croci", "anelli", "rombi", "esagoni", "mezzelune",
-                  "frecce"],
+        "templates": [
+            "una foto di {n} {kinds} {color} su uno sfondo {bg} con una trama",
+            "illustrazione semplice con {n} {kinds} di colore {color} sopra una parete {bg}",
+            "in questa immagine ci sono {n} {kinds} {color} e lo sfondo è {bg}",
+        ],
+        "kinds": [
+            "cerchi",
+            "quadrati",
+            "triangoli",
+            "stelle",
+            "croci",
+            "anelli",
+            "rombi",
+            "esagoni",
+            "mezzelune",
+            "frecce",
+        ],
         "colors": ["rossi", "verdi", "blu", "gialli", "viola", "arancioni", "rosa", "marroni", "bianchi", "neri"],
-        "bg": ["grigio", "beige", "azzurro", "verde acqua", "blu scuro", "crema", "oliva", "lavanda", "antracite",
-               "sabbia"],
+        "bg": [
+            "grigio",
+            "beige",
+            "azzurro",
+            "verde acqua",
+            "blu scuro",
+            "crema",
+            "oliva",
+            "lavanda",
+            "antracite",
+            "sabbia",
+        ],
         "n": ["un", "due", "tre", "quattro"],
     },
 }
 SHORT_CAPTIONS = ["{color} {kind}", "{kind}", "IMG_{num}", "{kind}s", "photo", "DSC{num}", "{color}"]
 
-CLASS_TEMPLATES = ["a photo of a {c}.", "a drawing of a {c}.", "a {c} shape.", "an illustration of a {c}.",
-                   "a picture of a {c} on a background.", "a simple graphic of a {c}."]
-COLOR_TEMPLATES = ["a photo of a {c} shape.", "something {c}.", "a {c} object on a background.",
-                   "an illustration in {c}.", "a drawing of {c} shapes."]
+CLASS_TEMPLATES = [
+    "a photo of a {c}.",
+    "a drawing of a {c}.",
+    "a {c} shape.",
+    "an illustration of a {c}.",
+    "a picture of a {c} on a background.",
+    "a simple graphic of a {c}.",
+]
+COLOR_TEMPLATES = [
+    "a photo of a {c} shape.",
+    "something {c}.",
+    "a {c} object on a background.",
+    "an illustration in {c}.",
+    "a drawing of {c} shapes.",
+]
 
 # ---------------------------------------------------------------------------------------------------
 # Categories and config
 
 CATEGORIES = [
-    "clean", "mismatched_caption", "non_english", "short_caption", "tiny_image", "extreme_aspect",
-    "exact_duplicate", "near_duplicate", "blocked_url", "blocked_image", "blocked_pdq",
-    "http_404", "timeout", "corrupt", "opted_out", "eval_contamination",
+    "clean",
+    "mismatched_caption",
+    "non_english",
+    "short_caption",
+    "tiny_image",
+    "extreme_aspect",
+    "exact_duplicate",
+    "near_duplicate",
+    "blocked_url",
+    "blocked_image",
+    "blocked_pdq",
+    "http_404",
+    "timeout",
+    "corrupt",
+    "opted_out",
+    "eval_contamination",
 ]
 DEFAULT_PROPORTIONS = {
-    "mismatched_caption": 0.08, "non_english": 0.05, "short_caption": 0.03, "tiny_image": 0.03,
-    "extreme_aspect": 0.03, "exact_duplicate": 0.04, "near_duplicate": 0.05, "blocked_url": 0.01,
-    "blocked_image": 0.01, "blocked_pdq": 0.01, "http_404": 0.02, "timeout": 0.003, "corrupt": 0.01,
-    "opted_out": 0.02, "eval_contamination": 0.005,
+    "mismatched_caption": 0.08,
+    "non_english": 0.05,
+    "short_caption": 0.03,
+    "tiny_image": 0.03,
+    "extreme_aspect": 0.03,
+    "exact_duplicate": 0.04,
+    "near_duplicate": 0.05,
+    "blocked_url": 0.01,
+    "blocked_image": 0.01,
+    "blocked_pdq": 0.01,
+    "http_404": 0.02,
+    "timeout": 0.003,
+    "corrupt": 0.01,
+    "opted_out": 0.02,
+    "eval_contamination": 0.005,
 }
 # Categories whose image is a copy of another sample's (or an eval image's) bytes.
 NEAR_VARIANTS = ["reencode", "resize", "recolor", "watermark"]
@@ -152,8 +297,10 @@ class SynthConfig:
     seed: int = opt(0, "seed of every sample's random stream (with the same settings, the same pool)")
     port: int = opt(8765, "port the URLs point at (`thresher serve DIR --port P` must use the same)")
     host: str = opt("127.0.0.1", "host the URLs point at")
-    proportions: dict[str, float] = opt(help="fraction of the pool in each planted category; clean takes the rest",
-                                        factory=lambda: dict(DEFAULT_PROPORTIONS))
+    proportions: dict[str, float] = opt(
+        help="fraction of the pool in each planted category; clean takes the rest",
+        factory=lambda: dict(DEFAULT_PROPORTIONS),
+    )
     eval_classification: int = opt(500, "images in each classification evaluation set")
     eval_retrieval: int = opt(300, "image-caption pairs in the retrieval evaluation set")
     trusted: int = opt(2000, "clean image-caption pairs in trusted/ (a DFN's high-quality training set)")
@@ -168,8 +315,9 @@ class SynthConfig:
         if any(v < 0 for v in self.proportions.values()):
             raise InputError("synth: proportions must be >= 0")
         if sum(self.proportions.values()) > 0.7:
-            raise InputError("synth: planted proportions add up to more than 0.7; clean samples are needed "
-                             "as sources of duplicates")
+            raise InputError(
+                "synth: planted proportions add up to more than 0.7; clean samples are needed as sources of duplicates"
+            )
         if self.samples < 1:
             raise InputError("synth: --samples must be at least 1")
 
@@ -200,11 +348,30 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
         return ring(10, [r, 0.42 * r], -math.pi / 2)
     if kind == "cross":
         w = 0.33 * r
-        base = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w),
-                (-w, -w)]
+        base = [
+            (-w, -r),
+            (w, -r),
+            (w, -w),
+            (r, -w),
+            (r, w),
+            (w, w),
+            (w, r),
+            (-w, r),
+            (-w, w),
+            (-r, w),
+            (-r, -w),
+            (-w, -w),
+        ]
     elif kind == "arrow":
-        base = [(-r, -0.25 * r), (0.2 * r, -0.25 * r), (0.2 * r, -0.6 * r), (r, 0), (0.2 * r, 0.6 * r),
-                (0.2 * r, 0.25 * r), (-r, 0.25 * r)]
+        base = [
+            (-r, -0.25 * r),
+            (0.2 * r, -0.25 * r),
+            (0.2 * r, -0.6 * r),
+            (r, 0),
+            (0.2 * r, 0.6 * r),
+            (0.2 * r, 0.25 * r),
+            (-r, 0.25 * r),
+        ]
     else:
         raise ValueError(kind)
     ca, sa = math.cos(angle), math.sin(angle)
@@ -280,8 +447,9 @@ def render(scene: dict, w: int, h: int, rng: np.random.Generator) -> Image.Image
         # the visual mark of a blocklisted ("unsafe") sample: a hazard-striped band across one corner
         band = max(8, side // 7)
         for t in range(-band, w + h, band // 2 * 2):
-            draw.line([(t, 0), (t - band, band)], fill=(250, 200, 0) if (t // band) % 2 else (15, 15, 15),
-                      width=band // 2)
+            draw.line(
+                [(t, 0), (t - band, band)], fill=(250, 200, 0) if (t // band) % 2 else (15, 15, 15), width=band // 2
+            )
     return img
 
 
@@ -322,8 +490,17 @@ def english_caption(scene: dict, rng: np.random.Generator) -> str:
     else:
         template = EN_TEMPLATES[int(rng.integers(len(EN_TEMPLATES)))]
     texture = scene["texture"] if scene["texture"] != "plain" else "plain"
-    text = template.format(n=n, N=n.capitalize(), be="is" if c == 1 else "are", size=scene["size"], color=scene["color"], kinds=kinds,
-                           texture=texture, bg=scene["bg"], pos=scene["pos"])
+    text = template.format(
+        n=n,
+        N=n.capitalize(),
+        be="is" if c == 1 else "are",
+        size=scene["size"],
+        color=scene["color"],
+        kinds=kinds,
+        texture=texture,
+        bg=scene["bg"],
+        pos=scene["pos"],
+    )
     return text[0].upper() + text[1:] if rng.random() < 0.5 else text
 
 
@@ -331,9 +508,12 @@ def foreign_caption(scene: dict, rng: np.random.Generator) -> tuple[str, str]:
     lang = sorted(FOREIGN)[int(rng.integers(len(FOREIGN)))]
     d = FOREIGN[lang]
     template = d["templates"][int(rng.integers(len(d["templates"])))]
-    text = template.format(n=d["n"][scene["count"] - 1], kinds=d["kinds"][KINDS.index(scene["kind"])],
-                           color=d["colors"][list(COLORS).index(scene["color"])],
-                           bg=d["bg"][list(BACKGROUNDS).index(scene["bg"])])
+    text = template.format(
+        n=d["n"][scene["count"] - 1],
+        kinds=d["kinds"][KINDS.index(scene["kind"])],
+        color=d["colors"][list(COLORS).index(scene["color"])],
+        bg=d["bg"][list(BACKGROUNDS).index(scene["bg"])],
+    )
     return text, lang
 
 
@@ -377,10 +557,19 @@ def _plan(cfg: SynthConfig) -> list[dict]:
         rng = _rng(cfg.seed, 1, i)
         scene = random_scene(rng)
         fmt = str(rng.choice(["jpg"] * 15 + ["png"] * 2 + ["webp"] * 3))
-        plan = {"index": i, "category": cat, "scene": scene, "format": fmt, "lang": "en",
-                "quality": int(rng.integers(75, 96)), "size": image_size(cat, rng), "source": None,
-                "face_box": cat == "clean" and rng.random() < cfg.face_box_fraction,
-                "blocklist": None, "variant": None}
+        plan = {
+            "index": i,
+            "category": cat,
+            "scene": scene,
+            "format": fmt,
+            "lang": "en",
+            "quality": int(rng.integers(75, 96)),
+            "size": image_size(cat, rng),
+            "source": None,
+            "face_box": cat == "clean" and rng.random() < cfg.face_box_fraction,
+            "blocklist": None,
+            "variant": None,
+        }
         if cat in ("exact_duplicate", "near_duplicate"):
             plan["source"] = int(clean_idx[int(rng.integers(len(clean_idx)))]) if clean_idx else None
             if plan["source"] is None:
@@ -408,8 +597,9 @@ def _plan(cfg: SynthConfig) -> list[dict]:
         if cat in ("blocked_url", "blocked_image"):
             # URL lists come as MD5 or SHA-256; image lists as SHA-256 of the bytes, the hash the download
             # records (an MD5 of the original bytes cannot be recovered once img2dataset has resized them)
-            plan["blocklist"] = ("url_md5" if rng.random() < 0.5 else "url_sha256") if cat == "blocked_url" \
-                else "image_sha256"
+            plan["blocklist"] = (
+                ("url_md5" if rng.random() < 0.5 else "url_sha256") if cat == "blocked_url" else "image_sha256"
+            )
         elif cat == "blocked_pdq":
             plan["blocklist"] = "image_pdq"
         plan["scene"]["hazard"] = cat.startswith("blocked_")
@@ -493,8 +683,13 @@ def _derive_one(job: tuple) -> dict:
     data = encode(img, plan["format"], quality)
     path = Path(www) / "img" / f"{plan['index']:08d}.{plan['format']}"
     path.write_bytes(data)
-    return {"index": plan["index"], "sha256": hashlib.sha256(data).hexdigest(),
-            "pdq": None, "width": img.size[0], "height": img.size[1]}
+    return {
+        "index": plan["index"],
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "pdq": None,
+        "width": img.size[0],
+        "height": img.size[1],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -526,14 +721,16 @@ def _each(calls: list, fn) -> list:
 
 def _parallel(ex, fn, calls: list, chunk: int) -> list:
     """fn over calls on the executor, `chunk` calls to an item (one sample's work is milliseconds)."""
-    chunks = [calls[i:i + chunk] for i in range(0, len(calls), chunk)]
+    chunks = [calls[i : i + chunk] for i in range(0, len(calls), chunk)]
     return [r for part in execute.map(_each, chunks, fn, executor=ex, label="synth", unit="batches") for r in part]
 
 
 def _write_eval_sets(cfg: SynthConfig, eval_dir: Path, ex) -> None:
-    sets = {"shapes_kind": ("classification", cfg.eval_classification, KINDS, CLASS_TEMPLATES),
-            "shapes_color": ("classification", cfg.eval_classification, list(COLORS), COLOR_TEMPLATES),
-            "shapes_retrieval": ("retrieval", cfg.eval_retrieval, None, None)}
+    sets = {
+        "shapes_kind": ("classification", cfg.eval_classification, KINDS, CLASS_TEMPLATES),
+        "shapes_color": ("classification", cfg.eval_classification, list(COLORS), COLOR_TEMPLATES),
+        "shapes_retrieval": ("retrieval", cfg.eval_retrieval, None, None),
+    }
     for name, (task, n, classes, templates) in sets.items():
         root = eval_dir / name
         (root / "test").mkdir(parents=True, exist_ok=True)
@@ -572,7 +769,7 @@ def _write_trusted_set(cfg: SynthConfig, out: Path, ex, per_shard: int = 1000) -
     items = sorted(_parallel(ex, _trusted_item, [(cfg.seed, i) for i in range(cfg.trusted)], 16))
     for shard, start in enumerate(range(0, len(items), per_shard)):
         with tarfile.open(out / f"{shard:05d}.tar", "w") as tar:
-            for i, data, caption in items[start:start + per_shard]:
+            for i, data, caption in items[start : start + per_shard]:
                 for ext, payload in (("jpg", data), ("txt", caption.encode())):
                     info = tarfile.TarInfo(f"t{i:07d}.{ext}")
                     info.size, info.mtime = len(payload), 0
@@ -602,8 +799,9 @@ def generate(out: str | Path, cfg: SynthConfig, log=print) -> dict:
         if previous.get("config_hash") == synth_config_hash(cfg):
             log(f"[synth] {out} already holds this pool (config hash {previous['config_hash'][:12]}); reusing it")
             return previous
-        raise InputError(f"{out} already holds a synthetic pool made with another config; "
-                         f"choose a new --out or delete it")
+        raise InputError(
+            f"{out} already holds a synthetic pool made with another config; choose a new --out or delete it"
+        )
     for sub in ("www", "eval", "blocklists", "trusted"):
         shutil.rmtree(out / sub, ignore_errors=True)
     (out / "www" / "img").mkdir(parents=True, exist_ok=True)
@@ -616,8 +814,9 @@ def generate(out: str | Path, cfg: SynthConfig, log=print) -> dict:
     _write_eval_sets(cfg, eval_dir, ex)
     if cfg.trusted:
         _write_trusted_set(cfg, out / "trusted", ex)
-    results = {r["index"]: r for r in _parallel(
-        ex, _draw_one, [(cfg.seed, p, str(www), str(eval_dir)) for p in plans], 32)}
+    results = {
+        r["index"]: r for r in _parallel(ex, _draw_one, [(cfg.seed, p, str(www), str(eval_dir)) for p in plans], 32)
+    }
     # exact duplicates: the very same bytes under another URL
     for p in plans:
         if p["category"] == "exact_duplicate":
@@ -671,13 +870,24 @@ def generate(out: str | Path, cfg: SynthConfig, log=print) -> dict:
         elif p["category"] == "eval_contamination":
             source_uid = f"shapes_kind/test/s{p['source']:06d}"
         served = p["category"] not in ("http_404", "timeout")
-        gt_rows.append({
-            "uid": uid, "url": url, "category": p["category"], "source_uid": source_uid,
-            "kind": p["scene"]["kind"], "color": p["scene"]["color"], "count": p["scene"]["count"],
-            "lang": p["lang"], "format": p["format"],
-            "width": r["width"] if served else None, "height": r["height"] if served else None,
-            "sha256": r["sha256"], "blocklist": bl, "variant": p["variant"],
-        })
+        gt_rows.append(
+            {
+                "uid": uid,
+                "url": url,
+                "category": p["category"],
+                "source_uid": source_uid,
+                "kind": p["scene"]["kind"],
+                "color": p["scene"]["color"],
+                "count": p["scene"]["count"],
+                "lang": p["lang"],
+                "format": p["format"],
+                "width": r["width"] if served else None,
+                "height": r["height"] if served else None,
+                "sha256": r["sha256"],
+                "blocklist": bl,
+                "variant": p["variant"],
+            }
+        )
     for row in gt_rows:
         if isinstance(row["source_uid"], int):
             row["source_uid"] = gt_rows[row["source_uid"]]["uid"]
@@ -693,13 +903,21 @@ def generate(out: str | Path, cfg: SynthConfig, log=print) -> dict:
     counts: dict[str, int] = {}
     for p in plans:
         counts[p["category"]] = counts.get(p["category"], 0) + 1
-    summary = {"config": dataclasses.asdict(cfg), "config_hash": synth_config_hash(cfg), "counts": counts,
-               "samples": cfg.samples, "urls": "urls.parquet", "ground_truth": "ground_truth.parquet",
-               "eval_sets": sorted(p.name for p in eval_dir.iterdir()),
-               "seconds": round(time.time() - t0, 1)}
+    summary = {
+        "config": dataclasses.asdict(cfg),
+        "config_hash": synth_config_hash(cfg),
+        "counts": counts,
+        "samples": cfg.samples,
+        "urls": "urls.parquet",
+        "ground_truth": "ground_truth.parquet",
+        "eval_sets": sorted(p.name for p in eval_dir.iterdir()),
+        "seconds": round(time.time() - t0, 1),
+    }
     (out / "synth.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    log(f"[synth] wrote {cfg.samples} samples to {out} in {summary['seconds']}s: "
-        + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    log(
+        f"[synth] wrote {cfg.samples} samples to {out} in {summary['seconds']}s: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+    )
     return summary
 
 
@@ -733,24 +951,44 @@ def score_dedup(decisions: list[dict], ground_truth: list[dict]) -> dict:
     exact = [u for u, r in rows.items() if r["reason"] == "exact"]
     exact_true = [u for u in exact if truth[u]["sha256"] == truth[rows[u]["duplicate_group"]]["sha256"]]
 
-    near = [g["uid"] for g in ground_truth if g["category"] == "near_duplicate"
-            and g["uid"] in rows and g["source_uid"] in rows]
-    near_found = [u for u in near if rows[u]["duplicate_group"] is not None
-                  and not rows[u]["duplicate_group"].startswith("eval:")
-                  and root(rows[u]["duplicate_group"]) == root(u)]
+    near = [
+        g["uid"]
+        for g in ground_truth
+        if g["category"] == "near_duplicate" and g["uid"] in rows and g["source_uid"] in rows
+    ]
+    near_found = [
+        u
+        for u in near
+        if rows[u]["duplicate_group"] is not None
+        and not rows[u]["duplicate_group"].startswith("eval:")
+        and root(rows[u]["duplicate_group"]) == root(u)
+    ]
     near_drops = [u for u, r in rows.items() if r["reason"] in ("perceptual", "semantic")]
     near_false = [u for u in near_drops if root(rows[u]["duplicate_group"]) != root(u)]
 
     planted = {g["uid"] for g in ground_truth if g["category"] == "eval_contamination" and g["uid"] in rows}
     contaminated = {u for u, r in rows.items() if r["reason"] == "contamination"}
     return {
-        "exact": {"copies": copies, "dropped": len(exact), "correct": len(exact_true),
-                  "recall": ratio(len(exact_true), copies), "precision": ratio(len(exact_true), len(exact))},
-        "near": {"planted": len(near), "found": len(near_found), "dropped": len(near_drops),
-                 "false": len(near_false), "recall": ratio(len(near_found), len(near)),
-                 "precision": ratio(len(near_drops) - len(near_false), len(near_drops))},
-        "contamination": {"planted": len(planted), "dropped": len(contaminated),
-                          "found": len(planted & contaminated),
-                          "recall": ratio(len(planted & contaminated), len(planted)),
-                          "precision": ratio(len(planted & contaminated), len(contaminated))},
+        "exact": {
+            "copies": copies,
+            "dropped": len(exact),
+            "correct": len(exact_true),
+            "recall": ratio(len(exact_true), copies),
+            "precision": ratio(len(exact_true), len(exact)),
+        },
+        "near": {
+            "planted": len(near),
+            "found": len(near_found),
+            "dropped": len(near_drops),
+            "false": len(near_false),
+            "recall": ratio(len(near_found), len(near)),
+            "precision": ratio(len(near_drops) - len(near_false), len(near_drops)),
+        },
+        "contamination": {
+            "planted": len(planted),
+            "dropped": len(contaminated),
+            "found": len(planted & contaminated),
+            "recall": ratio(len(planted & contaminated), len(planted)),
+            "precision": ratio(len(planted & contaminated), len(contaminated)),
+        },
     }

@@ -58,23 +58,32 @@ class Scale:
     lr: float = opt(help="peak learning rate")
     warmup: int = opt(help="warm-up steps")
     wd: float = opt(0.2, "weight decay")
-    accum_freq: int = opt(1, "gradient accumulation: open_clip_train steps through batch_size/accum_freq samples "
-                             "at a time and updates once per batch_size (the contrastive loss still sees the "
-                             "whole batch), so a 4096 batch fits one GPU")
+    accum_freq: int = opt(
+        1,
+        "gradient accumulation: open_clip_train steps through batch_size/accum_freq samples "
+        "at a time and updates once per batch_size (the contrastive loss still sees the "
+        "whole batch), so a 4096 batch fits one GPU",
+    )
     schedule: str = opt("cosine", "cosine, const or const-cooldown")
     cooldown_fraction: float = opt(0.2, "const-cooldown: the share of checkpoints (epochs) spent cooling down")
     checkpoints: int = opt(1, "virtual epochs, one checkpoint each (data points under const)")
     family: str = opt("clip", "clip (contrastive) or coca (contrastive + captioning)")
     precision: str = opt("auto", "auto (amp on GPU, fp32 on CPU), amp, bf16 or fp32")
     image_size: int | None = opt(None, "force this image size (default: the model's)")
-    shard_image_size: int | None = opt(None, "re-encode the training images once beforehand, shorter side at most "
-                                             "this many pixels (a cache beside the run; for tiny models, where "
-                                             "decoding 512 px images costs more than training on them)")
+    shard_image_size: int | None = opt(
+        None,
+        "re-encode the training images once beforehand, shorter side at most "
+        "this many pixels (a cache beside the run; for tiny models, where "
+        "decoding 512 px images costs more than training on them)",
+    )
     workers: int = opt(1, "data-loading processes")
     seed: int = opt(0, "random seed")
-    seeds: list[int] | None = opt(None, "replicates: one run per seed (instead of seed); a grid trains every "
-                                        "(subset, scale, seed), and thresher compare measures the run-to-run "
-                                        "spread from them. Also allowed at the top of a scale file")
+    seeds: list[int] | None = opt(
+        None,
+        "replicates: one run per seed (instead of seed); a grid trains every "
+        "(subset, scale, seed), and thresher compare measures the run-to-run "
+        "spread from them. Also allowed at the top of a scale file",
+    )
 
     def check(self, where: str) -> None:
         check_name(self.name, "scale name", where)
@@ -91,7 +100,7 @@ class Scale:
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise InputError(f"{where}: seeds must be a non-empty list without repeats, not {self.seeds!r}")
 
-    def replicas(self) -> list["Scale"]:
+    def replicas(self) -> list[Scale]:
         """One scale per seed of `seeds` (each with that seed and no seeds list), or itself."""
         from dataclasses import replace
 
@@ -116,14 +125,18 @@ def load_scales(spec: str) -> list[Scale]:
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a scale (a mapping) or `scales:` with a list of them")
     entries = data["scales"] if "scales" in data else [data]
-    defaults = {**({"seeds": data["seeds"]} if "seeds" in data else {}), **data.get("defaults", {})} \
-        if "scales" in data else {}
+    defaults = (
+        {**({"seeds": data["seeds"]} if "seeds" in data else {}), **data.get("defaults", {})}
+        if "scales" in data
+        else {}
+    )
     if not isinstance(entries, list):
         raise InputError(f"{path}: `scales` must be a list of scales")
     scales = []
     for i, entry in enumerate(entries):
-        sc = from_dict(Scale, {**defaults, **(entry if isinstance(entry, dict) else {"": entry})},
-                       where=f"{path}: scale {i + 1}")
+        sc = from_dict(
+            Scale, {**defaults, **(entry if isinstance(entry, dict) else {"": entry})}, where=f"{path}: scale {i + 1}"
+        )
         sc.check(f"{path}: scale {sc.name}")
         scales += sc.replicas()
     if member:
@@ -147,7 +160,9 @@ def gflops_per_sample(model: str, image_size: int | None = None) -> float:
     net.eval()
     size = net.visual.image_size if hasattr(net.visual, "image_size") else (image_size or 224)
     size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-    ctx = getattr(net, "context_length", None) or open_clip.get_model_config(model)["text_cfg"].get("context_length", 77)
+    ctx = getattr(net, "context_length", None) or open_clip.get_model_config(model)["text_cfg"].get(
+        "context_length", 77
+    )
     counter = FlopCounterMode(display=False)
     with counter:  # not under no_grad: MultiheadAttention's inference fast path escapes the counter
         net(torch.ones((1, 3, *size)), torch.ones((1, ctx), dtype=torch.int64))
@@ -243,8 +258,9 @@ def count_samples(shards: list[str]) -> int:
             for member in tar:
                 name = member.name
                 if name.startswith("/") or ".." in name.split("/"):
-                    raise InputError(f"training shard {path}: member {name!r} would escape its folder; "
-                                     f"refusing the shard")
+                    raise InputError(
+                        f"training shard {path}: member {name!r} would escape its folder; refusing the shard"
+                    )
                 if not member.isfile():
                     continue
                 m = WDS_KEY.match(name)
@@ -256,11 +272,13 @@ def count_samples(shards: list[str]) -> int:
                 samples.setdefault(key, set()).add(ext)
         n += sum(1 for exts in samples.values() if "txt" in exts and exts & set(IMAGE_EXTS))
     if n == 0:
-        why = (f"; webdataset ends a sample's key at the first dot of its name, so {dotted[0]!r} has the "
-               f"extension {dotted[0].rsplit('/', 1)[-1].split('.', 1)[1]!r}: rename such keys without dots"
-               if dotted else "")
-        raise InputError(f"training data: no sample has both an image and a txt caption as webdataset reads "
-                         f"them{why}")
+        why = (
+            f"; webdataset ends a sample's key at the first dot of its name, so {dotted[0]!r} has the "
+            f"extension {dotted[0].rsplit('/', 1)[-1].split('.', 1)[1]!r}: rename such keys without dots"
+            if dotted
+            else ""
+        )
+        raise InputError(f"training data: no sample has both an image and a txt caption as webdataset reads them{why}")
     return n
 
 
@@ -272,16 +290,50 @@ def train(data: str, out: str, cfg: TrainConfig, name: str = "run", log=print) -
     models.register_project_models()
     precision = cfg.precision if cfg.precision != "auto" else ("amp" if torch.cuda.is_available() else "fp32")
     os.makedirs(out, exist_ok=True)
-    args = ["--train-data", "::".join(shards), "--dataset-type", "webdataset", "--train-num-samples", str(samples),
-            "--model", cfg.model, "--epochs", str(cfg.epochs), "--batch-size", str(min(cfg.batch_size, samples)),
-            "--lr", str(cfg.lr), "--warmup", str(cfg.warmup), "--wd", str(cfg.wd), "--precision", precision,
-            "--workers", str(cfg.workers), "--seed", str(cfg.seed), "--logs", out, "--name", name,
-            "--save-frequency", str(cfg.epochs), "--report-to", "", "--log-every-n-steps", "20"]
+    args = [
+        "--train-data",
+        "::".join(shards),
+        "--dataset-type",
+        "webdataset",
+        "--train-num-samples",
+        str(samples),
+        "--model",
+        cfg.model,
+        "--epochs",
+        str(cfg.epochs),
+        "--batch-size",
+        str(min(cfg.batch_size, samples)),
+        "--lr",
+        str(cfg.lr),
+        "--warmup",
+        str(cfg.warmup),
+        "--wd",
+        str(cfg.wd),
+        "--precision",
+        precision,
+        "--workers",
+        str(cfg.workers),
+        "--seed",
+        str(cfg.seed),
+        "--logs",
+        out,
+        "--name",
+        name,
+        "--save-frequency",
+        str(cfg.epochs),
+        "--report-to",
+        "",
+        "--log-every-n-steps",
+        "20",
+    ]
     manifest_path = os.path.join(out, "train_manifest.json")
     if os.path.exists(manifest_path):  # resume: a finished run of the same config on the same data is kept
         done = runtime.read_json(manifest_path)
-        if done.get("config_hash") == config_hash(cfg) and done["data"]["spec"] == data and \
-                os.path.exists(done["checkpoint"]):
+        if (
+            done.get("config_hash") == config_hash(cfg)
+            and done["data"]["spec"] == data
+            and os.path.exists(done["checkpoint"])
+        ):
             log(f"[train] {out}: finished already ({done['checkpoint']})")
             return done
         raise InputError(f"{out} holds a run of another configuration or data; choose another --out")
@@ -295,11 +347,21 @@ def train(data: str, out: str, cfg: TrainConfig, name: str = "run", log=print) -
     ckpt = os.path.join(out, name, "checkpoints", f"epoch_{cfg.epochs}.pt")
     if not os.path.exists(ckpt):
         raise StageError(f"open_clip_train finished without writing {ckpt}")
-    manifest = {"kind": "thresher.train", "checkpoint": ckpt, "checkpoint_sha256": runtime.file_sha256(ckpt),
-                "config": to_dict(cfg), "config_hash": config_hash(cfg), "precision": precision,
-                "data": {"spec": data, "samples": samples,
-                         "shards": [{"path": p, "sha256": runtime.file_sha256(p)} for p in shards]},
-                "open_clip_train_args": args, **runtime.provenance()}
+    manifest = {
+        "kind": "thresher.train",
+        "checkpoint": ckpt,
+        "checkpoint_sha256": runtime.file_sha256(ckpt),
+        "config": to_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "precision": precision,
+        "data": {
+            "spec": data,
+            "samples": samples,
+            "shards": [{"path": p, "sha256": runtime.file_sha256(p)} for p in shards],
+        },
+        "open_clip_train_args": args,
+        **runtime.provenance(),
+    }
     runtime.write_json(manifest_path, manifest)
     log(f"[train] checkpoint {ckpt}")
     return manifest
@@ -356,8 +418,10 @@ def _run_open_clip_train(args: list[str]):
     seed = int(args[args.index("--seed") + 1]) if "--seed" in args else 0
     run_dir = os.path.join(args[args.index("--logs") + 1], args[args.index("--name") + 1])
     try:
-        with _deterministic(seed), runtime.watchdog(lambda: _progress(run_dir), STALL_SECONDS,
-                                                    f"training in {run_dir}"):
+        with (
+            _deterministic(seed),
+            runtime.watchdog(lambda: _progress(run_dir), STALL_SECONDS, f"training in {run_dir}"),
+        ):
             return open_clip_train_main(args)
     finally:
         for handler in [h for h in logging.root.handlers if h not in root_handlers]:
@@ -373,13 +437,47 @@ def scale_args(shards: list[str], scale: Scale, out: str, name: str, precision: 
     import math
 
     per_epoch = math.ceil(scale.samples_seen / scale.checkpoints)
-    args = ["--train-data", "::".join(shards), "--dataset-type", "webdataset", "--dataset-resampled",
-            "--train-num-samples", str(per_epoch), "--model", scale.model, "--epochs", str(scale.checkpoints),
-            "--batch-size", str(scale.batch_size // scale.accum_freq), "--accum-freq", str(scale.accum_freq),
-            "--lr", str(scale.lr), "--warmup", str(scale.warmup),
-            "--wd", str(scale.wd), "--lr-scheduler", scale.schedule, "--precision", precision,
-            "--workers", str(scale.workers), "--seed", str(scale.seed), "--logs", out, "--name", name,
-            "--save-frequency", "1", "--report-to", "", "--log-every-n-steps", "50"]
+    args = [
+        "--train-data",
+        "::".join(shards),
+        "--dataset-type",
+        "webdataset",
+        "--dataset-resampled",
+        "--train-num-samples",
+        str(per_epoch),
+        "--model",
+        scale.model,
+        "--epochs",
+        str(scale.checkpoints),
+        "--batch-size",
+        str(scale.batch_size // scale.accum_freq),
+        "--accum-freq",
+        str(scale.accum_freq),
+        "--lr",
+        str(scale.lr),
+        "--warmup",
+        str(scale.warmup),
+        "--wd",
+        str(scale.wd),
+        "--lr-scheduler",
+        scale.schedule,
+        "--precision",
+        precision,
+        "--workers",
+        str(scale.workers),
+        "--seed",
+        str(scale.seed),
+        "--logs",
+        out,
+        "--name",
+        name,
+        "--save-frequency",
+        "1",
+        "--report-to",
+        "",
+        "--log-every-n-steps",
+        "50",
+    ]
     if scale.schedule == "const-cooldown":
         args += ["--epochs-cooldown", str(max(1, round(scale.checkpoints * scale.cooldown_fraction)))]
     if scale.image_size:
@@ -424,8 +522,10 @@ def train_scale(data: str, scale: Scale, out: str, name: str = "run", log=print,
     resize_seconds = time.time() - t0
     args, per_epoch = scale_args(train_shards, scale, out, name, precision)
     gflops = gflops_per_sample(scale.model, scale.image_size)
-    log(f"[train] scale {scale.name}: {scale.model}, {scale.samples_seen} samples seen in {scale.checkpoints} "
-        f"checkpoint(s), {scale.schedule}, {gflops:.4g} GFLOPs/sample ({precision})")
+    log(
+        f"[train] scale {scale.name}: {scale.model}, {scale.samples_seen} samples seen in {scale.checkpoints} "
+        f"checkpoint(s), {scale.schedule}, {gflops:.4g} GFLOPs/sample ({precision})"
+    )
     # the data-loading processes need cores of their own: on a CPU-only run, torch's threads in this
     # process would otherwise compete with them for every step
     threads, t0 = torch.get_num_threads(), time.time()
@@ -445,20 +545,42 @@ def train_scale(data: str, scale: Scale, out: str, name: str = "run", log=print,
         if not os.path.exists(path):
             raise StageError(f"open_clip_train finished without writing {path}")
         steps = e * steps_per_epoch
-        checkpoints.append({"epoch": e, "path": path, "sha256": runtime.file_sha256(path), "steps": steps,
-                            "samples_seen": steps * scale.batch_size, "in_warmup": steps <= scale.warmup})
+        checkpoints.append(
+            {
+                "epoch": e,
+                "path": path,
+                "sha256": runtime.file_sha256(path),
+                "steps": steps,
+                "samples_seen": steps * scale.batch_size,
+                "in_warmup": steps <= scale.warmup,
+            }
+        )
     samples_seen = checkpoints[-1]["samples_seen"]
     data_record = {"spec": data, "shards": [{"path": p, "sha256": h} for p, h in zip(shards, shas)]}
     if train_shards is not shards:
-        data_record["resized"] = {"shorter_side": scale.shard_image_size, "shards": train_shards,
-                                  "seconds": round(resize_seconds, 2)}
-    manifest = {"kind": "thresher.train", "model": scale.model, "scale": to_dict(scale),
-                "scale_hash": config_hash(scale), "precision": precision,
-                "checkpoint": checkpoints[-1]["path"], "checkpoint_sha256": checkpoints[-1]["sha256"],
-                "checkpoints": checkpoints, "gflops_per_sample": gflops, "samples_seen": samples_seen,
-                "gflops_total": gflops * samples_seen, "seconds": round(seconds, 2),
-                "samples_per_second": round(samples_seen / seconds, 1), "data": data_record,
-                "open_clip_train_args": args, **runtime.provenance()}
+        data_record["resized"] = {
+            "shorter_side": scale.shard_image_size,
+            "shards": train_shards,
+            "seconds": round(resize_seconds, 2),
+        }
+    manifest = {
+        "kind": "thresher.train",
+        "model": scale.model,
+        "scale": to_dict(scale),
+        "scale_hash": config_hash(scale),
+        "precision": precision,
+        "checkpoint": checkpoints[-1]["path"],
+        "checkpoint_sha256": checkpoints[-1]["sha256"],
+        "checkpoints": checkpoints,
+        "gflops_per_sample": gflops,
+        "samples_seen": samples_seen,
+        "gflops_total": gflops * samples_seen,
+        "seconds": round(seconds, 2),
+        "samples_per_second": round(samples_seen / seconds, 1),
+        "data": data_record,
+        "open_clip_train_args": args,
+        **runtime.provenance(),
+    }
     runtime.write_json(manifest_path, manifest)
     log(f"[train] {scale.name}: {samples_seen} samples in {seconds:.1f}s ({samples_seen / seconds:.0f}/s)")
     return manifest

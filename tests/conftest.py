@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import download, execute, serve
-from pipeline.synth import SynthConfig, generate
+from thresher.pipeline import download, execute, serve
+from thresher.pipeline.synth import SynthConfig, generate
 
 POOL_SAMPLES = 3000
 
@@ -97,7 +97,7 @@ def pool(tmp_path_factory, synth_dir, server, ray_local):
 @pytest.fixture(scope="session")
 def featured_pool(pool, ray_local):
     """The downloaded pool with base features and the tiny (random-init) CLIP scorer."""
-    from pipeline import features
+    from thresher.pipeline import features
 
     out, _ = pool
     features.run_base(str(out), log=lambda *_: None)
@@ -110,9 +110,27 @@ def plugin_site(tmp_path_factory) -> Path:
     """The example package, built and installed (no network, no dependencies) into a directory of its own."""
     tmp = tmp_path_factory.mktemp("plugin")
     # setuptools builds in the source tree: a copy keeps the checkout clean
-    src = shutil.copytree(Path(__file__).resolve().parent.parent / "docs" / "plugin-example", tmp / "src",
-                          ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(tmp / "site"), str(src)], check=True, capture_output=True)
+    src = shutil.copytree(
+        Path(__file__).resolve().parent.parent / "docs" / "plugin-example",
+        tmp / "src",
+        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"),
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(tmp / "site"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
     assert (tmp / "site" / "thresher_example_filters").is_dir()
     return tmp / "site"

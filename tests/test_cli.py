@@ -3,19 +3,39 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-
 from conftest import free_port
-from pipeline import cli
+
+from thresher.pipeline import cli
 
 
-@pytest.mark.parametrize("command", ["demo", "synth", "serve", "download", "features", "export-metadata", "dedup",
-                                     "filter", "filters", "train", "train-probe", "embed-images", "subset", "audit", "fit",
-                                     "compare", "eval", "grid"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "demo",
+        "synth",
+        "serve",
+        "download",
+        "features",
+        "export-metadata",
+        "dedup",
+        "filter",
+        "filters",
+        "train",
+        "train-probe",
+        "embed-images",
+        "subset",
+        "audit",
+        "fit",
+        "compare",
+        "eval",
+        "grid",
+    ],
+)
 def test_help_has_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
@@ -25,7 +45,7 @@ def test_help_has_an_example(command, capsys):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "--version"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "thresher.pipeline.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("thresher ")
 
 
@@ -42,21 +62,29 @@ def test_bad_recipe_exits_2_naming_the_file(tmp_path, capsys):
     assert str(recipe) in err and "unknown filter 'nope'" in err
 
 
-QUICK_SCALES = ("defaults: {batch_size: 64, lr: 1.0e-3, warmup: 1, schedule: const, checkpoints: 4, precision: fp32,"
-                " shard_image_size: 80}\n"
-                "scales:\n  - {name: a, model: thresher-w32, samples_seen: 512}\n")
+QUICK_SCALES = (
+    "defaults: {batch_size: 64, lr: 1.0e-3, warmup: 1, schedule: const, checkpoints: 4, precision: fp32,"
+    " shard_image_size: 80}\n"
+    "scales:\n  - {name: a, model: thresher-w32, samples_seen: 512}\n"
+)
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, ray_local):
     """`thresher demo` on a small pool: the A/B grid trains one quick scale (4 const checkpoints of 512 samples)."""
-    from pipeline.demo import run_demo
+    from thresher.pipeline.demo import run_demo
 
     tmp = tmp_path_factory.mktemp("demo")
     (tmp / "scales.yaml").write_text(QUICK_SCALES)
     lines = []
-    result = run_demo(out=str(tmp / "demo"), samples=1200, port=free_port(), scales=str(tmp / "scales.yaml"),
-                      overrides={"trusted": 300, "dfn_epochs": 2, "eval_images": 100}, log=lines.append)
+    result = run_demo(
+        out=str(tmp / "demo"),
+        samples=1200,
+        port=free_port(),
+        scales=str(tmp / "scales.yaml"),
+        overrides={"trusted": 300, "dfn_epochs": 2, "eval_images": 100},
+        log=lines.append,
+    )
     return tmp / "demo", result, lines
 
 
@@ -75,8 +103,11 @@ def test_demo_runs_the_three_workflows_and_prints_their_paths(demo):
     assert sub["size"] == 120 and sub["recipe"] == "dfn-dedup"
     # the A/B's filter step found dfn-dedup's decisions up to date and left them, so the subset still points
     # at the decisions it was cut from (`audit remove` continues its ranking from them)
-    from pipeline import runtime
-    assert sub["decisions_manifest_sha256"] == runtime.file_sha256(str(pool / "decisions" / "dfn-dedup" / "manifest.json"))
+    from thresher.pipeline import runtime
+
+    assert sub["decisions_manifest_sha256"] == runtime.file_sha256(
+        str(pool / "decisions" / "dfn-dedup" / "manifest.json")
+    )
     # workflow 3: the provenance report and the link-rot recheck (the served pool still serves most URLs)
     assert result["recheck"]["checked"] > 0 and result["recheck"]["gone_rate"] < 0.5
     # workflow 2: equal subsets of both arms, the grid, and a verdict (at this size possibly "no comparison:
@@ -92,17 +123,23 @@ def test_demo_runs_the_three_workflows_and_prints_their_paths(demo):
     # one job: the pool steps the three workflows share ran once, and each step left its record
     records = sorted((out / "_job").glob("*.json"))
     assert [r.name.split("-", 1)[1] for r in records].count("synth.json") == 1
-    assert len(records) == len(__import__("pipeline.jobs").jobs.load("demo").steps)
+    assert len(records) == len(__import__("thresher.pipeline.jobs").jobs.load("demo").steps)
 
 
 def test_demo_rerun_resumes_without_redoing_work(demo):
-    from pipeline.demo import run_demo
+    from thresher.pipeline.demo import run_demo
 
     out, result, _ = demo
     settings = json.loads((out / "demo.json").read_text())
     lines = []
-    run_demo(out=str(out), samples=1200, port=settings["port"], scales=settings["scales"],
-             overrides={"trusted": 300, "dfn_epochs": 2, "eval_images": 100}, log=lines.append)
+    run_demo(
+        out=str(out),
+        samples=1200,
+        port=settings["port"],
+        scales=settings["scales"],
+        overrides={"trusted": 300, "dfn_epochs": 2, "eval_images": 100},
+        log=lines.append,
+    )
     assert sum("done already" in line for line in lines) == len(list((out / "_job").glob("*.json")))
 
 
@@ -111,9 +148,9 @@ def test_every_preset_recipe_runs_on_the_demo_pool(demo, capsys):
     clip_l14 (random-init clip_tiny: those decisions exercise the machinery, their choices mean nothing)."""
     import pyarrow.parquet as pq
 
-    from pipeline import features, probe, runtime
-    from pipeline import filter as filtering
-    from pipeline.filter import missing_plugins
+    from thresher.pipeline import features, probe, runtime
+    from thresher.pipeline import filter as filtering
+    from thresher.pipeline.filter import missing_plugins
 
     out, _, _ = demo
     pool, src = out / "pool", out / "source"
@@ -127,11 +164,18 @@ def test_every_preset_recipe_runs_on_the_demo_pool(demo, capsys):
     half = [u for u in uids if int(u[:2], 16) < 128]
     runtime.write_parquet(probe.labels_table(half, [int(u in unsafe) for u in half]), str(out / "labels.parquet"))
     probe.train_probe(str(pool), "clip_tiny", str(out / "labels.parquet"), str(out / "probe.npz"))
-    variables = {"scorer": "clip_tiny", "blocklists": str(src / "blocklists"), "target": str(target),
-                 "clusters": 6, "probe_scorer": "clip_tiny", "probe": str(out / "probe.npz")}
+    variables = {
+        "scorer": "clip_tiny",
+        "blocklists": str(src / "blocklists"),
+        "target": str(target),
+        "clusters": 6,
+        "probe_scorer": "clip_tiny",
+        "probe": str(out / "probe.npz"),
+    }
     success = json.loads((pool / "manifest.json").read_text())["counts"]["status"]["success"]
-    presets = [p.stem for p in sorted((cli.CONFIG_DIR / "recipes").glob("*.yaml"))
-               if not missing_plugins(str(p))]  # a plugin's preset runs only where it is installed
+    presets = [
+        p.stem for p in sorted((cli.CONFIG_DIR / "recipes").glob("*.yaml")) if not missing_plugins(str(p))
+    ]  # a plugin's preset runs only where it is installed
     assert len(presets) >= 14
     for name in presets:
         filtering.run(str(pool), name, variables, log=lambda *_: None)

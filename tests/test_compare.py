@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import ab_calibration as sim
-from pipeline import cli, compare, compare_report
+from thresher.pipeline import cli, compare, compare_report
 
 NOISE = {"replicate": 0.021, "run": 0.023, "checkpoint": 0.020, "rho": 0.5}  # our own grids' (ab_calibration.py)
 BASE = 12.7  # the generator's data term
@@ -24,8 +24,9 @@ PLANTED = 0.0  # B without the data term: error 0.10 lower at the largest comput
 
 def simulated_table(seed: int, b_data_term: float, replicates: int = 3, noise=None) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    rows = (sim.simulate_grid(rng, "a", BASE, replicates, noise or NOISE) +
-            sim.simulate_grid(rng, "b", b_data_term, replicates, noise or NOISE))
+    rows = sim.simulate_grid(rng, "a", BASE, replicates, noise or NOISE) + sim.simulate_grid(
+        rng, "b", b_data_term, replicates, noise or NOISE
+    )
     df = pd.DataFrame(rows)
     df["acc"] = 1 - df["error"]
     return df
@@ -75,8 +76,23 @@ def test_the_null_case_says_no_detectable_difference_and_what_would_resolve_it(t
     assert res["resolve"].startswith("to resolve it: about")
     assert res["measured"]["better"] is None and res["extrapolation_factor"] == pytest.approx(10)
     # compare.json keeps the fields it had
-    for key in ("a", "b", "target_compute", "error_a", "error_b", "ci_a", "ci_b", "better", "p_b_better",
-                "crossings", "verdict", "measured_range", "source", "metric", "fits"):
+    for key in (
+        "a",
+        "b",
+        "target_compute",
+        "error_a",
+        "error_b",
+        "ci_a",
+        "ci_b",
+        "better",
+        "p_b_better",
+        "crossings",
+        "verdict",
+        "measured_range",
+        "source",
+        "metric",
+        "fits",
+    ):
         assert key in res
     page = (tmp_path / "ab" / "compare.html").read_text()
     assert "no detectable difference" in page and "0.9769230769230769" not in page
@@ -125,26 +141,83 @@ def test_backtest_scores_the_extrapolation_against_the_measurement(tmp_path):
     res = compare_report.run(str(tmp_path / "r.csv"), "a", "b", "acc", "10x", str(tmp_path / "ab"), backtest_below=cut)
     bt = res["backtest"]
     assert bt["x"] > cut and bt["outcome"] in compare.OUTCOMES.values()
-    assert bt["measured"]["better"] == "b" and bt["outcome"] in ("right", "missed (the runs show a difference the "
-                                                                  "fits did not)")
+    assert bt["measured"]["better"] == "b" and bt["outcome"] in (
+        "right",
+        "missed (the runs show a difference the fits did not)",
+    )
     null = simulated_table(12, BASE)
     null.to_csv(tmp_path / "n.csv", index=False)
-    bt = compare_report.run(str(tmp_path / "n.csv"), "a", "b", "acc", "10x", str(tmp_path / "ab2"), backtest_below=cut)["backtest"]
+    bt = compare_report.run(str(tmp_path / "n.csv"), "a", "b", "acc", "10x", str(tmp_path / "ab2"), backtest_below=cut)[
+        "backtest"
+    ]
     assert bt["outcome"] == "rightly undecided"
 
 
 def test_compare_cli_takes_every_fit_option(tmp_path, capsys):
     simulated_table(13, PLANTED).to_csv(tmp_path / "r.csv", index=False)
-    assert cli.main(["compare", str(tmp_path / "r.csv"), "--a", "a", "--b", "b", "--metric", "acc",
-                     "--target-compute", "3x", "--confidence", "0.9", "--frontier", "laion", "--loss", "mse",
-                     "--forms", "power", "--bins-per-decade", "2", "--bootstrap", "0", "--fit-below", "200",
-                     "--out", str(tmp_path / "ab")]) == 0
+    assert (
+        cli.main(
+            [
+                "compare",
+                str(tmp_path / "r.csv"),
+                "--a",
+                "a",
+                "--b",
+                "b",
+                "--metric",
+                "acc",
+                "--target-compute",
+                "3x",
+                "--confidence",
+                "0.9",
+                "--frontier",
+                "laion",
+                "--loss",
+                "mse",
+                "--forms",
+                "power",
+                "--bins-per-decade",
+                "2",
+                "--bootstrap",
+                "0",
+                "--fit-below",
+                "200",
+                "--out",
+                str(tmp_path / "ab"),
+            ]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "ab" / "compare.json").read_text())
-    assert res["confidence"] == 0.9 and res["fit_options"] == {"frontier": "laion", "loss": "mse", "forms": ["power"],
-                                                               "bins_per_decade": 2.0, "fit_below": 200.0}
+    assert res["confidence"] == 0.9 and res["fit_options"] == {
+        "frontier": "laion",
+        "loss": "mse",
+        "forms": ["power"],
+        "bins_per_decade": 2.0,
+        "fit_below": 200.0,
+    }
     assert "held_out" in res and "prediction band" in capsys.readouterr().out
-    assert cli.main(["compare", str(tmp_path / "r.csv"), "--a", "a", "--b", "b", "--metric", "acc",
-                     "--target-compute", "3x", "--confidence", "2", "--out", str(tmp_path / "ab")]) == 2
+    assert (
+        cli.main(
+            [
+                "compare",
+                str(tmp_path / "r.csv"),
+                "--a",
+                "a",
+                "--b",
+                "b",
+                "--metric",
+                "acc",
+                "--target-compute",
+                "3x",
+                "--confidence",
+                "2",
+                "--out",
+                str(tmp_path / "ab"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_calibration_benchmark_simulated_part_prints_its_figures(capsys):
@@ -154,8 +227,8 @@ def test_calibration_benchmark_simulated_part_prints_its_figures(capsys):
 
 
 def test_scale_files_ask_for_seeds(tmp_path):
-    from pipeline import train
-    from pipeline.errors import InputError
+    from thresher.pipeline import train
+    from thresher.pipeline.errors import InputError
 
     demo = train.load_scales("demo")
     assert [(s.name, s.seed) for s in demo] == [(n, k) for n in ("w32-const-8k", "w64-const-8k") for k in range(5)]
@@ -165,12 +238,15 @@ def test_scale_files_ask_for_seeds(tmp_path):
     lo = min(gflops[s.model] * s.samples_seen / s.checkpoints for s in ab)
     hi = max(gflops[s.model] * s.samples_seen for s in ab)
     assert hi / lo >= 100  # jobs/ab_test.yaml's grid spans two decades of compute
-    (tmp_path / "per.yaml").write_text("defaults: {model: thresher-w32, batch_size: 8, lr: 0.1, warmup: 1}\n"
-                                       "scales:\n  - {name: a, samples_seen: 64, seeds: [3, 4]}\n"
-                                       "  - {name: b, samples_seen: 64}\n")
+    (tmp_path / "per.yaml").write_text(
+        "defaults: {model: thresher-w32, batch_size: 8, lr: 0.1, warmup: 1}\n"
+        "scales:\n  - {name: a, samples_seen: 64, seeds: [3, 4]}\n"
+        "  - {name: b, samples_seen: 64}\n"
+    )
     assert [(s.name, s.seed) for s in train.load_scales(str(tmp_path / "per.yaml"))] == [("a", 3), ("a", 4), ("b", 0)]
-    (tmp_path / "bad.yaml").write_text("seeds: [1, 1]\nscales:\n  - {name: a, model: m, samples_seen: 8, "
-                                       "batch_size: 8, lr: 0.1, warmup: 1}\n")
+    (tmp_path / "bad.yaml").write_text(
+        "seeds: [1, 1]\nscales:\n  - {name: a, model: m, samples_seen: 8, batch_size: 8, lr: 0.1, warmup: 1}\n"
+    )
     with pytest.raises(InputError, match="without repeats"):
         train.load_scales(str(tmp_path / "bad.yaml"))
 
@@ -180,11 +256,29 @@ def test_draws_and_seeds_are_replicates_and_a_grid_is_deterministic(featured_poo
     """`thresher subset --draws 2` gives two draws of each recipe (distinct samples, recorded in the
     manifest); a grid with `--replicates paired` trains draw k with seed k; the same grid from scratch
     gives the identical results.csv, and the identical verdict and P."""
-    from pipeline import subset
+    from thresher.pipeline import subset
 
-    assert cli.main(["subset", str(featured_pool), "--recipe", "datacomp-none", "--recipe", "datacomp-basic",
-                     "--size", "200", "--draws", "2", "--samples-per-shard", "100", "--out",
-                     str(tmp_path / "subsets")]) == 0
+    assert (
+        cli.main(
+            [
+                "subset",
+                str(featured_pool),
+                "--recipe",
+                "datacomp-none",
+                "--recipe",
+                "datacomp-basic",
+                "--size",
+                "200",
+                "--draws",
+                "2",
+                "--samples-per-shard",
+                "100",
+                "--out",
+                str(tmp_path / "subsets"),
+            ]
+        )
+        == 0
+    )
     dirs = [tmp_path / "subsets" / r / f"draw-{k}" for r in ("datacomp-none", "datacomp-basic") for k in (0, 1)]
     m = [subset.read_manifest(str(d)) for d in dirs]
     assert [x["draw"]["index"] for x in m] == [0, 1, 0, 1] and [x["seed"] for x in m] == [0, 1, 0, 1]
@@ -193,19 +287,51 @@ def test_draws_and_seeds_are_replicates_and_a_grid_is_deterministic(featured_poo
     assert len(uids[0]) == len(uids[1]) == 200 and uids[0] != uids[1]
     (tmp_path / "scales.yaml").write_text(
         "seeds: [0, 1]\ndefaults: {batch_size: 64, lr: 1.0e-3, warmup: 1, schedule: const, checkpoints: 2,"
-        " precision: fp32, shard_image_size: 64}\nscales:\n  - {name: q, model: thresher-w32, samples_seen: 256}\n")
+        " precision: fp32, shard_image_size: 64}\nscales:\n  - {name: q, model: thresher-w32, samples_seen: 256}\n"
+    )
     results = []
     for g in ("g1", "g2"):
-        args = ["grid", "--scale", str(tmp_path / "scales.yaml"), "--replicates", "paired", "--cpus-per-run", "1",
-                "--eval-set", str(synth_dir / "eval" / "shapes_retrieval"), "--out", str(tmp_path / g)]
+        args = [
+            "grid",
+            "--scale",
+            str(tmp_path / "scales.yaml"),
+            "--replicates",
+            "paired",
+            "--cpus-per-run",
+            "1",
+            "--eval-set",
+            str(synth_dir / "eval" / "shapes_retrieval"),
+            "--out",
+            str(tmp_path / g),
+        ]
         assert cli.main(args + [a for d in dirs for a in ("--subset", str(d))]) == 0
         results.append((tmp_path / g / "results.csv").read_text())
-        assert cli.main(["compare", str(tmp_path / g), "--a", "datacomp-none", "--b", "datacomp-basic", "--metric",
-                         "shapes_retrieval/image_retrieval_recall@5", "--target-compute", "2x", "--out",
-                         str(tmp_path / g / "ab")]) == 0
+        assert (
+            cli.main(
+                [
+                    "compare",
+                    str(tmp_path / g),
+                    "--a",
+                    "datacomp-none",
+                    "--b",
+                    "datacomp-basic",
+                    "--metric",
+                    "shapes_retrieval/image_retrieval_recall@5",
+                    "--target-compute",
+                    "2x",
+                    "--out",
+                    str(tmp_path / g / "ab"),
+                ]
+            )
+            == 0
+        )
     assert results[0] == results[1]
     df = pd.read_csv(tmp_path / "g1" / "results.csv")
-    assert sorted(set(zip(df.recipe, df.draw, df.seed))) == [("datacomp-basic", 0, 0), ("datacomp-basic", 1, 1),
-                                                            ("datacomp-none", 0, 0), ("datacomp-none", 1, 1)]
+    assert sorted(set(zip(df.recipe, df.draw, df.seed))) == [
+        ("datacomp-basic", 0, 0),
+        ("datacomp-basic", 1, 1),
+        ("datacomp-none", 0, 0),
+        ("datacomp-none", 1, 1),
+    ]
     v1, v2 = (json.loads((tmp_path / g / "ab" / "compare.json").read_text()) for g in ("g1", "g2"))
     assert (v1["verdict"], v1["p_b_better"]) == (v2["verdict"], v2["p_b_better"])

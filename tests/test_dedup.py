@@ -7,8 +7,8 @@ import collections
 import numpy as np
 import pytest
 
-from pipeline import dedup, hashes
-from pipeline.pool import Pool
+from thresher.pipeline import dedup, hashes
+from thresher.pipeline.pool import Pool
 
 
 def _planted_vectors():
@@ -65,8 +65,19 @@ def test_keep_policy(keep, expected):
     keep_arr = np.ones(n, bool)
     reason, group = [None] * n, [None] * n
     uids = ["a", "b", "c"]
-    dropped = dedup._apply(np.array([[0, 1], [1, 2]]), alive, "exact", cfg, scores, order_key,
-                           np.random.default_rng(0), group, reason, keep_arr, uids)
+    dropped = dedup._apply(
+        np.array([[0, 1], [1, 2]]),
+        alive,
+        "exact",
+        cfg,
+        scores,
+        order_key,
+        np.random.default_rng(0),
+        group,
+        reason,
+        keep_arr,
+        uids,
+    )
     assert dropped == 2 and keep_arr.tolist() == expected
     winner = uids[expected.index(True)]
     assert group == [winner] * 3 and reason.count("exact") == 2
@@ -77,8 +88,19 @@ def test_random_keep_is_seeded():
     for seed in range(20):
         cfg = dedup.DedupConfig(keep="random", seed=seed)
         keep = np.ones(5, bool)
-        dedup._apply(np.array([[0, 1], [1, 2], [2, 3], [3, 4]]), np.arange(5), "exact", cfg, np.zeros(5),
-                     np.arange(5), np.random.default_rng(seed), [None] * 5, [None] * 5, keep, list("abcde"))
+        dedup._apply(
+            np.array([[0, 1], [1, 2], [2, 3], [3, 4]]),
+            np.arange(5),
+            "exact",
+            cfg,
+            np.zeros(5),
+            np.arange(5),
+            np.random.default_rng(seed),
+            [None] * 5,
+            [None] * 5,
+            keep,
+            list("abcde"),
+        )
         picks.add(int(np.flatnonzero(keep)[0]))
     assert len(picks) > 1
 
@@ -128,7 +150,7 @@ def test_rerun_rewrites_the_same_decisions(deduped, featured_pool, synth_dir):
 def test_scores_against_ground_truth(deduped, ground_truth):
     """Exact copies: precision and recall 1. Planted near-copies (re-encoded, rescaled, colour-adjusted,
     watermarked): recall >= 0.95, precision >= 0.99. Planted contamination: found, nothing else dropped as it."""
-    from pipeline import synth
+    from thresher.pipeline import synth
 
     _, rows = deduped
     score = synth.score_dedup(list(rows.values()), ground_truth)
@@ -192,9 +214,10 @@ def test_partitioned_semdedup_finds_the_planted_copies_as_in_one_process(tmp_pat
     x[copies] = x[originals] + 0.01 * rng.normal(size=(200, 64))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     rows = [{"score": float(s), "emb": e} for s, e in zip(rng.uniform(0.2, 0.4, 2000), x)]
-    pool = make_pool(tmp_path / "pool", [rows[i:i + 250] for i in range(0, 2000, 250)])
-    common = dict(perceptual=False, semantic=True, contamination=False, scorer="clip_b32", probes=1, clusters=40,
-                  threshold=0.95)
+    pool = make_pool(tmp_path / "pool", [rows[i : i + 250] for i in range(0, 2000, 250)])
+    common = dict(
+        perceptual=False, semantic=True, contamination=False, scorer="clip_b32", probes=1, clusters=40, threshold=0.95
+    )
     removed = {}
     for name, extra in (("one process", {}), ("partitioned", {"partitions": 4})):
         manifest = dedup.run(str(pool), dedup.DedupConfig(**common, **extra), log=lambda *_: None)

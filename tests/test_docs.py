@@ -53,8 +53,12 @@ def bash_test_blocks(path: Path) -> list[tuple[int, str]]:
         body, j = [], i + 1
         while j < len(lines):
             close = FENCE.match(lines[j])
-            if close and close.group("fence")[0] == fence[0] and len(close.group("fence")) >= len(fence) \
-                    and not close.group("info").strip():
+            if (
+                close
+                and close.group("fence")[0] == fence[0]
+                and len(close.group("fence")) >= len(fence)
+                and not close.group("info").strip()
+            ):
                 break
             body.append(lines[j][indent:] if lines[j][:indent].strip() == "" else lines[j])
             j += 1
@@ -90,21 +94,33 @@ def _copy_pool(src: Path, dst: Path) -> None:
 
 def run_blocks(doc: Path, work: Path) -> str | None:
     """Run a file's `bash test` blocks in order in `work`; None, or the report of the first that fails."""
-    env = {**os.environ, "REPO": str(ROOT),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "REPO": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     env.pop("RAY_ADDRESS", None)
     rel = doc.relative_to(ROOT) if doc.is_relative_to(ROOT) else doc
     for line, code in bash_test_blocks(doc):
         try:
-            run = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=work, env=env, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=BLOCK_TIMEOUT_S)
+            run = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", code],
+                cwd=work,
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=BLOCK_TIMEOUT_S,
+            )
             failed, out = run.returncode != 0 and f"exited with {run.returncode}", run.stdout
         except subprocess.TimeoutExpired as err:
             out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
             failed = f"was killed after {BLOCK_TIMEOUT_S} s"
         if failed:
-            return (f"{rel}:{line}: the `bash test` block {failed} (working directory {work})\n"
-                    f"--- block ---\n{code}--- output (last {OUTPUT_TAIL} characters) ---\n{out[-OUTPUT_TAIL:]}")
+            return (
+                f"{rel}:{line}: the `bash test` block {failed} (working directory {work})\n"
+                f"--- block ---\n{code}--- output (last {OUTPUT_TAIL} characters) ---\n{out[-OUTPUT_TAIL:]}"
+            )
     return None
 
 

@@ -15,11 +15,11 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import test_download_config
-from pipeline import download, runtime
-from pipeline.pool import Pool
-from pipeline.errors import StageError
+
+from thresher.pipeline import download, runtime
+from thresher.pipeline.errors import StageError
+from thresher.pipeline.pool import Pool
 
 # what each planted category must end as; every other category downloads successfully
 EXPECTED_FAILURE = {"http_404": "http_404", "timeout": "timeout", "corrupt": "decode_error", "opted_out": "opted_out"}
@@ -84,7 +84,7 @@ def test_manifest_records_input_config_and_versions(pool, synth_dir):
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["input"]["sha256"] == runtime.file_sha256(str(synth_dir / "urls.parquet"))
     assert on_disk["input"]["rows"] == 3000
-    from pipeline.config import config_hash
+    from thresher.pipeline.config import config_hash
 
     assert on_disk["config_hash"] == config_hash(test_download_config())
     assert on_disk["packages"]["img2dataset"] and on_disk["packages"]["ray"] and on_disk["packages"]["pyarrow"]
@@ -102,11 +102,12 @@ def test_rerun_of_a_finished_pool_fetches_nothing(pool, synth_dir, server):
 
 def test_rerun_with_other_settings_is_refused(pool, synth_dir):
     out, _ = pool
-    from pipeline.errors import InputError
+    from thresher.pipeline.errors import InputError
 
     with pytest.raises(InputError, match="image_size"):
-        download.run(str(synth_dir / "urls.parquet"), str(out), test_download_config(image_size=256),
-                     log=lambda *_: None)
+        download.run(
+            str(synth_dir / "urls.parquet"), str(out), test_download_config(image_size=256), log=lambda *_: None
+        )
 
 
 def _subset(synth_dir, tmp_path, rows: slice, name: str) -> str:
@@ -120,10 +121,31 @@ def _subset(synth_dir, tmp_path, rows: slice, name: str) -> str:
 def test_resume_after_kill_loses_nothing_and_refetches_no_finished_shard(synth_dir, server, ray_local, tmp_path):
     urls = _subset(synth_dir, tmp_path, slice(0, 2400), "urls.parquet")
     out = tmp_path / "pool"
-    cmd = [sys.executable, "-m", "pipeline.cli", "download", urls, "--out", str(out), "--samples-per-shard", "200",
-           "--processes", "1", "--threads", "8", "--timeout", "2", "--allow-private-addresses"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    cmd = [
+        sys.executable,
+        "-m",
+        "thresher.pipeline.cli",
+        "download",
+        urls,
+        "--out",
+        str(out),
+        "--samples-per-shard",
+        "200",
+        "--processes",
+        "1",
+        "--threads",
+        "8",
+        "--timeout",
+        "2",
+        "--allow-private-addresses",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     deadline = time.time() + 240
     while len(set(Pool(str(out)).shards())) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -170,8 +192,12 @@ def test_a_failed_shard_is_reported_and_rerun(synth_dir, ground_truth, server, r
     pq.write_table(table.slice(start, 60), urls)
     out = tmp_path / "pool"
     with pytest.raises(StageError, match="run the same command again"):
-        download.run(urls, str(out), test_download_config(samples_per_shard=60, shard_deadline_s=1.0,
-                                                          shard_retries=0), log=lambda *_: None)
+        download.run(
+            urls,
+            str(out),
+            test_download_config(samples_per_shard=60, shard_deadline_s=1.0, shard_retries=0),
+            log=lambda *_: None,
+        )
     manifest = json.loads((out / "manifest.json").read_text())
     assert "00000000" in manifest["shards"]["failed"]
     assert "deadline" in manifest["shards"]["failed"]["00000000"]
@@ -179,7 +205,8 @@ def test_a_failed_shard_is_reported_and_rerun(synth_dir, ground_truth, server, r
     manifest = download.run(urls, str(out), test_download_config(samples_per_shard=60), log=lambda *_: None)
     assert manifest["shards"] == {"total": 1, "complete": 1, "failed": {}}
     assert manifest["counts"]["failure"] == {"timeout": 1} | {
-        k: v for k, v in manifest["counts"]["failure"].items() if k != "timeout"}
+        k: v for k, v in manifest["counts"]["failure"].items() if k != "timeout"
+    }
     assert Pool(str(out)).read_metadata().num_rows == 60
 
 
@@ -191,8 +218,9 @@ def test_local_addresses_are_refused_by_default(synth_dir, server, ray_local, tm
     with open(urls, "w") as f:
         f.write("\n".join(json.dumps(r) for r in rows) + "\n")
     before = server.hits[path]
-    manifest = download.run(urls, str(tmp_path / "pool"), test_download_config(allow_private_addresses=False),
-                            log=lambda *_: None)
+    manifest = download.run(
+        urls, str(tmp_path / "pool"), test_download_config(allow_private_addresses=False), log=lambda *_: None
+    )
     assert manifest["counts"]["status"] == {"refused": len(hosts)}
     assert manifest["counts"]["failure"] == {"disallowed_address": len(hosts)}
     assert server.hits[path] == before  # nothing was fetched
@@ -206,14 +234,18 @@ def test_face_boxes_are_blurred(synth_dir, server, ray_local, tmp_path):
 
     table = pq.read_table(synth_dir / "urls.parquet")
     gt = pq.read_table(synth_dir / "ground_truth.parquet")
-    ok = [i for i, (b, c) in enumerate(zip(table.column("face_bboxes").to_pylist(),
-                                             gt.column("category").to_pylist())) if b and c == "clean"][:5]
+    ok = [
+        i
+        for i, (b, c) in enumerate(zip(table.column("face_bboxes").to_pylist(), gt.column("category").to_pylist()))
+        if b and c == "clean"
+    ][:5]
     assert ok, "the synthetic pool should plant a few face boxes"
     urls = str(tmp_path / "urls.parquet")
     pq.write_table(table.take(ok), urls)
     plain = download.run(urls, str(tmp_path / "plain"), test_download_config(), log=lambda *_: None)
-    blurred = download.run(urls, str(tmp_path / "blur"), test_download_config(bbox_column="face_bboxes"),
-                           log=lambda *_: None)
+    blurred = download.run(
+        urls, str(tmp_path / "blur"), test_download_config(bbox_column="face_bboxes"), log=lambda *_: None
+    )
     assert plain["counts"]["status"] == blurred["counts"]["status"] == {"success": len(ok)}
 
     def first_image(pool_dir):
@@ -229,7 +261,7 @@ def test_face_boxes_are_blurred(synth_dir, server, ray_local, tmp_path):
     box = (slice(int(y0 * h) + 2, int(y1 * h) - 2), slice(int(x0 * w) + 2, int(x1 * w) - 2))
     assert np.abs(a[box] - b[box]).mean() > 1.0  # the box changed
     outside = np.ones_like(a, bool)
-    outside[int(y0 * h) - 10:int(y1 * h) + 10, int(x0 * w) - 10:int(x1 * w) + 10] = False
+    outside[int(y0 * h) - 10 : int(y1 * h) + 10, int(x0 * w) - 10 : int(x1 * w) + 10] = False
     assert np.abs(a[outside] - b[outside]).mean() < 1.0  # the rest did not
 
 
@@ -241,10 +273,20 @@ def test_expected_hashes_are_verified(synth_dir, ground_truth, server, ray_local
     expected[3] = "0" * 64
     expected[7] = "f" * 64
     urls = str(tmp_path / "urls.parquet")
-    pq.write_table(pa.table({"uid": [g["uid"] for g in clean], "url": [g["url"] for g in clean],
-                             "text": ["a b c"] * 20, "sha256": expected}), urls)
-    manifest = download.run(urls, str(tmp_path / "pool"), test_download_config(verify_hash_column="sha256"),
-                            log=lambda *_: None)
+    pq.write_table(
+        pa.table(
+            {
+                "uid": [g["uid"] for g in clean],
+                "url": [g["url"] for g in clean],
+                "text": ["a b c"] * 20,
+                "sha256": expected,
+            }
+        ),
+        urls,
+    )
+    manifest = download.run(
+        urls, str(tmp_path / "pool"), test_download_config(verify_hash_column="sha256"), log=lambda *_: None
+    )
     assert manifest["counts"]["failure"] == {"hash_mismatch": 2}
     rows = {r["uid"]: r for r in Pool(str(tmp_path / "pool")).read_metadata().to_pylist()}
     assert rows[clean[3]["uid"]]["failure"] == rows[clean[7]["uid"]]["failure"] == "hash_mismatch"
@@ -254,7 +296,7 @@ def test_expected_hashes_are_verified(synth_dir, ground_truth, server, ray_local
 def test_a_directory_of_url_lists_downloads_as_one_pool(synth_dir, server, ray_local, tmp_path):
     """DataComp ships its metadata as many Parquet files: a directory of them is one pool, each file cut into
     its own shards (so the last of each may be short), and a re-run checks it is the same directory."""
-    from pipeline.errors import InputError
+    from thresher.pipeline.errors import InputError
 
     table = pq.read_table(synth_dir / "urls.parquet").slice(0, 550)
     parts = tmp_path / "metadata"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import execute
-from pipeline.errors import InputError, StageError
+from thresher.pipeline import execute
+from thresher.pipeline.errors import InputError, StageError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,8 +118,9 @@ class TestRay:
 
     def test_a_task_past_its_deadline_is_cancelled_and_retried(self, tmp_path):
         started = time.monotonic()
-        out = execute.run(slow_first_time, [1], str(tmp_path), 60, label="t", deadline_s=2, retries=1,
-                          log=lambda *_: None)
+        out = execute.run(
+            slow_first_time, [1], str(tmp_path), 60, label="t", deadline_s=2, retries=1, log=lambda *_: None
+        )
         assert out.results == [1] and time.monotonic() - started < 30
 
     def test_a_hung_task_is_reported_as_a_stall_not_waited_on_forever(self):
@@ -137,8 +138,14 @@ def _fifo_in_place_of(path: Path) -> None:
 
 
 def _thresher(*args, env=None, timeout=240):
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "thresher.pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.slow
@@ -156,8 +163,18 @@ def test_filter_and_scoring_report_a_stall_instead_of_hanging(featured_pool, tmp
 
     shutil.rmtree(pool / "features" / "clip_tiny")
     _fifo_in_place_of(pool / "shards" / "00000002.tar")
-    r = _thresher("features", str(pool), "--model", "thresher-tiny", "--pretrained", "none",
-                  "--scorer-id", "clip_tiny", "--no-base", env={"THRESHER_STALL_S": "5"})
+    r = _thresher(
+        "features",
+        str(pool),
+        "--model",
+        "thresher-tiny",
+        "--pretrained",
+        "none",
+        "--scorer-id",
+        "clip_tiny",
+        "--no-base",
+        env={"THRESHER_STALL_S": "5"},
+    )
     assert r.returncode != 0 and "no progress for 5s" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
 
@@ -166,12 +183,19 @@ def test_a_stage_runs_without_ray_on_the_local_executor(featured_pool, tmp_path)
     """Stages say what to run, not how: the filter stage, end to end, in one process with no Ray."""
     pool = tmp_path / "pool"
     shutil.copytree(featured_pool, pool, ignore=shutil.ignore_patterns("decisions", "stats", "dedup"))
-    code = ("import sys; from pipeline import filter as f; "
-            f"m = f.run({str(pool)!r}, {str(ROOT / 'configs/recipes/datacomp-basic.yaml')!r}, log=lambda *_: None); "
-            "print(m['kept'], m['samples'], 'ray' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                       env={**os.environ, "THRESHER_EXECUTOR": "local"})
+    code = (
+        "import sys; from thresher.pipeline import filter as f; "
+        f"m = f.run({str(pool)!r}, {str(ROOT / 'configs/recipes/datacomp-basic.yaml')!r}, log=lambda *_: None); "
+        "print(m['kept'], m['samples'], 'ray' in sys.modules)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "THRESHER_EXECUTOR": "local"},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     kept, samples, ray_imported = r.stdout.split()
     assert 0 < int(kept) < int(samples) and ray_imported == "False"
-

@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import features
-from pipeline.pool import Pool
-from pipeline.errors import StageError
-from pipeline.hashes import hamming_hex
+from thresher.pipeline import features
+from thresher.pipeline.errors import StageError
+from thresher.pipeline.hashes import hamming_hex
+from thresher.pipeline.pool import Pool
 
 
 def _success(out):
@@ -35,14 +35,16 @@ def test_base_features_cover_every_success_and_match_ground_truth(featured_pool,
         caption = meta[g["uid"]]["caption"]
         assert (row["caption_chars"], row["caption_words"]) == (len(caption), len(caption.split()))
         assert (row["original_width"], row["original_height"]) == (g["width"], g["height"])
-        assert row["aspect_ratio"] == pytest.approx(max(g["width"], g["height"]) / min(g["width"], g["height"]),
-                                                    rel=1e-5)
+        assert row["aspect_ratio"] == pytest.approx(
+            max(g["width"], g["height"]) / min(g["width"], g["height"]), rel=1e-5
+        )
         assert row["sha256"] == g["sha256"] and row["error"] is None and len(row["pdq"]) == 64
 
 
 def test_pdq_of_stored_images_matches_the_blocklist(featured_pool, ground_truth, synth_dir):
-    listed = [l for l in (synth_dir / "blocklists" / "image_pdq.txt").read_text().splitlines()
-              if l and not l.startswith("#")]
+    listed = [
+        l for l in (synth_dir / "blocklists" / "image_pdq.txt").read_text().splitlines() if l and not l.startswith("#")
+    ]
     base = {r["uid"]: r for r in features.read_base(str(featured_pool)).to_pylist()}
     for g in ground_truth:
         if g["category"] == "blocked_pdq":
@@ -66,15 +68,16 @@ def test_local_checkpoint_loads_and_matches_open_clip_preprocessing(featured_poo
     import torch
     from PIL import Image
 
-    from pipeline import models
+    from thresher.pipeline import models
 
     models.register_project_models()
     torch.manual_seed(123)
     model, _, preprocess = open_clip.create_model_and_transforms("thresher-tiny")
     # the way open_clip_train saves: epoch, name, state_dict (with DDP's "module." prefix)
     ckpt = tmp_path / "epoch_1.pt"
-    torch.save({"epoch": 1, "name": "tiny", "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}},
-               ckpt)
+    torch.save(
+        {"epoch": 1, "name": "tiny", "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt
+    )
     small = tmp_path / "pool"
     (small / "shards").mkdir(parents=True)
     for f in (featured_pool / "shards").glob("00000000*"):
@@ -159,7 +162,7 @@ def test_corrupt_image_and_unreadable_shard_are_recorded(featured_pool, tmp_path
 
 
 def test_export_metadata_uses_datacomp_columns(featured_pool, tmp_path):
-    from pipeline import cli
+    from thresher.pipeline import cli
 
     shutil.copytree(featured_pool / "features" / "clip_tiny", tmp_path / "clip_b32")
     pool = _small_pool(featured_pool, tmp_path / "p", shards=(0,))
@@ -168,10 +171,24 @@ def test_export_metadata_uses_datacomp_columns(featured_pool, tmp_path):
         p.unlink()
     assert cli.main(["export-metadata", str(pool), "--out", str(tmp_path / "meta.parquet")]) == 0
     table = pq.read_table(tmp_path / "meta.parquet")
-    assert table.column_names == ["uid", "url", "text", "original_width", "original_height",
-                                  "clip_b32_similarity_score", "clip_l14_similarity_score", "sha256"]
-    scores = dict(zip(*[pq.read_table(pool / "features" / "clip_b32" / "00000000.parquet").column(c).to_pylist()
-                        for c in ("uid", "clip_score")]))
+    assert table.column_names == [
+        "uid",
+        "url",
+        "text",
+        "original_width",
+        "original_height",
+        "clip_b32_similarity_score",
+        "clip_l14_similarity_score",
+        "sha256",
+    ]
+    scores = dict(
+        zip(
+            *[
+                pq.read_table(pool / "features" / "clip_b32" / "00000000.parquet").column(c).to_pylist()
+                for c in ("uid", "clip_score")
+            ]
+        )
+    )
     rows = table.to_pylist()
     assert len(rows) == len(scores)
     assert all(r["clip_b32_similarity_score"] == pytest.approx(scores[r["uid"]]) for r in rows)
@@ -185,8 +202,9 @@ def test_precomputed_scores_and_npz_embeddings_are_imported(featured_pool, tmp_p
     meta = pq.read_table(pool / "shards" / "00000000.parquet")
     rng = np.random.default_rng(0)
     score = rng.uniform(0.1, 0.4, meta.num_rows).astype(np.float32)
-    pq.write_table(meta.append_column("clip_l14_similarity_score", pa.array(score)),
-                   pool / "shards" / "00000000.parquet")
+    pq.write_table(
+        meta.append_column("clip_l14_similarity_score", pa.array(score)), pool / "shards" / "00000000.parquet"
+    )
     # DataComp's layout: metadata X.parquet with an X.npz beside it, row-aligned (here in reverse order)
     npz_dir = tmp_path / "metadata"
     npz_dir.mkdir()
@@ -194,8 +212,9 @@ def test_precomputed_scores_and_npz_embeddings_are_imported(featured_pool, tmp_p
     pq.write_table(meta.select(["uid"]).take(pa.array(order)), npz_dir / "part0.parquet")
     emb = rng.normal(size=(meta.num_rows, 8)).astype(np.float32)
     np.savez(npz_dir / "part0.npz", l14_img=emb[order], l14_txt=-emb[order])
-    manifest = features.import_precomputed(str(pool), "clip_l14", "clip_l14_similarity_score",
-                                           npz_dir=str(npz_dir), log=lambda *_: None)
+    manifest = features.import_precomputed(
+        str(pool), "clip_l14", "clip_l14_similarity_score", npz_dir=str(npz_dir), log=lambda *_: None
+    )
     assert manifest["source"].startswith("precomputed")
     table, img, txt = features.read_scorer(str(pool), "clip_l14", with_embeddings=True)
     ok = [i for i, s in enumerate(meta.column("status").to_pylist()) if s == "success"]

@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import filter as flt
-from pipeline import runtime, schema, topk
-from pipeline.pool import Pool
-from pipeline.errors import InputError
+from thresher.pipeline import filter as flt
+from thresher.pipeline import runtime, schema, topk
+from thresher.pipeline.errors import InputError
+from thresher.pipeline.pool import Pool
 
 
 def make_pool(root, shards: list[list[dict]], scorer: str = "clip_b32"):
@@ -24,38 +24,62 @@ def make_pool(root, shards: list[list[dict]], scorer: str = "clip_b32"):
         name = f"{i:08d}"
         keys = [f"{name}{j:04d}" for j in range(len(rows))]
         uids = [r.get("uid", f"u{i}_{j}") for j, r in enumerate(rows)]
-        meta = pa.table({
-            "uid": uids, "key": keys, "url": [r.get("url", f"http://x.invalid/{k}") for k, r in zip(keys, rows)],
-            "caption": [r.get("caption", "a photo of a red circle") for r in rows], "status": ["success"] * len(rows),
-            "failure": [None] * len(rows), "error_message": [None] * len(rows),
-            "width": [r.get("original_width", 300) for r in rows], "height": [r.get("original_height", 300) for r in rows],
-            "original_width": [r.get("original_width", 300) for r in rows],
-            "original_height": [r.get("original_height", 300) for r in rows], "sha256": [None] * len(rows),
-        }, schema=schema.POOL)
+        meta = pa.table(
+            {
+                "uid": uids,
+                "key": keys,
+                "url": [r.get("url", f"http://x.invalid/{k}") for k, r in zip(keys, rows)],
+                "caption": [r.get("caption", "a photo of a red circle") for r in rows],
+                "status": ["success"] * len(rows),
+                "failure": [None] * len(rows),
+                "error_message": [None] * len(rows),
+                "width": [r.get("original_width", 300) for r in rows],
+                "height": [r.get("original_height", 300) for r in rows],
+                "original_width": [r.get("original_width", 300) for r in rows],
+                "original_height": [r.get("original_height", 300) for r in rows],
+                "sha256": [None] * len(rows),
+            },
+            schema=schema.POOL,
+        )
         runtime.makedirs(layout.shards_dir)
         runtime.write_parquet(meta, layout.metadata(i))
         runtime.write_json(layout.shard_stats(i), {"count": len(rows)})
-        base = pa.table({
-            "uid": uids, "key": keys, "caption_lang": [r.get("caption_lang", "en") for r in rows],
-            "caption_lang_score": [0.9] * len(rows), "caption_chars": [len(r.get("caption", "x" * 20)) for r in rows],
-            "caption_words": [r.get("caption_words", 5) for r in rows],
-            "original_width": meta.column("original_width"), "original_height": meta.column("original_height"),
-            "aspect_ratio": [1.0] * len(rows), "sha256": [None] * len(rows), "md5": [None] * len(rows),
-            "pdq": [None] * len(rows), "pdq_quality": [None] * len(rows), "error": [None] * len(rows),
-        }, schema=schema.BASE_FEATURES)
+        base = pa.table(
+            {
+                "uid": uids,
+                "key": keys,
+                "caption_lang": [r.get("caption_lang", "en") for r in rows],
+                "caption_lang_score": [0.9] * len(rows),
+                "caption_chars": [len(r.get("caption", "x" * 20)) for r in rows],
+                "caption_words": [r.get("caption_words", 5) for r in rows],
+                "original_width": meta.column("original_width"),
+                "original_height": meta.column("original_height"),
+                "aspect_ratio": [1.0] * len(rows),
+                "sha256": [None] * len(rows),
+                "md5": [None] * len(rows),
+                "pdq": [None] * len(rows),
+                "pdq_quality": [None] * len(rows),
+                "error": [None] * len(rows),
+            },
+            schema=schema.BASE_FEATURES,
+        )
         runtime.makedirs(layout.features_dir("base"))
         runtime.write_parquet(base, layout.features("base", i))
         runtime.write_json(layout.feature_stats("base", i), {"count": len(rows)})
-        scores = pa.table({"uid": uids, "key": keys, "clip_score": [r.get("score") for r in rows],
-                           "error": [None] * len(rows)}, schema=schema.CLIP_FEATURES)
+        scores = pa.table(
+            {"uid": uids, "key": keys, "clip_score": [r.get("score") for r in rows], "error": [None] * len(rows)},
+            schema=schema.CLIP_FEATURES,
+        )
         runtime.makedirs(layout.features_dir(scorer))
         runtime.write_parquet(scores, layout.features(scorer, i))
         runtime.write_json(layout.feature_stats(scorer, i), {"count": len(rows)})
         if rows and "emb" in rows[0]:
             for tower in ("img", "txt"):  # the text tower's rows do not matter to these tests
                 np.save(layout.embeddings(scorer, i, tower), np.array([r["emb"] for r in rows], np.float16))
-    runtime.write_json(layout.features_manifest(scorer),
-                       {"scorer": {"model": "planted", "pretrained": None}, "weights": {"kind": "planted"}})
+    runtime.write_json(
+        layout.features_manifest(scorer),
+        {"scorer": {"model": "planted", "pretrained": None}, "weights": {"kind": "planted"}},
+    )
     return root
 
 
@@ -80,21 +104,27 @@ def test_order_key_sorts_like_the_floats():
     assert keys[3] < keys[4] or x[3] == x[4]
 
 
-@pytest.mark.parametrize("fraction,expected_threshold,expected_kept", [
-    (0.3, 0.7, 5),    # n = 10, rank int(3.0) = 3 -> 4th largest (0.7), tied with the 5th: both kept -> 5
-    (0.25, 0.8, 3),   # rank int(2.5) = 2 -> 0.8
-    (0.1, 0.9, 2),    # rank 1 -> second largest 0.9
-    (0.05, 0.95, 1),  # rank 0 -> the maximum
-    (1.0, None, 10),  # rank 10 = n: nothing to cut, everything kept
-])
+@pytest.mark.parametrize(
+    "fraction,expected_threshold,expected_kept",
+    [
+        (0.3, 0.7, 5),  # n = 10, rank int(3.0) = 3 -> 4th largest (0.7), tied with the 5th: both kept -> 5
+        (0.25, 0.8, 3),  # rank int(2.5) = 2 -> 0.8
+        (0.1, 0.9, 2),  # rank 1 -> second largest 0.9
+        (0.05, 0.95, 1),  # rank 0 -> the maximum
+        (1.0, None, 10),  # rank 10 = n: nothing to cut, everything kept
+    ],
+)
 def test_top_fraction_threshold_across_shards(tmp_path, ray_local, fraction, expected_threshold, expected_kept):
     scores = [[0.95, 0.1, 0.7, -0.2], [0.5, 0.9, 0.7, 0.3], [0.8, 0.0]]  # sorted: .95 .9 .8 .7 .7 .5 .3 .1 0 -.2
     pool = make_pool(tmp_path / "pool", [[{"score": s} for s in shard] for shard in scores])
-    recipe = write_recipe(tmp_path, f"""
+    recipe = write_recipe(
+        tmp_path,
+        f"""
 name: top
 steps:
   - {{filter: clip_score, params: {{scorer: clip_b32}}, top_fraction: {fraction}}}
-""")
+""",
+    )
     manifest = flt.run(str(pool), recipe, log=lambda *_: None)
     got = manifest["thresholds"]["clip_score"]["threshold"]
     assert (got is None and expected_threshold is None) or got == pytest.approx(expected_threshold)
@@ -109,16 +139,21 @@ steps:
 def test_fraction_of_remaining_versus_pool(tmp_path, ray_local):
     """English first, then the top half by score: of what remains (rank 2 of 4: 0.5), or of the whole pool
     (rank 3 of 6: 0.6)."""
-    rows = [{"score": s, "caption_lang": lang} for s, lang in
-            [(0.9, "fr"), (0.8, "fr"), (0.7, "en"), (0.6, "en"), (0.5, "en"), (0.4, "en")]]
+    rows = [
+        {"score": s, "caption_lang": lang}
+        for s, lang in [(0.9, "fr"), (0.8, "fr"), (0.7, "en"), (0.6, "en"), (0.5, "en"), (0.4, "en")]
+    ]
     pool = make_pool(tmp_path / "pool", [rows[:3], rows[3:]])
     for of, kept_scores in (("remaining", [0.7, 0.6, 0.5]), ("pool", [0.7, 0.6])):
-        recipe = write_recipe(tmp_path, f"""
+        recipe = write_recipe(
+            tmp_path,
+            f"""
 name: en-{of}
 steps:
   - {{filter: language, name: english}}
   - {{filter: clip_score, params: {{scorer: clip_b32}}, top_fraction: 0.5, fraction_of: {of}}}
-""")
+""",
+        )
         manifest = flt.run(str(pool), recipe, log=lambda *_: None)
         got = sorted((r["score"] for r in decisions(pool, f"en-{of}").values() if r["keep"]), reverse=True)
         assert got == pytest.approx(kept_scores), of
@@ -129,7 +164,9 @@ steps:
 
 def test_missing_scores_fail_and_rank_last(tmp_path, ray_local):
     pool = make_pool(tmp_path / "pool", [[{"score": 0.5}, {"score": None}, {"score": 0.2}]])
-    recipe = write_recipe(tmp_path, "name: t\nsteps:\n  - {filter: clip_score, params: {scorer: clip_b32, min_score: 0.1}}\n")
+    recipe = write_recipe(
+        tmp_path, "name: t\nsteps:\n  - {filter: clip_score, params: {scorer: clip_b32, min_score: 0.1}}\n"
+    )
     flt.run(str(pool), recipe, log=lambda *_: None)
     assert [r["keep"] for r in decisions(pool, "t").values()] == [True, False, True]
 
@@ -146,32 +183,49 @@ def test_basic_rules_at_their_boundaries(tmp_path, ray_local):
     pool = make_pool(tmp_path / "pool", [rows])
     flt.run(str(pool), "datacomp-basic", log=lambda *_: None)
     got = {u: (r["keep"], r["dropped_by"]) for u, r in decisions(pool, "datacomp-basic").items()}
-    assert got == {"ok": (True, None), "two_words": (False, "caption_length"), "five_chars": (False, "caption_length"),
-                   "side_199": (False, "image_size"), "aspect_3.01": (False, "aspect_ratio"),
-                   "german": (False, "english")}
+    assert got == {
+        "ok": (True, None),
+        "two_words": (False, "caption_length"),
+        "five_chars": (False, "caption_length"),
+        "side_199": (False, "image_size"),
+        "aspect_3.01": (False, "aspect_ratio"),
+        "german": (False, "english"),
+    }
 
 
 def test_datatrove_url_and_banned_word_filters(tmp_path, ray_local):
     (tmp_path / "domains.txt").write_text("# blocked\nbadsite.com\n")
     (tmp_path / "words.txt").write_text("gore\nhate symbol\n")
-    rows = [{"uid": "ok", "url": "http://www.goodsite.com/a.jpg", "caption": "a red circle"},
-            {"uid": "domain", "url": "http://badsite.com/a.jpg"},
-            {"uid": "subdomain", "url": "https://img.badsite.com/b.jpg"},
-            {"uid": "bundled", "url": "http://pornhub.com/c.jpg"},  # on datatrove's bundled UT1 adult list
-            {"uid": "word", "url": "http://www.goodsite.com/d.jpg", "caption": "Gore in a photo"},
-            {"uid": "phrase", "url": "http://www.goodsite.com/e.jpg", "caption": "a HATE SYMBOL drawn"},
-            {"uid": "subword", "url": "http://www.goodsite.com/f.jpg", "caption": "gorefest is not a word match"}]
+    rows = [
+        {"uid": "ok", "url": "http://www.goodsite.com/a.jpg", "caption": "a red circle"},
+        {"uid": "domain", "url": "http://badsite.com/a.jpg"},
+        {"uid": "subdomain", "url": "https://img.badsite.com/b.jpg"},
+        {"uid": "bundled", "url": "http://pornhub.com/c.jpg"},  # on datatrove's bundled UT1 adult list
+        {"uid": "word", "url": "http://www.goodsite.com/d.jpg", "caption": "Gore in a photo"},
+        {"uid": "phrase", "url": "http://www.goodsite.com/e.jpg", "caption": "a HATE SYMBOL drawn"},
+        {"uid": "subword", "url": "http://www.goodsite.com/f.jpg", "caption": "gorefest is not a word match"},
+    ]
     pool = make_pool(tmp_path / "pool", [rows])
-    recipe = write_recipe(tmp_path, f"""
+    recipe = write_recipe(
+        tmp_path,
+        f"""
 name: text
 steps:
   - {{filter: url_blocklist, params: {{domains: {tmp_path}/domains.txt}}}}
   - {{filter: banned_words, params: {{path: {tmp_path}/words.txt}}}}
-""")
+""",
+    )
     flt.run(str(pool), recipe, log=lambda *_: None)
     got = {u: r["dropped_by"] for u, r in decisions(pool, "text").items()}
-    assert got == {"ok": None, "domain": "url_blocklist", "subdomain": "url_blocklist", "bundled": "url_blocklist",
-                   "word": "banned_words", "phrase": "banned_words", "subword": None}
+    assert got == {
+        "ok": None,
+        "domain": "url_blocklist",
+        "subdomain": "url_blocklist",
+        "bundled": "url_blocklist",
+        "word": "banned_words",
+        "phrase": "banned_words",
+        "subword": None,
+    }
 
 
 def test_image_based_keeps_the_clusters_nearest_to_the_target_set(tmp_path, ray_local):
@@ -180,19 +234,29 @@ def test_image_based_keeps_the_clusters_nearest_to_the_target_set(tmp_path, ray_
     labels = rng.integers(4, size=400)
     emb = centers[labels] + rng.normal(scale=0.02, size=(400, 8))
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    rows = [{"uid": f"s{i}", "emb": emb[i], "score": 0.1, "caption": "a photo of some shapes", "caption_words": 5}
-            for i in range(400)]
+    rows = [
+        {"uid": f"s{i}", "emb": emb[i], "score": 0.1, "caption": "a photo of some shapes", "caption_words": 5}
+        for i in range(400)
+    ]
     rows[0]["caption_words"] = 1  # the caption filter still applies: more than 1 word
     pool = make_pool(tmp_path / "pool", [rows[:150], rows[150:]])
     target = centers[[1, 3]] + rng.normal(scale=0.02, size=(2, 8))
     np.save(tmp_path / "target.npy", target.astype(np.float16))
-    manifest = flt.run(str(pool), "datacomp-image-based",
-                       {"scorer": "clip_b32", "target": str(tmp_path / "target.npy"), "clusters": 4}, log=lambda *_: None)
+    manifest = flt.run(
+        str(pool),
+        "datacomp-image-based",
+        {"scorer": "clip_b32", "target": str(tmp_path / "target.npy"), "clusters": 4},
+        log=lambda *_: None,
+    )
     kept = {u for u, r in decisions(pool, "datacomp-image-based").items() if r["keep"]}
     expected = {f"s{i}" for i in range(1, 400) if labels[i] in (1, 3)}
     assert kept == expected
-    assert manifest["prepared"]["image_clusters"] == {"clusters": 4, "trained_on": 400, "targets": 2,
-                                                      "clusters_kept": 2}
+    assert manifest["prepared"]["image_clusters"] == {
+        "clusters": 4,
+        "trained_on": 400,
+        "targets": 2,
+        "clusters_kept": 2,
+    }
 
 
 def test_embed_images_uses_the_scorers_random_weights(synth_dir, tmp_path):
@@ -201,13 +265,15 @@ def test_embed_images_uses_the_scorers_random_weights(synth_dir, tmp_path):
     import subprocess
     import sys
 
-    from pipeline import features
+    from thresher.pipeline import features
 
     emb = features.embed_images(str(synth_dir / "eval" / "shapes_kind"), "thresher-tiny", None, str(tmp_path / "a.npy"))
     assert emb.dtype == np.float16 and emb.shape[1] == 64 and len(emb) >= 50
     assert np.allclose(np.linalg.norm(emb.astype(np.float32), axis=1), 1, atol=1e-2)
-    code = ("from pipeline import features; features.embed_images(%r, 'thresher-tiny', None, %r)"
-            % (str(synth_dir / "eval" / "shapes_kind"), str(tmp_path / "b.npy")))
+    code = (
+        f"from thresher.pipeline import features; features.embed_images("
+        f"{str(synth_dir / 'eval' / 'shapes_kind')!r}, 'thresher-tiny', None, {str(tmp_path / 'b.npy')!r})"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     assert np.array_equal(np.load(tmp_path / "b.npy"), emb)
 
@@ -216,16 +282,22 @@ def test_embed_images_uses_the_scorers_random_weights(synth_dir, tmp_path):
 # Recipe errors: found before any data is read
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("name: r\nsteps:\n  - {filter: no_such_filter}\n", "step 1 (no_such_filter): unknown filter 'no_such_filter'"),
-    ("name: r\nsteps:\n  - {filter: image_size, params: {min_side: big}}\n", "step 1 (image_size) params"),
-    ("name: r\nsteps:\n  - {filter: image_size, params: {min_sides: 3}}\n", "min_sides"),
-    ("name: r\nsteps:\n  - {filter: none, top_fraction: 0.5}\n", "top_fraction needs a filter that scores"),
-    ("name: r\nsteps:\n  - {filter: random, top_fraction: 1.5}\n", "top_fraction must be in (0, 1]"),
-    ("name: r\nsteps:\n  - {filter: blocklist, params: {kind: url_md5, path: '{lists}/a.txt'}}\n", "unknown placeholder {lists}"),
-    ("name: r\nsteps: []\n", "at least one step"),
-    ("steps:\n  - {filter: none}\n", "name"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("name: r\nsteps:\n  - {filter: no_such_filter}\n", "step 1 (no_such_filter): unknown filter 'no_such_filter'"),
+        ("name: r\nsteps:\n  - {filter: image_size, params: {min_side: big}}\n", "step 1 (image_size) params"),
+        ("name: r\nsteps:\n  - {filter: image_size, params: {min_sides: 3}}\n", "min_sides"),
+        ("name: r\nsteps:\n  - {filter: none, top_fraction: 0.5}\n", "top_fraction needs a filter that scores"),
+        ("name: r\nsteps:\n  - {filter: random, top_fraction: 1.5}\n", "top_fraction must be in (0, 1]"),
+        (
+            "name: r\nsteps:\n  - {filter: blocklist, params: {kind: url_md5, path: '{lists}/a.txt'}}\n",
+            "unknown placeholder {lists}",
+        ),
+        ("name: r\nsteps: []\n", "at least one step"),
+        ("steps:\n  - {filter: none}\n", "name"),
+    ],
+)
 def test_recipe_errors_name_file_and_step_before_reading_data(tmp_path, text, needle):
     recipe = write_recipe(tmp_path, text)
     with pytest.raises(InputError) as err:
@@ -258,7 +330,7 @@ def test_plugins_register_through_entry_points(monkeypatch):
     import types
     from dataclasses import dataclass
 
-    from filters import api
+    from thresher.filters import api
 
     mod = types.ModuleType("thresher_plugin_example")
 
@@ -276,8 +348,9 @@ def test_plugins_register_through_entry_points(monkeypatch):
     sys.modules[mod.__name__] = mod
     ep = md.EntryPoint(name="example", value=f"{mod.__name__}:setup", group=api.ENTRY_POINT_GROUP)
     real = md.entry_points
-    monkeypatch.setattr(md, "entry_points", lambda **kw: [ep] if kw.get("group") == api.ENTRY_POINT_GROUP
-                        else real(**kw))
+    monkeypatch.setattr(
+        md, "entry_points", lambda **kw: [ep] if kw.get("group") == api.ENTRY_POINT_GROUP else real(**kw)
+    )
     monkeypatch.setattr(api, "_loaded_plugins", False)
     assert "longer_than" in api.known()
     assert api.get("longer_than").needs(api.get("longer_than").params()) == ["caption_chars"]
@@ -296,14 +369,18 @@ def test_datacomp_basic_removes_exactly_its_targets(featured_pool, truth_by_uid,
     assert len(target) > 100
     recall = len(dropped & target) / len(target)
     precision = len(dropped & target) / len(dropped)
-    assert recall == 1.0 and precision == 1.0, (recall, precision, collections.Counter(
-        truth_by_uid[u]["category"] for u in dropped ^ target))
+    assert recall == 1.0 and precision == 1.0, (
+        recall,
+        precision,
+        collections.Counter(truth_by_uid[u]["category"] for u in dropped ^ target),
+    )
     assert manifest["funnel"][0]["in"] == len(rows) and manifest["kept"] == len(rows) - len(dropped)
 
 
 def test_safety_recipe_removes_every_blocklisted_sample(featured_pool, synth_dir, truth_by_uid, ray_local):
-    manifest = flt.run(str(featured_pool), "relaion-safety", {"blocklists": str(synth_dir / "blocklists")},
-                       log=lambda *_: None)
+    manifest = flt.run(
+        str(featured_pool), "relaion-safety", {"blocklists": str(synth_dir / "blocklists")}, log=lambda *_: None
+    )
     rows = decisions(featured_pool, "relaion-safety")
     listed = {u for u in rows if truth_by_uid[u]["blocklist"]}
     dropped = {u for u, r in rows.items() if not r["keep"]}
@@ -312,7 +389,8 @@ def test_safety_recipe_removes_every_blocklisted_sample(featured_pool, synth_dir
     assert all(rows[u]["dropped_by"] == truth_by_uid[u]["blocklist"] for u in listed)
     by_step = {f["step"]: f["dropped"] for f in manifest["funnel"]}
     assert by_step == dict(collections.Counter(truth_by_uid[u]["blocklist"] for u in listed)) | {
-        k: 0 for k in by_step if k not in {truth_by_uid[u]["blocklist"] for u in listed}}
+        k: 0 for k in by_step if k not in {truth_by_uid[u]["blocklist"] for u in listed}
+    }
 
 
 def test_random_subset_is_seeded_and_sized(featured_pool, ray_local):
@@ -325,13 +403,17 @@ def test_random_subset_is_seeded_and_sized(featured_pool, ray_local):
 @pytest.fixture(scope="session")
 def dfn_scored(featured_pool, synth_dir, tmp_path_factory, ray_local):
     """A filtering network trained only on the synthetic trusted set, scoring the pool as scorer "dfn"."""
-    from pipeline import features, train
+    from thresher.pipeline import features, train
 
     run = tmp_path_factory.mktemp("dfn")
-    trained = train.train(str(synth_dir / "trusted"), str(run), train.TrainConfig(epochs=5), name="dfn",
-                          log=lambda *_: None)
-    features.run_scorer(str(featured_pool), features.ScorerConfig(scorer_id="dfn", pretrained=trained["checkpoint"]),
-                        log=lambda *_: None)
+    trained = train.train(
+        str(synth_dir / "trusted"), str(run), train.TrainConfig(epochs=5), name="dfn", log=lambda *_: None
+    )
+    features.run_scorer(
+        str(featured_pool),
+        features.ScorerConfig(scorer_id="dfn", pretrained=trained["checkpoint"]),
+        log=lambda *_: None,
+    )
     return trained
 
 
@@ -345,8 +427,10 @@ def test_dfn_removes_mismatched_captions_far_above_chance(dfn_scored, featured_p
         return sum(not rows[u]["keep"] for u in group) / len(group)
 
     # keeping 70% removes ~30% at random; the filtering network removes mismatched captions far more often
-    assert removed("mismatched_caption") >= 0.8 and removed("clean") <= 0.35, (removed("mismatched_caption"),
-                                                                               removed("clean"))
+    assert removed("mismatched_caption") >= 0.8 and removed("clean") <= 0.35, (
+        removed("mismatched_caption"),
+        removed("clean"),
+    )
     # provenance: which weights scored, and what they were trained on
     weights = manifest["inputs"]["dfn"]["weights"]
     assert weights["kind"] == "checkpoint" and weights["sha256"] == dfn_scored["checkpoint_sha256"]
@@ -356,15 +440,16 @@ def test_dfn_removes_mismatched_captions_far_above_chance(dfn_scored, featured_p
 
 
 def test_train_names_bad_data(tmp_path):
-    from pipeline import train
+    from thresher.pipeline import train
 
     with pytest.raises(InputError, match="no .tar files"):
         train.train(str(tmp_path), str(tmp_path / "out"), train.TrainConfig(), log=lambda *_: None)
 
 
 def test_safety_then_quality_by_include(featured_pool, synth_dir, truth_by_uid, ray_local):
-    manifest = flt.run(str(featured_pool), "safe-datacomp-basic", {"blocklists": str(synth_dir / "blocklists")},
-                       log=lambda *_: None)
+    manifest = flt.run(
+        str(featured_pool), "safe-datacomp-basic", {"blocklists": str(synth_dir / "blocklists")}, log=lambda *_: None
+    )
     rows = decisions(featured_pool, "safe-datacomp-basic")
     safety = {"url_md5", "url_sha256", "image_sha256", "image_pdq"}
     assert [f["step"] for f in manifest["funnel"]][:4] == ["url_md5", "url_sha256", "image_sha256", "image_pdq"]
@@ -389,7 +474,7 @@ def test_include_cycles_are_refused(tmp_path):
 def test_nsfw_probe_trained_on_labels_flags_held_out_unsafe_images(tmp_path, ray_local):
     """Planted embeddings: "unsafe" images lie off to one side. A probe trained on half the labels flags the
     other half's unsafe images and spares the rest; the safety recipe drops them as `nsfw`."""
-    from pipeline import probe
+    from thresher.pipeline import probe
 
     rng = np.random.default_rng(0)
     unsafe = rng.random(600) < 0.15
@@ -398,12 +483,18 @@ def test_nsfw_probe_trained_on_labels_flags_held_out_unsafe_images(tmp_path, ray
     rows = [{"uid": f"s{i}", "emb": emb[i], "score": 0.1} for i in range(600)]
     pool = make_pool(tmp_path / "pool", [rows[:300], rows[300:]])
     train_ids = list(range(0, 600, 2))
-    runtime.write_parquet(probe.labels_table([f"s{i}" for i in train_ids], [int(unsafe[i]) for i in train_ids]),
-                          str(tmp_path / "labels.parquet"))
+    runtime.write_parquet(
+        probe.labels_table([f"s{i}" for i in train_ids], [int(unsafe[i]) for i in train_ids]),
+        str(tmp_path / "labels.parquet"),
+    )
     record = probe.train_probe(str(pool), "clip_b32", str(tmp_path / "labels.parquet"), str(tmp_path / "p.npz"))
     assert record["positives"] == int(unsafe[train_ids].sum()) and record["holdout_auc"] > 0.9
-    manifest = flt.run(str(pool), "relaion-safety-nsfw", {"probe_scorer": "clip_b32", "probe": str(tmp_path / "p.npz"),
-                                                          "blocklists": str(tmp_path / "no-lists")}, log=lambda *_: None)
+    manifest = flt.run(
+        str(pool),
+        "relaion-safety-nsfw",
+        {"probe_scorer": "clip_b32", "probe": str(tmp_path / "p.npz"), "blocklists": str(tmp_path / "no-lists")},
+        log=lambda *_: None,
+    )
     rows = decisions(pool, "relaion-safety-nsfw")
     held = [i for i in range(1, 600, 2)]
     flagged = np.array([rows[f"s{i}"]["dropped_by"] == "nsfw" for i in held])
@@ -414,7 +505,7 @@ def test_nsfw_probe_trained_on_labels_flags_held_out_unsafe_images(tmp_path, ray
 def test_torchscript_probe_equals_the_npz_probe(tmp_path):
     import torch
 
-    from pipeline import probe
+    from thresher.pipeline import probe
 
     w, b = np.random.default_rng(0).normal(size=16).astype(np.float32), np.float32(0.3)
     np.savez(tmp_path / "p.npz", weight=w, bias=b, model="m", pretrained="x")
@@ -431,8 +522,9 @@ def test_torchscript_probe_equals_the_npz_probe(tmp_path):
 
     torch.jit.script(Head()).save(str(tmp_path / "p.pt"))
     x = np.random.default_rng(1).normal(size=(50, 16)).astype(np.float32)
-    assert np.allclose(probe.load_probe(str(tmp_path / "p.npz"))(x), probe.load_probe(str(tmp_path / "p.pt"))(x),
-                       atol=1e-5)
+    assert np.allclose(
+        probe.load_probe(str(tmp_path / "p.npz"))(x), probe.load_probe(str(tmp_path / "p.pt"))(x), atol=1e-5
+    )
 
 
 def test_decisions_are_kept_while_their_inputs_are_the_same(tmp_path, ray_local):

@@ -14,19 +14,26 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port
 
-from pipeline.pool import Pool
+from thresher.pipeline.pool import Pool
 
 # what every command does first: start Ray (a local instance of its own when no address is given)
-INIT = ("import ray; from pipeline import execute; execute.init_ray(num_cpus=1); "
-        "print('CPUS', int(ray.cluster_resources()['CPU']))")
+INIT = (
+    "import ray; from thresher.pipeline import execute; execute.init_ray(num_cpus=1); "
+    "print('CPUS', int(ray.cluster_resources()['CPU']))"
+)
 
 
 def _run_init(env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", INIT], env=env, capture_output=True, text=True, timeout=180,
-                          cwd=Path(__file__).resolve().parents[1])
+    return subprocess.run(
+        [sys.executable, "-c", INIT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=Path(__file__).resolve().parents[1],
+    )
 
 
 @pytest.fixture
@@ -65,9 +72,21 @@ def test_a_second_local_cluster_does_not_capture_commands(ray_tmp):
     `ray.init()` that found it: ValueError. Now the command runs on a local instance of its own."""
     env = _env(ray_tmp)
     port = free_port()
-    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
-                             "--num-cpus=3", "--include-dashboard=false", "--block"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=3",
+            "--include-dashboard=false",
+            "--block",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         marker = ray_tmp / "ray" / "ray_current_cluster"
         for _ in range(120):
@@ -94,8 +113,8 @@ BAD_NAMES = ["..", "../shards", "a/b", "/etc", ".hidden", "", "x" * 200, "a b", 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_the_name_rule_refuses_names_that_could_escape(name):
-    from pipeline.config import check_name
-    from pipeline.errors import InputError
+    from thresher.pipeline.config import check_name
+    from thresher.pipeline.errors import InputError
 
     with pytest.raises(InputError, match="cannot be used as a name"):
         check_name(name, "recipe name", "r.yaml: field 'name'")
@@ -109,7 +128,7 @@ def _tree(pool: Path) -> dict:
 @pytest.mark.parametrize("name", ["..", "../shards"])
 def test_a_recipe_named_to_escape_is_refused_before_any_work(featured_pool, tmp_path, capsys, name):
     """`name: ..` replaced the pool's manifest.json, `name: ../shards` every shard's Parquet."""
-    from pipeline import cli
+    from thresher.pipeline import cli
 
     recipe = tmp_path / "evil.yaml"
     recipe.write_text(f"name: '{name}'\nsteps:\n  - filter: none\n")
@@ -121,16 +140,31 @@ def test_a_recipe_named_to_escape_is_refused_before_any_work(featured_pool, tmp_
 
 
 def test_a_scorer_id_scale_name_or_job_name_that_escapes_is_refused(featured_pool, tmp_path, capsys):
-    from pipeline import cli, jobs, train
-    from pipeline.errors import InputError
+    from thresher.pipeline import cli, jobs, train
+    from thresher.pipeline.errors import InputError
 
     before = _tree(featured_pool)
-    assert cli.main(["features", str(featured_pool), "--model", "thresher-w32", "--pretrained", "none",
-                     "--scorer-id", "../shards", "--no-base"]) == 2
+    assert (
+        cli.main(
+            [
+                "features",
+                str(featured_pool),
+                "--model",
+                "thresher-w32",
+                "--pretrained",
+                "none",
+                "--scorer-id",
+                "../shards",
+                "--no-base",
+            ]
+        )
+        == 2
+    )
     assert "scorer id '../shards' cannot be used as a name" in capsys.readouterr().err
     assert _tree(featured_pool) == before
-    (tmp_path / "s.yaml").write_text("scales:\n  - {name: ../x, model: thresher-w32, samples_seen: 8, batch_size: 8,"
-                                     " lr: 0.1, warmup: 1}\n")
+    (tmp_path / "s.yaml").write_text(
+        "scales:\n  - {name: ../x, model: thresher-w32, samples_seen: 8, batch_size: 8, lr: 0.1, warmup: 1}\n"
+    )
     with pytest.raises(InputError, match="scale name '../x'"):
         train.load_scales(str(tmp_path / "s.yaml"))
     (tmp_path / "j.yaml").write_text("name: ../../etc\nsteps:\n  - fit: {results: r.csv, x: a, y: b, out: f}\n")
@@ -147,12 +181,13 @@ def test_a_scorer_id_scale_name_or_job_name_that_escapes_is_refused(featured_poo
 # ---------------------------------------------------------------------------------------------------
 # Finding 6: concurrent writers of one output
 
+
 def test_a_second_writer_of_the_same_decisions_is_refused(featured_pool, tmp_path):
     """Two `thresher filter` runs of one recipe at once both exited 0, one's decisions silently replacing
     the other's. Now the output is held by one writer: while it runs, a second is refused with a clear
     message (tested with the first writer holding the lock, so the overlap is certain), and once it is
     done the same command runs."""
-    from pipeline import runtime
+    from thresher.pipeline import runtime
 
     out = featured_pool / "decisions" / "datacomp-basic"
     cmd = [str(Path(sys.executable).parent / "thresher"), "filter", str(featured_pool), "--recipe", "datacomp-basic"]
@@ -167,7 +202,7 @@ def test_a_second_writer_of_the_same_decisions_is_refused(featured_pool, tmp_pat
 
 def test_json_writers_use_temporaries_of_their_own(tmp_path, monkeypatch):
     """runtime.write_json always used NAME.tmp: two writers wrote into one temporary."""
-    from pipeline import runtime
+    from thresher.pipeline import runtime
 
     seen = []
     real_mv = runtime.fsspec.implementations.local.LocalFileSystem.mv
@@ -185,6 +220,7 @@ def test_json_writers_use_temporaries_of_their_own(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------------
 # Finding 3: image bombs at download
+
 
 def png_bomb(side: int = 30000) -> bytes:
     """A valid grayscale PNG of side x side pixels whose compressed body is under a megabyte: decoding
@@ -209,7 +245,7 @@ def test_an_image_bomb_is_refused_from_its_header_without_decoding():
     import io
     import resource
 
-    from pipeline import download
+    from thresher.pipeline import download
 
     bomb = png_bomb()
     assert len(bomb) < 2_000_000
@@ -257,10 +293,12 @@ def test_a_download_records_a_bomb_as_too_large(bomb_server, tmp_path, ray_local
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline import download
+    from thresher.pipeline import download
 
-    pq.write_table(pa.table({"url": [f"{bomb_server}/bomb.png", f"{bomb_server}/ok.jpg"],
-                             "text": ["a bomb", "a blue image"]}), tmp_path / "urls.parquet")
+    pq.write_table(
+        pa.table({"url": [f"{bomb_server}/bomb.png", f"{bomb_server}/ok.jpg"], "text": ["a bomb", "a blue image"]}),
+        tmp_path / "urls.parquet",
+    )
     cfg = download.DownloadConfig(samples_per_shard=10, threads=2, timeout=5, allow_private_addresses=True)
     download.run(str(tmp_path / "urls.parquet"), str(tmp_path / "pool"), cfg, log=lambda *_: None)
     rows = {r["url"].rsplit("/", 1)[-1]: r for r in Pool(str(tmp_path / "pool")).read_metadata().to_pylist()}
@@ -273,20 +311,46 @@ def test_a_download_records_a_bomb_as_too_large(bomb_server, tmp_path, ray_local
 
 # hosts that reach this machine (or another private or metadata address), each spelled another way
 LOOPBACK_SPELLINGS = [
-    "127.0.0.1", "127.1", "127.0.1", "0x7f.0.0.1", "0x7f000001", "2130706433", "0177.0.0.1", "017700000001",
-    "127.000.000.001", "12\u00ad7.0.0.1",  # a soft hyphen inside 127: IDNA nameprep drops it
+    "127.0.0.1",
+    "127.1",
+    "127.0.1",
+    "0x7f.0.0.1",
+    "0x7f000001",
+    "2130706433",
+    "0177.0.0.1",
+    "017700000001",
+    "127.000.000.001",
+    "12\u00ad7.0.0.1",  # a soft hyphen inside 127: IDNA nameprep drops it
     "\uff11\uff12\uff17.0.0.1",  # full-width digits: nameprep maps them to 127
     "127\u30020\u30020\u30021",  # ideographic full stops: IDNA reads them as dots
-    "LOCALHOST", "localhost.", "a.b.localhost", "[::1]", "[0:0:0:0:0:0:0:1]", "[::ffff:127.0.0.1]",
-    "[::ffff:7f00:1]", "0.0.0.0", "0", "127.127.127.127",
+    "LOCALHOST",
+    "localhost.",
+    "a.b.localhost",
+    "[::1]",
+    "[0:0:0:0:0:0:0:1]",
+    "[::ffff:127.0.0.1]",
+    "[::ffff:7f00:1]",
+    "0.0.0.0",
+    "0",
+    "127.127.127.127",
 ]
-OTHER_PRIVATE = ["10.0.0.1", "192.168.1.1", "172.16.0.1", "169.254.169.254", "[fd00:ec2::254]", "100.100.100.200",
-                 "100.64.0.1", "[fe80::1]", "metadata.google.internal", "224.0.0.1"]
+OTHER_PRIVATE = [
+    "10.0.0.1",
+    "192.168.1.1",
+    "172.16.0.1",
+    "169.254.169.254",
+    "[fd00:ec2::254]",
+    "100.100.100.200",
+    "100.64.0.1",
+    "[fe80::1]",
+    "metadata.google.internal",
+    "224.0.0.1",
+]
 
 
 @pytest.mark.parametrize("host", LOOPBACK_SPELLINGS + OTHER_PRIVATE)
 def test_every_spelling_of_a_private_host_is_refused_as_written(host):
-    from pipeline import netsafety
+    from thresher.pipeline import netsafety
 
     assert netsafety.host_refusal(host) is not None, host
     assert netsafety.host_refusal("example.com") is None and netsafety.host_refusal("8.8.8.8") is None
@@ -316,6 +380,7 @@ def counting_server():
 
             def log_message(self, *a):
                 pass
+
         return Handler
 
     for name in ("b", "a"):
@@ -331,7 +396,7 @@ def test_no_spelling_reaches_a_local_server_through_the_fetch(counting_server):
     byte is sent, and so is a redirect from an allowed host to a private one."""
     import urllib.error
 
-    from pipeline import netsafety
+    from thresher.pipeline import netsafety
 
     ports, hits = counting_server
     opener = netsafety.safe_opener()
@@ -353,13 +418,21 @@ def test_a_download_records_a_redirect_to_a_private_host_as_disallowed(counting_
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline import download
+    from thresher.pipeline import download
 
     ports, hits = counting_server
-    pq.write_table(pa.table({"url": [f"http://127.0.0.1:{ports['a']}/start", f"http://127.1:{ports['b']}/x.jpg"],
-                             "text": ["redirects", "loopback"]}), tmp_path / "urls.parquet")
-    cfg = download.DownloadConfig(samples_per_shard=10, threads=2, timeout=5, retries=0,
-                                  allow_hosts=[f"127.0.0.1:{ports['a']}"])
+    pq.write_table(
+        pa.table(
+            {
+                "url": [f"http://127.0.0.1:{ports['a']}/start", f"http://127.1:{ports['b']}/x.jpg"],
+                "text": ["redirects", "loopback"],
+            }
+        ),
+        tmp_path / "urls.parquet",
+    )
+    cfg = download.DownloadConfig(
+        samples_per_shard=10, threads=2, timeout=5, retries=0, allow_hosts=[f"127.0.0.1:{ports['a']}"]
+    )
     download.run(str(tmp_path / "urls.parquet"), str(tmp_path / "pool"), cfg, log=lambda *_: None)
     rows = Pool(str(tmp_path / "pool")).read_metadata().to_pylist()
     assert [r["failure"] for r in rows] == ["disallowed_address", "disallowed_address"]
@@ -368,6 +441,7 @@ def test_a_download_records_a_redirect_to_a_private_host_as_disallowed(counting_
 
 # ---------------------------------------------------------------------------------------------------
 # Finding 4: training that cannot make progress
+
 
 def _tar(path: Path, members: dict) -> None:
     import io
@@ -387,17 +461,28 @@ def test_training_on_dotted_keys_fails_fast_instead_of_spinning(tmp_path):
 
     from PIL import Image
 
-    from pipeline import train
-    from pipeline.errors import InputError
+    from thresher.pipeline import train
+    from thresher.pipeline.errors import InputError
 
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), "red").save(buf, format="JPEG")
     data = tmp_path / "data"
     data.mkdir()
-    _tar(data / "0.tar", {f"photo{i}.v000000000{i}.jpg": buf.getvalue() for i in range(4)} |
-         {f"photo{i}.v000000000{i}.txt": b"a red square" for i in range(4)})
-    scale = train.Scale(name="t", model="thresher-w32", samples_seen=64, batch_size=8, lr=1e-3, warmup=1,
-                        schedule="const", checkpoints=1)
+    _tar(
+        data / "0.tar",
+        {f"photo{i}.v000000000{i}.jpg": buf.getvalue() for i in range(4)}
+        | {f"photo{i}.v000000000{i}.txt": b"a red square" for i in range(4)},
+    )
+    scale = train.Scale(
+        name="t",
+        model="thresher-w32",
+        samples_seen=64,
+        batch_size=8,
+        lr=1e-3,
+        warmup=1,
+        schedule="const",
+        checkpoints=1,
+    )
     started = time.time()
     with pytest.raises(InputError, match="ends a sample's key at the first dot"):
         train.train_scale(str(data), scale, str(tmp_path / "run"), log=lambda *_: None)
@@ -408,8 +493,8 @@ def test_training_on_dotted_keys_fails_fast_instead_of_spinning(tmp_path):
 
 
 def test_the_watchdog_turns_a_stall_into_an_error():
-    from pipeline import runtime
-    from pipeline.errors import StageError
+    from thresher.pipeline import runtime
+    from thresher.pipeline.errors import StageError
 
     started = time.time()
     with pytest.raises(StageError, match="no progress for 1s"):
@@ -417,7 +502,7 @@ def test_the_watchdog_turns_a_stall_into_an_error():
             while True:  # what the loader did: no progress, ever
                 time.sleep(0.05)
     assert time.time() - started < 10
-    ticks = iter(range(10 ** 9))
+    ticks = iter(range(10**9))
     with runtime.watchdog(lambda: next(ticks), stall_s=1, what="progressing", poll_s=0.2):
         time.sleep(2)  # progress keeps changing: no error
 
@@ -437,34 +522,71 @@ def _bad_cases(tmp: Path) -> list[list[str]]:
     not_pool.mkdir(exist_ok=True)
     (not_pool / "stray.txt").write_text("x")
     # a Parquet URL list whose captions are not UTF-8 (binary column read as text)
-    pq.write_table(pa.table({"url": pa.array([b"http://example.com/a.jpg"], pa.binary()),
-                             "text": pa.array([b"caf\xe9 \xff"], pa.binary())}), tmp / "not_utf8.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "url": pa.array([b"http://example.com/a.jpg"], pa.binary()),
+                "text": pa.array([b"caf\xe9 \xff"], pa.binary()),
+            }
+        ),
+        tmp / "not_utf8.parquet",
+    )
     out = str(tmp / "out")
     cases = []
     for f in ["not_utf8.jsonl", "header_only.csv", "binary.bin", "empty.yaml", str(tmp / "not_utf8.parquet")]:
         cases.append(["download", str(BAD / f) if "/" not in f else f, "--out", out + "-dl"])
     for f in YAMLS:
-        cases += [["filter", str(not_pool), "--recipe", str(BAD / f)],
-                  ["run", str(BAD / f), "--dry-run"],
-                  ["grid", "--subset", str(not_pool), "--scale", str(BAD / f), "--eval-set", str(not_pool),
-                   "--out", out + "-grid"],
-                  ["train", str(not_pool), "--scale", str(BAD / f), "--out", out + "-train"]]
+        cases += [
+            ["filter", str(not_pool), "--recipe", str(BAD / f)],
+            ["run", str(BAD / f), "--dry-run"],
+            [
+                "grid",
+                "--subset",
+                str(not_pool),
+                "--scale",
+                str(BAD / f),
+                "--eval-set",
+                str(not_pool),
+                "--out",
+                out + "-grid",
+            ],
+            ["train", str(not_pool), "--scale", str(BAD / f), "--out", out + "-train"],
+        ]
     for f in ["non_numeric.csv", "binary.bin", "header_only.csv"]:
-        cases += [["fit", str(BAD / f), "--x", "gflops_total", "--y", "acc", "--out", out + "-fit"],
-                  ["compare", str(BAD / f), "--a", "a", "--b", "b", "--metric", "acc", "--target-compute", "2x",
-                   "--out", out + "-cmp"]]
-    cases += [["dedup", str(not_pool)], ["features", str(not_pool)], ["filter", str(not_pool), "--recipe", "datacomp-basic"],
-              ["subset", str(not_pool), "--recipe", "datacomp-basic", "--size", "10", "--out", out + "-sub"],
-              ["export-metadata", str(not_pool), "--out", out + ".parquet"],
-              ["audit", "verify", str(not_pool)], ["audit", "report", str(not_pool), "--out", out + ".html"],
-              ["eval", str(not_pool), "--eval-set", str(not_pool)],
-              ["train", str(not_pool), "--scale", f"{not_pool}/x.yaml/NAME", "--out", out + "-train"],
-              ["train", str(not_pool), "--scale", str(not_pool), "--out", out + "-train"]]
+        cases += [
+            ["fit", str(BAD / f), "--x", "gflops_total", "--y", "acc", "--out", out + "-fit"],
+            [
+                "compare",
+                str(BAD / f),
+                "--a",
+                "a",
+                "--b",
+                "b",
+                "--metric",
+                "acc",
+                "--target-compute",
+                "2x",
+                "--out",
+                out + "-cmp",
+            ],
+        ]
+    cases += [
+        ["dedup", str(not_pool)],
+        ["features", str(not_pool)],
+        ["filter", str(not_pool), "--recipe", "datacomp-basic"],
+        ["subset", str(not_pool), "--recipe", "datacomp-basic", "--size", "10", "--out", out + "-sub"],
+        ["export-metadata", str(not_pool), "--out", out + ".parquet"],
+        ["audit", "verify", str(not_pool)],
+        ["audit", "report", str(not_pool), "--out", out + ".html"],
+        ["eval", str(not_pool), "--eval-set", str(not_pool)],
+        ["train", str(not_pool), "--scale", f"{not_pool}/x.yaml/NAME", "--out", out + "-train"],
+        ["train", str(not_pool), "--scale", str(not_pool), "--out", out + "-train"],
+    ]
     return cases
 
 
 def test_every_command_ends_bad_input_in_one_line(tmp_path, capsys, ray_local):
-    from pipeline import cli
+    from thresher.pipeline import cli
 
     failures = []
     for argv in _bad_cases(tmp_path):
@@ -482,18 +604,27 @@ def test_every_command_ends_bad_input_in_one_line(tmp_path, capsys, ray_local):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
-                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                    max_size=3), max_leaves=8)
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.dictionaries(st.sampled_from(["url_col", "timeout", "threads", "extra_columns", "allow_hosts",
-                                        "max_pixels", "resize_mode", "nope", ""]), VALUES, max_size=5))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["url_col", "timeout", "threads", "extra_columns", "allow_hosts", "max_pixels", "resize_mode", "nope", ""]
+        ),
+        VALUES,
+        max_size=5,
+    )
+)
 def test_config_loader_takes_any_mapping(data):
-    from pipeline.config import from_dict
-    from pipeline.download import DownloadConfig
-    from pipeline.errors import InputError
+    from thresher.pipeline.config import from_dict
+    from thresher.pipeline.download import DownloadConfig
+    from thresher.pipeline.errors import InputError
 
     try:
         cfg = from_dict(DownloadConfig, data, where="cfg.yaml")
@@ -505,8 +636,8 @@ def test_config_loader_takes_any_mapping(data):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=200))
 def test_yaml_reader_takes_any_bytes(tmp_path, blob):
-    from pipeline.config import read_yaml
-    from pipeline.errors import InputError
+    from thresher.pipeline.config import read_yaml
+    from thresher.pipeline.errors import InputError
 
     path = tmp_path / "x.yaml"
     path.write_bytes(blob)
@@ -517,20 +648,30 @@ def test_yaml_reader_takes_any_bytes(tmp_path, blob):
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.text(max_size=6), st.one_of(st.floats(allow_nan=False, allow_infinity=False),
-                                                          st.text(max_size=4)),
-                          st.one_of(st.floats(0, 1), st.text(max_size=4))), min_size=0, max_size=12))
+@given(
+    st.lists(
+        st.tuples(
+            st.text(max_size=6),
+            st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=4)),
+            st.one_of(st.floats(0, 1), st.text(max_size=4)),
+        ),
+        min_size=0,
+        max_size=12,
+    )
+)
 def test_results_table_loader_takes_any_rows(tmp_path, rows):
     import pandas as pd
 
-    from pipeline import compare, scaling
-    from pipeline.errors import InputError
+    from thresher.pipeline import compare, scaling
+    from thresher.pipeline.errors import InputError
 
     path = tmp_path / "r.csv"
     pd.DataFrame(rows, columns=["recipe", "gflops_total", "acc"]).to_csv(path, index=False)
     df = scaling.read_table(str(path))
-    for call in (lambda: scaling.points(df, "gflops_total", "acc", "recipe", True, str(path)),
-                 lambda: compare.arms_from_table(df, "a", "b", "acc", where=str(path))):
+    for call in (
+        lambda: scaling.points(df, "gflops_total", "acc", "recipe", True, str(path)),
+        lambda: compare.arms_from_table(df, "a", "b", "acc", where=str(path)),
+    ):
         try:
             call()
         except InputError:
@@ -538,13 +679,15 @@ def test_results_table_loader_takes_any_rows(tmp_path, rows):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.text(max_size=30), st.text(max_size=30)), min_size=1, max_size=8),
-       st.sampled_from(["csv", "jsonl"]))
+@given(
+    st.lists(st.tuples(st.text(max_size=30), st.text(max_size=30)), min_size=1, max_size=8),
+    st.sampled_from(["csv", "jsonl"]),
+)
 def test_url_list_reader_takes_any_rows(tmp_path, rows, fmt):
     import json
 
-    from pipeline import ingest
-    from pipeline.errors import InputError
+    from thresher.pipeline import ingest
+    from thresher.pipeline.errors import InputError
 
     path = tmp_path / f"u.{fmt}"
     if fmt == "csv":
@@ -566,6 +709,7 @@ def test_url_list_reader_takes_any_rows(tmp_path, rows, fmt):
 
 # ---------------------------------------------------------------------------------------------------
 # Finding 8: a killed command's Ray workers go with it
+
 
 def _session_processes(sid: int) -> list[str]:
     out = subprocess.run(["ps", "-eo", "sid=,pid=,cmd="], capture_output=True, text=True).stdout
@@ -597,10 +741,26 @@ def test_a_killed_download_leaves_no_ray_process_behind(tmp_path):
     urls = [f"http://127.0.0.1:{srv.server_address[1]}/{i}.jpg" for i in range(8)]
     pq.write_table(pa.table({"url": urls, "text": ["x"] * 8}), tmp_path / "urls.parquet")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "thresher"), "download", str(tmp_path / "urls.parquet"),
-                             "--out", str(tmp_path / "pool"), "--allow-private-addresses", "--timeout", "100",
-                             "--threads", "4", "--processes", "1"], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "thresher"),
+            "download",
+            str(tmp_path / "urls.parquet"),
+            "--out",
+            str(tmp_path / "pool"),
+            "--allow-private-addresses",
+            "--timeout",
+            "100",
+            "--threads",
+            "4",
+            "--processes",
+            "1",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(240):  # until the shard's task is running (a worker blocked on the stalled server)
             if any("download_shard" in ln for ln in _session_processes(proc.pid)):

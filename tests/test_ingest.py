@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import cli, ingest
-from pipeline.errors import InputError
-from pipeline.hashes import make_uid
+from thresher.pipeline import cli, ingest
+from thresher.pipeline.errors import InputError
+from thresher.pipeline.hashes import make_uid
 
 
 def _run(path, tmp_path, **kw):
@@ -32,14 +32,19 @@ def test_uid_rule_is_documented_hash():
 
 def test_datacomp_parquet_reads_as_is(tmp_path):
     # DataComp's metadata columns, with its own uids, ride through unchanged
-    table = pa.table({
-        "uid": ["0" * 31 + str(i) for i in range(5)],
-        "url": [f"https://example.com/{i}.jpg" for i in range(5)],
-        "text": [f"caption {i}" for i in range(5)],
-        "original_width": [640] * 5, "original_height": [480] * 5,
-        "clip_b32_similarity_score": [0.3] * 5, "clip_l14_similarity_score": [0.25] * 5,
-        "face_bboxes": [[]] * 5, "sha256": ["ab" * 32] * 5,
-    })
+    table = pa.table(
+        {
+            "uid": ["0" * 31 + str(i) for i in range(5)],
+            "url": [f"https://example.com/{i}.jpg" for i in range(5)],
+            "text": [f"caption {i}" for i in range(5)],
+            "original_width": [640] * 5,
+            "original_height": [480] * 5,
+            "clip_b32_similarity_score": [0.3] * 5,
+            "clip_l14_similarity_score": [0.25] * 5,
+            "face_bboxes": [[]] * 5,
+            "sha256": ["ab" * 32] * 5,
+        }
+    )
     pq.write_table(table, tmp_path / "meta.parquet")
     result = _run(tmp_path / "meta.parquet", tmp_path, per_shard=2, extra_columns=("face_bboxes",))
     assert (result.rows, result.shards) == (5, 3)
@@ -135,21 +140,46 @@ def test_cli_prints_the_error_and_exits_2(tmp_path, capsys):
     assert not (tmp_path / "pool" / "shards").exists()
 
 
-@pytest.mark.parametrize("host,refused", [
-    ("example.com", False), ("93.184.216.34", False), ("[2606:2800:220:1::1]", False),
-    ("localhost", True), ("LOCALHOST", True), ("foo.localhost", True), ("127.0.0.1", True), ("127.1", True),
-    ("2130706433", True), ("0x7f000001", True), ("[::1]", True), ("10.1.2.3", True), ("172.16.0.1", True),
-    ("192.168.1.1", True), ("169.254.169.254", True), ("169.254.1.1", True), ("[fe80::1]", True),
-    ("[::ffff:10.0.0.1]", True), ("0.0.0.0", True), ("100.64.0.1", True), ("metadata.google.internal", True),
-    ("[fd00:ec2::254]", True),
-])
+@pytest.mark.parametrize(
+    "host,refused",
+    [
+        ("example.com", False),
+        ("93.184.216.34", False),
+        ("[2606:2800:220:1::1]", False),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("foo.localhost", True),
+        ("127.0.0.1", True),
+        ("127.1", True),
+        ("2130706433", True),
+        ("0x7f000001", True),
+        ("[::1]", True),
+        ("10.1.2.3", True),
+        ("172.16.0.1", True),
+        ("192.168.1.1", True),
+        ("169.254.169.254", True),
+        ("169.254.1.1", True),
+        ("[fe80::1]", True),
+        ("[::ffff:10.0.0.1]", True),
+        ("0.0.0.0", True),
+        ("100.64.0.1", True),
+        ("metadata.google.internal", True),
+        ("[fd00:ec2::254]", True),
+    ],
+)
 def test_host_refusal(host, refused):
     assert (ingest.host_refusal(host) is not None) == refused
 
 
 def test_refusals_extracts_hosts_from_urls():
-    urls = pa.array(["http://user:pw@127.0.0.1:80/x", "https://example.com/a?b#c", "http://[::1]:8080/",
-                     "http://169.254.169.254/latest/meta-data"])
+    urls = pa.array(
+        [
+            "http://user:pw@127.0.0.1:80/x",
+            "https://example.com/a?b#c",
+            "http://[::1]:8080/",
+            "http://169.254.169.254/latest/meta-data",
+        ]
+    )
     reasons = ingest.refusals(urls)
     assert reasons[1] is None
     assert "loopback" in reasons[0] and "loopback" in reasons[2] and "metadata" in reasons[3]
@@ -161,9 +191,16 @@ def _parts(tmp_path, sizes, start=0):
     d.mkdir(exist_ok=True)
     n = start
     for i, size in enumerate(sizes):
-        pq.write_table(pa.table({"uid": [f"{k:032x}" for k in range(n, n + size)],
-                                 "url": [f"https://example.com/{k}.jpg" for k in range(n, n + size)],
-                                 "text": [f"caption {k}" for k in range(n, n + size)]}), d / f"{i:08d}.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "uid": [f"{k:032x}" for k in range(n, n + size)],
+                    "url": [f"https://example.com/{k}.jpg" for k in range(n, n + size)],
+                    "text": [f"caption {k}" for k in range(n, n + size)],
+                }
+            ),
+            d / f"{i:08d}.parquet",
+        )
         n += size
     (d / "_SUCCESS").write_text("")  # what Spark leaves beside its parts: not a URL list
     return d
@@ -176,7 +213,11 @@ def test_a_directory_of_parts_is_ingested_by_ray_tasks_in_file_order(tmp_path, r
     assert (result.rows, result.shards) == (17, 6)
     sizes = [ingest.read_shard_input(f"{result.directory}/{s:08d}.arrow").num_rows for s in range(6)]
     assert sizes == [4, 1, 4, 4, 1, 3]
-    uids = [u for s in range(6) for u in ingest.read_shard_input(f"{result.directory}/{s:08d}.arrow").column("uid").to_pylist()]
+    uids = [
+        u
+        for s in range(6)
+        for u in ingest.read_shard_input(f"{result.directory}/{s:08d}.arrow").column("uid").to_pylist()
+    ]
     assert uids == [f"{k:032x}" for k in range(17)]
     assert [f["rows"] for f in result.files] == [5, 9, 3] and len(result.input_sha256) == 64
     assert sorted(p.name for p in (tmp_path / "work" / "inputs").iterdir()) == [f"{s:08d}.arrow" for s in range(6)]
@@ -187,9 +228,16 @@ def test_a_directory_of_parts_is_ingested_by_ray_tasks_in_file_order(tmp_path, r
 
 def test_a_uid_repeated_across_parts_names_both_files_and_rows(tmp_path, ray_local):
     d = _parts(tmp_path, [5, 4])
-    pq.write_table(pa.table({"uid": [f"{k:032x}" for k in (20, 21, 3)],  # row 3 of the third file repeats uid 3
-                             "url": [f"https://example.com/x{k}.jpg" for k in range(3)],
-                             "text": ["a", "b", "c"]}), d / "00000002.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "uid": [f"{k:032x}" for k in (20, 21, 3)],  # row 3 of the third file repeats uid 3
+                "url": [f"https://example.com/x{k}.jpg" for k in range(3)],
+                "text": ["a", "b", "c"],
+            }
+        ),
+        d / "00000002.parquet",
+    )
     with pytest.raises(InputError) as err:
         _run(d, tmp_path, per_shard=2)
     message = str(err.value)
@@ -200,8 +248,10 @@ def test_a_uid_repeated_across_parts_names_both_files_and_rows(tmp_path, ray_loc
 
 def test_a_bad_row_in_one_part_names_that_part(tmp_path, ray_local):
     d = _parts(tmp_path, [3, 3])
-    pq.write_table(pa.table({"url": ["https://example.com/a.jpg", "ftp://example.com/b.jpg"], "text": ["a", "b"]}),
-                   d / "00000001.parquet")
+    pq.write_table(
+        pa.table({"url": ["https://example.com/a.jpg", "ftp://example.com/b.jpg"], "text": ["a", "b"]}),
+        d / "00000001.parquet",
+    )
     with pytest.raises(InputError) as err:
         _run(d, tmp_path)
     assert str(err.value).startswith(f"{d / '00000001.parquet'}: row 2, field 'url': not an http(s) URL")

@@ -11,11 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from pipeline import cli, jobs, plan
-from pipeline.errors import InputError
-
 from conftest import free_port
+
+from thresher.pipeline import cli, jobs, plan
+from thresher.pipeline.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,7 +26,11 @@ def write_job(tmp_path: Path, text: str) -> Path:
 
 
 def test_steps_are_the_commands_they_print(tmp_path):
-    job = jobs.load(str(write_job(tmp_path, """
+    job = jobs.load(
+        str(
+            write_job(
+                tmp_path,
+                """
 name: t
 out: work
 vars: {size: 300, recipe: datacomp-basic}
@@ -37,12 +40,27 @@ steps:
   - audit: {action: recheck, subset: s, sample: 10, allow_private_addresses: true}
   - train: {data: trusted, out: run, scale: tiny/w32-2k}
   - features: {pool: pool, model: thresher-tiny, pretrained: run/x/epoch_1.pt, scorer_id: dfn, no_base: true}
-""")), overrides={"size": 200}, out=str(tmp_path / "w"))
+""",
+            )
+        ),
+        overrides={"size": 200},
+        out=str(tmp_path / "w"),
+    )
     w = str(tmp_path / "w")
-    assert job.steps[0].argv == ["subset", f"{w}/pool", "--recipe", "datacomp-basic", "--recipe", "dfn", "--size",
-                                 "200", "--out", f"{w}/subsets", "--allow-repeat"]
-    assert job.steps[1].argv == ["dedup", f"{w}/pool", "--no-semantic", "--eval-sets",
-                                 f"{w}/src/eval/a,{w}/src/eval/b"]
+    assert job.steps[0].argv == [
+        "subset",
+        f"{w}/pool",
+        "--recipe",
+        "datacomp-basic",
+        "--recipe",
+        "dfn",
+        "--size",
+        "200",
+        "--out",
+        f"{w}/subsets",
+        "--allow-repeat",
+    ]
+    assert job.steps[1].argv == ["dedup", f"{w}/pool", "--no-semantic", "--eval-sets", f"{w}/src/eval/a,{w}/src/eval/b"]
     assert job.steps[2].argv == ["audit", "recheck", f"{w}/s", "--sample", "10", "--allow-private-addresses"]
     assert job.steps[3].argv[-2:] == ["--scale", "tiny/w32-2k"]  # a preset stays a name
     assert f"{w}/run/x/epoch_1.pt" in job.steps[4].argv  # a checkpoint path is made absolute
@@ -52,20 +70,25 @@ steps:
     assert cli.build_parser().parse_args(job.steps[1].argv).eval_sets == [f"{w}/src/eval/a", f"{w}/src/eval/b"]
 
 
-@pytest.mark.parametrize("body, message", [
-    ("  - frobnicate: {x: 1}", "unknown command 'frobnicate'"),
-    ("  - subset: {pool: p, recipe: r, size: 1, out: o, sise: 2}", "subset has no option 'sise'"),
-    ("  - subset: {recipe: r, size: 1, out: o}", "subset needs `pool:`"),
-    ("  - subset: {pool: p, recipe: r, size: '{n}', out: o}", "unknown placeholder {n}"),
-    ("  - subset: {pool: p, recipe: r, size: 1, out: o, allow_repeat: 'yes'}", "allow_repeat is a flag"),
-    ("  - audit: {subset: s}", "audit needs `action:`"),
-    ("  - audit: {action: verify, subset: s, sise: 1}", "audit has no option 'sise'; options: ray_address"),
-    ("  - subset: {pool: p, recipe: r, out: o}", "subset needs `size:`"),
-    ("  - subset: {pool: p, recipe: r, size: lots, out: o}", "size: invalid int value: 'lots'"),
-    ("  - grid: {subset: s, scale: tiny, eval_set: e, out: o, replicates: sideways}",
-     "replicates: invalid choice: 'sideways' (choose from crossed, paired)"),
-    ("  - serve: {dir: [a, b]}", "`dir` takes one value, not 2"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("  - frobnicate: {x: 1}", "unknown command 'frobnicate'"),
+        ("  - subset: {pool: p, recipe: r, size: 1, out: o, sise: 2}", "subset has no option 'sise'"),
+        ("  - subset: {recipe: r, size: 1, out: o}", "subset needs `pool:`"),
+        ("  - subset: {pool: p, recipe: r, size: '{n}', out: o}", "unknown placeholder {n}"),
+        ("  - subset: {pool: p, recipe: r, size: 1, out: o, allow_repeat: 'yes'}", "allow_repeat is a flag"),
+        ("  - audit: {subset: s}", "audit needs `action:`"),
+        ("  - audit: {action: verify, subset: s, sise: 1}", "audit has no option 'sise'; options: ray_address"),
+        ("  - subset: {pool: p, recipe: r, out: o}", "subset needs `size:`"),
+        ("  - subset: {pool: p, recipe: r, size: lots, out: o}", "size: invalid int value: 'lots'"),
+        (
+            "  - grid: {subset: s, scale: tiny, eval_set: e, out: o, replicates: sideways}",
+            "replicates: invalid choice: 'sideways' (choose from crossed, paired)",
+        ),
+        ("  - serve: {dir: [a, b]}", "`dir` takes one value, not 2"),
+    ],
+)
 def test_bad_steps_name_the_file_the_step_and_the_fix(tmp_path, body, message):
     path = write_job(tmp_path, f"steps:\n{body}\n")
     with pytest.raises(InputError, match=re.escape(message)) as err:
@@ -74,12 +97,16 @@ def test_bad_steps_name_the_file_the_step_and_the_fix(tmp_path, body, message):
 
 
 def test_an_unknown_option_lists_the_options_the_command_has(tmp_path):
-    path = write_job(tmp_path, "steps:\n  - filter: {pool: p, recipe: r}\n  - subset: {pool: p, recipe: r, size: 1, "
-                               "out: o, sise: 2}\n")
+    path = write_job(
+        tmp_path,
+        "steps:\n  - filter: {pool: p, recipe: r}\n  - subset: {pool: p, recipe: r, size: 1, out: o, sise: 2}\n",
+    )
     with pytest.raises(InputError) as err:
         jobs.load(str(path))
-    assert str(err.value) == (f"{path}: step 2: subset has no option 'sise'; options: allow_repeat, draws, out, "
-                              f"ray_address, recipe, samples_per_shard, seed, size, var")
+    assert str(err.value) == (
+        f"{path}: step 2: subset has no option 'sise'; options: allow_repeat, draws, out, "
+        f"ray_address, recipe, samples_per_shard, seed, size, var"
+    )
 
 
 # Each step's record (OUT/_job) hashes its argv: a change to how a step is spelled re-runs every existing
@@ -87,35 +114,170 @@ def test_an_unknown_option_lists_the_options_the_command_has(tmp_path):
 # (commit 6526ef2), with out=PINNED_OUT (a directory that does not exist, so presets stay names).
 PINNED_OUT = "/thresher-pinned"
 DEMO_STEPS = [
-    [["synth", "--out", "/thresher-pinned/source", "--samples", "20000", "--trusted", "2000",
-      "--eval-classification", "500", "--seed", "0", "--port", "8765"], None],
-    [["download", "/thresher-pinned/source/urls.parquet", "--out", "/thresher-pinned/pool", "--config", "demo"],
-     "/thresher-pinned/source"],
+    [
+        [
+            "synth",
+            "--out",
+            "/thresher-pinned/source",
+            "--samples",
+            "20000",
+            "--trusted",
+            "2000",
+            "--eval-classification",
+            "500",
+            "--seed",
+            "0",
+            "--port",
+            "8765",
+        ],
+        None,
+    ],
+    [
+        ["download", "/thresher-pinned/source/urls.parquet", "--out", "/thresher-pinned/pool", "--config", "demo"],
+        "/thresher-pinned/source",
+    ],
     [["features", "/thresher-pinned/pool"], None],
-    [["features", "/thresher-pinned/pool", "--model", "thresher-tiny", "--pretrained", "none", "--scorer-id",
-      "clip_tiny", "--no-base"], None],
-    [["train", "/thresher-pinned/source/trusted", "--out", "/thresher-pinned/dfn-run", "--name", "dfn", "--model",
-      "thresher-tiny", "--epochs", "5"], None],
-    [["features", "/thresher-pinned/pool", "--model", "thresher-tiny", "--pretrained",
-      "/thresher-pinned/dfn-run/dfn/checkpoints/epoch_5.pt", "--scorer-id", "dfn", "--no-base"], None],
-    [["dedup", "/thresher-pinned/pool", "--no-semantic", "--eval-sets",
-      "/thresher-pinned/source/eval/shapes_kind,/thresher-pinned/source/eval/shapes_color"], None],
+    [
+        [
+            "features",
+            "/thresher-pinned/pool",
+            "--model",
+            "thresher-tiny",
+            "--pretrained",
+            "none",
+            "--scorer-id",
+            "clip_tiny",
+            "--no-base",
+        ],
+        None,
+    ],
+    [
+        [
+            "train",
+            "/thresher-pinned/source/trusted",
+            "--out",
+            "/thresher-pinned/dfn-run",
+            "--name",
+            "dfn",
+            "--model",
+            "thresher-tiny",
+            "--epochs",
+            "5",
+        ],
+        None,
+    ],
+    [
+        [
+            "features",
+            "/thresher-pinned/pool",
+            "--model",
+            "thresher-tiny",
+            "--pretrained",
+            "/thresher-pinned/dfn-run/dfn/checkpoints/epoch_5.pt",
+            "--scorer-id",
+            "dfn",
+            "--no-base",
+        ],
+        None,
+    ],
+    [
+        [
+            "dedup",
+            "/thresher-pinned/pool",
+            "--no-semantic",
+            "--eval-sets",
+            "/thresher-pinned/source/eval/shapes_kind,/thresher-pinned/source/eval/shapes_color",
+        ],
+        None,
+    ],
     [["filter", "/thresher-pinned/pool", "--recipe", "dfn-dedup"], None],
-    [["subset", "/thresher-pinned/pool", "--recipe", "dfn-dedup", "--size", "2000", "--out",
-      "/thresher-pinned/subset", "--seed", "0", "--samples-per-shard", "500"], None],
+    [
+        [
+            "subset",
+            "/thresher-pinned/pool",
+            "--recipe",
+            "dfn-dedup",
+            "--size",
+            "2000",
+            "--out",
+            "/thresher-pinned/subset",
+            "--seed",
+            "0",
+            "--samples-per-shard",
+            "500",
+        ],
+        None,
+    ],
     [["audit", "verify", "/thresher-pinned/subset"], None],
     [["audit", "report", "/thresher-pinned/subset", "--out", "/thresher-pinned/reports/subset.html"], None],
-    [["audit", "recheck", "/thresher-pinned/subset", "--sample", "200", "--out",
-      "/thresher-pinned/reports/recheck.json", "--allow-private-addresses"], "/thresher-pinned/source"],
+    [
+        [
+            "audit",
+            "recheck",
+            "/thresher-pinned/subset",
+            "--sample",
+            "200",
+            "--out",
+            "/thresher-pinned/reports/recheck.json",
+            "--allow-private-addresses",
+        ],
+        "/thresher-pinned/source",
+    ],
     [["filter", "/thresher-pinned/pool", "--recipe", "datacomp-none", "--recipe", "dfn-dedup"], None],
-    [["subset", "/thresher-pinned/pool", "--recipe", "datacomp-none", "--recipe", "dfn-dedup", "--size", "2000",
-      "--out", "/thresher-pinned/subsets", "--seed", "0", "--samples-per-shard", "500"], None],
-    [["grid", "--subset", "/thresher-pinned/subsets/datacomp-none", "--subset", "/thresher-pinned/subsets/dfn-dedup",
-      "--scale", "ab", "--eval-set", "/thresher-pinned/source/eval/shapes_color", "--eval-set",
-      "/thresher-pinned/source/eval/shapes_retrieval", "--out", "/thresher-pinned/grid"], None],
-    [["compare", "/thresher-pinned/grid", "--a", "datacomp-none", "--b", "dfn-dedup", "--metric",
-      "shapes_retrieval/image_retrieval_recall@5", "--target-compute", "3x", "--out", "/thresher-pinned/reports/ab"],
-     None],
+    [
+        [
+            "subset",
+            "/thresher-pinned/pool",
+            "--recipe",
+            "datacomp-none",
+            "--recipe",
+            "dfn-dedup",
+            "--size",
+            "2000",
+            "--out",
+            "/thresher-pinned/subsets",
+            "--seed",
+            "0",
+            "--samples-per-shard",
+            "500",
+        ],
+        None,
+    ],
+    [
+        [
+            "grid",
+            "--subset",
+            "/thresher-pinned/subsets/datacomp-none",
+            "--subset",
+            "/thresher-pinned/subsets/dfn-dedup",
+            "--scale",
+            "ab",
+            "--eval-set",
+            "/thresher-pinned/source/eval/shapes_color",
+            "--eval-set",
+            "/thresher-pinned/source/eval/shapes_retrieval",
+            "--out",
+            "/thresher-pinned/grid",
+        ],
+        None,
+    ],
+    [
+        [
+            "compare",
+            "/thresher-pinned/grid",
+            "--a",
+            "datacomp-none",
+            "--b",
+            "dfn-dedup",
+            "--metric",
+            "shapes_retrieval/image_retrieval_recall@5",
+            "--target-compute",
+            "3x",
+            "--out",
+            "/thresher-pinned/reports/ab",
+        ],
+        None,
+    ],
 ]
 DEMO_LAST_STEP_HASH = "4603df93430dc2e986b1853b54c186cfbd49e03047a89243a850d58dd0a0e8dd"
 # sha256 of json.dumps([[argv, serve], ...]) of each shipped job's steps, the same way
@@ -151,9 +313,15 @@ def test_a_step_runs_what_its_printed_command_line_parses_to():
 
 def test_include_runs_the_other_jobs_steps_first_with_its_vars_as_defaults(tmp_path):
     (tmp_path / "base.yaml").write_text("vars: {size: 5, seed: 1}\nsteps:\n  - filters: {}\n")
-    job = jobs.load(str(write_job(tmp_path, "include: [%s]\nvars: {size: 7}\nsteps:\n"
-                                            "  - subset: {pool: p, recipe: r, size: '{size}', out: o, seed: '{seed}'}\n"
-                                  % (tmp_path / "base.yaml"))))
+    job = jobs.load(
+        str(
+            write_job(
+                tmp_path,
+                "include: [%s]\nvars: {size: 7}\nsteps:\n"
+                "  - subset: {pool: p, recipe: r, size: '{size}', out: o, seed: '{seed}'}\n" % (tmp_path / "base.yaml"),
+            )
+        )
+    )
     assert [s.command for s in job.steps] == ["filters", "subset"]
     assert job.steps[1].argv[job.steps[1].argv.index("--size") + 1] == "7"
     assert job.steps[1].argv[job.steps[1].argv.index("--seed") + 1] == "1"
@@ -169,14 +337,17 @@ def test_shipped_jobs_load_and_parse():
 
 
 def test_run_resumes_and_reruns_from_the_first_changed_step(featured_pool, tmp_path, ray_local, capsys):
-    path = write_job(tmp_path, f"""
+    path = write_job(
+        tmp_path,
+        f"""
 name: small
 vars: {{size: 300}}
 steps:
   - filter: {{pool: {featured_pool}, recipe: datacomp-basic}}
   - subset: {{pool: {featured_pool}, recipe: datacomp-basic, size: "{{size}}", out: "subset-{{size}}", samples_per_shard: 150}}
   - audit: {{action: verify, subset: "subset-{{size}}"}}
-""")
+""",
+    )
     out = tmp_path / "out"
     assert cli.main(["run", str(path), "--out", str(out)]) == 0
     assert json.loads((out / "subset-300" / "manifest.json").read_text())["size"] == 300
@@ -194,8 +365,9 @@ steps:
 
 
 def test_a_failing_step_stops_the_job_and_says_how_to_resume(featured_pool, tmp_path, ray_local, capsys):
-    path = write_job(tmp_path, f"steps:\n  - subset: {{pool: {featured_pool}, recipe: datacomp-basic, "
-                               f"size: 100000000, out: s}}\n")
+    path = write_job(
+        tmp_path, f"steps:\n  - subset: {{pool: {featured_pool}, recipe: datacomp-basic, size: 100000000, out: s}}\n"
+    )
     assert cli.main(["run", str(path), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "step 1 (subset) failed" in err and "resumes at this step" in err
@@ -234,13 +406,32 @@ def test_ab_test_job_runs_end_to_end_with_a_plugin_from_outside(plugin_site, tmp
     (tmp_path / "scales.yaml").write_text(
         "defaults: {batch_size: 64, lr: 1.0e-3, warmup: 1, schedule: const, checkpoints: 4, precision: fp32,"
         " shard_image_size: 80}\n"
-        "scales:\n  - {name: a, model: thresher-w32, samples_seen: 512}\n")
+        "scales:\n  - {name: a, model: thresher-w32, samples_seen: 512}\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
     env["PYTHONPATH"] = str(plugin_site)
     out = tmp_path / "ab"
-    args = [str(Path(sys.executable).parent / "thresher"), "run", "ab_test", "--out", str(out),
-            "--var", "samples=700", "--var", "trusted=200", "--var", "dfn_epochs=1", "--var", "eval_images=40",
-            "--var", "size=150", "--var", f"scales={tmp_path / 'scales.yaml'}", "--var", f"port={free_port()}"]
+    args = [
+        str(Path(sys.executable).parent / "thresher"),
+        "run",
+        "ab_test",
+        "--out",
+        str(out),
+        "--var",
+        "samples=700",
+        "--var",
+        "trusted=200",
+        "--var",
+        "dfn_epochs=1",
+        "--var",
+        "eval_images=40",
+        "--var",
+        "size=150",
+        "--var",
+        f"scales={tmp_path / 'scales.yaml'}",
+        "--var",
+        f"port={free_port()}",
+    ]
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     manifest = json.loads((out / "pool" / "decisions" / "example-plugin" / "manifest.json").read_text())
@@ -256,10 +447,15 @@ def test_plan_warns_when_dedup_in_one_process_outgrows_the_head_node(tmp_path):
     """Dedup without --partitions holds the pool's base columns in one process: at 12.8B that is ~3 TB,
     more than the head node's memory, and the plan says so and names the partitioned path. Partitioned
     SemDeDup spreads its products, but its k-means is one process: 11.5M clusters are too many."""
+
     def render(args: str) -> str:
-        path = write_job(tmp_path, "name: t\nplan: {cluster: datacomp-aws, pool_samples: 12800000000}\n"
-                                   f"steps:\n  - dedup: {{pool: pool, {args}}}\n")
+        path = write_job(
+            tmp_path,
+            "name: t\nplan: {cluster: datacomp-aws, pool_samples: 12800000000}\n"
+            f"steps:\n  - dedup: {{pool: pool, {args}}}\n",
+        )
         return plan.render(plan.plan_job(jobs.load(str(path), out=str(tmp_path / "o"))))
+
     text = render("semantic: false")
     assert re.search(r"warning: step 1 \(dedup\) holds 3\.\d+ TB in one process, more than the head node's", text)
     assert "--partitions N" in text and "(in one process)" in text

@@ -9,8 +9,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # the main line of docs/architecture.md, in data order: a stage may import earlier stages, never later
-DATA_PATH = ["synth", "serve", "ingest", "download", "features", "dedup", "filter", "subset", "train",
-             "evaluate", "grid", "scaling", "compare", "compare_report"]
+DATA_PATH = [
+    "synth",
+    "serve",
+    "ingest",
+    "download",
+    "features",
+    "dedup",
+    "filter",
+    "subset",
+    "train",
+    "evaluate",
+    "grid",
+    "scaling",
+    "compare",
+    "compare_report",
+]
 
 
 def _modules() -> dict[str, Path]:
@@ -51,7 +65,7 @@ def test_no_import_cycles():
         state[m] = 1
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                cycles.append(path[path.index(n):] + [n])
+                cycles.append(path[path.index(n) :] + [n])
             elif n not in state:
                 visit(n, path + [n])
         state[m] = 2
@@ -76,6 +90,57 @@ def test_only_the_entry_point_imports_cli():
 
 def test_ray_is_imported_only_by_the_execution_layer_and_ray_data():
     """One execution layer. Ray Data's actor pool (CLIP scoring) is the one other user."""
-    users = sorted(str(p.relative_to(ROOT)) for p in _modules().values()
-                   if re.search(r"^\s*(import ray|from ray)\b", p.read_text(), re.M))
+    users = sorted(
+        str(p.relative_to(ROOT))
+        for p in _modules().values()
+        if re.search(r"^\s*(import ray|from ray)\b", p.read_text(), re.M)
+    )
     assert users == ["pipeline/execute.py", "pipeline/features.py"]
+
+
+def test_an_install_puts_only_the_thresher_namespace_into_site_packages(tmp_path):
+    """Issue 16: pipeline/ and filters/ install as thresher.pipeline and thresher.filters, never as
+    top-level `pipeline` and `filters` packages that would collide with other projects'."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    # what the build reads, copied, so it writes nothing into the checkout
+    src = tmp_path / "src"
+    for d in ("pipeline", "filters"):
+        shutil.copytree(ROOT / d, src / d, ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / f, src / f)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path / "wheel"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "wheel").glob("thresher-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"thresher"}, tops
+    assert "thresher/pipeline/execute.py" in names and "thresher/filters/builtin.py" in names
+    assert not any(n.startswith("thresher/__init__") for n in names)  # a namespace: room for thresher.* plugins
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry).decode()
+    assert "thresher = thresher.pipeline.cli:main" in text and "builtin = thresher.filters.builtin" in text
+    # outside the checkout, the installed names are the only ones
+    code = (
+        "import importlib.util as u; print(u.find_spec('pipeline'), u.find_spec('filters'), "
+        "u.find_spec('thresher.pipeline.cli') is not None)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert out.stdout.split() == ["None", "None", "True"]

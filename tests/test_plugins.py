@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.pool import Pool
-from pipeline import filter as flt
-from pipeline.errors import InputError
+from thresher.pipeline import filter as flt
+from thresher.pipeline.errors import InputError
+from thresher.pipeline.pool import Pool
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "docs" / "plugin-example"
@@ -43,15 +43,27 @@ def by_module_recipe(path: Path) -> Path:
 
 def test_plugin_recipe_runs_by_name_and_by_module(plugin_site, featured_pool, truth_by_uid, tmp_path):
     by_module = by_module_recipe(tmp_path / "by-module.yaml")
-    r = thresher("filter", str(featured_pool), "--recipe", "example-plugin", "--recipe", str(by_module),
-                 "--var", "scorer=clip_tiny", pythonpath=plugin_site)
+    r = thresher(
+        "filter",
+        str(featured_pool),
+        "--recipe",
+        "example-plugin",
+        "--recipe",
+        str(by_module),
+        "--var",
+        "scorer=clip_tiny",
+        pythonpath=plugin_site,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "filter example-plugin: kept" in r.stdout and "filter example-plugin-by-module: kept" in r.stdout
 
     manifest = json.loads((featured_pool / "decisions" / "example-plugin" / "manifest.json").read_text())
     assert manifest["funnel"][0]["step"] == manifest["funnel"][0]["filter"] == "clip_caption_quality"
     assert manifest["plugins"]["clip_caption_quality"] == {
-        "module": "thresher_example_filters.filters", "package": "thresher-example-filters", "version": "0.1.0"}
+        "module": "thresher_example_filters.filters",
+        "package": "thresher-example-filters",
+        "version": "0.1.0",
+    }
     assert manifest["prepared"]["clip_caption_quality"]["scorer"] == "clip_tiny"
 
     rows = flt.read(str(featured_pool), "example-plugin")
@@ -69,15 +81,19 @@ def test_plugin_recipe_runs_by_name_and_by_module(plugin_site, featured_pool, tr
             table[c] += t.column(c).to_pylist()
     clip = np.array(table["clip_tiny_score"], np.float64)
     en = np.array([lang == "en" for lang in table["caption_lang"]])
-    quality = (np.clip(np.where(en, table["caption_lang_score"], 0) / 0.5, 0, 1)
-               * np.clip(np.array(table["caption_words"]) / 5, 0, 1))
+    quality = np.clip(np.where(en, table["caption_lang_score"], 0) / 0.5, 0, 1) * np.clip(
+        np.array(table["caption_words"]) / 5, 0, 1
+    )
     expected = (clip - clip.mean()) / clip.std() - 3.0 * (1 - quality)
     assert rows.column("uid").to_pylist() == table["uid"]
     assert np.allclose(rows.column("score").to_numpy(zero_copy_only=False), expected, rtol=1e-4, atol=1e-4)
 
     # on the synthetic pool: poor captions go, which a CLIP score from the random-init scorer alone keeps
-    kept_of = collections.Counter(truth_by_uid[u]["category"] for u, k in
-                                  zip(rows.column("uid").to_pylist(), rows.column("keep").to_pylist()) if k)
+    kept_of = collections.Counter(
+        truth_by_uid[u]["category"]
+        for u, k in zip(rows.column("uid").to_pylist(), rows.column("keep").to_pylist())
+        if k
+    )
     total = collections.Counter(truth_by_uid[u]["category"] for u in table["uid"])
     for poor in ("non_english", "short_caption"):
         assert kept_of[poor] <= 0.1 * total[poor], (poor, kept_of[poor], total[poor])
@@ -100,8 +116,14 @@ def test_plugins_own_tests_pass(plugin_site):
     """What docs/plugins.md tells a plugin's author to run: its filters on hand-made tables."""
     tests = EXAMPLE / "tests"
     env = {**os.environ, "PYTHONPATH": str(plugin_site)}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tests),
-                        str(tests)], env=env, capture_output=True, text=True, timeout=120, cwd=tests)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tests), str(tests)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tests,
+    )
     assert r.returncode == 0, r.stdout[-3000:]
 
 
@@ -111,7 +133,7 @@ def test_plugins_own_tests_pass(plugin_site):
 PLUGIN_SOURCE = '''
 from dataclasses import dataclass
 import numpy as np
-from filters.api import register
+from thresher.filters.api import register
 
 @dataclass
 class Longer:
@@ -147,13 +169,16 @@ def test_module_function_step_resolves_to_its_registered_filter(tmp_path, local_
     assert steps[0].needs == ["caption_chars"]
 
 
-@pytest.mark.parametrize("ref,needle", [
-    ("{m}:helper", "{m}.helper is not a registered filter; decorate it with @filters.api.register"),
-    ("{m}:missing", "module {m} has no 'missing'"),
-    ("no_such_plugin.filters:f", "no module 'no_such_plugin.filters' to import; install the package"),
-    ("no_such_filter_anywhere", "known: aspect_ratio,"),
-    ("no_such_filter_anywhere", "`pip install PACKAGE`) with a 'thresher.filters' entry point"),
-])
+@pytest.mark.parametrize(
+    "ref,needle",
+    [
+        ("{m}:helper", "{m}.helper is not a registered filter; decorate it with @filters.api.register"),
+        ("{m}:missing", "module {m} has no 'missing'"),
+        ("no_such_plugin.filters:f", "no module 'no_such_plugin.filters' to import; install the package"),
+        ("no_such_filter_anywhere", "known: aspect_ratio,"),
+        ("no_such_filter_anywhere", "`pip install PACKAGE`) with a 'thresher.filters' entry point"),
+    ],
+)
 def test_unresolvable_filters_name_file_step_and_fix(tmp_path, local_module, ref, needle):
     ref, needle = ref.replace("{m}", local_module), needle.replace("{m}", local_module)
     path = recipe(tmp_path, ref)

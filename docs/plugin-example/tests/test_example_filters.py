@@ -2,17 +2,19 @@
 
 import numpy as np
 import pyarrow as pa
-
-from filters import api
 from thresher_example_filters import caption_quality, clip_caption_quality
 from thresher_example_filters.filters import CaptionQuality, ClipCaptionQuality
 
-TABLE = pa.table({
-    "caption_lang": ["en", "en", "fr", "en", None],
-    "caption_lang_score": [0.9, 0.25, 0.95, 0.8, None],
-    "caption_words": [12, 12, 12, 2, None],
-    "clip_b32_score": [0.30, 0.30, 0.35, 0.32, 0.40],
-})
+from thresher.filters import api
+
+TABLE = pa.table(
+    {
+        "caption_lang": ["en", "en", "fr", "en", None],
+        "caption_lang_score": [0.9, 0.25, 0.95, 0.8, None],
+        "caption_words": [12, 12, 12, 2, None],
+        "clip_b32_score": [0.30, 0.30, 0.35, 0.32, 0.40],
+    }
+)
 
 
 def test_caption_quality():

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from filters.api import InputError, register  # InputError: a message the CLI prints, no traceback
+from thresher.filters.api import InputError, register  # InputError: a message the CLI prints, no traceback
 
 QUALITY_COLUMNS = ["caption_lang", "caption_lang_score", "caption_words"]  # base features (`thresher features`)
 
@@ -42,10 +42,10 @@ def _check_quality(p) -> None:
 
 @dataclass
 class CaptionQuality:
-    lang: str = "en"              # fastText lid.176 label the captions should have
-    confident_lang: float = 0.5   # language probability from which the language counts as certain
-    min_words: int = 5            # words from which a caption counts as a full description
-    min_quality: float = 0.5      # keep samples whose quality is at least this
+    lang: str = "en"  # fastText lid.176 label the captions should have
+    confident_lang: float = 0.5  # language probability from which the language counts as certain
+    min_words: int = 5  # words from which a caption counts as a full description
+    min_quality: float = 0.5  # keep samples whose quality is at least this
 
 
 def _caption_quality_needs(p: CaptionQuality) -> list[str]:
@@ -62,13 +62,13 @@ def caption_quality(table: pa.Table, p: CaptionQuality):
 
 @dataclass
 class ClipCaptionQuality:
-    scorer: str = "clip_b32"      # the scorer whose `{scorer}_score` (image-text cosine) is ranked
+    scorer: str = "clip_b32"  # the scorer whose `{scorer}_score` (image-text cosine) is ranked
     lang: str = "en"
     confident_lang: float = 0.5
     min_words: int = 5
-    penalty: float = 3.0          # standard deviations of the pool's CLIP score a caption of quality 0 loses
-    min_quality: float = 0.0      # also drop samples below this quality outright (0: rank only)
-    sample_shards: int = 32       # shards prepare reads for the score's mean and spread
+    penalty: float = 3.0  # standard deviations of the pool's CLIP score a caption of quality 0 loses
+    min_quality: float = 0.0  # also drop samples below this quality outright (0: rank only)
+    sample_shards: int = 32  # shards prepare reads for the score's mean and spread
 
 
 def _clip_caption_quality_needs(p: ClipCaptionQuality) -> list[str]:
@@ -82,28 +82,45 @@ def _score_moments(pool: str, p: ClipCaptionQuality) -> dict:
     """Mean and standard deviation of the scorer's CLIP score, from up to `sample_shards` shards spread
     over the pool: once, on the driver, so every shard standardises the same way and the penalty means
     the same for a B/32, an L/14 or a random-init scorer (their cosines spread very differently)."""
-    from pipeline import runtime
-    from pipeline.pool import Pool  # the pool's layout, and which shards are complete
+    from thresher.pipeline import runtime
+    from thresher.pipeline.pool import Pool  # the pool's layout, and which shards are complete
 
     layout = Pool(pool)
     shards = sorted(layout.completed(p.scorer))
     picked = sorted({shards[int(i)] for i in np.linspace(0, len(shards) - 1, min(len(shards), p.sample_shards))})
-    scores = np.concatenate([
-        _column(runtime.read_parquet(layout.features(p.scorer, s), columns=["clip_score"]),
-                "clip_score", np.nan).astype(np.float64)
-        for s in picked]) if picked else np.zeros(0)
+    scores = (
+        np.concatenate(
+            [
+                _column(
+                    runtime.read_parquet(layout.features(p.scorer, s), columns=["clip_score"]), "clip_score", np.nan
+                ).astype(np.float64)
+                for s in picked
+            ]
+        )
+        if picked
+        else np.zeros(0)
+    )
     scores = scores[np.isfinite(scores)]
     if len(scores) < 2:
         raise InputError(f"clip_caption_quality: scorer {p.scorer} has fewer than 2 scores in {pool}")
     mean, std = float(scores.mean()), float(scores.std())
     # what `info` holds goes into the decisions manifest (`prepared`)
-    return {"mean": mean, "std": std if std > 0 else 1.0,
-            "info": {"scorer": p.scorer, "shards_read": len(picked), "scores": len(scores),
-                     "mean": round(mean, 6), "std": round(std, 6)}}
+    return {
+        "mean": mean,
+        "std": std if std > 0 else 1.0,
+        "info": {
+            "scorer": p.scorer,
+            "shards_read": len(picked),
+            "scores": len(scores),
+            "mean": round(mean, 6),
+            "std": round(std, 6),
+        },
+    }
 
 
-@register("clip_caption_quality", ClipCaptionQuality, needs=_clip_caption_quality_needs, scores=True,
-          prepare=_score_moments)
+@register(
+    "clip_caption_quality", ClipCaptionQuality, needs=_clip_caption_quality_needs, scores=True, prepare=_score_moments
+)
 def clip_caption_quality(table: pa.Table, p: ClipCaptionQuality, ctx: dict):
     """The CLIP score standardised over the pool, minus `penalty` x (1 - caption quality); for top_fraction.
     Samples without a CLIP score fail (and rank last)."""
