@@ -11,7 +11,7 @@ shard's successful samples (sorted by key), so every features file of a shard is
     POOL/features/<kind>/{i:08d}_stats.json   completion marker: a shard with one is never redone
     POOL/features/<scorer>/manifest.json      model, weights (tag, checkpoint hash or random-init), device
 
-Base features run as one Ray task per shard (runtime.run_shard_tasks). CLIP scoring runs on Ray Data:
+Base features run as one Ray task per shard (execute.run). CLIP scoring runs on Ray Data:
 CPU tasks read and decode shards and apply the resize/crop half of open_clip's preprocessing, and an
 actor pool holds the model (loaded once per actor; one GPU each when there are GPUs, with fp16/bf16
 autocast). Actors write their batches as parts; when a shard's parts are all in, a small task joins

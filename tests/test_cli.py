@@ -123,7 +123,7 @@ def test_demo_runs_the_three_workflows_and_prints_their_paths(demo):
     # one job: the pool steps the three workflows share ran once, and each step left its record
     records = sorted((out / "_job").glob("*.json"))
     assert [r.name.split("-", 1)[1] for r in records].count("synth.json") == 1
-    assert len(records) == len(__import__("thresher.pipeline.jobs").jobs.load("demo").steps)
+    assert len(records) == len(__import__("thresher.pipeline.jobs").pipeline.jobs.load("demo").steps)
 
 
 def test_demo_rerun_resumes_without_redoing_work(demo):
