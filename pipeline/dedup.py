@@ -334,29 +334,19 @@ def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) 
                 keep[i], reason[i], group[i] = False, "contamination", f"eval:{eval_names[int(e)]}"
                 dropped += 1
         counts["contamination"] = dropped
+
+    def apply(pairs, alive, step):  # one step's pairs into the shared verdicts (keep, reason, group)
+        return _apply(pairs, alive, step, cfg, scores, order_key, rng, group, reason, keep, uids)
+
     if cfg.exact:
         alive = np.flatnonzero(keep)
         sha = base.column("sha256").to_pylist()
-        counts["exact"] = _apply(
-            exact_pairs([sha[i] for i in alive]), alive, "exact", cfg, scores, order_key, rng, group, reason, keep, uids
-        )
+        counts["exact"] = apply(exact_pairs([sha[i] for i in alive]), alive, "exact")
     if cfg.perceptual:
         alive = np.flatnonzero(keep)
         codes, have = hashes.pdq_codes([pdq[i] for i in alive], [quality[i] for i in alive], cfg.pdq_min_quality)
         pairs = hashes.hamming_pairs(codes, cfg.pdq_radius)
-        counts["perceptual"] = _apply(
-            have[pairs] if len(pairs) else pairs,
-            alive,
-            "perceptual",
-            cfg,
-            scores,
-            order_key,
-            rng,
-            group,
-            reason,
-            keep,
-            uids,
-        )
+        counts["perceptual"] = apply(have[pairs] if len(pairs) else pairs, alive, "perceptual")
     if cfg.semantic:
         alive = np.flatnonzero(keep)
         ok = alive[np.isfinite(scores[alive])] if cfg.keep == "clip_score" else alive
@@ -375,19 +365,7 @@ def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) 
         )
         # map back to indices into `alive`
         pos = np.searchsorted(alive, ok)
-        counts["semantic"] = _apply(
-            pos[pairs] if len(pairs) else pairs,
-            alive,
-            "semantic",
-            cfg,
-            scores,
-            order_key,
-            rng,
-            group,
-            reason,
-            keep,
-            uids,
-        )
+        counts["semantic"] = apply(pos[pairs] if len(pairs) else pairs, alive, "semantic")
 
     shard_of = np.array([int(k[:8]) for k in keys])
     out_dir = Pool(pool).dedup_dir
