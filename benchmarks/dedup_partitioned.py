@@ -11,7 +11,7 @@ and scores.
 Exact only: keep=first, and the verdicts must be the same. With --semantic: keep=clip_score and one
 probe; the two paths' k-means differ (a sample against every row), so the script reports how many
 verdicts agree. It prints the wall time of each path, their ratio, and the partitioned rate per core
-(benchmarks/throughputs.yaml's `dedup.exact_partitioned`).
+(configs/throughputs.yaml's `dedup.exact_partitioned`).
 The in-process path is the reference: on one machine it is expected to win (Ray's start and the
 staging files cost more than they save); the partitioned path exists for pools no process can hold.
 """

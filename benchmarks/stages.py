@@ -5,7 +5,7 @@
 Runs `thresher run jobs/build_subset.yaml` as a user would (a cold command, a fresh directory, the pool
 generated and served on 127.0.0.1), reads each step's seconds from the job's completion records
 (OUT/_job/NN-COMMAND.json), and prints samples/s per core for each stage. With --write, the `stages`
-block of benchmarks/throughputs.yaml is updated with these figures, today's date and this machine's
+block of configs/throughputs.yaml is updated with these figures, today's date and this machine's
 core count. Step times include each step's own start-up (Ray tasks, model builds), as a real job's do.
 """
 
@@ -45,7 +45,7 @@ def free_port() -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=20000)
-    ap.add_argument("--write", action="store_true", help="update benchmarks/throughputs.yaml's stages block")
+    ap.add_argument("--write", action="store_true", help="update configs/throughputs.yaml's stages block")
     ap.add_argument(
         "--dir",
         default=None,
@@ -88,7 +88,7 @@ def main() -> None:
         rates[key] = n[what] / steps[step]["seconds"] / cores
         print(f"{key}: {rates[key]:,.0f} samples/s per core ({n[what]} {what} samples in {steps[step]['seconds']} s)")
     if args.write:
-        path = ROOT / "benchmarks" / "throughputs.yaml"
+        path = ROOT / "configs" / "throughputs.yaml"
         text = path.read_text()
         date = time.strftime("%Y-%m-%d")
         for key, rate in rates.items():

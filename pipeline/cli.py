@@ -28,7 +28,8 @@ ACTION_RAY_HELP = "Ray cluster to run on (default: $RAY_ADDRESS or local)"
 def _add_argument(target, a: Arg) -> None:
     """One registry argument as an argparse argument."""
     if a.kind == POSITIONAL:
-        target.add_argument(a.dest, type=a.type, help=a.help)
+        optional = {} if a.required else {"nargs": "?", "default": a.default}
+        target.add_argument(a.dest, type=a.type, help=a.help, **optional)
     elif a.kind == FLAG:
         target.add_argument(*a.flags, dest=a.dest, action="store_true", help=a.help)
     elif a.kind == TOGGLE:

@@ -197,7 +197,16 @@ def _from_field(f: dataclasses.Field, tp, group: str | None) -> Arg:
     base = _unwrap(tp)
     required = f.default is MISSING and f.default_factory is MISSING
     if spec.positional:
-        return Arg(f.name, POSITIONAL, spec.help, type=None if base is str else base, required=True, group=group)
+        # a positional with a default may be left out (`thresher presets [KIND]`)
+        return Arg(
+            f.name,
+            POSITIONAL,
+            spec.help,
+            type=None if base is str else base,
+            default=_parsed_default(f),
+            required=required,
+            group=group,
+        )
     kind, convert = VALUE, base
     if base is bool:
         kind, convert = FLAG, None
@@ -703,6 +712,35 @@ def run_filters(args: FiltersArgs) -> None:
 
     for name, spec in api.known().items():
         print(f"{name:22s} {spec.doc}")
+
+
+# what `thresher presets` lists: kind -> (folder under the bundled configs, file suffix)
+PRESET_KINDS = {
+    "download": ("download", ".yaml"),
+    "synth": ("synth", ".yaml"),
+    "dedup": ("dedup", ".yaml"),
+    "recipes": ("recipes", ".yaml"),
+    "scales": ("scales", ".yaml"),
+    "models": ("models", ".json"),
+    "classes": ("classes", ".txt"),
+    "cluster": ("cluster", ".yaml"),
+    "jobs": ("../jobs", ".yaml"),
+}
+
+
+@args_dataclass
+class PresetsArgs(Common):
+    kind: str | None = arg(None, f"one kind: {', '.join(PRESET_KINDS)} (default: all)", positional=True)
+
+
+def run_presets(args: PresetsArgs) -> None:
+    """What ships inside the package: names any --config, --recipe, --scale, --model or job takes."""
+    if args.kind is not None and args.kind not in PRESET_KINDS:
+        raise InputError(f"no preset kind {args.kind!r}; kinds: {', '.join(PRESET_KINDS)}")
+    for kind, (folder, suffix) in PRESET_KINDS.items():
+        if args.kind in (None, kind):
+            names = sorted(p.name[: -len(suffix)] for p in (CONFIG_DIR / folder).glob(f"*{suffix}"))
+            print(f"{kind:9s} {' '.join(names)}")
 
 
 @args_dataclass
@@ -1496,6 +1534,13 @@ COMMANDS: dict[str, Command] = {
             "thresher filters",
             FiltersArgs,
             run_filters,
+        ),
+        Command(
+            "presets",
+            "List the bundled presets (download, synth, dedup, recipes, scales, models, classes, cluster, jobs).",
+            "thresher presets recipes",
+            PresetsArgs,
+            run_presets,
         ),
         Command(
             "export-metadata",

@@ -186,6 +186,8 @@ def _words(command: str, cls: type, args: dict, out_dir: str, where: str) -> dic
     words, args = {}, dict(args)
     for a in (a for a in by_dest.values() if a.kind == commands.POSITIONAL):
         if a.dest not in args:
+            if not a.required:
+                continue
             raise InputError(f"{where}: {command} needs `{a.dest}:` (see thresher {command} --help)")
         words[a.dest] = a.tokens(args.pop(a.dest), lambda v, k=a.dest: _path(k, v, out_dir, where))
     for key, value in args.items():

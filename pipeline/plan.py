@@ -2,7 +2,7 @@
 
 Each step of the job is costed by its command's `plan` function (pipeline/commands.py; this module holds
 what they share: Sizes, Cluster, Estimate, the throughputs and the rendering) from a measured
-throughput in benchmarks/throughputs.yaml (the figure,
+throughput in configs/throughputs.yaml (the figure,
 its unit, the benchmark that measured it, machine and date), applied to the job's sizes (the pool's
 samples, the subset's, the grid's samples seen) on the cluster the job names under `plan.cluster`: a
 Ray cluster-launcher YAML in configs/cluster/ (its node types' CPU, GPU, memory and max_workers), or
@@ -22,7 +22,7 @@ from pathlib import Path
 from .config import CONFIG_DIR
 from .errors import InputError
 
-THROUGHPUTS = CONFIG_DIR.parent / "benchmarks" / "throughputs.yaml"
+THROUGHPUTS = CONFIG_DIR / "throughputs.yaml"  # the rates benchmarks/stages.py measures
 CLUSTER_DIR = CONFIG_DIR / "cluster"
 SYNTH_BYTES_PER_SAMPLE = 35_000  # the synthetic pool at DataComp's 512 px: 664 MB of shards / 18,940 samples
 # where one flat k-means on the driver stops being practical: more than a day of a 16-vCPU head node at an
@@ -144,7 +144,7 @@ class Sizes:
 
 
 def rate(t: dict, key: str) -> float:
-    """One measured throughput of benchmarks/throughputs.yaml."""
+    """One measured throughput of configs/throughputs.yaml."""
     return float(t[key]["rate"])
 
 
@@ -273,7 +273,7 @@ def render(p: dict) -> str:
         "assumes work divides evenly over the cluster and stages run one after another; start-up "
         "costs and k-means are left out",
         "",
-        "throughputs used (benchmarks/throughputs.yaml):",
+        "throughputs used (configs/throughputs.yaml):",
     ]
     for k, v in p["throughputs"].items():
         lines.append(f"  {k}: {v['rate']:,.4g} {v['unit']}  [{v['source']}; {v['measured']}]")
