@@ -324,6 +324,37 @@ def url_blocklist(table, p: UrlBlocklist):
 
 
 @dataclass
+class UidList:
+    path: str = opt("", "DataComp uid file (.npy: sorted u8,u8, each uid's high and low 64 bits)")
+
+    def __post_init__(self):
+        if not str(self.path).endswith(".npy"):
+            raise InputError(f"uid_list: path {self.path!r} is not a .npy file (DataComp's uid files are)")
+        _must_exist(self.path)
+
+
+@lru_cache(maxsize=None)
+def _uid_file(path: str) -> set[str]:
+    """The uids of a DataComp uid file, read and checked once per worker process."""
+    from ..pipeline import hashes, runtime
+
+    fs, p = runtime.fs_path(path)
+    try:
+        with fs.open(p, "rb") as f:
+            arr = np.load(f, allow_pickle=False)
+        return set(hashes.uids_of(hashes.check_uid_array(arr, path)))
+    except ValueError as err:  # not an .npy, a pickled object array, the wrong dtype, unsorted
+        raise InputError(f"uid_list: {err}" if str(err).startswith(path) else f"uid_list: {path}: {err}") from None
+
+
+@register("uid_list", UidList, needs=["uid"])
+def uid_list(table, p: UidList):
+    """Keeps exactly the uids in a DataComp uid file (a subset made by DataComp's scripts, or by anyone)."""
+    listed = _uid_file(p.path)
+    return np.array([u in listed for u in table.column("uid").to_pylist()], bool), None
+
+
+@dataclass
 class BannedWords:
     path: str = opt("", "file: one word or phrase per line")
 

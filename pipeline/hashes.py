@@ -90,3 +90,41 @@ def hamming_pairs(codes: np.ndarray, radius: int, queries: np.ndarray | None = N
         out = np.sort(out, axis=1)
         out = np.unique(out, axis=0)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# DataComp's uid files: what its resharder takes and what its participants exchange. A `.npy` of a
+# sorted structured array of dtype `u8,u8`: each uid's high and low 64 bits (the uid is 32 hex digits).
+
+UID_DTYPE = np.dtype("u8,u8")
+
+
+def uid_array(uids) -> np.ndarray:
+    """Sorted `u8,u8` rows of 32-hex-digit uids, duplicates dropped, as DataComp writes them."""
+    bad = next((u for u in uids if not (isinstance(u, str) and len(u) == 32 and _is_hex(u))), None)
+    if bad is not None:
+        raise ValueError(f"uid {bad!r} is not 32 hex digits: DataComp's uid files hold 128-bit uids")
+    arr = np.array([(int(u[:16], 16), int(u[16:], 16)) for u in uids], dtype=UID_DTYPE)
+    return np.unique(arr)  # sorts by the high, then the low 64 bits
+
+
+def uids_of(arr: np.ndarray) -> list[str]:
+    return [f"{int(hi):016x}{int(lo):016x}" for hi, lo in zip(arr["f0"], arr["f1"])]
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
+
+
+def check_uid_array(arr: np.ndarray, where: str) -> np.ndarray:
+    """`arr` if it is a DataComp uid array (dtype u8,u8, sorted); else ValueError naming `where`."""
+    if arr.dtype != UID_DTYPE:
+        raise ValueError(f"{where}: dtype {arr.dtype}, not DataComp's u8,u8 (high and low 64 bits of each uid)")
+    hi, lo = arr["f0"], arr["f1"]
+    if len(arr) > 1 and not np.all((hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] >= lo[:-1]))):
+        raise ValueError(f"{where}: uids are not sorted (DataComp's files are; np.sort the array first)")
+    return arr
