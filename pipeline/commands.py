@@ -31,7 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .config import CONFIG_DIR, load
+from .config import CONFIG_DIR, load, preset_or_path
 from .errors import InputError
 from .plan import KMEANS_FLOPS_ONE_NODE, Cluster, Estimate, Sizes, embed_dim, gflops, param_count, rate
 
@@ -332,12 +332,9 @@ def _config_path(value: str | None, kind: str) -> Path | None:
     """A config given by path, or by preset name under configs/<kind>/."""
     if value is None:
         return None
-    path, preset = Path(value), CONFIG_DIR / kind / f"{value}.yaml"
-    # a folder that happens to share a preset's name (a run's `demo/` output) is not a config file
-    if path.is_file() or (path.exists() and not preset.exists()):
-        return path
-    if preset.exists():
-        return preset
+    found = preset_or_path(value, CONFIG_DIR / kind)
+    if found is not None:
+        return found
     presets = sorted(p.stem for p in (CONFIG_DIR / kind).glob("*.yaml"))
     raise InputError(f"no config file {value!r} and no preset of that name in configs/{kind}/ (presets: {presets})")
 

@@ -182,3 +182,13 @@ def substitute(value, variables: dict, where: str):
         return str(variables[m.group(1)])
 
     return re.sub(r"\{(\w+)\}", one, value)
+
+
+def preset_or_path(value: str, directory: Path, suffix: str = ".yaml") -> Path | None:
+    """The file `value` names: a path, or a preset `directory/VALUE{suffix}`; None if neither exists.
+    A file at the path wins; a folder that only shares a preset's name (a run's `demo/` output) does not
+    hide the preset."""
+    path, preset = Path(value), directory / f"{value}{suffix}"
+    if path.is_file() or (path.exists() and not preset.exists()):
+        return path
+    return preset if preset.exists() else None

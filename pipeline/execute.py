@@ -246,29 +246,47 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
 
 
-def start(ray_address: str | None = None):
-    """The executor this stage runs on: the one `using` set, else a local one when
-    THRESHER_EXECUTOR=local, else Ray (started or connected here)."""
+def _chosen():
+    """The executor `using` set, or a local one under THRESHER_EXECUTOR=local; else None (Ray)."""
     ex = _current.get()
     if ex is not None:
         return ex
-    if os.environ.get("THRESHER_EXECUTOR", "ray") == "local":
-        return LocalExecutor()
-    init_ray(ray_address)
-    return RayExecutor()
+    return LocalExecutor() if os.environ.get("THRESHER_EXECUTOR", "ray") == "local" else None
+
+
+_ray_executors: dict = {}  # (node, job) -> its executor: a stage's fan-outs share registered remote functions
+
+
+def _ray_executor() -> RayExecutor:
+    import ray
+
+    ctx = ray.get_runtime_context()
+    key = (ctx.get_node_id(), ctx.get_job_id())  # a new Ray instance (after a shutdown) gets a new one
+    if key not in _ray_executors:
+        _ray_executors.clear()
+        _ray_executors[key] = RayExecutor()
+    return _ray_executors[key]
+
+
+def start(ray_address: str | None = None):
+    """The executor this stage runs on: the one `using` set, else a local one when
+    THRESHER_EXECUTOR=local, else Ray (started or connected here)."""
+    ex = _chosen()
+    if ex is None:
+        init_ray(ray_address)
+        ex = _ray_executor()
+    return ex
 
 
 def current():
     """The executor in use, without starting Ray if nothing chose one yet (then a local one)."""
-    ex = _current.get()
-    if ex is not None:
-        return ex
-    if os.environ.get("THRESHER_EXECUTOR", "ray") == "local":
-        return LocalExecutor()
     import sys
 
+    ex = _chosen()
+    if ex is not None:
+        return ex
     ray = sys.modules.get("ray")
-    return RayExecutor() if ray is not None and ray.is_initialized() else LocalExecutor()
+    return _ray_executor() if ray is not None and ray.is_initialized() else LocalExecutor()
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import execute, runtime, schema, topk
-from .config import CONFIG_DIR, check_name, from_dict, opt, read_yaml, substitute, to_dict
+from .config import CONFIG_DIR, check_name, from_dict, opt, preset_or_path, read_yaml, substitute, to_dict
 from .errors import InputError
 from .pool import Pool
 from .topk import order_key
@@ -72,17 +72,13 @@ class ResolvedStep:
 
 
 def recipe_path(name_or_path: str) -> Path:
-    p = Path(name_or_path)
-    # a folder that shares a preset's name is not a recipe file (see commands._config_path)
-    if p.suffix in (".yaml", ".yml") or p.is_file() or (p.exists() and not (RECIPE_DIR / f"{p}.yaml").exists()):
-        if not p.exists():
-            raise InputError(f"recipe file {p} does not exist")
-        return p
-    preset = RECIPE_DIR / f"{name_or_path}.yaml"
-    if not preset.exists():
+    found = preset_or_path(name_or_path, RECIPE_DIR)
+    if found is None and Path(name_or_path).suffix in (".yaml", ".yml"):
+        raise InputError(f"recipe file {name_or_path} does not exist")
+    if found is None:
         names = ", ".join(sorted(x.stem for x in RECIPE_DIR.glob("*.yaml")))
         raise InputError(f"unknown recipe {name_or_path!r}; presets: {names}; or give a path to a YAML file")
-    return preset
+    return found
 
 
 def _not_installed(packages: list) -> list[str]:

@@ -105,6 +105,13 @@ def featured_pool(pool, ray_local):
     return out
 
 
+def pip(*args: str) -> None:
+    """This environment's pip, quiet, never fetching dependencies (nothing can be fetched here)."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", args[0], "--quiet", "--no-deps", *args[1:]], check=True, capture_output=True
+    )
+
+
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory) -> Path:
     """The example package, built and installed (no network, no dependencies) into a directory of its own."""
@@ -115,22 +122,6 @@ def plugin_site(tmp_path_factory) -> Path:
         tmp / "src",
         ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"),
     )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(tmp / "site"),
-            str(src),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    pip("install", "--no-build-isolation", "--no-index", "--target", str(tmp / "site"), str(src))
     assert (tmp / "site" / "thresher_example_filters").is_dir()
     return tmp / "site"

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, pip
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,22 +27,7 @@ def wheel(tmp_path_factory) -> Path:
         shutil.copytree(ROOT / d, src / d, ignore=shutil.ignore_patterns("__pycache__"))
     for f in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / f, src / f)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--wheel-dir",
-            str(tmp / "out"),
-            str(src),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    pip("wheel", "--no-build-isolation", "--wheel-dir", str(tmp / "out"), str(src))
     (built,) = (tmp / "out").glob("thresher-*.whl")
     return built
 
@@ -88,22 +73,7 @@ def test_an_installed_wheel_runs_a_job_from_any_directory(wheel, tmp_path):
     # the dependencies, by path only: a .pth line is not a site dir, so the editable install's finder
     # in that directory is never run, and `thresher` can only come from the wheel
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-compile",
-            "--target",
-            str(site),
-            str(wheel),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    pip("install", "--no-compile", "--target", str(site), str(wheel))
     away = tmp_path / "elsewhere"
     away.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
