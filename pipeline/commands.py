@@ -274,14 +274,21 @@ def make(cls: type, values: dict):
             kwargs[f.name] = {n: values[n] for n in names if values.get(n) is not None}
         elif values.get(f.name) is not None:
             kwargs[f.name] = values[f.name]
-    return cls(**kwargs)
+    made = cls(**kwargs)
+    if hasattr(made, "check"):  # rules across arguments (one of two outputs...), for a command line and a job alike
+        made.check()
+    return made
 
 
 def bind(cls: type, words: dict[str, list[str]], where: str):
     """An `args` instance from each argument's command-line words (what `Arg.tokens` spelled), so a job
     step runs with exactly what its printed command line would parse to."""
     by_dest = {a.dest: a for a in arguments(cls)}
-    return make(cls, {dest: by_dest[dest].parse(w, where) for dest, w in words.items() if w})
+    values = {dest: by_dest[dest].parse(w, where) for dest, w in words.items() if w}
+    try:
+        return make(cls, values)
+    except InputError as err:
+        raise InputError(f"{where}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -746,8 +753,16 @@ class SubsetArgs(Common):
         help="pool with the recipes' decisions (the filter runs first where they are missing)", positional=True
     )
     recipe: list[str] = arg(help="preset name or YAML file; repeat for equal-sized subsets of several recipes")
-    size: int = arg(help="samples in each subset (exactly)")
-    out: str = arg(help="subset directory (one recipe) or parent of OUT/RECIPE (several)")
+    size: int | None = arg(
+        None, "samples in each subset (exactly); required with --out, optional with --uids-only (default: all kept)"
+    )
+    out: str | None = arg(None, "subset directory (one recipe) or parent of OUT/RECIPE (several)")
+    uids_only: str | None = arg(
+        None,
+        "write the selection as DataComp's uid file (FILE.npy: sorted u8,u8) instead of resharding; "
+        "without --size, every sample the recipe keeps",
+        metavar="FILE.npy",
+    )
     seed: int = arg(0, "seed of the uniform draw and the shuffle (default 0)")
     samples_per_shard: int = arg(10000, "samples per output shard (default 10000)")
     allow_repeat: bool = arg(False, "upsample a recipe that keeps fewer than --size samples instead of failing")
@@ -758,11 +773,37 @@ class SubsetArgs(Common):
     )
     var: list[str] = arg(help="key=value for the recipes' {key} placeholders", factory=list)
 
+    def check(self) -> None:
+        if bool(self.out) == bool(self.uids_only):
+            raise InputError("subset: give --out DIR (a resharded subset) or --uids-only FILE.npy, one of the two")
+        if self.out and self.size is None:
+            raise InputError("subset: --size is required with --out (a resharded subset holds exactly N samples)")
+        if self.uids_only and (len(self.recipe) != 1 or self.draws != 1 or self.allow_repeat):
+            raise InputError(
+                "subset --uids-only: one --recipe, one draw and no --allow-repeat (a uid file holds a uid once)"
+            )
+
 
 def run_subset(args: SubsetArgs) -> None:
-    """Exactly N samples per recipe, resharded, with a manifest and lineage."""
-    from .subset import SubsetConfig, run, target_dir
+    """Exactly N samples per recipe, resharded, with a manifest and lineage; or, with --uids-only, the
+    selection as DataComp's uid file."""
+    from .subset import SubsetConfig, run, target_dir, write_uid_file
 
+    if args.uids_only:
+        m = write_uid_file(
+            args.pool,
+            args.recipe[0],
+            args.uids_only,
+            size=args.size,
+            seed=args.seed,
+            variables=parse_vars(args.var) or None,
+            ray_address=args.ray_address,
+        )
+        print(
+            f"subset {m['plan']['recipe']}: {m['samples']} uids ({m['selection']['mode']} of "
+            f"{m['selection']['kept_by_recipe']} kept) -> {args.uids_only}"
+        )
+        return
     cfg = SubsetConfig(
         size=args.size,
         seed=args.seed,
@@ -781,6 +822,12 @@ def run_subset(args: SubsetArgs) -> None:
 
 
 def plan_subset(args: SubsetArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
+    if args.uids_only:
+        return Estimate(
+            what=f"{args.recipe[0]} as a uid file",
+            inputs=["subset.select"],
+            cpu_s=sizes.downloaded / rate(t, "subset.select"),
+        )
     recipes, size, out = args.recipe, args.size, args.out
     for r in recipes:  # what the audit steps after it read
         sizes.subsets[out if len(recipes) == 1 else os.path.join(out, Path(r).stem)] = size
@@ -1455,7 +1502,8 @@ COMMANDS: dict[str, Command] = {
         ),
         Command(
             "subset",
-            "Select exactly N samples per recipe and reshard them, with a manifest and lineage.",
+            "Select exactly N samples per recipe and reshard them, with a manifest and lineage "
+            "(or, with --uids-only, write the selection as DataComp's uid file).",
             "thresher subset pool --recipe datacomp-basic --recipe dfn --size 100000 --out subsets --seed 0",
             SubsetArgs,
             run_subset,

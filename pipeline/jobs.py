@@ -55,6 +55,8 @@ PATH_KEYS = {
     "pool",
     "data",
     "subset",
+    "uids_only",
+    "metadata",
     "run",
     "grid",
     "results",
@@ -212,9 +214,9 @@ def _path(key: str, value, out_dir: str, where: str = "job") -> str:
         remote = "://" in out_dir
         inside = f"{out_dir}/{text}" if remote else os.path.normpath(os.path.join(out_dir, text))
         # a job file can come from anyone: its relative outputs stay inside the job's directory
-        if key == "out" and (".." in Path(text).parts):
+        if key in ("out", "uids_only") and (".." in Path(text).parts):
             raise InputError(
-                f"{where}: out {text!r} leaves the job's directory {out_dir}; give a path inside it, or an absolute one"
+                f"{where}: {key} {text!r} leaves the job's directory {out_dir}; give a path inside it, or an absolute one"
             )
         if key in PATH_KEYS or (
             key in MAYBE_PATH_KEYS and (text.endswith(FILE_SUFFIXES) or (not remote and os.path.exists(inside)))

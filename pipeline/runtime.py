@@ -69,14 +69,19 @@ def read_json(url: str) -> Any:
 
 
 def write_json(url: str, obj: Any) -> None:
-    """Write JSON atomically where the filesystem allows: a reader never sees half a file. The temporary
-    name is the writer's own (pid and a random suffix), so two writers never write into one file."""
+    """Write JSON atomically where the filesystem allows: a reader never sees half a file."""
+    write_bytes(url, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write a file atomically where the filesystem allows. The temporary name is the writer's own (pid
+    and a random suffix), so two writers never write into one file."""
     import uuid
 
     fs, path = fs_path(url)
     tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    with fs.open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
     fs.mv(tmp, path)
 
 

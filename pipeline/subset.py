@@ -1,4 +1,5 @@
-"""Subset stage: `thresher subset POOL --recipe NAME [--recipe NAME2 ...] --size N --out DIR --seed S`.
+"""Subset stage: `thresher subset POOL --recipe NAME [--recipe NAME2 ...] --size N --out DIR --seed S`,
+and `thresher subset POOL --recipe NAME [--size N] --uids-only FILE.npy` (write_uid_file).
 
 From a recipe's decisions (POOL/decisions/NAME, written by the filter stage, which this runs first when
 they are missing or stale), select exactly N samples and reshard them:
@@ -22,6 +23,11 @@ Layout of a subset (DataComp's shard naming: open_clip and DataComp tooling read
 
 While it runs, DIR/_work holds the plan, per-pool-shard indexes and per-output-shard completion
 markers; a re-run resumes from them, and they are removed once the manifest is written.
+
+With `--uids-only FILE.npy` nothing is resharded: the same selection (the same cut, so with `--size N`
+the same N samples a resharded subset holds; without it every sample the recipe keeps) is written as
+DataComp's uid file, a sorted `u8,u8` array that DataComp's resharder takes, with FILE.npy.json beside
+it (recipe, decisions, pool, size, seed, the file's sha256).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import execute, runtime, schema, topk
+from . import execute, hashes, runtime, schema, topk
 from . import filter as filtering
 from .config import check_name, opt, to_dict
 from .errors import InputError, StageError
@@ -233,6 +239,94 @@ def find_cut(hist: np.ndarray, rank: int, in_bin) -> Cut:
     return Cut(int(keys[i]), str(uids[i]))
 
 
+def _chosen(dec: pa.Table, mask: np.ndarray, keys: np.ndarray, cut: Cut) -> np.ndarray:
+    """Which of a shard's candidates a subset holds: the one rule of resharded subsets and uid files."""
+    return mask & cut.inside(keys, dec.column("uid"))
+
+
+def _uids_task(shard, pool, recipe, rule, exclude, cut) -> np.ndarray:
+    """The shard's selected uids as a sorted DataComp `u8,u8` array (16 bytes a sample back to the driver)."""
+    dec, mask, keys = _candidates(pool, recipe, shard, rule, exclude, RANKING)
+    uids = dec.column("uid").take(pa.array(np.flatnonzero(_chosen(dec, mask, keys, cut)))).to_pylist()
+    try:
+        return hashes.uid_array(uids)
+    except ValueError as err:
+        raise InputError(f"{pool}: shard {shard:08d}: {err}; a uid file cannot hold this pool's uids") from None
+
+
+def write_uid_file(
+    pool: str,
+    recipe: str,
+    out: str,
+    size: int | None = None,
+    seed: int = 0,
+    variables: dict | None = None,
+    ray_address: str | None = None,
+    log=print,
+) -> dict:
+    """The recipe's selection as DataComp's uid file `out` (.npy, sorted `u8,u8`), without resharding: with
+    `size`, the N samples `thresher subset --size N` would hold; without, every sample the recipe keeps.
+    Writes `out`.json beside it; a second run with the same inputs finds it done, other inputs are refused."""
+    if not str(out).endswith(".npy"):
+        raise InputError(f"--uids-only {out}: a uid file is a .npy file (DataComp's format)")
+    if size is not None and size < 1:
+        raise InputError(f"--size must be positive (got {size})")
+    Pool(pool).require()
+    execute.start(ray_address)
+    decisions = decisions_for(pool, recipe, variables, log)
+    name = decisions["recipe"]
+    rule = rule_for(decisions, seed)
+    plan = {
+        "pool": str(pool),
+        "recipe": name,
+        "decisions_sha256": runtime.file_sha256(Pool(pool).decisions_manifest(name)),
+        "size": size,
+        "seed": seed if rule.mode == "uniform" and size is not None else None,
+    }
+    sidecar = f"{out}.json"
+    if runtime.exists(out):
+        if runtime.exists(sidecar) and runtime.read_json(sidecar).get("plan") == plan:
+            log(f"[subset:{name}] {out} is complete already")
+            return runtime.read_json(sidecar)
+        raise InputError(f"{out} exists and was not written from these inputs; choose another path")
+    shards = Pool(pool).shards()
+    hist = _count(pool, name, rule, Exclusion(), shards)
+    kept = int(hist.sum())
+    if size is not None and kept < size:
+        raise InputError(
+            f"recipe {name} keeps {kept} samples in {pool}, fewer than --size {size}; ask for at most {kept} "
+            f"(a uid file holds each uid once, so it cannot repeat samples)"
+        )
+    cut = Cut() if size is None else _cut(pool, name, rule, Exclusion(), shards, hist, size)
+    parts = execute.map(_uids_task, shards, pool, name, rule, Exclusion(), cut, label=f"subset:{name} uids")
+    arr = np.sort(np.concatenate(parts)) if parts else np.empty(0, hashes.UID_DTYPE)
+    want = kept if size is None else size
+    if len(arr) != want or (len(arr) > 1 and not np.all(arr[1:] != arr[:-1])):
+        raise StageError(
+            f"subset {name}: selected {len(arr)} distinct uids, not {want}; a uid repeats in {pool} or the "
+            f"decisions changed while it ran"
+        )
+    hashes.check_uid_array(arr, out)
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    runtime.write_bytes(out, buf.getvalue())  # atomic: written beside, then renamed
+    record = {
+        "kind": "thresher.uids",
+        "format": 1,
+        "file": str(out).rsplit("/", 1)[-1],
+        "sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+        "samples": len(arr),
+        "plan": plan,
+        "recipe_sha256": decisions["recipe_sha256"],
+        "thresholds": decisions["thresholds"],
+        "selection": {**rule.describe(), "kept_by_recipe": kept, "cut_key": cut.key, "cut_uid": cut.uid},
+        "code": runtime.code_version(),
+    }
+    runtime.write_json(sidecar, record)
+    log(f"[subset:{name}] {len(arr)} uids ({'all kept' if size is None else 'top N'} of {kept}) -> {out}")
+    return record
+
+
 # ---------------------------------------------------------------------------------------------------
 # The shuffle: a seeded bijection of [0, n) that any task can evaluate or invert for its own slice
 
@@ -315,11 +409,8 @@ def _index_task(shard, pool, recipe, rule, exclude, cut, repeat, out_dir):
     order, with their tar members and every column the subset's metadata and lineage need."""
     dec, mask, keys = _candidates(pool, recipe, shard, rule, exclude)
     uids = dec.column("uid")
-    copies = (
-        np.where(mask, repeat["each"], 0) + (mask & cut.inside(keys, uids)).astype(np.int64)
-        if repeat
-        else (mask & cut.inside(keys, uids)).astype(np.int64)
-    )
+    chosen = _chosen(dec, mask, keys, cut).astype(np.int64)
+    copies = np.where(mask, repeat["each"], 0) + chosen if repeat else chosen
     rows = np.repeat(np.arange(len(uids)), copies)
     copy = (np.arange(len(rows)) - np.repeat(np.cumsum(copies) - copies, copies)).astype(np.int32)
     table = Pool(pool).shard_table(shard, _feature_columns(pool))

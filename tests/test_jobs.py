@@ -80,7 +80,7 @@ steps:
         ("  - subset: {pool: p, recipe: r, size: 1, out: o, allow_repeat: 'yes'}", "allow_repeat is a flag"),
         ("  - audit: {subset: s}", "audit needs `action:`"),
         ("  - audit: {action: verify, subset: s, sise: 1}", "audit has no option 'sise'; options: ray_address"),
-        ("  - subset: {pool: p, recipe: r, out: o}", "subset needs `size:`"),
+        ("  - subset: {pool: p, recipe: r, out: o}", "subset: --size is required with --out"),
         ("  - subset: {pool: p, recipe: r, size: lots, out: o}", "size: invalid int value: 'lots'"),
         (
             "  - grid: {subset: s, scale: tiny, eval_set: e, out: o, replicates: sideways}",
@@ -105,7 +105,7 @@ def test_an_unknown_option_lists_the_options_the_command_has(tmp_path):
         jobs.load(str(path))
     assert str(err.value) == (
         f"{path}: step 2: subset has no option 'sise'; options: allow_repeat, draws, out, "
-        f"ray_address, recipe, samples_per_shard, seed, size, var"
+        f"ray_address, recipe, samples_per_shard, seed, size, uids_only, var"
     )
 
 

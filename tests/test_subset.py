@@ -295,3 +295,58 @@ def test_report_embeds_its_plots(subsets, tmp_path):
         im = Image.open(shot).convert("L")
         hist = np.bincount(np.asarray(im).ravel(), minlength=256)
         assert hist[:200].sum() > 0.02 * hist.sum()  # plots and text drawn, not an empty page
+
+
+def test_uids_only_writes_the_same_selection_as_datacomp_uid_files(subsets, featured_pool, tmp_path):
+    from thresher.pipeline import hashes
+
+    out, _ = subsets
+    for name in RECIPES:
+        resharded = set(pq.read_table(out / name / "lineage.parquet").column("uid").to_pylist())
+        path = tmp_path / f"{name}.npy"
+        record = subset.write_uid_file(str(featured_pool), name, str(path), size=N, seed=3, variables=VARS, **quiet)
+        arr = np.load(path, allow_pickle=False)
+        assert arr.dtype == np.dtype("u8,u8") and hashes.check_uid_array(arr, str(path)) is arr
+        assert set(hashes.uids_of(arr)) == resharded and record["samples"] == N
+        assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        # without --size: every sample the recipe keeps, as DataComp's baseline scripts write them
+        every = subset.write_uid_file(
+            str(featured_pool), name, str(tmp_path / f"{name}-all.npy"), variables=VARS, **quiet
+        )
+        kept = filtering.read(str(featured_pool), name).to_pandas().query("keep").uid
+        assert set(hashes.uids_of(np.load(tmp_path / f"{name}-all.npy"))) == set(kept) and every["samples"] == len(kept)
+    # a re-run finds it done; other inputs never overwrite it
+    again = subset.write_uid_file(
+        str(featured_pool), RECIPES[0], str(tmp_path / f"{RECIPES[0]}.npy"), size=N, seed=3, variables=VARS, **quiet
+    )
+    assert again["sha256"] == hashlib.sha256((tmp_path / f"{RECIPES[0]}.npy").read_bytes()).hexdigest()
+    with pytest.raises(InputError, match="not written from these inputs"):
+        subset.write_uid_file(
+            str(featured_pool),
+            RECIPES[0],
+            str(tmp_path / f"{RECIPES[0]}.npy"),
+            size=N - 1,
+            seed=3,
+            variables=VARS,
+            **quiet,
+        )
+    with pytest.raises(InputError, match="is a .npy file"):
+        subset.write_uid_file(str(featured_pool), RECIPES[0], str(tmp_path / "x.txt"), variables=VARS, **quiet)
+    with pytest.raises(InputError, match="cannot repeat"):
+        subset.write_uid_file(
+            str(featured_pool), RECIPES[0], str(tmp_path / "big.npy"), size=10**6, variables=VARS, **quiet
+        )
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--size", "5"], "give --out DIR .* or --uids-only"),
+        (["--size", "5", "--out", "o", "--uids-only", "u.npy"], "one of the two"),
+        (["--out", "o"], "--size is required with --out"),
+        (["--uids-only", "u.npy", "--draws", "2"], "one --recipe, one draw"),
+    ],
+)
+def test_subset_command_takes_one_kind_of_output(argv, message, tmp_path, capsys):
+    assert cli.main(["subset", str(tmp_path), "--recipe", "datacomp-basic", *argv]) == 2
+    assert re.search(message, capsys.readouterr().err)
