@@ -111,6 +111,7 @@ def write_pool(root: Path, rows: int, shard_rows: int) -> None:
                 t["original_width"],
                 t["original_height"],
                 none_s,
+                none_s,
             ],
             schema=schema.POOL,
         )

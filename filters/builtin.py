@@ -3,6 +3,7 @@ compose them (docs/filters.md gives each recipe's source rule)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -14,6 +15,31 @@ import pyarrow.compute as pc
 from ..pipeline.config import opt
 from ..pipeline.errors import InputError
 from .api import register
+
+
+def _stamp(args: tuple) -> tuple:
+    """(path, size, mtime) of each argument that names a file: what a cached read of it depends on."""
+    from ..pipeline import runtime
+
+    out = []
+    for a in args:
+        if isinstance(a, str) and a and runtime.is_file(a):
+            fs, path = runtime.fs_path(a)
+            info = fs.info(path)
+            out.append((a, info.get("size"), info.get("mtime") or info.get("LastModified") or info.get("ETag")))
+    return tuple(out)
+
+
+def cached_by_file(fn):
+    """Read once per worker process, like lru_cache, but keyed by the files' size and modification time
+    too: a list or model updated in place is read again (the filter's fingerprint re-runs the recipe)."""
+    cached = lru_cache(maxsize=None)(lambda _stamp_key, *args: fn(*args))
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        return cached(_stamp(args), *args)
+
+    return wrapper
 
 
 def _np(table: pa.Table, column: str, dtype=np.float64, fill=np.nan) -> np.ndarray:
@@ -136,12 +162,21 @@ def dedup_keep(table, _p):
 # ---------------------------------------------------------------------------------------------------
 # Hash blocklists (Re-LAION-style safety). Format: docs/schemas.md#blocklists.
 
-BLOCKLIST_COLUMNS = {"url_md5": "url", "url_sha256": "url", "image_sha256": "sha256", "image_pdq": "pdq"}
+BLOCKLIST_COLUMNS = {
+    "url_md5": "url",
+    "url_sha256": "url",
+    "image_sha256": "sha256",
+    "image_md5": "md5",
+    "image_pdq": "pdq",
+}
 
 
 @dataclass
 class Blocklist:
-    kind: str = opt("url_sha256", "what the list hashes: url_md5, url_sha256, image_sha256 or image_pdq")
+    kind: str = opt(
+        "url_sha256",
+        "what the list hashes: url_md5, url_sha256, image_sha256, image_md5 (both of the original bytes) or image_pdq",
+    )
     path: str = opt("", "the list file (required; format in docs/schemas.md#blocklists)")
     radius: int = opt(31, "image_pdq: Hamming radius of a match, in bits")
     missing_ok: bool = opt(False, "a missing file drops nothing instead of failing")
@@ -178,7 +213,7 @@ def _read_list(path: str, missing_ok: bool) -> list[str]:
         return [ln.strip().lower() for ln in f if ln.strip() and not ln.startswith("#")]
 
 
-@lru_cache(maxsize=None)
+@cached_by_file
 def _listed(kind: str, path: str, missing_ok: bool):
     """A blocklist, read once per worker process: PDQ codes for image_pdq, else a set of digests."""
     from ..pipeline import hashes
@@ -190,15 +225,59 @@ def _listed(kind: str, path: str, missing_ok: bool):
 
 
 def _blocklist_needs(p: Blocklist) -> list[str]:
+    from ..pipeline import runtime
+
     if p.kind not in BLOCKLIST_COLUMNS:
         raise InputError(f"blocklist kind must be one of {', '.join(BLOCKLIST_COLUMNS)}, not {p.kind!r}")
     if not p.path:
         raise InputError("blocklist: `path` is required")
+    if p.kind == "image_md5" and p.missing_ok and not runtime.exists(p.path):
+        return []  # nothing to match, so a pool downloaded before md5 was recorded still runs relaion-safety
     return [BLOCKLIST_COLUMNS[p.kind]]
 
 
-@register("blocklist", Blocklist, needs=_blocklist_needs)
-def blocklist(table, p: Blocklist):
+def _has_md5(shard: int, pool: str) -> bool:
+    """Whether every downloaded image of a shard has its md5: pools downloaded before it was recorded
+    lack the column; metadata-only pools, and img2dataset output hashed with sha256, hold nulls."""
+    import pyarrow.compute as pc
+
+    from ..pipeline import runtime
+    from ..pipeline.pool import Pool
+
+    path = Pool(pool).metadata(shard)
+    if "md5" not in runtime.parquet_columns(path):
+        return False
+    rows = runtime.read_parquet(path, columns=["status", "md5"])
+    return rows.filter(pc.equal(rows.column("status"), "success")).column("md5").null_count == 0
+
+
+def _prepare_blocklist(pool: str, p: Blocklist) -> dict:
+    """On the driver, before any shard is read: the list's size (recorded in the decisions manifest) and,
+    for image_md5, that every shard's metadata has the md5 column."""
+    from ..pipeline import execute, runtime
+    from ..pipeline.pool import Pool
+
+    if not runtime.exists(p.path):  # missing_ok (else the recipe would not have loaded)
+        return {"info": {"entries": 0, "missing": True}}
+    if p.kind == "image_md5":
+        shards = Pool(pool).shards()
+        have = execute.map(_has_md5, shards, pool, label="blocklist image_md5: md5 column")
+        lacking = [s for s, ok in zip(shards, have) if not ok]
+        if lacking:
+            more = f" (and {len(lacking) - 1} more shards)" if len(lacking) > 1 else ""
+            raise InputError(
+                f"blocklist image_md5 ({p.path}): {pool} shard {lacking[0]:08d}{more} has no MD5 of its original "
+                f"image bytes in its metadata ({Pool(pool).metadata(lacking[0])}): it was downloaded before the "
+                "MD5 was recorded, imported from metadata without one, or hashed by img2dataset with sha256 only. "
+                "Re-download the pool (`thresher download` into a new --out) or match the images by SHA-256 "
+                "instead (kind image_sha256)"
+            )
+    listed = _listed(p.kind, p.path, p.missing_ok)
+    return {"info": {"entries": 0 if listed is None else len(listed)}}
+
+
+@register("blocklist", Blocklist, needs=_blocklist_needs, prepare=_prepare_blocklist)
+def blocklist(table, p: Blocklist, _ctx=None):
     """Drops samples whose URL or image hash is on a list (exact digests; PDQ within `radius` bits)."""
     from ..pipeline import hashes
 
@@ -206,6 +285,8 @@ def blocklist(table, p: Blocklist):
     n = table.num_rows
     if listed is None:
         return np.ones(n, bool), None
+    if BLOCKLIST_COLUMNS[p.kind] not in table.column_names:  # image_md5's list appeared after the recipe loaded
+        raise InputError(f"blocklist {p.path} appeared while the filter ran; run it again")
     if p.kind == "image_pdq":
         codes, have = hashes.pdq_codes(table.column("pdq").to_pylist())
         hit = np.zeros(n, bool)
@@ -228,7 +309,7 @@ class ClassNames:
         _must_exist(self.path, shipped_dir="classes")
 
 
-@lru_cache(maxsize=None)
+@cached_by_file
 def _class_names(name_or_path: str) -> tuple[tuple[str, ...], ...]:
     import re
 
@@ -283,7 +364,7 @@ def _lines(path: str) -> list[str] | None:
     return _read_list(path, False) if path else None
 
 
-@lru_cache(maxsize=None)
+@cached_by_file
 def _url_filter(domains: str, urls: str, banned: str, integrated: bool):
     import tldextract
     from datatrove.pipeline.filters import URLFilter
@@ -300,7 +381,7 @@ def _url_filter(domains: str, urls: str, banned: str, integrated: bool):
     return f
 
 
-@lru_cache(maxsize=None)
+@cached_by_file
 def _word_filter(path: str):
     import re
 
@@ -333,7 +414,7 @@ class UidList:
         _must_exist(self.path)
 
 
-@lru_cache(maxsize=None)
+@cached_by_file
 def _uid_file(path: str) -> set[str]:
     """The uids of a DataComp uid file, read and checked once per worker process."""
     from ..pipeline import hashes, runtime
@@ -478,7 +559,7 @@ class ImageProbe:
     max_probability: float = opt(0.5, "samples the probe gives more than this are dropped")
 
 
-@lru_cache(maxsize=None)
+@cached_by_file
 def _probe(path: str):
     from ..pipeline.probe import load_probe
 

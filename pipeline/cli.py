@@ -28,7 +28,9 @@ ACTION_RAY_HELP = "Ray cluster to run on (default: $RAY_ADDRESS or local)"
 def _add_argument(target, a: Arg) -> None:
     """One registry argument as an argparse argument."""
     if a.kind == POSITIONAL:
-        optional = {} if a.required else {"nargs": "?", "default": a.default}
+        optional = (
+            {"nargs": "+"} if a.many and a.required else {} if a.required else {"nargs": "?", "default": a.default}
+        )
         target.add_argument(a.dest, type=a.type, help=a.help, **optional)
     elif a.kind == FLAG:
         target.add_argument(*a.flags, dest=a.dest, action="store_true", help=a.help)
@@ -96,7 +98,11 @@ def parse(argv: list[str] | None = None) -> Call:
 
 
 def main(argv: list[str] | None = None) -> int:
-    call = parse(argv)
+    try:
+        call = parse(argv)
+    except InputError as err:  # a rule across arguments (args.check): a usage error, in one line
+        print(f"error: {describe(err)}", file=sys.stderr)
+        return 2
     try:
         return call.run()
     except KeyboardInterrupt:

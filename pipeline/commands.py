@@ -124,6 +124,7 @@ class Arg:
     choices: tuple | None = None
     metavar: str | None = None
     group: str | None = None  # the help section, when not the command's own options
+    many: bool = False  # a positional that takes one or more values (a list field)
 
     @property
     def option_strings(self) -> tuple[str, ...]:
@@ -155,10 +156,10 @@ class Arg:
         if self.kind == TOGGLE:
             return words[-1] == self.flags[0]
         values = words if self.kind == POSITIONAL else words[1::2]
-        if self.kind == POSITIONAL and len(values) != 1:
+        if self.kind == POSITIONAL and len(values) != 1 and not self.many:
             raise InputError(f"{where}: `{self.dest}` takes one value, not {len(values)}")
         parsed = [self._convert(v, where) for v in values]
-        return parsed if self.kind == REPEAT else parsed[-1]
+        return parsed if self.kind == REPEAT or self.many else parsed[-1]
 
     def _convert(self, word: str, where: str):
         try:
@@ -197,15 +198,18 @@ def _from_field(f: dataclasses.Field, tp, group: str | None) -> Arg:
     base = _unwrap(tp)
     required = f.default is MISSING and f.default_factory is MISSING
     if spec.positional:
-        # a positional with a default may be left out (`thresher presets [KIND]`)
+        # a positional with a default may be left out (`thresher presets [KIND]`); a list takes one or more
+        many = typing.get_origin(base) is list
+        item = typing.get_args(base)[0] if many else base
         return Arg(
             f.name,
             POSITIONAL,
             spec.help,
-            type=None if base is str else base,
+            type=None if item is str else item,
             default=_parsed_default(f),
             required=required,
             group=group,
+            many=many,
         )
     kind, convert = VALUE, base
     if base is bool:
@@ -669,6 +673,61 @@ def run_export_metadata(args: ExportMetadataArgs) -> None:
 
     table = export_metadata(args.pool, args.out)
     print(f"wrote {table.num_rows} rows in DataComp's columns to {args.out}")
+
+
+@args_dataclass
+class ImportMetadataArgs(Common):
+    metadata: list[str] = arg(
+        help="DataComp-format metadata Parquet: files, directories of them, or globs", positional=True
+    )
+    out: str = arg(help="pool directory to make (no images: filters that need no pixels run on it)")
+    npz_dir: str | None = arg(None, "directory of DataComp's STEM.npz embeddings, one per STEM.parquet")
+    scorer: list[str] = arg(
+        help="ID=COLUMN[:NPZ_PREFIX], repeatable: a score column as a scorer (default: "
+        "clip_b32=clip_b32_similarity_score:b32 and clip_l14=clip_l14_similarity_score:l14)",
+        factory=list,
+    )
+    samples_per_shard: int = arg(10000, "rows per pool shard (default 10000, as DataComp's)")
+
+
+def run_import_metadata(args: ImportMetadataArgs) -> None:
+    """A pool without images from DataComp-format metadata, its scores as scorers."""
+    from .importing import ScorerSource, import_metadata
+
+    scorers = [ScorerSource.parse(s) for s in args.scorer] or None
+    m = import_metadata(
+        args.metadata, args.out, args.npz_dir, scorers, args.samples_per_shard, ray_address=args.ray_address
+    )
+    names = ", ".join(s["scorer_id"] for s in m["config"]["scorers"]) or "none"
+    print(f"imported {m['counts']['rows']} rows in {m['shards']['complete']} shards (scorers: {names}) -> {args.out}")
+
+
+def plan_import(args, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
+    return Estimate(
+        what=f"{sizes.pool:,.0f} rows imported",
+        inputs=["stages.features_base"],
+        cpu_s=sizes.pool / rate(t, "stages.features_base"),
+    )
+
+
+@args_dataclass
+class ImportPoolArgs(Common):
+    dir: str = arg(help="img2dataset's output folder ({i:05d}.tar, .parquet, _stats.json)", positional=True)
+    out: str = arg(help="pool directory to make (the tars stay where they are)")
+    uid_col: str = arg(
+        "uid",
+        "column of img2dataset's Parquet with the uid (save_additional_columns); "
+        "when absent, uid = sha256(url NUL caption)[:32] as download makes it",
+    )
+
+
+def run_import_pool(args: ImportPoolArgs) -> None:
+    """A pool from shards img2dataset already wrote, without copying or re-downloading the images."""
+    from .importing import import_pool
+
+    m = import_pool(args.dir, args.out, args.uid_col, ray_address=args.ray_address)
+    ok = m["counts"]["status"].get("success", 0)
+    print(f"adopted {m['shards']['complete']} shards, {ok} of {m['counts']['rows']} rows downloaded -> {args.out}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1593,6 +1652,21 @@ COMMANDS: dict[str, Command] = {
             "thresher export-metadata pool --out pool-metadata.parquet",
             ExportMetadataArgs,
             run_export_metadata,
+        ),
+        Command(
+            "import-metadata",
+            "Make a pool without images from DataComp-format metadata (scores and .npz embeddings as scorers).",
+            "thresher import-metadata metadata/ --out pool --npz-dir metadata/",
+            ImportMetadataArgs,
+            run_import_metadata,
+            plan_import,
+        ),
+        Command(
+            "import-pool",
+            "Adopt the shards img2dataset wrote as a pool, without copying or re-downloading images.",
+            "thresher import-pool img2dataset-out/ --out pool",
+            ImportPoolArgs,
+            run_import_pool,
         ),
         Command(
             "download",

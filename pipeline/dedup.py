@@ -285,6 +285,8 @@ def eval_index(eval_sets: list[str]) -> tuple[np.ndarray, list[str]]:
 @runtime.holds(lambda pool, *a, **k: runtime.join(Pool(pool).require().root, "dedup"), "this pool's dedup")
 def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) -> dict:
     cfg.validate()
+    if cfg.perceptual or (cfg.contamination and cfg.eval_sets):
+        Pool(pool).require_images("dedup's PDQ steps (set perceptual: false and contamination: false)")
     t0 = time.time()
     base_dir = Pool(pool).features_dir("base")
     shards = Pool(pool).shards()

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from . import execute, ingest, netsafety, runtime, schema
 from .config import config_hash, from_dict, opt, to_dict
-from .errors import InputError
+from .errors import InputError, StageError
 from .pool import Pool
 
 # Normalised failure reasons in the `failure` column (null on success).
@@ -156,7 +156,13 @@ def make_resizer(cfg: DownloadConfig):
     img2dataset decodes every image in full (cv2.imdecode) before it looks at its area, so a 30000 x
     30000 PNG of 150 KB costs 900 MB, per thread (issue 15). Pillow reads width and height from the
     header without decoding; past `max_pixels` the image is refused as too_large. What Pillow cannot
-    identify goes on to img2dataset, which records it as before."""
+    identify goes on to img2dataset, which records it as before.
+
+    It also records the MD5 of each image it resizes successfully, keyed by the bytes' sha256, in
+    `md5_of`: img2dataset computes one hash (the sha256 we ask for), from the same stream, after this
+    call and only for the rows this call lets through, so `_pool_metadata` finds every successful row's
+    MD5 of the original bytes by that row's sha256."""
+    import hashlib
     import warnings
 
     from img2dataset.blurrer import BoundingBoxBlurrer
@@ -164,6 +170,10 @@ def make_resizer(cfg: DownloadConfig):
     from PIL import Image
 
     class HeaderChecked(Resizer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.md5_of: dict[str, str] = {}  # sha256 -> md5 of the bytes as served, before resizing
+
         def __call__(self, img_stream, blurring_bbox_list=None):
             if cfg.max_pixels:
                 try:
@@ -186,7 +196,12 @@ def make_resizer(cfg: DownloadConfig):
                         f"{cfg.max_pixels} (read from the header, not decoded)",
                     )
             img_stream.seek(0)
-            return super().__call__(img_stream, blurring_bbox_list)
+            out = super().__call__(img_stream, blurring_bbox_list)
+            if out[-1] is None:  # a success: img2dataset hashes these same bytes next (img_stream is the original)
+                img_stream.seek(0)
+                data = img_stream.read()
+                self.md5_of[hashlib.sha256(data).hexdigest()] = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            return out
 
     return HeaderChecked(
         image_size=cfg.image_size,
@@ -328,7 +343,7 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
     downloader.download_shard((shard, i2d_input))
 
     meta = runtime.read_parquet(runtime.join(tmp, f"{name}.parquet"))
-    table_out = _pool_metadata(meta, refused_rows, refused_reasons, shard, cfg)
+    table_out = _pool_metadata(meta, refused_rows, refused_reasons, shard, cfg, resizer.md5_of)
     runtime.write_parquet(table_out, runtime.join(tmp, "meta.parquet"))
 
     i2d_stats = runtime.read_json(runtime.join(tmp, f"{name}_stats.json"))
@@ -354,9 +369,15 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
 
 
 def _pool_metadata(
-    meta: pa.Table, refused_rows: pa.Table, reasons: list[str], shard: int, cfg: DownloadConfig
+    meta: pa.Table,
+    refused_rows: pa.Table,
+    reasons: list[str],
+    shard: int,
+    cfg: DownloadConfig,
+    md5_of: dict[str, str],
 ) -> pa.Table:
-    """img2dataset's per-shard parquet, plus refused rows, in schema.POOL (+ extras), sorted by key."""
+    """img2dataset's per-shard parquet, plus refused rows, in schema.POOL (+ extras), sorted by key.
+    `md5_of` (the resizer's, sha256 -> md5 of the original bytes) gives each successful row its md5."""
     extras = carried_columns(cfg)
     rows = meta.to_pylist()
     n_fetched = len(rows)
@@ -373,6 +394,14 @@ def _pool_metadata(
     for row in rows:
         rec = {f.name: row.get(f.name) for f in schema.POOL}
         rec["failure"] = classify(row["status"], row.get("error_message"))
+        # sha256 and md5 are of the bytes as served, and set on successful rows only (img2dataset's rule)
+        rec["md5"] = md5_of.get(row.get("sha256")) if row["status"] == "success" else None
+        if row["status"] == "success" and rec["md5"] is None:
+            raise StageError(
+                f"shard {_shard_name(shard)}: successful sample {row['key']} has no MD5 of its original bytes "
+                f"(sha256 {row.get('sha256')}): img2dataset did not pass it through the resizer that records "
+                "it, which this code relies on (has img2dataset's Downloader changed?)"
+            )
         for c in extras:
             rec[c] = row.get(c)
         out.append(rec)
@@ -413,14 +442,7 @@ def _prepare_inputs(urls: str, pool: str, cfg: DownloadConfig, ray_address, log)
         ray_address=ray_address,
     )
     # shards are cut per input file, so each file's last shard may be short: keep every file's counts
-    state = {
-        "input_path": urls,
-        "input_sha256": inputs.input_sha256,
-        "rows": inputs.rows,
-        "shards": inputs.shards,
-        "ingest": ingest_cfg,
-        "files": inputs.files,
-    }
+    state = {"input_path": urls, "ingest": ingest_cfg, **inputs.record()}
     runtime.write_json(state_path, state)
     log(f"[download] {inputs.rows} rows from {len(inputs.files)} file(s) in {inputs.shards} shards")
     return state

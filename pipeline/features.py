@@ -68,17 +68,22 @@ def detect_language(texts: list[str]) -> tuple[list[str], list[float]]:
 
 
 def base_features_shard(shard: int, pool: str) -> dict:
+    started = time.time()
+    table = base_table(Pool(pool).successful_rows(shard), Pool(pool).read_images(shard))
+    return write_base(pool, shard, table, started)
+
+
+def base_table(rows: pa.Table, images: dict[str, bytes] | None) -> pa.Table:
+    """Base features of a shard's successful rows. `images` (key -> bytes) gives the PDQ hashes; None for
+    a pool without images (imported from metadata), whose PDQ columns stay null."""
     from PIL import Image
 
     from .hashes import pdq_hash
 
-    started = time.time()
-    rows = Pool(pool).successful_rows(shard)
-    images = Pool(pool).read_images(shard)
     captions = [c or "" for c in rows.column("caption").to_pylist()]
     langs, lang_scores = detect_language(captions)
     pdq, quality, errors = [], [], []
-    for key in rows.column("key").to_pylist():
+    for key in rows.column("key").to_pylist() if images is not None else []:
         data = images.get(key)
         try:
             if data is None:
@@ -87,10 +92,12 @@ def base_features_shard(shard: int, pool: str) -> dict:
             pdq.append(h), quality.append(q), errors.append(None)
         except Exception as err:  # noqa: BLE001 - a bad image is recorded, not fatal
             pdq.append(None), quality.append(None), errors.append(f"decode_error: {err}"[:300])
+    if images is None:
+        pdq = quality = errors = [None] * rows.num_rows
     ow = np.array(rows.column("original_width").to_pylist(), dtype=np.float64)
     oh = np.array(rows.column("original_height").to_pylist(), dtype=np.float64)
     aspect = np.maximum(ow, oh) / np.maximum(np.minimum(ow, oh), 1)
-    table = pa.table(
+    return pa.table(
         {
             "uid": rows.column("uid"),
             "key": rows.column("key"),
@@ -108,13 +115,18 @@ def base_features_shard(shard: int, pool: str) -> dict:
         },
         schema=schema.BASE_FEATURES,
     )
+
+
+def write_base(pool: str, shard: int, table: pa.Table, started: float) -> dict:
+    """A shard's base features and their completion marker (last)."""
     layout = Pool(pool)
     runtime.makedirs(layout.features_dir("base"))
     runtime.write_parquet(table, layout.features("base", shard))
+    langs = table.column("caption_lang").to_pylist()
     stats = {
         "shard": shard,
         "count": table.num_rows,
-        "errors": sum(e is not None for e in errors),
+        "errors": table.num_rows - table.column("error").null_count,
         "languages": dict(Counter(langs).most_common(10)),
         "start_time": started,
         "end_time": time.time(),
@@ -132,6 +144,7 @@ def run_base(pool: str, ray_address: str | None = None, retries: int = 2, log=pr
     todo = [s for s in shards if s not in completed(out)]
     failed: dict[int, str] = {}
     if todo:
+        Pool(pool).require_images("base features (PDQ hashes)")
         ex = execute.start(ray_address)
         counts = {s: Pool(pool).successful_rows(s).num_rows for s in todo}
         failed = execute.run(
@@ -318,6 +331,7 @@ def run_scorer(pool: str, cfg: ScorerConfig, ray_address: str | None = None, log
     shards = Pool(pool).shards()
     if not shards:
         raise InputError(f"{pool} has no downloaded shards; run `thresher download` first")
+    Pool(pool).require_images(f"features --scorer-id {cfg.scorer_id} (it embeds the images)")
     pp_cfg = models.preprocess_config(cfg.model, cfg.pretrained)  # fail fast on a bad name or tag
     scorer_dir = Pool(pool).features_dir(cfg.scorer_id)
     runtime.makedirs(scorer_dir)
@@ -485,16 +499,8 @@ def import_precomputed(
                 f"pool shard {shard:08d} has no column {score_column!r}; download with "
                 f"--extra-columns {score_column} to carry it from the input metadata"
             )
-        table = pa.table(
-            {
-                "uid": rows.column("uid"),
-                "key": rows.column("key"),
-                "clip_score": pc.cast(rows.column(score_column), pa.float32()),
-                "error": pa.nulls(rows.num_rows, pa.string()),
-            }
-        ).cast(schema.CLIP_FEATURES)
         name = f"{shard:08d}"
-        dim = None
+        img = txt = None
         if npz_dir:
             img, txt = [], []
             for u in rows.column("uid").to_pylist():
@@ -511,26 +517,57 @@ def import_precomputed(
                         raise InputError(f"{path} has no array {key!r}; it has {sorted(arrays)}")
                 img.append(arrays[npz_img_key][i])
                 txt.append(arrays[npz_txt_key][i])
-            img_arr, txt_arr = np.asarray(img, np.float16), np.asarray(txt, np.float16)
-            dim = int(img_arr.shape[1]) if len(img_arr) else None
-            _write_npy(img_arr, runtime.join(scorer_dir, f"{name}.img.npy"))
-            _write_npy(txt_arr, runtime.join(scorer_dir, f"{name}.txt.npy"))
-        runtime.write_parquet(table, runtime.join(scorer_dir, f"{name}.parquet"))
-        runtime.write_json(
-            runtime.join(scorer_dir, f"{name}_stats.json"),
-            {"shard": shard, "count": table.num_rows, "errors": 0, "dim": dim},
-        )
+        write_scorer_shard(pool, scorer_id, shard, rows, rows.column(score_column), img, txt)
+    source = f"precomputed: input metadata column {score_column}" + (
+        f"; embeddings from {npz_dir} ({npz_img_key}, {npz_txt_key})" if npz_dir else ""
+    )
+    manifest = write_precomputed_manifest(pool, scorer_id, source)
+    log(f"[features:{scorer_id}] imported {score_column} for {len(shards)} shards")
+    return manifest
+
+
+def write_scorer_shard(pool: str, scorer_id: str, shard: int, rows: pa.Table, scores, img=None, txt=None) -> dict:
+    """One shard of a scorer whose scores (and embeddings) come from elsewhere: its Parquet (uid, key of
+    `rows`), row-aligned .img.npy/.txt.npy (float16) when given, then its completion marker."""
+    scorer_dir = Pool(pool).features_dir(scorer_id)
+    runtime.makedirs(scorer_dir)
+    table = pa.table(
+        {
+            "uid": rows.column("uid"),
+            "key": rows.column("key"),
+            "clip_score": pc.cast(scores, pa.float32()),
+            "error": pa.nulls(rows.num_rows, pa.string()),
+        }
+    ).cast(schema.CLIP_FEATURES)
+    dim = None
+    for which, emb in (("img", img), ("txt", txt)):
+        if emb is not None:
+            emb = np.asarray(emb, np.float16)
+            if emb.ndim != 2:  # a list of rows, or none
+                emb = emb.reshape(rows.num_rows, -1) if emb.size else np.zeros((rows.num_rows, 0), np.float16)
+            dim = int(emb.shape[1])
+            _write_npy(emb, Pool(pool).embeddings(scorer_id, shard, which))
+    runtime.write_parquet(table, Pool(pool).features(scorer_id, shard))
+    stats = {"shard": shard, "count": table.num_rows, "errors": 0, "dim": dim}
+    runtime.write_json(Pool(pool).feature_stats(scorer_id, shard), stats)
+    return stats
+
+
+def write_precomputed_manifest(pool: str, scorer_id: str, source: str, weights: dict | None = None) -> dict:
+    """The manifest of a scorer imported rather than computed (`source` says from where)."""
+    shards = Pool(pool).shards()
+    scorer_dir = Pool(pool).features_dir(scorer_id)
+    runtime.makedirs(scorer_dir)
+    missing = sorted(set(shards) - completed(scorer_dir))
     manifest = {
         "kind": "thresher.features",
-        "source": f"precomputed: input metadata column {score_column}"
-        + (f"; embeddings from {npz_dir} ({npz_img_key}, {npz_txt_key})" if npz_dir else ""),
+        "source": source,
         "scorer": {"scorer_id": scorer_id, "model": None, "pretrained": None},
-        "weights": {"kind": "precomputed"},
+        "weights": {"kind": "precomputed", **(weights or {})},
         **runtime.provenance(),
-        "shards": {"total": len(shards), "complete": len(completed(scorer_dir)), "failed": {}},
+        "shards": {"total": len(shards), "complete": len(shards) - len(missing), "failed": {}},
     }
-    runtime.write_json(runtime.join(scorer_dir, "manifest.json"), manifest)
-    log(f"[features:{scorer_id}] imported {score_column} for {len(shards)} shards")
+    runtime.write_json(Pool(pool).features_manifest(scorer_id), manifest)
     return manifest
 
 

@@ -20,6 +20,7 @@ Outputs:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ import pyarrow as pa
 from . import execute, runtime, schema, topk
 from .config import CONFIG_DIR, check_name, from_dict, opt, preset_or_path, read_yaml, substitute, to_dict
 from .errors import InputError
-from .pool import Pool
+from .pool import IMAGE_COLUMNS, Pool
 from .topk import order_key
 
 RECIPE_DIR = CONFIG_DIR / "recipes"
@@ -169,6 +170,10 @@ def load_recipe(
 def check_columns(steps: list[ResolvedStep], available: dict[str, str], path: Path, pool: str) -> None:
     for i, step in enumerate(steps):
         missing = [c for c in step.needs if c not in available]
+        if missing and set(missing) & IMAGE_COLUMNS and not Pool(pool).has_images():
+            raise InputError(
+                f"{path}: step {i + 1} ({step.name}, column {', '.join(missing)}): " + Pool(pool).no_images("it")
+            )
         if missing:
             hint = (
                 "run `thresher features` with that --scorer-id"
@@ -421,9 +426,23 @@ def _fingerprint(pool: str, recipe_path, resolved: dict, inputs: dict, steps) ->
         "pool": sha(Pool(pool).manifest),
         "base": sha(Pool(pool).features_manifest("base")),
         "plugins": _plugin_versions(steps),
+        "files": _param_files(steps),
         "code": runtime.code_version(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _param_files(steps) -> dict[str, str]:
+    """sha256 of every file a step's parameters name (blocklists, uid files, target embeddings, probes):
+    a list updated in place makes the decisions stale, as a changed recipe does."""
+    out = {}
+    for i, step in enumerate(steps):
+        params = step.params
+        for f in dataclasses.fields(params) if dataclasses.is_dataclass(params) else ():
+            value = getattr(params, f.name)
+            if isinstance(value, str) and value and runtime.is_file(value):
+                out[f"{i}.{f.name}"] = runtime.file_sha256(value)
+    return out
 
 
 def _up_to_date(out_dir: str, fingerprint: str, shards: list[int]) -> bool:

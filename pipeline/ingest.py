@@ -53,6 +53,10 @@ class ShardInputs:
     input_sha256: str
     files: list[dict] = field(default_factory=list)  # per input file: path, rows, shards, sha256, size
 
+    def record(self) -> dict:
+        """What a pool's state file keeps of it (shards are cut per file: every file's counts)."""
+        return {"input_sha256": self.input_sha256, "rows": self.rows, "shards": self.shards, "files": self.files}
+
 
 def detect_format(path: str, fmt: str | None) -> str:
     if fmt:
@@ -347,7 +351,7 @@ def _call(args: tuple, fn):
 
 
 def ingest(
-    path: str,
+    path: str | list[str],
     work_dir: str,
     *,
     url_col: str = "url",
@@ -363,7 +367,7 @@ def ingest(
     `work_dir/inputs/{shard:08d}.arrow` with columns uid, url, caption and the extras. Several files are
     read as one Ray task each, their shards numbered in file order. Writes nothing if any row is malformed
     or any uid repeats."""
-    files = list_inputs(path, input_format)
+    files = [f for spec in ([path] if isinstance(path, str) else path) for f in list_inputs(spec, input_format)]
     buckets = 1 if len(files) == 1 else min(256, len(files))  # a bucket's hashes: ~rows/buckets x 16 bytes
     spec = _Read(url_col, caption_col, uid_col, tuple(extra_columns), input_format, per_shard, batch_rows, buckets)
     run = _runner(len(files) > 1, ray_address)

@@ -63,7 +63,34 @@ class Pool:
         return self.path("shards")
 
     def tar(self, shard: int) -> str:
-        return self.path("shards", f"{shard_name(shard)}.tar")
+        """Shard i's images: POOL/shards/{i:08d}.tar, or where the manifest's layout says (a pool adopted
+        from img2dataset's output keeps its tars where they are)."""
+        where = self.layout().get("tar", DEFAULT_TAR)
+        if where is None:
+            raise InputError(self.no_images("reading images"))
+        where = where.format(shard=shard)
+        return where if "://" in where or where.startswith("/") else self.path(where)
+
+    def layout(self) -> dict:
+        """The manifest's `layout` (where the tars are; "tar": null for a pool without images), or the
+        default while a download has written no manifest yet."""
+        return (runtime.read_json(self.manifest).get("layout") or {}) if runtime.exists(self.manifest) else {}
+
+    def has_images(self) -> bool:
+        return self.layout().get("tar", DEFAULT_TAR) is not None
+
+    def no_images(self, what: str) -> str:
+        return (
+            f"{what} needs the images, and {self.root} has none: it was imported from metadata only "
+            f"(thresher import-metadata). Run it on a downloaded pool (thresher download, or thresher "
+            f"import-pool for shards img2dataset wrote)"
+        )
+
+    def require_images(self, what: str) -> Pool:
+        """This pool, if it has images; else an error naming `what` needed them (before any work)."""
+        if not self.has_images():
+            raise InputError(self.no_images(what))
+        return self
 
     def metadata(self, shard: int) -> str:
         return self.path("shards", f"{shard_name(shard)}.parquet")
@@ -173,6 +200,8 @@ class Pool:
         cols = {c: "metadata" for c in META_COLUMNS}
         if shards and shards <= self.completed("base"):
             cols.update({c: "base" for c in BASE_ONLY if c != "error"})
+        if not self.has_images():  # what only pixels give is not there (filter.check_columns says why)
+            cols = {c: src for c, src in cols.items() if c not in IMAGE_COLUMNS}
         for scorer in self.scorers():
             if scorer != "base" and shards and shards <= self.completed(scorer):
                 cols[f"{scorer}_score"] = f"score:{scorer}"
@@ -186,7 +215,12 @@ class Pool:
         """One shard's successful samples, sorted by key, with the requested columns (column -> source, as
         available_columns gives them) joined in."""
         meta = sorted(c for c, src in columns.items() if src == "metadata" and c not in ("uid", "key"))
-        rows = runtime.read_parquet(self.metadata(shard), columns=["uid", "key", "status"] + meta)
+        present = set(runtime.parquet_columns(self.metadata(shard)))
+        rows = runtime.read_parquet(
+            self.metadata(shard), columns=["uid", "key", "status"] + [c for c in meta if c in present]
+        )
+        for c in (c for c in meta if c not in present):  # a pool from before the column (md5): null, as unknown
+            rows = rows.append_column(c, pa.nulls(rows.num_rows, schema.POOL.field(c).type))
         rows = rows.filter(pc.equal(rows.column("status"), "success"))
         keys = rows.column("key")
         if len(keys) > 1 and pc.any(pc.less(keys.slice(1), keys.slice(0, len(keys) - 1))).as_py():
@@ -231,8 +265,22 @@ class Pool:
 
 
 # the metadata columns a filter can read, and the base features' own (one source: schema.py)
-META_COLUMNS = ["uid", "key", "url", "caption", "width", "height", "original_width", "original_height", "sha256"]
+META_COLUMNS = [
+    "uid",
+    "key",
+    "url",
+    "caption",
+    "width",
+    "height",
+    "original_width",
+    "original_height",
+    "sha256",
+    "md5",
+]
 BASE_ONLY = [f.name for f in schema.BASE_FEATURES if f.name not in META_COLUMNS]
+# the columns only a pool's images give: the stored sizes and the perceptual hash
+IMAGE_COLUMNS = {"width", "height", "pdq", "pdq_quality"}
+DEFAULT_TAR = "shards/{shard:08d}.tar"
 
 
 def read_npy(url: str) -> np.ndarray:

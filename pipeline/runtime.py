@@ -213,6 +213,20 @@ def write_parquet(table, url: str) -> None:
         pq.write_table(table, f)
 
 
+def is_file(url: str) -> bool:
+    fs, path = fs_path(url)
+    return fs.isfile(path)
+
+
+def parquet_columns(url: str) -> list[str]:
+    """A Parquet file's column names, from its footer."""
+    import pyarrow.parquet as pq
+
+    fs, path = fs_path(url)
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(f).schema_arrow.names
+
+
 def move(src: str, dst: str) -> None:
     fs, s = fs_path(src)
     _, d = fs_path(dst)

@@ -30,7 +30,8 @@ POOL = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("original_width", pa.int32()),
         pa.field("original_height", pa.int32()),
-        pa.field("sha256", pa.string()),
+        pa.field("sha256", pa.string()),  # of the bytes as served, before any resizing
+        pa.field("md5", pa.string()),  # of the same bytes as served, before resizing (Re-LAION MD5 lists)
     ]
 )
 

@@ -646,6 +646,7 @@ def run(
         )
     if not runtime.exists(Pool(pool).manifest):
         raise InputError(f"{pool} is not a pool (no manifest.json); run `thresher download` first")
+    Pool(pool).require_images("a resharded subset (--out); a uid file (--uids-only FILE.npy) does not, and")
     execute.start(ray_address)
     manifests = [decisions_for(pool, r, variables, log) for r in recipes]
     names = [check_name(m["recipe"], "recipe", f"{pool}/decisions") for m in manifests]

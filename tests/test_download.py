@@ -291,6 +291,15 @@ def test_expected_hashes_are_verified(synth_dir, ground_truth, server, ray_local
     rows = {r["uid"]: r for r in Pool(str(tmp_path / "pool")).read_metadata().to_pylist()}
     assert rows[clean[3]["uid"]]["failure"] == rows[clean[7]["uid"]]["failure"] == "hash_mismatch"
     assert all(rows[g["uid"]]["sha256"] == g["sha256"] for i, g in enumerate(clean) if i not in (3, 7))
+    # md5 as sha256: of the verified bytes as served, none where the hash did not match
+    import hashlib
+    from urllib.parse import urlparse
+
+    assert rows[clean[3]["uid"]]["md5"] is None and rows[clean[7]["uid"]]["md5"] is None
+    for i, g in enumerate(clean):
+        if i not in (3, 7):
+            data = (synth_dir / "www" / urlparse(g["url"]).path.lstrip("/")).read_bytes()
+            assert rows[g["uid"]]["md5"] == hashlib.md5(data).hexdigest()
 
 
 def test_a_directory_of_url_lists_downloads_as_one_pool(synth_dir, server, ray_local, tmp_path):

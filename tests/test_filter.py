@@ -38,6 +38,7 @@ def make_pool(root, shards: list[list[dict]], scorer: str = "clip_b32"):
                 "original_width": [r.get("original_width", 300) for r in rows],
                 "original_height": [r.get("original_height", 300) for r in rows],
                 "sha256": [None] * len(rows),
+                "md5": [None] * len(rows),
             },
             schema=schema.POOL,
         )
@@ -451,8 +452,8 @@ def test_safety_then_quality_by_include(featured_pool, synth_dir, truth_by_uid, 
         str(featured_pool), "safe-datacomp-basic", {"blocklists": str(synth_dir / "blocklists")}, log=lambda *_: None
     )
     rows = decisions(featured_pool, "safe-datacomp-basic")
-    safety = {"url_md5", "url_sha256", "image_sha256", "image_pdq"}
-    assert [f["step"] for f in manifest["funnel"]][:4] == ["url_md5", "url_sha256", "image_sha256", "image_pdq"]
+    safety = ["url_md5", "url_sha256", "image_sha256", "image_md5", "image_pdq"]
+    assert [f["step"] for f in manifest["funnel"]][: len(safety)] == safety
     for u, r in rows.items():
         g = truth_by_uid[u]
         if g["blocklist"]:

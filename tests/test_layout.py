@@ -15,6 +15,7 @@ DATA_PATH = [
     "ingest",
     "download",
     "features",
+    "importing",
     "dedup",
     "filter",
     "subset",
