@@ -359,13 +359,19 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, todo, expected, log) -> dict[i
 
     gpus = int(ray.cluster_resources().get("GPU", 0)) if device.startswith("cuda") else 0
     actors = cfg.actors or max(1, gpus)
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    actor_cpus, decode_cpus = cfg.actor_cpus, 1.0
+    if actor_cpus * actors + decode_cpus > cpus:
+        # a cluster too small for the actors and one decoder (one CPU in all): they share what there is,
+        # instead of the decoder waiting forever for the CPU the actors hold
+        actor_cpus = decode_cpus = max(cpus / (actors + 1), 0.1)
     ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
     # decoding runs in its own CPU tasks ahead of the model; its memory reservation also keeps Ray Data
     # from fusing it into the model actors, where it would stall the model
     ds = ds.map_batches(
         _decode_shards,
         batch_size=1,
-        num_cpus=1,
+        num_cpus=decode_cpus,
         memory=cfg.decode_memory_mb * 2**20,
         fn_kwargs=dict(
             pool=pool, scorer_dir=scorer_dir, pp_cfg=pp_cfg, model=cfg.model, rows_per_batch=cfg.decode_batch
@@ -376,9 +382,9 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, todo, expected, log) -> dict[i
         batch_size=cfg.batch_size,
         compute=ActorPoolStrategy(size=actors),
         num_gpus=1 if gpus else 0,
-        num_cpus=cfg.actor_cpus,
+        num_cpus=actor_cpus,
         fn_constructor_kwargs=dict(
-            scorer=to_dict(cfg), scorer_dir=scorer_dir, pp_cfg=pp_cfg, device=device, threads=int(cfg.actor_cpus)
+            scorer=to_dict(cfg), scorer_dir=scorer_dir, pp_cfg=pp_cfg, device=device, threads=max(1, int(actor_cpus))
         ),
     )
     progress = Progress(f"features:{cfg.scorer_id}", sum(expected.values()))

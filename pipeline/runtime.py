@@ -228,8 +228,16 @@ def parquet_columns(url: str) -> list[str]:
 
 
 def move(src: str, dst: str) -> None:
+    """Rename a file or a folder. On object storage a folder is a prefix: its objects are copied one by
+    one (recursive), and a reader must not take the destination as whole before this returns."""
     fs, s = fs_path(src)
     _, d = fs_path(dst)
+    fs.invalidate_cache(s)  # s3fs lists from a cache: objects removed since would be copied (NoSuchKey)
+    if "://" in src and not src.startswith("file://") and fs.isdir(s):
+        # object by object: s3fs's recursive mv also copies the prefix itself, a key that does not exist
+        for f in fs.find(s):
+            fs.mv(f, d + f[len(s) :])
+        return
     fs.mv(s, d)
 
 

@@ -1,0 +1,193 @@
+"""Thresher on a multi-node Ray cluster (issue 18, points 1 to 3), on this machine.
+
+Ray's own test cluster (`ray.cluster_utils.Cluster`): a head with no CPUs for work and two one-CPU
+worker nodes, each its own raylet and object store, so every task runs on a worker node and the job's
+driver (the `thresher run` subprocess) only connects, as it would to a real cluster. An S3-compatible
+server (moto's, on 127.0.0.1) stands in for object storage; the cluster's workers get its endpoint from
+the environment, as a real cluster's would from its nodes' configuration.
+
+`jobs/build_subset.yaml` (the pool job's steps, then filter, subset, verify and report) runs three
+times on a 1,500-sample synthetic pool in 10 download shards: locally, on the cluster while worker nodes
+are removed mid-stage (download, base features, subset), and on the cluster with the pool and subset on
+s3://. The three give the same decisions, the same subset (uids and shard bytes) and, with nodes lost,
+every input row once and no partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+from conftest import free_port
+
+from thresher.pipeline import filter as filtering
+from thresher.pipeline import runtime, subset
+from thresher.pipeline.pool import Pool
+
+pytestmark = pytest.mark.slow
+
+ROWS, PER_SHARD = 1500, 150
+VARS = {"samples": ROWS, "trusted": 200, "eval_images": 50, "dfn_epochs": 1, "size": 200}
+BUCKET = "thresher-cluster"
+THRESHER = str(Path(sys.executable).with_name("thresher"))
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's threaded S3 server; its endpoint and dummy keys in this process's environment, which the
+    cluster's nodes and the job's driver inherit."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir(BUCKET)
+    yield f"s3://{BUCKET}"
+    server.stop()
+    for k, v in saved.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
+    from ray.cluster_utils import Cluster
+
+    mem = 300 * 2**20
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": mem})
+    for _ in range(2):
+        c.add_node(num_cpus=1, object_store_memory=mem)
+    c.wait_for_nodes()
+    yield c
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def download_config(tmp_path_factory) -> str:
+    """The demo's download settings in 150-row shards, so two nodes share ten of them."""
+    path = tmp_path_factory.mktemp("config") / "download.yaml"
+    demo = (Path(__file__).resolve().parent.parent / "configs/download/demo.yaml").read_text()
+    path.write_text(demo.replace("samples_per_shard: 1000", f"samples_per_shard: {PER_SHARD}"))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def job_port() -> int:
+    return free_port()  # one port for every run: the synthetic URLs, and so the uids, contain it
+
+
+def run_job(out: Path, port: int, config: str, store: str = ".", address: str | None = None, watch=None) -> None:
+    """`thresher run build_subset` as a user runs it; `watch()` is called every 50 ms while it runs (in
+    this thread: Ray's Cluster adds nodes from the main thread only)."""
+    argv = [THRESHER, "run", "build_subset", "--out", str(out)]
+    for k, v in {**VARS, "port": port, "download": config, "store": store}.items():
+        argv += ["--var", f"{k}={v}"]
+    if address:
+        argv += ["--ray-address", address]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = out.parent / f"{out.name}.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(argv, cwd=out.parent, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 900
+        while proc.poll() is None and time.monotonic() < deadline:
+            if watch:
+                watch()
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.wait() == 0, log.read_text()[-5000:]
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, job_port, download_config):
+    out = tmp_path_factory.mktemp("local") / "job"
+    run_job(out, job_port, download_config)
+    return out
+
+
+class NodeKiller:
+    """Removes a worker node, and adds a fresh one so the job keeps two, when a stage is part-way (some
+    but not all of its completion markers are there). Records which stages lost a node."""
+
+    def __init__(self, cluster, stages: dict):
+        self.cluster, self.stages, self.hit = cluster, stages, []
+
+    def __call__(self):
+        for name, (pattern, total) in self.stages.items():
+            if name not in self.hit and 0 < len(runtime.glob(pattern)) < total:
+                self.cluster.remove_node(next(iter(self.cluster.worker_nodes)), allow_graceful=False)
+                self.cluster.add_node(num_cpus=1, object_store_memory=300 * 2**20)
+                self.hit.append(name)
+
+
+def _decisions(pool: str) -> dict:
+    t = filtering.read(pool, "dfn-dedup")
+    return dict(zip(t.column("uid").to_pylist(), zip(t.column("keep").to_pylist(), t.column("dropped_by").to_pylist())))
+
+
+def _subset(path: str) -> tuple[set, list]:
+    m = subset.read_manifest(path)
+    uids = set(subset.read_lineage(path, ["uid"]).column("uid").to_pylist())
+    return uids, [(s["name"], s["samples"], s["sha256"]) for s in m["shards"]]
+
+
+def _same_outputs(local: Path, pool: str, sub: str) -> None:
+    assert _decisions(pool) == _decisions(str(local / "pool"))
+    assert _subset(sub) == _subset(str(local / "subset"))
+    a, b = Pool(pool).read_metadata(), Pool(str(local / "pool")).read_metadata()
+    cols = ["uid", "status", "failure", "sha256", "md5", "width", "height"]
+    assert a.select(cols).sort_by("uid").equals(b.select(cols).sort_by("uid"))
+
+
+def test_build_subset_on_a_cluster_that_loses_nodes_matches_a_local_run(
+    cluster, local_run, tmp_path, job_port, download_config
+):
+    out = tmp_path / "job"
+    pool = out / "pool"
+    killer = NodeKiller(
+        cluster,
+        {
+            "download": (str(pool / "shards" / "*_stats.json"), ROWS // PER_SHARD),
+            "features": (str(pool / "features" / "base" / "*_stats.json"), ROWS // PER_SHARD),
+            "subset": (str(out / "subset" / "_work" / "index" / "*.parquet"), ROWS // PER_SHARD),
+        },
+    )
+    run_job(out, job_port, download_config, address=cluster.address, watch=killer)
+    assert {"download", "features"} <= set(killer.hit), killer.hit  # nodes went while those stages ran
+    # every input row once, no temporary or partial file left, every tar whole
+    meta = Pool(str(pool)).read_metadata()
+    assert meta.num_rows == ROWS and len(set(meta.column("uid").to_pylist())) == ROWS
+    assert not list((pool / "_work").glob("tmp/*")) and not list(out.rglob("*.tmp"))
+    for tar in sorted((pool / "shards").glob("*.tar")):
+        with tarfile.open(tar) as t:
+            assert len(t.getmembers()) > 0
+    ok = meta.filter(pc.equal(meta.column("status"), "success")).num_rows
+    assert ok == sum(Pool(str(pool)).successful_rows(s).num_rows for s in Pool(str(pool)).shards())
+    _same_outputs(local_run, str(pool), str(out / "subset"))
+
+
+def test_build_subset_on_a_cluster_with_the_pool_on_s3_matches_a_local_run(
+    cluster, s3, local_run, tmp_path, job_port, download_config
+):
+    out = tmp_path / "job"
+    store = f"{s3}/run"
+    run_job(out, job_port, download_config, store=store, address=cluster.address)
+    assert not (out / "pool").exists() and not (out / "subset").exists()  # nothing of them on local disk
+    assert runtime.exists(f"{store}/pool/manifest.json") and runtime.exists(f"{store}/subset/manifest.json")
+    _same_outputs(local_run, f"{store}/pool", f"{store}/subset")
