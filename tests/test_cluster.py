@@ -191,3 +191,16 @@ def test_build_subset_on_a_cluster_with_the_pool_on_s3_matches_a_local_run(
     assert not (out / "pool").exists() and not (out / "subset").exists()  # nothing of them on local disk
     assert runtime.exists(f"{store}/pool/manifest.json") and runtime.exists(f"{store}/subset/manifest.json")
     _same_outputs(local_run, f"{store}/pool", f"{store}/subset")
+
+
+def test_clip_scoring_finishes_on_a_cluster_with_one_cpu_in_all(cluster, local_run):
+    """The model actor and the decoder share the one CPU; before, the decoder waited forever for it."""
+    cluster.remove_node(next(iter(cluster.worker_nodes)))
+    try:
+        argv = [THRESHER, "features", str(local_run / "pool"), "--model", "thresher-tiny", "--pretrained", "none"]
+        argv += ["--scorer-id", "one_cpu", "--no-base", "--ray-address", cluster.address]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert Pool(str(local_run / "pool")).completed("one_cpu") == set(Pool(str(local_run / "pool")).shards())
+    finally:
+        cluster.add_node(num_cpus=1, object_store_memory=300 * 2**20)
