@@ -482,24 +482,12 @@ def _image_clusters_needs(p: ImageClusters) -> list[str]:
     return [f"{p.scorer}_img_emb"]
 
 
-def _sample_embeddings(shard: int, pool: str, scorer: str, takes: dict[int, int], seed: int) -> np.ndarray:
-    """Up to `takes[shard]` rows of one shard's image embeddings, drawn with a seed of its own (the same
-    whichever worker draws it). Zero rows are undecodable images, not embeddings."""
-    from ..pipeline.pool import Pool, read_npy
-
-    take = takes[shard]
-    emb = read_npy(Pool(pool).embeddings(scorer, shard))
-    emb = emb[np.linalg.norm(emb.astype(np.float32), axis=1) > 0.5]
-    if take >= len(emb):
-        return emb
-    return emb[np.random.default_rng([seed, shard]).choice(len(emb), take, replace=False)]
-
-
 def _prepare_image_clusters(pool: str, p: ImageClusters) -> dict:
-    """Train spherical k-means on a sample of the pool's embeddings; find each target image's centroid."""
-    import faiss
-
-    from ..pipeline import execute, runtime
+    """Spherical k-means over the pool's embeddings, as tasks (pipeline/kmeans.py: a task per shard stages
+    its share of the training rows, Lloyd steps return per-cluster sums), so the driver holds the
+    centroids, never the pool's embeddings (13 TB for DataComp's 12.8B at L/14) nor a sample of them;
+    then each target image's nearest centroid."""
+    from ..pipeline import kmeans, runtime
     from ..pipeline.pool import Pool, read_npy
 
     if not runtime.exists(p.target_embeddings):
@@ -510,42 +498,44 @@ def _prepare_image_clusters(pool: str, p: ImageClusters) -> dict:
     shards = Pool(pool).shards()
     counts = {s: runtime.read_json(Pool(pool).feature_stats(p.scorer, s))["count"] for s in shards}
     total = sum(counts.values())
-    # an even share of the sample from every shard, drawn where the shard is read (one Ray task each), so
-    # the driver holds the sample, never the pool's embeddings (13 TB for DataComp's 12.8B at L/14)
-    takes = {s: int(np.ceil(p.sample * counts[s] / max(total, 1))) for s in shards}
-    parts = execute.map(_sample_embeddings, shards, pool, p.scorer, takes, p.seed, label="image_clusters sample")
-    x = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
     target = read_npy(p.target_embeddings).astype(np.float32)
-    if target.ndim != 2 or target.shape[1] != x.shape[1]:
+    width = kmeans.npy_shape(Pool(pool).embeddings(p.scorer, shards[0]))[1] if shards else None
+    if target.ndim != 2 or target.shape[1] != width:
         raise InputError(
             f"image_clusters: target embeddings {p.target_embeddings} have shape {target.shape}; "
-            f"the pool's {p.scorer} embeddings are {x.shape[1]}-d (same model needed)"
+            f"the pool's {p.scorer} embeddings are {width}-d (same model needed)"
         )
-    target /= np.maximum(np.linalg.norm(target, axis=1, keepdims=True), 1e-12)
-    k = max(1, min(p.clusters, len(x) // 10))
-    km = faiss.Kmeans(x.shape[1], k, niter=p.iters, seed=p.seed, spherical=True, verbose=False)
-    km.train(x)
-    _, nearest = km.index.search(target, 1)
-    chosen = np.unique(nearest[:, 0])
+    k = max(1, min(p.clusters, min(p.sample, total) // 10))
+    km = kmeans.fit(
+        shards,
+        kmeans.PoolEmbeddings(pool, p.scorer),
+        k,
+        work=Pool(pool).work("kmeans"),
+        iters=p.iters,
+        seed=p.seed,
+        rows=total,
+        train_rows=min(p.sample, kmeans.POINTS_PER_CENTROID * k),  # FAISS's cap of 256 a centroid, as before
+        label="image_clusters k-means",
+    )
+    if km is None:
+        raise InputError(f"image_clusters: {pool} has no {p.scorer} image embeddings to cluster")
+    chosen = np.unique(kmeans.nearest(target, km.centroids)[0])
     return {
-        "centroids": km.centroids.copy(),
+        "centroids": km.centroids,
         "chosen": chosen,
-        "info": {"clusters": k, "trained_on": len(x), "targets": len(target), "clusters_kept": len(chosen)},
+        "info": {"clusters": km.k, "trained_on": km.train_rows, "targets": len(target), "clusters_kept": len(chosen)},
     }
 
 
 @register("image_clusters", ImageClusters, needs=_image_clusters_needs, prepare=_prepare_image_clusters)
 def image_clusters(table, p: ImageClusters, ctx: dict):
     """Keeps samples whose image embedding's nearest k-means centroid is nearest to some target image."""
-    import faiss
+    from ..pipeline import kmeans
 
     if table.num_rows == 0:
         return np.zeros(0, bool), None
     emb, ok = _embeddings(table, f"{p.scorer}_img_emb")
-    index = faiss.IndexFlatIP(emb.shape[1])
-    index.add(ctx["centroids"])
-    _, nearest = index.search(emb, 1)
-    return ok & np.isin(nearest[:, 0], ctx["chosen"]), None
+    return ok & np.isin(kmeans.nearest(emb, ctx["centroids"])[0], ctx["chosen"]), None
 
 
 # ---------------------------------------------------------------------------------------------------

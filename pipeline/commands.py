@@ -607,6 +607,9 @@ def plan_dedup(args: DedupArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Esti
     return _dedup_partitioned(cfg, n, t) if cfg.partitions else _dedup_in_process(cfg, n, t, cluster)
 
 
+PDQ_CORE_SECONDS_WARN = 3600 * 1000  # a thousand core-hours
+
+
 def _dedup_partitioned(cfg, n: float, t: dict) -> Estimate:
     """Ray tasks over partitions: spread over the cluster, ~100 B a row staged for exact."""
     e = Estimate(
@@ -616,6 +619,17 @@ def _dedup_partitioned(cfg, n: float, t: dict) -> Estimate:
         disk_bytes=n * 80 + n * 100,
     )
     e.cores = cfg.partitions  # each round has a task per partition (or shard group) at most
+    if cfg.perceptual:  # a bucket per (byte, value): 1/256 of the hashes each, searched pairwise
+        comparisons = n * n / 16
+        e.cpu_s += comparisons / rate(t, "dedup.pdq_partitioned_comparisons")
+        e.inputs.append("dedup.pdq_partitioned_comparisons")
+        e.disk_bytes += n * 32 * 41  # each hash staged once per byte, with its code
+        e.what += f", PDQ ({comparisons:.2g} comparisons)"
+        if comparisons / rate(t, "dedup.pdq_partitioned_comparisons") > PDQ_CORE_SECONDS_WARN:
+            e.warnings.append(
+                f"partitioned PDQ dedup grows with the square of the pool ({comparisons:.2g} code comparisons): "
+                "past ~1e8 hashes it costs thousands of core-hours; run it on a sample, or with --no-perceptual"
+            )
     if cfg.semantic:  # the shuffle stages each embedding once, as float16
         k = cfg.clusters or max(1, int(n // 1000))
         flops = n * (n / k) * 512 * 2

@@ -13,9 +13,8 @@ interface), and each can be switched off:
 Within a group of duplicates one sample is kept by `keep`: the highest CLIP score (`clip_score`), the
 first seen (`first`: lowest shard and key), or a seeded random one (`random`).
 
-By default the steps run in this process over the whole pool. With `partitions: N` contamination, exact
-and semantic dedup run as rounds of Ray tasks over partitions instead (perceptual is not built that way),
-with the same verdicts (see the partitioned section below).
+By default the steps run in this process over the whole pool. With `partitions: N` every step runs as
+rounds of Ray tasks over partitions instead, with the same verdicts (see the partitioned sections below).
 
 Output, one file per pool shard, a row for every successfully downloaded sample:
     POOL/dedup/{i:08d}.parquet   uid, key, duplicate_group, keep, reason   (schema.DEDUP)
@@ -24,13 +23,14 @@ Output, one file per pool shard, a row for every successfully downloaded sample:
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from . import execute, features, hashes, runtime, schema
+from . import execute, features, hashes, kmeans, runtime, schema
 from .config import config_hash, from_dict, opt, to_dict
 from .errors import InputError
 from .pool import Pool, completed, read_npy
@@ -52,9 +52,8 @@ class DedupConfig:
     ray_tasks: int = opt(0, "spread the within-cluster work over this many Ray tasks; 0 = in this process")
     partitions: int = opt(
         0,
-        "run contamination, exact and semantic dedup as Ray tasks over this many partitions "
-        "(by sha256, then by cluster), so no process holds the pool; needs perceptual off and "
-        "probes 1; 0 = in this process",
+        "run every step as Ray tasks over this many partitions (by sha256, by PDQ byte, by "
+        "cluster), so no process holds the pool; needs pdq_radius <= 31 and probes 1; 0 = in this process",
     )
     contamination: bool = opt(True, "drop near-copies of evaluation images (needs eval_sets)")
     eval_sets: list[str] = opt(help="evaluation sets (CLIP_benchmark WebDataset dirs) to check against", factory=list)
@@ -66,10 +65,11 @@ class DedupConfig:
             raise InputError(f"keep must be clip_score, first or random, not {self.keep!r}")
         if not 0 < self.threshold <= 1:
             raise InputError("threshold must be in (0, 1]")
-        if self.partitions and self.perceptual:
+        if self.partitions and self.perceptual and self.pdq_radius >= hashes.CODE_BYTES:
             raise InputError(
-                "partitions runs contamination, exact and semantic dedup: set perceptual: false "
-                "(partitioned PDQ dedup is not built; docs/scaling.md)"
+                f"partitioned PDQ dedup finds pairs that share one of the code's {hashes.CODE_BYTES} bytes, "
+                f"which every pair within {hashes.CODE_BYTES - 1} bits does: set pdq_radius <= "
+                f"{hashes.CODE_BYTES - 1} (or perceptual: false)"
             )
         if self.partitions and self.semantic and self.probes != 1:
             raise InputError(
@@ -408,15 +408,16 @@ def _write_manifest(pool: str, cfg: DedupConfig, n: int, kept: int, counts: dict
 
 # ---------------------------------------------------------------------------------------------------
 # Partitioned (`partitions: N`), for pools no process can hold: evaluation-set copies and exact
-# duplicates here, then SemDeDup (below) on what they keep. Rows go to a partition by their sha256 (so
-# every copy of an image meets in one task), in three rounds of Ray tasks:
+# duplicates here, then PDQ near-duplicates and SemDeDup (below) on what they keep. Rows go to a
+# partition by their sha256 (so every copy of an image meets in one task), in three rounds of Ray tasks:
 #   map     a task per group of shards: eval-set copies found against the (small) eval index; every
 #           other row with a sha256 written to WORK/map/{g}.npz, one member per partition;
 #   reduce  a task per partition: its rows from every map file, grouped by sha256, one winner per group
 #           by `keep`; the verdicts written to WORK/reduce/{p}.npz, one member per shard group;
 #   write   a task per shard group: its verdicts from every reduce file into POOL/dedup/{shard}.parquet.
 # The same verdicts as the in-process path (tests/test_dedup.py), except keep=random, which draws per
-# group from a seed and the group's sha256 (exact) or per partition (semantic) instead of from one stream.
+# group from a seed and the group's sha256 (exact) or smallest key (perceptual), or per partition
+# (semantic), instead of from one stream.
 
 _MAP_FIELDS = ("sha", "uid", "shard", "row", "key", "score")
 VERDICT_FIELDS = ("shard", "row", "keep", "group")
@@ -594,6 +595,9 @@ def _run_partitioned(pool: str, cfg: DedupConfig, shards: list[int], ray_address
     if cfg.exact:
         counts["exact"] = exact
     kept = sum(st["kept"] for st in stats)
+    if cfg.perceptual:
+        counts["perceptual"] = _perceptual_partitioned(pool, cfg, groups, group_of, work, log)
+        kept -= counts["perceptual"]
     if cfg.semantic:
         counts["semantic"] = _semantic_partitioned(pool, cfg, groups, group_ref, work, kept, log)
         kept -= counts["semantic"]
@@ -601,10 +605,268 @@ def _run_partitioned(pool: str, cfg: DedupConfig, shards: list[int], ray_address
     return _write_manifest(pool, cfg, sum(st["samples"] for st in stats), kept, counts, t0, log)
 
 
-# Partitioned SemDeDup: k-means on a sample drawn a shard group at a time; every surviving row assigned
-# to its nearest centroid and sent to a partition by cluster (with its embedding: the shuffle); per
-# partition, cosine pairs within each cluster and one survivor per connected group; verdicts written
-# back into POOL/dedup/. One cluster per sample, so every group lies within one partition.
+# Partitioned PDQ near-duplicates, on what exact dedup kept, by multi-index hashing (hashes.py: two codes
+# within 31 bits share at least one of their 32 bytes exactly). Rows are named by one int64, shard << 32
+# | row. Rounds:
+#   map     a task per shard group: every row kept so far whose PDQ hash is trusted (pdq_min_quality) goes
+#           32 times, once per byte c, to the partition of its bucket (c, byte value), with its full code:
+#           WORK/pmap/{g}-{b}.npz, one member per partition, a file per ~_PDQ_MAP_BYTES of copies;
+#   reduce  a task per partition: within each bucket, rows of one code searched once, FAISS binary range
+#           search at pdq_radius, a pair kept only in the bucket of the first byte its codes share (so
+#           every pair of the pool is found in one bucket); the pairs joined into a spanning forest of
+#           the partition's groups, WORK/preduce/{p}.npz (edges: a row and its group's smallest row);
+#   join    the driver: connected components over every partition's forest (O(rows with a near-copy),
+#           never a per-sample array of the pool); a task per shard group returns the key, score and uid
+#           of its rows in a group; each group's survivor picked by `keep` as the in-process step does;
+#           the verdicts into WORK/pverdict/000000.npz, one member per shard group;
+#   write   a task per shard group: those verdicts into POOL/dedup/ (reason "perceptual").
+# keep=random draws per group from the seed and the group's smallest key, not from one stream.
+
+_PDQ_MAP_BYTES = 128 << 20  # copies a map task holds before it writes a file (41 bytes a copy)
+_PDQ_LINKS = 1 << 23  # pairs a reduce task holds before it folds them into its forest
+
+
+def _pdq_bucket_partition(partitions: int) -> np.ndarray:
+    """The partition of each of the 32 x 256 (byte index, byte value) buckets, by a mixing hash (so that
+    one common byte value does not land every byte index in one partition)."""
+    k = np.arange(hashes.CODE_BYTES * 256, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    k ^= k >> np.uint64(29)
+    k *= np.uint64(0xBF58476D1CE4E5B9)
+    k ^= k >> np.uint64(32)
+    return (k % np.uint64(partitions)).astype(np.int64)
+
+
+def _pdq_route(codes: np.ndarray, ids: np.ndarray, partitions: int) -> list[tuple[np.ndarray, ...]]:
+    """Each row's 32 copies (full code, byte index, id), split by the partition of their bucket."""
+    table = _pdq_bucket_partition(partitions)
+    chunk = np.tile(np.arange(hashes.CODE_BYTES, dtype=np.uint8), len(codes))
+    part = table[chunk.astype(np.int64) * 256 + codes.ravel()]
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(partitions + 1))
+    out = []
+    for p in range(partitions):
+        sel = order[bounds[p] : bounds[p + 1]]
+        row = sel // hashes.CODE_BYTES
+        out.append((codes[row], chunk[sel], ids[row]))
+    return out
+
+
+def _pdq_links(codes: np.ndarray, chunk: np.ndarray, ids: np.ndarray, radius: int, expand: bool = False):
+    """Yield (a, b) id arrays for one partition's copies: with `expand`, every pair of rows within
+    `radius` bits found in its buckets (each pair of the pool in exactly one bucket, over all partitions);
+    without, links with the same connected components: rows of one code are linked to its smallest id
+    once (in their byte-0 bucket) and searched as that one row, which keeps a bucket of thousands of
+    copies of one image (placeholders of several sizes) linear instead of quadratic."""
+    key = chunk.astype(np.int64) * 256 + codes[np.arange(len(codes)), chunk]
+    order = np.lexsort((ids, key))
+    key = key[order]
+    bounds = np.flatnonzero(np.diff(key)) + 1
+    for members in np.split(order, bounds):
+        if len(members) < 2:
+            continue
+        c = int(chunk[members[0]])
+        bucket, bucket_ids = codes[members], ids[members]  # ids ascending
+        _, first, inv = np.unique(
+            np.ascontiguousarray(bucket).view(np.dtype((np.void, bucket.shape[1]))).ravel(),
+            return_index=True,
+            return_inverse=True,
+        )
+        inv = inv.ravel()
+        reps = bucket_ids[first]  # the smallest id of each distinct code
+        if len(first) < len(members) and c == 0:  # identical codes first agree on byte 0
+            same = bucket_ids != reps[inv]
+            if expand:
+                for u in np.flatnonzero(np.bincount(inv) > 1):
+                    m = bucket_ids[inv == u]
+                    a, b = np.triu_indices(len(m), 1)
+                    yield m[a], m[b]
+            else:
+                yield reps[inv[same]], bucket_ids[same]
+        for q, j in hashes.first_shared_byte_pairs(bucket[first], c, radius):  # one thread: a 1-CPU task
+            if not expand:
+                yield reps[q], reps[j]
+                continue
+            for u, v in zip(q, j):
+                a, b = np.meshgrid(bucket_ids[inv == u], bucket_ids[inv == v], indexing="ij")
+                yield np.minimum(a, b).ravel(), np.maximum(a, b).ravel()
+
+
+def _pdq_components(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows that appear in links (sorted) and the smallest row of each one's connected group."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    nodes, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+    inv = inv.ravel()
+    n = len(nodes)
+    graph = coo_matrix((np.ones(len(a), np.int32), (inv[: len(a)], inv[len(a) :])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    smallest = np.full(labels.max() + 1 if n else 0, n, np.int64)
+    np.minimum.at(smallest, labels, np.arange(n))
+    return nodes, nodes[smallest[labels]]
+
+
+def _pdq_forest(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Links with the same groups, at most one per row: each row to its group's smallest row."""
+    if not len(a):
+        return a, b
+    nodes, root = _pdq_components(a, b)
+    edge = nodes != root
+    return nodes[edge], root[edge]
+
+
+def _map_pdq(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, work: str) -> list[str]:
+    shards, cfg = groups[g], from_dict(DedupConfig, cfg_dict)
+    files: list[str] = []
+    batch: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def flush():
+        if batch:
+            codes, ids = np.concatenate([c for c, _ in batch]), np.concatenate([i for _, i in batch])
+            members = {}
+            for p, (code, chunk, ident) in enumerate(_pdq_route(codes, ids, cfg.partitions)):
+                members.update({f"code{p}": code, f"chunk{p}": chunk, f"id{p}": ident})
+            name = f"{g:06d}-{len(files):04d}.npz"
+            runtime.write_npz(runtime.join(work, "pmap", name), members)
+            files.append(name)
+            batch.clear()
+
+    for s in shards:
+        alive = np.flatnonzero(np.asarray(runtime.read_parquet(Pool(pool).dedup(s), columns=["keep"]).column("keep")))
+        base = runtime.read_parquet(Pool(pool).features("base", s), columns=["pdq", "pdq_quality"])
+        pdq, quality = base.column("pdq").to_pylist(), base.column("pdq_quality").to_pylist()
+        codes, have = hashes.pdq_codes([pdq[i] for i in alive], [quality[i] for i in alive], cfg.pdq_min_quality)
+        batch.append((codes, (np.int64(s) << 32) + alive[have].astype(np.int64)))
+        if sum(len(i) for _, i in batch) * hashes.CODE_BYTES * 41 >= _PDQ_MAP_BYTES:
+            flush()
+    flush()
+    return files
+
+
+def _reduce_pdq(p: int, work: str, files: list[str], cfg_dict: dict) -> int:
+    cfg = from_dict(DedupConfig, cfg_dict)
+    parts = [runtime.read_npz(runtime.join(work, "pmap", f), [f"code{p}", f"chunk{p}", f"id{p}"]) for f in files]
+    codes, chunk, ids = (np.concatenate([x[i] for x in parts]) for i in range(3))
+    del parts
+    a, b, held = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0
+    for x, y in _pdq_links(codes, chunk, ids, cfg.pdq_radius):
+        a.append(x)
+        b.append(y)
+        held += len(x)
+        if held > _PDQ_LINKS:  # fold into the forest: at most one link per row of the partition
+            fa, fb = _pdq_forest(np.concatenate(a), np.concatenate(b))
+            a, b, held = [fa], [fb], len(fa)
+    fa, fb = _pdq_forest(np.concatenate(a), np.concatenate(b))
+    runtime.write_npz(runtime.join(work, "preduce", f"{p:06d}.npz"), {"a": fa, "b": fb})
+    return len(fa)
+
+
+def _pdq_attributes(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, nodes: np.ndarray):
+    """Key, score (NaN unless keep=clip_score) and uid of the rows of shard group g among `nodes`."""
+    shards, cfg = groups[g], from_dict(DedupConfig, cfg_dict)
+    mine = nodes[np.isin(nodes >> 32, shards)]  # sorted, as `nodes` is
+    key, score, uid = [], [], []
+    for s in shards:
+        lo, hi = np.searchsorted(mine, [np.int64(s) << 32, np.int64(s + 1) << 32])
+        rows = mine[lo:hi] & 0xFFFFFFFF
+        if not len(rows):
+            continue
+        base = runtime.read_parquet(Pool(pool).features("base", s), columns=["uid", "key"])
+        key.append(_int_keys(base.column("key"))[rows])
+        uid.append(np.array(base.column("uid").to_pylist(), dtype=str)[rows])
+        if cfg.keep == "clip_score":
+            t = runtime.read_parquet(Pool(pool).features(cfg.scorer, s), columns=["clip_score"])
+            score.append(np.array(t.column("clip_score").to_pylist(), dtype=np.float64)[rows])
+        else:
+            score.append(np.full(len(rows), np.nan))
+    if not key:
+        return mine, np.zeros(0, np.int64), np.zeros(0), np.zeros(0, dtype=str)
+    return mine, np.concatenate(key), np.concatenate(score), np.concatenate(uid)
+
+
+def _pdq_winners(root: np.ndarray, key: np.ndarray, score: np.ndarray, cfg: DedupConfig) -> np.ndarray:
+    """Whether each row survives its group (rows named by `root`, their group's smallest row): `_choose`'s
+    rule, highest score then first seen (clip_score) or first seen, or a draw seeded by the group."""
+    s = np.nan_to_num(score, nan=-np.inf)
+    order = np.lexsort((key, -s, root)) if cfg.keep == "clip_score" else np.lexsort((key, root))
+    start = np.ones(len(order), bool)
+    start[1:] = root[order][1:] != root[order][:-1]
+    winner = np.zeros(len(order), bool)
+    if cfg.keep == "random":
+        firsts = np.flatnonzero(start)
+        sizes = np.diff(np.r_[firsts, len(order)])
+        for f, n in zip(firsts, sizes):
+            members = order[f : f + n][np.argsort(key[order[f : f + n]], kind="stable")]
+            winner[members[np.random.default_rng([cfg.seed, int(key[members[0]])]).integers(n)]] = True
+    else:
+        winner[order[start]] = True
+    return winner
+
+
+def _write_back(g: int, groups: list[list[int]], pool: str, work: str, sub: str, files: int, step: str) -> None:
+    """A later step's verdicts (WORK/sub/*.npz) into POOL/dedup/: a dropped row gets reason `step`; a row
+    already in a group (a survivor of an earlier step's) keeps that group's name."""
+    v_shard, v_row, v_keep, v_group = _read_verdicts(work, sub, files, g)
+    for s in groups[g]:
+        mine = v_shard == s
+        if not mine.any():
+            continue
+        path = Pool(pool).dedup(s)
+        table = runtime.read_parquet(path)
+        keep, reason, group = (
+            np.array(table.column("keep")),
+            table.column("reason").to_pylist(),
+            table.column("duplicate_group").to_pylist(),
+        )
+        for r, k, grp in zip(v_row[mine], v_keep[mine], v_group[mine]):
+            group[r] = group[r] or str(grp)
+            if not k:
+                keep[r], reason[r] = False, step
+        columns = {"uid": table.column("uid"), "key": table.column("key"), "duplicate_group": group}
+        runtime.write_parquet(pa.table({**columns, "keep": keep, "reason": reason}, schema=schema.DEDUP), path)
+
+
+def _perceptual_partitioned(pool: str, cfg: DedupConfig, groups: list[list[int]], group_of, work: str, log) -> int:
+    ex = execute.current()
+    for d in ("pmap", "preduce", "pverdict"):
+        runtime.makedirs(runtime.join(work, d))
+    cfg_d = to_dict(cfg)
+    g_all = range(len(groups))
+    files = [f for fs in execute.map(_map_pdq, g_all, groups, pool, cfg_d, work, label="dedup:pdq map") for f in fs]
+    if not files:
+        return 0
+    links = execute.map(_reduce_pdq, range(cfg.partitions), work, files, cfg_d, label="dedup:pdq reduce")
+    ab = [runtime.read_npz(runtime.join(work, "preduce", f"{p:06d}.npz"), ["a", "b"]) for p in range(cfg.partitions)]
+    a, b = np.concatenate([x[0] for x in ab]), np.concatenate([x[1] for x in ab])
+    del ab
+    log(f"[dedup] PDQ: {len(files)} map files, {sum(links)} forest links over {cfg.partitions} partitions")
+    if not len(a):
+        return 0
+    nodes, root = _pdq_components(a, b)
+    del a, b
+    nodes_ref = ex.share(nodes)
+    attrs = execute.map(_pdq_attributes, g_all, groups, pool, cfg_d, nodes_ref, label="dedup:pdq attributes")
+    got = np.concatenate([x[0] for x in attrs])
+    if not np.array_equal(got, nodes):  # shard groups are ascending runs of shards
+        raise RuntimeError("dedup: PDQ group attributes came back out of order")
+    key, score, uid = (np.concatenate([x[i] for x in attrs]) for i in (1, 2, 3))
+    winner = _pdq_winners(root, key, score, cfg)
+    win = np.flatnonzero(winner)
+    win = win[np.argsort(root[win])]
+    name = uid[win[np.searchsorted(root[win], root)]]  # a group is named by the uid of the row it keeps
+    _write_verdicts(
+        runtime.join(work, "pverdict", f"{0:06d}.npz"), group_of, nodes >> 32, nodes & 0xFFFFFFFF, winner, name
+    )
+    execute.map(_write_back, g_all, groups, pool, work, "pverdict", 1, "perceptual", label="dedup:pdq write")
+    return int((~winner).sum())
+
+
+# Partitioned SemDeDup: spherical k-means as tasks (pipeline/kmeans.py: a training sample staged by a
+# task per shard group, Lloyd steps whose tasks return per-cluster sums; the driver holds centroids, never
+# rows); every surviving row assigned to its nearest centroid and sent to a partition by cluster (with its
+# embedding: the shuffle); per partition, cosine pairs within each cluster and one survivor per connected
+# group; verdicts written back into POOL/dedup/. One cluster per sample, so every group lies within one
+# partition.
 
 
 def _semantic_rows(pool: str, s: int, cfg: DedupConfig):
@@ -627,26 +889,20 @@ def _semantic_rows(pool: str, s: int, cfg: DedupConfig):
     return rows, emb[rows], score[rows], keys[rows], np.array(verdict.column("uid").to_pylist(), dtype=str)[rows]
 
 
-def _sample_semantic(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, fraction: float) -> np.ndarray:
-    shards, cfg = groups[g], from_dict(DedupConfig, cfg_dict)
-    parts = []
-    for s in shards:
-        _, emb, *_ = _semantic_rows(pool, s, cfg)
-        take = min(len(emb), int(np.ceil(fraction * len(emb))))
-        parts.append(emb[np.random.default_rng([cfg.seed, s]).choice(len(emb), take, replace=False)])
-    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+def _semantic_embeddings(g: int, groups: list[list[int]], pool: str, cfg_dict: dict) -> np.ndarray:
+    """k-means' reader: shard group g's embeddings that semantic dedup looks at (float16, as stored)."""
+    cfg = from_dict(DedupConfig, cfg_dict)
+    parts = [_semantic_rows(pool, s, cfg)[1].astype(np.float16) for s in groups[g]]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float16)
 
 
 def _map_semantic(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, centroids: np.ndarray, work: str) -> int:
-    import faiss
-
     shards, cfg = groups[g], from_dict(DedupConfig, cfg_dict)
-    index = faiss.IndexFlatIP(centroids.shape[1])
-    index.add(centroids)
+    index = kmeans.centroid_index(centroids)
     cols: dict[str, list] = {k: [] for k in ("emb", "cluster", "shard", "row", "key", "score", "uid")}
     for s in shards:
         rows, emb, score, keys, uids = _semantic_rows(pool, s, cfg)
-        cluster = index.search(emb, 1)[1][:, 0] if len(emb) else np.zeros(0, np.int64)
+        cluster = kmeans.nearest(emb, index)[0]
         for k, v in zip(cols, (emb.astype(np.float16), cluster, np.full(len(rows), s), rows, keys, score, uids)):
             cols[k].append(v)
     arrays = {k: np.concatenate(v) for k, v in cols.items()}
@@ -724,33 +980,30 @@ def _write_semantic(g: int, groups: list[list[int]], pool: str, work: str, parti
 def _semantic_partitioned(
     pool: str, cfg: DedupConfig, groups: list[list[int]], group_ref, work: str, alive: int, log
 ) -> int:
-    import faiss
-
     for d in ("smap", "sreduce"):
         runtime.makedirs(runtime.join(work, d))
     k = min(cfg.clusters or max(1, alive // 1000), max(1, alive))
-    fraction = min(1.0, 256 * k / max(1, alive))  # FAISS trains on at most 256 points a centroid
     cfg_d = to_dict(cfg)
     g_all = range(len(groups))
-    parts = [
-        x for x in execute.map(_sample_semantic, g_all, groups, pool, cfg_d, fraction, label="dedup:sample") if len(x)
-    ]
-    if not parts:
-        return 0
-    sample = np.concatenate(parts)
-    km = faiss.Kmeans(
-        sample.shape[1],
-        min(k, len(sample)),
-        niter=cfg.kmeans_iters,
+    # k-means as tasks, on up to 256 rows a centroid (FAISS's cap, as before), staged under work/kmeans
+    km = kmeans.fit(
+        list(g_all),
+        functools.partial(_semantic_embeddings, groups=groups, pool=pool, cfg_dict=cfg_d),
+        k,
+        work=runtime.join(work, "kmeans"),
+        iters=cfg.kmeans_iters,
         seed=cfg.seed,
-        spherical=True,
-        verbose=False,
-        max_points_per_centroid=256,
-        gpu=faiss_gpus(cfg.gpu) > 0,
+        rows=alive,
+        gpu=cfg.gpu,
+        label="dedup:k-means",
     )
-    km.train(np.ascontiguousarray(sample, dtype=np.float32))
-    log(f"[dedup] SemDeDup: k-means with {km.k} clusters on a sample of {len(sample)} of {alive} rows")
-    centroids = execute.current().share(km.centroids.copy())
+    if km is None:
+        return 0
+    log(
+        f"[dedup] SemDeDup: k-means with {km.k} clusters over {km.train_rows} of {km.rows} rows, "
+        f"{km.iterations} iterations, mean cosine {km.objective:.4f}"
+    )
+    centroids = execute.current().share(km.centroids)
     execute.map(_map_semantic, g_all, groups, pool, cfg_d, centroids, work, label="dedup:semantic map")
     dropped = sum(
         execute.map(

@@ -316,6 +316,7 @@ def run(
     unit: str = "items",
     describe: Callable[[Any], str] | None = None,
     on_result: Callable[[Any, Any], None] | None = None,
+    keep_results: bool = True,
     quiet: bool = False,
     executor=None,
     log=print,
@@ -370,7 +371,7 @@ def run(
                     # bad input stays bad: retrying an InputError only repeats its message
                     retry_or_fail(i, _NoRetry(err) if isinstance(err, InputError) else err, _reason(err))
                     continue
-                out.results[i], done = value, done + 1
+                out.results[i], done = (value if keep_results else None), done + 1
                 if on_result:
                     on_result(items[i], value)
                 extra = f"{done}/{len(items)} done" + (f", {describe(value)}" if describe else "")
@@ -404,6 +405,25 @@ def map(fn: Callable, items: Iterable, *args, label: str = "tasks", quiet: bool 
     """`run` for fan-outs whose every result is needed: results in item order; a failure raises (an
     InputError or StageError from an item as itself, so its message reaches the user unchanged)."""
     out = run(fn, items, *args, label=label, quiet=quiet, **kw)
+    _raise_first(out, label)
+    return out.results
+
+
+def fold(fn: Callable, items: Iterable, *args, add: Callable, start, label: str = "tasks", quiet: bool = True, **kw):
+    """`map` whose results are added up as they arrive (`add(total, result)`, from `start`): the driver
+    holds the running total, never one result per item (a histogram per shard is 512 KB: at 10,000
+    shards that list alone was 5 GB). A failure raises as `map`'s does."""
+    total = [start]
+
+    def take(_item, value):
+        total[0] = add(total[0], value)
+
+    out = run(fn, items, *args, label=label, quiet=quiet, on_result=take, keep_results=False, **kw)
+    _raise_first(out, label)
+    return total[0]
+
+
+def _raise_first(out: Outcome, label: str) -> None:
     if out.failed:
         i = min(out.failed)
         err = out.errors.get(i)
@@ -414,7 +434,6 @@ def map(fn: Callable, items: Iterable, *args, label: str = "tasks", quiet: bool 
             f"{label}: {_name(out.items[i])} failed: {out.failed[i]}"
             + (f" (and {len(out.failed) - 1} more)" if len(out.failed) > 1 else "")
         )
-    return out.results
 
 
 class _NoRetry(Exception):

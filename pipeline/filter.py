@@ -322,9 +322,17 @@ def _decide(pool, recipe, steps, path, shards, columns, out_dir, variables, ray_
     threshold_info = {}
     label = f"filter:{recipe.name}"
     for _ in range(sum(s.top_fraction is not None for s in steps)):
-        parts = execute.map(_histogram_task, shards, pool, steps_ref, thresholds, columns, label=label)
-        i = parts[0][0]
-        hist = np.sum([h for _, h in parts], axis=0)
+        i, hist = execute.fold(
+            _histogram_task,
+            shards,
+            pool,
+            steps_ref,
+            thresholds,
+            columns,
+            add=lambda total, part: (part[0], total[1] + part[1]),
+            start=(None, np.zeros(topk.BINS, np.int64)),
+            label=label,
+        )
         n = int(hist.sum())
         rank = int(n * steps[i].top_fraction)
 

@@ -258,7 +258,7 @@ def render(p: dict) -> str:
                 f"warning: step {e.step} ({e.command}) holds {_human_bytes(e.driver_bytes)} in one process, "
                 f"more than the head node's {c.head_memory_gb:,.0f} GB"
                 + (
-                    "; `thresher dedup --partitions N --no-perceptual --no-semantic` runs exact dedup as Ray tasks"
+                    "; `thresher dedup --partitions N` runs exact, perceptual and semantic dedup as Ray tasks"
                     if e.command == "dedup"
                     else ""
                 )

@@ -599,7 +599,17 @@ def decisions_for(pool: str, recipe: str, variables: dict | None, log) -> dict:
 
 def _count(pool, name, rule, exclude, shards) -> np.ndarray:
     """The merged histogram of the candidates' keys (its sum: how many candidates there are)."""
-    return np.sum(execute.map(_histogram_task, shards, pool, name, rule, exclude, label=f"subset:{name} count"), axis=0)
+    return execute.fold(
+        _histogram_task,
+        shards,
+        pool,
+        name,
+        rule,
+        exclude,
+        add=np.add,
+        start=np.zeros(topk.BINS, np.int64),
+        label=f"subset:{name} count",
+    )
 
 
 def _cut(pool, name, rule, ex, shards, hist, rank) -> Cut:

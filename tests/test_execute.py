@@ -59,6 +59,17 @@ def test_local_results_come_in_item_order_and_retries_recover(local, tmp_path):
     assert out.results == [1, 2, 3] and not out.failed
 
 
+def test_fold_adds_results_as_they_arrive_and_keeps_none(local):
+    seen = []
+    out = execute.run(
+        square, [3, 1, 2], 1, label="t", executor=local, keep_results=False, on_result=lambda i, v: seen.append(v)
+    )
+    assert out.results == [None, None, None] and sorted(seen) == [2, 5, 10]  # the driver held no list of them
+    assert execute.fold(square, [3, 1, 2], 1, add=lambda a, b: a + b, start=0, executor=local) == 17
+    with pytest.raises(InputError, match="no url"):
+        execute.fold(bad_input, [1], add=lambda a, b: a, start=0, executor=local)
+
+
 def test_a_failure_is_recorded_with_its_reason_and_the_rest_finish(local, tmp_path):
     out = execute.run(flaky, [1, 2], str(tmp_path), label="t", retries=0, executor=local, log=lambda *_: None)
     assert out.results == [None, None] and set(out.failures) == {1, 2}
