@@ -944,39 +944,6 @@ def _reduce_semantic(p: int, work: str, maps: int, cfg_dict: dict, group_of: np.
     return dropped
 
 
-def _write_semantic(g: int, groups: list[list[int]], pool: str, work: str, partitions: int) -> None:
-    shards = groups[g]
-    v_shard, v_row, v_keep, v_group = _read_verdicts(work, "sreduce", partitions, g)
-    for s in shards:
-        mine = v_shard == s
-        if not mine.any():
-            continue
-        path = Pool(pool).dedup(s)
-        table = runtime.read_parquet(path)
-        keep, reason, group = (
-            np.array(table.column("keep")),
-            table.column("reason").to_pylist(),
-            table.column("duplicate_group").to_pylist(),
-        )
-        for r, k, grp in zip(v_row[mine], v_keep[mine], v_group[mine]):
-            group[r] = group[r] or str(grp)  # a survivor of an exact group keeps that group's name
-            if not k:
-                keep[r], reason[r] = False, "semantic"
-        runtime.write_parquet(
-            pa.table(
-                {
-                    "uid": table.column("uid"),
-                    "key": table.column("key"),
-                    "duplicate_group": group,
-                    "keep": keep,
-                    "reason": reason,
-                },
-                schema=schema.DEDUP,
-            ),
-            path,
-        )
-
-
 def _semantic_partitioned(
     pool: str, cfg: DedupConfig, groups: list[list[int]], group_ref, work: str, alive: int, log
 ) -> int:
@@ -1010,7 +977,9 @@ def _semantic_partitioned(
             _reduce_semantic, range(cfg.partitions), work, len(groups), cfg_d, group_ref, label="dedup:semantic reduce"
         )
     )
-    execute.map(_write_semantic, g_all, groups, pool, work, cfg.partitions, label="dedup:semantic write")
+    execute.map(
+        _write_back, g_all, groups, pool, work, "sreduce", cfg.partitions, "semantic", label="dedup:semantic write"
+    )
     return dropped
 
 
