@@ -637,13 +637,13 @@ def _dedup_partitioned(cfg, n: float, t: dict) -> Estimate:
         e.inputs.append("dedup.semantic_flops")
         e.disk_bytes += n * 512 * 2
         e.what += f", SemDeDup ({k:,} clusters, {flops:.2g} flops)"
-        # its k-means is one flat FAISS k-means on the driver, on up to 256 rows a centroid
+        # its k-means is flat (Lloyd rounds as tasks, pipeline/kmeans.py), on up to 256 rows a centroid
         km = min(n, 256 * k) * k * 512 * 2 * cfg.kmeans_iters
         if km > KMEANS_FLOPS_ONE_NODE:
             e.warnings.append(
                 f"SemDeDup's k-means ({k:,} clusters on {min(n, 256 * k):,.0f} rows, "
-                f"{km:.2g} flops) is beyond one process; pass fewer --clusters (hierarchical "
-                f"k-means is not built)"
+                f"{km:.2g} flops) is too large for a flat k-means; pass fewer --clusters (the hierarchical "
+                f"k-means in pipeline/kmeans.py is not yet used by dedup)"
             )
     e.what += f" over {cfg.partitions} partitions (Ray tasks)"
     return e

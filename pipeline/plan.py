@@ -25,7 +25,8 @@ from .errors import InputError
 THROUGHPUTS = CONFIG_DIR / "throughputs.yaml"  # the rates benchmarks/stages.py measures
 CLUSTER_DIR = CONFIG_DIR / "cluster"
 SYNTH_BYTES_PER_SAMPLE = 35_000  # the synthetic pool at DataComp's 512 px: 664 MB of shards / 18,940 samples
-# where one flat k-means on the driver stops being practical: more than a day of a 16-vCPU head node at an
+# where one flat k-means stops being practical: its Lloyd rounds run as tasks (pipeline/kmeans.py), but each
+# task returns k x d sums and every round's work is this many flops, more than a day of a 16-vCPU node at an
 # assumed ~50 GFLOP/s a vCPU of BLAS (not measured here; the warning's threshold, not part of any estimate)
 KMEANS_FLOPS_ONE_NODE = 1e17
 SYNTH_SUCCESS = 0.947  # its share of URLs that download (planted failures: 404, timeouts, opt-outs)
