@@ -463,5 +463,5 @@ def test_plan_warns_when_dedup_in_one_process_outgrows_the_head_node(tmp_path):
     assert "warning: step 1" not in text and "exact over 256 partitions" in text
     text = render("perceptual: false, probes: 1, partitions: 1024")
     assert "SemDeDup (12,121,600 clusters" in text and "over 1024 partitions" in text
-    assert "SemDeDup's k-means (12,121,600 clusters" in text and "hierarchical k-means is not built" in text
+    assert "SemDeDup's k-means (12,121,600 clusters" in text and "not yet used by dedup" in text
     assert "warning" not in render("perceptual: false, probes: 1, partitions: 64, clusters: 100000")
