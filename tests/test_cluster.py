@@ -66,15 +66,24 @@ def s3():
 
 @pytest.fixture(scope="module")
 def cluster(s3):
+    """Ray's Cluster installs its own SIGINT/SIGTERM handlers in this process (each add_node too); they are
+    put back afterwards, since the stall watchdog's tests need Python's KeyboardInterrupt on SIGINT."""
+    import signal
+
     from ray.cluster_utils import Cluster
 
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     mem = 300 * 2**20
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": mem})
     for _ in range(2):
         c.add_node(num_cpus=1, object_store_memory=mem)
     c.wait_for_nodes()
-    yield c
-    c.shutdown()
+    try:
+        yield c
+    finally:
+        c.shutdown()
+        for s, h in handlers.items():
+            signal.signal(s, h)
 
 
 @pytest.fixture(scope="module")
