@@ -31,6 +31,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.ray)
         if item.get_closest_marker("gpu") and not cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+    # the multi-node cluster tests last: Ray's Cluster changes process-wide state of the test process
+    # (signal handlers, Ray's current-cluster file), and the stall watchdog's tests failed after them
+    items.sort(key=lambda item: item.module.__name__ == "test_cluster" if item.module else False)
 
 
 def free_port() -> int:
