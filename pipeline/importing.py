@@ -53,8 +53,7 @@ DATACOMP_SCORERS = {
 DATACOMP_WEIGHTS = {"clip_b32": "OpenAI CLIP ViT-B/32", "clip_l14": "OpenAI CLIP ViT-L/14"}
 # DataComp's columns the pool keeps (score columns ride along too, as download's extra columns would)
 DATACOMP_CARRIED = ["original_width", "original_height", "sha256", "face_bboxes"]
-# img2dataset's per-shard Parquet columns that schema.POOL takes (its hash column is named by the hash)
-I2D_COLUMNS = ["key", "status", "error_message", "width", "height", "original_width", "original_height"]
+# img2dataset's hash columns (named by the hash, compute_hash)
 I2D_HASHES = ["sha256", "md5"]
 
 
