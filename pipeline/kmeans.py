@@ -8,34 +8,37 @@ use it. Rows are image embeddings read per item (a shard, or a group of shards) 
 `fit` runs in rounds of tasks (`execute.map`), over staging files in `work` (a folder every task can
 open; removed at the end):
 
-1. **stage**    a task per item reads its rows and writes a seeded random subset, in random order, to
-                `work/train/{i}.npy`: the training rows, at most `train_rows` in all (by default
-                `points_per_centroid` = 256 a centroid, FAISS's own cap), each item giving its share
-                (ceil(fraction x its rows)). A task returns three integers.
-2. **init**     one task reads a prefix of every training file (a random subset of each, since the files
-                are in random order): `init_points_per_centroid` = 16 rows a centroid, but no more than
-                an eighth of the training rows and no fewer than k (plus at most one a file), and seeds
-                k centroids on them by greedy k-means++ (scikit-learn's: D^2 sampling with 2 - 2 cos as
-                the squared distance, the best of 2 + ln k draws each time). It costs
-                (2 + ln k) x k x (its rows) x d, about one Lloyd step at most. Past KMEANSPP_MAX = 4,096
-                clusters (k sequential steps get slow) it takes k random rows instead, FAISS's own
-                initialisation.
+1. **stage**    a task per item reads its rows, gives each a seeded pseudo-random key computed from its
+                values alone (`row_keys`), and writes those whose key is below a threshold, in key
+                order, to `work/train/{i}.npy` (keys beside): the training rows, about `train_rows` in
+                all (by default `points_per_centroid` = 256 a centroid, FAISS's own cap). A task returns
+                three integers. Since a row's key depends on nothing but the row, the training rows and
+                their order are the same however the rows are split into items (a pool imported from
+                DataComp metadata clusters exactly as the downloaded pool of the same rows).
+2. **init**     one task takes the training rows of smallest key (a prefix of every file: a random
+                sample): `init_points_per_centroid` = 16 rows a centroid, but no more than an eighth of
+                the training rows and no fewer than k, and seeds k centroids on them by greedy k-means++
+                (scikit-learn's: D^2 sampling with 2 - 2 cos as the squared distance, the best of
+                2 + ln k draws each time). It costs (2 + ln k) x k x (its rows) x d, about one Lloyd step
+                at most. Past KMEANSPP_MAX = 4,096 clusters (k sequential steps get slow) it takes k
+                random rows instead, FAISS's own initialisation.
 3. **Lloyd**    `iters` times: the training files cut into chunks of about equal rows (`tasks` of them:
                 `default_tasks`, twice the cores but at most sqrt(rows / 200)); a task per chunk assigns
                 each row to its nearest centroid (FAISS `IndexFlatIP`, 16,384 rows at a time) and
-                returns per-cluster sums (float64 [k, d]), counts [k] and its sum of cosines. The driver
-                adds them as they arrive (`execute.fold`, which keeps no list of results; in 2^-b fixed
-                point, so the order tasks finish in cannot change a bit of the result), renormalises,
-                and re-seeds empty clusters by splitting the largest: the empty centroid and the largest
-                one become that centroid moved either way along a random direction orthogonal to it, so
-                the next assignment cuts the large cluster by a random hyperplane (FAISS splits too,
-                picking the cluster at random by size). It stops early when the objective (mean cosine
-                of the training rows to their centroid) improves by less than `tol`.
+                returns per-cluster sums, counts [k] and its sum of cosines, all in 2^-b fixed point
+                (int64 [k, d]): integer sums are exact, so neither the chunks nor the order tasks finish
+                in can change a bit of the result. The driver adds them as they arrive (`execute.fold`,
+                which keeps no list of results), renormalises, and re-seeds empty clusters by splitting
+                the largest: the empty centroid and the largest one become that centroid moved either
+                way along a random direction orthogonal to it, so the next assignment cuts the large
+                cluster by a random hyperplane (FAISS splits too, picking the cluster at random by size).
+                It stops early when the objective (mean cosine of the training rows to their centroid)
+                improves by less than `tol`.
 
-Memory: a stage task holds one item's rows; the init task its sample (at most 16 x k x d float32); a
-Lloyd task the centroids (k x d float32), its float64 sums (k x d) and 16,384 rows at a time; the
-driver the centroids, one running sum (k x d int64), the counts and the result being added. No task
-returns anything per sample (the tests check the size of every result). Flat k-means is meant for k up
+Memory: a stage task holds one item's rows; the init task every training key (8 bytes a row) and its
+sample (at most 16 x k x d float32); a Lloyd task the centroids (k x d float32), its int64 sums (k x d)
+and 16,384 rows at a time; the driver the centroids, one running sum (k x d int64), the counts and the
+result being added. No task returns anything per sample (the tests check the size of every result). Flat k-means is meant for k up
 to about 65,536: past that every Lloyd task's sums are 400 MB at d = 768.
 
 `assign` is the per-sample pass as tasks: every row of every item to its nearest centroid, the labels
@@ -153,14 +156,37 @@ def nearest(x: np.ndarray, centroids, gpu: bool = False, block: int = BLOCK) -> 
     return labels, cos
 
 
-def _accumulate(sums: np.ndarray, counts: np.ndarray, x: np.ndarray, labels: np.ndarray) -> None:
-    """sums[j] += the rows labelled j (float64), counts[j] += their number."""
+def _accumulate(sums: np.ndarray, counts: np.ndarray, x: np.ndarray, labels: np.ndarray, scale: float) -> None:
+    """sums[j] += the rows labelled j in fixed point (int64, x rounded to multiples of 1 / scale), counts[j] +=
+    their number. Integer sums are exact, so how rows are cut into items, chunks and blocks changes no bit."""
     order = np.argsort(labels, kind="stable")
     sorted_labels = labels[order]
     starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]]) if len(labels) else []
     if len(starts):
-        sums[sorted_labels[starts]] += np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
+        q = np.rint(x[order] * scale).astype(np.int64)
+        sums[sorted_labels[starts]] += np.add.reduceat(q, starts, axis=0)
     counts += np.bincount(labels, minlength=len(counts))
+
+
+def row_keys(x: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded pseudo-random uint64 key for each row, a function of the row's values (as float16) alone:
+    the training sample (rows below a key threshold) and its order (by key) are then the same however the
+    rows are split into items, so a pool imported from metadata and the downloaded pool of the same rows
+    cluster alike. A linear hash of the 16-bit words, then splitmix64's finaliser."""
+    words = np.ascontiguousarray(np.asarray(x, np.float16)).view(np.uint16)
+    mult = np.random.default_rng([seed, 3]).integers(1, 2**63, size=words.shape[1], dtype=np.uint64) * np.uint64(2)
+    mult += np.uint64(1)  # odd multipliers
+    h = np.zeros(len(words), np.uint64)
+    with np.errstate(over="ignore"):
+        for start in range(0, len(words), 4096):
+            w = words[start : start + 4096].astype(np.uint64)
+            h[start : start + 4096] = (w * mult).sum(axis=1, dtype=np.uint64)
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return h
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -183,22 +209,35 @@ def _train_file(work: str, i: int) -> str:
     return runtime.join(work, "train", f"{i:06d}.npy")
 
 
+def _key_file(work: str, i: int) -> str:
+    return runtime.join(work, "train", f"{i:06d}.keys.npy")
+
+
 def _count(i: int, items: list, reader: Callable) -> int:
     return len(reader(items[i]))
 
 
+def _threshold(fraction: float) -> int:
+    """Keys below this are a `fraction` of uniform uint64 keys (2^64: all of them)."""
+    return 2**64 if fraction >= 1 else int(fraction * 2**64)
+
+
 def _stage(i: int, items: list, reader: Callable, work: str, fraction: float, seed: int) -> tuple[int, int, int]:
-    """Item i's training rows, a seeded random subset in random order, to work/train/{i}.npy: (rows, staged, d)."""
+    """Item i's training rows, those whose key is below the fraction's threshold, in key order, to
+    work/train/{i}.npy (their keys beside): (rows, staged, d)."""
     x = np.asarray(reader(items[i]))
     n = len(x)
     if n == 0:
         return 0, 0, 0
     if x.ndim != 2:
         raise InputError(f"k-means: item {items[i]!r} gave an array of shape {x.shape}, not [n, d]")
-    take = n if fraction >= 1 else min(n, math.ceil(fraction * n))
-    pick = np.random.default_rng([seed, i]).permutation(n)[:take]
-    _write_npy(_train_file(work, i), x[pick] if x.dtype == np.float16 else np.asarray(x[pick], np.float32))
-    return n, take, x.shape[1]
+    keys = row_keys(x, seed)
+    pick = np.flatnonzero(keys < np.uint64(min(_threshold(fraction), 2**64 - 1))) if fraction < 1 else np.arange(n)
+    pick = pick[np.argsort(keys[pick], kind="stable")]
+    if len(pick):
+        _write_npy(_train_file(work, i), x[pick] if x.dtype == np.float16 else np.asarray(x[pick], np.float32))
+        _write_npy(_key_file(work, i), keys[pick])
+    return n, len(pick), x.shape[1]
 
 
 def _kmeanspp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -218,28 +257,53 @@ def _kmeanspp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return x[picks].copy()
 
 
-def _init(_item: int, takes: dict[int, int], work: str, k: int, seed: int) -> np.ndarray:
-    """The first `takes[i]` rows of training file i (a random subset): k-means++ on them, or k of them
-    at random (FAISS's own initialisation) past KMEANSPP_MAX clusters."""
-    x = _unit(np.concatenate([_read_npy(_train_file(work, i))[:t] for i, t in sorted(takes.items()) if t]))
+def _init_sample(files: list[int], work: str, m: int, fraction: float) -> np.ndarray:
+    """The m training rows with the smallest keys, in key order: a prefix of each training file. Keys
+    are uniform below the staging threshold, so a threshold m / rows of the way up finds about m; it
+    doubles until there are m (reading only keys until then)."""
+    keys = {i: _read_npy(_key_file(work, i)) for i in files}
+    total = sum(len(v) for v in keys.values())
+    top = _threshold(fraction)
+    cut = top * min(1.0, 1.25 * m / max(1, total) + 64 / max(1, total))
+    while True:
+        below = {i: int(np.searchsorted(v, np.uint64(min(int(cut), 2**64 - 1)), side="left")) for i, v in keys.items()}
+        if sum(below.values()) >= m or cut >= top:
+            break
+        cut *= 2
+    cand = np.concatenate([keys[i][:b] for i, b in below.items()]) if below else np.zeros(0, np.uint64)
+    src = np.concatenate([np.full(b, i) for i, b in below.items()]) if below else np.zeros(0, np.int64)
+    take = np.argsort(cand, kind="stable")[:m]
+    per_file = np.bincount(src[take], minlength=max(files) + 1) if len(take) else np.zeros(1, np.int64)
+    rows = {i: _read_npy(_train_file(work, i))[: per_file[i]] for i in files if i < len(per_file) and per_file[i]}
+    x = np.concatenate([rows[i] for i in sorted(rows)])
+    k_all = np.concatenate([keys[i][: len(rows[i])] for i in sorted(rows)])
+    return _unit(x[np.argsort(k_all, kind="stable")])
+
+
+def _init(_item: int, files: list[int], work: str, k: int, m: int, fraction: float, seed: int) -> tuple:
+    """k-means++ on the m training rows of smallest key (a random sample, the same however the rows are
+    split into items), or k of them at random (FAISS's own initialisation) past KMEANSPP_MAX clusters.
+    Returns (centroids, rows used)."""
+    x = _init_sample(files, work, m, fraction)
     rng = np.random.default_rng([seed, 2])
     if k > KMEANSPP_MAX:
-        return x[rng.choice(len(x), k, replace=False)].copy()
-    return _kmeanspp(x, k, rng)
+        return x[rng.choice(len(x), k, replace=False)].copy(), len(x)
+    return _kmeanspp(x, k, rng), len(x)
 
 
-def _lloyd(chunk: list[int], work: str, centroids: np.ndarray, gpu: bool) -> dict:
-    """One chunk of training files against the centroids: per-cluster sums and counts, summed cosines."""
+def _lloyd(chunk: list[int], work: str, centroids: np.ndarray, gpu: bool, scale: float) -> dict:
+    """One chunk of training files against the centroids: per-cluster sums (int64 fixed point), counts,
+    summed cosines (fixed point too)."""
     k, d = centroids.shape
     index = centroid_index(centroids, gpu)
-    sums, counts, cos, rows = np.zeros((k, d)), np.zeros(k, np.int64), 0.0, 0
+    sums, counts, cos, rows = np.zeros((k, d), np.int64), np.zeros(k, np.int64), 0, 0
     for i in chunk:
         x = _read_npy(_train_file(work, i))
         for start in range(0, len(x), BLOCK):
             xb = _unit(x[start : start + BLOCK])
             sim, lab = index.search(xb, 1)
-            _accumulate(sums, counts, xb, lab[:, 0])
-            cos += float(sim.sum(dtype=np.float64))
+            _accumulate(sums, counts, xb, lab[:, 0], scale)
+            cos += int(np.rint(sim[:, 0].astype(np.float64) * scale).astype(np.int64).sum())
             rows += len(xb)
     return {"sums": sums, "counts": counts, "cos": cos, "rows": rows}
 
@@ -312,6 +376,7 @@ class _Staged:
     sizes: dict[int, int]  # training file -> rows
     rows: int
     d: int
+    fraction: float  # of the rows staged (by key)
 
 
 def _stage_all(items, reader, work, rows, train_rows, seed, label) -> _Staged:
@@ -325,7 +390,7 @@ def _stage_all(items, reader, work, rows, train_rows, seed, label) -> _Staged:
     if len(dims) > 1:
         raise InputError(f"k-means: the items' rows have different widths {sorted(dims)}")
     sizes = {i: t for i, (_, t, _) in enumerate(staged) if t}
-    return _Staged(work, sizes, sum(n for n, _, _ in staged), dims.pop() if dims else 0)
+    return _Staged(work, sizes, sum(n for n, _, _ in staged), dims.pop() if dims else 0, fraction)
 
 
 def _lloyd_rounds(
@@ -337,8 +402,10 @@ def _lloyd_rounds(
     k = min(k, n_train)
     # greedy k-means++ costs (2 + ln k) x k x (init rows) x d: about one Lloyd step's n x k x d at most
     m_init = min(n_train, init_ppc * k, max(k, n_train // 8)) if k <= KMEANSPP_MAX else k
-    takes = {i: min(t, math.ceil(m_init * t / n_train)) for i, t in st.sizes.items()}
-    (centroids,) = execute.map(_init, [0], takes, st.work, k, seed, label=f"{label}: init")
+    files = sorted(st.sizes)
+    ((centroids, init_rows),) = execute.map(
+        _init, [0], files, st.work, k, m_init, st.fraction, seed, label=f"{label}: init"
+    )
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
     chunks = _chunks(st.sizes, tasks or default_tasks(n_train, ex))
     bits = 62 - max(1, n_train).bit_length()  # fixed point: no cluster's sum can overflow int64
@@ -348,9 +415,9 @@ def _lloyd_rounds(
     reseeded, counts = 0, np.zeros(k, np.int64)
 
     def add(acc: dict, r: dict) -> dict:  # as each result arrives: the driver keeps the running total only
-        acc["sums"] += np.rint(r["sums"] * scale).astype(np.int64)
+        acc["sums"] += r["sums"]
         acc["counts"] += r["counts"]
-        acc["cos"].append(r["cos"])
+        acc["cos"] += r["cos"]
         acc["rows"] += r["rows"]
         return acc
 
@@ -361,12 +428,13 @@ def _lloyd_rounds(
             st.work,
             ex.share(centroids),
             on_gpu,
+            scale,
             add=add,
-            start={"sums": np.zeros((k, st.d), np.int64), "counts": np.zeros(k, np.int64), "cos": [], "rows": 0},
+            start={"sums": np.zeros((k, st.d), np.int64), "counts": np.zeros(k, np.int64), "cos": 0, "rows": 0},
             label=f"{label}: iteration {it + 1}",
             resources=res,
         )
-        history.append(math.fsum(acc["cos"]) / max(1, acc["rows"]))
+        history.append(acc["cos"] / scale / max(1, acc["rows"]))
         counts = acc["counts"]
         centroids, empty = _update(acc["sums"] / scale, counts, centroids, rng)
         reseeded += empty
@@ -379,7 +447,7 @@ def _lloyd_rounds(
         counts=counts,
         rows=st.rows,
         train_rows=n_train,
-        init_rows=sum(takes.values()),
+        init_rows=init_rows,
         iterations=len(history),
         reseeded=reseeded,
     )
@@ -509,18 +577,19 @@ class Hierarchy:
 
 
 def _partition(c: int, chunks: list[list[int]], work: str, coarse: np.ndarray) -> np.ndarray:
-    """Chunk c's training rows grouped by nearest coarse centroid into work/part/{c}.npz (member x{j});
-    returns the rows per coarse cluster [k1]."""
+    """Chunk c's training rows grouped by nearest coarse centroid into work/part/{c}.npz (members x{j}
+    and their keys k{j}); returns the rows per coarse cluster [k1]."""
     k1 = len(coarse)
     x = np.concatenate([_read_npy(_train_file(work, i)) for i in chunks[c]])
+    keys = np.concatenate([_read_npy(_key_file(work, i)) for i in chunks[c]])
     labels, _ = nearest(x, coarse)
     order = np.argsort(labels, kind="stable")
     counts = np.bincount(labels, minlength=k1)
     bounds = np.r_[0, np.cumsum(counts)]
-    runtime.write_npz(
-        runtime.join(work, "part", f"{c:06d}.npz"),
-        {f"x{j}": x[order[bounds[j] : bounds[j + 1]]] for j in range(k1) if counts[j]},
-    )
+    part = {}
+    for j in np.flatnonzero(counts):
+        part[f"x{j}"], part[f"k{j}"] = x[order[bounds[j] : bounds[j + 1]]], keys[order[bounds[j] : bounds[j + 1]]]
+    runtime.write_npz(runtime.join(work, "part", f"{c:06d}.npz"), part)
     return counts
 
 
@@ -530,12 +599,13 @@ def _fine_item(item: tuple[int, list[int], int], work: str, iters: int, seed: in
 
 def _fine(j: int, work: str, parts: list[int], kj: int, iters: int, seed: int, out: str) -> tuple[int, float]:
     """Coarse cluster j's training rows (from every partition file that has some) into kj clusters with
-    FAISS's spherical k-means; the centroids to out/{j}.npy. Returns (rows, summed cosine)."""
+    FAISS's spherical k-means, in key order (FAISS seeds on row positions: the same rows in the same order
+    whatever the chunks were); the centroids to out/{j}.npy. Returns (rows, summed cosine)."""
     import faiss
 
-    x = _unit(
-        np.concatenate([runtime.read_npz(runtime.join(work, "part", f"{c:06d}.npz"), [f"x{j}"])[0] for c in parts])
-    )
+    got = [runtime.read_npz(runtime.join(work, "part", f"{c:06d}.npz"), [f"x{j}", f"k{j}"]) for c in parts]
+    x, keys = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
+    x = _unit(x[np.argsort(keys, kind="stable")])
     kj = min(kj, len(x))
     if kj == 1:
         c = _unit(x.sum(axis=0, keepdims=True))

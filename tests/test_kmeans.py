@@ -133,7 +133,7 @@ def test_flat_kmeans_is_within_1_percent_of_faiss_on_the_pools_clip_tiny_embeddi
 
 
 def test_the_driver_receives_centroids_and_counts_never_rows(tmp_path):
-    """Every task result's arrays, recorded where the driver takes them: bounded by k x d (float64 sums
+    """Every task result's arrays, recorded where the driver takes them: bounded by k x d (int64 sums
     and a count per cluster), never by the rows (20k x 32 float32 = 2.5 MB)."""
     x = clustered()
     k = 20
@@ -165,8 +165,29 @@ def test_training_rows_are_a_bounded_sample_when_capped(tmp_path):
     with execute.using(execute.LocalExecutor()):
         km = kmeans.fit(files(tmp_path, x), np.load, 10, work=str(tmp_path / "work"), iters=3, rows=N)
     assert km.rows == N
-    assert 2560 <= km.train_rows <= 2560 + 8  # 256 a centroid, a ceiling per item
-    assert km.init_rows <= 160 + 8  # 16 a centroid
+    # 256 a centroid: rows with a key below 2560 / 20000 of the range, binomial (sd 47)
+    assert abs(km.train_rows - 2560) <= 4 * 47
+    assert km.init_rows == 160  # 16 a centroid: exactly the 160 smallest keys
+
+
+def test_the_same_rows_cut_into_other_items_give_the_same_bits(tmp_path):
+    """A row's training key depends on the row alone and sums are fixed point, so 3 items or 11, in
+    another order, with other chunks, give the same centroids to the bit (a metadata-only pool and the
+    downloaded pool of the same rows are sharded differently). The capped sample and the uncapped run
+    both; another seed gives other centroids."""
+    x = clustered(n=6000)
+    perm = np.random.default_rng(1).permutation(len(x))
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a_items, b_items = files(tmp_path / "a", x, 3), files(tmp_path / "b", x[perm], 11)
+    with execute.using(execute.LocalExecutor()):
+        for cap in (1000, 0):
+            kw = dict(iters=6, tol=0, points_per_centroid=0, train_rows=cap or None)
+            a = kmeans.fit(a_items, np.load, 12, work=str(tmp_path / "w"), tasks=2, **kw)
+            b = kmeans.fit(b_items, np.load, 12, work=str(tmp_path / "w"), tasks=5, **kw)
+            np.testing.assert_array_equal(a.centroids, b.centroids)
+            assert a.history == b.history and a.train_rows == b.train_rows and np.array_equal(a.counts, b.counts)
+        c = kmeans.fit(a_items, np.load, 12, work=str(tmp_path / "w"), seed=1, iters=6, tol=0, points_per_centroid=0)
+    assert not np.array_equal(a.centroids, c.centroids)
 
 
 def test_empty_clusters_are_reseeded_by_splitting_the_largest():
