@@ -474,6 +474,9 @@ class ImageClusters:
     sample: int = opt(2_000_000, "embeddings k-means trains on, spread evenly over the pool")
     iters: int = opt(20, "k-means iterations")
     seed: int = opt(0, "seed of the sample and of k-means")
+    flat_max: int = opt(
+        16_384, "past this many clusters k-means is hierarchical (sqrt(k) coarse clusters, each split into its share)"
+    )
 
 
 def _image_clusters_needs(p: ImageClusters) -> list[str]:
@@ -506,36 +509,37 @@ def _prepare_image_clusters(pool: str, p: ImageClusters) -> dict:
             f"the pool's {p.scorer} embeddings are {width}-d (same model needed)"
         )
     k = max(1, min(p.clusters, min(p.sample, total) // 10))
-    km = kmeans.fit(
-        shards,
-        kmeans.PoolEmbeddings(pool, p.scorer),
-        k,
-        work=Pool(pool).work("kmeans"),
-        iters=p.iters,
-        seed=p.seed,
-        rows=total,
-        train_rows=min(p.sample, kmeans.POINTS_PER_CENTROID * k),  # FAISS's cap of 256 a centroid, as before
-        label="image_clusters k-means",
-    )
-    if km is None:
-        raise InputError(f"image_clusters: {pool} has no {p.scorer} image embeddings to cluster")
-    chosen = np.unique(kmeans.nearest(target, km.centroids)[0])
-    return {
-        "centroids": km.centroids,
-        "chosen": chosen,
-        "info": {"clusters": km.k, "trained_on": km.train_rows, "targets": len(target), "clusters_kept": len(chosen)},
-    }
+    work = runtime.join(Pool(pool).work("kmeans"), "image_clusters")
+    try:
+        km = kmeans.fit_clusters(
+            shards,
+            kmeans.PoolEmbeddings(pool, p.scorer),
+            k,
+            work=work,
+            flat_max=p.flat_max,
+            iters=p.iters,
+            seed=p.seed,
+            rows=total,
+            train_rows=min(p.sample, kmeans.POINTS_PER_CENTROID * k),  # FAISS's cap of 256 a centroid, as before
+            label="image_clusters k-means",
+        )
+        if km is None:
+            raise InputError(f"image_clusters: {pool} has no {p.scorer} image embeddings to cluster")
+        km.load()  # a hierarchy's fine centroids travel with the filter's steps: one centroid set a task
+    finally:
+        runtime.remove(work, recursive=True)
+    chosen = np.unique(km.nearest(target)[0])
+    info = {"clusters": km.k, "trained_on": km.train_rows, "targets": len(target), "clusters_kept": len(chosen)}
+    return {"clusters": km, "chosen": chosen, "info": {**info, "hierarchical": isinstance(km, kmeans.Hierarchy)}}
 
 
 @register("image_clusters", ImageClusters, needs=_image_clusters_needs, prepare=_prepare_image_clusters)
 def image_clusters(table, p: ImageClusters, ctx: dict):
     """Keeps samples whose image embedding's nearest k-means centroid is nearest to some target image."""
-    from ..pipeline import kmeans
-
     if table.num_rows == 0:
         return np.zeros(0, bool), None
     emb, ok = _embeddings(table, f"{p.scorer}_img_emb")
-    return ok & np.isin(kmeans.nearest(emb, ctx["centroids"])[0], ctx["chosen"]), None
+    return ok & np.isin(ctx["clusters"].nearest(emb)[0], ctx["chosen"]), None
 
 
 # ---------------------------------------------------------------------------------------------------

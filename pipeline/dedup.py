@@ -48,6 +48,11 @@ class DedupConfig:
     clusters: int = opt(0, "k-means clusters; 0 = about one per 1,000 samples")
     probes: int = opt(2, "nearest clusters each sample is compared within")
     kmeans_iters: int = opt(20, "k-means iterations")
+    kmeans_flat_max: int = opt(
+        16_384,
+        "with partitions: past this many clusters k-means is hierarchical (sqrt(k) coarse clusters, each split "
+        "into its share; rows go to partitions by coarse cluster)",
+    )
     gpu: bool = opt(True, "use GPU FAISS (k-means) and torch (within-cluster cosine) when a GPU is usable")
     ray_tasks: int = opt(0, "spread the within-cluster work over this many Ray tasks; 0 = in this process")
     partitions: int = opt(
@@ -863,10 +868,11 @@ def _perceptual_partitioned(pool: str, cfg: DedupConfig, groups: list[list[int]]
 
 # Partitioned SemDeDup: spherical k-means as tasks (pipeline/kmeans.py: a training sample staged by a
 # task per shard group, Lloyd steps whose tasks return per-cluster sums; the driver holds centroids, never
-# rows); every surviving row assigned to its nearest centroid and sent to a partition by cluster (with its
-# embedding: the shuffle); per partition, cosine pairs within each cluster and one survivor per connected
-# group; verdicts written back into POOL/dedup/. One cluster per sample, so every group lies within one
-# partition.
+# rows; hierarchical past `kmeans_flat_max` clusters, ~11.5M at 12.8B); every surviving row routed to its
+# nearest centroid (a hierarchy's coarse one) and sent to a partition by route (with its embedding: the
+# shuffle); per partition, each route's rows labelled within it (a hierarchy's fine centroids of that coarse
+# cluster, one set at a time), cosine pairs within each cluster and one survivor per connected group;
+# verdicts written back into POOL/dedup/. One cluster per sample, so every group lies within one partition.
 
 
 def _semantic_rows(pool: str, s: int, cfg: DedupConfig):
@@ -896,17 +902,17 @@ def _semantic_embeddings(g: int, groups: list[list[int]], pool: str, cfg_dict: d
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float16)
 
 
-def _map_semantic(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, centroids: np.ndarray, work: str) -> int:
+def _map_semantic(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, routes: np.ndarray, work: str) -> int:
     shards, cfg = groups[g], from_dict(DedupConfig, cfg_dict)
-    index = kmeans.centroid_index(centroids)
-    cols: dict[str, list] = {k: [] for k in ("emb", "cluster", "shard", "row", "key", "score", "uid")}
+    index = kmeans.centroid_index(routes)
+    cols: dict[str, list] = {k: [] for k in ("emb", "route", "shard", "row", "key", "score", "uid")}
     for s in shards:
         rows, emb, score, keys, uids = _semantic_rows(pool, s, cfg)
-        cluster = kmeans.nearest(emb, index)[0]
-        for k, v in zip(cols, (emb.astype(np.float16), cluster, np.full(len(rows), s), rows, keys, score, uids)):
+        route = kmeans.nearest(emb, index)[0]
+        for k, v in zip(cols, (emb.astype(np.float16), route, np.full(len(rows), s), rows, keys, score, uids)):
             cols[k].append(v)
     arrays = {k: np.concatenate(v) for k, v in cols.items()}
-    part = arrays["cluster"] % cfg.partitions
+    part = arrays["route"] % cfg.partitions
     runtime.write_npz(
         runtime.join(work, "smap", f"{g:06d}.npz"),
         {f"{k}{p}": a[part == p] for p in range(cfg.partitions) for k, a in arrays.items()},
@@ -914,14 +920,18 @@ def _map_semantic(g: int, groups: list[list[int]], pool: str, cfg_dict: dict, ce
     return len(part)
 
 
-def _reduce_semantic(p: int, work: str, maps: int, cfg_dict: dict, group_of: np.ndarray) -> int:
+def _reduce_semantic(p: int, work: str, maps: int, cfg_dict: dict, group_of: np.ndarray, clusters) -> int:
     cfg = from_dict(DedupConfig, cfg_dict)
-    names = ["emb", "cluster", "shard", "row", "key", "score", "uid"]
+    names = ["emb", "route", "shard", "row", "key", "score", "uid"]
     parts = [
         runtime.read_npz(runtime.join(work, "smap", f"{g:06d}.npz"), [f"{k}{p}" for k in names]) for g in range(maps)
     ]
-    emb, cluster, shard, row, key, score, uid = (np.concatenate([x[i] for x in parts]) for i in range(len(names)))
+    emb, route, shard, row, key, score, uid = (np.concatenate([x[i] for x in parts]) for i in range(len(names)))
     x = emb.astype(np.float32)
+    cluster = route.copy()  # flat: the route is the cluster
+    for j in np.unique(route) if isinstance(clusters, kmeans.Hierarchy) else []:
+        at = np.flatnonzero(route == j)
+        cluster[at] = clusters.within(x[at], int(j))
     order = np.argsort(cluster, kind="stable")
     bounds = np.flatnonzero(np.diff(cluster[order])) + 1
     groups = [m for m in np.split(order, bounds) if len(m) > 1]
@@ -953,11 +963,12 @@ def _semantic_partitioned(
     cfg_d = to_dict(cfg)
     g_all = range(len(groups))
     # k-means as tasks, on up to 256 rows a centroid (FAISS's cap, as before), staged under work/kmeans
-    km = kmeans.fit(
+    km = kmeans.fit_clusters(
         list(g_all),
         functools.partial(_semantic_embeddings, groups=groups, pool=pool, cfg_dict=cfg_d),
         k,
         work=runtime.join(work, "kmeans"),
+        flat_max=cfg.kmeans_flat_max,
         iters=cfg.kmeans_iters,
         seed=cfg.seed,
         rows=alive,
@@ -966,15 +977,25 @@ def _semantic_partitioned(
     )
     if km is None:
         return 0
+    hierarchical = isinstance(km, kmeans.Hierarchy)
     log(
-        f"[dedup] SemDeDup: k-means with {km.k} clusters over {km.train_rows} of {km.rows} rows, "
-        f"{km.iterations} iterations, mean cosine {km.objective:.4f}"
+        f"[dedup] SemDeDup: {'hierarchical ' if hierarchical else ''}k-means with {km.k} clusters over "
+        f"{km.train_rows} of {km.rows} rows, {km.iterations} iterations, mean cosine {km.objective:.4f}"
     )
-    centroids = execute.current().share(km.centroids)
-    execute.map(_map_semantic, g_all, groups, pool, cfg_d, centroids, work, label="dedup:semantic map")
+    ex = execute.current()
+    routes = ex.share(km.routes())
+    execute.map(_map_semantic, g_all, groups, pool, cfg_d, routes, work, label="dedup:semantic map")
+    within = ex.share(km if hierarchical else None)  # coarse centroids and the fine files' names
     dropped = sum(
         execute.map(
-            _reduce_semantic, range(cfg.partitions), work, len(groups), cfg_d, group_ref, label="dedup:semantic reduce"
+            _reduce_semantic,
+            range(cfg.partitions),
+            work,
+            len(groups),
+            cfg_d,
+            group_ref,
+            within,
+            label="dedup:semantic reduce",
         )
     )
     execute.map(

@@ -73,6 +73,9 @@ INIT_POINTS_PER_CENTROID = 16  # rows a centroid of the initialisation sample
 KMEANSPP_MAX = 4096  # k-means++ up to this many clusters (k sequential passes over the sample), random rows past it
 BLOCK = 16_384  # rows assigned at a time in a task
 SPLIT_STEP = 0.01  # how far a split moves the two copies of a centroid, either way
+# past this many clusters `fit_clusters` is hierarchical: every flat Lloyd task returns k x d int64 sums, so
+# the driver takes in tasks x k x d x 8 bytes a step (128 tasks at k = 16,384, d = 768: 13 GB a step)
+FLAT_MAX = 16_384
 
 
 @dataclass
@@ -112,6 +115,19 @@ class KMeans:
     @property
     def k(self) -> int:
         return len(self.centroids)
+
+    # the interface `Hierarchy` shares: route rows by one small centroid set, then label them within a route
+    def routes(self) -> np.ndarray:
+        return self.centroids
+
+    def within(self, x: np.ndarray, j: int) -> np.ndarray:
+        return np.full(len(x), j, np.int64)
+
+    def nearest(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return nearest(x, self.centroids)
+
+    def load(self) -> None:
+        pass
 
 
 @dataclass
@@ -554,11 +570,36 @@ class Hierarchy:
     def k(self) -> int:
         return int(self.offsets[-1])
 
-    def fine(self, j: int) -> np.ndarray:
-        if j not in self._cache:
-            f = self.fine_files[j]
-            self._cache[j] = _read_npy(f) if f else np.zeros((0, self.coarse.centroids.shape[1]), np.float32)
-        return self._cache[j]
+    @property
+    def rows(self) -> int:
+        return self.coarse.rows
+
+    @property
+    def iterations(self) -> int:
+        return self.coarse.iterations
+
+    def fine(self, j: int, cache: bool = True) -> np.ndarray:
+        if j in self._cache:
+            return self._cache[j]
+        f = self.fine_files[j]
+        c = _read_npy(f) if f else np.zeros((0, self.coarse.centroids.shape[1]), np.float32)
+        if cache:
+            self._cache[j] = c
+        return c
+
+    def load(self) -> None:
+        """Every fine centroid set into memory (the object then carries them when pickled to tasks, and
+        needs the files no more)."""
+        for j in range(len(self.fine_files)):
+            self.fine(j)
+
+    def routes(self) -> np.ndarray:
+        """The coarse centroids: a row's route is its nearest coarse cluster."""
+        return self.coarse.centroids
+
+    def within(self, x: np.ndarray, j: int) -> np.ndarray:
+        """Global fine labels of rows routed to coarse cluster j (its fine centroids read, not kept)."""
+        return nearest(x, self.fine(j, cache=False))[0] + self.offsets[j] if len(x) else np.zeros(0, np.int64)
 
     def nearest(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Global fine label and cosine of each row: its nearest coarse cluster, then the nearest fine
@@ -704,3 +745,59 @@ def npy_shape(url: str) -> tuple[int, ...]:
         version = np.lib.format.read_magic(f)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         return tuple(read(f)[0])
+
+
+def fit_clusters(
+    items: list,
+    reader: Callable[[Any], np.ndarray],
+    k: int,
+    *,
+    work: str,
+    flat_max: int = FLAT_MAX,
+    gpu: bool = False,
+    **kw,
+) -> KMeans | Hierarchy | None:
+    """`fit` up to `flat_max` clusters, `fit_hierarchical` past it (its fine centroids under `work`/fine-*,
+    which the caller removes with `work`). Both answer `routes`, `within`, `nearest` and `load`."""
+    if k <= flat_max:
+        return fit(items, reader, k, work=work, gpu=gpu, **kw)
+    out = runtime.join(work, f"fine-{uuid.uuid4().hex[:12]}")
+    return fit_hierarchical(items, reader, k, work=work, out=out, **kw)
+
+
+@dataclass
+class Cost:
+    """What `fit_clusters` and a pass assigning `assign_rows` rows will cost, from the algorithm alone
+    (`thresher ... --plan` divides the flops by a measured rate: `kmeans.flops` in configs/throughputs.yaml)."""
+
+    flops: float
+    hierarchical: bool
+    coarse: int  # k1 (hierarchical), or k
+    driver_bytes: float  # the most the driver holds at once: a centroid set and one running sum
+    task_bytes: float  # the most one Lloyd or assignment task holds: its centroids and its sums
+
+    def describe(self, k: int) -> str:
+        kind = f"hierarchical ({self.coarse:,} coarse x ~{k / self.coarse:,.0f})" if self.hierarchical else "flat"
+        return f"k-means {kind}, {k:,} clusters, {self.flops:.2g} flops"
+
+
+def cost(
+    k: int, d: int, rows: float, train_rows: float, assign_rows: float, iters: int, flat_max: int = FLAT_MAX
+) -> Cost:
+    """Multiply-adds x 2 of: initialisation (k-means++ on 16 rows a centroid up to KMEANSPP_MAX), `iters`
+    Lloyd steps over the training rows, and assigning `assign_rows` rows; for a hierarchy, the coarse
+    k-means, the partition pass and each coarse cluster's fine k-means over its rows (k / k1 centroids
+    each), with assignment against k1 + k / k1 centroids a row. `rows` is what the stage pass reads."""
+    train = min(rows, train_rows)
+    k = int(max(1, min(k, train)))
+
+    def flat(kk: int, n: float) -> float:
+        init = (2 + math.log(kk)) * kk * min(INIT_POINTS_PER_CENTROID * kk, n / 8) if kk <= KMEANSPP_MAX else 0
+        return 2 * d * (init + iters * n * kk)
+
+    if k <= flat_max:
+        return Cost(flat(k, train) + 2 * d * assign_rows * k, False, k, 2 * k * d * 12, k * d * 12)
+    k1 = math.ceil(math.sqrt(k))
+    fine = k / k1
+    flops = flat(k1, train) + 2 * d * train * k1 + 2 * d * iters * train * fine + 2 * d * assign_rows * (k1 + fine)
+    return Cost(flops, True, k1, 2 * k1 * d * 12, max(k1, fine) * d * 12 + train / k1 * d * 4)

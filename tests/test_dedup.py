@@ -203,7 +203,9 @@ def test_partitioned_semdedup_finds_the_planted_copies_as_in_one_process(tmp_pat
     """SemDeDup over partitions (k-means on a sample, one cluster a sample, a partition per cluster group)
     against the in-process run with one probe, on planted embeddings: 40 clusters of unrelated images
     (cosine ~0.6 within a cluster) and 10% near-copies (cosine ~0.997). Both remove one of every copy pair and nothing else;
-    their k-means differ (a sample against every row), so only the verdicts are compared."""
+    their k-means differ (a sample against every row), so only the verdicts are compared. Hierarchical k-means
+    (past kmeans_flat_max = 10: 7 coarse clusters, each split into its share of 40, the fine centroids read
+    by the reduce tasks) gives the same verdicts."""
     from test_filter import make_pool
 
     rng = np.random.default_rng(0)
@@ -220,7 +222,12 @@ def test_partitioned_semdedup_finds_the_planted_copies_as_in_one_process(tmp_pat
         perceptual=False, semantic=True, contamination=False, scorer="clip_b32", probes=1, clusters=40, threshold=0.95
     )
     removed = {}
-    for name, extra in (("one process", {}), ("partitioned", {"partitions": 4})):
+    runs = (
+        ("one process", {}),
+        ("partitioned", {"partitions": 4}),
+        ("hierarchical", {"partitions": 4, "kmeans_flat_max": 10}),
+    )
+    for name, extra in runs:
         manifest = dedup.run(str(pool), dedup.DedupConfig(**common, **extra), log=lambda *_: None)
         table = dedup.read(str(pool)).to_pylist()
         removed[name] = {i for i, r in enumerate(table) if not r["keep"]}
@@ -232,7 +239,10 @@ def test_partitioned_semdedup_finds_the_planted_copies_as_in_one_process(tmp_pat
             loser, winner = (c, o) if c in removed[name] else (o, c)
             assert rows[winner]["score"] >= rows[loser]["score"]
             assert table[c]["duplicate_group"] == table[o]["duplicate_group"] == table[winner]["uid"]
-    assert removed["one process"] == removed["partitioned"] and len(removed["partitioned"]) == 200
+    assert (
+        removed["one process"] == removed["partitioned"] == removed["hierarchical"]
+        and len(removed["partitioned"]) == 200
+    )
     assert not (pool / "dedup" / "_work").exists()
 
 

@@ -229,7 +229,10 @@ steps:
     }
 
 
-def test_image_based_keeps_the_clusters_nearest_to_the_target_set(tmp_path, ray_local):
+@pytest.mark.parametrize("flat_max", [16384, 2])
+def test_image_based_keeps_the_clusters_nearest_to_the_target_set(tmp_path, ray_local, flat_max):
+    """Four planted clusters, two with a target image: flat k-means, and hierarchical (2 coarse clusters,
+    each split in 2), keep exactly those two."""
     rng = np.random.default_rng(0)
     centers = np.eye(8)[:4] * 0.9 + 0.1  # four well separated directions
     labels = rng.integers(4, size=400)
@@ -246,7 +249,7 @@ def test_image_based_keeps_the_clusters_nearest_to_the_target_set(tmp_path, ray_
     manifest = flt.run(
         str(pool),
         "datacomp-image-based",
-        {"scorer": "clip_b32", "target": str(tmp_path / "target.npy"), "clusters": 4},
+        {"scorer": "clip_b32", "target": str(tmp_path / "target.npy"), "clusters": 4, "flat_max": flat_max},
         log=lambda *_: None,
     )
     kept = {u for u, r in decisions(pool, "datacomp-image-based").items() if r["keep"]}
@@ -257,7 +260,9 @@ def test_image_based_keeps_the_clusters_nearest_to_the_target_set(tmp_path, ray_
         "trained_on": 400,
         "targets": 2,
         "clusters_kept": 2,
+        "hierarchical": flat_max < 4,
     }
+    assert not (pool / "_work").exists() or not any((pool / "_work").rglob("*.npy"))
 
 
 def test_embed_images_uses_the_scorers_random_weights(synth_dir, tmp_path):

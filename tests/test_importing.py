@@ -116,15 +116,17 @@ def test_uid_files_agree_between_the_metadata_only_and_the_downloaded_pool(
         assert np.array_equal(np.load(tmp_path / f"a{size}.npy"), np.load(tmp_path / f"b{size}.npy")), (recipe, size)
 
 
-def test_datacomp_1b_recipe_runs_on_metadata_alone(metadata_pool, featured_pool, tmp_path):
-    """Image-based AND CLIP L/14 top 30%: k-means over the imported .npz embeddings, as on the pool."""
+@pytest.mark.parametrize("flat_max", [16384, 3])
+def test_datacomp_1b_recipe_runs_on_metadata_alone(metadata_pool, featured_pool, tmp_path, flat_max):
+    """Image-based AND CLIP L/14 top 30%: k-means over the imported .npz embeddings, as on the pool, flat and
+    hierarchical: the same rows sharded otherwise give the same decisions."""
     out, _ = metadata_pool
     _, img, _ = features.read_scorer(str(featured_pool), "clip_tiny", with_embeddings=True, text=False)
     np.save(tmp_path / "target.npy", img[:40])
     recipe = "datacomp-image-based-and-clip-l14-30pct"
     kept = []
     for pool, scorer in ((featured_pool, "clip_tiny"), (out, "clip_l14")):
-        v = {"scorer": scorer, "target": str(tmp_path / "target.npy"), "clusters": 8}
+        v = {"scorer": scorer, "target": str(tmp_path / "target.npy"), "clusters": 8, "flat_max": flat_max}
         m = filtering.run(str(pool), recipe, v, **quiet)
         kept.append(
             (m["kept"], set(filtering.read(str(pool), recipe).filter(pc.field("keep")).column("uid").to_pylist()))

@@ -269,3 +269,24 @@ def test_hierarchical_kmeans_on_clustered_vectors(tmp_path):
     for fn, size in ex.sizes:
         by_fn[fn] = max(by_fn.get(fn, 0), size)
     assert by_fn["_partition"] <= 10 * 8 and by_fn["_fine_item"] == 0 and by_fn["_lloyd"] <= 10 * D * 8 + 10 * 8
+
+
+def test_fit_clusters_is_flat_up_to_flat_max_and_hierarchical_past_it(tmp_path):
+    """The callers' one entry: a row's label is its route (nearest of `routes()`) refined `within` that
+    route, for both kinds, which is how partitioned SemDeDup labels rows (map by route, reduce within)."""
+    x = clustered(n=4000)
+    fs = files(tmp_path, x, 4)
+    with execute.using(execute.LocalExecutor()):
+        flat = kmeans.fit_clusters(fs, np.load, 20, work=str(tmp_path / "w"), flat_max=20, iters=5)
+        hier = kmeans.fit_clusters(fs, np.load, 20, work=str(tmp_path / "w"), flat_max=19, iters=5)
+    assert isinstance(flat, kmeans.KMeans) and isinstance(hier, kmeans.Hierarchy)
+    assert hier.k == 20 and len(hier.routes()) == 5 and len(flat.routes()) == 20
+    for km in (flat, hier):
+        route = kmeans.nearest(x, km.routes())[0]
+        got = np.full(len(x), -1)
+        for j in np.unique(route):
+            got[route == j] = km.within(x[route == j], int(j))
+        assert km is flat or km._cache == {}  # `within` reads a fine set and keeps none
+        np.testing.assert_array_equal(got, km.nearest(x)[0])
+    hier.load()
+    assert len(hier._cache) == 5
