@@ -33,7 +33,7 @@ from typing import Any
 
 from .config import CONFIG_DIR, load, preset_or_path
 from .errors import InputError
-from .plan import KMEANS_FLOPS_ONE_NODE, Cluster, Estimate, Sizes, embed_dim, gflops, param_count, rate
+from .plan import Cluster, Estimate, Sizes, embed_dim, gflops, param_count, rate, scorer_dim
 
 ACTION = "action"  # the key (and argparse dest) naming a nested command: `audit` takes `action: verify`
 
@@ -636,15 +636,10 @@ def _dedup_partitioned(cfg, n: float, t: dict) -> Estimate:
         e.cpu_s += flops / rate(t, "dedup.semantic_flops")
         e.inputs.append("dedup.semantic_flops")
         e.disk_bytes += n * 512 * 2
-        e.what += f", SemDeDup ({k:,} clusters, {flops:.2g} flops)"
-        # its k-means is flat (Lloyd rounds as tasks, pipeline/kmeans.py), on up to 256 rows a centroid
-        km = min(n, 256 * k) * k * 512 * 2 * cfg.kmeans_iters
-        if km > KMEANS_FLOPS_ONE_NODE:
-            e.warnings.append(
-                f"SemDeDup's k-means ({k:,} clusters on {min(n, 256 * k):,.0f} rows, "
-                f"{km:.2g} flops) is too large for a flat k-means; pass fewer --clusters (the hierarchical "
-                f"k-means in pipeline/kmeans.py is not yet used by dedup)"
-            )
+        e.what += f", SemDeDup ({flops:.2g} flops within clusters;"
+        # its k-means as tasks (pipeline/kmeans.py) on up to 256 rows a centroid, every row assigned once
+        _kmeans_estimate(e, t, k, 512, n, 256 * k, n, cfg.kmeans_iters, cfg.kmeans_flat_max)
+        e.what += ")"
     e.what += f" over {cfg.partitions} partitions (Ray tasks)"
     return e
 
@@ -769,13 +764,44 @@ def run_filter(args: FilterArgs) -> None:
 
 
 def plan_filter(args: FilterArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
+    from ..filters.builtin import ImageClusters
+    from . import kmeans
+    from .filter import load_recipe
+
     n, recipes = sizes.downloaded, len(args.recipe)
-    return Estimate(
+    e = Estimate(
         what=f"{recipes} recipe(s) x {n:,.0f} samples",
         inputs=["filter.stage"],
         cpu_s=recipes * n / rate(t, "filter.stage"),
         disk_bytes=recipes * n * 60,
     )
+    for recipe in args.recipe:  # pool-wide work a step prepares first: image_clusters' k-means
+        try:
+            steps = load_recipe(recipe, parse_vars(args.var))[1]
+        except InputError:  # a plugin not installed here, a file an earlier step makes: the run will say
+            e.what += f"; {recipe}: steps not read (loads at run time)"
+            continue
+        for step in steps:
+            if isinstance(p := step.params, ImageClusters):
+                k = max(1, min(p.clusters, int(min(p.sample, n)) // 10))
+                train = min(p.sample, kmeans.POINTS_PER_CENTROID * k)
+                e.what += f"; {step.name}:"
+                _kmeans_estimate(e, t, k, scorer_dim(p.scorer), n, train, n, p.iters, p.flat_max)
+                e.driver_bytes = max(e.driver_bytes, k * scorer_dim(p.scorer) * 4)  # the fine centroids, loaded
+    return e
+
+
+def _kmeans_estimate(e: Estimate, t: dict, k: int, d: int, rows, train, assign, iters: int, flat_max: int) -> None:
+    """k-means as tasks (`kmeans.cost`: training, then `assign` rows to their nearest centroid) added to a
+    step's estimate; its training rows are staged on storage as float16."""
+    from . import kmeans
+
+    c = kmeans.cost(k, d, rows, train, assign, iters, flat_max)
+    e.cpu_s += c.flops / rate(t, "kmeans.flops")
+    e.inputs.append("kmeans.flops")
+    e.disk_bytes += min(rows, train) * d * 2  # staged while it runs (removed after)
+    e.driver_bytes = max(e.driver_bytes, c.driver_bytes)
+    e.what += f" {c.describe(k)}"
 
 
 @args_dataclass

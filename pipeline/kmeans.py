@@ -778,7 +778,7 @@ class Cost:
 
     def describe(self, k: int) -> str:
         kind = f"hierarchical ({self.coarse:,} coarse x ~{k / self.coarse:,.0f})" if self.hierarchical else "flat"
-        return f"k-means {kind}, {k:,} clusters, {self.flops:.2g} flops"
+        return f"k-means with {k:,} clusters, {kind}, {self.flops:.2g} flops"
 
 
 def cost(

@@ -25,10 +25,6 @@ from .errors import InputError
 THROUGHPUTS = CONFIG_DIR / "throughputs.yaml"  # the rates benchmarks/stages.py measures
 CLUSTER_DIR = CONFIG_DIR / "cluster"
 SYNTH_BYTES_PER_SAMPLE = 35_000  # the synthetic pool at DataComp's 512 px: 664 MB of shards / 18,940 samples
-# where one flat k-means stops being practical: its Lloyd rounds run as tasks (pipeline/kmeans.py), but each
-# task returns k x d sums and every round's work is this many flops, more than a day of a 16-vCPU node at an
-# assumed ~50 GFLOP/s a vCPU of BLAS (not measured here; the warning's threshold, not part of any estimate)
-KMEANS_FLOPS_ONE_NODE = 1e17
 SYNTH_SUCCESS = 0.947  # its share of URLs that download (planted failures: 404, timeouts, opt-outs)
 
 
@@ -158,6 +154,16 @@ def estimate_step(i: int, call, sizes: Sizes, t: dict, cluster: Cluster) -> Esti
     return e
 
 
+# the scorers DataComp's metadata brings (import-metadata's defaults) and the models behind them
+DATACOMP_SCORER_MODELS = {"clip_b32": "ViT-B-32", "clip_l14": "ViT-L-14"}
+
+
+def scorer_dim(scorer: str) -> int:
+    """A scorer's embedding width for an estimate: DataComp's two by their models, else 768 (L/14's, the
+    widest in common use: an estimate errs high)."""
+    return embed_dim(DATACOMP_SCORER_MODELS[scorer]) if scorer in DATACOMP_SCORER_MODELS else 768
+
+
 @lru_cache(maxsize=None)  # a grid names the same models many times; each builds a model
 def embed_dim(model: str) -> int:
     from . import models
@@ -271,8 +277,7 @@ def render(p: dict) -> str:
         )
     lines += [
         "",
-        "assumes work divides evenly over the cluster and stages run one after another; start-up "
-        "costs and k-means are left out",
+        "assumes work divides evenly over the cluster and stages run one after another; start-up costs are left out",
         "",
         "throughputs used (configs/throughputs.yaml):",
     ]

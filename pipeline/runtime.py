@@ -62,6 +62,12 @@ def makedirs(url: str) -> None:
     fs.makedirs(path, exist_ok=True)
 
 
+def read_bytes(url: str) -> bytes:
+    fs, path = fs_path(url)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
 def read_json(url: str) -> Any:
     fs, path = fs_path(url)
     with fs.open(path, "r") as f:
@@ -74,14 +80,27 @@ def write_json(url: str, obj: Any) -> None:
 
 
 def write_bytes(url: str, data: bytes) -> None:
-    """Write a file atomically where the filesystem allows. The temporary name is the writer's own (pid
-    and a random suffix), so two writers never write into one file."""
+    """Write a file atomically where the filesystem allows (`atomic_writer`)."""
+    with atomic_writer(url) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(url: str):
+    """A file object whose content appears at `url` only once it is complete: written beside under the
+    writer's own temporary name (pid and a random suffix, so two writers never write into one file),
+    then renamed; removed instead when the block raises."""
     import uuid
 
     fs, path = fs_path(url)
     tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
+    try:
+        with fs.open(tmp, "wb") as f:
+            yield f
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
     fs.mv(tmp, path)
 
 

@@ -38,6 +38,7 @@ import json
 import math
 import tarfile
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -298,24 +299,18 @@ def write_uid_file(
             f"(a uid file holds each uid once, so it cannot repeat samples)"
         )
     cut = Cut() if size is None else _cut(pool, name, rule, Exclusion(), shards, hist, size)
-    parts = execute.map(_uids_task, shards, pool, name, rule, Exclusion(), cut, label=f"subset:{name} uids")
-    arr = np.sort(np.concatenate(parts)) if parts else np.empty(0, hashes.UID_DTYPE)
     want = kept if size is None else size
-    if len(arr) != want or (len(arr) > 1 and not np.all(arr[1:] != arr[:-1])):
-        raise StageError(
-            f"subset {name}: selected {len(arr)} distinct uids, not {want}; a uid repeats in {pool} or the "
-            f"decisions changed while it ran"
-        )
-    hashes.check_uid_array(arr, out)
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    runtime.write_bytes(out, buf.getvalue())  # atomic: written beside, then renamed
+    work = Pool(pool).work("uids", uuid.uuid4().hex[:12])  # this run's own: two runs never share it
+    try:
+        samples, sha256 = _write_sorted_uids(pool, name, rule, cut, shards, want, work, out)
+    finally:
+        runtime.remove(work, recursive=True)
     record = {
         "kind": "thresher.uids",
         "format": 1,
         "file": str(out).rsplit("/", 1)[-1],
-        "sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
-        "samples": len(arr),
+        "sha256": sha256,
+        "samples": samples,
         "plan": plan,
         "recipe_sha256": decisions["recipe_sha256"],
         "thresholds": decisions["thresholds"],
@@ -323,8 +318,83 @@ def write_uid_file(
         "code": runtime.code_version(),
     }
     runtime.write_json(sidecar, record)
-    log(f"[subset:{name}] {len(arr)} uids ({'all kept' if size is None else 'top N'} of {kept}) -> {out}")
+    log(f"[subset:{name}] {samples} uids ({'all kept' if size is None else 'top N'} of {kept}) -> {out}")
     return record
+
+
+# The uid file is one sorted array (1.4B uids = 22 GB at DataComp-1B's size), so it is sorted as tasks and
+# streamed: a task per shard group splits its selected uids into UID_BUCKETS ranges by their top byte (uids
+# are hex digests, spread evenly), a task per range sorts that range from every group, and the driver
+# writes the .npy header and then the ranges in order, one at a time, hashing as it goes.
+UID_BUCKETS = 256
+
+
+def _uids_map(g: int, groups: list[list[int]], pool, recipe, rule, exclude, cut, work: str) -> np.ndarray:
+    """Group g's selected uids into work/map/{g}.npz, a member b{b} per top byte; returns the counts [256]."""
+    parts = [_uids_task(s, pool, recipe, rule, exclude, cut) for s in groups[g]]
+    arr = np.concatenate(parts) if parts else np.empty(0, hashes.UID_DTYPE)
+    top = (arr["f0"] >> np.uint64(56)).astype(np.int64)
+    order = np.argsort(top, kind="stable")
+    counts = np.bincount(top, minlength=UID_BUCKETS)
+    bounds = np.r_[0, np.cumsum(counts)]
+    members = {f"b{b}": arr[order[bounds[b] : bounds[b + 1]]] for b in np.flatnonzero(counts)}
+    runtime.write_npz(runtime.join(work, "map", f"{g:06d}.npz"), members)
+    return counts
+
+
+def _uids_reduce(b: int, maps: list[int], work: str) -> tuple[int, int]:
+    """Range b's uids from the groups that have some, sorted, to work/sorted/{b}.bin (the raw `u8,u8`
+    rows): (uids, distinct uids)."""
+    parts = [runtime.read_npz(runtime.join(work, "map", f"{g:06d}.npz"), [f"b{b}"])[0] for g in maps]
+    arr = np.sort(np.concatenate(parts)) if parts else np.empty(0, hashes.UID_DTYPE)
+    runtime.write_bytes(runtime.join(work, "sorted", f"{b:03d}.bin"), arr.tobytes())
+    return len(arr), len(arr) - int(np.sum(arr[1:] == arr[:-1])) if len(arr) else 0
+
+
+def _uids_reduce_item(item: tuple[int, list[int]], work: str) -> tuple[int, int]:
+    return _uids_reduce(item[0], item[1], work)
+
+
+def _write_sorted_uids(pool, name, rule, cut, shards, want: int, work: str, out: str) -> tuple[int, str]:
+    """The selected uids, sorted, streamed into `out` (atomic); returns (uids, sha256 of the file)."""
+    for d in ("map", "sorted"):
+        runtime.makedirs(runtime.join(work, d))
+    n_groups = max(1, min(len(shards), 8 * execute.current().cpus(), 4096))
+    groups = [g.tolist() for g in np.array_split(np.array(shards), n_groups)] if shards else []
+    counts = execute.map(
+        _uids_map, range(len(groups)), groups, pool, name, rule, Exclusion(), cut, work, label=f"subset:{name} uids"
+    )  # [groups] x [256] counts: the driver's only view of the uids
+    per = np.stack(counts) if counts else np.zeros((0, UID_BUCKETS), np.int64)
+    todo = [(b, np.flatnonzero(per[:, b]).tolist()) for b in range(UID_BUCKETS) if per[:, b].sum()]
+    sizes = execute.map(_uids_reduce_item, todo, work, label=f"subset:{name} sort")
+    total, distinct = sum(n for n, _ in sizes), sum(d for _, d in sizes)
+    if total != want or distinct != total:
+        raise StageError(
+            f"subset {name}: selected {distinct} distinct uids, not {want}; a uid repeats in {pool} or the "
+            f"decisions changed while it ran"
+        )
+    header = io.BytesIO()  # the header np.save writes for this dtype and length
+    np.lib.format.write_array_header_1_0(
+        header,
+        {"descr": np.lib.format.dtype_to_descr(hashes.UID_DTYPE), "fortran_order": False, "shape": (total,)},
+    )
+    digest = hashlib.sha256(header.getvalue())
+    with runtime.atomic_writer(out) as f:
+        f.write(header.getvalue())
+        last = None
+        for b, _ in todo:  # one range at a time, in order: the driver never holds more than one
+            data = runtime.read_bytes(runtime.join(work, "sorted", f"{b:03d}.bin"))
+            arr = hashes.check_uid_array(np.frombuffer(data, hashes.UID_DTYPE), out)  # sorted, checked on write
+            if last is not None and len(arr) and not _uid_less(last, arr[0]):
+                raise StageError(f"subset {name}: uid range {b} does not follow the one before it")
+            last = arr[-1] if len(arr) else last
+            digest.update(data)
+            f.write(data)
+    return total, digest.hexdigest()
+
+
+def _uid_less(a, b) -> bool:
+    return (int(a["f0"]), int(a["f1"])) < (int(b["f0"]), int(b["f1"]))
 
 
 # ---------------------------------------------------------------------------------------------------

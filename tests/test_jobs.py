@@ -380,6 +380,9 @@ def test_plan_prints_totals_and_traces_every_throughput_to_a_measurement(capsys)
     text = capsys.readouterr().out
     assert "cluster: thresher-datacomp: 73 node(s), 5632 CPUs, 64 GPUs" in text
     assert re.search(r"total: wall [0-9.]+ h, .* CPU-hours, .* GPU-hours, .* TB", text)
+    # image-based filtering's k-means is costed (DataComp's 100k clusters: hierarchical), and nothing warns
+    assert "image_clusters: k-means with 100,000 clusters, hierarchical (317 coarse x ~315)" in text
+    assert "warning" not in text and "left out" in text and "k-means are left out" not in text
     p = plan.plan_job(jobs.load("build_subset_datacomp"))
     assert p["cpu_hours"] > 1e3 and p["gpu_hours"] > 0.1 and p["disk_bytes"] > 1e14
     table = plan.load_throughputs()
@@ -446,7 +449,7 @@ def test_ab_test_job_runs_end_to_end_with_a_plugin_from_outside(plugin_site, tmp
 def test_plan_warns_when_dedup_in_one_process_outgrows_the_head_node(tmp_path):
     """Dedup without --partitions holds the pool's base columns in one process: at 12.8B that is ~3 TB,
     more than the head node's memory, and the plan says so and names the partitioned path. Partitioned
-    SemDeDup spreads its products, but its k-means is one process: 11.5M clusters are too many."""
+    SemDeDup spreads its products and its k-means (hierarchical past 16,384 clusters) over tasks."""
 
     def render(args: str) -> str:
         path = write_job(
@@ -462,6 +465,6 @@ def test_plan_warns_when_dedup_in_one_process_outgrows_the_head_node(tmp_path):
     text = render("semantic: false, perceptual: false, partitions: 256")
     assert "warning: step 1" not in text and "exact over 256 partitions" in text
     text = render("perceptual: false, probes: 1, partitions: 1024")
-    assert "SemDeDup (12,121,600 clusters" in text and "over 1024 partitions" in text
-    assert "SemDeDup's k-means (12,121,600 clusters" in text and "not yet used by dedup" in text
+    assert "k-means with 12,121,600 clusters, hierarchical (3,482 coarse x ~3,481)" in text
+    assert "over 1024 partitions" in text and "warning" not in text  # its k-means is costed, not refused
     assert "warning" not in render("perceptual: false, probes: 1, partitions: 64, clusters: 100000")

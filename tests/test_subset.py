@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import re
 import shutil
 import subprocess
@@ -309,6 +310,10 @@ def test_uids_only_writes_the_same_selection_as_datacomp_uid_files(subsets, feat
         assert arr.dtype == np.dtype("u8,u8") and hashes.check_uid_array(arr, str(path)) is arr
         assert set(hashes.uids_of(arr)) == resharded and record["samples"] == N
         assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        assert path.read_bytes() == buf.getvalue()  # streamed range by range, byte for byte what np.save writes
+        assert len(np.unique(arr["f0"] >> np.uint64(56))) > 100  # the uids span most of the 256 ranges
         # without --size: every sample the recipe keeps, as DataComp's baseline scripts write them
         every = subset.write_uid_file(
             str(featured_pool), name, str(tmp_path / f"{name}-all.npy"), variables=VARS, **quiet
