@@ -489,9 +489,10 @@ def _prepare_image_clusters(pool: str, p: ImageClusters) -> dict:
     """Spherical k-means over the pool's embeddings, as tasks (pipeline/kmeans.py: a task per shard stages
     its share of the training rows, Lloyd steps return per-cluster sums), so the driver holds the
     centroids, never the pool's embeddings (13 TB for DataComp's 12.8B at L/14) nor a sample of them;
-    then each target image's nearest centroid."""
+    then each target image's nearest centroid, as tasks over slices of the target file (2 GB for
+    ImageNet's 1.28M at L/14), so the driver receives cluster ids only."""
     from ..pipeline import kmeans, runtime
-    from ..pipeline.pool import Pool, read_npy
+    from ..pipeline.pool import Pool
 
     if not runtime.exists(p.target_embeddings):
         raise InputError(
@@ -501,11 +502,11 @@ def _prepare_image_clusters(pool: str, p: ImageClusters) -> dict:
     shards = Pool(pool).shards()
     counts = {s: runtime.read_json(Pool(pool).feature_stats(p.scorer, s))["count"] for s in shards}
     total = sum(counts.values())
-    target = read_npy(p.target_embeddings).astype(np.float32)
+    target_shape = kmeans.npy_shape(p.target_embeddings)  # the rows are read by tasks, a slice each
     width = kmeans.npy_shape(Pool(pool).embeddings(p.scorer, shards[0]))[1] if shards else None
-    if target.ndim != 2 or target.shape[1] != width:
+    if len(target_shape) != 2 or target_shape[1] != width:
         raise InputError(
-            f"image_clusters: target embeddings {p.target_embeddings} have shape {target.shape}; "
+            f"image_clusters: target embeddings {p.target_embeddings} have shape {target_shape}; "
             f"the pool's {p.scorer} embeddings are {width}-d (same model needed)"
         )
     k = max(1, min(p.clusters, min(p.sample, total) // 10))
@@ -528,8 +529,8 @@ def _prepare_image_clusters(pool: str, p: ImageClusters) -> dict:
         km.load()  # a hierarchy's fine centroids travel with the filter's steps: one centroid set a task
     finally:
         runtime.remove(work, recursive=True)
-    chosen = np.unique(km.nearest(target)[0])
-    info = {"clusters": km.k, "trained_on": km.train_rows, "targets": len(target), "clusters_kept": len(chosen)}
+    chosen = kmeans.chosen_clusters(p.target_embeddings, km)
+    info = {"clusters": km.k, "trained_on": km.train_rows, "targets": target_shape[0], "clusters_kept": len(chosen)}
     return {"clusters": km, "chosen": chosen, "info": {**info, "hierarchical": isinstance(km, kmeans.Hierarchy)}}
 
 

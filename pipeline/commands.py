@@ -614,8 +614,8 @@ def _dedup_partitioned(cfg, n: float, t: dict) -> Estimate:
     """Ray tasks over partitions: spread over the cluster, ~100 B a row staged for exact."""
     e = Estimate(
         what=f"{n:,.0f} samples: exact",
-        cpu_s=n / rate(t, "dedup.exact_partitioned"),
-        inputs=["dedup.exact_partitioned"],
+        cpu_s=n / rate(t, "scale.dedup_exact"),
+        inputs=["scale.dedup_exact"],
         disk_bytes=n * 80 + n * 100,
     )
     e.cores = cfg.partitions  # each round has a task per partition (or shard group) at most
@@ -714,8 +714,8 @@ def run_import_metadata(args: ImportMetadataArgs) -> None:
 def plan_import(args, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
     return Estimate(
         what=f"{sizes.pool:,.0f} rows imported",
-        inputs=["stages.features_base"],
-        cpu_s=sizes.pool / rate(t, "stages.features_base"),
+        inputs=["scale.import_metadata"],
+        cpu_s=sizes.pool / rate(t, "scale.import_metadata"),
     )
 
 
@@ -771,8 +771,8 @@ def plan_filter(args: FilterArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Es
     n, recipes = sizes.downloaded, len(args.recipe)
     e = Estimate(
         what=f"{recipes} recipe(s) x {n:,.0f} samples",
-        inputs=["filter.stage"],
-        cpu_s=recipes * n / rate(t, "filter.stage"),
+        inputs=["scale.filter"],
+        cpu_s=recipes * n / rate(t, "scale.filter"),
         disk_bytes=recipes * n * 60,
     )
     for recipe in args.recipe:  # pool-wide work a step prepares first: image_clusters' k-means
@@ -924,8 +924,8 @@ def plan_subset(args: SubsetArgs, sizes: Sizes, t: dict, cluster: Cluster) -> Es
     if args.uids_only:
         return Estimate(
             what=f"{args.recipe[0]} as a uid file",
-            inputs=["subset.select"],
-            cpu_s=sizes.downloaded / rate(t, "subset.select"),
+            inputs=["scale.subset_uids"],
+            cpu_s=sizes.downloaded / rate(t, "scale.subset_uids"),
         )
     recipes, size, out = args.recipe, args.size, args.out
     for r in recipes:  # what the audit steps after it read

@@ -53,6 +53,16 @@ of k (proportional to its rows, largest remainder) with FAISS's spherical k-mean
 to `fine/{j}.npy`. The driver holds the k1 coarse centroids and k1 counts, never all k centroids; the
 result names the files. Assigning rows to the fine centroids (nearest coarse cluster, then nearest fine
 centroid within it: `Hierarchy.nearest`) needs the fine centroids of the coarse clusters a task meets.
+The training rows of each coarse cluster are clustered in key order, so a hierarchy too is the same
+however the rows were split into items.
+
+`fit_clusters` is what the callers use: flat up to `flat_max` (FLAT_MAX = 16,384) clusters,
+hierarchical past it. Both results answer `routes()` (the centroids a row is routed by: all of them, or
+the coarse ones), `within(x, j)` (labels of rows routed to j: j itself, or the nearest fine centroid
+of coarse cluster j, read and not kept), `nearest(x)` and `load()`. SemDeDup routes rows to partitions
+by `routes()` and labels them `within` in its reduce tasks, so no process holds every fine centroid;
+`image_clusters` loads the k fine centroids (one set, 307 MB at DataComp's 100k x 768) into the
+filter's steps for its per-shard tasks. `cost` is the algorithm's flop count, which `--plan` uses.
 """
 
 from __future__ import annotations
@@ -738,13 +748,51 @@ def fit_hierarchical(
         runtime.remove(work, recursive=True)
 
 
+def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(f)
+
+
 def npy_shape(url: str) -> tuple[int, ...]:
     """The shape in a .npy file's header, without reading its rows."""
     fs, path = runtime.fs_path(url)
     with fs.open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        return tuple(read(f)[0])
+        try:
+            return tuple(_npy_header(f)[0])
+        except ValueError as err:
+            raise InputError(f"{url}: not a .npy file ({err})") from None
+
+
+def npy_rows(url: str, start: int, stop: int) -> np.ndarray:
+    """Rows start to stop of a C-ordered .npy file, read by seeking past the others (local or object
+    storage), so a task can take its slice of a large array without reading all of it."""
+    fs, path = runtime.fs_path(url)
+    with fs.open(path, "rb") as f:
+        shape, fortran, dtype = _npy_header(f)
+        if fortran or dtype.hasobject:
+            raise InputError(f"{url}: a C-ordered numeric .npy is needed")
+        width = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+        start, stop = max(0, start), min(stop, shape[0] if shape else 0)
+        f.seek(f.tell() + start * width * dtype.itemsize)
+        data = f.read(max(0, stop - start) * width * dtype.itemsize)
+    return np.frombuffer(data, dtype).reshape((max(0, stop - start), *shape[1:]))
+
+
+def _nearest_labels(span: tuple[int, int], url: str, clusters) -> np.ndarray:
+    """The distinct nearest clusters of rows span[0] to span[1] of the .npy at `url`."""
+    return np.unique(clusters.nearest(npy_rows(url, *span).astype(np.float32))[0])
+
+
+def chosen_clusters(url: str, clusters, rows_per_task: int = 100_000) -> np.ndarray:
+    """Every cluster that is some row's nearest, for the rows of the .npy at `url` (a target set:
+    1.28M ImageNet embeddings are 2 GB at 768-d), a task per `rows_per_task` rows; the driver
+    receives cluster ids only."""
+    n = npy_shape(url)[0]
+    spans = [(a, min(n, a + rows_per_task)) for a in range(0, n, rows_per_task)]
+    ref = execute.current().share(clusters)
+    parts = execute.map(_nearest_labels, spans, url, ref, label="k-means: target clusters")
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
 def fit_clusters(

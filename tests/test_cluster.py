@@ -10,7 +10,8 @@ the environment, as a real cluster's would from its nodes' configuration.
 times on a 1,500-sample synthetic pool in 10 download shards: locally, on the cluster while worker nodes
 are removed mid-stage (download, base features, subset), and on the cluster with the pool and subset on
 s3://. The three give the same decisions, the same subset (uids and shard bytes) and, with nodes lost,
-every input row once and no partial file.
+every input row once and no partial file. After the node-loss run, dedup over partitions (Ray tasks)
+loses a node too and gives the local run's in-process verdicts.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import pyarrow.compute as pc
 import pytest
 from conftest import free_port
 
+from thresher.pipeline import dedup, runtime, subset
 from thresher.pipeline import filter as filtering
-from thresher.pipeline import runtime, subset
 from thresher.pipeline.pool import Pool
 
 pytestmark = pytest.mark.slow
@@ -108,11 +109,14 @@ def run_job(out: Path, port: int, config: str, store: str = ".", address: str | 
         argv += ["--var", f"{k}={v}"]
     if address:
         argv += ["--ray-address", address]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out.parent.mkdir(parents=True, exist_ok=True)
-    log = out.parent / f"{out.name}.log"
+    run_cli(argv, out.parent, out.parent / f"{out.name}.log", watch)
+
+
+def run_cli(argv: list[str], cwd: Path, log: Path, watch=None) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with open(log, "w") as f:
-        proc = subprocess.Popen(argv, cwd=out.parent, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 900
         while proc.poll() is None and time.monotonic() < deadline:
             if watch:
@@ -132,14 +136,16 @@ def local_run(tmp_path_factory, job_port, download_config):
 
 class NodeKiller:
     """Removes a worker node, and adds a fresh one so the job keeps two, when a stage is part-way (some
-    but not all of its completion markers are there). Records which stages lost a node."""
+    but not all of its completion markers are there, or a condition of its own holds). Records which
+    stages lost a node."""
 
     def __init__(self, cluster, stages: dict):
         self.cluster, self.stages, self.hit = cluster, stages, []
 
     def __call__(self):
-        for name, (pattern, total) in self.stages.items():
-            if name not in self.hit and 0 < len(runtime.glob(pattern)) < total:
+        for name, when in self.stages.items():
+            part_way = when() if callable(when) else 0 < len(runtime.glob(when[0])) < when[1]
+            if name not in self.hit and part_way:
                 self.cluster.remove_node(next(iter(self.cluster.worker_nodes)), allow_graceful=False)
                 self.cluster.add_node(num_cpus=1, object_store_memory=300 * 2**20)
                 self.hit.append(name)
@@ -189,6 +195,17 @@ def test_build_subset_on_a_cluster_that_loses_nodes_matches_a_local_run(
     ok = meta.filter(pc.equal(meta.column("status"), "success")).num_rows
     assert ok == sum(Pool(str(pool)).successful_rows(s).num_rows for s in Pool(str(pool)).shards())
     _same_outputs(local_run, str(pool), str(out / "subset"))
+
+    # dedup as Ray tasks over partitions (the job's own runs in one process), a node lost once its map
+    # round has started: the same verdicts as the local run's in-process dedup (exact, PDQ, contamination)
+    work = pool / "dedup" / "_work"
+    dedup_killer = NodeKiller(cluster, {"dedup": lambda: (work / "map").is_dir() and not (work / "pverdict").exists()})
+    evals = [str(out / "source" / "eval" / e) for e in ("shapes_kind", "shapes_color")]
+    argv = [THRESHER, "dedup", str(pool), "--no-semantic", "--eval-sets", ",".join(evals), "--partitions", "10"]
+    run_cli([*argv, "--ray-address", cluster.address], out, out.parent / "dedup.log", watch=dedup_killer)
+    assert dedup_killer.hit == ["dedup"]
+    assert dedup.read(str(pool)).to_pylist() == dedup.read(str(local_run / "pool")).to_pylist()
+    assert not work.exists()
 
 
 def test_build_subset_on_a_cluster_with_the_pool_on_s3_matches_a_local_run(

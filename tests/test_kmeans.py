@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from thresher.pipeline import execute, kmeans
+from thresher.pipeline.errors import InputError
 
 N, D, K, ITERS = 20_000, 32, 100, 20
 
@@ -290,3 +291,17 @@ def test_fit_clusters_is_flat_up_to_flat_max_and_hierarchical_past_it(tmp_path):
         np.testing.assert_array_equal(got, km.nearest(x)[0])
     hier.load()
     assert len(hier._cache) == 5
+
+
+def test_npy_rows_reads_a_slice_and_chosen_clusters_equals_the_whole_array(tmp_path):
+    x = clustered(n=2500)
+    np.save(tmp_path / "t.npy", x.astype(np.float16))
+    np.testing.assert_array_equal(kmeans.npy_rows(str(tmp_path / "t.npy"), 700, 1300), x[700:1300].astype(np.float16))
+    assert kmeans.npy_rows(str(tmp_path / "t.npy"), 2400, 9999).shape == (100, D)
+    with execute.using(execute.LocalExecutor()):
+        km = kmeans.fit(files(tmp_path, x, 2), np.load, 40, work=str(tmp_path / "w"), iters=3)
+        got = kmeans.chosen_clusters(str(tmp_path / "t.npy"), km, rows_per_task=300)
+    np.testing.assert_array_equal(got, np.unique(km.nearest(x.astype(np.float16).astype(np.float32))[0]))
+    (tmp_path / "bad.npy").write_text("not an array")
+    with pytest.raises(InputError, match="bad.npy: not a .npy file"):
+        kmeans.npy_shape(str(tmp_path / "bad.npy"))
