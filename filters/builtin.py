@@ -477,6 +477,7 @@ class ImageClusters:
     flat_max: int = opt(
         16_384, "past this many clusters k-means is hierarchical (sqrt(k) coarse clusters, each split into its share)"
     )
+    gpu: bool = opt(True, "k-means on the GPU (faiss-gpu) when the cluster has one and faiss can use it")
 
 
 def _image_clusters_needs(p: ImageClusters) -> list[str]:
@@ -518,6 +519,7 @@ def _prepare_image_clusters(pool: str, p: ImageClusters) -> dict:
             k,
             work=work,
             flat_max=p.flat_max,
+            gpu=p.gpu,
             iters=p.iters,
             seed=p.seed,
             rows=total,

@@ -468,6 +468,7 @@ class ScorerSettings:
     precision: str | None = arg(None, "auto, fp32, fp16 or bf16 (default auto)")
     actors: int | None = arg(None, "model actors; 0 = one per GPU or one on CPU (default 0)")
     actor_cpus: float | None = arg(None, "CPUs per model actor (default 1)")
+    decode: str | None = arg(None, "where JPEGs are decoded: auto, cpu or actor (default auto: actor on a GPU)")
 
 
 @args_dataclass

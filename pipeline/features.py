@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import execute, models, runtime, schema
+from . import decode, execute, models, runtime, schema
 from .config import check_name, config_hash, opt, to_dict
 from .errors import InputError, StageError
 from .pool import Pool, completed, read_npy
@@ -180,6 +180,11 @@ class ScorerConfig:
     actor_cpus: float = opt(1.0, "CPUs reserved per model actor (its torch threads)")
     decode_batch: int = opt(256, "rows per batch handed from decoding to the model")
     decode_memory_mb: int = opt(1536, "memory reserved per decoding task (it holds one shard's images)")
+    decode: str = opt(
+        "auto",
+        "where JPEGs are decoded and resized: cpu (PIL in the decoding tasks), actor (torchvision's decode_jpeg "
+        "in the model actor, on its device: nvJPEG on a GPU), or auto (actor when the actors have a GPU)",
+    )
 
 
 def _device(cfg: ScorerConfig, ex) -> str:
@@ -188,8 +193,11 @@ def _device(cfg: ScorerConfig, ex) -> str:
     return "cuda" if ex.gpus() >= 1 else "cpu"
 
 
-def _decode_shards(batch: dict, pool: str, scorer_dir: str, pp_cfg: dict, model: str, rows_per_batch: int):
-    """Ray Data task: whole shards in, batches of resized uint8 pixels and caption tokens out."""
+def _decode_shards(
+    batch: dict, pool: str, scorer_dir: str, pp_cfg: dict, model: str, rows_per_batch: int, where: str = "cpu"
+):
+    """Ray Data task: whole shards in, batches of resized uint8 pixels (or, to be decoded in the model
+    actor, the images' bytes: pipeline/decode.py) and caption tokens out."""
     import open_clip
     from PIL import Image
 
@@ -209,6 +217,17 @@ def _decode_shards(batch: dict, pool: str, scorer_dir: str, pp_cfg: dict, model:
         captions = rows.column("caption").to_pylist()
         for start in range(0, len(keys), rows_per_batch):
             sl = slice(start, start + rows_per_batch)
+            if where == "actor":
+                blobs = [images.get(k, b"") for k in keys[sl]]
+                yield {
+                    "shard": np.full(len(blobs), shard, np.int64),
+                    "key": np.array(keys[sl], dtype=object),
+                    "uid": np.array(uids[sl], dtype=object),
+                    "image": np.array(blobs, dtype=object),
+                    "tokens": models.tokenize(tokenizer, captions[sl]),
+                    "error": np.array(["" if k in images else "image missing from the tar" for k in keys[sl]], object),
+                }
+                continue
             pixels, errors = [], []
             for key in keys[sl]:
                 try:
@@ -260,9 +279,14 @@ class ClipEmbedder:
             if self.autocast
             else contextlib.nullcontext()
         )
+        if "image" in batch:  # decoded here, on the model's device (pipeline/decode.py)
+            pixels, errors = decode.decode_batch(list(batch["image"]), list(batch["error"]), self.pp_cfg, self.device)
+            batch = {**batch, "error": np.array(errors, dtype=object)}
+        else:
+            pixels = batch["pixels"]
         with torch.inference_mode(), ctx:
             tokens = torch.as_tensor(batch["tokens"].astype(np.int64), device=self.device)
-            img = models.encode_images(self.model, batch["pixels"], self.pp_cfg, self.device)
+            img = models.encode_images(self.model, pixels, self.pp_cfg, self.device)
             txt = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
         img, txt = img.cpu().numpy(), txt.cpu().numpy()
         bad = np.array([bool(e) for e in batch["error"]])
@@ -374,7 +398,12 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, todo, expected, log) -> dict[i
         num_cpus=decode_cpus,
         memory=cfg.decode_memory_mb * 2**20,
         fn_kwargs=dict(
-            pool=pool, scorer_dir=scorer_dir, pp_cfg=pp_cfg, model=cfg.model, rows_per_batch=cfg.decode_batch
+            pool=pool,
+            scorer_dir=scorer_dir,
+            pp_cfg=pp_cfg,
+            model=cfg.model,
+            rows_per_batch=cfg.decode_batch,
+            where=decode.resolve(cfg.decode, device, pp_cfg),
         ),
     )
     ds = ds.map_batches(
@@ -456,6 +485,7 @@ def _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, shards, failed
         "weights": weights,
         "preprocess": pp_cfg,
         "device": device,
+        "decode": decode.resolve(cfg.decode, device, pp_cfg),
         "source": "computed",
         **runtime.provenance(),
         "shards": {

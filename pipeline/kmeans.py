@@ -644,11 +644,15 @@ def _partition(c: int, chunks: list[list[int]], work: str, coarse: np.ndarray) -
     return counts
 
 
-def _fine_item(item: tuple[int, list[int], int], work: str, iters: int, seed: int, out: str) -> tuple[int, float]:
-    return _fine(*item[:1], work, item[1], item[2], iters, seed, out)
+def _fine_item(
+    item: tuple[int, list[int], int], work: str, iters: int, seed: int, out: str, gpu: bool = False
+) -> tuple[int, float]:
+    return _fine(*item[:1], work, item[1], item[2], iters, seed, out, gpu)
 
 
-def _fine(j: int, work: str, parts: list[int], kj: int, iters: int, seed: int, out: str) -> tuple[int, float]:
+def _fine(
+    j: int, work: str, parts: list[int], kj: int, iters: int, seed: int, out: str, gpu: bool = False
+) -> tuple[int, float]:
     """Coarse cluster j's training rows (from every partition file that has some) into kj clusters with
     FAISS's spherical k-means, in key order (FAISS seeds on row positions: the same rows in the same order
     whatever the chunks were); the centroids to out/{j}.npy. Returns (rows, summed cosine)."""
@@ -664,6 +668,7 @@ def _fine(j: int, work: str, parts: list[int], kj: int, iters: int, seed: int, o
         km = faiss.Kmeans(
             x.shape[1], kj, niter=iters, seed=seed + j, spherical=True, verbose=False,
             max_points_per_centroid=max(1, math.ceil(len(x) / kj)), min_points_per_centroid=1,
+            gpu=bool(_faiss_gpus(gpu)),
         )  # fmt: skip
         km.train(x)
         c = km.centroids.copy()
@@ -707,6 +712,7 @@ def fit_hierarchical(
     init_points_per_centroid: int = INIT_POINTS_PER_CENTROID,
     coarse_k: int | None = None,
     tasks: int | None = None,
+    gpu: bool = False,
     label: str = "k-means (hierarchical)",
 ) -> Hierarchy | None:
     """k-means with k split over ceil(sqrt(k)) coarse clusters (module docstring). The fine centroids
@@ -721,8 +727,9 @@ def fit_hierarchical(
         n_train = sum(st.sizes.values())
         k = min(k, n_train)
         k1 = min(coarse_k or math.ceil(math.sqrt(k)), k)
-        coarse = _lloyd_rounds(st, k1, iters, seed, tol, init_points_per_centroid, tasks, False, f"{label}: coarse")
+        coarse = _lloyd_rounds(st, k1, iters, seed, tol, init_points_per_centroid, tasks, gpu, f"{label}: coarse")
         ex = execute.current()
+        on_gpu, res = _gpu_resources(gpu, ex)
         chunks = _chunks(st.sizes, tasks or default_tasks(n_train, ex))
         runtime.makedirs(runtime.join(work, "part"))
         runtime.makedirs(out)
@@ -733,7 +740,7 @@ def fit_hierarchical(
         rows_per = per_chunk.sum(axis=0)
         kj = shares(rows_per, k)
         todo = [(j, np.flatnonzero(per_chunk[:, j]).tolist(), int(kj[j])) for j in range(k1) if kj[j]]
-        fine = execute.map(_fine_item, todo, work, iters, seed, out, label=f"{label}: fine")
+        fine = execute.map(_fine_item, todo, work, iters, seed, out, on_gpu, label=f"{label}: fine", resources=res)
         offsets = np.r_[0, np.cumsum(kj)].astype(np.int64)
         cos = math.fsum(c for _, c in fine)
         return Hierarchy(
@@ -810,7 +817,7 @@ def fit_clusters(
     if k <= flat_max:
         return fit(items, reader, k, work=work, gpu=gpu, **kw)
     out = runtime.join(work, f"fine-{uuid.uuid4().hex[:12]}")
-    return fit_hierarchical(items, reader, k, work=work, out=out, **kw)
+    return fit_hierarchical(items, reader, k, work=work, out=out, gpu=gpu, **kw)
 
 
 @dataclass

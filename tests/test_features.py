@@ -126,7 +126,8 @@ def test_rerun_redoes_only_unfinished_shards(featured_pool, tmp_path, ray_local)
     assert not (d / "_parts" / "00000001").exists()
 
 
-def test_corrupt_image_and_unreadable_shard_are_recorded(featured_pool, tmp_path, ray_local):
+@pytest.mark.parametrize("where", ["cpu", "actor"])
+def test_corrupt_image_and_unreadable_shard_are_recorded(featured_pool, tmp_path, ray_local, where):
     small = _small_pool(featured_pool, tmp_path, shards=(0, 1, 2))
     # shard 0: one image's bytes replaced by garbage
     tar_path = small / "shards" / "00000000.tar"
@@ -144,7 +145,7 @@ def test_corrupt_image_and_unreadable_shard_are_recorded(featured_pool, tmp_path
     t1.write_bytes(t1.read_bytes()[: t1.stat().st_size // 2 + 77])
 
     with pytest.raises(StageError, match="00000001"):
-        features.run_scorer(str(small), features.ScorerConfig(), log=lambda *_: None)
+        features.run_scorer(str(small), features.ScorerConfig(decode=where), log=lambda *_: None)
     d = small / "features" / "clip_tiny"
     manifest = json.loads((d / "manifest.json").read_text())
     assert list(manifest["shards"]["failed"]) == ["00000001"]
@@ -221,3 +222,47 @@ def test_precomputed_scores_and_npz_embeddings_are_imported(featured_pool, tmp_p
     np.testing.assert_allclose(table.column("clip_score").to_numpy(), score[ok], rtol=1e-6)
     np.testing.assert_allclose(img.astype(np.float32), emb[ok], atol=1e-2)
     np.testing.assert_allclose(txt.astype(np.float32), -emb[ok], atol=1e-2)
+
+
+def test_decoding_in_the_model_actor_agrees_with_the_cpu_path(featured_pool, tmp_path, ray_local):
+    """`decode: actor` (torchvision's decode_jpeg in the model actor: nvJPEG on a GPU, its CPU decoder
+    here) against PIL in the decoding tasks, on two shards of the synthetic pool: the same rows and
+    errors, and image embeddings within a cosine of 0.999 of each other (different resize kernels)."""
+    small = _small_pool(featured_pool, tmp_path)
+    for sid, where in (("cpu_decoded", "cpu"), ("actor_decoded", "actor")):
+        m = features.run_scorer(str(small), features.ScorerConfig(scorer_id=sid, decode=where), log=lambda *_: None)
+        assert m["decode"] == where and m["device"] == "cpu"
+    a = features.read_scorer(str(small), "cpu_decoded", with_embeddings=True)
+    b = features.read_scorer(str(small), "actor_decoded", with_embeddings=True)
+    assert a[0].column("uid").to_pylist() == b[0].column("uid").to_pylist()
+    assert a[0].column("error").to_pylist() == b[0].column("error").to_pylist()
+    ok = np.linalg.norm(a[1].astype(np.float32), axis=1) > 0.5
+    cos = (a[1][ok].astype(np.float32) * b[1][ok].astype(np.float32)).sum(axis=1)
+    print(f"actor vs cpu decode: cosine min {cos.min():.5f}, mean {cos.mean():.6f} over {ok.sum()} images")
+    assert ok.sum() > 100 and cos.min() >= 0.999
+    np.testing.assert_array_equal(a[2], b[2])  # the text side does not depend on decoding
+
+
+def test_decode_batch_falls_back_to_pil_and_records_what_nothing_can_read():
+    from PIL import Image
+
+    from thresher.pipeline import decode, models
+
+    pp = models.preprocess_config("thresher-tiny", None)
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    jpg, png = io.BytesIO(), io.BytesIO()
+    img.save(jpg, "JPEG", quality=95), img.save(png, "PNG")
+    broken = jpg.getvalue()[:200]  # a JPEG's start only: decode_jpeg and PIL both refuse it
+    blobs = [jpg.getvalue(), png.getvalue(), broken, b"", b"garbage"]
+    pixels, errors = decode.decode_batch(blobs, ["", "", "", "image missing from the tar", ""], pp, "cpu")
+    assert pixels.shape == (5, 64, 64, 3) and str(pixels.dtype) == "torch.uint8"
+    assert errors[0] == errors[1] == "" and errors[2].startswith("decode_error")
+    assert errors[3] == "image missing from the tar" and errors[4].startswith("decode_error")
+    want = np.asarray(models.pil_transform(pp)(img), dtype=np.int16)
+    assert np.abs(pixels[1].numpy().astype(np.int16) - want).max() == 0  # PNG: PIL's own path
+    # JPEG: torchvision's decoder and tensor resize against PIL's on the same file, a level or two apart
+    want_jpg = np.asarray(models.pil_transform(pp)(Image.open(io.BytesIO(jpg.getvalue())).convert("RGB")), np.int16)
+    assert np.abs(pixels[0].numpy().astype(np.int16) - want_jpg).mean() < 2
+    assert int(pixels[2].sum()) == int(pixels[3].sum()) == 0
+    assert decode.resolve("auto", "cpu", pp) == "cpu" and decode.resolve("auto", "cuda:0", pp) == "actor"
