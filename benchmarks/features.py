@@ -8,6 +8,7 @@ what a user waits for. Both embed image and caption and compute the score.
 
     python benchmarks/features.py [--samples 4000] [--model thresher-small] [--batch-size 256]
     python benchmarks/features.py --device cuda --model ViT-B-32 --samples 20000   # on a GPU machine
+    python benchmarks/features.py --decode actor    # ours decoding in the model actor (nvJPEG on a GPU)
 
 The pool is written straight to disk as shards (drawn with the synthetic world's renderer), so the
 benchmark needs no server and no download. Prints samples/s for both and the ratio ours/plain
@@ -194,6 +195,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--actor-cpus", type=float, default=1.0)
+    ap.add_argument(
+        "--decode", default="auto", help="ours: auto, cpu (PIL in decoding tasks) or actor (pipeline/decode.py)"
+    )
     ap.add_argument("--model-only", action="store_true", help="time only our model actor on decoded batches")
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--no-ray", action="store_true", help="skip ours (e.g. where Ray is not installed)")
@@ -250,6 +254,8 @@ def main() -> None:
                     "bench",
                     "--actor-cpus",
                     str(args.actor_cpus),
+                    "--decode",
+                    args.decode,
                     *common,
                 ]
             )
