@@ -829,7 +829,6 @@ class Cost:
     hierarchical: bool
     coarse: int  # k1 (hierarchical), or k
     driver_bytes: float  # the most the driver holds at once: a centroid set and one running sum
-    task_bytes: float  # the most one Lloyd or assignment task holds: its centroids and its sums
 
     def describe(self, k: int) -> str:
         kind = f"hierarchical ({self.coarse:,} coarse x ~{k / self.coarse:,.0f})" if self.hierarchical else "flat"
@@ -851,8 +850,8 @@ def cost(
         return 2 * d * (init + iters * n * kk)
 
     if k <= flat_max:
-        return Cost(flat(k, train) + 2 * d * assign_rows * k, False, k, 2 * k * d * 12, k * d * 12)
+        return Cost(flat(k, train) + 2 * d * assign_rows * k, False, k, 2 * k * d * 12)
     k1 = math.ceil(math.sqrt(k))
     fine = k / k1
     flops = flat(k1, train) + 2 * d * train * k1 + 2 * d * iters * train * fine + 2 * d * assign_rows * (k1 + fine)
-    return Cost(flops, True, k1, 2 * k1 * d * 12, max(k1, fine) * d * 12 + train / k1 * d * 4)
+    return Cost(flops, True, k1, 2 * k1 * d * 12)
