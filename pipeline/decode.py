@@ -23,6 +23,7 @@ import io
 import numpy as np
 
 from . import models
+from .errors import InputError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -44,8 +45,6 @@ def tensor_transform(pp_cfg: dict):
 def resolve(decode: str, device: str, pp_cfg: dict) -> str:
     """`cpu` or `actor` for a scorer's `decode` setting, its model device and preprocessing."""
     if decode not in ("auto", "cpu", "actor"):
-        from .errors import InputError
-
         raise InputError(f"decode must be auto, cpu or actor, not {decode!r}")
     if decode == "auto":
         decode = "actor" if device.startswith("cuda") else "cpu"
@@ -56,6 +55,7 @@ def decode_batch(blobs: list[bytes], errors: list[str], pp_cfg: dict, device: st
     """uint8 NHWC pixels on `device` for a batch of encoded images, and each row's error ("" when it
     decoded). A row that already has an error (missing from the tar) stays zeros."""
     import torch
+    from PIL import Image
     from torchvision.io import ImageReadMode, decode_jpeg
 
     size = pp_cfg["size"] if isinstance(pp_cfg["size"], (list, tuple)) else (pp_cfg["size"], pp_cfg["size"])
@@ -74,8 +74,6 @@ def decode_batch(blobs: list[bytes], errors: list[str], pp_cfg: dict, device: st
     cpu = models.pil_transform(pp_cfg)
     for i in sorted(rest):  # not JPEG, or a JPEG nvJPEG could not decode: PIL, one at a time
         try:
-            from PIL import Image
-
             pixels = np.asarray(cpu(Image.open(io.BytesIO(bytes(blobs[i]))).convert("RGB")), dtype=np.uint8)
             out[i] = torch.as_tensor(pixels, device=device)
         except Exception as err:  # noqa: BLE001 - a bad image is recorded, not fatal

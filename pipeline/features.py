@@ -40,6 +40,8 @@ from .config import check_name, config_hash, opt, to_dict
 from .errors import InputError, StageError
 from .pool import Pool, completed, read_npy
 
+MISSING = "image missing from the tar"  # a row's error when its image is not in the shard's tar
+
 # ---------------------------------------------------------------------------------------------------
 # Base features
 
@@ -87,7 +89,7 @@ def base_table(rows: pa.Table, images: dict[str, bytes] | None) -> pa.Table:
         data = images.get(key)
         try:
             if data is None:
-                raise ValueError("image missing from the tar")
+                raise ValueError(MISSING)
             h, q = pdq_hash(Image.open(io.BytesIO(data)))
             pdq.append(h), quality.append(q), errors.append(None)
         except Exception as err:  # noqa: BLE001 - a bad image is recorded, not fatal
@@ -217,16 +219,16 @@ def _decode_shards(
         captions = rows.column("caption").to_pylist()
         for start in range(0, len(keys), rows_per_batch):
             sl = slice(start, start + rows_per_batch)
-            if where == "actor":
-                blobs = [images.get(k, b"") for k in keys[sl]]
-                yield {
-                    "shard": np.full(len(blobs), shard, np.int64),
-                    "key": np.array(keys[sl], dtype=object),
-                    "uid": np.array(uids[sl], dtype=object),
-                    "image": np.array(blobs, dtype=object),
-                    "tokens": models.tokenize(tokenizer, captions[sl]),
-                    "error": np.array(["" if k in images else "image missing from the tar" for k in keys[sl]], object),
-                }
+            batch_out = {
+                "shard": np.full(len(keys[sl]), shard, np.int64),
+                "key": np.array(keys[sl], dtype=object),
+                "uid": np.array(uids[sl], dtype=object),
+                "tokens": models.tokenize(tokenizer, captions[sl]),
+            }
+            if where == "actor":  # the bytes as stored; the model actor decodes them
+                batch_out["image"] = np.array([images.get(k, b"") for k in keys[sl]], dtype=object)
+                batch_out["error"] = np.array(["" if k in images else MISSING for k in keys[sl]], dtype=object)
+                yield batch_out
                 continue
             pixels, errors = [], []
             for key in keys[sl]:
@@ -237,18 +239,8 @@ def _decode_shards(
                     errors.append("")
                 except Exception as err:  # noqa: BLE001 - a bad image is recorded, not fatal
                     pixels.append(np.zeros((size[0], size[1], 3), np.uint8))
-                    errors.append(
-                        ("image missing from the tar" if isinstance(err, KeyError) else f"decode_error: {err}")[:300]
-                    )
-            n = len(pixels)
-            yield {
-                "shard": np.full(n, shard, np.int64),
-                "key": np.array(keys[sl], dtype=object),
-                "uid": np.array(uids[sl], dtype=object),
-                "pixels": np.stack(pixels),
-                "tokens": models.tokenize(tokenizer, captions[sl]),
-                "error": np.array(errors, dtype=object),
-            }
+                    errors.append((MISSING if isinstance(err, KeyError) else f"decode_error: {err}")[:300])
+            yield {**batch_out, "pixels": np.stack(pixels), "error": np.array(errors, dtype=object)}
 
 
 class ClipEmbedder:
@@ -364,18 +356,19 @@ def run_scorer(pool: str, cfg: ScorerConfig, ray_address: str | None = None, log
     failed: dict[int, str] = {}
     ex = execute.start(ray_address)
     device = _device(cfg, ex)
+    where = decode.resolve(cfg.decode, device, pp_cfg)  # where images are decoded: cpu or actor
     if todo:
         for s in todo:  # whatever a killed run left of these shards is redone from scratch
             runtime.remove(runtime.join(scorer_dir, "_parts", f"{s:08d}"), recursive=True)
             runtime.remove(runtime.join(scorer_dir, f"{s:08d}_error.json"))
         expected = {s: Pool(pool).successful_rows(s).num_rows for s in todo}
-        failed = _embed(pool, scorer_dir, cfg, pp_cfg, device, todo, expected, log)
-    manifest = _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, shards, failed)
+        failed = _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log)
+    manifest = _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, where, shards, failed)
     execute.raise_failures(f"features {cfg.scorer_id}", failed)
     return manifest
 
 
-def _embed(pool, scorer_dir, cfg, pp_cfg, device, todo, expected, log) -> dict[int, str]:
+def _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log) -> dict[int, str]:
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -403,7 +396,7 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, todo, expected, log) -> dict[i
             pp_cfg=pp_cfg,
             model=cfg.model,
             rows_per_batch=cfg.decode_batch,
-            where=decode.resolve(cfg.decode, device, pp_cfg),
+            where=where,
         ),
     )
     ds = ds.map_batches(
@@ -469,7 +462,7 @@ def _check_scorer_manifest(scorer_dir: str, cfg: ScorerConfig) -> None:
                 )
 
 
-def _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, shards, failed) -> dict:
+def _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, where, shards, failed) -> dict:
     weights = {"kind": models.weights_kind(cfg.pretrained), "pretrained": cfg.pretrained}
     if weights["kind"] == "checkpoint":
         weights["sha256"] = runtime.file_sha256(cfg.pretrained)
@@ -485,7 +478,7 @@ def _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, shards, failed
         "weights": weights,
         "preprocess": pp_cfg,
         "device": device,
-        "decode": decode.resolve(cfg.decode, device, pp_cfg),
+        "decode": where,
         "source": "computed",
         **runtime.provenance(),
         "shards": {
