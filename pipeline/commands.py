@@ -1333,15 +1333,42 @@ class CompareArgs(Common):
     b: str = arg(help="candidate recipe")
     metric: str = arg(help="metric column (an accuracy unless --error)")
     error: bool = arg(False, "the metric is already an error (lower is better)")
-    target_compute: str = arg(
-        help="compute (x units) to compare at, e.g. 1e12, or a multiple of the largest measured, e.g. 10x"
+    target_compute: str | None = arg(
+        None,
+        "compute (x units) to compare at, e.g. 1e12, or a multiple of the largest measured, e.g. 10x "
+        "(or a point: --target-model and --target-samples)",
+    )
+    target_model: str | None = arg(
+        None, "compare at this model (its name in the table, or GFLOPs per sample) trained for --target-samples"
+    )
+    target_samples: float | None = arg(None, "samples seen at the target point")
+    target_subset_size: float | None = arg(
+        None, "subset size at the target point (default: the largest in the table); with samples seen, its epochs"
+    )
+    estimator: str = arg(
+        "joint",
+        "joint: one law for both recipes over every run and checkpoint, a mixed model (default); "
+        "replicates: a law per replicate and a Welch t over them (the earlier estimator)",
+        choices=("joint", "replicates"),
+    )
+    rows: str = arg(
+        "auto",
+        "the table's rows are checkpoints of few runs (constant-LR grids) or independent runs (cosine "
+        "schedules, most published tables); auto decides from the columns and says which",
+        choices=("auto", "checkpoints", "runs"),
     )
     x: str = arg("gflops_total", "compute column (default gflops_total)")
     group: str = arg("recipe", "column naming the recipe (default recipe)")
+    where: list[str] = arg(help="keep only rows with COLUMN=VALUE (repeatable), e.g. family=clip", factory=list)
     confidence: float = arg(0.95, "level of the intervals and the three-way verdict (default 0.95)")
     fit_below: float | None = arg(
         None,
         "fit only points at or below this compute; the points above are scored against the prediction bands (held out)",
+    )
+    fit_above: float | None = arg(
+        None,
+        "the joint law: fit only points at or above this compute (leave out runs before the power-law "
+        "regime, such as near-chance accuracies of a published table's smallest runs)",
     )
     backtest: float | None = arg(
         None,
@@ -1368,7 +1395,15 @@ def run_compare(args: CompareArgs) -> None:
         bins_per_decade=o.bins_per_decade,
         n_bootstrap=o.bootstrap,
         fit_below=args.fit_below,
+        estimator=args.estimator,
+        rows=args.rows,
+        fit_above=args.fit_above,
     )
+    point = None
+    if args.target_model is not None or args.target_samples is not None:
+        point = {"model": args.target_model, "samples": args.target_samples, "subset_size": args.target_subset_size}
+    elif args.target_compute is None:
+        raise InputError("give --target-compute (e.g. 10x), or a point: --target-model and --target-samples")
     res = run(
         results,
         args.a,
@@ -1383,12 +1418,15 @@ def run_compare(args: CompareArgs) -> None:
         opts=opts,
         backtest_below=args.backtest,
         seed=args.seed,
+        point=point,
+        where=args.where,
     )
+    print(f"rows: {res['rows']['rows']} ({res['rows']['rows_why']}); estimator: {res['estimator']}")
     print(res["verdict"])
     if res.get("measured"):
         m = res["measured"]
         print(m["verdict"])
-        if m["sd_a"] is not None and m["sd_b"] is not None:
+        if res["estimator"] == "replicates" and m["sd_a"] is not None and m["sd_b"] is not None:
             print(
                 f"  run-to-run spread at {m['x']:.4g}: SD {m['sd_a']:.4f} ({res['a']}), {m['sd_b']:.4f} ({res['b']}) "
                 f"over {m['n_a']} and {m['n_b']} independent runs"

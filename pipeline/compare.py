@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import scaling
+from . import joint, scaling
 from .errors import InputError
 
 REPLICATE_COLUMNS = ("draw", "seed")  # results.csv columns that name a run's replicate
-POINT_COLUMNS = ("scale", "epoch")  # columns that name the same measured point in every replicate
+POINT_COLUMNS = ("subset_size", "scale", "epoch")  # columns that name the same measured point in every replicate
 POWER = 0.8  # the power at which the smallest detectable difference is stated
 
 
@@ -54,6 +54,9 @@ class FitOptions:
     bins_per_decade: float = 4.0
     n_bootstrap: int = 200  # used for bands only when a recipe has a single replicate
     fit_below: float | None = None
+    fit_above: float | None = None  # the joint law: only points at or above this compute
+    estimator: str = "joint"  # joint (pipeline/joint.py) or replicates (a law per replicate, Welch t)
+    rows: str = "auto"  # checkpoints of few runs, or independent runs (joint.rows_kind)
 
 
 @dataclass
@@ -239,7 +242,6 @@ class Difference:
 def welch(a: np.ndarray, b: np.ndarray, level: float) -> Difference:
     """Welch's t interval for mean(b) - mean(a), a posterior P(B better) under a flat prior on the
     difference (the t distribution's mass below zero), and the verdict at `level`."""
-    from scipy import stats
 
     a, b = np.asarray(a, float), np.asarray(b, float)
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
@@ -263,11 +265,19 @@ def welch(a: np.ndarray, b: np.ndarray, level: float) -> Difference:
     va, vb = d.sd_a**2 / len(a), d.sd_b**2 / len(b)
     d.diff = d.mean_b - d.mean_a
     d.se = math.sqrt(va + vb)
-    if d.se == 0:
-        d.se = 1e-12  # identical runs: a difference, if any, is exact
     d.df = (va + vb) ** 2 / ((va**2 / (len(a) - 1) if va else 0) + (vb**2 / (len(b) - 1) if vb else 0) or 1e-300)
     d.df = float(min(max(d.df, 1.0), len(a) + len(b) - 2))
-    t = float(stats.t.ppf(0.5 + level / 2, d.df))
+    return settle(d)
+
+
+def settle(d: Difference) -> Difference:
+    """The interval, P(B better), the verdict and the smallest detectable difference, from the difference,
+    its standard error and degrees of freedom (a t distribution: both estimators end here)."""
+    from scipy import stats
+
+    if d.se == 0:
+        d.se = 1e-12  # identical runs: a difference, if any, is exact
+    t = float(stats.t.ppf(0.5 + d.level / 2, d.df))
     d.lo, d.hi = d.diff - t * d.se, d.diff + t * d.se
     d.p_b_better = float(stats.t.cdf(-d.diff / d.se, d.df))
     d.better = "b" if d.hi < 0 else "a" if d.lo > 0 else None
@@ -339,6 +349,8 @@ def sentence(d: Difference, a: str, b: str, where: str) -> str:
             f"{win} is better {where}: error {min(d.mean_a, d.mean_b):.4f} vs {max(d.mean_a, d.mean_b):.4f} "
             f"({_fmt_diff(d)})"
         )
+    if d.reason.startswith(NO_LAW):  # no numbers: the law's prediction there means nothing
+        return f"no verdict {where}: {d.reason}"
     head = f"no detectable difference {where}: error {d.mean_a:.4f} ({a}) vs {d.mean_b:.4f} ({b}) ({_fmt_diff(d)})"
     if d.reason and not math.isfinite(d.lo):
         return head + f"; {d.reason}"
@@ -381,20 +393,79 @@ class Comparison:
     measured: tuple | None = None  # (x, key, Difference)
     extrapolated: Difference | None = None
     result: dict = field(default_factory=dict)
+    direct: dict | None = None  # the replicate estimator's verdicts, beside the joint law's
+    joint: object = None  # joint.Joint: the law the verdicts use
+    joint_error: str = ""
+    point: object = None  # joint.Target: where the extrapolated verdict is
 
 
-def analyse(arm_a: Arm, arm_b: Arm, target: float, level: float = 0.95, opts: FitOptions | None = None) -> Comparison:
-    """Fits, both verdicts and the report's fields; writes nothing (the calibration benchmark calls this)."""
+ESTIMATORS = ("joint", "replicates")
+NO_LAW = "the law's shape is not pinned by these points"
+
+
+def analyse(
+    arm_a: Arm,
+    arm_b: Arm,
+    target: float,
+    level: float = 0.95,
+    opts: FitOptions | None = None,
+    pts: joint.Points | None = None,
+    point: joint.Target | None = None,
+) -> Comparison:
+    """Fits, both verdicts and the report's fields; writes nothing (the calibration benchmark calls this).
+    With the joint estimator (`pts`: every point of both recipes), the verdicts are the joint law's; the
+    per-replicate fits still draw the report's curves and give the direct measured check."""
     opts = opts or FitOptions()
     if not 0.5 <= level < 1:
         raise InputError(f"--confidence {level}: give a level between 0.5 and 1, e.g. 0.95")
+    if opts.estimator not in ESTIMATORS:
+        raise InputError(f"--estimator {opts.estimator!r}: give one of {', '.join(ESTIMATORS)}")
     for arm in (arm_a, arm_b):
         fit_replicates(arm, opts)
     cmp = Comparison(arm_a, arm_b, target, level, opts)
     cmp.measured = measured_difference(arm_a, arm_b, level)
     cmp.extrapolated = extrapolated_difference(arm_a, arm_b, target, level)
+    if opts.estimator == "joint":
+        if pts is None:
+            raise InputError("the joint estimator needs the table's points (compare.points_of)")
+        joint_verdicts(cmp, pts, point or joint.Target(compute=target))
     cmp.result = _result(cmp)
     return cmp
+
+
+def joint_verdicts(cmp: Comparison, pts: joint.Points, point: joint.Target) -> None:
+    """Replace both verdicts with the joint law's (pipeline/joint.py); keep the replicate estimator's as
+    `cmp.direct` (the measured one is the plain Welch interval at the point, the check beside the law)."""
+    cmp.direct = {"measured": cmp.measured, "extrapolated": cmp.extrapolated}
+    fit_pts = joint.restrict(pts, cmp.opts.fit_below, cmp.opts.fit_above)
+    try:
+        cmp.joint = joint.choose(fit_pts)
+    except InputError as err:
+        cmp.joint_error = str(err)
+        d = Difference(*(float("nan"),) * 2, 0, 0, *(float("nan"),) * 2, cmp.level, reason=f"no joint law: {err}")
+        cmp.extrapolated = d
+        return
+    f = cmp.joint.fit
+    units = (fit_pts.units_of(0), fit_pts.units_of(1))
+    m = cmp.joint.measured
+    cmp.measured = (m.compute, m.describe(), joint_difference(f, m, cmp.level, units))
+    cmp.extrapolated = joint_difference(f, point, cmp.level, units)
+    cmp.point = point
+    if f.at_bound():  # the data do not pin the law's shape: no verdict past the measured points
+        d = cmp.extrapolated
+        d.lo = d.hi = d.p_b_better = d.mde = float("nan")
+        d.better = None
+        d.reason = f"{NO_LAW} ({', '.join(f.at_bound())}, at its bound): read the measured verdict"
+
+
+def joint_difference(f: joint.Fit, where: joint.Target, level: float, units: tuple) -> Difference:
+    c = joint.contrast(f, where)
+    # the spread per unit this standard error implies (se^2 = 2 sd^2 / n with n units a recipe): what
+    # runs_needed scales to say how many units would resolve an undecided comparison
+    sd = c.se * math.sqrt(units[0] * units[1] / max(units[0] + units[1], 1)) if min(units) else float("nan")
+    d = Difference(c.mean_a, c.mean_b, units[0], units[1], sd, sd, level)
+    d.diff, d.se, d.df = c.diff, c.se, c.df
+    return settle(d)
 
 
 def mean_curve(arm: Arm, c) -> np.ndarray:
@@ -407,7 +478,12 @@ def _result(cmp: Comparison) -> dict:
     measured_min = min(float(r.x.min()) for arm in (cmp.arm_a, cmp.arm_b) for r in arm.reps)
     fitted = [r for arm in (cmp.arm_a, cmp.arm_b) for r in arm.reps if r.law is not None]
     law_diff = lambda c: mean_curve(cmp.arm_b, c) - mean_curve(cmp.arm_a, c)  # noqa: E731
-    cross = _crossings(law_diff, measured_min, max(measured_max, t) * 100) if fitted else []
+    if cmp.joint is not None:  # the joint law's own curves (each recipe's best measured model size)
+        f, u = cmp.joint.fit, cmp.point.U if cmp.point is not None else None
+        law_diff = lambda c: joint.curve(f, 1, c, u) - joint.curve(f, 0, c, u)  # noqa: E731
+        fitted = [True]
+    lo = max(measured_min, cmp.opts.fit_above or 0.0)  # a law says nothing below the points it was fitted on
+    cross = _crossings(law_diff, lo, max(measured_max, t) * 100, 200 if cmp.joint else 2000) if fitted else []
     where_t = f"at compute {t:.3g} (x{t / measured_max:.3g} the largest measured)"
     verdict = sentence(ex, a, b, where_t)
     unfit = [
@@ -454,6 +530,9 @@ def _result(cmp: Comparison) -> dict:
             "(thresher subset --draws K makes the draw a replicate too)"
         )
     ci = {k: _mean_interval(arm, t, cmp.level, cmp.opts) for k, arm in (("a", cmp.arm_a), ("b", cmp.arm_b))}
+    extra = _joint_fields(cmp, flags) if cmp.opts.estimator == "joint" else {}
+    if extra.get("ci"):
+        ci = extra.pop("ci")
     return {
         "a": a,
         "b": b,
@@ -477,7 +556,9 @@ def _result(cmp: Comparison) -> dict:
             k: {"kind": arm.unit_kind, "count": len(arm.units()), "replicates": len(arm.reps)}
             for k, arm in (("a", cmp.arm_a), ("b", cmp.arm_b))
         },
-        "method": "per-replicate fits, Welch t over independent units (draws, else seeds)",
+        "estimator": cmp.opts.estimator,
+        "method": METHODS[cmp.opts.estimator],
+        **extra,
         "fits": {
             arm.name: [
                 {
@@ -509,6 +590,87 @@ def _result(cmp: Comparison) -> dict:
     }
 
 
+METHODS = {
+    "joint": "one joint law for both recipes (shared shape, each recipe its data term, and its asymptote when "
+    "the data show one), a mixed model over every run and checkpoint: random effects per independent unit and "
+    "per run, AR(1) along a run's checkpoints; Satterthwaite t (pipeline/joint.py)",
+    "replicates": "per-replicate fits, Welch t over independent units (draws, else seeds)",
+}
+
+
+def _joint_fields(cmp: Comparison, flags: list) -> dict:
+    """compare.json's joint-law fields, and its flags (target epochs past the measured ones, the direct
+    measurement disagreeing with the law, the asymptote assumption)."""
+    if cmp.joint is None:
+        return {"joint": {"error": cmp.joint_error}}
+    j, f = cmp.joint, cmp.joint.fit
+    a, b = cmp.arm_a.name, cmp.arm_b.name
+    c_a, c_b = joint.contrast(f, cmp.point).target_a, joint.contrast(f, cmp.point).target_b
+    where = {
+        name: {
+            "gflops_per_sample": t[0],
+            "samples_seen": t[1],
+            "subset_size": _num(float(t[2])),
+            "epochs": _num(float(t[1] / t[2])) if math.isfinite(t[2]) else None,
+        }
+        for name, t in ((a, c_a), (b, c_b))
+    }
+    target_epochs = max((w["epochs"] or 0.0) for w in where.values())
+    s_max = float(f.pts.s.max())
+    s_target = max(w["samples_seen"] for w in where.values())
+    if s_target > s_max * 1.5:
+        flags.append(
+            f"at the target the law trains for {s_target:.3g} samples, x{s_target / s_max:.3g} the most any "
+            f"measured run saw: the data term is extrapolated that far"
+        )
+    if math.isfinite(j.epochs_measured) and target_epochs > j.epochs_measured * (1 + 1e-9):
+        flags.append(
+            f"the target repeats its subset {target_epochs:.3g} times, past the {j.epochs_measured:.3g} "
+            f"of any measured run: the repetition term is extrapolated"
+        )
+    miss, noise = f.lack_of_fit()
+    if miss > 2 * noise:
+        flags.append(
+            f"the law misses the measured points' means by {miss:.3g} (RMS), more than twice their noise "
+            f"({noise:.3g}): its form does not describe these runs well; trust the measured verdict over "
+            f"the extrapolated one"
+        )
+    direct = cmp.direct["measured"]
+    if direct and cmp.measured and direct[2].better and cmp.measured[2].better != direct[2].better:
+        flags.append(
+            "the joint law's measured verdict differs from the plain average of the runs at that point "
+            f"({sentence(direct[2], a, b, 'at ' + format(direct[0], '.3g'))})"
+        )
+    shared = None
+    if j.shared is not None:
+        d = joint_difference(j.shared, cmp.point, cmp.level, (len(cmp.arm_a.units()), len(cmp.arm_b.units())))
+        shared = {
+            **d.to_dict(),
+            "reading": "if both recipes had one asymptote (an assumption the verdict does not make): "
+            + sentence(d, a, b, "at the target"),
+        }
+    out = {
+        "joint": {
+            "asymptote": "per recipe",
+            "p_asymptote": _num(j.p_asymptote),
+            "shared_asymptote": shared,
+            "law": f.params(),
+            "variances": f.variances(),
+            "target": where,
+            "epochs_measured_max": _num(j.epochs_measured),
+            "lack_of_fit": {"rms_miss": miss, "noise": noise},
+            "shape_at_bound": f.at_bound(),
+            "rows": f.pts.independent_runs and "independent runs" or "checkpoints of runs",
+            "converged": f.converged,
+        },
+        "direct": {
+            k: (v[2].to_dict() | {"x": v[0]}) if k == "measured" and v else (v.to_dict() if v else None)
+            for k, v in cmp.direct.items()
+        },
+    }
+    return out
+
+
 def _finite(v: np.ndarray) -> np.ndarray:
     return v[np.isfinite(v)]
 
@@ -525,8 +687,8 @@ def _mean_interval(arm: Arm, c: float, level: float, opts: FitOptions) -> list |
     return [float(lo[0]), float(hi[0])]
 
 
-def _crossings(diff, lo: float, hi: float) -> list[float]:
-    c = np.geomspace(lo, hi, 2000)
+def _crossings(diff, lo: float, hi: float, n: int = 2000) -> list[float]:
+    c = np.geomspace(lo, hi, n)
     d = diff(c)
     s = np.sign(d)
     out = []
@@ -662,9 +824,9 @@ OUTCOMES = {
 }
 
 
-def backtest(arm_a: Arm, arm_b: Arm, below: float, level: float, opts: FitOptions) -> dict:
+def backtest(arm_a: Arm, arm_b: Arm, below: float, level: float, opts: FitOptions, pts=None) -> dict:
     """Fit on points at or below `below`; the extrapolated verdict at the largest point both recipes
-    measured above it, scored against the measured verdict there."""
+    measured above it, scored against the measured verdict there (the runs' plain average: no law)."""
     hit = measured_difference(arm_a, arm_b, level, above=below)
     if hit is None:
         raise InputError(f"--backtest {below:g}: no point measured by both recipes above it")
@@ -673,10 +835,15 @@ def backtest(arm_a: Arm, arm_b: Arm, below: float, level: float, opts: FitOption
 
     opts = copy.copy(opts)
     opts.fit_below = below
-    fa, fb = copy.deepcopy(arm_a), copy.deepcopy(arm_b)
-    for arm in (fa, fb):
-        fit_replicates(arm, opts)
-    predicted = extrapolated_difference(fa, fb, x, level)
+    if opts.estimator == "joint" and pts is not None:
+        at = joint.largest_common(pts, above=below)
+        j = joint.choose(joint.restrict(pts, below, opts.fit_above))
+        predicted = joint_difference(j.fit, at, level, (pts.units_of(0), pts.units_of(1)))
+    else:
+        fa, fb = copy.deepcopy(arm_a), copy.deepcopy(arm_b)
+        for arm in (fa, fb):
+            fit_replicates(arm, opts)
+        predicted = extrapolated_difference(fa, fb, x, level)
     both = bool(predicted.better) and bool(measured.better)
     agree = ("same" if predicted.better == measured.better else "differ") if both else None
     outcome = OUTCOMES[(agree, bool(predicted.better), bool(measured.better))]
@@ -711,22 +878,111 @@ def from_table(
     level: float = 0.95,
     opts: FitOptions | None = None,
     backtest_below: float | None = None,
+    point: dict | None = None,
+    where: list | None = None,
 ) -> Comparison:
     """Read the results table and compare A with B at `target` (a compute figure, or 'Nx': N times the
-    largest compute measured); `compare_report.run` writes it out as `thresher compare` does."""
-    df = scaling.read_table(path)
+    largest compute measured), or at `point` ({model, samples, subset_size}: a model trained for so many
+    samples on a subset of that size); `compare_report.run` writes it out as `thresher compare` does."""
+    df = select_rows(scaling.read_table(path), where or [], path)
+    cmp = compare_table(
+        df,
+        a,
+        b,
+        metric,
+        target,
+        x=x,
+        group=group,
+        accuracy=accuracy,
+        level=level,
+        opts=opts,
+        point=point,
+        where=path,
+        backtest_below=backtest_below,
+    )
+    cmp.result.update({"source": path, "where": list(where or [])})
+    return cmp
+
+
+def select_rows(df, where: list, path: str):
+    """Rows with COLUMN=VALUE for every --where (compared as text)."""
+    for cond in where:
+        col, eq, val = cond.partition("=")
+        if not eq or col not in df.columns:
+            raise InputError(
+                f"--where {cond!r}: give COLUMN=VALUE with a column of {path}: {', '.join(map(str, df.columns))}"
+            )
+        df = df[df[col].astype(str) == val]
+        if df.empty:
+            raise InputError(f"--where {cond!r}: no rows of {path} have it")
+    return df
+
+
+def compare_table(
+    df,
+    a: str,
+    b: str,
+    metric: str,
+    target,
+    *,
+    x: str = "gflops_total",
+    group: str = "recipe",
+    accuracy: bool = True,
+    level: float = 0.95,
+    opts: FitOptions | None = None,
+    point: dict | None = None,
+    where: str = "results",
+    backtest_below: float | None = None,
+) -> Comparison:
+    """from_table on a table already read (the calibration and ladder benchmarks call this)."""
+    import pandas as pd
+
     opts = opts or FitOptions()
-    arm_a, arm_b = arms_from_table(df, a, b, metric, x=x, group=group, accuracy=accuracy, where=path)
-    target = resolve_target(target, arm_a, arm_b)
-    cmp = analyse(arm_a, arm_b, target, level, opts)
+    pts, notes = joint.points_from_table(
+        df, a, b, metric, x=x, group=group, accuracy=accuracy, rows=opts.rows, where=where
+    )
+    df = df[pd.to_numeric(df[metric], errors="coerce").notna()]
+    arm_a, arm_b = arms_from_table(df, a, b, metric, x=x, group=group, accuracy=accuracy, where=where)
+    tp = target_point(point, df, pts) if point else None
+    target = tp.compute if tp is not None else resolve_target(target, arm_a, arm_b)
+    cmp = analyse(arm_a, arm_b, target, level, opts, pts=pts, point=tp)
     result = cmp.result
-    result.update({"source": path, "metric": metric, "x": x, "accuracy": accuracy})
+    result.update({"metric": metric, "x": x, "accuracy": accuracy, "rows": notes})
+    left = {k: v for k, v in notes["left_out"].items() if v}
+    if left:
+        result["flags"].append(
+            "rows without a value of the metric were left out: "
+            + ", ".join(f"{n} of recipe {k}" for k, n in left.items())
+        )
     if opts.fit_below is not None:
         result["held_out"] = {k: held_out(arm, level, opts) for k, arm in (("a", arm_a), ("b", arm_b))}
     if backtest_below is not None:
-        result["backtest"] = backtest(arm_a, arm_b, backtest_below, level, opts)
+        result["backtest"] = backtest(arm_a, arm_b, backtest_below, level, opts, pts=pts)
     result["runs"] = runs_table(df, a, b, metric, x, group)
     return cmp
+
+
+def target_point(point: dict, df, pts: joint.Points) -> joint.Target:
+    """--target-model/--target-samples/--target-subset-size as a joint.Target: the model by its GFLOPs per
+    sample (a number, or a model the table names), samples seen, and the subset size (default: the
+    largest the table has)."""
+    model, samples, size = point.get("model"), point.get("samples"), point.get("subset_size")
+    if model is None or samples is None:
+        raise InputError("a target point needs --target-model and --target-samples")
+    try:
+        g = float(model)
+    except (TypeError, ValueError):
+        col = next((c for c in joint.SIZE_COLUMNS if c in df.columns), None)
+        rows = df[df["model"].astype(str) == str(model)] if "model" in df.columns else df.iloc[:0]
+        if col is None or rows.empty:
+            raise InputError(
+                f"--target-model {model!r}: not a number of GFLOPs per sample, nor a model the table names"
+            ) from None
+        g = float(rows[col].iloc[0])
+    if not pts.has_g:
+        g = 1.0
+    U = float(size) if size is not None else float(np.max(pts.U))
+    return joint.Target(compute=g * float(samples), g=g, s=float(samples), U=U)
 
 
 def json_default(v):

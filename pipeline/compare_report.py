@@ -34,6 +34,8 @@ def run(
     opts=None,
     backtest_below: float | None = None,
     seed: int = 0,
+    point: dict | None = None,
+    where: list | None = None,
 ) -> dict:
     """`thresher compare`: read the table, compare (compare.from_table), write OUT/compare.json and the
     report. `target` is a compute figure or a string 'Nx' (N times the largest compute measured)."""
@@ -51,6 +53,8 @@ def run(
         level=level,
         opts=opts,
         backtest_below=backtest_below,
+        point=point,
+        where=where,
     )
     os.makedirs(out, exist_ok=True)
     write(cmp, out, y_label=("1 - " + metric) if accuracy else metric, x_label=x, seed=seed)
@@ -105,8 +109,23 @@ def write(cmp: cmp_mod.Comparison, out: str, x_label: str, y_label: str, seed: i
             f"A: {r['units']['a']['count']} {r['units']['a']['kind']}(s), "
             f"B: {r['units']['b']['count']} {r['units']['b']['kind']}(s)",
         ),
-        ("method", r["method"]),
+        ("estimator", f"{r['estimator']}: {r['method']}"),
+        ("rows", f"{r['rows']['rows']} ({r['rows']['rows_why']})" if r.get("rows") else "-"),
     ]
+    jt = r.get("joint") or {}
+    if jt.get("target"):
+        for name, w in jt["target"].items():
+            summary.append(
+                (
+                    f"target point, {name}",
+                    f"model {w['gflops_per_sample']:.4g} GFLOPs/sample, {w['samples_seen']:.4g} samples seen"
+                    + (f", subset {w['subset_size']:.6g} ({w['epochs']:.3g} epochs)" if w["subset_size"] else ""),
+                )
+            )
+        summary.append(("most epochs of any measured run", _fmt(jt.get("epochs_measured_max"), 3)))
+        summary.append(("asymptotes differ? (likelihood ratio p)", _fmt(jt.get("p_asymptote"), 3)))
+        if jt.get("shared_asymptote"):
+            summary.append(("reading under one shared asymptote (not the verdict)", jt["shared_asymptote"]["reading"]))
     m = r.get("measured")
     if m:
         summary[8:8] = [
@@ -205,6 +224,11 @@ def plot_curves(cmp, path: str, x_label: str, y_label: str, seed: int = 0) -> No
             )
         lo_x = min(float(r.x.min()) for r in arm.reps)
         grid = np.geomspace(lo_x, top, 200)
+        if cmp.joint is not None:  # the joint law: each recipe's best measured model size at each compute
+            m, lo, hi = joint_band(cmp, k, np.geomspace(lo_x, top, 60))
+            ax.plot(np.geomspace(lo_x, top, 60), m, color=col, lw=2, label=f"{'AB'[k]}: {arm.name} (joint law)")
+            ax.fill_between(np.geomspace(lo_x, top, 60), lo, hi, color=col, alpha=0.15)
+            continue
         for r in arm.reps:
             if r.law is not None:
                 ax.plot(grid, r.law.predict(grid), color=col, alpha=0.2, lw=0.8)
@@ -234,13 +258,36 @@ def plot_curves(cmp, path: str, x_label: str, y_label: str, seed: int = 0) -> No
     plt.close(fig)
 
 
+def _at(cmp, c: float):
+    """A compute on the plots' axis as a joint-law target (on the target's subset size)."""
+    from .joint import Target
+
+    return Target(compute=float(c), U=cmp.point.U if cmp.point is not None else None)
+
+
+def joint_band(cmp, k: int, grid):
+    from .joint import band
+
+    return band(cmp.joint.fit, k, grid, cmp.level, cmp.point.U if cmp.point is not None else None)
+
+
 def plot_difference(cmp, path: str, x_label: str) -> None:
     plt, fig, ax = _axes((8, 4))
     lo_x, hi_x = cmp.result["measured_range"]
     grid = np.geomspace(lo_x, max(cmp.target, hi_x), 80)
-    ua, ub = cmp_mod.unit_predictions(cmp.arm_a, grid), cmp_mod.unit_predictions(cmp.arm_b, grid)
-    ds = [cmp_mod.welch(ua[:, j], ub[:, j], cmp.level) for j in range(len(grid))]
-    ax.plot(grid, [d.diff for d in ds], color="black", label="fitted: mean B - mean A")
+    if cmp.joint is not None:
+        u = (len(cmp.arm_a.units()), len(cmp.arm_b.units()))
+        ds = [
+            cmp_mod.joint_difference(cmp.joint.fit, _at(cmp, c), cmp.level, u)
+            for c in np.geomspace(lo_x, max(cmp.target, hi_x), 30)
+        ]
+        grid = np.geomspace(lo_x, max(cmp.target, hi_x), 30)
+        label = "joint law: B - A"
+    else:
+        ua, ub = cmp_mod.unit_predictions(cmp.arm_a, grid), cmp_mod.unit_predictions(cmp.arm_b, grid)
+        ds = [cmp_mod.welch(ua[:, j], ub[:, j], cmp.level) for j in range(len(grid))]
+        label = "fitted: mean B - mean A"
+    ax.plot(grid, [d.diff for d in ds], color="black", label=label)
     lo, hi = np.array([d.lo for d in ds]), np.array([d.hi for d in ds])
     if np.isfinite(lo).any():
         ax.fill_between(grid, lo, hi, color="black", alpha=0.12, label=f"{cmp.level:.0%} interval (replicates)")

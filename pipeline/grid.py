@@ -6,14 +6,17 @@ where the cluster has GPUs, else `cpus_per_run` CPUs. Seeds are replicates: a sc
 trains each scale once per seed, and several draws of one recipe (`thresher subset --draws K`) are
 replicates of the subset; `--replicates paired` trains draw k with the k-th seed only (each replicate its
 own draw and seed), `crossed` (the default) every draw with every seed. Scales with `shard_image_size`
-share one cache of resized shards, GRID/_shards. Runs live in GRID/runs/RECIPE/SCALE/dDRAW-sSEED; a
+share one cache of resized shards, GRID/_shards. Subsets of one recipe at several sizes (a quarter-size
+draw, say) are runs of their own, so the same samples seen means more repetitions of a smaller subset:
+`thresher compare` fits that (pipeline/joint.py). Runs live in GRID/runs/RECIPE/SCALE/dDRAW-sSEED
+(nSIZE-dDRAW-sSEED for a recipe at several sizes); a
 finished run (train_manifest.json, and eval.json covering every evaluation set) is not redone, so a
 grid resumes. Each run fixes torch's threads (`cpus_per_run`) and its seeds, so the same grid from
 scratch on the same machine gives the same results.csv (tests/test_compare.py).
 
 GRID/results.csv has a row per data point: subset, recipe, draw, seed, model, scale, family,
-samples_seen, gflops_per_sample, gflops_total, lr_scheduler, epoch, total_epochs, then every metric as
-SET/METRIC.
+samples_seen, gflops_per_sample, gflops_total, lr_scheduler, epoch, total_epochs, subset_size,
+data_epochs (samples seen / subset size: how often the subset was repeated), then every metric as SET/METRIC.
 Under a `const` schedule every checkpoint past warm-up is a data point (at the samples seen so far);
 otherwise only the last checkpoint is.
 """
@@ -48,7 +51,7 @@ def _run(job: tuple[str, dict, str], eval_sets: list[str], threads: int | None, 
     }
 
 
-def rows_for(run_dir: str, subset_dir: str, recipe: str, draw: int = 0) -> list[dict]:
+def rows_for(run_dir: str, subset_dir: str, recipe: str, draw: int = 0, size: int | None = None) -> list[dict]:
     m = runtime.read_json(os.path.join(run_dir, "train_manifest.json"))
     ev = runtime.read_json(os.path.join(run_dir, "eval.json"))
     scale = m["scale"]
@@ -75,6 +78,8 @@ def rows_for(run_dir: str, subset_dir: str, recipe: str, draw: int = 0) -> list[
             "lr_scheduler": scale["schedule"],
             "epoch": ck["epoch"],
             "total_epochs": scale["checkpoints"],
+            "subset_size": size,
+            "data_epochs": ck["samples_seen"] / size if size else None,
         }
         for set_name, metrics in e["metrics"].items():
             for k, v in metrics.items():
@@ -108,14 +113,18 @@ def run_grid(
     manifests = {d: subsets.read_manifest(d) for d in subset_dirs}
     recipes = {d: check_name(m["recipe"], "recipe", f"{d}/manifest.json") for d, m in manifests.items()}
     draws = {d: draw_of(m) for d, m in manifests.items()}
-    if len({(recipes[d], draws[d]) for d in subset_dirs}) != len(subset_dirs):
+    sizes = {d: int(m["size"]) for d, m in manifests.items()}
+    if len({(recipes[d], sizes[d], draws[d]) for d in subset_dirs}) != len(subset_dirs):
         raise InputError(
-            f"two subsets are the same draw of one recipe: "
-            f"{ {d: f'{recipes[d]} draw {draws[d]}' for d in subset_dirs} }"
+            f"two subsets are the same draw of one recipe at one size: "
+            f"{ {d: f'{recipes[d]} draw {draws[d]} of {sizes[d]}' for d in subset_dirs} }"
         )
-    sizes = {d: m["size"] for d, m in manifests.items()}
+    several = {r for r in recipes.values() if len({sizes[d] for d in subset_dirs if recipes[d] == r}) > 1}
     if len(set(sizes.values())) != 1:
-        log(f"[grid] warning: subsets differ in size {sizes}; a fair comparison uses equal sizes")
+        log(
+            f"[grid] subsets differ in size {sizes}: results.csv's subset_size lets `thresher compare` fit "
+            f"repetition (epochs = samples seen / subset size); compare recipes at one size"
+        )
     scales = [sc for spec in scale_specs for sc in train.load_scales(spec)]
     if len({(s.name, s.seed) for s in scales}) != len(scales):
         raise InputError(f"scale names repeat: {[s.name for s in scales]}")
@@ -125,7 +134,9 @@ def run_grid(
     cpus = cpus_per_run or ex.cpus()
     jobs, done = [], []
     for d, sc in pairs:
-        run_dir = os.path.join(out, "runs", recipes[d], sc.name, f"d{draws[d]}-s{sc.seed}")
+        # a recipe drawn at several sizes names the size too (one size keeps the earlier names, so grids resume)
+        size = f"n{sizes[d]}-" if recipes[d] in several else ""
+        run_dir = os.path.join(out, "runs", recipes[d], sc.name, f"{size}d{draws[d]}-s{sc.seed}")
         ev = os.path.join(run_dir, "eval.json")
         if (
             os.path.exists(os.path.join(run_dir, "train_manifest.json"))
@@ -167,7 +178,11 @@ def run_grid(
     failed = {job[2]: why for job, why in ((outcome.items[i], w) for i, w in outcome.failed.items())}
     for run_dir, why in failed.items():
         log(f"[grid] {run_dir} failed: {why}")
-    rows = [r for d, run_dir in sorted(done, key=lambda x: x[1]) for r in rows_for(run_dir, d, recipes[d], draws[d])]
+    rows = [
+        r
+        for d, run_dir in sorted(done, key=lambda x: x[1])
+        for r in rows_for(run_dir, d, recipes[d], draws[d], sizes[d])
+    ]
     write_results(rows, os.path.join(out, "results.csv"))
     if failed:
         raise StageError(
@@ -215,6 +230,8 @@ FIRST = [
     "lr_scheduler",
     "epoch",
     "total_epochs",
+    "subset_size",
+    "data_epochs",
 ]
 
 

@@ -23,6 +23,7 @@ DATA_PATH = [
     "evaluate",
     "grid",
     "scaling",
+    "joint",
     "compare",
     "compare_report",
 ]

@@ -313,7 +313,8 @@ def test_grid_trains_every_pair_resumes_and_writes_results(featured_pool, synth_
         args += ["--subset", str(tmp_path / "subsets" / name)]
     assert cli.main(args) == 0
     res = pd.read_csv(tmp_path / "grid" / "results.csv")
-    assert list(res.columns[:13]) == grid.FIRST and "shapes_color/acc1" in res.columns
+    assert list(res.columns[: len(grid.FIRST)]) == grid.FIRST and "shapes_color/acc1" in res.columns
+    assert (res["subset_size"] == 300).all() and (res["data_epochs"] == res["samples_seen"] / 300).all()
     assert set(res.draw) == {0} and set(res.seed) == {0}
     # cosine: the last checkpoint; const: every checkpoint past warm-up (2 x 4 steps > 2)
     assert sorted(res.groupby("recipe").size().tolist()) == [4, 4]
