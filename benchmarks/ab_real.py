@@ -96,7 +96,7 @@ def trial(df, a_draws, b_draws, a_recipe, b_recipe, level: float):
 
     arm_a, arm_b = compare.arms_from_table(pd.concat([sub_a, sub_b]), "arm-a", "arm-b", METRIC)
     top = max(float(r.x.max()) for r in arm_a.reps)
-    opts = compare.FitOptions(n_bootstrap=0)
+    opts = compare.FitOptions(n_bootstrap=0, estimator="replicates")  # the joint law: not yet in the real part
     c = compare.analyse(arm_a, arm_b, FACTOR * top, level, opts)
     # the smallest width's largest compute: fit at or below it, score the larger width's points above it
     per_scale = {}
@@ -104,7 +104,7 @@ def trial(df, a_draws, b_draws, a_recipe, b_recipe, level: float):
         for x, p in zip(r.x, r.points):
             per_scale[p[0]] = max(per_scale.get(p[0], 0.0), float(x))
     cut = min(per_scale.values())
-    held = compare.FitOptions(n_bootstrap=0, fit_below=cut)
+    held = compare.FitOptions(n_bootstrap=0, fit_below=cut, estimator="replicates")
     fa, fb = compare.arms_from_table(pd.concat([sub_a, sub_b]), "arm-a", "arm-b", METRIC)
     compare.analyse(fa, fb, FACTOR * top, level, held)
     pts = [p for arm in (fa, fb) for p in compare.held_out(arm, level, held)["points"]]
@@ -260,7 +260,7 @@ def larger_check(demo: str, out: str, k: int, level: float) -> dict:
         points.append({"x": x, "point": list(key), "better": d.better, "diff": d.diff, "ci": [d.lo, d.hi]})
         print(f"  {x:7.1f} GFLOPs {'/'.join(key):18s}: {d.better or '-':2s} {d.diff:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]")
     tests = {}
-    opts = compare.FitOptions(n_bootstrap=0)
+    opts = compare.FitOptions(n_bootstrap=0, estimator="replicates")  # the joint law: not yet in the real part
     for name, below in (
         ("w32 only", max(float(r.x[[p[0] == "w32-const-8k" for p in r.points]].max()) for r in arm_a.reps)),
         ("w32 and w64", max(float(r.x[[p[0] != "w128-const-16k" for p in r.points]].max()) for r in arm_a.reps)),

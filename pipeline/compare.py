@@ -865,41 +865,12 @@ def backtest(arm_a: Arm, arm_b: Arm, below: float, level: float, opts: FitOption
 # The command
 
 
-def from_table(
-    path: str,
-    a: str,
-    b: str,
-    metric: str,
-    target,
-    *,
-    x: str = "gflops_total",
-    group: str = "recipe",
-    accuracy: bool = True,
-    level: float = 0.95,
-    opts: FitOptions | None = None,
-    backtest_below: float | None = None,
-    point: dict | None = None,
-    where: list | None = None,
-) -> Comparison:
-    """Read the results table and compare A with B at `target` (a compute figure, or 'Nx': N times the
-    largest compute measured), or at `point` ({model, samples, subset_size}: a model trained for so many
-    samples on a subset of that size); `compare_report.run` writes it out as `thresher compare` does."""
+def from_table(path: str, a: str, b: str, metric: str, target, *, where: list | None = None, **kw) -> Comparison:
+    """Read the results table (rows with every --where COLUMN=VALUE) and compare A with B at `target` (a
+    compute figure, or 'Nx': N times the largest compute measured), or at `point` ({model, samples,
+    subset_size}); the other keywords are compare_table's. `compare_report.run` writes it out."""
     df = select_rows(scaling.read_table(path), where or [], path)
-    cmp = compare_table(
-        df,
-        a,
-        b,
-        metric,
-        target,
-        x=x,
-        group=group,
-        accuracy=accuracy,
-        level=level,
-        opts=opts,
-        point=point,
-        where=path,
-        backtest_below=backtest_below,
-    )
+    cmp = compare_table(df, a, b, metric, target, where=path, **kw)
     cmp.result.update({"source": path, "where": list(where or [])})
     return cmp
 

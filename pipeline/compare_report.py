@@ -19,45 +19,16 @@ import numpy as np
 from . import compare as cmp_mod
 
 
-def run(
-    path: str,
-    a: str,
-    b: str,
-    metric: str,
-    target,
-    out: str,
-    *,
-    x: str = "gflops_total",
-    group: str = "recipe",
-    accuracy: bool = True,
-    level: float = 0.95,
-    opts=None,
-    backtest_below: float | None = None,
-    seed: int = 0,
-    point: dict | None = None,
-    where: list | None = None,
-) -> dict:
-    """`thresher compare`: read the table, compare (compare.from_table), write OUT/compare.json and the
-    report. `target` is a compute figure or a string 'Nx' (N times the largest compute measured)."""
+def run(path: str, a: str, b: str, metric: str, target, out: str, *, seed: int = 0, **kw) -> dict:
+    """`thresher compare`: read the table, compare (compare.from_table, which takes the other keywords),
+    write OUT/compare.json and the report. `target` is a compute figure or a string 'Nx' (N times the
+    largest compute measured)."""
     import json
 
-    cmp = cmp_mod.from_table(
-        path,
-        a,
-        b,
-        metric,
-        target,
-        x=x,
-        group=group,
-        accuracy=accuracy,
-        level=level,
-        opts=opts,
-        backtest_below=backtest_below,
-        point=point,
-        where=where,
-    )
+    cmp = cmp_mod.from_table(path, a, b, metric, target, **kw)
     os.makedirs(out, exist_ok=True)
-    write(cmp, out, y_label=("1 - " + metric) if accuracy else metric, x_label=x, seed=seed)
+    accuracy = kw.get("accuracy", True)
+    write(cmp, out, y_label=("1 - " + metric) if accuracy else metric, x_label=kw.get("x", "gflops_total"), seed=seed)
     with open(os.path.join(out, "compare.json"), "w") as f:
         json.dump(cmp.result, f, indent=2, default=cmp_mod.json_default)
     return cmp.result
