@@ -80,7 +80,9 @@ def main(argv=None) -> int:
     demo = os.path.abspath(args.demo)
     bank = os.path.abspath(args.out or os.path.join(demo, "ab-ladder"))
     os.makedirs(bank, exist_ok=True)
-    names = [f"ladder-{k}" for k in range(RUNGS)]  # ladder-3 is best: order known by construction
+    # rung 3 is best: order known by construction. The names carry M: a ladder of another M is another
+    # set of recipes, whose decisions must not replace these in the pool
+    names = [f"ladder-m{args.mismatched}-{k}" for k in range(RUNGS)]
     recipes = []
     for name, uids in zip(names, ladder_uids(demo, args.size, args.mismatched, args.seed)):
         path = os.path.join(bank, f"{name}.npy")

@@ -452,8 +452,9 @@ def joint_verdicts(cmp: Comparison, pts: joint.Points, point: joint.Target) -> N
     cmp.extrapolated = joint_difference(f, point, cmp.level, units)
     cmp.point = point
     if f.at_bound():  # the data do not pin the law's shape: no verdict past the measured points
-        d = cmp.extrapolated
-        d.lo = d.hi = d.p_b_better = d.mde = float("nan")
+        d = cmp.extrapolated  # no numbers either: what the law says there is not a prediction
+        d.lo = d.hi = d.mde = d.diff = d.mean_a = d.mean_b = float("nan")
+        d.p_b_better = None
         d.better = None
         d.reason = f"{NO_LAW} ({', '.join(f.at_bound())}, at its bound): read the measured verdict"
 
@@ -531,7 +532,7 @@ def _result(cmp: Comparison) -> dict:
         )
     ci = {k: _mean_interval(arm, t, cmp.level, cmp.opts) for k, arm in (("a", cmp.arm_a), ("b", cmp.arm_b))}
     extra = _joint_fields(cmp, flags) if cmp.opts.estimator == "joint" else {}
-    if extra.get("ci"):
+    if "ci" in extra:
         ci = extra.pop("ci")
     return {
         "a": a,
@@ -591,9 +592,9 @@ def _result(cmp: Comparison) -> dict:
 
 
 METHODS = {
-    "joint": "one joint law for both recipes (shared shape, each recipe its data term, and its asymptote when "
-    "the data show one), a mixed model over every run and checkpoint: random effects per independent unit and "
-    "per run, AR(1) along a run's checkpoints; Satterthwaite t (pipeline/joint.py)",
+    "joint": "one joint law for both recipes (shared shape and capacity term, each recipe its own asymptote and "
+    "data term), a mixed model over every run and checkpoint: random effects per independent unit and per run, "
+    "AR(1) along a run's checkpoints; Satterthwaite t (pipeline/joint.py)",
     "replicates": "per-replicate fits, Welch t over independent units (draws, else seeds)",
 }
 
@@ -649,7 +650,12 @@ def _joint_fields(cmp: Comparison, flags: list) -> dict:
             "reading": "if both recipes had one asymptote (an assumption the verdict does not make): "
             + sentence(d, a, b, "at the target"),
         }
+    ci = None
+    if not f.at_bound():  # each recipe's law at the target with its interval (the coefficients' covariance)
+        at = [joint.interval(f, cmp.point, k, cmp.level) for k in (0, 1)]
+        ci = {"a": [at[0][1], at[0][2]], "b": [at[1][1], at[1][2]]}
     out = {
+        "ci": ci or {"a": None, "b": None},
         "joint": {
             "asymptote": "per recipe",
             "p_asymptote": _num(j.p_asymptote),

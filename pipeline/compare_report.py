@@ -261,7 +261,14 @@ def plot_difference(cmp, path: str, x_label: str) -> None:
     ax.plot(grid, [d.diff for d in ds], color="black", label=label)
     lo, hi = np.array([d.lo for d in ds]), np.array([d.hi for d in ds])
     if np.isfinite(lo).any():
-        ax.fill_between(grid, lo, hi, color="black", alpha=0.12, label=f"{cmp.level:.0%} interval (replicates)")
+        ax.fill_between(
+            grid,
+            lo,
+            hi,
+            color="black",
+            alpha=0.12,
+            label=f"{cmp.level:.0%} interval ({'joint law' if cmp.joint is not None else 'replicates'})",
+        )
     for x, key in cmp_mod.common_points(cmp.arm_a, cmp.arm_b):
         d = cmp_mod.welch(*(arm.unit_means(cmp_mod.values_at(arm, key)) for arm in (cmp.arm_a, cmp.arm_b)), cmp.level)
         err = [[d.diff - d.lo], [d.hi - d.diff]] if math.isfinite(d.lo) else None

@@ -634,17 +634,19 @@ def restrict(pts: Points, below: float | None = None, above: float | None = None
     return replace(pts, **{k: getattr(pts, k)[m] for k in ("y", "k", "g", "s", "U", "unit", "run", "order")})
 
 
-def band(f: Fit, k: int, computes, level: float, U: float | None = None) -> tuple:
-    """Recipe k's law along compute (the best measured model size at each) and its interval (the
-    coefficients' covariance, Satterthwaite-free: a t with the law's residual degrees of freedom)."""
+def interval(f: Fit, t: Target, k: int, level: float) -> tuple[float, float, float]:
+    """(prediction, lo, hi) of recipe k at t: the coefficients' covariance and a t with the law's residual
+    degrees of freedom (the curve's band; the verdicts' intervals are contrast's)."""
     from scipy import stats
 
-    mean, half = [], []
     q = float(stats.t.ppf(0.5 + level / 2, max(len(f.pts.y) - len(f.beta), 1)))
-    for c in computes:
-        g, s, u = _target_points(f, Target(compute=float(c), U=U), k)
-        x = features(f.pts, f.a, f.b, f.log_r, [g], [s], [u], [k], f.g_ref, f.s_ref)[0]
-        mean.append(float(x @ f.beta))
-        half.append(q * math.sqrt(max(float(x @ f.cov_beta @ x), 0.0)))
-    m, h = np.array(mean), np.array(half)
+    g, s, u = _target_points(f, t, k)
+    x = features(f.pts, f.a, f.b, f.log_r, [g], [s], [u], [k], f.g_ref, f.s_ref)[0]
+    m, h = float(x @ f.beta), q * math.sqrt(max(float(x @ f.cov_beta @ x), 0.0))
     return m, m - h, m + h
+
+
+def band(f: Fit, k: int, computes, level: float, U: float | None = None) -> tuple:
+    """Recipe k's law along compute (the best measured model size at each) and its interval."""
+    rows = np.array([interval(f, Target(compute=float(c), U=U), k, level) for c in computes])
+    return rows[:, 0], rows[:, 1], rows[:, 2]
