@@ -224,9 +224,9 @@ def test_compare_cli_takes_every_fit_option(tmp_path, capsys):
 
 
 def test_calibration_benchmark_simulated_part_prints_its_figures(capsys):
-    # 20 trials print every figure; too few to judge the rates (tests/test_joint.py and the 200 nulls
+    # 8 trials print every figure; far too few to judge the rates (tests/test_joint.py and the 200 nulls
     # above do that, and the benchmark's own default of 300 trials per world)
-    sim.main(["--simulated-only", "--trials", "20", "--processes", "1", "--worlds", "null,planted"])
+    sim.main(["--simulated-only", "--trials", "8", "--processes", "1", "--worlds", "null,planted"])
     out = capsys.readouterr().out
     for est in ("joint", "replicates"):
         assert f"false positive rate at 0.95 ({est}, measured)" in out and f"({est}, extrapolated)" in out
