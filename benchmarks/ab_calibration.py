@@ -260,9 +260,7 @@ def simulated(args) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--simulated-only", action="store_true")
-    ap.add_argument(
-        "--trials", type=int, default=300, help="trials per world (default 300)"
-    )
+    ap.add_argument("--trials", type=int, default=300, help="trials per world (default 300)")
     ap.add_argument("--worlds", default=",".join(WORLDS), help=f"which worlds (default all: {','.join(WORLDS)})")
     ap.add_argument("--estimators", default="joint,replicates", help="joint, replicates or both (default both)")
     ap.add_argument("--replicates", type=int, default=3, help="replicates per recipe (default 3)")
