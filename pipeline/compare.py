@@ -349,7 +349,7 @@ def sentence(d: Difference, a: str, b: str, where: str) -> str:
             f"{win} is better {where}: error {min(d.mean_a, d.mean_b):.4f} vs {max(d.mean_a, d.mean_b):.4f} "
             f"({_fmt_diff(d)})"
         )
-    if d.reason.startswith(NO_LAW):  # no numbers: the law's prediction there means nothing
+    if d.reason.startswith((NO_LAW, "no joint law")):  # no numbers: nothing was predicted there
         return f"no verdict {where}: {d.reason}"
     head = f"no detectable difference {where}: error {d.mean_a:.4f} ({a}) vs {d.mean_b:.4f} ({b}) ({_fmt_diff(d)})"
     if d.reason and not math.isfinite(d.lo):
