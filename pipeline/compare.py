@@ -108,9 +108,7 @@ def arms_from_table(
     accuracy: bool = True,
     where: str = "results",
 ) -> tuple[Arm, Arm]:
-    for col in (x, metric, group):
-        if col not in df.columns:
-            raise InputError(f"{where}: no column {col!r}; columns: {', '.join(map(str, df.columns))}")
+    scaling.require_columns(df, (x, metric, group), where)
     present = sorted(df[group].astype(str).unique())
     arms = []
     for name in (a, b):
@@ -606,7 +604,7 @@ def _joint_fields(cmp: Comparison, flags: list) -> dict:
         return {"joint": {"error": cmp.joint_error}}
     j, f = cmp.joint, cmp.joint.fit
     a, b = cmp.arm_a.name, cmp.arm_b.name
-    c_a, c_b = joint.contrast(f, cmp.point).target_a, joint.contrast(f, cmp.point).target_b
+    c_a, c_b = (joint.target_of(f, cmp.point, k) for k in (0, 1))
     where = {
         name: {
             "gflops_per_sample": t[0],

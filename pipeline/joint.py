@@ -370,7 +370,7 @@ def _inverse_hessian(f, z: np.ndarray, bounds) -> np.ndarray:
 # Predictions and the contrast
 
 
-def _target_points(f: Fit, t: Target, k: int, log_r=None, a=None, b=None):
+def target_of(f: Fit, t: Target, k: int, log_r=None, a=None, b=None):
     """(g, s, U) of recipe k's target: the given model size, or the best measured size at the compute."""
     pts = f.pts
     U = t.U if t.U is not None else _default_u(pts, k)
@@ -395,7 +395,7 @@ def predict(f: Fit, t: Target, k: int, beta=None, theta=None) -> float:
     if theta is not None:
         a, b = theta[0], theta[1]
         log_r = theta[2:4] if f.pts.repeats else log_r
-    g, s, U = _target_points(f, t, k, log_r, a, b)
+    g, s, U = target_of(f, t, k, log_r, a, b)
     x = features(f.pts, a, b, log_r, [g], [s], [U], [k], f.g_ref, f.s_ref)[0]
     return float(x @ (f.beta if beta is None else beta))
 
@@ -418,7 +418,7 @@ class Contrast:
 def contrast(f: Fit, t: Target) -> Contrast:
     """error B - error A at t: its estimate, its standard error (coefficients' GLS covariance plus the
     shape's by the delta method) and its Satterthwaite degrees of freedom."""
-    ga, gb = _target_points(f, t, 0), _target_points(f, t, 1)
+    ga, gb = target_of(f, t, 0), target_of(f, t, 1)
     xa = features(f.pts, f.a, f.b, f.log_r, [ga[0]], [ga[1]], [ga[2]], [0], f.g_ref, f.s_ref)[0]
     xb = features(f.pts, f.a, f.b, f.log_r, [gb[0]], [gb[1]], [gb[2]], [1], f.g_ref, f.s_ref)[0]
     c = xb - xa
@@ -515,11 +515,9 @@ def points_from_table(
     """The joint law's points of recipes a and b, and notes (rows kind, rows left out for lacking the
     metric). Model size from gflops_per_sample (or gflops), samples from samples_seen (else x / size),
     subset size from subset_size."""
-    from .scaling import numeric
+    from .scaling import numeric, require_columns
 
-    for col in (x, metric, group):
-        if col not in df.columns:
-            raise InputError(f"{where}: no column {col!r}; columns: {', '.join(map(str, df.columns))}")
+    require_columns(df, (x, metric, group), where)
     kind, why = rows_kind(df, rows)
     sub = df[df[group].astype(str).isin([a, b])].copy()
     for name in (a, b):
@@ -640,7 +638,7 @@ def interval(f: Fit, t: Target, k: int, level: float) -> tuple[float, float, flo
     from scipy import stats
 
     q = float(stats.t.ppf(0.5 + level / 2, max(len(f.pts.y) - len(f.beta), 1)))
-    g, s, u = _target_points(f, t, k)
+    g, s, u = target_of(f, t, k)
     x = features(f.pts, f.a, f.b, f.log_r, [g], [s], [u], [k], f.g_ref, f.s_ref)[0]
     m, h = float(x @ f.beta), q * math.sqrt(max(float(x @ f.cov_beta @ x), 0.0))
     return m, m - h, m + h

@@ -403,10 +403,15 @@ def _is_number(v) -> bool:
         return False
 
 
-def points(df, x: str, y: str, group: str | None, accuracy: bool, where: str):
-    for col in [x, y] + ([group] if group else []):
+def require_columns(df, cols, where: str) -> None:
+    """An error naming the table, the missing column and the columns it has."""
+    for col in cols:
         if col not in df.columns:
             raise InputError(f"{where}: no column {col!r}; columns: {', '.join(map(str, df.columns))}")
+
+
+def points(df, x: str, y: str, group: str | None, accuracy: bool, where: str):
+    require_columns(df, [x, y] + ([group] if group else []), where)
     groups = {}
     keys = sorted(df[group].astype(str).unique()) if group else ["all"]
     for key in keys:
