@@ -151,6 +151,82 @@ def truth(law_a: dict, law_b: dict, compute: float, U) -> float:
     return best(law_b) - best(law_a)
 
 
+def best_width(law: dict, compute: float, U) -> float:
+    """The GFLOPs per sample of the measured width that is best for a recipe at a compute."""
+    return min(WIDTH_GFLOPS, key=lambda g: float(true_error(g, compute / g, law, U)))
+
+
+def noise_cov(df, noise: dict) -> np.ndarray:
+    """The rows' true noise covariance: the replicate effect shared by a (recipe, draw), the run effect by a
+    run, and the AR(1) checkpoint noise as simulate_grid draws it (started at 0, so its variance grows to
+    sd^2 along a run); the independent-run worlds' rows are independent."""
+    n = len(df)
+    if "draw" not in df:
+        return np.eye(n) * (noise["run"] ** 2 + noise["checkpoint"] ** 2)
+    rep = df["recipe"].astype(str) + "/" + df["draw"].astype(str)
+    run = rep + "/" + df["scale"].astype(str)
+    if "subset_size" in df:
+        run = run + "/" + df["subset_size"].astype(str)
+    same_rep = (rep.values[:, None] == rep.values[None, :]).astype(float)
+    same_run = (run.values[:, None] == run.values[None, :]).astype(float)
+    e = df["epoch"].to_numpy(int)
+    lo, hi = np.minimum.outer(e, e), np.maximum.outer(e, e)
+    rho, sd = noise["rho"], noise["checkpoint"]
+    ar = sd**2 * (1 - rho ** (2 * lo)) * rho ** (hi - lo)
+    return noise["replicate"] ** 2 * same_rep + same_run * (noise["run"] ** 2 + ar)
+
+
+def oracle_points(top: float, factor: float, U) -> dict:
+    """The oracle's two points, as (width of a law, samples seen at that width): the widest measured model
+    at the largest measured compute, and each recipe's best width at `factor` times it."""
+    g_top = WIDTH_GFLOPS[2]
+    return {
+        "measured": (lambda law: g_top, lambda g: top / g_top),
+        "extrapolated": (lambda law: best_width(law, top * factor, U), lambda g: top * factor / g),
+    }
+
+
+def oracle(df, law_a: dict, law_b: dict, noise: dict, U, points: dict, level: float) -> dict:
+    """The verdicts of an estimator told the law's shape (exponents, capacity term, repetition decay) and
+    the noise's covariance, which estimates only each recipe's asymptote and data term, by generalised
+    least squares, and tests their contrast with a known variance: no calibrated estimator that frees
+    each recipe's asymptote can do better, so its power is the ceiling the others are held against."""
+    from scipy.stats import norm
+
+    laws_ = {"a": law_a, "b": law_b}
+    x = np.zeros((len(df), 4))
+    y = df["error"].to_numpy(float).copy()
+    sub = df.get("subset_size")
+    for j, name in enumerate("ab"):
+        mask = (df["recipe"] == name).to_numpy()
+        law = laws_[name]
+        u = None if sub is None else sub.to_numpy(float)[mask]
+        s = df["samples_seen"].to_numpy(float)[mask]
+        d = (
+            effective(s, None, math.inf)
+            if u is None
+            else np.array([float(effective(si, ui, law.get("R", math.inf))) for si, ui in zip(s, u)])
+        )
+        x[mask, 2 * j], x[mask, 2 * j + 1] = 1.0, d**-0.5
+        y[mask] -= 0.01215 * df["gflops_per_sample"].to_numpy(float)[mask] ** -0.5
+    vi = np.linalg.inv(noise_cov(df, noise))
+    cov = np.linalg.inv(x.T @ vi @ x)
+    beta = cov @ x.T @ vi @ y
+    z = norm.ppf(0.5 + level / 2)
+    out = {}
+    for kind, (g_of, samples_of) in points.items():
+        c, const = np.zeros(4), 0.0
+        for j, (name, sign) in enumerate((("a", -1.0), ("b", 1.0))):
+            g = g_of(laws_[name])
+            d = float(effective(samples_of(g), U, laws_[name].get("R", math.inf)))
+            c[2 * j], c[2 * j + 1] = sign, sign * d**-0.5
+            const += sign * 0.01215 * g**-0.5
+        diff, se = float(c @ beta) + const, float(np.sqrt(c @ cov @ c))
+        out[kind] = "b" if diff + z * se < 0 else "a" if diff - z * se > 0 else None
+        out["mde" if kind == "extrapolated" else "measured_mde"] = 2.8 * se
+    return out
+
+
 def one_trial(args) -> dict:
     import pandas as pd
 
@@ -169,6 +245,11 @@ def one_trial(args) -> dict:
     top = float(df["gflops_total"].max())
     out = {"world": world}
     for est in cfg["estimators"]:
+        if est == "oracle":
+            points = oracle_points(top, cfg["factor"], U)
+            out[est] = oracle(df, law_a, law_b, cfg["noise"], U, points, cfg["level"])
+            out[est]["covered"] = None
+            continue
         opts = compare.FitOptions(n_bootstrap=0, estimator=est)
         c = compare.compare_table(
             df, "a", "b", "error", f"{cfg['factor']}x", accuracy=False, level=cfg["level"], opts=opts
@@ -216,7 +297,10 @@ def simulated(args) -> dict:
     }
     worlds = args.worlds.split(",")
     jobs = [
-        (w * 10**6 + i, world, cfg) for w, world in enumerate(WORLDS) if world in worlds for i in range(args.trials)
+        (args.seed * 10**7 + w * 10**6 + i, world, cfg)
+        for w, world in enumerate(WORLDS)
+        if world in worlds
+        for i in range(args.trials)
     ]
     t0 = time.time()
     with ProcessPoolExecutor(args.processes) as pool:
@@ -249,7 +333,7 @@ def simulated(args) -> dict:
                     + (f" ({undecidable} without an interval)" if undecidable else "")
                 )
         if world == "planted":
-            for est in cfg["estimators"]:
+            for est in (e for e in cfg["estimators"] if e != "oracle"):
                 cov = [o[est]["covered"] for o in rows if o[est]["covered"] is not None]
                 print(
                     f"    {est:10s} the extrapolated interval holds the true difference in {rate(sum(cov), len(cov))}"
@@ -261,8 +345,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--simulated-only", action="store_true")
     ap.add_argument("--trials", type=int, default=300, help="trials per world (default 300)")
+    ap.add_argument("--seed", type=int, default=0, help="which trials: another seed draws other grids (default 0)")
     ap.add_argument("--worlds", default=",".join(WORLDS), help=f"which worlds (default all: {','.join(WORLDS)})")
-    ap.add_argument("--estimators", default="joint,replicates", help="joint, replicates or both (default both)")
+    ap.add_argument(
+        "--estimators",
+        default="joint,replicates,oracle",
+        help="which of joint, replicates and oracle (told the true law's shape and the noise: the ceiling) "
+        "(default all three)",
+    )
     ap.add_argument("--replicates", type=int, default=3, help="replicates per recipe (default 3)")
     ap.add_argument(
         "--effect",

@@ -83,6 +83,25 @@ def test_nulls_rarely_name_a_winner_and_planted_differences_are_found():
     assert not any(m == "a" or e == "a" for m, e, _ in planted)
 
 
+def test_the_benchmarks_oracle_is_calibrated_and_bounds_the_extrapolated_power():
+    """ab_calibration's oracle (the true shape and noise covariance given, each recipe's asymptote and data
+    term estimated) must hold its level on nulls, or its covariance is not the simulation's; its power at
+    10x in the planted world is the ceiling the docs hold the 0.5 goal against."""
+    fp, power = 0, 0
+    for seed in range(150):
+        for world in ("null", "planted"):
+            df = world_table(world, seed)
+            law_a, law_b = sim.laws(world, 1.0)
+            points = sim.oracle_points(float(df["gflops_total"].max()), 10.0, None)
+            out = sim.oracle(df, law_a, law_b, NOISE, None, points, 0.95)
+            if world == "null":
+                fp += (out["measured"] is not None) + (out["extrapolated"] is not None)
+            else:
+                power += out["extrapolated"] == "b"
+    assert fp / 300 <= 0.05 + 1.96 * math.sqrt(0.05 * 0.95 / 300)
+    assert 0.1 < power / 150 < 0.5
+
+
 def test_a_crossing_world_is_never_called_the_wrong_way_at_the_target():
     """B's data term is smaller but its asymptote higher: better where measured, worse at 10x."""
     out = [verdicts(world_table("cross-asymptote", 2 * 10**6 + s)) for s in range(15)]
