@@ -421,18 +421,22 @@ def _uid_file(path: str) -> set[str]:
 
     fs, p = runtime.fs_path(path)
     try:
-        with fs.open(p, "rb") as f:
-            arr = np.load(f, allow_pickle=False)
-        return set(hashes.uids_of(hashes.check_uid_array(arr, path)))
-    except ValueError as err:  # not an .npy, a pickled object array, the wrong dtype, unsorted
+        with fs.open(p, "rb") as f:  # checked from its header first: never a pickle, never a huge allocation
+            return set(hashes.uids_of(hashes.read_uid_file(f, path)))
+    except ValueError as err:  # not an .npy, a pickled object array, the wrong dtype or shape, unsorted
         raise InputError(f"uid_list: {err}" if str(err).startswith(path) else f"uid_list: {path}: {err}") from None
 
 
 @register("uid_list", UidList, needs=["uid"])
 def uid_list(table, p: UidList):
-    """Keeps exactly the uids in a DataComp uid file (a subset made by DataComp's scripts, or by anyone)."""
+    """Keeps exactly the uids in a DataComp uid file (a subset made by DataComp's scripts, or by anyone).
+    The pool's uids are read by the one uid rule, so a pool made before it (upper-case uids) still
+    matches, and a pool uid no uid file can hold is an error, not a silent drop."""
+    from ..pipeline import hashes
+
     listed = _uid_file(p.path)
-    return np.array([u in listed for u in table.column("uid").to_pylist()], bool), None
+    uids = hashes.canonical_uids(table.column("uid"), f"uid_list {p.path}: the pool's field 'uid'")
+    return np.array([u in listed for u in uids.to_pylist()], bool), None
 
 
 @dataclass

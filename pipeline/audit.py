@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -24,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import execute, runtime, subset
+from . import execute, hashes, runtime, subset
 from .errors import InputError
-from .pool import Pool
+from .pool import IMAGE_EXTS, Pool, member_key
 
 KNOWN_FILES = ("manifest.json", "lineage.parquet")
 
@@ -54,9 +56,9 @@ def _verify_shard(subset_dir: str, entry: dict, expected: dict[str, str]) -> lis
             for m in tar:
                 if not m.isfile():
                     continue
-                key, _, ext = m.name.partition(".")
+                key, ext = member_key(m.name)
                 seen.setdefault(key, None)
-                if ext in subset.IMAGE_EXTS and seen[key] is None:
+                if ext in IMAGE_EXTS and seen[key] is None:
                     seen[key] = hashlib.sha256(tar.extractfile(m).read()).hexdigest()
     except (tarfile.TarError, OSError, EOFError) as err:
         problems.append(f"unreadable shard {entry['name']} ({err}); samples after the damage are unchecked")
@@ -105,7 +107,30 @@ def verify(subset_dir: str, ray_address: str | None = None) -> dict:
     execute.start(ray_address)
     for found in execute.map(_verify_task, m["shards"], subset_dir, label="audit verify", quiet=False, unit="shards"):
         problems += found
+    problems += _verify_sources(m["pool"]["path"], lineage)
     return {"ok": not problems, "problems": problems, "shards": len(m["shards"]), "samples": m["size"]}
+
+
+def _verify_sources(pool: str, lineage: str) -> list[str]:
+    """The adopted tars (import-pool) the subset's samples came from, re-hashed against the sha256 recorded
+    at import: the lineage names their shards and keys as the source of each sample, and a tar replaced
+    since then no longer is. Downloaded tars live inside the pool and have no record; a pool that is not
+    here (a subset shipped elsewhere) is not checked."""
+    if not runtime.exists(Pool(pool).manifest) or not Pool(pool).has_images():
+        return []
+    shards = sorted(set(runtime.read_parquet(lineage, columns=["pool_shard"]).column("pool_shard").to_pylist()))
+    shards = [s for s in shards if runtime.exists(Pool(pool).shard_stats(s)) and Pool(pool).tar_sha256(s)]
+    return [p for found in execute.map(_verify_source, shards, pool, label="audit verify sources") for p in found]
+
+
+def _verify_source(shard: int, pool: str) -> list[str]:
+    try:
+        Pool(pool).check_tar(shard)
+    except InputError as err:
+        return [f"changed source: {err}"]
+    except OSError as err:
+        return [f"missing source tar of pool shard {shard:08d} ({err})"]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -113,6 +138,7 @@ def verify(subset_dir: str, ray_address: str | None = None) -> dict:
 
 
 def trace(subset_dir: str, uid: str) -> dict:
+    uid = hashes.parse_uid(uid, "audit trace UID")  # the one uid rule: a typo is named, not "not in"
     m = subset.read_manifest(subset_dir)
     lin = subset.read_lineage(subset_dir)
     rows = lin.filter(pc.equal(lin.column("uid"), uid)).to_pylist()
@@ -193,6 +219,7 @@ def _threshold_text(step: dict, threshold: dict | None) -> str:
 
 
 def explain(pool: str, uid: str, recipes: list[str] | None = None) -> dict:
+    uid = hashes.parse_uid(uid, "audit explain UID")  # the one uid rule: upper case is read as lower
     found = _find_in_pool(pool, uid)
     if found is None:
         raise InputError(f"uid {uid} is not in {pool}")
@@ -317,31 +344,36 @@ def remove(
 DISALLOWING = ("noai", "noimageai", "noindex", "noimageindex", "none")
 
 
-def _fetch(url: str, timeout: float, allow_private: bool) -> tuple[str, str | None, str | None]:
-    """(outcome, sha256 of the body, detail): outcome is ok, gone, opted_out or refused."""
-    from urllib.parse import urlsplit
+def _fetch(url: str, timeout: float, allow_private: bool, allow_hosts: list[str]) -> tuple[str, str | None, str | None]:
+    """(outcome, sha256 of the body, detail): outcome is ok, gone, opted_out or refused. Download's
+    opener and checks (netsafety.opener); `timeout` bounds the whole fetch, redirects included, not each
+    read, so a server that trickles bytes cannot hold it."""
+    from .netsafety import REFUSED, opener
 
-    from .netsafety import REFUSED, host_refusal, safe_opener
-
-    why = None if allow_private else host_refusal(urlsplit(url).hostname)
-    if why:
-        return "refused", None, why
     req = urllib.request.Request(url, headers={"User-Agent": "thresher-recheck"})
-    opener = urllib.request.build_opener() if allow_private else safe_opener()
+    sha = hashlib.sha256()
     try:
-        with opener.open(req, timeout=timeout) as resp:
-            body = resp.read()
+        with opener(allow_private, allow_hosts, deadline=time.monotonic() + timeout).open(req, timeout=timeout) as resp:
+            for block in iter(lambda: resp.read(1 << 16), b""):  # hashed as it arrives: any size, little memory
+                sha.update(block)
             robots = ",".join(resp.headers.get_all("X-Robots-Tag") or []).lower()
     except urllib.error.HTTPError as err:
         return "gone", None, f"http_{err.code}"
-    except (urllib.error.URLError, OSError, ValueError) as err:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
         if REFUSED in str(err):  # a private address behind the name, or a redirect to one
             return "refused", None, str(err)[:200]
         return "gone", None, f"{type(err).__name__}: {err}"[:200]
     directives = {d.strip().split(":")[-1].strip() for d in robots.split(",") if d.strip()}
     if directives & set(DISALLOWING):
-        return "opted_out", hashlib.sha256(body).hexdigest(), f"X-Robots-Tag: {robots}"
-    return "ok", hashlib.sha256(body).hexdigest(), None
+        return "opted_out", sha.hexdigest(), f"X-Robots-Tag: {robots}"
+    return "ok", sha.hexdigest(), None
+
+
+def _recheck_task(urls: list[str], timeout: float, allow_private: bool, allow_hosts: list[str]) -> list[tuple]:
+    """One item of the execution layer: a batch of URLs, fetched concurrently (the work waits on the
+    network, not the CPU)."""
+    with ThreadPoolExecutor(len(urls)) as pool:
+        return list(pool.map(lambda u: _fetch(u, timeout, allow_private, allow_hosts), urls))
 
 
 def recheck(
@@ -351,9 +383,21 @@ def recheck(
     timeout: float = 10.0,
     threads: int = 32,
     allow_private_addresses: bool = False,
+    allow_hosts: list[str] | None = None,
+    ray_address: str | None = None,
 ) -> dict:
-    """Re-download `sample` random URLs of a subset. gone: no longer served; drifted: served, but the
-    bytes differ from those downloaded (source_sha256); opted_out: now carries a disallowing X-Robots-Tag."""
+    """Re-download `sample` random URLs of a subset. gone: no longer served (an HTTP error, or no whole
+    answer within `timeout`); drifted: served, but the bytes differ from those downloaded
+    (source_sha256); opted_out: now carries a disallowing X-Robots-Tag; refused: a private address
+    (as written, resolved, connected to or redirected to), unless allowed as at download.
+
+    URLs go to the execution layer in batches of `threads`, each fetched concurrently, with a deadline
+    per batch past which it is cancelled: its URLs count as gone."""
+    from .ingest import refusals
+
+    if timeout <= 0 or threads < 1:
+        raise InputError(f"audit recheck: --timeout must be > 0 and threads at least 1 (got {timeout}, {threads})")
+    allow_hosts = list(allow_hosts or ())
     lin = subset.read_lineage(subset_dir, columns=["uid", "url", "source_sha256", "copy"])
     lin = lin.filter(pc.equal(lin.column("copy"), 0))
     if lin.num_rows == 0:
@@ -361,8 +405,29 @@ def recheck(
     k = min(sample, lin.num_rows)
     pick = np.sort(np.random.default_rng(seed).choice(lin.num_rows, size=k, replace=False))
     rows = lin.take(pa.array(pick)).to_pylist()
-    with ThreadPoolExecutor(max(1, min(threads, k))) as pool:
-        fetched = list(pool.map(lambda r: _fetch(r["url"], timeout, allow_private_addresses), rows))
+    # as written, before any fetch: ingest's rule, once per host
+    why = [None] * k if allow_private_addresses else refusals(pa.array([r["url"] for r in rows]), allow_hosts)
+    fetched: list = [("refused", None, w) if w else None for w in why]
+    todo = [i for i in range(k) if fetched[i] is None]
+    batches = [todo[i : i + threads] for i in range(0, len(todo), threads)]
+    if batches:
+        execute.start(ray_address)
+        out = execute.run(
+            _recheck_task,
+            [[rows[i]["url"] for i in b] for b in batches],
+            timeout,
+            allow_private_addresses,
+            allow_hosts,
+            label="audit recheck",
+            deadline_s=2 * timeout + 60,  # every fetch ends by `timeout`; the rest covers DNS and a worker's start
+            unit="URLs",
+            weight=len,
+            quiet=True,
+        )
+        for n, batch in enumerate(batches):  # a batch cancelled past its deadline (or lost): its URLs are gone
+            got = out.results[n] or [("gone", None, f"no answer: {out.failed.get(n)}"[:200])] * len(batch)
+            for i, one in zip(batch, got):
+                fetched[i] = one
     results, counts = [], Counter()
     for r, (outcome, sha, detail) in zip(rows, fetched):
         if outcome == "ok" and sha != r["source_sha256"]:

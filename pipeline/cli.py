@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from . import __version__, commands
+from . import __version__, commands, netsafety
 from .commands import FLAG, POSITIONAL, REPEAT, TOGGLE, Arg, Call
 from .config import CONFIG_DIR  # noqa: F401 - the recipes' directory, as tests and scripts reach it
 from .errors import InputError, ThresherError, cause, describe
@@ -98,6 +98,7 @@ def parse(argv: list[str] | None = None) -> Call:
 
 
 def main(argv: list[str] | None = None) -> int:
+    netsafety.no_third_party_traffic()  # first: inherited by every process the command starts
     try:
         call = parse(argv)
     except InputError as err:  # a rule across arguments (args.check): a usage error, in one line

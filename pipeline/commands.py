@@ -351,14 +351,14 @@ def _config_path(value: str | None, kind: str) -> Path | None:
 
 
 def parse_vars(items: list[str] | None) -> dict:
-    import yaml
+    from .config import parse_yaml
 
     variables = {}
     for item in items or []:
         if "=" not in item:
             raise InputError(f"--var expects key=value, got {item!r}")
         k, v = item.split("=", 1)
-        variables[k] = yaml.safe_load(v) if v else v  # 100 -> int, 0.3 -> float, words stay strings
+        variables[k] = parse_yaml(v, f"--var {k}") if v else v  # 100 -> int, 0.3 -> float, words stay strings
     return variables
 
 
@@ -1082,8 +1082,11 @@ class RecheckArgs(Common):
     subset: str = arg(positional=True)
     sample: int = arg(1000, "URLs to re-download (default 1000)")
     seed: int = arg(0)
-    timeout: float = arg(10.0)
+    timeout: float = arg(10.0, "seconds a whole fetch may take, redirects included (default 10)")
     allow_private_addresses: bool = arg(False, "fetch loopback/private hosts (tests)")
+    allow_hosts: list[str] = arg(
+        help="HOST or HOST:PORT fetched although private (an internal mirror), as at download", factory=list
+    )
     out: str | None = arg(None, "JSON file for the per-URL results")
 
 
@@ -1097,6 +1100,8 @@ def run_recheck(args: RecheckArgs) -> None:
         seed=args.seed,
         timeout=args.timeout,
         allow_private_addresses=args.allow_private_addresses,
+        allow_hosts=args.allow_hosts,
+        ray_address=args.ray_address,
     )
     if args.out:
         import json

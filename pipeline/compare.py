@@ -130,10 +130,8 @@ def _arm(name, sub, x, metric, accuracy, where) -> Arm:
         key = key if isinstance(key, tuple) else (key,)
         label = " / ".join(f"{c} {v}" for c, v in zip(cols, key)) or "all rows"
         unit = f"draw {key[cols.index('draw')]}" if unit_kind == "draw" else label
-        xs = scaling.numeric(rows, x, where)
-        ys = scaling.numeric(rows, metric, where)
-        if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
-            raise InputError(f"{where}: recipe {name!r} ({label}) has non-numeric or missing {x} or {metric}")
+        xs = scaling.numeric(rows, x, where, "compute")  # scaling.RULES: an error names the row
+        ys = scaling.numeric(rows, metric, where, scaling.metric_rule(accuracy))
         ys = 1.0 - ys if accuracy else ys
         pts = list(zip(*(rows[c].astype(str) for c in point_cols))) if point_cols else [f"{v:.6g}" for v in xs]
         reps.append(Replicate(label, unit, xs, ys, pts))
@@ -913,10 +911,14 @@ def compare_table(
     import pandas as pd
 
     opts = opts or FitOptions()
+    cuts = (("--fit-below", opts.fit_below), ("--fit-above", opts.fit_above), ("--backtest", backtest_below))
+    for flag, cut in cuts:  # computes the user gave: checked before any fit
+        if cut is not None:
+            scaling.positive(cut, flag)
     pts, notes = joint.points_from_table(
         df, a, b, metric, x=x, group=group, accuracy=accuracy, rows=opts.rows, where=where
     )
-    df = df[pd.to_numeric(df[metric], errors="coerce").notna()]
+    df = df[pd.to_numeric(df[metric], errors="coerce").notna()]  # as points_from_table: rows lacking it left out
     arm_a, arm_b = arms_from_table(df, a, b, metric, x=x, group=group, accuracy=accuracy, where=where)
     tp = target_point(point, df, pts) if point else None
     target = tp.compute if tp is not None else resolve_target(target, arm_a, arm_b)
@@ -954,10 +956,13 @@ def target_point(point: dict, df, pts: joint.Points) -> joint.Target:
                 f"--target-model {model!r}: not a number of GFLOPs per sample, nor a model the table names"
             ) from None
         g = float(rows[col].iloc[0])
+    g = scaling.positive(g, f"--target-model {model!r}: GFLOPs per sample")
+    samples = scaling.positive(samples, "--target-samples")
+    size = scaling.positive(size, "--target-subset-size") if size is not None else None
     if not pts.has_g:
         g = 1.0
     U = float(size) if size is not None else float(np.max(pts.U))
-    return joint.Target(compute=g * float(samples), g=g, s=float(samples), U=U)
+    return joint.Target(compute=g * samples, g=g, s=samples, U=U)
 
 
 def json_default(v):
@@ -969,16 +974,21 @@ def json_default(v):
 
 
 def resolve_target(target, arm_a: Arm, arm_b: Arm) -> float:
+    """--target-compute: a compute, or 'Nx' (N times the largest measured); positive and finite (`-3x`,
+    `0` and `nan` once gave a verdict 'at compute -810' and a compare.json holding NaN)."""
     largest = max(float(r.x.max()) for arm in (arm_a, arm_b) for r in arm.reps)
+    multiple = isinstance(target, str) and target.strip().lower().endswith("x")
     try:
-        if isinstance(target, str) and target.lower().endswith("x"):
-            return float(target[:-1]) * largest
-        return float(target)
-    except ValueError:
+        value = scaling.positive(target.strip()[:-1] if multiple else target, "--target-compute")
+        value *= largest if multiple else 1.0
+    except InputError:
+        value = math.nan
+    if not math.isfinite(value):  # positive() refused it, or a huge multiple overflowed
         raise InputError(
-            f"--target-compute {target!r}: give a number (e.g. 1e12) or a multiple of the largest "
-            f"measured compute (e.g. 10x)"
-        ) from None
+            f"--target-compute {target!r}: give a positive compute (e.g. 1e12) or a positive multiple of the "
+            f"largest measured compute (e.g. 10x)"
+        )
+    return value
 
 
 def runs_table(df, a: str, b: str, metric: str, x: str, group: str) -> list[dict]:

@@ -17,6 +17,8 @@ import os
 import numpy as np
 
 from . import compare as cmp_mod
+from .plotting import plain
+from .scaling import finite_json
 
 
 def run(path: str, a: str, b: str, metric: str, target, out: str, *, seed: int = 0, **kw) -> dict:
@@ -29,8 +31,8 @@ def run(path: str, a: str, b: str, metric: str, target, out: str, *, seed: int =
     os.makedirs(out, exist_ok=True)
     accuracy = kw.get("accuracy", True)
     write(cmp, out, y_label=("1 - " + metric) if accuracy else metric, x_label=kw.get("x", "gflops_total"), seed=seed)
-    with open(os.path.join(out, "compare.json"), "w") as f:
-        json.dump(cmp.result, f, indent=2, default=cmp_mod.json_default)
+    with open(os.path.join(out, "compare.json"), "w") as f:  # NaN as null: always valid JSON
+        json.dump(finite_json(cmp.result), f, indent=2, default=cmp_mod.json_default, allow_nan=False)
     return cmp.result
 
 
@@ -197,7 +199,7 @@ def plot_curves(cmp, path: str, x_label: str, y_label: str, seed: int = 0) -> No
         grid = np.geomspace(lo_x, top, 200)
         if cmp.joint is not None:  # the joint law: each recipe's best measured model size at each compute
             m, lo, hi = joint_band(cmp, k, np.geomspace(lo_x, top, 60))
-            ax.plot(np.geomspace(lo_x, top, 60), m, color=col, lw=2, label=f"{'AB'[k]}: {arm.name} (joint law)")
+            ax.plot(np.geomspace(lo_x, top, 60), m, color=col, lw=2, label=f"{'AB'[k]}: {plain(arm.name)} (joint law)")
             ax.fill_between(np.geomspace(lo_x, top, 60), lo, hi, color=col, alpha=0.15)
             continue
         for r in arm.reps:
@@ -207,19 +209,27 @@ def plot_curves(cmp, path: str, x_label: str, y_label: str, seed: int = 0) -> No
         if np.isfinite(mean).any():
             b = cmp_mod.bands(arm, grid, cmp.level, cmp.opts, seed)
             ax.plot(
-                grid, mean, color=col, lw=2, label=f"{'AB'[k]}: {arm.name} (mean of {len(arm.reps)} replicate fits)"
+                grid,
+                mean,
+                color=col,
+                lw=2,
+                label=f"{'AB'[k]}: {plain(arm.name)} (mean of {len(arm.reps)} replicate fits)",
             )
             ax.fill_between(grid, *b["curve"], color=col, alpha=0.15)
         for s in scales if k == 0 else []:
             ax.plot(
-                [], [], markers[scales.index(s) % len(markers)], color="grey", label=f"scale {s}" if s else "points"
+                [],
+                [],
+                markers[scales.index(s) % len(markers)],
+                color="grey",
+                label=f"scale {plain(s)}" if s else "points",
             )
     ax.axvline(cmp.target, color="grey", ls=":", label=f"target {cmp.target:.3g}")
     ax.axvline(cmp.result["measured_range"][1], color="grey", ls="--", lw=0.8, label="largest measured")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(x_label)
-    ax.set_ylabel(y_label)
+    ax.set_xlabel(plain(x_label))
+    ax.set_ylabel(plain(y_label))
     ax.set_title(
         f"measured points (mean +- SD over replicates) and fits; bands: {cmp.level:.0%} of the mean curve", fontsize=9
     )
@@ -277,7 +287,7 @@ def plot_difference(cmp, path: str, x_label: str) -> None:
     ax.axhline(0, color="grey", lw=0.8)
     ax.axvline(cmp.target, color="grey", ls=":", label="target")
     ax.set_xscale("log")
-    ax.set_xlabel(x_label)
+    ax.set_xlabel(plain(x_label))
     ax.set_ylabel("error B - error A (below 0: B better)")
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.2)

@@ -1,4 +1,5 @@
-"""Image decoding for CLIP scoring (`thresher features --model M`): where JPEGs become model input.
+"""Image decoding: the pixel limit every decoder checks first, and, for CLIP scoring (`thresher features
+--model M`), where JPEGs become model input.
 
 Two places, chosen by `ScorerConfig.decode` (pipeline/features.py):
 
@@ -11,6 +12,12 @@ Two places, chosen by `ScorerConfig.decode` (pipeline/features.py):
   actor's CPU, one image at a time; what PIL cannot open either is recorded as `decode_error` with a
   zero embedding, as on the CPU path. `auto` picks `actor` when the actors have a GPU, else `cpu`.
 
+Every image Thresher decodes goes through one pixel-limit check first (`_checked_open`, through
+`open_image` or `pixel_refusal`): the width and height its header declares, read without decoding,
+against `max_pixels` (download's limit, Pillow's own by default). Pillow itself refuses only past twice its limit, so a
+13000 x 13000 PNG of 1.7 MB in an adopted tar used to be decoded in full (5 GB in base features); now it
+is the row's error, `too_large: ...`, as the download records it.
+
 The two paths resize with different kernels (PIL's and torchvision's tensor bicubic), so their pixels
 differ by a level or two and their embeddings agree to a cosine close to 1, not bit for bit
 (tests/test_features.py measures it on the synthetic pool; the GPU figure needs the device).
@@ -19,13 +26,77 @@ differ by a level or two and their embeddings agree to a cosine close to 1, not 
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 
-from . import models
+from . import models, runtime
 from .errors import InputError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+MAX_PIXELS = 89_478_485  # Pillow's own limit (Image.MAX_IMAGE_PIXELS): download's max_pixels by default
+
+
+class TooLarge(ValueError):
+    """An image whose header declares more pixels than the limit: refused before decoding."""
+
+
+def _checked_open(stream, max_pixels: int):
+    """The one pixel-limit check: a PIL image of `stream` (its header read, nothing decoded), or TooLarge
+    when the header declares more than `max_pixels` pixels (0: no limit but Pillow's own, twice its limit)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit decides, below
+            image = Image.open(stream)
+    except Image.DecompressionBombError as err:  # Pillow's own refusal, past twice its limit
+        raise TooLarge(f"too_large: {err} (read from the header, not decoded)") from None
+    width, height = image.size
+    if max_pixels and width * height > max_pixels:
+        raise TooLarge(
+            f"too_large: {width}x{height} = {width * height} pixels, over max_pixels {max_pixels} "
+            "(read from the header, not decoded)"
+        )
+    return image
+
+
+def pixel_refusal(stream, max_pixels: int) -> str | None:
+    """`too_large: ...` when the image in `stream` fails the pixel-limit check (`max_pixels` 0: not
+    checked at all), else None, also when Pillow cannot read the header (the decoder that follows says
+    why). Leaves the stream at its start. For callers that decode elsewhere (img2dataset, nvJPEG)."""
+    if not max_pixels:
+        return None
+    try:
+        _checked_open(stream, max_pixels)
+    except TooLarge as err:
+        return str(err)
+    except Exception:  # noqa: BLE001 - not identifiable here: the decoder decides
+        return None
+    finally:
+        stream.seek(0)
+    return None
+
+
+def open_image(data: bytes, max_pixels: int = MAX_PIXELS):
+    """A PIL image of encoded bytes, past the pixel-limit check (TooLarge if it fails); decoded lazily."""
+    return _checked_open(io.BytesIO(bytes(data)), max_pixels)
+
+
+def failure(err: Exception) -> str:
+    """A row's error for an image that did not decode: `too_large: ...` as download records it, else
+    `decode_error: ...`."""
+    return (str(err) if isinstance(err, TooLarge) else f"decode_error: {err}")[:300]
+
+
+def max_pixels_of(pool: str) -> int:
+    """The pixel limit for a pool's images: its download's `max_pixels` (0: none), or the default for a
+    pool whose images no download checked (import-pool)."""
+    from .pool import Pool
+
+    manifest = Pool(pool).manifest
+    config = (runtime.read_json(manifest).get("config") or {}) if runtime.exists(manifest) else {}
+    return int(config.get("max_pixels", MAX_PIXELS))
 
 
 def tensor_transform(pp_cfg: dict):
@@ -51,17 +122,21 @@ def resolve(decode: str, device: str, pp_cfg: dict) -> str:
     return "actor" if decode == "actor" and tensor_transform(pp_cfg) is not None else "cpu"
 
 
-def decode_batch(blobs: list[bytes], errors: list[str], pp_cfg: dict, device: str):
+def decode_batch(blobs: list[bytes], errors: list[str], pp_cfg: dict, device: str, max_pixels: int = MAX_PIXELS):
     """uint8 NHWC pixels on `device` for a batch of encoded images, and each row's error ("" when it
-    decoded). A row that already has an error (missing from the tar) stays zeros."""
+    decoded). A row that already has an error (missing from the tar) stays zeros; so does one past the
+    pixel limit, checked from its header before nvJPEG or PIL decodes anything (`max_pixels` 0: rows
+    the caller checked already, as the decoding tasks do, off the model actor)."""
     import torch
-    from PIL import Image
     from torchvision.io import ImageReadMode, decode_jpeg
 
     size = pp_cfg["size"] if isinstance(pp_cfg["size"], (list, tuple)) else (pp_cfg["size"], pp_cfg["size"])
     out = torch.zeros((len(blobs), size[0], size[1], 3), dtype=torch.uint8, device=device)
     errors = list(errors)
     transform = tensor_transform(pp_cfg)
+    for i, b in enumerate(blobs):
+        if not errors[i]:
+            errors[i] = (pixel_refusal(io.BytesIO(bytes(b)), max_pixels) or "")[:300]
     jpegs = [i for i, b in enumerate(blobs) if not errors[i] and bytes(b[:3]) == JPEG_MAGIC]
     decoded = _decode_jpegs([blobs[i] for i in jpegs], device, decode_jpeg, ImageReadMode.RGB)
     is_jpeg = set(jpegs)
@@ -74,10 +149,10 @@ def decode_batch(blobs: list[bytes], errors: list[str], pp_cfg: dict, device: st
     cpu = models.pil_transform(pp_cfg)
     for i in sorted(rest):  # not JPEG, or a JPEG nvJPEG could not decode: PIL, one at a time
         try:
-            pixels = np.asarray(cpu(Image.open(io.BytesIO(bytes(blobs[i]))).convert("RGB")), dtype=np.uint8)
+            pixels = np.asarray(cpu(open_image(blobs[i], max_pixels).convert("RGB")), dtype=np.uint8)
             out[i] = torch.as_tensor(pixels, device=device)
         except Exception as err:  # noqa: BLE001 - a bad image is recorded, not fatal
-            errors[i] = f"decode_error: {err}"[:300]
+            errors[i] = failure(err)
     return out, errors
 
 

@@ -257,11 +257,9 @@ def _apply(pairs: np.ndarray, alive: np.ndarray, step: str, cfg, scores, order_k
 
 def eval_pdq(eval_dir: str) -> list[tuple[str, str]]:
     """PDQ hashes of every image of an evaluation set in CLIP_benchmark's WebDataset layout."""
-    import io
     import tarfile
 
-    from PIL import Image
-
+    from . import decode
     from .hashes import pdq_hash
 
     out = []
@@ -271,7 +269,11 @@ def eval_pdq(eval_dir: str) -> list[tuple[str, str]]:
             for member in tar:
                 if member.name.rsplit(".", 1)[-1] in ("jpg", "jpeg", "png", "webp"):
                     name = member.name.rsplit(".", 1)[0]
-                    out.append((name, pdq_hash(Image.open(io.BytesIO(tar.extractfile(member).read())))[0]))
+                    try:  # the one pixel-limit check (decode.py): an evaluation set is the user's data too
+                        image = decode.open_image(tar.extractfile(member).read())
+                    except decode.TooLarge as err:
+                        raise InputError(f"{tar_path}: {member.name}: {err}") from None
+                    out.append((name, pdq_hash(image)[0]))
     if not out:
         raise InputError(f"no images found in evaluation set {eval_dir} (expected */N.tar)")
     return out

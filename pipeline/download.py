@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import execute, ingest, netsafety, runtime, schema
+from . import decode, execute, ingest, netsafety, runtime, schema
 from .config import config_hash, from_dict, opt, to_dict
 from .errors import InputError, StageError
 from .pool import Pool
@@ -66,6 +66,10 @@ RESERVED_COLUMNS = {
     "failure",
 }
 OOM_SHARD_COUNT = 8  # shard names are {:08d}, as DataComp's
+# img2dataset, imported by this module's functions (in the driver and in every task), imports
+# albumentations, which asks a package index for its latest version unless told not to (issue 25): set
+# before any of them runs, in whichever process imports this module, a cluster's worker included.
+netsafety.no_third_party_traffic()
 
 
 @dataclass
@@ -104,7 +108,7 @@ class DownloadConfig:
         factory=list,
     )
     max_pixels: int = opt(
-        89_478_485,
+        decode.MAX_PIXELS,
         "refuse an image whose header declares more pixels than this, before "
         "decoding it (too_large); Pillow's own limit by default; 0: no limit",
     )
@@ -163,11 +167,9 @@ def make_resizer(cfg: DownloadConfig):
     call and only for the rows this call lets through, so `_pool_metadata` finds every successful row's
     MD5 of the original bytes by that row's sha256."""
     import hashlib
-    import warnings
 
     from img2dataset.blurrer import BoundingBoxBlurrer
     from img2dataset.resizer import Resizer
-    from PIL import Image
 
     class HeaderChecked(Resizer):
         def __init__(self, **kwargs):
@@ -175,26 +177,9 @@ def make_resizer(cfg: DownloadConfig):
             self.md5_of: dict[str, str] = {}  # sha256 -> md5 of the bytes as served, before resizing
 
         def __call__(self, img_stream, blurring_bbox_list=None):
-            if cfg.max_pixels:
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                        img_stream.seek(0)
-                        width, height = Image.open(img_stream).size  # the header only
-                except Image.DecompressionBombError as err:  # Pillow's own refusal, past twice its limit
-                    return None, None, None, None, None, f"too_large: {err} (read from the header, not decoded)"
-                except Exception:  # noqa: BLE001 - not identifiable here: img2dataset decides
-                    width = height = 0
-                if width * height > cfg.max_pixels:
-                    return (
-                        None,
-                        None,
-                        None,
-                        None,
-                        None,
-                        f"too_large: {width}x{height} = {width * height} pixels, over max_pixels "
-                        f"{cfg.max_pixels} (read from the header, not decoded)",
-                    )
+            why = decode.pixel_refusal(img_stream, cfg.max_pixels)  # the one pixel-limit check (decode.py)
+            if why:
+                return None, None, None, None, None, why
             img_stream.seek(0)
             out = super().__call__(img_stream, blurring_bbox_list)
             if out[-1] is None:  # a success: img2dataset hashes these same bytes next (img_stream is the original)
@@ -337,8 +322,8 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
     )
     # img2dataset fetches with urllib.request.urlopen, which follows redirects and resolves names on its
     # own: the opener installed for this task checks every resolved and connected address and every
-    # redirect (pipeline/netsafety.py); with allow_private_addresses, urllib's default opener
-    urllib.request.install_opener(None if cfg.allow_private_addresses else netsafety.safe_opener(cfg.allow_hosts))
+    # redirect (pipeline/netsafety.py); with allow_private_addresses, only the redirects' scheme
+    urllib.request.install_opener(netsafety.opener(cfg.allow_private_addresses, cfg.allow_hosts))
     # download_shard, not __call__: __call__ swallows errors, and we want Ray to see them
     downloader.download_shard((shard, i2d_input))
 

@@ -235,8 +235,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     provided", live cluster or stale file alike (issue 15). `address="local"` always starts our own."""
     import ray
 
+    from .netsafety import no_third_party_traffic
+
     if ray.is_initialized():
         return
+    no_third_party_traffic()  # a local instance's processes inherit it
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Quiet by default: Ray's own banner and per-worker log forwarding drown our progress lines.
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
@@ -244,6 +247,23 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, **kwargs)
     else:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
+        _start_reaper()
+
+
+_reaper = None  # the reaper, with the driver's end of its pipe: held, never written, while this process lives
+
+
+def _start_reaper() -> None:
+    """Start pipeline/reaper.py once per process (Linux: it reads /proc): Ray ties its GCS and raylet to
+    the driver, not the raylet's agents, which outlived a `kill -9` of a command by 60-73 s (issue 25)."""
+    import subprocess
+    import sys
+
+    global _reaper
+    if _reaper is not None or not os.path.isdir("/proc/self"):
+        return
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reaper.py")  # by path: no imports of ours
+    _reaper = subprocess.Popen([sys.executable, "-I", script], stdin=subprocess.PIPE, close_fds=True)
 
 
 def _chosen():

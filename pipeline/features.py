@@ -71,15 +71,15 @@ def detect_language(texts: list[str]) -> tuple[list[str], list[float]]:
 
 def base_features_shard(shard: int, pool: str) -> dict:
     started = time.time()
-    table = base_table(Pool(pool).successful_rows(shard), Pool(pool).read_images(shard))
+    images = Pool(pool).read_images(shard)
+    table = base_table(Pool(pool).successful_rows(shard), images, decode.max_pixels_of(pool))
     return write_base(pool, shard, table, started)
 
 
-def base_table(rows: pa.Table, images: dict[str, bytes] | None) -> pa.Table:
+def base_table(rows: pa.Table, images: dict[str, bytes] | None, max_pixels: int = decode.MAX_PIXELS) -> pa.Table:
     """Base features of a shard's successful rows. `images` (key -> bytes) gives the PDQ hashes; None for
-    a pool without images (imported from metadata), whose PDQ columns stay null."""
-    from PIL import Image
-
+    a pool without images (imported from metadata), whose PDQ columns stay null. An image past
+    `max_pixels` is refused from its header (decode.open_image), its error `too_large: ...`."""
     from .hashes import pdq_hash
 
     captions = [c or "" for c in rows.column("caption").to_pylist()]
@@ -90,10 +90,10 @@ def base_table(rows: pa.Table, images: dict[str, bytes] | None) -> pa.Table:
         try:
             if data is None:
                 raise ValueError(MISSING)
-            h, q = pdq_hash(Image.open(io.BytesIO(data)))
+            h, q = pdq_hash(decode.open_image(data, max_pixels))
             pdq.append(h), quality.append(q), errors.append(None)
         except Exception as err:  # noqa: BLE001 - a bad image is recorded, not fatal
-            pdq.append(None), quality.append(None), errors.append(f"decode_error: {err}"[:300])
+            pdq.append(None), quality.append(None), errors.append(decode.failure(err))
     if images is None:
         pdq = quality = errors = [None] * rows.num_rows
     ow = np.array(rows.column("original_width").to_pylist(), dtype=np.float64)
@@ -196,12 +196,19 @@ def _device(cfg: ScorerConfig, ex) -> str:
 
 
 def _decode_shards(
-    batch: dict, pool: str, scorer_dir: str, pp_cfg: dict, model: str, rows_per_batch: int, where: str = "cpu"
+    batch: dict,
+    pool: str,
+    scorer_dir: str,
+    pp_cfg: dict,
+    model: str,
+    rows_per_batch: int,
+    where: str = "cpu",
+    max_pixels: int = decode.MAX_PIXELS,
 ):
     """Ray Data task: whole shards in, batches of resized uint8 pixels (or, to be decoded in the model
-    actor, the images' bytes: pipeline/decode.py) and caption tokens out."""
+    actor, the images' bytes: pipeline/decode.py) and caption tokens out. An image past `max_pixels` is
+    refused from its header on both paths (its bytes are not shipped either)."""
     import open_clip
-    from PIL import Image
 
     models.register_project_models()
     transform = models.pil_transform(pp_cfg)
@@ -226,20 +233,24 @@ def _decode_shards(
                 "tokens": models.tokenize(tokenizer, captions[sl]),
             }
             if where == "actor":  # the bytes as stored; the model actor decodes them
-                batch_out["image"] = np.array([images.get(k, b"") for k in keys[sl]], dtype=object)
-                batch_out["error"] = np.array(["" if k in images else MISSING for k in keys[sl]], dtype=object)
+                errors = [
+                    (decode.pixel_refusal(io.BytesIO(images[k]), max_pixels) or "")[:300] if k in images else MISSING
+                    for k in keys[sl]
+                ]
+                batch_out["image"] = np.array([b"" if e else images[k] for k, e in zip(keys[sl], errors)], dtype=object)
+                batch_out["error"] = np.array(errors, dtype=object)
                 yield batch_out
                 continue
             pixels, errors = [], []
             for key in keys[sl]:
                 try:
                     data = images[key]
-                    img = transform(Image.open(io.BytesIO(data)).convert("RGB"))
+                    img = transform(decode.open_image(data, max_pixels).convert("RGB"))
                     pixels.append(np.asarray(img, dtype=np.uint8))
                     errors.append("")
                 except Exception as err:  # noqa: BLE001 - a bad image is recorded, not fatal
                     pixels.append(np.zeros((size[0], size[1], 3), np.uint8))
-                    errors.append((MISSING if isinstance(err, KeyError) else f"decode_error: {err}")[:300])
+                    errors.append(MISSING if isinstance(err, KeyError) else decode.failure(err))
             yield {**batch_out, "pixels": np.stack(pixels), "error": np.array(errors, dtype=object)}
 
 
@@ -272,7 +283,10 @@ class ClipEmbedder:
             else contextlib.nullcontext()
         )
         if "image" in batch:  # decoded here, on the model's device (pipeline/decode.py)
-            pixels, errors = decode.decode_batch(list(batch["image"]), list(batch["error"]), self.pp_cfg, self.device)
+            # max_pixels 0: the decoding task checked each image's header (and shipped no bytes of a bomb)
+            pixels, errors = decode.decode_batch(
+                list(batch["image"]), list(batch["error"]), self.pp_cfg, self.device, 0
+            )
             batch = {**batch, "error": np.array(errors, dtype=object)}
         else:
             pixels = batch["pixels"]
@@ -397,6 +411,7 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log) ->
             model=cfg.model,
             rows_per_batch=cfg.decode_batch,
             where=where,
+            max_pixels=decode.max_pixels_of(pool),
         ),
     )
     ds = ds.map_batches(
@@ -620,7 +635,6 @@ def embed_images(
     CLIP_benchmark set, or ImageNet train as tars), saved as float16 .npy: the target set of DataComp's
     image-based filter. Embed it with the same model and weights as the pool's scorer."""
     import torch
-    from PIL import Image
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -644,7 +658,7 @@ def embed_images(
                 if member.name.rsplit(".", 1)[-1].lower() not in ("jpg", "jpeg", "png", "webp"):
                     continue
                 try:
-                    img = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")
+                    img = decode.open_image(tar.extractfile(member).read()).convert("RGB")
                 except Exception as err:  # noqa: BLE001
                     raise InputError(f"{tar_path}: {member.name} is not a readable image: {err}") from err
                 pixels.append(np.asarray(transform(img), dtype=np.uint8))

@@ -1,7 +1,8 @@
 """Hashes shared by every stage, so that a blocklist written by one and read by another agree.
 
 - uid: 32 hex chars, the first 128 bits of sha256(url + "\\x00" + text). NUL never occurs in a URL,
-  so the pair is unambiguous. Rows that bring their own uid keep it.
+  so the pair is unambiguous. Rows that bring their own uid keep it, read by the one uid rule
+  (`canonical_uids`: exactly 32 hex digits, upper case read as lower case).
 - URL hashes for blocklists are taken over `normalize_url(url)`.
 - Perceptual hash: PDQ (Meta's 256-bit hash), because it is what industry safety hash lists
   (ThreatExchange, StopNCII) exchange, so users can bring real lists unchanged.
@@ -15,6 +16,8 @@ import io
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+
+from .errors import InputError
 
 
 def make_uid(url: str, text: str | None) -> str:
@@ -147,33 +150,111 @@ def first_shared_byte_pairs(codes: np.ndarray, byte: int, radius: int, budget: i
 
 UID_DTYPE = np.dtype("u8,u8")
 
+# The one rule for a uid written as text, wherever one enters (a URL list's or img2dataset's uid column,
+# DataComp's metadata, a `.npz`'s metadata, probe labels, `audit trace`/`explain`'s argument, a pool's
+# column on its way into a uid file): exactly 32 hex digits. Upper-case digits are read as lower case
+# (the same 128-bit number; `make_uid` and `uids_of` spell uids in lower case), so string comparisons
+# and a uid file's numbers agree. A `0x` prefix, a sign, spaces, underscores or another length are
+# refused, never read: `int(u, 16)` accepted them and made another uid, or matched another sample.
+UID_PATTERN = "^[0-9a-fA-F]{32}$"
+UID_RULE = "32 hex digits (0-9, a-f; A-F is read as a-f; no 0x, spaces or underscores)"
 
-def uid_array(uids) -> np.ndarray:
-    """Sorted `u8,u8` rows of 32-hex-digit uids, duplicates dropped, as DataComp writes them."""
-    bad = next((u for u in uids if not (isinstance(u, str) and len(u) == 32 and _is_hex(u))), None)
-    if bad is not None:
-        raise ValueError(f"uid {bad!r} is not 32 hex digits: DataComp's uid files hold 128-bit uids")
-    arr = np.array([(int(u[:16], 16), int(u[16:], 16)) for u in uids], dtype=UID_DTYPE)
+
+class UidError(InputError, ValueError):
+    """Text that is not a uid: the user's input (InputError), and a ValueError as `int(u, 16)` raised."""
+
+
+def canonical_uids(values, where: str, first_row: int | None = 1):
+    """`values` (an Arrow string column, or a sequence of str) as uids by the one rule above, lower-cased,
+    checked as a whole column; UidError naming `where`, the first bad row (counted from `first_row`;
+    None: a single value, no row) and its value, and how many rows are bad."""
+    import pyarrow.compute as pc
+
+    text = _uid_text(values, where)
+    ok = pc.fill_null(pc.match_substring_regex(text, UID_PATTERN), False)
+    if not pc.all(ok, min_count=0).as_py():
+        i = pc.index(ok, False).as_py()
+        value = text[i].as_py()
+        shown = repr(value if value is None or len(value) <= 80 else value[:80] + "...")
+        row = "" if first_row is None else f": row {first_row + i}"
+        more = "" if first_row is None else f" ({len(ok) - pc.sum(ok).as_py()} such rows)"
+        raise UidError(f"{where}{row}: uid {shown} is not {UID_RULE}{more}")
+    return pc.ascii_lower(text)
+
+
+def parse_uid(value, where: str) -> str:
+    """One uid by the rule above (a command-line argument): its canonical lower-case text, or UidError."""
+    return canonical_uids([value], where, first_row=None)[0].as_py()
+
+
+def _uid_text(values, where: str):
+    """An Arrow string column of `values`; UidError if they are not text (an int or binary uid column)."""
+    import pyarrow as pa
+
+    if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = list(values)
+        bad = [v for v in values if not isinstance(v, str)]
+        if bad:
+            raise UidError(f"{where}: uid {bad[0]!r} is not {UID_RULE}")
+        return pa.array(values, pa.string())
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        raise UidError(f"{where}: uids are {values.type}, not text of {UID_RULE}")
+    return values
+
+
+def uid_array(uids, where: str = "uids") -> np.ndarray:
+    """Sorted `u8,u8` rows of uids (`canonical_uids`' rule, named by `where` when one breaks it),
+    duplicates dropped, as DataComp writes them."""
+    canon = canonical_uids(uids, where).to_pylist()
+    halves = np.frombuffer(bytes.fromhex("".join(canon)), dtype=">u8").reshape(-1, 2)
+    arr = np.empty(len(canon), UID_DTYPE)
+    arr["f0"], arr["f1"] = halves[:, 0], halves[:, 1]
     return np.unique(arr)  # sorts by the high, then the low 64 bits
 
 
 def uids_of(arr: np.ndarray) -> list[str]:
+    """The uids of a `u8,u8` array as text, in the canonical lower case."""
     return [f"{int(hi):016x}{int(lo):016x}" for hi, lo in zip(arr["f0"], arr["f1"])]
 
 
-def _is_hex(text: str) -> bool:
-    try:
-        int(text, 16)
-    except ValueError:
-        return False
-    return True
-
-
 def check_uid_array(arr: np.ndarray, where: str) -> np.ndarray:
-    """`arr` if it is a DataComp uid array (dtype u8,u8, sorted); else ValueError naming `where`."""
+    """`arr` if it is a DataComp uid array (dtype u8,u8, one dimension, sorted); else ValueError naming `where`."""
     if arr.dtype != UID_DTYPE:
         raise ValueError(f"{where}: dtype {arr.dtype}, not DataComp's u8,u8 (high and low 64 bits of each uid)")
+    if arr.ndim != 1:
+        raise ValueError(f"{where}: shape {arr.shape}, not one row per uid (DataComp's uid files are 1-D)")
     hi, lo = arr["f0"], arr["f1"]
     if len(arr) > 1 and not np.all((hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] >= lo[:-1]))):
         raise ValueError(f"{where}: uids are not sorted (DataComp's files are; np.sort the array first)")
     return arr
+
+
+def read_uid_file(f, where: str) -> np.ndarray:
+    """The DataComp uid file open as `f` (binary), checked from its `.npy` header before a row is read:
+    dtype u8,u8, one dimension, exactly the bytes its shape says, then sorted (`check_uid_array`).
+    ValueError naming `where` otherwise: a zero-dimensional, 2-D or absurdly shaped file is one line, not
+    an attempt to allocate what its header claims (np.load asked for 14.6 TiB), nor a pickle loaded."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if header is None:
+            raise ValueError(f".npy format version {version} (DataComp's files are 1.0)")
+        shape, _, dtype = header(f)
+    except ValueError as err:
+        raise ValueError(f"{where}: not a .npy file NumPy writes ({err})") from None
+    if dtype != UID_DTYPE:
+        raise ValueError(f"{where}: dtype {dtype}, not DataComp's u8,u8 (high and low 64 bits of each uid)")
+    if len(shape) != 1:
+        raise ValueError(f"{where}: shape {shape}, not one row per uid (DataComp's uid files are 1-D)")
+    start = f.tell()
+    size = f.seek(0, 2) - start
+    if size != shape[0] * UID_DTYPE.itemsize:
+        raise ValueError(
+            f"{where}: its header says {shape[0]} uids ({shape[0] * UID_DTYPE.itemsize} bytes), the file holds "
+            f"{size} bytes after it: truncated, or not written by np.save"
+        )
+    f.seek(start)
+    return check_uid_array(np.frombuffer(f.read(size), UID_DTYPE), where)

@@ -6,13 +6,19 @@ clip_l14_similarity_score, face_bboxes, sha256) becomes a pool without images. E
 (status success); the base features that need no pixels (language, caption length, sizes, sha256) are
 computed, and the precomputed scores become scorers (`clip_b32`, `clip_l14` by default, as the presets
 expect), with the image and text embeddings of DataComp's `.npz` files (`DIR/STEM.npz` for
-`STEM.parquet`, row-aligned with it; keys `b32_img`, `l14_img`, ...). Every filter that needs no pixels
-runs on it; what needs them (PDQ, new scorers, a resharded subset) fails before any work and says so.
+`STEM.parquet`, row-aligned with it; keys `b32_img`, `l14_img`, ...). Each array's shape and dtype are
+read from its .npy header before it is loaded: floats, one row per metadata row, as wide as the first
+file's and at most MAX_EMBEDDING_WIDTH (a 1.5 MB file could hold 1.5 GB of zeros). Every filter that
+needs no pixels runs on it; what needs them (PDQ, new scorers, a resharded subset) fails before any work and says so.
 
 `thresher import-pool DIR --out POOL`: the shards img2dataset wrote (`DIR/{i:05d}.tar`, `.parquet`,
 `_stats.json`) become a pool without copying or re-downloading an image: the pool's metadata is written
 in schema.POOL (status, error, sizes, sha256/md5, key from img2dataset's Parquet; failures normalised as
-download does) and its manifest's layout points at the tars where they are.
+download does) and its manifest's layout points at the tars where they are. Each tar is read once here:
+its keys by the pool's one key rule (`pool.member_key`; a member in a folder, or a second image of a key,
+is refused), and its sha256, kept in the shard's stats (`tar_sha256`) and checked by every later reader
+(`Pool.check_tar`: features, subset, audit verify), since the tar stays where anyone may change it. A
+Parquet with a null status or a repeated key is refused, naming the file and row.
 
 Both read their Parquet through ingest (one Ray task per file, the same checks as download: URLs, UTF-8,
 uids unique across the pool), then write the pool one task per file (import-metadata) or shard
@@ -27,13 +33,15 @@ uids unique across the pool), then write the pool one task per file (import-meta
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import tarfile
 import time
+import zipfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -42,8 +50,8 @@ import pyarrow.parquet as pq
 
 from . import execute, features, ingest, runtime, schema
 from .download import classify
-from .errors import InputError
-from .pool import Pool, shard_name
+from .errors import InputError, cause
+from .pool import IMAGE_EXTS, HashingReader, Pool, member_key, shard_name
 
 # DataComp's score columns, the scorer each becomes, and the prefix of its .npz arrays
 DATACOMP_SCORERS = {
@@ -51,6 +59,9 @@ DATACOMP_SCORERS = {
     "clip_l14": ("clip_l14_similarity_score", "l14"),
 }
 DATACOMP_WEIGHTS = {"clip_b32": "OpenAI CLIP ViT-B/32", "clip_l14": "OpenAI CLIP ViT-L/14"}
+# an imported scorer's embeddings are at most this wide (DataComp's are 512 and 768, the widest CLIP
+# towers 1280), and as wide in every file as in the first: a 2,000,000-wide array is refused from its header
+MAX_EMBEDDING_WIDTH = 4096
 # DataComp's columns the pool keeps (score columns ride along too, as download's extra columns would)
 DATACOMP_CARRIED = ["original_width", "original_height", "sha256", "face_bboxes"]
 # img2dataset's hash columns (named by the hash, compute_hash)
@@ -62,6 +73,7 @@ class ScorerSource:
     scorer_id: str
     column: str
     npz_prefix: str | None  # arrays PREFIX_img, PREFIX_txt of the .npz files
+    width: int | None = None  # of its embeddings, read from the first .npz's header (_with_embeddings)
 
     @staticmethod
     def parse(spec: str) -> ScorerSource:
@@ -119,21 +131,27 @@ def _first_shards(state: dict) -> list[int]:
     return np.concatenate([[0], np.cumsum([f["shards"] for f in state["files"]])]).astype(int).tolist()
 
 
+def _footer(path: str):
+    """A Parquet file's footer (schema, row count); a file that is not Parquet is named."""
+    fs, p = runtime.fs_path(path)
+    try:
+        with fs.open(p, "rb") as fh:
+            return pq.ParquetFile(fh).metadata
+    except (OSError, pa.ArrowException) as err:
+        raise InputError(f"cannot read {path} as Parquet: {' '.join(str(err).split())[:300]}") from None
+
+
 def _common_columns(files: list[str]) -> list[str]:
     """Columns every Parquet file has (read from the footers only)."""
     names = None
     for f in files:
-        fs, p = runtime.fs_path(f)
-        with fs.open(p, "rb") as fh:
-            cols = pq.ParquetFile(fh).schema_arrow.names
+        cols = _footer(f).schema.to_arrow_schema().names
         names = cols if names is None else [c for c in names if c in cols]
     return names or []
 
 
 def _rows(path: str) -> int:
-    fs, p = runtime.fs_path(path)
-    with fs.open(p, "rb") as f:
-        return max(1, pq.ParquetFile(f).metadata.num_rows)
+    return max(1, _footer(path).num_rows)
 
 
 def _pool_table(rows: dict[str, pa.Array], n: int, extras: dict[str, pa.Array]) -> pa.Table:
@@ -195,9 +213,11 @@ def _write_manifest(pool: str, sources: list[str], state: dict, config: dict, so
 
 def _failures(outcome: execute.Outcome) -> dict:
     """{item: reason}; bad input in any file is raised as itself (the same file fails the same way again)."""
-    bad = [e for e in outcome.errors.values() if isinstance(e, InputError)]
+    # unwrapped from execute's no-retry marker and Ray's task error (each hid the InputError before)
+    bad = [cause(getattr(e, "err", e)) for e in outcome.errors.values()]
+    bad = [e for e in bad if isinstance(e, InputError)]
     if bad:
-        raise bad[0]
+        raise InputError(str(bad[0])) from None
     return outcome.failures
 
 
@@ -252,15 +272,17 @@ def _with_embeddings(scorers: list[ScorerSource], first: str, npz_dir: str, log)
     path = _npz_path(first, npz_dir)
     if not runtime.exists(path):
         raise InputError(f"{first}: no embeddings file {path} (DataComp keeps STEM.npz beside STEM.parquet)")
-    fs, p = runtime.fs_path(path)
-    with fs.open(p, "rb") as f:
-        names = set(np.load(f, allow_pickle=False).files)
-    out = []
-    for s in scorers:
-        if s.npz_prefix and f"{s.npz_prefix}_img" not in names:
-            log(f"[import-metadata] {path} has no {s.npz_prefix}_img: scorer {s.scorer_id} without embeddings")
-            s = ScorerSource(s.scorer_id, s.column, None)
-        out.append(s)
+    with _npz(path, whole=False) as npz:
+        names = set(npz.files)
+        out = []
+        for s in scorers:
+            if s.npz_prefix and f"{s.npz_prefix}_img" not in names:
+                log(f"[import-metadata] {path} has no {s.npz_prefix}_img: scorer {s.scorer_id} without embeddings")
+                s = replace(s, npz_prefix=None)
+            elif s.npz_prefix:  # every file's arrays must have the first's width (checked from the headers)
+                shape, _ = _npy_header(npz, f"{s.npz_prefix}_img", path)
+                s = replace(s, width=_width(path, f"{s.npz_prefix}_img", shape, s))
+            out.append(s)
     if not any(s.npz_prefix for s in out):
         raise InputError(
             f"--npz-dir: {path} holds none of the scorers' arrays ({', '.join(sorted(names))}); "
@@ -274,24 +296,80 @@ def _npz_arrays(info: dict, scorers: list[ScorerSource], npz_dir: str) -> dict:
     path = _npz_path(info["path"], npz_dir)
     if not runtime.exists(path):
         raise InputError(f"{info['path']}: no embeddings file {path} (DataComp keeps STEM.npz beside STEM.parquet)")
+    out = {}
+    with _npz(path, whole=True) as npz:
+        for src in (s for s in scorers if s.npz_prefix):
+            for which in ("img", "txt"):
+                key = f"{src.npz_prefix}_{which}"
+                if key not in npz.files:
+                    if which == "txt":
+                        continue  # image embeddings are what filters use; text ones are optional
+                    raise InputError(
+                        f"{path} has no array {key!r} for scorer {src.scorer_id}; it has {sorted(npz.files)}"
+                    )
+                # shape and type from the array's header, before a byte of it is decompressed: the
+                # header bounds what loading it costs (rows x width x 8 bytes at most)
+                shape, _ = _npy_header(npz, key, path)
+                if len(shape) != 2 or shape[0] != info["rows"]:
+                    raise InputError(
+                        f"{path}: {key} has shape {shape}; {info['path']} has {info['rows']} rows (one embedding a row)"
+                    )
+                _width(path, key, shape, src)
+                out[(src.scorer_id, which)] = npz[key]
+    return out
+
+
+@contextlib.contextmanager
+def _npz(path: str, whole: bool):
+    """An .npz file, opened lazily (an array is decompressed only when read; `whole`: the file is read in
+    one request first, for object stores). Never unpickles; what is not a zip of arrays is named."""
     fs, p = runtime.fs_path(path)
     with fs.open(p, "rb") as f:
-        npz = np.load(io.BytesIO(f.read()), allow_pickle=False)
-    out = {}
-    for src in (s for s in scorers if s.npz_prefix):
-        for which in ("img", "txt"):
-            key = f"{src.npz_prefix}_{which}"
-            if key not in npz.files:
-                if which == "txt":
-                    continue  # image embeddings are what filters use; text ones are optional
-                raise InputError(f"{path} has no array {key!r} for scorer {src.scorer_id}; it has {sorted(npz.files)}")
-            arr = npz[key]
-            if arr.ndim != 2 or len(arr) != info["rows"]:
-                raise InputError(
-                    f"{path}: {key} has shape {arr.shape}; {info['path']} has {info['rows']} rows (one embedding a row)"
-                )
-            out[(src.scorer_id, which)] = arr
-    return out
+        try:
+            npz = np.load(io.BytesIO(f.read()) if whole else f, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise InputError(
+                f"{path}: not an .npz of arrays ({' '.join(str(err).split())[:200]}); DataComp's STEM.npz is a "
+                "zip of .npy arrays (np.savez)"
+            ) from None
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise InputError(f"{path}: one .npy array, not an .npz of named arrays (np.savez writes those)")
+        with npz:
+            yield npz
+
+
+def _npy_header(npz, key: str, path: str) -> tuple[tuple, np.dtype]:
+    """Shape and dtype of array `key` of an open .npz, read from its .npy header alone; floats only (an
+    object array would need unpickling, a string one is no embedding)."""
+    from numpy.lib import format as npy
+
+    member = f"{key}.npy" if f"{key}.npy" in npz.zip.namelist() else key
+    readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    try:
+        with npz.zip.open(member) as f:
+            version = npy.read_magic(f)
+            if version not in readers:
+                raise ValueError(f".npy format version {version}")
+            shape, _, dtype = readers[version](f)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError) as err:
+        raise InputError(f"{path}: array {key} is not a readable .npy array ({err})") from None
+    if dtype.kind != "f":
+        raise InputError(f"{path}: array {key} holds {dtype}, not floating-point embeddings")
+    return shape, dtype
+
+
+def _width(path: str, key: str, shape: tuple, src: ScorerSource) -> int:
+    """The embedding width of array `key` (shape rows x width), checked against the scorer's: at most
+    MAX_EMBEDDING_WIDTH, and the width of its first file's image embeddings (`src.width`, once known)."""
+    width = int(shape[1]) if len(shape) == 2 else 0
+    if src.width and width != src.width:
+        raise InputError(
+            f"{path}: {key} is {width} wide; scorer {src.scorer_id}'s embeddings are {src.width} wide "
+            "(its first file's): one model's embeddings, one row per metadata row"
+        )
+    if not 1 <= width <= MAX_EMBEDDING_WIDTH:
+        raise InputError(f"{path}: {key} has shape {shape}: not rows x width with width 1..{MAX_EMBEDDING_WIDTH}")
+    return width
 
 
 @runtime.holds(lambda sources, pool, *a, **k: Pool(pool).work(), "this pool's import")
@@ -395,16 +473,70 @@ def _img2dataset_shards(directory: str) -> tuple[list[int], int]:
     return [int(n) for n in names], widths.pop()
 
 
-def _tar_keys(path: str) -> set[str]:
-    """The sample keys with an image in a tar, reading its headers only."""
+def _tar_index(path: str) -> tuple[set[str], str, int]:
+    """The sample keys with an image in a tar (by the pool's one key rule, `pool.member_key`), and the
+    tar's sha256 and size, in one pass: the fingerprint later readers check it against. A member no later
+    stage could read as its sample's (in a folder, or a second image of one key) is refused, named."""
     fs, p = runtime.fs_path(path)
     keys = set()
-    with fs.open(p, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        for m in tar:
-            key, _, ext = m.name.rpartition("/")[2].partition(".")
-            if ext.lower() in ("jpg", "jpeg", "png", "webp"):
-                keys.add(key)
-    return keys
+    try:
+        with fs.open(p, "rb") as raw:
+            f = HashingReader(raw)
+            with tarfile.open(fileobj=f, mode="r|") as tar:
+                for m in tar:
+                    key, ext = member_key(m.name)
+                    if not m.isfile() or ext not in IMAGE_EXTS:
+                        continue
+                    if "/" in key:
+                        raise InputError(
+                            f"{path}: member {m.name!r} is in a folder; img2dataset writes KEY.EXT at the top of "
+                            "its tars: repack it without folders (tar -C DIR -cf SHARD.tar KEY.jpg ...)"
+                        )
+                    if key in keys:
+                        raise InputError(f"{path}: key {key} has two images (second: {m.name!r}); keep one")
+                    keys.add(key)
+            sha = f.finish()
+    except (tarfile.TarError, EOFError) as err:
+        raise InputError(f"{path}: not a readable tar ({err}); re-run img2dataset for this shard") from err
+    return keys, sha, f.size
+
+
+def _i2d_table_checks(parquet: str, inp: pa.Table) -> None:
+    """What img2dataset's Parquet must hold for a pool: a status on every row, and each key once (two rows
+    of one key would be two samples, two captions, sharing one image)."""
+    status = inp.column("status")
+    if status.null_count:
+        row = int(np.flatnonzero(np.asarray(pc.is_null(status)))[0]) + 1
+        raise InputError(
+            f"{parquet}: row {row}, field 'status': null ({status.null_count} such rows); img2dataset writes "
+            "success, failed_to_download or failed_to_resize"
+        )
+    if not pa.types.is_string(status.type):
+        raise InputError(f"{parquet}: field 'status' must hold strings, found {status.type}")
+    keys = inp.column("key")
+    if keys.null_count:
+        row = int(np.flatnonzero(np.asarray(pc.is_null(keys)))[0]) + 1
+        raise InputError(f"{parquet}: row {row}, field 'key': null ({keys.null_count} such rows)")
+    if pc.count_distinct(keys).as_py() != len(keys):
+        first: dict[str, int] = {}
+        for row, k in enumerate(pc.cast(keys, pa.string()).to_pylist(), 1):
+            if k in first:
+                raise InputError(
+                    f"{parquet}: rows {first[k]} and {row} have the same key {k}; img2dataset writes each key "
+                    "once (one image a key): drop the repeated rows, or re-run img2dataset for this shard"
+                )
+            first[k] = row
+
+
+def _i2d_stats(path: str) -> dict:
+    """img2dataset's `_stats.json` of a shard, which the pool keeps: a JSON object, or the shard is refused."""
+    try:
+        stats = runtime.read_json(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not img2dataset's stats JSON ({err}); re-run img2dataset for this shard") from None
+    if not isinstance(stats, dict):
+        raise InputError(f"{path}: not img2dataset's stats JSON (a {type(stats).__name__}, not an object)")
+    return stats
 
 
 def _adopt_shard(index: int, pool: str, numbers: list[int], directory: str, width: int) -> dict:
@@ -415,6 +547,8 @@ def _adopt_shard(index: int, pool: str, numbers: list[int], directory: str, widt
     tar = runtime.join(directory, f"{shard:0{width}d}.tar")
     stats_path = runtime.join(directory, f"{shard:0{width}d}_stats.json")
     inp = ingest.read_shard_input(Pool(pool).work("inputs", f"{shard_name(index)}.arrow"))
+    _i2d_table_checks(runtime.join(directory, f"{shard:0{width}d}.parquet"), inp)
+    i2d = _i2d_stats(stats_path)
     rows = {c: inp.column(c) for c in inp.column_names if c in schema.POOL.names}
     status = inp.column("status").to_pylist()
     errors = inp.column("error_message").to_pylist() if "error_message" in inp.column_names else [None] * len(status)
@@ -423,7 +557,7 @@ def _adopt_shard(index: int, pool: str, numbers: list[int], directory: str, widt
     table = _pool_table(rows, inp.num_rows, extras)
     table = table.take(pc.sort_indices(table, sort_keys=[("key", "ascending")]))
     success = table.filter(pc.equal(table.column("status"), "success")).column("key").to_pylist()
-    have = _tar_keys(tar)
+    have, tar_sha, tar_bytes = _tar_index(tar)
     lost = [k for k in success if k not in have]
     if lost:
         raise InputError(
@@ -431,8 +565,9 @@ def _adopt_shard(index: int, pool: str, numbers: list[int], directory: str, widt
         )
     runtime.makedirs(Pool(pool).shards_dir)
     runtime.write_parquet(table, Pool(pool).metadata(shard))
-    i2d = runtime.read_json(stats_path)
-    runtime.write_json(Pool(pool).shard_stats(shard), _shard_stats(shard, table, started, img2dataset=i2d, tar=tar))
+    # the tar stays in the user's folder: its fingerprint, which every later reader checks (Pool.check_tar)
+    more = dict(img2dataset=i2d, tar=tar, tar_sha256=tar_sha, tar_bytes=tar_bytes)
+    runtime.write_json(Pool(pool).shard_stats(shard), _shard_stats(shard, table, started, **more))
     return {"count": 1}
 
 

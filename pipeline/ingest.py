@@ -4,6 +4,7 @@ per-shard input files for the download stage.
 - Column names are mapped by option (`url_col`, `caption_col`, `uid_col`); a DataComp metadata
   Parquet (uid, url, text, ...) works with the defaults.
 - Rows without a uid get `hashes.make_uid(url, text)`: the first 128 bits of sha256(url NUL text).
+  A given uid must be 32 hex digits; upper case is read as lower case (`hashes.canonical_uids`).
 - Malformed input raises InputError naming the file, row (1-based, counting data rows only) and field.
   Shard inputs are written to a temporary directory and renamed into place only when the whole
   list has been read, so a bad row late in the file leaves nothing behind.
@@ -29,7 +30,7 @@ import pyarrow.parquet as pq
 
 from . import execute, runtime
 from .errors import InputError
-from .hashes import make_uid
+from .hashes import canonical_uids, make_uid
 from .netsafety import allowed, host_refusal
 
 FORMATS = {
@@ -115,7 +116,8 @@ def _bad_rows(mask: pa.ChunkedArray | pa.Array, offset: int) -> tuple[int, list[
     return len(idx), [offset + int(i) + 1 for i in idx[:MAX_EXAMPLES]]
 
 
-def _validate(path: str, batch: pa.RecordBatch, offset: int, url_col: str, uid_col: str | None) -> None:
+def _validate(path: str, batch: pa.RecordBatch, offset: int, url_col: str, uid_col: str | None):
+    """Check a block's URLs and uids; returns its uids by the one uid rule (lower case), or None."""
     url = batch.column(url_col)
     if url.type != pa.string():
         raise InputError(f"{path}: field '{url_col}' must hold strings, found {url.type}")
@@ -133,12 +135,10 @@ def _validate(path: str, batch: pa.RecordBatch, offset: int, url_col: str, uid_c
             f"{path}: row {rows[0]}, field '{url_col}': not an http(s) URL: {first[:200]!r} "
             f"({n} such rows in this block; rows {rows})"
         )
-    if uid_col is not None:
-        uid = batch.column(uid_col)
-        bad = pc.or_(pc.is_null(uid), pc.equal(pc.utf8_length(pc.cast(uid, pa.string())), 0))
-        n, rows = _bad_rows(bad, offset)
-        if n:
-            raise InputError(f"{path}: row {rows[0]}, field '{uid_col}': empty uid ({n} such rows; rows {rows})")
+    if uid_col is None:
+        return None
+    # 32 hex digits, upper case read as lower (hashes.canonical_uids): a uid a uid file can hold unchanged
+    return canonical_uids(batch.column(uid_col), f"{path}, field '{uid_col}'", first_row=offset + 1)
 
 
 def uid_hashes(uids: list[str]) -> np.ndarray:
@@ -202,6 +202,17 @@ def _utf8(path: str, batch: pa.RecordBatch, offset: int) -> None:
             raise InputError(f"{path}: column {name!r}, row {offset + bad + 1}: not valid UTF-8 text") from None
 
 
+def _check_caption(path: str, batch: pa.RecordBatch, caption_col: str | None) -> None:
+    """A caption column must hold text: a binary one used to end in an unexpected error far from its file."""
+    if caption_col is None:
+        return
+    kind = batch.column(caption_col).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        raise InputError(
+            f"{path}: field '{caption_col}' must hold text (UTF-8 strings), found {kind}; write the captions as strings"
+        )
+
+
 def _valid_utf8(col: pa.Array, i: int) -> bool:
     try:
         col[i].as_py()
@@ -225,11 +236,12 @@ def _ingest_file(path: str, index: int, out: str, hashes_dir: str, spec: _Read, 
     pending_rows = 0
     for batch in _read_batches(path, fmt, columns, spec.batch_rows):
         _utf8(path, batch, rows)
-        _validate(path, batch, rows, spec.url_col, use_uid)
+        _check_caption(path, batch, spec.caption_col)
+        given = _validate(path, batch, rows, spec.url_col, use_uid)
         urls = batch.column(spec.url_col).to_pylist()
         texts = batch.column(spec.caption_col).to_pylist() if spec.caption_col else [None] * len(urls)
         if use_uid:
-            uids = [str(u) for u in batch.column(use_uid).to_pylist()]
+            uids = given.to_pylist()
         else:
             uids = [make_uid(u, t) for u, t in zip(urls, texts)]
         hashes.append(uid_hashes(uids))

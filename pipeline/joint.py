@@ -515,7 +515,7 @@ def points_from_table(
     """The joint law's points of recipes a and b, and notes (rows kind, rows left out for lacking the
     metric). Model size from gflops_per_sample (or gflops), samples from samples_seen (else x / size),
     subset size from subset_size."""
-    from .scaling import numeric, require_columns
+    from .scaling import metric_rule, numeric, require_columns, with_values
 
     require_columns(df, (x, metric, group), where)
     kind, why = rows_kind(df, rows)
@@ -526,23 +526,18 @@ def points_from_table(
             raise InputError(f"{where}: no rows with {group} = {name!r}; present: {present}")
     import pandas as pd
 
-    val = pd.to_numeric(sub[metric], errors="coerce")
-    bad = sub[metric].notna() & val.isna() & (sub[metric].astype(str).str.strip() != "")
-    if bad.any():
-        raise InputError(f"{where}: column {metric!r} must hold numbers; it holds {sub.loc[bad, metric].iloc[0]!r}")
-    lacking = {name: int(((sub[group].astype(str) == name) & val.isna()).sum()) for name in (a, b)}
-    sub = sub[val.notna()]
-    sub[metric] = val[val.notna()]
+    recipes = sub[group].astype(str)
+    sub, gone = with_values(sub, metric, where)  # a row lacking the metric is left out, with a note
+    lacking = {name: int(((recipes == name).to_numpy() & gone).sum()) for name in (a, b)}
     notes = {"rows": kind, "rows_why": why, "left_out": lacking}
     size_col = next((c for c in SIZE_COLUMNS if c in sub.columns), None)
-    xs = numeric(sub, x, where)
-    g = numeric(sub, size_col, where) if size_col else np.ones(len(sub))
-    s = numeric(sub, "samples_seen", where) if "samples_seen" in sub.columns and size_col else xs / g
-    U = numeric(sub, "subset_size", where) if "subset_size" in sub.columns else np.full(len(sub), np.inf)
-    y = numeric(sub, metric, where)
+    # every number by the rules of scaling.RULES: an error names the row and the column
+    xs = numeric(sub, x, where, "compute")
+    g = numeric(sub, size_col, where, "compute") if size_col else np.ones(len(sub))
+    s = numeric(sub, "samples_seen", where, "compute") if "samples_seen" in sub.columns and size_col else xs / g
+    U = numeric(sub, "subset_size", where, "size") if "subset_size" in sub.columns else np.full(len(sub), np.inf)
+    y = numeric(sub, metric, where, metric_rule(accuracy))
     y = 1.0 - y if accuracy else y
-    if not (np.isfinite(g).all() and np.isfinite(s).all() and (g > 0).all() and (s > 0).all()):
-        raise InputError(f"{where}: model sizes ({size_col}) and samples seen must be positive numbers")
     k = (sub[group].astype(str) == b).to_numpy().astype(int)
     keys = _unit_and_run_keys(sub, group, kind)
     unit = pd.factorize(keys[0])[0]

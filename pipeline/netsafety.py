@@ -15,15 +15,25 @@ Three checks, each where it can be made exactly:
 
 A refused fetch raises `URLError("disallowed_address: ...")`, which the download records with the
 failure reason `disallowed_address`. `allow_hosts` ("host" or "host:port") names hosts that may be
-fetched although private (an internal mirror); `--allow-private-addresses` turns all of this off
-(local tests only).
+fetched although private (an internal mirror); `--allow-private-addresses` turns the address checks
+off (local tests only). `opener` is the one rule for which opener a fetch uses, download's and recheck's.
+
+A `deadline` bounds a whole fetch (connect, headers, body and every redirect), where a socket timeout
+bounds each read only: a server that sends a byte every two seconds never trips a 3 s timeout.
+
+`no_third_party_traffic` keeps libraries from contacting anyone on their own (albumentations asks a
+package index for its latest version when imported, and img2dataset's resizer imports it): every process
+Thresher starts calls it first, so the only hosts contacted are those of the user's list.
 """
 
 from __future__ import annotations
 
 import http.client
+import io
 import ipaddress
+import os
 import socket
+import time
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
@@ -44,6 +54,16 @@ METADATA_IPS = {
     ipaddress.ip_address("100.100.100.200"),
 }
 REFUSED = "disallowed_address"
+# Environment that stops libraries phoning home on import (albumentations' version check, Ray's usage
+# statistics): set in every process Thresher starts, and inherited by the processes those start.
+NO_PHONE_HOME = {"NO_ALBUMENTATIONS_UPDATE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def no_third_party_traffic() -> None:
+    """Set NO_PHONE_HOME in this process's environment (so in every child it starts: Ray's local
+    instance and its workers, forked workers). Called by the CLI entry, by Ray's start-up and by the
+    download task before it imports img2dataset (a worker of a cluster started elsewhere)."""
+    os.environ.update(NO_PHONE_HOME)
 
 
 def normalise_host(host: str) -> str:
@@ -132,15 +152,38 @@ def _check_peer(sock, host: str, allow_hosts) -> None:
         raise urllib.error.URLError(f"{REFUSED}: {host} connected to {addr}, {why}")
 
 
-def safe_opener(allow_hosts=(), timeout: float | None = None) -> urllib.request.OpenerDirector:
-    """A urllib opener that refuses private addresses at connect time and on every redirect."""
+def opener(allow_private: bool = False, allow_hosts=(), deadline: float | None = None):
+    """The opener of every fetch (download's, installed for img2dataset's `urlopen`, and recheck's):
+    address checks unless `allow_private`; the redirect scheme check and, if given, the `deadline`
+    (time.monotonic()) of the whole fetch always."""
+    return safe_opener(allow_hosts, deadline=deadline, check_addresses=not allow_private)
+
+
+def safe_opener(
+    allow_hosts=(), deadline: float | None = None, check_addresses: bool = True
+) -> urllib.request.OpenerDirector:
+    """A urllib opener that refuses private addresses at connect time and on every redirect, and ends a
+    fetch that runs past `deadline` (a time.monotonic() value) with TimeoutError."""
     allow = set(allow_hosts or ())
 
+    class Bounded(http.client.HTTPResponse):  # headers and body read through the deadline
+        def __init__(self, sock, *args, **kwargs):
+            super().__init__(sock, *args, **kwargs)
+            self.fp.close()
+            self.fp = io.BufferedReader(_DeadlineIO(sock, deadline))
+
     class Checked:  # before http.client's connect: every resolved address; after it: the one connected to
+        if deadline is not None:
+            response_class = Bounded
+
         def connect(self):
-            _check_resolved(self.host, self.port, allow)
+            if deadline is not None:
+                self.timeout = _left(deadline, self.timeout)
+            if check_addresses:
+                _check_resolved(self.host, self.port, allow)
             super().connect()
-            _check_peer(self.sock, self.host, allow)
+            if check_addresses:
+                _check_peer(self.sock, self.host, allow)
 
     class SafeHTTPConnection(Checked, http.client.HTTPConnection):
         pass
@@ -161,9 +204,47 @@ def safe_opener(allow_hosts=(), timeout: float | None = None) -> urllib.request.
             parts = urlsplit(newurl)
             if parts.scheme not in ("http", "https"):
                 raise urllib.error.URLError(f"{REFUSED}: redirect to a {parts.scheme or 'relative'} URL {newurl}")
-            why = host_refusal(parts.hostname)
+            why = host_refusal(parts.hostname) if check_addresses else None
             if why and not allowed(normalise_host(parts.hostname or ""), parts.port, allow):
                 raise urllib.error.URLError(f"{REFUSED}: redirect to {newurl}: {why}")
             return super().redirect_request(req, fp, code, msg, headers, newurl)
 
-    return urllib.request.build_opener(SafeHTTPHandler, SafeHTTPSHandler, SafeRedirectHandler)
+    class NoFile(urllib.request.FileHandler):  # urllib opens file:// and ftp:// URLs by default
+        def file_open(self, req):
+            raise urllib.error.URLError(f"{REFUSED}: a {req.type} URL, not http or https")
+
+    class NoFTP(urllib.request.FTPHandler):
+        ftp_open = NoFile.file_open
+
+    return urllib.request.build_opener(SafeHTTPHandler, SafeHTTPSHandler, SafeRedirectHandler, NoFile, NoFTP)
+
+
+def _left(deadline: float, timeout) -> float:
+    """Seconds left before `deadline`, at most `timeout` (a socket timeout, or None); past it, TimeoutError."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out: the whole fetch ran past its deadline")
+    return left if not isinstance(timeout, (int, float)) else min(timeout, left)
+
+
+class _DeadlineIO(io.RawIOBase):
+    """A socket's reads, each given only what is left of the fetch's deadline as its timeout, so the
+    reads together end by the deadline (a BufferedReader's readline loops over many of them)."""
+
+    def __init__(self, sock, deadline: float):
+        self._sock, self._deadline, self._timeout = sock, deadline, sock.gettimeout()
+        self._raw = sock.makefile("rb", buffering=0)  # holds the socket open after urllib closes its handle
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int | None:
+        self._sock.settimeout(_left(self._deadline, self._timeout))
+        return self._raw.readinto(buf)
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .config import CONFIG_DIR
+from .config import CONFIG_DIR, read_yaml
 from .errors import InputError
 
 THROUGHPUTS = CONFIG_DIR / "throughputs.yaml"  # the rates benchmarks/stages.py measures
@@ -70,8 +70,6 @@ def load_throughputs(path: Path = THROUGHPUTS) -> dict:
 
 def load_cluster(spec: str | None) -> Cluster:
     """`local` (this machine), a name in configs/cluster/, or a Ray cluster-launcher YAML file."""
-    import yaml
-
     if spec in (None, "local"):
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
         gpus = _local_gpus()
@@ -81,7 +79,9 @@ def load_cluster(spec: str | None) -> Cluster:
     if not path.exists():
         names = ", ".join(["local"] + sorted(p.stem for p in CLUSTER_DIR.glob("*.yaml")))
         raise InputError(f"no cluster {spec!r}: give a Ray cluster YAML or one of {names}")
-    cfg = yaml.safe_load(path.read_text())
+    cfg = read_yaml(path, "cluster file")  # the bounded reader of every YAML a user hands us
+    if not isinstance(cfg, dict):
+        raise InputError(f"{path}: a Ray cluster-launcher YAML is a mapping, not a {type(cfg).__name__}")
     types = cfg.get("available_node_types") or {}
     if not types:
         raise InputError(f"{path}: no available_node_types (a Ray cluster-launcher YAML is expected)")

@@ -21,6 +21,7 @@ reader of completion markers for every stage.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 from dataclasses import dataclass
@@ -36,6 +37,41 @@ from .errors import InputError, StageError
 def shard_name(shard: int) -> str:
     """DataComp's (and img2dataset's) shard naming: 8 digits."""
     return f"{shard:08d}"
+
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # the members of a shard tar that are its images
+
+
+def member_key(name: str) -> tuple[str, str]:
+    """(key, extension) of a shard tar's member: the one key rule of import-pool, `Pool.read_images`, the
+    subset index and `audit verify`. WebDataset's rule (the key ends at the basename's first dot), after
+    dropping a leading "./" (`tar -C DIR .` writes `./KEY.jpg`); the extension is lower-cased (`.JPG` is
+    `.jpg`). A member in a folder keeps the folder in its key (`sub/KEY`): import-pool refuses those,
+    img2dataset writes none."""
+    while name.startswith("./"):
+        name = name[2:]
+    folder, _, base = name.rpartition("/")
+    key, _, ext = base.partition(".")
+    return (f"{folder}/{key}" if folder else key), ext.lower()
+
+
+class HashingReader:
+    """A read-only file wrapper that hashes what is read through it (a tar's sha256 in the same pass
+    that reads it); `finish` reads the rest (a tar reader stops before the end-of-archive padding)."""
+
+    def __init__(self, f):
+        self.f, self.h, self.size = f, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        self.size += len(data)
+        return data
+
+    def finish(self) -> str:
+        while self.read(1 << 20):
+            pass
+        return self.h.hexdigest()
 
 
 def completed(directory: str) -> set[int]:
@@ -172,18 +208,43 @@ class Pool:
         return meta.filter(pc.equal(meta.column("status"), "success"))
 
     def read_images(self, shard: int) -> dict[str, bytes]:
-        """key -> image bytes of a shard's tar. Raises on an unreadable or truncated tar."""
+        """key -> image bytes of a shard's tar (keys by `member_key`). Raises on an unreadable or truncated
+        tar, and on an adopted tar that is not the one import-pool fingerprinted (hashed as it is read)."""
         fs, path = runtime.fs_path(self.tar(shard))
         images: dict[str, bytes] = {}
+        want = self.tar_sha256(shard)
         try:
-            with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-                for member in tar:
-                    key, _, ext = member.name.partition(".")
-                    if ext in ("jpg", "jpeg", "png", "webp"):
-                        images[key] = tar.extractfile(member).read()
+            with fs.open(path, "rb") as raw:
+                f = HashingReader(raw)
+                with tarfile.open(fileobj=f, mode="r|") as tar:
+                    for member in tar:
+                        key, ext = member_key(member.name)
+                        if member.isfile() and ext in IMAGE_EXTS:
+                            images[key] = tar.extractfile(member).read()
+                if want:
+                    self.check_tar(shard, f.finish())
         except (tarfile.TarError, OSError, EOFError) as err:
             raise StageError(f"shard {shard:08d}: unreadable tar {path}: {err}") from err
         return images
+
+    def tar_sha256(self, shard: int) -> str | None:
+        """The sha256 import-pool recorded of an adopted shard's tar (which lives outside the pool, where
+        anyone may change it); None for a downloaded shard, or one not yet complete."""
+        stats = self.shard_stats(shard)
+        return runtime.read_json(stats).get("tar_sha256") if runtime.exists(stats) else None
+
+    def check_tar(self, shard: int, seen: str | None = None) -> None:
+        """Refuse an adopted tar whose sha256 (`seen`, or hashed now) is not the one recorded at import:
+        the pool's metadata, features and scores describe the images as they were."""
+        want = self.tar_sha256(shard)
+        if not want:
+            return
+        seen = seen or runtime.file_sha256(self.tar(shard))
+        if seen != want:
+            raise InputError(
+                f"{self.tar(shard)}: changed since import-pool made {self.root} (sha256 {seen[:12]}…, "
+                f"recorded {want[:12]}…); restore it, or import the folder again into a new --out"
+            )
 
     def read_metadata(self) -> pa.Table:
         """All of the pool's per-shard metadata as one table (for tests, audits and small pools)."""

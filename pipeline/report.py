@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import runtime, subset
+from .plotting import plain
 from .pool import Pool
 
 
@@ -31,12 +32,14 @@ def _png(fig) -> str:
 
 
 def _bar(labels, values, title, xlabel):
+    """A bar per label: the labels are the subset's own words (filter steps, domains, languages), drawn
+    as they are (plotting.plain)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(labels) + 1.2))
     y = np.arange(len(labels))
     ax.barh(y, values, color="#4c72b0")
-    ax.set_yticks(y, labels)
+    ax.set_yticks(y, [plain(label) for label in labels])
     ax.invert_yaxis()
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -52,7 +55,7 @@ def _hist(series: dict[str, np.ndarray], title: str, xlabel: str, bins: int = 40
     for name, values in series.items():
         values = values[np.isfinite(values)]
         if len(values):
-            ax.hist(values, bins=bins, alpha=0.6, label=f"{name} (n={len(values):,})")
+            ax.hist(values, bins=bins, alpha=0.6, label=f"{plain(name)} (n={len(values):,})")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("samples")

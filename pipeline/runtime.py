@@ -138,6 +138,52 @@ def output_lock(directory: str, what: str):
 
 
 @contextlib.contextmanager
+def file_lock(url: str, what: str):
+    """output_lock's rule for an output that is one file in a folder of the user's (a uid file): a second
+    run that would write `url` at the same time is refused at once, instead of both reporting success
+    and the file holding whichever finished last. The lock is an flock on `URL.lock` (released by the
+    kernel when its process dies). It is removed while still held, so none stays beside the output; a
+    run that opened it just before holds a removed file, sees that, and locks the new one instead."""
+    if "://" in url and not url.startswith("file://"):
+        yield
+        return
+    import fcntl
+
+    from .errors import InputError
+
+    path = f"{fs_path(url)[1]}.lock"
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise InputError(f"{url}: cannot write in its folder ({err.strerror}); choose another path") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise InputError(
+                f"{url}: {what} is being written by another run right now; wait for it to finish, or choose "
+                f"another output"
+            ) from None
+        if _is_at(fd, path):
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.remove(path)
+        os.close(fd)
+
+
+def _is_at(fd: int, path: str) -> bool:
+    """Whether the open file `fd` is still the file at `path` (not removed, nor replaced)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+@contextlib.contextmanager
 def watchdog(progress: Callable[[], Any], stall_s: float, what: str, poll_s: float = 5.0):
     """Turn a stall into an error: while the block runs, a thread reads `progress()` every `poll_s`; if
     it has not changed for `stall_s` seconds, the main thread is interrupted and StageError names the

@@ -36,6 +36,8 @@ import hashlib
 import io
 import json
 import math
+import os
+import shutil
 import tarfile
 import time
 import uuid
@@ -50,9 +52,8 @@ from . import filter as filtering
 from .config import check_name, opt, to_dict
 from .errors import InputError, StageError
 from .hashes import normalize_url
-from .pool import Pool
+from .pool import IMAGE_EXTS, Pool, member_key
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 MTIME = 0  # tar member times are fixed so the same selection gives byte-identical shards
 
 
@@ -248,11 +249,10 @@ def _chosen(dec: pa.Table, mask: np.ndarray, keys: np.ndarray, cut: Cut) -> np.n
 def _uids_task(shard, pool, recipe, rule, exclude, cut) -> np.ndarray:
     """The shard's selected uids as a sorted DataComp `u8,u8` array (16 bytes a sample back to the driver)."""
     dec, mask, keys = _candidates(pool, recipe, shard, rule, exclude, RANKING)
-    uids = dec.column("uid").take(pa.array(np.flatnonzero(_chosen(dec, mask, keys, cut)))).to_pylist()
-    try:
-        return hashes.uid_array(uids)
-    except ValueError as err:
-        raise InputError(f"{pool}: shard {shard:08d}: {err}; a uid file cannot hold this pool's uids") from None
+    # the one uid rule: a uid of a pool made before it (spaces, 0x) is named by row, never renumbered
+    where = f"{Pool(pool).decisions(recipe, shard)}, field 'uid' (a uid file holds 128-bit uids only)"
+    uids = hashes.canonical_uids(dec.column("uid"), where)
+    return hashes.uid_array(uids.take(pa.array(np.flatnonzero(_chosen(dec, mask, keys, cut)))), where)
 
 
 def write_uid_file(
@@ -267,12 +267,32 @@ def write_uid_file(
 ) -> dict:
     """The recipe's selection as DataComp's uid file `out` (.npy, sorted `u8,u8`), without resharding: with
     `size`, the N samples `thresher subset --size N` would hold; without, every sample the recipe keeps.
-    Writes `out`.json beside it; a second run with the same inputs finds it done, other inputs are refused."""
+    Writes `out`.json beside it; a second run with the same inputs finds it done, other inputs are refused.
+    Its folder is made first if missing, and `out` is held by one run at a time (`runtime.file_lock`),
+    both before any work."""
     if not str(out).endswith(".npy"):
         raise InputError(f"--uids-only {out}: a uid file is a .npy file (DataComp's format)")
     if size is not None and size < 1:
         raise InputError(f"--size must be positive (got {size})")
     Pool(pool).require()
+    _make_folder_of(out)
+    with runtime.file_lock(out, "this uid file"):
+        return _locked_uid_file(pool, recipe, out, size, seed, variables, ray_address, log)
+
+
+def _make_folder_of(out: str) -> None:
+    """The folder `out` goes in, made now: a run into a missing folder used to do all its work, then fail
+    on its temporary file."""
+    fs, path = runtime.fs_path(out)
+    parent = path.rsplit("/", 1)[0] if "/" in path else "."
+    try:
+        fs.makedirs(parent, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--uids-only {out}: cannot make its folder {parent} ({err.strerror or err})") from None
+
+
+def _locked_uid_file(pool, recipe, out, size, seed, variables, ray_address, log) -> dict:
+    """write_uid_file's work, run holding the lock on `out`."""
     execute.start(ray_address)
     decisions = decisions_for(pool, recipe, variables, log)
     name = decisions["recipe"]
@@ -300,11 +320,13 @@ def write_uid_file(
         )
     cut = Cut() if size is None else _cut(pool, name, rule, Exclusion(), shards, hist, size)
     want = kept if size is None else size
+    _remove_killed_uid_work(pool)
     work = Pool(pool).work("uids", uuid.uuid4().hex[:12])  # this run's own: two runs never share it
-    try:
-        samples, sha256 = _write_sorted_uids(pool, name, rule, cut, shards, want, work, out)
-    finally:
-        runtime.remove(work, recursive=True)
+    with runtime.output_lock(work, "a --uids-only sort"):  # held while alive: tells a live run from a killed one
+        try:
+            samples, sha256 = _write_sorted_uids(pool, name, rule, cut, shards, want, work, out)
+        finally:
+            runtime.remove(work, recursive=True)
     record = {
         "kind": "thresher.uids",
         "format": 1,
@@ -320,6 +342,27 @@ def write_uid_file(
     runtime.write_json(sidecar, record)
     log(f"[subset:{name}] {samples} uids ({'all kept' if size is None else 'top N'} of {kept}) -> {out}")
     return record
+
+
+def _remove_killed_uid_work(pool: str) -> None:
+    """Remove the sort folders (POOL/_work/uids/ID) of --uids-only runs that were killed: a live run
+    holds its folder's output lock, a killed run's lock went with its process. A folder without a lock
+    file is a run's being made now, or one from before these locks (removed once a minute old). Local
+    pools only: on an object store nothing tells a live run from a dead one."""
+    root = runtime.fs_path(Pool(pool).work("uids"))[1]
+    if ("://" in str(pool) and not str(pool).startswith("file://")) or not os.path.isdir(root):
+        return
+    for name in os.listdir(root):
+        d = os.path.join(root, name)
+        try:
+            if not os.path.exists(os.path.join(d, ".thresher.lock")):
+                if time.time() - os.path.getmtime(d) > 60:
+                    shutil.rmtree(d, ignore_errors=True)
+                continue
+            with runtime.output_lock(d, "a --uids-only sort"):
+                shutil.rmtree(d, ignore_errors=True)
+        except (InputError, OSError):
+            continue  # a live run's, or one that ended while we looked
 
 
 # The uid file is one sorted array (1.4B uids = 22 GB at DataComp-1B's size), so it is sorted as tasks and
@@ -451,14 +494,16 @@ class Shuffle:
 
 
 def _member_index(pool: str, shard: int) -> dict[str, list[tuple[str, int, int]]]:
-    """key -> [(extension, data offset, size)] of a pool tar, reading only its headers."""
+    """key -> [(extension, data offset, size)] of a pool tar, reading only its headers (an adopted tar is
+    hashed whole first: one that changed since import-pool is refused, not shipped)."""
+    Pool(pool).check_tar(shard)
     fs, path = runtime.fs_path(Pool(pool).tar(shard))
     out: dict[str, list] = {}
     try:
         with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for m in tar:
                 if m.isfile():
-                    key, _, ext = m.name.partition(".")
+                    key, ext = member_key(m.name)
                     out.setdefault(key, []).append((ext, m.offset_data, m.size))
     except (tarfile.TarError, OSError) as err:
         raise StageError(f"{pool}: shard {shard:08d}.tar is unreadable ({err}); re-download it") from err
