@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 # the repository root, not benchmarks/: benchmarks/select.py would shadow the standard library's select
 sys.path[0] = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
-from thresher.pipeline import compare  # noqa: E402
+from thresher.experiments import compare  # noqa: E402
 
 # GFLOPs per sample of thresher-w32, thresher-tiny (w64) and thresher-w128 (train.gflops_per_sample)
 WIDTH_GFLOPS = (0.00320, 0.01122, 0.04175)

@@ -28,8 +28,8 @@ import numpy as np
 # the repository root, not benchmarks/: benchmarks/select.py would shadow the standard library's select
 sys.path[0] = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
-from thresher.pipeline import cli  # noqa: E402
-from thresher.pipeline.pool import Pool  # noqa: E402
+from thresher.app import cli  # noqa: E402
+from thresher.core.pool import Pool  # noqa: E402
 
 METRIC = "shapes_retrieval/image_retrieval_recall@5"
 RUNGS = 4
@@ -46,7 +46,7 @@ def ladder_uids(demo: str, size: int, mismatched: int, seed: int) -> list[np.nda
     round(mismatched * (1 - k / (RUNGS - 1))) planted mismatched captions and clean samples for the rest."""
     import pyarrow.parquet as pq
 
-    from thresher.pipeline import hashes
+    from thresher.algo import hashes
 
     pool = Pool(os.path.join(demo, "pool"))
     ok = {u for sh in pool.shards() for u in pool.successful_rows(sh).column("uid").to_pylist()}

@@ -19,7 +19,7 @@ import sys
 
 sys.path[0] = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
-from thresher.pipeline import cli  # noqa: E402
+from thresher.app import cli  # noqa: E402
 
 METRIC = "shapes_retrieval/image_retrieval_recall@5"
 

@@ -28,7 +28,8 @@ import time
 
 import numpy as np
 
-from thresher.pipeline import cli, compare, scaling
+from thresher.app import cli
+from thresher.experiments import compare, scaling
 
 METRIC = "shapes_retrieval/image_retrieval_recall@5"
 FACTOR = 3.0  # the extrapolated verdict's target: 3x the bank's largest compute, where the larger check measures
@@ -62,7 +63,7 @@ def build_bank(demo: str, out: str, k_none: int, k_dfn: int, log=print) -> str:
     scales = os.path.join(out, "scales.yaml")
     import yaml
 
-    from thresher.pipeline import train
+    from thresher.experiments import train
 
     spec = yaml.safe_load(open(train.SCALE_DIR / "demo.yaml"))
     spec["defaults"].pop("seeds", None)
@@ -218,7 +219,7 @@ def larger_check(demo: str, out: str, k: int, level: float) -> dict:
 
     import yaml
 
-    from thresher.pipeline import train
+    from thresher.experiments import train
 
     larger = os.path.join(out, "grid-larger")
     subsets = []

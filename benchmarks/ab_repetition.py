@@ -26,7 +26,7 @@ import numpy as np
 # the repository root, not benchmarks/: benchmarks/select.py would shadow the standard library's select
 sys.path[0] = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
-from thresher.pipeline import cli  # noqa: E402
+from thresher.app import cli  # noqa: E402
 
 RECIPES = ("datacomp-none", "dfn-dedup")
 METRIC = "shapes_retrieval/image_retrieval_recall@5"

@@ -31,7 +31,9 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from thresher.pipeline import dedup, execute, runtime, schema
+from thresher.core import runtime, schema
+from thresher.exec import execute
+from thresher.stages.dedup import dedup
 
 
 def make_pool(root: Path, rows: int, shards: int, dim: int = 0, seed: int = 0) -> None:

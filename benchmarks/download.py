@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from thresher.pipeline.synth import DEFAULT_PROPORTIONS, SynthConfig, generate  # noqa: E402
+from thresher.synthetic.synth import DEFAULT_PROPORTIONS, SynthConfig, generate  # noqa: E402
 
 
 def free_port() -> int:
@@ -93,7 +93,7 @@ def main() -> None:
 
     bindir = Path(sys.executable).parent
     server = subprocess.Popen(
-        [sys.executable, "-m", "thresher.pipeline.cli", "serve", str(src), "--port", str(port)],
+        [sys.executable, "-m", "thresher.app.cli", "serve", str(src), "--port", str(port)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -44,12 +44,12 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet  # noqa: E402,F401 - pa.parquet below
 
-from thresher.pipeline import schema  # noqa: E402
+from thresher.core import schema  # noqa: E402
 
 
 def _make_shard(job) -> None:
     out, shard, n, per_shard = job
-    from thresher.pipeline.synth import encode, english_caption, random_scene, render
+    from thresher.synthetic.synth import encode, english_caption, random_scene, render
 
     rng = np.random.default_rng([7, shard])
     rows = []
@@ -97,7 +97,7 @@ def plain_loop(pool: Path, model_name: str, batch_size: int, device: str) -> int
     import torch
     import webdataset as wds
 
-    from thresher.pipeline import models
+    from thresher.core import models
 
     models.register_project_models()
     torch.set_num_threads(os.cpu_count())
@@ -130,7 +130,8 @@ def model_only(model_name: str, batch_size: int, device: str, batches: int) -> f
     """Our actor's model call alone (normalise, encode image and text, L2, score) on decoded uint8 batches."""
     import torch
 
-    from thresher.pipeline import features, models
+    from thresher.core import models
+    from thresher.stages.features import features
 
     pp = models.preprocess_config(model_name, None)
     actor = features.ClipEmbedder.__new__(features.ClipEmbedder)  # the model part of the actor, no writing
@@ -170,14 +171,14 @@ def model_only(model_name: str, batch_size: int, device: str, batches: int) -> f
 
 def _decode_one(job) -> int:
     pool, shard, pp, model = job
-    from thresher.pipeline import features
+    from thresher.stages.features import features
 
     return sum(len(b["key"]) for b in features._decode_shards({"shard": [shard]}, pool, "/tmp", pp, model, 256))
 
 
 def decode_only(pool: Path, model_name: str) -> tuple[int, float]:
     """Our decoding step (read tar, decode, resize/crop, tokenize) on every core, without Ray."""
-    from thresher.pipeline import models
+    from thresher.core import models
 
     pp = models.preprocess_config(model_name, None)
     shards = sorted(int(p.name[:8]) for p in (pool / "shards").glob("*.tar"))
@@ -196,7 +197,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--actor-cpus", type=float, default=1.0)
     ap.add_argument(
-        "--decode", default="auto", help="ours: auto, cpu (PIL in decoding tasks) or actor (pipeline/decode.py)"
+        "--decode", default="auto", help="ours: auto, cpu (PIL in decoding tasks) or actor (thresher/core/decode.py)"
     )
     ap.add_argument("--model-only", action="store_true", help="time only our model actor on decoded batches")
     ap.add_argument("--batches", type=int, default=20)
@@ -246,7 +247,7 @@ def main() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "thresher.pipeline.cli",
+                    "thresher.app.cli",
                     "features",
                     str(pool),
                     "--no-base",

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
-from thresher.pipeline import filter as flt  # noqa: E402
+from thresher.stages.filter import filter as flt  # noqa: E402
 
 RECIPES = {
     "datacomp-basic": "datacomp-basic",
@@ -89,7 +89,7 @@ def best_of(fn, repeats: int = 3) -> float:
 
 
 def write_pool(root: Path, rows: int, shard_rows: int) -> None:
-    from thresher.pipeline import runtime, schema
+    from thresher.core import runtime, schema
 
     for i, start in enumerate(range(0, rows, shard_rows)):
         t = make_shard(min(shard_rows, rows - start), 100 + i)
@@ -144,7 +144,7 @@ def write_pool(root: Path, rows: int, shard_rows: int) -> None:
 def stage(rows: int, shard_rows: int) -> None:
     import tempfile
 
-    from thresher.pipeline import execute
+    from thresher.exec import execute
 
     with tempfile.TemporaryDirectory() as tmp:
         pool = Path(tmp) / "pool"
@@ -200,8 +200,8 @@ def main() -> None:
             flush=True,
         )
 
-    from thresher.pipeline import features
-    from thresher.pipeline.synth import english_caption, foreign_caption, random_scene
+    from thresher.stages.features import features
+    from thresher.synthetic.synth import english_caption, foreign_caption, random_scene
 
     rng = np.random.default_rng(0)
     captions = [

@@ -25,7 +25,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from thresher.pipeline import scaling  # noqa: E402
+from thresher.experiments import scaling  # noqa: E402
 
 TRUTH = {"a": (30.0, 0.2, 0.12), "b": (30.0, 0.2, 0.08)}
 

@@ -37,8 +37,8 @@ def steady_rate(run_dir: Path) -> float | None:
 
 
 def train_and_eval(data: str, scale, out: Path, eval_sets: list[str]) -> dict:
-    from thresher.pipeline import train
-    from thresher.pipeline.evaluate import evaluate_run
+    from thresher.experiments import train
+    from thresher.experiments.evaluate import evaluate_run
 
     t0 = time.perf_counter()
     m = train.train_scale(data, scale, str(out), log=lambda *_: None)
@@ -63,7 +63,7 @@ def dedup_check(n: int = 200_000, d: int = 512, groups: int = 100, seed: int = 0
     import numpy as np
     import torch
 
-    from thresher.pipeline.dedup import _within
+    from thresher.stages.dedup.dedup import _within
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, d)).astype(np.float32)
@@ -107,8 +107,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from thresher.pipeline import train
-    from thresher.pipeline.synth import SynthConfig, generate
+    from thresher.experiments import train
+    from thresher.synthetic.synth import SynthConfig, generate
 
     if not torch.cuda.is_available():
         sys.exit("benchmarks/gpu.py: no CUDA GPU visible to torch")

@@ -1,4 +1,4 @@
-"""k-means as Ray tasks (`pipeline/kmeans.py`, flat and hierarchical) against FAISS's spherical k-means
+"""k-means as Ray tasks (`thresher/algo/kmeans.py`, flat and hierarchical) against FAISS's spherical k-means
 in one process on the same rows, on generated clustered vectors.
 
     python benchmarks/kmeans.py [--rows 400000] [--dim 256] [--k 1000] [--iters 10] [--items 40]
@@ -26,7 +26,8 @@ import time
 
 import numpy as np
 
-from thresher.pipeline import execute, kmeans
+from thresher.algo import kmeans
+from thresher.exec import execute
 
 
 def make_rows(rows: int, dim: int, centres: int, seed: int = 0) -> np.ndarray:

@@ -38,7 +38,9 @@ from pathlib import Path
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from thresher.pipeline import execute, runtime, schema, subset  # noqa: E402
+from thresher.core import runtime, schema
+from thresher.exec import execute
+from thresher.stages.subset import subset  # noqa: E402
 
 
 def make_pool(root: Path, shards: int, per: int, image_kb: int, fraction: float, seed: int = 0) -> None:

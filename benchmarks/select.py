@@ -35,7 +35,10 @@ from pathlib import Path
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from thresher.pipeline import execute, runtime, schema, subset, topk  # noqa: E402
+from thresher.algo import topk  # noqa: E402
+from thresher.core import runtime, schema
+from thresher.exec import execute
+from thresher.stages.subset import subset
 
 
 def make_pool(root: Path, rows: int, shards: int, seed: int = 0) -> list[np.ndarray]:

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from thresher.pipeline.synth import SynthConfig, generate  # noqa: E402
+from thresher.synthetic.synth import SynthConfig, generate  # noqa: E402
 
 
 def main() -> None:

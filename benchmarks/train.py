@@ -43,8 +43,8 @@ def main() -> None:
     ap.add_argument("--compare", action="append", help="scales compared with plain open_clip_train")
     args = ap.parse_args()
     compare = args.compare or ["tiny/w32-8k", "tiny/w64-8k", "tiny/w128-8k"]
-    from thresher.pipeline import train
-    from thresher.pipeline.synth import SynthConfig, generate
+    from thresher.experiments import train
+    from thresher.synthetic.synth import SynthConfig, generate
 
     thresher = str(Path(sys.executable).with_name("thresher"))
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,8 +11,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.pipeline import download, execute, serve
-from thresher.pipeline.synth import SynthConfig, generate
+from thresher.exec import execute
+from thresher.stages.acquire import download
+from thresher.synthetic import serve
+from thresher.synthetic.synth import SynthConfig, generate
 
 POOL_SAMPLES = 3000
 
@@ -100,7 +102,7 @@ def pool(tmp_path_factory, synth_dir, server, ray_local):
 @pytest.fixture(scope="session")
 def featured_pool(pool, ray_local):
     """The downloaded pool with base features and the tiny (random-init) CLIP scorer."""
-    from thresher.pipeline import features
+    from thresher.stages.features import features
 
     out, _ = pool
     features.run_base(str(out), log=lambda *_: None)

@@ -33,7 +33,8 @@ from PIL import Image, ImageDraw
 from test_compare import BASE, NOISE, PLANTED, simulated_table
 
 from benchmarks import ab_calibration as sim
-from thresher.pipeline import cli, subset
+from thresher.app import cli
+from thresher.stages.subset import subset
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WIDTH = 1280

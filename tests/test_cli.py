@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from thresher.pipeline import cli
+from thresher.app import cli
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,7 @@ def test_help_has_an_example(command, capsys):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "thresher.pipeline.cli", "--version"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "thresher.app.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("thresher ")
 
 
@@ -72,7 +72,7 @@ QUICK_SCALES = (
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, ray_local):
     """`thresher demo` on a small pool: the A/B grid trains one quick scale (4 const checkpoints of 512 samples)."""
-    from thresher.pipeline.demo import run_demo
+    from thresher.app.demo import run_demo
 
     tmp = tmp_path_factory.mktemp("demo")
     (tmp / "scales.yaml").write_text(QUICK_SCALES)
@@ -103,7 +103,7 @@ def test_demo_runs_the_three_workflows_and_prints_their_paths(demo):
     assert sub["size"] == 120 and sub["recipe"] == "dfn-dedup"
     # the A/B's filter step found dfn-dedup's decisions up to date and left them, so the subset still points
     # at the decisions it was cut from (`audit remove` continues its ranking from them)
-    from thresher.pipeline import runtime
+    from thresher.core import runtime
 
     assert sub["decisions_manifest_sha256"] == runtime.file_sha256(
         str(pool / "decisions" / "dfn-dedup" / "manifest.json")
@@ -123,11 +123,11 @@ def test_demo_runs_the_three_workflows_and_prints_their_paths(demo):
     # one job: the pool steps the three workflows share ran once, and each step left its record
     records = sorted((out / "_job").glob("*.json"))
     assert [r.name.split("-", 1)[1] for r in records].count("synth.json") == 1
-    assert len(records) == len(__import__("thresher.pipeline.jobs").pipeline.jobs.load("demo").steps)
+    assert len(records) == len(__import__("thresher.app.jobs").app.jobs.load("demo").steps)
 
 
 def test_demo_rerun_resumes_without_redoing_work(demo):
-    from thresher.pipeline.demo import run_demo
+    from thresher.app.demo import run_demo
 
     out, result, _ = demo
     settings = json.loads((out / "demo.json").read_text())
@@ -148,9 +148,10 @@ def test_every_preset_recipe_runs_on_the_demo_pool(demo, capsys):
     clip_l14 (random-init clip_tiny: those decisions exercise the machinery, their choices mean nothing)."""
     import pyarrow.parquet as pq
 
-    from thresher.pipeline import features, probe, runtime
-    from thresher.pipeline import filter as filtering
-    from thresher.pipeline.filter import missing_plugins
+    from thresher.core import runtime
+    from thresher.stages.features import features, probe
+    from thresher.stages.filter import filter as filtering
+    from thresher.stages.filter.filter import missing_plugins
 
     out, _, _ = demo
     pool, src = out / "pool", out / "source"

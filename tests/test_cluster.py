@@ -27,9 +27,11 @@ import pyarrow.compute as pc
 import pytest
 from conftest import free_port
 
-from thresher.pipeline import dedup, runtime, subset
-from thresher.pipeline import filter as filtering
-from thresher.pipeline.pool import Pool
+from thresher.core import runtime
+from thresher.core.pool import Pool
+from thresher.stages.dedup import dedup
+from thresher.stages.filter import filter as filtering
+from thresher.stages.subset import subset
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The command registry (pipeline/commands.py): one record per command, beneath the CLI, jobs and --plan."""
+"""The command registry (thresher/app/commands.py): one record per command, beneath the CLI, jobs and --plan."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from thresher.pipeline import cli, commands, jobs
-from thresher.pipeline.errors import InputError
+from thresher.app import cli, commands, jobs
+from thresher.core.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_the_console_script_is_the_cli_entry_point():
     """The CLI is an entry point only (tests/test_layout.py checks that no module imports it)."""
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["thresher"] == "thresher.pipeline.cli:main"
+    assert scripts["thresher"] == "thresher.app.cli:main"
 
 
 def _every_command():
@@ -56,7 +56,7 @@ def test_a_step_binds_to_typed_arguments(tmp_path):
 
 def test_the_plan_reads_the_config_a_step_names(tmp_path):
     """--plan costs dedup from its resolved config (file, then flags), not from the flags alone."""
-    from thresher.pipeline import plan
+    from thresher.app import plan
 
     (tmp_path / "d.yaml").write_text("semantic: false\nperceptual: false\npartitions: 64\n")
     path = tmp_path / "job.yaml"
@@ -89,7 +89,7 @@ def test_a_bad_value_names_the_step_and_the_argument(tmp_path):
 def test_a_folder_named_like_a_preset_does_not_hide_the_preset(tmp_path, monkeypatch):
     """`thresher demo --out demo` leaves a folder `demo/`; `--config demo` run from beside it used to
     read that folder as the config file ("is a directory, not a YAML file")."""
-    from thresher.pipeline import filter as flt
+    from thresher.stages.filter import filter as flt
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "demo").mkdir()

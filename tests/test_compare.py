@@ -1,4 +1,4 @@
-"""The A/B verdict (pipeline/compare.py): calibrated on cases whose answer is known by construction.
+"""The A/B verdict (thresher/experiments/compare.py): calibrated on cases whose answer is known by construction.
 
 Null comparisons (both recipes drawn from one law), planted differences, the interval arithmetic against
 scipy's own Welch test, the three-way verdict, bands and their held-out coverage, the backtest, the
@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from benchmarks import ab_calibration as sim
-from thresher.pipeline import cli, compare, compare_report
+from thresher.app import cli
+from thresher.experiments import compare, compare_report
 
 NOISE = {"replicate": 0.021, "run": 0.023, "checkpoint": 0.020, "rho": 0.5}  # our own grids' (ab_calibration.py)
 BASE = 12.7  # the generator's data term
@@ -235,8 +236,8 @@ def test_calibration_benchmark_simulated_part_prints_its_figures(capsys):
 
 
 def test_scale_files_ask_for_seeds(tmp_path):
-    from thresher.pipeline import train
-    from thresher.pipeline.errors import InputError
+    from thresher.core.errors import InputError
+    from thresher.experiments import train
 
     demo = train.load_scales("demo")
     assert [(s.name, s.seed) for s in demo] == [(n, k) for n in ("w32-const-8k", "w64-const-8k") for k in range(3)]
@@ -264,7 +265,7 @@ def test_draws_and_seeds_are_replicates_and_a_grid_is_deterministic(featured_poo
     """`thresher subset --draws 2` gives two draws of each recipe (distinct samples, recorded in the
     manifest); a grid with `--replicates paired` trains draw k with seed k; the same grid from scratch
     gives the identical results.csv, and the identical verdict and P."""
-    from thresher.pipeline import subset
+    from thresher.stages.subset import subset
 
     assert (
         cli.main(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from thresher.pipeline.config import config_hash, load
-from thresher.pipeline.download import DownloadConfig
-from thresher.pipeline.errors import InputError
+from thresher.core.config import config_hash, load
+from thresher.core.errors import InputError
+from thresher.stages.acquire.download import DownloadConfig
 
 
 def test_yaml_and_overrides(tmp_path):
@@ -44,8 +44,8 @@ def test_errors_name_file_and_field(tmp_path):
 
 
 def test_shipped_presets_load():
-    from thresher.pipeline.config import CONFIG_DIR
-    from thresher.pipeline.synth import SynthConfig
+    from thresher.core.config import CONFIG_DIR
+    from thresher.synthetic.synth import SynthConfig
 
     for path in (CONFIG_DIR / "download").glob("*.yaml"):
         load(DownloadConfig, path).validate()

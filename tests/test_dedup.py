@@ -7,8 +7,9 @@ import collections
 import numpy as np
 import pytest
 
-from thresher.pipeline import dedup, hashes
-from thresher.pipeline.pool import Pool
+from thresher.algo import hashes
+from thresher.core.pool import Pool
+from thresher.stages.dedup import dedup
 
 
 def _planted_vectors():
@@ -150,7 +151,7 @@ def test_rerun_rewrites_the_same_decisions(deduped, featured_pool, synth_dir):
 def test_scores_against_ground_truth(deduped, ground_truth):
     """Exact copies: precision and recall 1. Planted near-copies (re-encoded, rescaled, colour-adjusted,
     watermarked): recall >= 0.95, precision >= 0.99. Planted contamination: found, nothing else dropped as it."""
-    from thresher.pipeline import synth
+    from thresher.synthetic import synth
 
     _, rows = deduped
     score = synth.score_dedup(list(rows.values()), ground_truth)

@@ -17,9 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import test_download_config
 
-from thresher.pipeline import download, runtime
-from thresher.pipeline.errors import StageError
-from thresher.pipeline.pool import Pool
+from thresher.core import runtime
+from thresher.core.errors import StageError
+from thresher.core.pool import Pool
+from thresher.stages.acquire import download
 
 # what each planted category must end as; every other category downloads successfully
 EXPECTED_FAILURE = {"http_404": "http_404", "timeout": "timeout", "corrupt": "decode_error", "opted_out": "opted_out"}
@@ -84,7 +85,7 @@ def test_manifest_records_input_config_and_versions(pool, synth_dir):
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["input"]["sha256"] == runtime.file_sha256(str(synth_dir / "urls.parquet"))
     assert on_disk["input"]["rows"] == 3000
-    from thresher.pipeline.config import config_hash
+    from thresher.core.config import config_hash
 
     assert on_disk["config_hash"] == config_hash(test_download_config())
     assert on_disk["packages"]["img2dataset"] and on_disk["packages"]["ray"] and on_disk["packages"]["pyarrow"]
@@ -102,7 +103,7 @@ def test_rerun_of_a_finished_pool_fetches_nothing(pool, synth_dir, server):
 
 def test_rerun_with_other_settings_is_refused(pool, synth_dir):
     out, _ = pool
-    from thresher.pipeline.errors import InputError
+    from thresher.core.errors import InputError
 
     with pytest.raises(InputError, match="image_size"):
         download.run(
@@ -124,7 +125,7 @@ def test_resume_after_kill_loses_nothing_and_refetches_no_finished_shard(synth_d
     cmd = [
         sys.executable,
         "-m",
-        "thresher.pipeline.cli",
+        "thresher.app.cli",
         "download",
         urls,
         "--out",
@@ -305,7 +306,7 @@ def test_expected_hashes_are_verified(synth_dir, ground_truth, server, ray_local
 def test_a_directory_of_url_lists_downloads_as_one_pool(synth_dir, server, ray_local, tmp_path):
     """DataComp ships its metadata as many Parquet files: a directory of them is one pool, each file cut into
     its own shards (so the last of each may be short), and a re-run checks it is the same directory."""
-    from thresher.pipeline.errors import InputError
+    from thresher.core.errors import InputError
 
     table = pq.read_table(synth_dir / "urls.parquet").slice(0, 550)
     parts = tmp_path / "metadata"

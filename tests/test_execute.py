@@ -1,4 +1,4 @@
-"""The execution layer (pipeline/execute.py): the same loop on the local and the Ray executor, retries,
+"""The execution layer (thresher/exec/execute.py): the same loop on the local and the Ray executor, retries,
 deadlines, failure records, and the stall watchdog every long stage runs under (issue 15, finding 4)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from thresher.pipeline import execute
-from thresher.pipeline.errors import InputError, StageError
+from thresher.core.errors import InputError, StageError
+from thresher.exec import execute
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,7 +150,7 @@ def _fifo_in_place_of(path: Path) -> None:
 
 def _thresher(*args, env=None, timeout=240):
     return subprocess.run(
-        [sys.executable, "-m", "thresher.pipeline.cli", *args],
+        [sys.executable, "-m", "thresher.app.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -195,7 +195,7 @@ def test_a_stage_runs_without_ray_on_the_local_executor(featured_pool, tmp_path)
     pool = tmp_path / "pool"
     shutil.copytree(featured_pool, pool, ignore=shutil.ignore_patterns("decisions", "stats", "dedup"))
     code = (
-        "import sys; from thresher.pipeline import filter as f; "
+        "import sys; from thresher.stages.filter import filter as f; "
         f"m = f.run({str(pool)!r}, {str(ROOT / 'configs/recipes/datacomp-basic.yaml')!r}, log=lambda *_: None); "
         "print(m['kept'], m['samples'], 'ray' in sys.modules)"
     )

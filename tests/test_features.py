@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.pipeline import features
-from thresher.pipeline.errors import StageError
-from thresher.pipeline.hashes import hamming_hex
-from thresher.pipeline.pool import Pool
+from thresher.algo.hashes import hamming_hex
+from thresher.core.errors import StageError
+from thresher.core.pool import Pool
+from thresher.stages.features import features
 
 
 def _success(out):
@@ -68,7 +68,7 @@ def test_local_checkpoint_loads_and_matches_open_clip_preprocessing(featured_poo
     import torch
     from PIL import Image
 
-    from thresher.pipeline import models
+    from thresher.core import models
 
     models.register_project_models()
     torch.manual_seed(123)
@@ -163,7 +163,7 @@ def test_corrupt_image_and_unreadable_shard_are_recorded(featured_pool, tmp_path
 
 
 def test_export_metadata_uses_datacomp_columns(featured_pool, tmp_path):
-    from thresher.pipeline import cli
+    from thresher.app import cli
 
     shutil.copytree(featured_pool / "features" / "clip_tiny", tmp_path / "clip_b32")
     pool = _small_pool(featured_pool, tmp_path / "p", shards=(0,))
@@ -246,7 +246,7 @@ def test_decoding_in_the_model_actor_agrees_with_the_cpu_path(featured_pool, tmp
 def test_decode_batch_falls_back_to_pil_and_records_what_nothing_can_read():
     from PIL import Image
 
-    from thresher.pipeline import decode, models
+    from thresher.core import decode, models
 
     pp = models.preprocess_config("thresher-tiny", None)
     rng = np.random.default_rng(0)

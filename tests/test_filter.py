@@ -10,10 +10,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from thresher.pipeline import filter as flt
-from thresher.pipeline import runtime, schema, topk
-from thresher.pipeline.errors import InputError
-from thresher.pipeline.pool import Pool
+from thresher.algo import topk
+from thresher.core import runtime, schema
+from thresher.core.errors import InputError
+from thresher.core.pool import Pool
+from thresher.stages.filter import filter as flt
 
 
 def make_pool(root, shards: list[list[dict]], scorer: str = "clip_b32"):
@@ -128,6 +129,7 @@ steps:
     )
     manifest = flt.run(str(pool), recipe, log=lambda *_: None)
     got = manifest["thresholds"]["clip_score"]["threshold"]
+    assert manifest["plugins"] == {}  # a built-in step is not a plugin (it was listed as one: issue 26)
     assert (got is None and expected_threshold is None) or got == pytest.approx(expected_threshold)
     rows = decisions(pool, "top")
     kept = sorted(r["score"] for r in rows.values() if r["keep"])
@@ -271,13 +273,13 @@ def test_embed_images_uses_the_scorers_random_weights(synth_dir, tmp_path):
     import subprocess
     import sys
 
-    from thresher.pipeline import features
+    from thresher.stages.features import features
 
     emb = features.embed_images(str(synth_dir / "eval" / "shapes_kind"), "thresher-tiny", None, str(tmp_path / "a.npy"))
     assert emb.dtype == np.float16 and emb.shape[1] == 64 and len(emb) >= 50
     assert np.allclose(np.linalg.norm(emb.astype(np.float32), axis=1), 1, atol=1e-2)
     code = (
-        f"from thresher.pipeline import features; features.embed_images("
+        f"from thresher.stages.features import features; features.embed_images("
         f"{str(synth_dir / 'eval' / 'shapes_kind')!r}, 'thresher-tiny', None, {str(tmp_path / 'b.npy')!r})"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
@@ -409,7 +411,8 @@ def test_random_subset_is_seeded_and_sized(featured_pool, ray_local):
 @pytest.fixture(scope="session")
 def dfn_scored(featured_pool, synth_dir, tmp_path_factory, ray_local):
     """A filtering network trained only on the synthetic trusted set, scoring the pool as scorer "dfn"."""
-    from thresher.pipeline import features, train
+    from thresher.experiments import train
+    from thresher.stages.features import features
 
     run = tmp_path_factory.mktemp("dfn")
     trained = train.train(
@@ -446,7 +449,7 @@ def test_dfn_removes_mismatched_captions_far_above_chance(dfn_scored, featured_p
 
 
 def test_train_names_bad_data(tmp_path):
-    from thresher.pipeline import train
+    from thresher.experiments import train
 
     with pytest.raises(InputError, match="no .tar files"):
         train.train(str(tmp_path), str(tmp_path / "out"), train.TrainConfig(), log=lambda *_: None)
@@ -480,7 +483,7 @@ def test_include_cycles_are_refused(tmp_path):
 def test_nsfw_probe_trained_on_labels_flags_held_out_unsafe_images(tmp_path, ray_local):
     """Planted embeddings: "unsafe" images lie off to one side. A probe trained on half the labels flags the
     other half's unsafe images and spares the rest; the safety recipe drops them as `nsfw`."""
-    from thresher.pipeline import probe
+    from thresher.stages.features import probe
 
     rng = np.random.default_rng(0)
     unsafe = rng.random(600) < 0.15
@@ -511,7 +514,7 @@ def test_nsfw_probe_trained_on_labels_flags_held_out_unsafe_images(tmp_path, ray
 def test_torchscript_probe_equals_the_npz_probe(tmp_path):
     import torch
 
-    from thresher.pipeline import probe
+    from thresher.stages.features import probe
 
     w, b = np.random.default_rng(0).normal(size=16).astype(np.float32), np.float32(0.3)
     np.savez(tmp_path / "p.npz", weight=w, bias=b, model="m", pretrained="x")

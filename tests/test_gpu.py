@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from thresher.pipeline import features
-from thresher.pipeline import filter as filtering
+from thresher.stages.features import features
+from thresher.stages.filter import filter as filtering
 
 pytestmark = pytest.mark.gpu
 

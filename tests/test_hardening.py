@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from thresher.pipeline.pool import Pool
+from thresher.core.pool import Pool
 
 # what every command does first: start Ray (a local instance of its own when no address is given)
 INIT = (
-    "import ray; from thresher.pipeline import execute; execute.init_ray(num_cpus=1); "
+    "import ray; from thresher.exec import execute; execute.init_ray(num_cpus=1); "
     "print('CPUS', int(ray.cluster_resources()['CPU']))"
 )
 
@@ -113,8 +113,8 @@ BAD_NAMES = ["..", "../shards", "a/b", "/etc", ".hidden", "", "x" * 200, "a b", 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_the_name_rule_refuses_names_that_could_escape(name):
-    from thresher.pipeline.config import check_name
-    from thresher.pipeline.errors import InputError
+    from thresher.core.config import check_name
+    from thresher.core.errors import InputError
 
     with pytest.raises(InputError, match="cannot be used as a name"):
         check_name(name, "recipe name", "r.yaml: field 'name'")
@@ -128,7 +128,7 @@ def _tree(pool: Path) -> dict:
 @pytest.mark.parametrize("name", ["..", "../shards"])
 def test_a_recipe_named_to_escape_is_refused_before_any_work(featured_pool, tmp_path, capsys, name):
     """`name: ..` replaced the pool's manifest.json, `name: ../shards` every shard's Parquet."""
-    from thresher.pipeline import cli
+    from thresher.app import cli
 
     recipe = tmp_path / "evil.yaml"
     recipe.write_text(f"name: '{name}'\nsteps:\n  - filter: none\n")
@@ -140,8 +140,9 @@ def test_a_recipe_named_to_escape_is_refused_before_any_work(featured_pool, tmp_
 
 
 def test_a_scorer_id_scale_name_or_job_name_that_escapes_is_refused(featured_pool, tmp_path, capsys):
-    from thresher.pipeline import cli, jobs, train
-    from thresher.pipeline.errors import InputError
+    from thresher.app import cli, jobs
+    from thresher.core.errors import InputError
+    from thresher.experiments import train
 
     before = _tree(featured_pool)
     assert (
@@ -187,7 +188,7 @@ def test_a_second_writer_of_the_same_decisions_is_refused(featured_pool, tmp_pat
     the other's. Now the output is held by one writer: while it runs, a second is refused with a clear
     message (tested with the first writer holding the lock, so the overlap is certain), and once it is
     done the same command runs."""
-    from thresher.pipeline import runtime
+    from thresher.core import runtime
 
     out = featured_pool / "decisions" / "datacomp-basic"
     cmd = [str(Path(sys.executable).parent / "thresher"), "filter", str(featured_pool), "--recipe", "datacomp-basic"]
@@ -202,7 +203,7 @@ def test_a_second_writer_of_the_same_decisions_is_refused(featured_pool, tmp_pat
 
 def test_json_writers_use_temporaries_of_their_own(tmp_path, monkeypatch):
     """runtime.write_json always used NAME.tmp: two writers wrote into one temporary."""
-    from thresher.pipeline import runtime
+    from thresher.core import runtime
 
     seen = []
     real_mv = runtime.fsspec.implementations.local.LocalFileSystem.mv
@@ -245,7 +246,7 @@ def test_an_image_bomb_is_refused_from_its_header_without_decoding():
     import io
     import resource
 
-    from thresher.pipeline import download
+    from thresher.stages.acquire import download
 
     bomb = png_bomb()
     assert len(bomb) < 2_000_000
@@ -293,7 +294,7 @@ def test_a_download_records_a_bomb_as_too_large(bomb_server, tmp_path, ray_local
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from thresher.pipeline import download
+    from thresher.stages.acquire import download
 
     pq.write_table(
         pa.table({"url": [f"{bomb_server}/bomb.png", f"{bomb_server}/ok.jpg"], "text": ["a bomb", "a blue image"]}),
@@ -350,7 +351,7 @@ OTHER_PRIVATE = [
 
 @pytest.mark.parametrize("host", LOOPBACK_SPELLINGS + OTHER_PRIVATE)
 def test_every_spelling_of_a_private_host_is_refused_as_written(host):
-    from thresher.pipeline import netsafety
+    from thresher.core import netsafety
 
     assert netsafety.host_refusal(host) is not None, host
     assert netsafety.host_refusal("example.com") is None and netsafety.host_refusal("8.8.8.8") is None
@@ -396,7 +397,7 @@ def test_no_spelling_reaches_a_local_server_through_the_fetch(counting_server):
     byte is sent, and so is a redirect from an allowed host to a private one."""
     import urllib.error
 
-    from thresher.pipeline import netsafety
+    from thresher.core import netsafety
 
     ports, hits = counting_server
     opener = netsafety.safe_opener()
@@ -418,7 +419,7 @@ def test_a_download_records_a_redirect_to_a_private_host_as_disallowed(counting_
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from thresher.pipeline import download
+    from thresher.stages.acquire import download
 
     ports, hits = counting_server
     pq.write_table(
@@ -461,8 +462,8 @@ def test_training_on_dotted_keys_fails_fast_instead_of_spinning(tmp_path):
 
     from PIL import Image
 
-    from thresher.pipeline import train
-    from thresher.pipeline.errors import InputError
+    from thresher.core.errors import InputError
+    from thresher.experiments import train
 
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), "red").save(buf, format="JPEG")
@@ -493,8 +494,8 @@ def test_training_on_dotted_keys_fails_fast_instead_of_spinning(tmp_path):
 
 
 def test_the_watchdog_turns_a_stall_into_an_error():
-    from thresher.pipeline import runtime
-    from thresher.pipeline.errors import StageError
+    from thresher.core import runtime
+    from thresher.core.errors import StageError
 
     started = time.time()
     with pytest.raises(StageError, match="no progress for 1s"):
@@ -586,7 +587,7 @@ def _bad_cases(tmp: Path) -> list[list[str]]:
 
 
 def test_every_command_ends_bad_input_in_one_line(tmp_path, capsys, ray_local):
-    from thresher.pipeline import cli
+    from thresher.app import cli
 
     failures = []
     for argv in _bad_cases(tmp_path):
@@ -622,9 +623,9 @@ VALUES = st.recursive(
     )
 )
 def test_config_loader_takes_any_mapping(data):
-    from thresher.pipeline.config import from_dict
-    from thresher.pipeline.download import DownloadConfig
-    from thresher.pipeline.errors import InputError
+    from thresher.core.config import from_dict
+    from thresher.core.errors import InputError
+    from thresher.stages.acquire.download import DownloadConfig
 
     try:
         cfg = from_dict(DownloadConfig, data, where="cfg.yaml")
@@ -636,8 +637,8 @@ def test_config_loader_takes_any_mapping(data):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=200))
 def test_yaml_reader_takes_any_bytes(tmp_path, blob):
-    from thresher.pipeline.config import read_yaml
-    from thresher.pipeline.errors import InputError
+    from thresher.core.config import read_yaml
+    from thresher.core.errors import InputError
 
     path = tmp_path / "x.yaml"
     path.write_bytes(blob)
@@ -662,8 +663,8 @@ def test_yaml_reader_takes_any_bytes(tmp_path, blob):
 def test_results_table_loader_takes_any_rows(tmp_path, rows):
     import pandas as pd
 
-    from thresher.pipeline import compare, scaling
-    from thresher.pipeline.errors import InputError
+    from thresher.core.errors import InputError
+    from thresher.experiments import compare, scaling
 
     path = tmp_path / "r.csv"
     pd.DataFrame(rows, columns=["recipe", "gflops_total", "acc"]).to_csv(path, index=False)
@@ -686,8 +687,8 @@ def test_results_table_loader_takes_any_rows(tmp_path, rows):
 def test_url_list_reader_takes_any_rows(tmp_path, rows, fmt):
     import json
 
-    from thresher.pipeline import ingest
-    from thresher.pipeline.errors import InputError
+    from thresher.core.errors import InputError
+    from thresher.stages.acquire import ingest
 
     path = tmp_path / f"u.{fmt}"
     if fmt == "csv":

@@ -19,9 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from thresher.pipeline import audit, decode, features, importing, models, runtime, schema, subset
-from thresher.pipeline.errors import InputError
-from thresher.pipeline.pool import Pool, member_key
+from thresher.audit import audit
+from thresher.core import decode, models, runtime, schema
+from thresher.core.errors import InputError
+from thresher.core.pool import Pool, member_key
+from thresher.stages.acquire import importing
+from thresher.stages.features import features
+from thresher.stages.subset import subset
 
 QUIET = {"log": lambda *_: None}
 

@@ -26,7 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.pipeline import audit, execute
+from thresher.audit import audit
+from thresher.exec import execute
 
 BODY = b"thresher-recheck-body"
 
@@ -140,7 +141,7 @@ def test_recheck_takes_allow_hosts_and_refuses_a_redirect_to_another_private_por
     another private port). Now it takes `--allow-hosts` as download does, with download's opener: the
     mirror is fetched, a redirect from it to another private port is refused before it is followed, and
     a private host nobody allowed is refused as written."""
-    from thresher.pipeline import cli
+    from thresher.app import cli
 
     other = _Server(lambda h, s: (h.send_response(200), h.end_headers(), h.wfile.write(BODY)))
 
@@ -203,7 +204,7 @@ def connect_ex(self, address):
     return real_connect_ex(self, address)
 
 socket.getaddrinfo, socket.socket.connect, socket.socket.connect_ex = gai, connect, connect_ex
-from thresher.pipeline import cli
+from thresher.app import cli
 rc = cli.main(sys.argv[1:])
 print("GUARD " + json.dumps({"rc": rc, "seen": seen}))
 """

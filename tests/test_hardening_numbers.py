@@ -1,13 +1,13 @@
 """Issue 25, findings 8 and 9 (and 11's zero compute): the YAML and the numbers users hand us.
 
 - A job file (or a `--var`) of YAML aliases, a "billion laughs", is refused before it is expanded, and
-  so is nesting too deep to walk (pipeline/config.py: parse_yaml, the one parser of user YAML).
+  so is nesting too deep to walk (thresher/core/config.py: parse_yaml, the one parser of user YAML).
 - Results tables: every compute, model size, samples seen and metric passes one rule
-  (pipeline/scaling.py: RULES, numeric) in `fit` and `compare` alike; a bad number is refused naming the
+  (thresher/experiments/scaling.py: RULES, numeric) in `fit` and `compare` alike; a bad number is refused naming the
   file, row and column. Numbers given on the command line (--target-compute, the target point,
   --predict, the cuts) must be positive and finite. compare.json and fits.json are always valid JSON.
 - A name with `$...$` (a recipe, a metric, a group, a filter step) is drawn as it is, never parsed as
-  matplotlib mathtext (pipeline/plotting.py: plain).
+  matplotlib mathtext (thresher/core/plotting.py: plain).
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ import pandas as pd
 import pytest
 
 from benchmarks import ab_calibration as sim
-from thresher.pipeline import cli, compare, compare_report, config, report
-from thresher.pipeline.errors import InputError
+from thresher.app import cli
+from thresher.audit import report
+from thresher.core import config
+from thresher.core.errors import InputError
+from thresher.experiments import compare, compare_report
 
 THRESHER = str(Path(sys.executable).parent / "thresher")
 NOISE = {"replicate": 0.02, "run": 0.02, "checkpoint": 0.02, "rho": 0.5}

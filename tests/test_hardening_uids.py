@@ -16,10 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 from test_filter import decisions, make_pool, write_recipe
 
-from thresher.pipeline import audit, hashes, ingest, runtime, subset
-from thresher.pipeline import filter as flt
-from thresher.pipeline.errors import InputError
-from thresher.pipeline.pool import Pool
+from thresher.algo import hashes
+from thresher.audit import audit
+from thresher.core import runtime
+from thresher.core.errors import InputError
+from thresher.core.pool import Pool
+from thresher.stages.acquire import ingest
+from thresher.stages.filter import filter as flt
+from thresher.stages.subset import subset
 
 QUIET = {"log": lambda *_: None}
 UID_RULE_WORDS = "not 32 hex digits"
@@ -141,7 +145,7 @@ def test_audit_explain_and_trace_read_a_uid_by_the_same_rule(tmp_path):
 HOLDER = r"""
 import os, sys, time
 os.environ["THRESHER_EXECUTOR"] = "local"
-from thresher.pipeline import subset
+from thresher.stages.subset import subset
 pool, recipe, out, started, go, size = sys.argv[1:7]
 original = subset._uids_map
 def held(*args, **kwargs):

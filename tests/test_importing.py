@@ -17,10 +17,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.pipeline import dedup, features, importing, runtime, subset
-from thresher.pipeline import filter as filtering
-from thresher.pipeline.errors import InputError
-from thresher.pipeline.pool import Pool
+from thresher.core import runtime
+from thresher.core.errors import InputError
+from thresher.core.pool import Pool
+from thresher.stages.acquire import importing
+from thresher.stages.dedup import dedup
+from thresher.stages.features import features
+from thresher.stages.filter import filter as filtering
+from thresher.stages.subset import subset
 
 quiet = dict(log=lambda *_: None)
 TINY = {"scorer": "clip_tiny"}
@@ -245,7 +249,7 @@ def test_import_pool_adopts_img2dataset_shards_without_copying_images(adopted, i
 
 @pytest.mark.slow
 def test_every_later_stage_runs_on_an_adopted_pool(adopted, tmp_path):
-    from thresher.pipeline import audit
+    from thresher.audit import audit
 
     out, _ = adopted
     features.run_base(str(out), **quiet)

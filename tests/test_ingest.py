@@ -9,9 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.pipeline import cli, ingest
-from thresher.pipeline.errors import InputError
-from thresher.pipeline.hashes import make_uid
+from thresher.algo.hashes import make_uid
+from thresher.app import cli
+from thresher.core.errors import InputError
+from thresher.stages.acquire import ingest
 
 
 def _run(path, tmp_path, **kw):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from thresher.pipeline import cli, jobs, plan
-from thresher.pipeline.errors import InputError
+from thresher.app import cli, jobs, plan
+from thresher.core.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 

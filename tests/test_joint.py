@@ -1,4 +1,4 @@
-"""The joint law (pipeline/joint.py): its mixed model against closed forms, its verdicts against worlds whose
+"""The joint law (thresher/experiments/joint.py): its mixed model against closed forms, its verdicts against worlds whose
 answer is known (nulls, planted differences, independent-run tables, repetition), and published tables."""
 
 import math
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from benchmarks import ab_calibration as sim
-from thresher.pipeline import compare, joint
-from thresher.pipeline.errors import InputError
+from thresher.core.errors import InputError
+from thresher.experiments import compare, joint
 
 NOISE = {"replicate": 0.021, "run": 0.023, "checkpoint": 0.020, "rho": 0.5}
 LAION = "tests/data/laion_comparison_datasets.csv"

@@ -1,4 +1,4 @@
-"""k-means as tasks (pipeline/kmeans.py): as good as FAISS's spherical k-means on data that fits in
+"""k-means as tasks (thresher/algo/kmeans.py): as good as FAISS's spherical k-means on data that fits in
 memory, and the driver never receives anything per sample."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from thresher.pipeline import execute, kmeans
-from thresher.pipeline.errors import InputError
+from thresher.algo import kmeans
+from thresher.core.errors import InputError
+from thresher.exec import execute
 
 N, D, K, ITERS = 20_000, 32, 100, 20
 
@@ -111,7 +112,7 @@ def test_flat_kmeans_is_within_1_percent_of_faiss_on_the_pools_clip_tiny_embeddi
     """The test pool's clip_tiny image embeddings (random weights: every cosine above 0.99, so the optima
     are shallow), every row, k = 30, over Ray, averaged over 5 seeds: SSD at most 1.01 x FAISS's
     (measured 0.993). Seed 0 run twice gives the same bits, whatever order the tasks finish in."""
-    from thresher.pipeline.pool import Pool, read_npy
+    from thresher.core.pool import Pool, read_npy
 
     pool = str(featured_pool)
     shards = Pool(pool).shards()

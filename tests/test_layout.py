@@ -1,5 +1,6 @@
-"""The code's structure, checked (issue 16): the import path follows the data path, no import cycles,
-Ray only in the execution layer (and Ray Data's scoring), and nothing but the entry point imports cli."""
+"""The code's structure, checked (issues 16 and 26): the folders are layers and each imports only the
+layers below it; the import path follows the data path; no import cycles; Ray only in the execution
+layer (and Ray Data's scoring); nothing but the entry point imports cli."""
 
 from __future__ import annotations
 
@@ -8,33 +9,41 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# thresher/'s layers, bottom first (docs/architecture.md): a module imports modules of earlier layers and
+# of its own, never of a later one. The plugin API (thresher.filters.api) sits with core, where a plugin
+# author's package can import it without the stages; the built-in steps are stage code.
+LAYERS = ["core", "exec", "algo", "stages", "synthetic", "audit", "experiments", "app"]
+PLACED = {"thresher.filters": "core", "thresher.filters.api": "core", "thresher.filters.builtin": "stages"}
 # the main line of docs/architecture.md, in data order: a stage may import earlier stages, never later
 DATA_PATH = [
-    "synth",
-    "serve",
-    "ingest",
-    "download",
-    "features",
-    "importing",
-    "dedup",
-    "filter",
-    "subset",
-    "train",
-    "evaluate",
-    "grid",
-    "scaling",
-    "joint",
-    "compare",
-    "compare_report",
+    "synthetic.synth",
+    "synthetic.serve",
+    "stages.acquire.ingest",
+    "stages.acquire.download",
+    "stages.features.features",
+    "stages.acquire.importing",
+    "stages.dedup.dedup",
+    "stages.filter.filter",
+    "stages.subset.subset",
+    "experiments.train",
+    "experiments.evaluate",
+    "experiments.grid",
+    "experiments.scaling",
+    "experiments.joint",
+    "experiments.compare",
+    "experiments.compare_report",
 ]
+
+
+def layer_of(module: str) -> str:
+    return PLACED.get(module) or module.split(".")[1]
 
 
 def _modules() -> dict[str, Path]:
     out = {}
-    for d in ("pipeline", "filters"):
-        for p in (ROOT / d).rglob("*.py"):
-            name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
-            out[name.removesuffix(".__init__")] = p
+    for p in (ROOT / "thresher").rglob("*.py"):
+        name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = p
     return out
 
 
@@ -78,16 +87,29 @@ def test_no_import_cycles():
     assert not cycles, cycles
 
 
+def test_every_layer_imports_only_the_layers_below_it():
+    graph = _imports(_modules())
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    assert {layer_of(m) for m in graph} <= set(LAYERS), {layer_of(m) for m in graph} - set(LAYERS)
+    upward = sorted(
+        (a, b)
+        for a, deps in graph.items()
+        for b in deps
+        if layer_of(b) != layer_of(a) and rank[layer_of(b)] > rank[layer_of(a)]
+    )
+    assert not upward, upward
+
+
 def test_no_stage_imports_a_later_stage():
     graph = _imports(_modules())
-    order = {f"pipeline.{s}": i for i, s in enumerate(DATA_PATH)}
+    order = {f"thresher.{s}": i for i, s in enumerate(DATA_PATH)}
     backwards = sorted((a, b) for a in order for b in graph[a] if b in order and order[b] > order[a])
     assert not backwards, backwards
 
 
 def test_only_the_entry_point_imports_cli():
     graph = _imports(_modules())
-    assert sorted(m for m, deps in graph.items() if "pipeline.cli" in deps) == []
+    assert sorted(m for m, deps in graph.items() if "thresher.app.cli" in deps) == []
 
 
 def test_ray_is_imported_only_by_the_execution_layer_and_ray_data():
@@ -97,4 +119,4 @@ def test_ray_is_imported_only_by_the_execution_layer_and_ray_data():
         for p in _modules().values()
         if re.search(r"^\s*(import ray|from ray)\b", p.read_text(), re.M)
     )
-    assert users == ["pipeline/execute.py", "pipeline/features.py"]
+    assert users == ["thresher/exec/execute.py", "thresher/stages/features/features.py"]

@@ -16,10 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.pipeline import download, schema
-from thresher.pipeline import filter as flt
-from thresher.pipeline.errors import InputError, StageError
-from thresher.pipeline.pool import Pool
+from thresher.core import schema
+from thresher.core.errors import InputError, StageError
+from thresher.core.pool import Pool
+from thresher.stages.acquire import download
+from thresher.stages.filter import filter as flt
 
 
 def served(synth_dir: Path, url: str) -> bytes:
@@ -172,7 +173,7 @@ def test_a_pool_without_md5_fails_clearly_on_an_md5_list(pool_copy, synth_dir, r
 
 def test_subsets_of_a_pool_from_before_md5_still_work(pool_copy, tmp_path):
     """Older shards lack the md5 column: a subset's metadata holds null there (unknown), not an error."""
-    from thresher.pipeline import subset
+    from thresher.stages.subset import subset
 
     path = Pool(str(pool_copy)).metadata(2)
     old = pq.read_table(path).drop_columns(["md5"])

@@ -23,7 +23,7 @@ def wheel(tmp_path_factory) -> Path:
     """The wheel, built from a copy of what the build reads, so it writes nothing into the checkout."""
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
-    for d in ("pipeline", "filters", "configs", "jobs"):
+    for d in ("thresher", "configs", "jobs"):
         shutil.copytree(ROOT / d, src / d, ignore=shutil.ignore_patterns("__pycache__"))
     for f in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / f, src / f)
@@ -33,13 +33,13 @@ def wheel(tmp_path_factory) -> Path:
 
 
 def test_the_wheel_holds_one_namespace_and_every_bundled_file(wheel):
-    """pipeline/ and filters/ install as thresher.pipeline and thresher.filters, never as top-level
-    `pipeline` and `filters` packages that would collide with other projects'; configs/ and jobs/ ship
+    """thresher/'s layers install as thresher.core, thresher.exec, ..., never as top-level packages
+    that would collide with other projects'; configs/ and jobs/ ship
     beside them, where the code looks for them."""
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"thresher"}, tops
-    assert "thresher/pipeline/execute.py" in names and "thresher/filters/builtin.py" in names
+    assert "thresher/exec/execute.py" in names and "thresher/filters/builtin.py" in names
     assert not any(n.startswith("thresher/__init__") for n in names)  # a namespace: room for thresher.* plugins
     bundled = sorted(
         f"thresher/{p}"
@@ -50,7 +50,7 @@ def test_the_wheel_holds_one_namespace_and_every_bundled_file(wheel):
     assert bundled and [n for n in bundled if n not in names] == []
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry).decode()
-    assert "thresher = thresher.pipeline.cli:main" in text and "builtin = thresher.filters.builtin" in text
+    assert "thresher = thresher.app.cli:main" in text and "builtin = thresher.filters.builtin" in text
 
 
 @pytest.mark.slow
@@ -80,7 +80,7 @@ def test_an_installed_wheel_runs_a_job_from_any_directory(wheel, tmp_path):
 
     def thresher(*args, timeout=600):
         return subprocess.run(
-            [str(python), "-m", "thresher.pipeline.cli", *args],
+            [str(python), "-m", "thresher.app.cli", *args],
             capture_output=True,
             text=True,
             cwd=away,
@@ -89,7 +89,7 @@ def test_an_installed_wheel_runs_a_job_from_any_directory(wheel, tmp_path):
         )
 
     where = subprocess.run(
-        [str(python), "-c", "import thresher.pipeline as p; print(p.__file__)"],
+        [str(python), "-c", "import thresher.core as p; print(p.__file__)"],
         capture_output=True,
         text=True,
         cwd=away,

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from thresher.pipeline import filter as flt
-from thresher.pipeline.errors import InputError
-from thresher.pipeline.pool import Pool
+from thresher.core.errors import InputError
+from thresher.core.pool import Pool
+from thresher.stages.filter import filter as flt
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "docs" / "plugin-example"

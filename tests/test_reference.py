@@ -3,7 +3,7 @@
 import dataclasses
 from pathlib import Path
 
-from thresher.pipeline import reference
+from thresher.app import reference
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thresher.pipeline import cli, scaling
-from thresher.pipeline.errors import InputError
+from thresher.app import cli
+from thresher.core.errors import InputError
+from thresher.experiments import scaling
 
 A, ALPHA, E = 3.0, 0.25, 0.15
 
@@ -177,8 +178,8 @@ def test_fit_reproduces_a_published_fit(tmp_path):
 
 def test_compare_says_which_recipe_scales_better(tmp_path):
     """Replicated laws (3 seeds each, independent noise): a clear difference is named, with its interval
-    below zero; laws that cross are found; too few points is an answer (pipeline/compare.py)."""
-    from thresher.pipeline import compare_report
+    below zero; laws that cross are found; too few points is an answer (thresher/experiments/compare.py)."""
+    from thresher.experiments import compare_report
 
     rows = []
     for name, a, e in (("base", 3.0, 0.2), ("filtered", 3.0, 0.12)):
@@ -217,7 +218,7 @@ def test_compare_says_which_recipe_scales_better(tmp_path):
 
 
 def test_scale_presets():
-    from thresher.pipeline import train
+    from thresher.experiments import train
 
     tiny = train.load_scales("tiny")
     assert len(tiny) == 9 and len({(s.model, s.samples_seen) for s in tiny}) == 9
@@ -237,7 +238,7 @@ def test_scale_presets():
 
 
 def test_gflops_are_counted_like_open_clips_profiler():
-    from thresher.pipeline import train
+    from thresher.experiments import train
 
     w32, w64, w128 = (train.gflops_per_sample(m) for m in ("thresher-w32", "thresher-tiny", "thresher-w128"))
     assert 0 < w32 < w64 < w128
@@ -246,7 +247,7 @@ def test_gflops_are_counted_like_open_clips_profiler():
 
 
 def test_metrics_follow_clip_benchmark_definitions():
-    from thresher.pipeline import evaluate
+    from thresher.experiments import evaluate
 
     logits = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])
     m = evaluate.classification_metrics(logits, np.array([0, 1, 1, 2]))
@@ -258,7 +259,7 @@ def test_metrics_follow_clip_benchmark_definitions():
 
 
 def test_const_schedule_run_gives_checkpoints_flops_and_evals(synth_dir, tmp_path, capsys):
-    from thresher.pipeline import train
+    from thresher.experiments import train
 
     scale = train.Scale(
         name="t",
@@ -288,7 +289,8 @@ def test_const_schedule_run_gives_checkpoints_flops_and_evals(synth_dir, tmp_pat
 
 @pytest.mark.slow
 def test_grid_trains_every_pair_resumes_and_writes_results(featured_pool, synth_dir, tmp_path, ray_local):
-    from thresher.pipeline import grid, subset
+    from thresher.experiments import grid
+    from thresher.stages.subset import subset
 
     subsets = subset.run(
         str(featured_pool),

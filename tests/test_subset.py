@@ -15,9 +15,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.pipeline import audit, cli, report, runtime, subset
-from thresher.pipeline import filter as filtering
-from thresher.pipeline.errors import InputError
+from thresher.app import cli
+from thresher.audit import audit, report
+from thresher.core import runtime
+from thresher.core.errors import InputError
+from thresher.stages.filter import filter as filtering
+from thresher.stages.subset import subset
 
 RECIPES = ["datacomp-basic", "datacomp-clip-b32-30pct"]  # keep/drop (uniform draw) and ranked (top score)
 VARS = {"scorer": "clip_tiny"}
@@ -299,7 +302,7 @@ def test_report_embeds_its_plots(subsets, tmp_path):
 
 
 def test_uids_only_writes_the_same_selection_as_datacomp_uid_files(subsets, featured_pool, tmp_path):
-    from thresher.pipeline import hashes
+    from thresher.algo import hashes
 
     out, _ = subsets
     for name in RECIPES:

@@ -11,8 +11,8 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.pipeline import synth
-from thresher.pipeline.hashes import hamming_hex, pdq_hash, url_hash
+from thresher.algo.hashes import hamming_hex, pdq_hash, url_hash
+from thresher.synthetic import synth
 
 
 def _served(synth_dir, url):
@@ -42,7 +42,7 @@ def test_deterministic_whatever_the_worker_count(tmp_path):
 
 
 def test_rerun_reuses_and_other_config_is_refused(tmp_path):
-    from thresher.pipeline.errors import InputError
+    from thresher.core.errors import InputError
 
     cfg = synth.SynthConfig(samples=50, eval_classification=10, eval_retrieval=10)
     synth.generate(tmp_path, cfg, log=lambda *_: None)
@@ -187,7 +187,7 @@ def test_eval_sets_follow_clip_benchmark_layout(synth_dir):
 
 
 def test_unknown_category_is_refused():
-    from thresher.pipeline.errors import InputError
+    from thresher.core.errors import InputError
 
     with pytest.raises(InputError, match="unknown categories"):
         synth.SynthConfig(proportions={"spam": 0.1}).validate()

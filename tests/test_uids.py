@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from test_filter import decisions, make_pool, write_recipe
 
-from thresher.pipeline import filter as flt
-from thresher.pipeline import hashes
-from thresher.pipeline.errors import InputError
+from thresher.algo import hashes
+from thresher.core.errors import InputError
+from thresher.stages.filter import filter as flt
 
 
 def _uid(i: int) -> str:

@@ -82,8 +82,8 @@ def _score_moments(pool: str, p: ClipCaptionQuality) -> dict:
     """Mean and standard deviation of the scorer's CLIP score, from up to `sample_shards` shards spread
     over the pool: once, on the driver, so every shard standardises the same way and the penalty means
     the same for a B/32, an L/14 or a random-init scorer (their cosines spread very differently)."""
-    from thresher.pipeline import runtime
-    from thresher.pipeline.pool import Pool  # the pool's layout, and which shards are complete
+    from thresher.core import runtime
+    from thresher.core.pool import Pool  # the pool's layout, and which shards are complete
 
     layout = Pool(pool)
     shards = sorted(layout.completed(p.scorer))

@@ -1,0 +1,1 @@
+"""`thresher dedup`: exact, perceptual and semantic duplicates, and copies of evaluation images."""
