@@ -1,4 +1,4 @@
-"""The command registry (thresher/app/commands.py): one record per command, beneath the CLI, jobs and --plan."""
+"""The command registry (thresher/app/commands/): one record per command, beneath the CLI, jobs and --plan."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The `thresher` command line, and only that: the entry point of the console script and of
 `python -m thresher.app.cli`.
 
-Every command is a record in the registry (thresher/app/commands.py). This module derives the argparse
+Every command is a record in the registry (thresher/app/commands/). This module derives the argparse
 parser from the records' `args` dataclasses, turns what argparse parsed into the command's `args`,
 calls the command's `run`, and ends any error in one line with an exit code: 2 for input the user
 can fix, 1 for any other failure, 130 when interrupted. Nothing else in thresher/ imports it.

@@ -14,7 +14,7 @@ resumable.
 Each step is one command: its keys are the command's positional arguments and options (`--eval-set`
 is `eval_set`; a list repeats a repeatable option or joins a comma-separated one; true/false for
 flags), checked when the job loads against the command's arguments in the registry
-(thresher/app/commands.py), which are what `thresher CMD --help` lists: a step accepts exactly those,
+(thresher/app/commands/), which are what `thresher CMD --help` lists: a step accepts exactly those,
 needs the required ones, and its values must parse. `audit` takes `action: verify|report|...`. One key
 is the runner's: `serve: DIR` serves that synthetic pool on 127.0.0.1 while the step runs.
 Placeholders: `{repo}` (this checkout), `{job_dir}` (the job file's directory), `{out}` and the job's

@@ -1,7 +1,9 @@
 """`thresher run JOB.yaml --plan`: wall time, storage, CPU-hours and GPU-hours of a job before it runs.
 
-Each step of the job is costed by its command's `plan` function (thresher/app/commands.py; this module holds
-what they share: Sizes, Cluster, Estimate, the throughputs and the rendering) from a measured
+Each step of the job is costed by its command's `plan` function: the cost model beside the step's
+stage (its `cost.py`, e.g. thresher/stages/dedup/cost.py; the registry, thresher/app/commands/, names
+it), written in thresher/core/cost.py's Sizes, Cluster, Estimate and rate. This module holds the rest:
+the throughputs, the cluster, the job's totals and the rendering. Each cost model starts from a measured
 throughput in configs/throughputs.yaml (the figure,
 its unit, the benchmark that measured it, machine and date), applied to the job's sizes (the pool's
 samples, the subset's, the grid's samples seen) on the cluster the job names under `plan.cluster`: a
@@ -15,49 +17,14 @@ a URL list we cannot count ahead, download_success (share of URLs that arrive) a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 from thresher.core.config import CONFIG_DIR, read_yaml
+from thresher.core.cost import Cluster, Estimate, Sizes
 from thresher.core.errors import InputError
 
 THROUGHPUTS = CONFIG_DIR / "throughputs.yaml"  # the rates benchmarks/stages.py measures
 CLUSTER_DIR = CONFIG_DIR / "cluster"
-SYNTH_BYTES_PER_SAMPLE = 35_000  # the synthetic pool at DataComp's 512 px: 664 MB of shards / 18,940 samples
-SYNTH_SUCCESS = 0.947  # its share of URLs that download (planted failures: 404, timeouts, opt-outs)
-
-
-@dataclass
-class Cluster:
-    name: str
-    nodes: int
-    cpus: int
-    gpus: int
-    memory_gb: float
-    object_store_gb: float
-    disk_gb: float | None
-    source: str
-    head_memory_gb: float = 0.0  # the driver's node: what a step that runs in one process can hold
-
-
-@dataclass
-class Estimate:
-    step: int = 0  # set by estimate_step: a command's plan does not know its place in the job
-    command: str = ""
-    what: str = ""
-    cpu_s: float = 0.0  # core-seconds of work
-    gpu_s: float = 0.0  # GPU-seconds of work
-    disk_bytes: float = 0.0  # what the step leaves on disk
-    object_store_bytes: float = 0.0  # peak in flight through Ray's object store
-    inputs: list[str] = field(default_factory=list)  # throughputs.yaml keys used
-    cores: int | None = None  # how many cores the step can use at most (in one process), when not the cluster's
-    driver_bytes: float = 0.0  # what it holds in one process on the head node
-    warnings: list[str] = field(default_factory=list)
-
-    def wall_s(self, c: Cluster) -> float:
-        cores = min(c.cpus, self.cores) if self.cores else c.cpus
-        return max(self.cpu_s / max(1, cores), self.gpu_s / c.gpus if c.gpus else 0.0)
 
 
 def load_throughputs(path: Path = THROUGHPUTS) -> dict:
@@ -119,78 +86,13 @@ def _disk_free_gb(path: str) -> float:
     return shutil.disk_usage(path).free / 1e9
 
 
-# ---------------------------------------------------------------------------------------------------
-
-
-class Sizes:
-    """What flows between steps: samples in the pool, downloaded, and per subset."""
-
-    def __init__(self, plan: dict):
-        self.pool = plan.get("pool_samples")
-        self.success = float(plan.get("download_success", SYNTH_SUCCESS))
-        self.bytes = float(plan.get("bytes_per_sample", SYNTH_BYTES_PER_SAMPLE))
-        self.subsets: dict[str, int] = {}  # subset dir -> samples
-        self.trusted = int(plan.get("trusted_samples", 2000))
-        self.target_images = int(plan.get("target_images", 1000))  # embed-images: ImageNet-1k train is 1,281,167
-
-    @property
-    def downloaded(self) -> float:
-        if self.pool is None:
-            raise InputError("the plan needs the pool's size: a synth step, or plan.pool_samples in the job")
-        return self.pool * self.success
-
-
-def rate(t: dict, key: str) -> float:
-    """One measured throughput of configs/throughputs.yaml."""
-    return float(t[key]["rate"])
-
-
 def estimate_step(i: int, call, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
-    """Step i's estimate: its command's `plan` (thresher/app/commands.py) on its arguments; a command
+    """Step i's estimate: its command's `plan` (thresher/app/commands/) on its arguments; a command
     without one (demo, serve, eval, ...) costs nothing here."""
     estimate = call.command.plan
     e = estimate(call.args, sizes, t, cluster) if estimate else Estimate()
     e.step, e.command = i, call.name
     return e
-
-
-# the scorers DataComp's metadata brings (import-metadata's defaults) and the models behind them
-DATACOMP_SCORER_MODELS = {"clip_b32": "ViT-B-32", "clip_l14": "ViT-L-14"}
-
-
-def scorer_dim(scorer: str) -> int:
-    """A scorer's embedding width for an estimate: DataComp's two by their models, else 768 (L/14's, the
-    widest in common use: an estimate errs high)."""
-    return embed_dim(DATACOMP_SCORER_MODELS[scorer]) if scorer in DATACOMP_SCORER_MODELS else 768
-
-
-@lru_cache(maxsize=None)  # a grid names the same models many times; each builds a model
-def embed_dim(model: str) -> int:
-    from thresher.core import models
-
-    models.register_project_models()
-    import open_clip
-
-    cfg = open_clip.get_model_config(model)
-    return int(cfg["embed_dim"]) if cfg else 512
-
-
-@lru_cache(maxsize=None)  # a grid names the same models many times; each builds a model
-def gflops(model: str) -> float:
-    from thresher.experiments.train import gflops_per_sample
-
-    return gflops_per_sample(model)
-
-
-@lru_cache(maxsize=None)  # a grid names the same models many times; each builds a model
-def param_count(model: str) -> float:
-    import open_clip
-
-    from thresher.core import models
-
-    models.register_project_models()
-    net = open_clip.create_model(model)
-    return float(sum(p.numel() for p in net.parameters()))
 
 
 def plan_job(job, cluster: str | None = None) -> dict:

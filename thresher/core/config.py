@@ -35,7 +35,7 @@ CONFIG_DIR = _config_dir()
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING):  # noqa: A002
-    """A config field with its help text; the command registry (thresher/app/commands.py: the flags) and
+    """A config field with its help text; the command registry (thresher/app/commands/: the flags) and
     docs/config-reference.md (thresher/app/reference.py) read it."""
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata={"help": help})
@@ -246,6 +246,17 @@ def substitute(value, variables: dict, where: str):
         return str(variables[m.group(1)])
 
     return re.sub(r"\{(\w+)\}", one, value)
+
+
+def parse_vars(items: list[str] | None) -> dict:
+    """`--var key=value` items (a command's, a job's) as the variables `substitute` fills in."""
+    variables = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InputError(f"--var expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        variables[k] = parse_yaml(v, f"--var {k}") if v else v  # 100 -> int, 0.3 -> float, words stay strings
+    return variables
 
 
 def preset_or_path(value: str, directory: Path, suffix: str = ".yaml") -> Path | None:

@@ -127,3 +127,27 @@ def training_record(checkpoint: str) -> dict | None:
         return None
     record = runtime.read_json(path)
     return record if os.path.abspath(record.get("checkpoint", "")) == os.path.abspath(checkpoint) else None
+
+
+def gflops_per_sample(model: str, image_size: int | None = None) -> float:
+    """Forward GFLOPs of one image-text pair, counted by torch's FlopCounterMode on one all-ones image
+    and token sequence, as open_clip_train's profiler.profile_torch counts them (that function prints
+    a table that needs `tabulate`; display=False here). Training records it (thresher/experiments/train.py)
+    and `--plan`'s cost models scale by it (thresher/core/cost.py `gflops`)."""
+    import open_clip
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    register_project_models()
+    kwargs = {"force_image_size": image_size} if image_size else {}
+    net = open_clip.create_model(model, **kwargs)
+    net.eval()
+    size = net.visual.image_size if hasattr(net.visual, "image_size") else (image_size or 224)
+    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    ctx = getattr(net, "context_length", None) or open_clip.get_model_config(model)["text_cfg"].get(
+        "context_length", 77
+    )
+    counter = FlopCounterMode(display=False)
+    with counter:  # not under no_grad: MultiheadAttention's inference fast path escapes the counter
+        net(torch.ones((1, 3, *size)), torch.ones((1, ctx), dtype=torch.int64))
+    return sum(counter.get_flop_counts()["Global"].values()) / 1e9

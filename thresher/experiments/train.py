@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from thresher.core import models, runtime
 from thresher.core.config import CONFIG_DIR, check_name, config_hash, from_dict, opt, read_yaml, to_dict
 from thresher.core.errors import InputError, StageError
+from thresher.core.models import gflops_per_sample
 
 
 @dataclass
@@ -144,29 +145,6 @@ def load_scales(spec: str) -> list[Scale]:
         if not scales:
             raise InputError(f"{path} has no scale named {member!r}")
     return scales
-
-
-def gflops_per_sample(model: str, image_size: int | None = None) -> float:
-    """Forward GFLOPs of one image-text pair, counted by torch's FlopCounterMode on one all-ones image
-    and token sequence, as open_clip_train's profiler.profile_torch counts them (that function prints
-    a table that needs `tabulate`; display=False here)."""
-    import open_clip
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    models.register_project_models()
-    kwargs = {"force_image_size": image_size} if image_size else {}
-    net = open_clip.create_model(model, **kwargs)
-    net.eval()
-    size = net.visual.image_size if hasattr(net.visual, "image_size") else (image_size or 224)
-    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-    ctx = getattr(net, "context_length", None) or open_clip.get_model_config(model)["text_cfg"].get(
-        "context_length", 77
-    )
-    counter = FlopCounterMode(display=False)
-    with counter:  # not under no_grad: MultiheadAttention's inference fast path escapes the counter
-        net(torch.ones((1, 3, *size)), torch.ones((1, ctx), dtype=torch.int64))
-    return sum(counter.get_flop_counts()["Global"].values()) / 1e9
 
 
 def shard_list(data: str) -> list[str]:
