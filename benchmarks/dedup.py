@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thresher.stages.dedup.dedup import faiss_gpus, semantic_pairs  # noqa: E402
+from thresher.stages.dedup.semantic import faiss_gpus, semantic_pairs  # noqa: E402
 
 
 def make_embeddings(n: int, dim: int, dup_fraction: float, seed: int) -> np.ndarray:

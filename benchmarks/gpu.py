@@ -63,7 +63,7 @@ def dedup_check(n: int = 200_000, d: int = 512, groups: int = 100, seed: int = 0
     import numpy as np
     import torch
 
-    from thresher.stages.dedup.dedup import _within
+    from thresher.stages.dedup.semantic import _within
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, d)).astype(np.float32)

@@ -9,7 +9,7 @@ import pytest
 
 from thresher.algo import hashes
 from thresher.core.pool import Pool
-from thresher.stages.dedup import dedup
+from thresher.stages.dedup import dedup, perceptual, semantic, verdicts
 
 
 def _planted_vectors():
@@ -66,7 +66,7 @@ def test_keep_policy(keep, expected):
     keep_arr = np.ones(n, bool)
     reason, group = [None] * n, [None] * n
     uids = ["a", "b", "c"]
-    dropped = dedup._apply(
+    dropped = verdicts._apply(
         np.array([[0, 1], [1, 2]]),
         alive,
         "exact",
@@ -89,7 +89,7 @@ def test_random_keep_is_seeded():
     for seed in range(20):
         cfg = dedup.DedupConfig(keep="random", seed=seed)
         keep = np.ones(5, bool)
-        dedup._apply(
+        verdicts._apply(
             np.array([[0, 1], [1, 2], [2, 3], [3, 4]]),
             np.arange(5),
             "exact",
@@ -168,8 +168,8 @@ def test_within_cluster_products_in_torch_equal_numpy():
     """The GPU path's products run in torch; on CPU here, they must give numpy's pairs."""
     x = _planted_vectors()
     groups = [np.arange(0, 2000), np.arange(1500, 4000)]
-    ours = dedup._within(x, groups, 0.97, 700, torch_device="cpu")
-    ref = dedup._within(x, groups, 0.97, 700)
+    ours = semantic._within(x, groups, 0.97, 700, torch_device="cpu")
+    ref = semantic._within(x, groups, 0.97, 700)
     assert len(ref) >= 50 and sorted(map(tuple, ours.tolist())) == sorted(map(tuple, ref.tolist()))
 
 
@@ -285,19 +285,19 @@ def test_partitioned_pdq_pairs_equal_faiss_range_search(partitions):
     assert {(a, b) for a, b, d in planted if d <= 31} <= found  # every planted copy, at every distance
     assert not {(a, b) for a, b, d in planted if d > 31} & found  # and no decoy
     ids = np.arange(len(codes), dtype=np.int64) + (5 << 32)  # rows are named shard << 32 | row
-    parts = dedup._pdq_route(codes, ids, partitions)
+    parts = perceptual._pdq_route(codes, ids, partitions)
     assert sum(len(p[0]) for p in parts) == 32 * len(codes)
     pairs, a, b = [], [], []
     for code, chunk, ident in parts:
-        pairs += [np.stack([x, y], 1) for x, y in dedup._pdq_links(code, chunk, ident, 31, expand=True)]
-        for x, y in dedup._pdq_links(code, chunk, ident, 31):
+        pairs += [np.stack([x, y], 1) for x, y in perceptual._pdq_links(code, chunk, ident, 31, expand=True)]
+        for x, y in perceptual._pdq_links(code, chunk, ident, 31):
             a.append(x)
             b.append(y)
     pairs = np.concatenate(pairs) - (5 << 32)
     assert len(pairs) == len(truth)  # each pair once
     assert np.array_equal(np.unique(pairs, axis=0), truth)
-    nodes, root = dedup._pdq_components(*dedup._pdq_forest(np.concatenate(a), np.concatenate(b)))
-    t_nodes, t_root = dedup._pdq_components(truth[:, 0], truth[:, 1])
+    nodes, root = perceptual._pdq_components(*perceptual._pdq_forest(np.concatenate(a), np.concatenate(b)))
+    t_nodes, t_root = perceptual._pdq_components(truth[:, 0], truth[:, 1])
     assert np.array_equal(nodes - (5 << 32), t_nodes) and np.array_equal(root - (5 << 32), t_root)
 
 

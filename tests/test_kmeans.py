@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from thresher.algo import kmeans
+from thresher.algo import kmeans, kmeans_flat
 from thresher.core.errors import InputError
 from thresher.exec import execute
 
@@ -117,7 +117,7 @@ def test_flat_kmeans_is_within_1_percent_of_faiss_on_the_pools_clip_tiny_embeddi
     pool = str(featured_pool)
     shards = Pool(pool).shards()
     reader = kmeans.PoolEmbeddings(pool, "clip_tiny")
-    x = kmeans._unit(np.concatenate([reader(s) for s in shards]))
+    x = kmeans_flat._unit(np.concatenate([reader(s) for s in shards]))
     assert len(x) > 2000 and read_npy(Pool(pool).embeddings("clip_tiny", shards[0])).dtype == np.float16
     k = 30
     ref = np.mean([ssd(x, faiss_kmeans(x, k, ITERS, seed)) for seed in SEEDS])
@@ -154,7 +154,7 @@ def test_the_driver_receives_centroids_and_counts_never_rows(tmp_path):
 
 def test_assign_writes_each_rows_nearest_centroid(tmp_path):
     x = clustered(n=3000)
-    c = kmeans._unit(x[:7])
+    c = kmeans_flat._unit(x[:7])
     with execute.using(execute.LocalExecutor()):
         got = kmeans.assign(files(tmp_path, x, 3), np.load, c, out=str(tmp_path / "labels"))
     labels = np.concatenate([np.load(f) for f in got.labels])
@@ -194,12 +194,12 @@ def test_the_same_rows_cut_into_other_items_give_the_same_bits(tmp_path):
 
 def test_empty_clusters_are_reseeded_by_splitting_the_largest():
     rng = np.random.default_rng(0)
-    old = kmeans._unit(rng.normal(size=(4, 8)))
+    old = kmeans_flat._unit(rng.normal(size=(4, 8)))
     sums = np.zeros((4, 8))
     sums[0] = old[0] * 90  # cluster 0 the largest; 2 and 3 empty
     sums[1] = old[1] * 10
     counts = np.array([90, 10, 0, 0])
-    new, empty = kmeans._update(sums, counts, old, rng)
+    new, empty = kmeans_flat._update(sums, counts, old, rng)
     assert empty == 2
     np.testing.assert_allclose(np.linalg.norm(new, axis=1), 1, atol=1e-6)
     assert len({tuple(np.round(c, 6)) for c in new}) == 4  # all distinct
@@ -239,7 +239,11 @@ def faiss_two_level(x: np.ndarray, k: int, k1: int, iters: int, seed: int) -> fl
     total = 0.0
     for j in range(k1):
         xj = x[labels == j]
-        cj = faiss_kmeans(xj, int(kj[j]), iters, seed + j) if kj[j] > 1 else kmeans._unit(xj.sum(axis=0, keepdims=True))
+        cj = (
+            faiss_kmeans(xj, int(kj[j]), iters, seed + j)
+            if kj[j] > 1
+            else kmeans_flat._unit(xj.sum(axis=0, keepdims=True))
+        )
         total += float((xj @ cj.T).max(axis=1).sum())
     return total / len(x)
 

@@ -43,7 +43,7 @@ USAGE: dict[str, tuple[str | None, str]] = {
         "`--scorer-id`); the other flags apply to every scorer. A field without a flag keeps its "
         "default.",
     ),
-    "thresher.stages.dedup.dedup.DedupConfig": (
+    "thresher.stages.dedup.config.DedupConfig": (
         "dedup",
         "Used by `thresher dedup`. `--config` takes a YAML file or a preset in `configs/dedup/`; every field "
         "is also a flag, which wins over the file. Without `--config`, the defaults below apply.",
