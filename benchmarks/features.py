@@ -49,7 +49,8 @@ from thresher.core import schema  # noqa: E402
 
 def _make_shard(job) -> None:
     out, shard, n, per_shard = job
-    from thresher.synthetic.synth import encode, english_caption, random_scene, render
+    from thresher.synthetic.drawing import encode, render
+    from thresher.synthetic.world import english_caption, random_scene
 
     rng = np.random.default_rng([7, shard])
     rows = []

@@ -201,7 +201,7 @@ def main() -> None:
         )
 
     from thresher.stages.features import features
-    from thresher.synthetic.synth import english_caption, foreign_caption, random_scene
+    from thresher.synthetic.world import english_caption, foreign_caption, random_scene
 
     rng = np.random.default_rng(0)
     captions = [

@@ -6,10 +6,10 @@ Writes `--rows` synthetic decisions (schema.DECISIONS: uid, keep, score, dropped
 `--shards` Parquet files of a throwaway pool, with a recipe whose last step ranks, and then runs, as Ray
 tasks on a local Ray with one worker per core, exactly what `thresher subset` runs to select:
 
-1. per shard: keys from the ranking step's scores, a 65,536-bin histogram (subset._histogram_task);
+1. per shard: keys from the ranking step's scores, a 65,536-bin histogram (selection._histogram_task);
 2. the driver merges them and finds the bin holding rank N; per shard, only that bin's keys and uids
-   come back (subset._bin_task); the driver reads the exact cut, ties broken by uid (subset.find_cut);
-3. per shard: the selection mask (subset.Cut.inside), counted.
+   come back (selection._bin_task); the driver reads the exact cut, ties broken by uid (selection.find_cut);
+3. per shard: the selection mask (selection.Cut.inside), counted.
 
 It checks the count is exactly N and that the selection equals a global sort (numpy lexsort over all
 scores and uids on one node, the reference, also timed). Prints samples/s per core for the whole
@@ -38,7 +38,7 @@ import pyarrow as pa  # noqa: E402
 from thresher.algo import topk  # noqa: E402
 from thresher.core import runtime, schema
 from thresher.exec import execute
-from thresher.stages.subset import subset
+from thresher.stages.subset import selection
 
 
 def make_pool(root: Path, rows: int, shards: int, seed: int = 0) -> list[np.ndarray]:
@@ -69,11 +69,11 @@ def make_pool(root: Path, rows: int, shards: int, seed: int = 0) -> list[np.ndar
 def select(pool: str, shards: list[int], size: int, rule) -> int:
     import ray
 
-    hist = subset._count(pool, "bench", rule, subset.Exclusion(), shards)
-    cut = subset._cut(pool, "bench", rule, subset.Exclusion(), shards, hist, size)
+    hist = selection._count(pool, "bench", rule, selection.Exclusion(), shards)
+    cut = selection._cut(pool, "bench", rule, selection.Exclusion(), shards, hist, size)
 
     def count(pool, shard, cut):
-        dec, mask, keys = subset._candidates(pool, "bench", shard, rule, subset.Exclusion(), subset.RANKING)
+        dec, mask, keys = selection._candidates(pool, "bench", shard, rule, selection.Exclusion(), selection.RANKING)
         return int((mask & cut.inside(keys, dec.column("uid"))).sum())
 
     task = ray.remote(count).options(num_cpus=1)
@@ -107,7 +107,7 @@ def select_in_memory(parts, size: int):
         got = ray.get([in_bin.remote(p, b) for p in parts])
         return np.concatenate([k for k, _ in got]), np.concatenate([u for _, u in got])
 
-    cut = subset.find_cut(h, size, gather)
+    cut = selection.find_cut(h, size, gather)
     return sum(ray.get([count.remote(p, cut) for p in parts])), cut
 
 
@@ -126,7 +126,7 @@ def main() -> None:
         print(f"writing {args.rows:,} decisions in {args.shards} shards ...", flush=True)
         arrays = make_pool(root, args.rows, args.shards)
         shards = list(range(args.shards))
-        rule = subset.Rule("top_score", 0, "quality")
+        rule = selection.Rule("top_score", 0, "quality")
         select(str(root), shards[:1], 10, rule)  # warm the workers
         t0 = time.perf_counter()
         n, cut = select(str(root), shards, args.size, rule)

@@ -25,7 +25,7 @@ from thresher.core.errors import InputError
 from thresher.core.pool import Pool, member_key
 from thresher.stages.acquire import importing
 from thresher.stages.features import features
-from thresher.stages.subset import subset
+from thresher.stages.subset import reshard
 
 QUIET = {"log": lambda *_: None}
 
@@ -124,7 +124,7 @@ def test_a_tar_packed_with_dot_slash_and_upper_case_is_read_by_every_stage(tmp_p
     features.base_features_shard(0, str(out))
     base = pq.read_table(pool.features("base", 0))
     assert base.column("error").null_count == base.num_rows == 2 and base.column("pdq").null_count == 0
-    index = subset._member_index(str(out), 0)
+    index = reshard._member_index(str(out), 0)
     assert {k: sorted(e for e, _, _ in v) for k, v in index.items()} == {
         "000000000": ["jpg", "txt"],
         "000000001": ["jpg", "txt"],  # written into a subset as .jpg, which webdataset's decoders read
@@ -258,14 +258,14 @@ def test_a_replaced_adopted_tar_is_caught_by_features_subset_and_audit_verify(tm
     stats = json.loads((out / "shards" / "00000000_stats.json").read_text())
     assert stats["tar_sha256"] == runtime.file_sha256(str(folder / "00000.tar"))
     sub = _fake_subset(tmp_path / "subset", out)
-    assert audit.verify(sub)["ok"] and len(Pool(out).read_images(0)) == 2 and subset._member_index(str(out), 0)
+    assert audit.verify(sub)["ok"] and len(Pool(out).read_images(0)) == 2 and reshard._member_index(str(out), 0)
 
     _replace_images(folder)
     changed = r"00000.tar: changed since import-pool made .*; restore it, or import the folder again"
     with pytest.raises(InputError, match=changed):
         Pool(out).read_images(0)  # base features and CLIP scoring read the images through it
     with pytest.raises(InputError, match=changed):
-        subset._member_index(str(out), 0)  # subset's index of a pool shard
+        reshard._member_index(str(out), 0)  # subset's index of a pool shard
     result = audit.verify(sub)
     assert not result["ok"] and any(p.startswith("changed source:") and "00000.tar" in p for p in result["problems"])
 

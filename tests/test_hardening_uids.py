@@ -145,16 +145,16 @@ def test_audit_explain_and_trace_read_a_uid_by_the_same_rule(tmp_path):
 HOLDER = r"""
 import os, sys, time
 os.environ["THRESHER_EXECUTOR"] = "local"
-from thresher.stages.subset import subset
+from thresher.stages.subset import subset, uids
 pool, recipe, out, started, go, size = sys.argv[1:7]
-original = subset._uids_map
+original = uids._uids_map
 def held(*args, **kwargs):
     open(started, "w").close()
     deadline = time.time() + 60
     while not os.path.exists(go) and time.time() < deadline:
         time.sleep(0.05)
     return original(*args, **kwargs)
-subset._uids_map = held
+uids._uids_map = held
 subset.write_uid_file(pool, recipe, out, size=int(size), log=lambda *_: None)
 """
 

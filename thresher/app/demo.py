@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from thresher.app import commands, jobs
 from thresher.stages.dedup import dedup
 from thresher.stages.filter import filter as filtering
-from thresher.synthetic.synth import score_dedup
+from thresher.synthetic.score import score_dedup
 
 
 def demo_vars(samples: int, seed: int, port: int, scales: str) -> dict:
