@@ -95,7 +95,7 @@ def trial(df, a_draws, b_draws, a_recipe, b_recipe, level: float):
     sub_b = df[(df.recipe == b_recipe) & df.draw.isin(b_draws)].assign(recipe="arm-b")
     import pandas as pd
 
-    arm_a, arm_b = compare.arms_from_table(pd.concat([sub_a, sub_b]), "arm-a", "arm-b", METRIC)
+    arm_a, arm_b = compare.arms_from_table(pd.concat([sub_a, sub_b]), "arm-a", "arm-b", compare.TableSpec(METRIC))
     top = max(float(r.x.max()) for r in arm_a.reps)
     opts = compare.FitOptions(n_bootstrap=0, estimator="replicates")  # the joint law: not yet in the real part
     c = compare.analyse(arm_a, arm_b, FACTOR * top, level, opts)
@@ -106,7 +106,7 @@ def trial(df, a_draws, b_draws, a_recipe, b_recipe, level: float):
             per_scale[p[0]] = max(per_scale.get(p[0], 0.0), float(x))
     cut = min(per_scale.values())
     held = compare.FitOptions(n_bootstrap=0, fit_below=cut, estimator="replicates")
-    fa, fb = compare.arms_from_table(pd.concat([sub_a, sub_b]), "arm-a", "arm-b", METRIC)
+    fa, fb = compare.arms_from_table(pd.concat([sub_a, sub_b]), "arm-a", "arm-b", compare.TableSpec(METRIC))
     compare.analyse(fa, fb, FACTOR * top, level, held)
     pts = [p for arm in (fa, fb) for p in compare.held_out(arm, level, held)["points"]]
     outcome = compare.backtest(arm_a, arm_b, cut, level, opts)["outcome"]
@@ -251,7 +251,7 @@ def larger_check(demo: str, out: str, k: int, level: float) -> dict:
     if cli.main(args) != 0:
         raise SystemExit("the larger check's grid failed")
     df = scaling.read_table(os.path.join(larger, "results.csv"))
-    arm_a, arm_b = compare.arms_from_table(df, "datacomp-none", "dfn-dedup", METRIC)
+    arm_a, arm_b = compare.arms_from_table(df, "datacomp-none", "dfn-dedup", compare.TableSpec(METRIC))
     print(f"larger check ({k} vs {k} replicates, 3 widths): the measured verdict at each point of w64 and w128")
     points = []
     for x, key in compare.common_points(arm_a, arm_b):

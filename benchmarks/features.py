@@ -132,12 +132,12 @@ def model_only(model_name: str, batch_size: int, device: str, batches: int) -> f
     import torch
 
     from thresher.core import models
-    from thresher.stages.features import features
+    from thresher.stages.features import clip
 
     pp = models.preprocess_config(model_name, None)
-    actor = features.ClipEmbedder.__new__(features.ClipEmbedder)  # the model part of the actor, no writing
-    features.ClipEmbedder.__init__(
-        actor, features.to_dict(features.ScorerConfig(model=model_name)), "/tmp", pp, device, os.cpu_count()
+    actor = clip.ClipEmbedder.__new__(clip.ClipEmbedder)  # the model part of the actor, no writing
+    clip.ClipEmbedder.__init__(
+        actor, clip.to_dict(clip.ScorerConfig(model=model_name)), "/tmp", pp, device, os.cpu_count()
     )
     size = pp["size"]
     rng = np.random.default_rng(0)
@@ -172,9 +172,9 @@ def model_only(model_name: str, batch_size: int, device: str, batches: int) -> f
 
 def _decode_one(job) -> int:
     pool, shard, pp, model = job
-    from thresher.stages.features import features
+    from thresher.stages.features import clip
 
-    return sum(len(b["key"]) for b in features._decode_shards({"shard": [shard]}, pool, "/tmp", pp, model, 256))
+    return sum(len(b["key"]) for b in clip._decode_shards({"shard": [shard]}, pool, "/tmp", pp, model, 256))
 
 
 def decode_only(pool: Path, model_name: str) -> tuple[int, float]:

@@ -34,7 +34,7 @@ def simulated_table(seed: int, b_data_term: float, replicates: int = 3, noise=No
 
 
 def analyse(df, factor=10.0, level=0.95, **opts):
-    a, b = compare.arms_from_table(df, "a", "b", "acc")
+    a, b = compare.arms_from_table(df, "a", "b", compare.TableSpec("acc"))
     top = max(float(r.x.max()) for r in a.reps)
     # the per-replicate estimator (`--estimator replicates`); tests/test_joint.py tests the joint law
     return compare.analyse(
@@ -119,7 +119,7 @@ def test_draws_with_seeds_average_seeds_within_a_draw():
     df = simulated_table(5, BASE)
     df = pd.concat([df, df.assign(seed=df.seed + 10, error=df.error + 0.001)])  # 2 seeds per draw
     df["acc"] = 1 - df["error"]
-    a, _ = compare.arms_from_table(df, "a", "b", "acc")
+    a, _ = compare.arms_from_table(df, "a", "b", compare.TableSpec("acc"))
     assert a.unit_kind == "draw" and len(a.reps) == 6 and len(a.units()) == 3
 
 

@@ -671,7 +671,7 @@ def test_results_table_loader_takes_any_rows(tmp_path, rows):
     df = scaling.read_table(str(path))
     for call in (
         lambda: scaling.points(df, "gflops_total", "acc", "recipe", True, str(path)),
-        lambda: compare.arms_from_table(df, "a", "b", "acc", where=str(path)),
+        lambda: compare.arms_from_table(df, "a", "b", compare.TableSpec("acc", where=str(path))),
     ):
         try:
             call()

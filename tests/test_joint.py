@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import ab_calibration as sim
 from thresher.core.errors import InputError
-from thresher.experiments import compare, joint
+from thresher.experiments import compare, joint, tables
 
 NOISE = {"replicate": 0.021, "run": 0.023, "checkpoint": 0.020, "rho": 0.5}
 LAION = "tests/data/laion_comparison_datasets.csv"
@@ -35,7 +35,9 @@ def verdicts(df, target="10x", **opts):
 
 def test_independent_rows_give_ordinary_least_squares_and_its_degrees_of_freedom():
     """One variance component: GLS is OLS, REML's variance is RSS / (n - p), Satterthwaite's df is n - p."""
-    pts, notes = joint.points_from_table(world_table("runs-null", 1), "a", "b", "error", accuracy=False)
+    pts, notes = tables.points_from_table(
+        world_table("runs-null", 1), "a", "b", tables.TableSpec("error", accuracy=False)
+    )
     assert notes["rows"] == "runs" and joint._levels(pts) == ["residual"]
     f = joint.fit(pts)
     x = joint.features(pts, f.a, f.b, f.log_r, pts.g, pts.s, pts.U, pts.k, f.g_ref, f.s_ref)

@@ -119,4 +119,4 @@ def test_ray_is_imported_only_by_the_execution_layer_and_ray_data():
         for p in _modules().values()
         if re.search(r"^\s*(import ray|from ray)\b", p.read_text(), re.M)
     )
-    assert users == ["thresher/exec/execute.py", "thresher/stages/features/features.py"]
+    assert users == ["thresher/exec/execute.py", "thresher/stages/features/clip.py"]

@@ -37,7 +37,7 @@ USAGE: dict[str, tuple[str | None, str]] = {
         "the same pool must keep the settings, apart from `processes`, `threads`, `shard_retries` "
         "and `shard_deadline_s`.",
     ),
-    "thresher.stages.features.features.ScorerConfig": (
+    "thresher.stages.features.clip.ScorerConfig": (
         "features",
         "Used by `thresher features`: one scorer per `--model` (paired in order with `--pretrained` and "
         "`--scorer-id`); the other flags apply to every scorer. A field without a flag keeps its "

@@ -1,7 +1,7 @@
 """Image decoding: the pixel limit every decoder checks first, and, for CLIP scoring (`thresher features
 --model M`), where JPEGs become model input.
 
-Two places, chosen by `ScorerConfig.decode` (thresher/stages/features/features.py):
+Two places, chosen by `ScorerConfig.decode` (thresher/stages/features/clip.py):
 
 - `cpu`: the decoding tasks open each image with PIL and apply open_clip's resize and crop
   (`models.pil_transform`), shipping uint8 pixels to the model actors. The default without a GPU.

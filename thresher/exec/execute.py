@@ -16,7 +16,7 @@ connect) and then `run` (per-shard stages: finished items are kept, failures ret
 is whole.
 
 Ray is imported here and in three places that need more than tasks, named in docs/architecture.md:
-Ray Data's actor pool in `features._embed`, and the tests' cluster fixtures.
+Ray Data's actor pool in `clip._embed` (thresher/stages/features/clip.py), and the tests' cluster fixtures.
 """
 
 from __future__ import annotations

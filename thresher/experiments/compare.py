@@ -27,6 +27,12 @@ interval, and a null comparison then names a winner most of the time (issue 14).
 
 `benchmarks/ab_calibration.py` checks the false-positive rate and power of exactly this procedure on
 simulated grids and on real ones; docs/scaling-laws.md gives its figures and what it does not cover.
+
+This module holds the verdicts (analyse, the joint law's and the backtest's, their sentences and compare.json's
+fields) and the command's table entry (from_table, compare_table). The rest is in its own modules:
+thresher/experiments/tables.py reads the results table (arms and joint points), replicates.py is the
+per-replicate estimator (fits, bands, held-out check), difference.py the t interval both estimators end in,
+joint.py the joint law, and compare_report.py writes the report.
 """
 
 from __future__ import annotations
@@ -38,295 +44,38 @@ import numpy as np
 
 from thresher.core.errors import InputError
 from thresher.experiments import joint, scaling
-
-REPLICATE_COLUMNS = ("draw", "seed")  # results.csv columns that name a run's replicate
-POINT_COLUMNS = ("subset_size", "scale", "epoch")  # columns that name the same measured point in every replicate
-POWER = 0.8  # the power at which the smallest detectable difference is stated
-
-
-@dataclass
-class FitOptions:
-    """The options `thresher fit` takes, so a comparison can be made with any published procedure."""
-
-    frontier: str = "bins"
-    loss: str = "log"
-    forms: tuple = ("power", "offset")
-    bins_per_decade: float = 4.0
-    n_bootstrap: int = 200  # used for bands only when a recipe has a single replicate
-    fit_below: float | None = None
-    fit_above: float | None = None  # the joint law: only points at or above this compute
-    estimator: str = "joint"  # joint (thresher/experiments/joint.py) or replicates (a law per replicate, Welch t)
-    rows: str = "auto"  # checkpoints of few runs, or independent runs (joint.rows_kind)
-
-
-@dataclass
-class Replicate:
-    key: str  # e.g. "draw 0 / seed 1"
-    unit: str  # its independent unit (the draw, or the replicate itself)
-    x: np.ndarray
-    y: np.ndarray  # errors
-    points: list  # each point's key (scale, epoch), to match measured points across arms
-    law: scaling.Law | None = None
-    note: str = ""  # why there is no law
-
-
-@dataclass
-class Arm:
-    name: str
-    reps: list[Replicate]
-    unit_kind: str  # "draw" or "seed" or "run"
-
-    def units(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for i, r in enumerate(self.reps):
-            out.setdefault(r.unit, []).append(i)
-        return out
-
-    def unit_means(self, per_rep: np.ndarray) -> np.ndarray:
-        """One value per unit: the mean of its replicates' finite values."""
-        vals = []
-        for idx in self.units().values():
-            v = per_rep[idx]
-            v = v[np.isfinite(v)]
-            if len(v):
-                vals.append(float(v.mean()))
-        return np.asarray(vals)
-
+from thresher.experiments.difference import (
+    POWER,
+    Difference,
+    runs_needed,
+    settle,
+    welch,  # noqa: F401 - compare.welch, as tests reach it
+)
+from thresher.experiments.replicates import (
+    Arm,
+    FitOptions,
+    _num,
+    bands,
+    common_points,  # noqa: F401 - compare.common_points, as tests reach it
+    extrapolated_difference,
+    fit_replicates,
+    held_out,
+    mean_curve,
+    measured_difference,
+    unit_predictions,
+    values_at,  # noqa: F401 - compare.values_at, as tests reach it
+)
+from thresher.experiments.tables import (
+    TableSpec,
+    arms_from_table,
+    points_from_table,
+    runs_table,
+    select_rows,
+    target_point,
+)
 
 # ---------------------------------------------------------------------------------------------------
-# Reading a results table into replicates
-
-
-def arms_from_table(
-    df,
-    a: str,
-    b: str,
-    metric: str,
-    *,
-    x: str = "gflops_total",
-    group: str = "recipe",
-    accuracy: bool = True,
-    where: str = "results",
-) -> tuple[Arm, Arm]:
-    scaling.require_columns(df, (x, metric, group), where)
-    present = sorted(df[group].astype(str).unique())
-    arms = []
-    for name in (a, b):
-        sub = df[df[group].astype(str) == name]
-        if sub.empty:
-            raise InputError(f"{where}: no rows with {group} = {name!r}; present: {', '.join(present)}")
-        arms.append(_arm(name, sub, x, metric, accuracy, where))
-    return arms[0], arms[1]
-
-
-def _arm(name, sub, x, metric, accuracy, where) -> Arm:
-    cols = [c for c in REPLICATE_COLUMNS if c in sub.columns]
-    point_cols = [c for c in POINT_COLUMNS if c in sub.columns]
-    draws = sub["draw"].nunique() if "draw" in sub.columns else 1
-    unit_kind = "draw" if draws > 1 else ("seed" if cols else "run")
-    reps = []
-    groups = sub.groupby(cols, sort=True) if cols else [((), sub)]
-    for key, rows in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        label = " / ".join(f"{c} {v}" for c, v in zip(cols, key)) or "all rows"
-        unit = f"draw {key[cols.index('draw')]}" if unit_kind == "draw" else label
-        xs = scaling.numeric(rows, x, where, "compute")  # scaling.RULES: an error names the row
-        ys = scaling.numeric(rows, metric, where, scaling.metric_rule(accuracy))
-        ys = 1.0 - ys if accuracy else ys
-        pts = list(zip(*(rows[c].astype(str) for c in point_cols))) if point_cols else [f"{v:.6g}" for v in xs]
-        reps.append(Replicate(label, unit, xs, ys, pts))
-    return Arm(name, reps, unit_kind)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Fits per replicate
-
-
-def fit_replicates(arm: Arm, opts: FitOptions) -> None:
-    """A law per replicate, on its own frontier (points at or below opts.fit_below)."""
-    for r in arm.reps:
-        use = np.flatnonzero(r.x <= opts.fit_below) if opts.fit_below is not None else np.arange(len(r.x))
-        xs, ys = r.x[use], r.y[use]
-        front = frontier(xs, ys, opts)
-        if len(front) < 3:
-            r.law, r.note = None, f"{len(front)} frontier point(s); a fit needs 3"
-            continue
-        try:
-            r.law = scaling.fit_law(
-                xs[front],
-                ys[front],
-                opts.forms,
-                loss=opts.loss,
-                starts=projected_starts(xs[front], ys[front], opts.forms),
-            )
-        except InputError:
-            try:  # the one start failed: the default grid of starts
-                r.law = scaling.fit_law(xs[front], ys[front], opts.forms, loss=opts.loss)
-            except InputError as err:
-                r.law, r.note = None, str(err)
-
-
-def projected_starts(x: np.ndarray, y: np.ndarray, forms) -> dict:
-    """One good start per form: for each alpha on a grid, A and E of A*C^-alpha + E are a linear least
-    squares; the best alpha gives the start. One start instead of the default grid's 12-36 makes the
-    replicate fits (and the 2,000-trial calibration benchmark) fast; the default grid is the fallback
-    when it does not converge, and a poor start would show in the benchmark's figures."""
-    ref = float(np.exp(np.mean(np.log(x))))
-    c = x / ref
-    alphas = np.geomspace(0.01, 3.0, 48)[:, None]
-    basis = np.power(c[None, :], -alphas)  # [alphas, points]
-    bm, ym = basis.mean(axis=1, keepdims=True), y.mean()
-    slope = ((basis - bm) * (y - ym)).sum(axis=1, keepdims=True) / np.maximum(
-        ((basis - bm) ** 2).sum(axis=1, keepdims=True), 1e-300
-    )
-    e = np.clip(ym - slope * bm, 0.0, y.min() * 0.99)  # E within its bounds, then A for that E
-    a_coef = np.maximum(((y - e) * basis).sum(axis=1, keepdims=True) / (basis**2).sum(axis=1, keepdims=True), 1e-9)
-    err = ((a_coef * basis + e - y) ** 2).mean(axis=1)
-    i = int(np.argmin(err))
-    la, alpha, e = math.log(float(a_coef[i, 0])), float(alphas[i, 0]), float(e[i, 0])
-    out = {"power": [np.array([la, alpha, e])]}
-    if "offset" in forms:
-        out["offset"] = [np.array([la, alpha, e, 0.01])]
-    return out
-
-
-def predictions(arm: Arm, c) -> np.ndarray:
-    """[replicates, len(c)]: each replicate's law at c (nan where it has none)."""
-    c = np.atleast_1d(np.asarray(c, float))
-    return np.array([r.law.predict(c) if r.law is not None else np.full(len(c), np.nan) for r in arm.reps])
-
-
-def unit_predictions(arm: Arm, c) -> np.ndarray:
-    """[units, len(c)]: the units' mean predictions (units with no fitted replicate left out)."""
-    p = predictions(arm, c)
-    rows = []
-    for idx in arm.units().values():
-        v = p[idx]
-        v = v[np.isfinite(v).all(axis=1)]
-        if len(v):
-            rows.append(v.mean(axis=0))
-    return np.array(rows) if rows else np.empty((0, p.shape[1]))
-
-
-# ---------------------------------------------------------------------------------------------------
-# The difference of two means, and the verdict
-
-
-@dataclass
-class Difference:
-    mean_a: float
-    mean_b: float
-    n_a: int
-    n_b: int
-    sd_a: float
-    sd_b: float
-    level: float
-    diff: float = float("nan")  # error B - error A (negative: B better)
-    se: float = float("nan")
-    df: float = float("nan")
-    lo: float = float("nan")
-    hi: float = float("nan")
-    p_b_better: float | None = None
-    better: str | None = None  # "a", "b" or None
-    mde: float = float("nan")  # smallest |difference| detectable at POWER
-    reason: str = ""
-
-    def to_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.__dict__.items()}
-
-
-def welch(a: np.ndarray, b: np.ndarray, level: float) -> Difference:
-    """Welch's t interval for mean(b) - mean(a), a posterior P(B better) under a flat prior on the
-    difference (the t distribution's mass below zero), and the verdict at `level`."""
-
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    sd = lambda v: float(v.std(ddof=1)) if len(v) > 1 else float("nan")  # noqa: E731
-    d = Difference(
-        float(a.mean()) if len(a) else float("nan"),
-        float(b.mean()) if len(b) else float("nan"),
-        len(a),
-        len(b),
-        sd(a),
-        sd(b),
-        level,
-    )
-    if len(a) < 2 or len(b) < 2:
-        d.reason = (
-            f"{min(len(a), len(b))} independent run(s) in one recipe: a single run measures no "
-            f"run-to-run spread; give at least 2 (seeds: in the scale file, or --draws)"
-        )
-        d.diff = d.mean_b - d.mean_a
-        return d
-    va, vb = d.sd_a**2 / len(a), d.sd_b**2 / len(b)
-    d.diff = d.mean_b - d.mean_a
-    d.se = math.sqrt(va + vb)
-    d.df = (va + vb) ** 2 / ((va**2 / (len(a) - 1) if va else 0) + (vb**2 / (len(b) - 1) if vb else 0) or 1e-300)
-    d.df = float(min(max(d.df, 1.0), len(a) + len(b) - 2))
-    return settle(d)
-
-
-def settle(d: Difference) -> Difference:
-    """The interval, P(B better), the verdict and the smallest detectable difference, from the difference,
-    its standard error and degrees of freedom (a t distribution: both estimators end here)."""
-    from scipy import stats
-
-    if d.se == 0:
-        d.se = 1e-12  # identical runs: a difference, if any, is exact
-    t = float(stats.t.ppf(0.5 + d.level / 2, d.df))
-    d.lo, d.hi = d.diff - t * d.se, d.diff + t * d.se
-    d.p_b_better = float(stats.t.cdf(-d.diff / d.se, d.df))
-    d.better = "b" if d.hi < 0 else "a" if d.lo > 0 else None
-    d.mde = (t + float(stats.t.ppf(POWER, d.df))) * d.se
-    return d
-
-
-def runs_needed(d: Difference, effect: float) -> int | None:
-    """Independent runs per recipe for POWER to detect `effect` at d.level, at the measured spread."""
-    from scipy import stats
-
-    if not (math.isfinite(d.sd_a) and math.isfinite(d.sd_b)) or effect == 0:
-        return None
-    z = stats.norm.ppf(0.5 + d.level / 2) + stats.norm.ppf(POWER)
-    n = math.ceil(z**2 * (d.sd_a**2 + d.sd_b**2) / effect**2)
-    return max(n + 1, 2)  # +1: the t distribution's heavier tails at small n
-
-
-def measured_difference(arm_a: Arm, arm_b: Arm, level: float, below: float | None = None, above: float | None = None):
-    """(x, point key, Difference) at the largest point both arms measured (within the given range)."""
-    keys = common_points(arm_a, arm_b, below, above)
-    if not keys:
-        return None
-    x, key = keys[-1]
-    return x, key, welch(*(arm.unit_means(values_at(arm, key)) for arm in (arm_a, arm_b)), level)
-
-
-def common_points(arm_a: Arm, arm_b: Arm, below=None, above=None) -> list[tuple[float, object]]:
-    def xs(arm):
-        return {p: float(r.x[i]) for r in arm.reps for i, p in enumerate(r.points)}
-
-    xa, xb = xs(arm_a), xs(arm_b)
-    keys = [(max(xa[k], xb[k]), k) for k in set(xa) & set(xb)]
-    keys = [(x, k) for x, k in keys if (below is None or x <= below) and (above is None or x > above)]
-    return sorted(keys, key=lambda t: t[0])
-
-
-def values_at(arm: Arm, key) -> np.ndarray:
-    out = []
-    for r in arm.reps:
-        hit = [r.y[i] for i, p in enumerate(r.points) if p == key]
-        out.append(float(np.mean(hit)) if hit else float("nan"))
-    return np.asarray(out)
-
-
-def extrapolated_difference(arm_a: Arm, arm_b: Arm, target: float, level: float) -> Difference:
-    d = welch(unit_predictions(arm_a, target)[:, 0], unit_predictions(arm_b, target)[:, 0], level)
-    missing = [f"{arm.name} {r.key}: {r.note}" for arm in (arm_a, arm_b) for r in arm.reps if r.law is None]
-    if missing and not d.reason:
-        d.reason = "no fit for " + "; ".join(missing)
-    elif missing:
-        d.reason += "; no fit for " + "; ".join(missing)
-    return d
+# The verdict, in words
 
 
 def _fmt_diff(d: Difference) -> str:
@@ -423,7 +172,7 @@ def analyse(
     cmp.extrapolated = extrapolated_difference(arm_a, arm_b, target, level)
     if opts.estimator == "joint":
         if pts is None:
-            raise InputError("the joint estimator needs the table's points (compare.points_of)")
+            raise InputError("the joint estimator needs the table's points (tables.points_from_table)")
         joint_verdicts(cmp, pts, point or joint.Target(compute=target))
     cmp.result = _result(cmp)
     return cmp
@@ -463,10 +212,6 @@ def joint_difference(f: joint.Fit, where: joint.Target, level: float, units: tup
     d = Difference(c.mean_a, c.mean_b, units[0], units[1], sd, sd, level)
     d.diff, d.se, d.df = c.diff, c.se, c.df
     return settle(d)
-
-
-def mean_curve(arm: Arm, c) -> np.ndarray:
-    return np.nanmean(unit_predictions(arm, c), axis=0) if any(r.law for r in arm.reps) else np.full(len(c), np.nan)
 
 
 def _result(cmp: Comparison) -> dict:
@@ -673,14 +418,6 @@ def _joint_fields(cmp: Comparison, flags: list) -> dict:
     return out
 
 
-def _finite(v: np.ndarray) -> np.ndarray:
-    return v[np.isfinite(v)]
-
-
-def _num(v: float):
-    return v if math.isfinite(v) else None
-
-
 def _mean_interval(arm: Arm, c: float, level: float, opts: FitOptions) -> list | None:
     """The curve band at c: the t interval of the recipe's mean prediction (None with fewer than 2 units)."""
     if len(unit_predictions(arm, c)) < 2:
@@ -704,114 +441,6 @@ def _crossings(diff, lo: float, hi: float, n: int = 2000) -> list[float]:
                 r = m
         out.append(float(math.exp((l + r) / 2)))
     return out
-
-
-# ---------------------------------------------------------------------------------------------------
-# Bands: for the recipe's curve, and for a new measured point
-
-
-def bands(arm: Arm, c, level: float, opts: FitOptions | None = None, seed: int = 0) -> dict:
-    """{'curve': (lo, hi), 'prediction': (lo, hi), 'kind': ...} at c.
-
-    With 2 or more replicates: the curve band is the t interval of the replicates' mean prediction;
-    the prediction band, for one new run's point, adds that run's own deviation (the replicates'
-    spread) and its points' scatter about their law (RMS residual): mean +- t * sqrt(s^2 (1 + 1/n) + r^2).
-    With one replicate, the curve band resamples its frontier points (scaling.bootstrap), which measures
-    the fit alone, and the prediction band adds the residual scatter; the report says which."""
-    from scipy import stats
-
-    c = np.atleast_1d(np.asarray(c, float))
-    p = predictions(arm, c)
-    ok = np.isfinite(p).all(axis=1)
-    p = p[ok]
-    laws = [r for r, k in zip(arm.reps, ok) if k]
-    if not laws:
-        nan = np.full(len(c), np.nan)
-        return {"curve": (nan, nan), "prediction": (nan, nan), "kind": "none"}
-    resid = np.sqrt(np.mean([_residual_sq(r) for r in laws]))
-    q = 0.5 + level / 2
-    if len(p) >= 2:
-        u = unit_predictions(arm, c)
-        u = u[np.isfinite(u).all(axis=1)]
-        m, n, nu = u.mean(axis=0), len(p), len(u)
-        s_rep = p.std(axis=0, ddof=1)
-        h_curve = (
-            float(stats.t.ppf(q, nu - 1)) * u.std(axis=0, ddof=1) / math.sqrt(nu)
-            if nu >= 2
-            else np.full(len(c), np.inf)
-        )
-        h_pred = float(stats.t.ppf(q, n - 1)) * np.sqrt(s_rep**2 * (1 + 1 / n) + resid**2)
-        return {
-            "curve": (m - h_curve, m + h_curve),
-            "prediction": (m - h_pred, m + h_pred),
-            "kind": f"replicates ({nu} units, {n} runs; t intervals)",
-        }
-    r = laws[0]
-    m = p[0]
-    opts = opts or FitOptions()
-    boots = (
-        scaling.bootstrap(*_frontier_points(r, opts, opts.fit_below), r.law, opts.n_bootstrap, seed, opts.loss)
-        if opts.n_bootstrap
-        else []
-    )
-    if boots:
-        pr = np.array([b.predict(c) for b in boots])
-        lo, hi = np.quantile(pr, 1 - q, axis=0), np.quantile(pr, q, axis=0)
-    else:
-        lo, hi = m.copy(), m.copy()
-    z = float(stats.norm.ppf(q))
-    return {
-        "curve": (lo, hi),
-        "prediction": (m - np.sqrt((m - lo) ** 2 + (z * resid) ** 2), m + np.sqrt((hi - m) ** 2 + (z * resid) ** 2)),
-        "kind": "one replicate: frontier points resampled (fit uncertainty only; run-to-run spread unmeasured)",
-    }
-
-
-def frontier(x: np.ndarray, y: np.ndarray, opts: FitOptions) -> np.ndarray:
-    return scaling.frontier_of(x, y, opts.frontier, opts.bins_per_decade)
-
-
-def _frontier_points(r: Replicate, opts: FitOptions, below: float | None = None):
-    use = np.flatnonzero(r.x <= below) if below is not None else np.arange(len(r.x))
-    f = use[frontier(r.x[use], r.y[use], opts)]
-    return r.x[f], r.y[f]
-
-
-def _residual_sq(r: Replicate) -> float:
-    """The replicate's points' mean squared scatter about its law (raw error units, df-corrected)."""
-    x, y = r.x, r.y
-    k = 4 if r.law.form == "offset" else 3
-    res = r.law.predict(x) - y
-    return float(np.sum(res**2) / max(len(x) - k, 1))
-
-
-def held_out(arm: Arm, level: float, opts: FitOptions) -> dict:
-    """Each replicate's frontier points above opts.fit_below against the bands of the fits below it."""
-    rows = []
-    for r in arm.reps:
-        fx, fy = _frontier_points(r, opts)
-        for xv, yv in zip(fx, fy):
-            if xv <= opts.fit_below:
-                continue
-            b = bands(arm, [xv], level, opts)
-            rows.append(
-                {
-                    "replicate": r.key,
-                    "x": float(xv),
-                    "actual": float(yv),
-                    "predicted": _num(float(np.mean(m))) if len(m := _finite(predictions(arm, [xv]))) else None,
-                    "inside_curve": bool(b["curve"][0][0] <= yv <= b["curve"][1][0]),
-                    "inside_prediction": bool(b["prediction"][0][0] <= yv <= b["prediction"][1][0]),
-                }
-            )
-    share = lambda k: float(np.mean([row[k] for row in rows])) if rows else None  # noqa: E731
-    return {
-        "above": opts.fit_below,
-        "band": "prediction (a new run's point: curve + run spread + residual scatter)",
-        "points": rows,
-        "share_inside_prediction": share("inside_prediction"),
-        "share_inside_curve": share("inside_curve"),
-    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -877,20 +506,6 @@ def from_table(path: str, a: str, b: str, metric: str, target, *, where: list | 
     return cmp
 
 
-def select_rows(df, where: list, path: str):
-    """Rows with COLUMN=VALUE for every --where (compared as text)."""
-    for cond in where:
-        col, eq, val = cond.partition("=")
-        if not eq or col not in df.columns:
-            raise InputError(
-                f"--where {cond!r}: give COLUMN=VALUE with a column of {path}: {', '.join(map(str, df.columns))}"
-            )
-        df = df[df[col].astype(str) == val]
-        if df.empty:
-            raise InputError(f"--where {cond!r}: no rows of {path} have it")
-    return df
-
-
 def compare_table(
     df,
     a: str,
@@ -915,11 +530,10 @@ def compare_table(
     for flag, cut in cuts:  # computes the user gave: checked before any fit
         if cut is not None:
             scaling.positive(cut, flag)
-    pts, notes = joint.points_from_table(
-        df, a, b, metric, x=x, group=group, accuracy=accuracy, rows=opts.rows, where=where
-    )
+    spec = TableSpec(metric, x=x, group=group, accuracy=accuracy, where=where, rows=opts.rows)
+    pts, notes = points_from_table(df, a, b, spec)
     df = df[pd.to_numeric(df[metric], errors="coerce").notna()]  # as points_from_table: rows lacking it left out
-    arm_a, arm_b = arms_from_table(df, a, b, metric, x=x, group=group, accuracy=accuracy, where=where)
+    arm_a, arm_b = arms_from_table(df, a, b, spec)
     tp = target_point(point, df, pts) if point else None
     target = tp.compute if tp is not None else resolve_target(target, arm_a, arm_b)
     cmp = analyse(arm_a, arm_b, target, level, opts, pts=pts, point=tp)
@@ -937,32 +551,6 @@ def compare_table(
         result["backtest"] = backtest(arm_a, arm_b, backtest_below, level, opts, pts=pts)
     result["runs"] = runs_table(df, a, b, metric, x, group)
     return cmp
-
-
-def target_point(point: dict, df, pts: joint.Points) -> joint.Target:
-    """--target-model/--target-samples/--target-subset-size as a joint.Target: the model by its GFLOPs per
-    sample (a number, or a model the table names), samples seen, and the subset size (default: the
-    largest the table has)."""
-    model, samples, size = point.get("model"), point.get("samples"), point.get("subset_size")
-    if model is None or samples is None:
-        raise InputError("a target point needs --target-model and --target-samples")
-    try:
-        g = float(model)
-    except (TypeError, ValueError):
-        col = next((c for c in joint.SIZE_COLUMNS if c in df.columns), None)
-        rows = df[df["model"].astype(str) == str(model)] if "model" in df.columns else df.iloc[:0]
-        if col is None or rows.empty:
-            raise InputError(
-                f"--target-model {model!r}: not a number of GFLOPs per sample, nor a model the table names"
-            ) from None
-        g = float(rows[col].iloc[0])
-    g = scaling.positive(g, f"--target-model {model!r}: GFLOPs per sample")
-    samples = scaling.positive(samples, "--target-samples")
-    size = scaling.positive(size, "--target-subset-size") if size is not None else None
-    if not pts.has_g:
-        g = 1.0
-    U = float(size) if size is not None else float(np.max(pts.U))
-    return joint.Target(compute=g * samples, g=g, s=samples, U=U)
 
 
 def json_default(v):
@@ -989,26 +577,3 @@ def resolve_target(target, arm_a: Arm, arm_b: Arm) -> float:
             f"largest measured compute (e.g. 10x)"
         )
     return value
-
-
-def runs_table(df, a: str, b: str, metric: str, x: str, group: str) -> list[dict]:
-    """One row per run (recipe, scale, draw, seed): its last checkpoint's compute and metric."""
-    keys = [c for c in (group, "scale", "draw", "seed") if c in df.columns]
-    sub = df[df[group].astype(str).isin([a, b])]
-    rows = []
-    for key, g in sub.groupby(keys, sort=True):
-        last = g.loc[g[x].idxmax()]
-        rows.append(
-            {
-                **dict(
-                    zip(
-                        keys,
-                        (k.item() if hasattr(k, "item") else k for k in (key if isinstance(key, tuple) else (key,))),
-                    )
-                ),
-                "points": int(len(g)),
-                x: float(last[x]),
-                metric: float(last[metric]),
-            }
-        )
-    return rows

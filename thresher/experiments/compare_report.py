@@ -18,6 +18,7 @@ import numpy as np
 
 from thresher.core.plotting import plain
 from thresher.experiments import compare as cmp_mod
+from thresher.experiments import difference, replicates
 from thresher.experiments.scaling import finite_json
 
 
@@ -205,9 +206,9 @@ def plot_curves(cmp, path: str, x_label: str, y_label: str, seed: int = 0) -> No
         for r in arm.reps:
             if r.law is not None:
                 ax.plot(grid, r.law.predict(grid), color=col, alpha=0.2, lw=0.8)
-        mean = cmp_mod.mean_curve(arm, grid)
+        mean = replicates.mean_curve(arm, grid)
         if np.isfinite(mean).any():
-            b = cmp_mod.bands(arm, grid, cmp.level, cmp.opts, seed)
+            b = replicates.bands(arm, grid, cmp.level, cmp.opts, seed)
             ax.plot(
                 grid,
                 mean,
@@ -265,8 +266,8 @@ def plot_difference(cmp, path: str, x_label: str) -> None:
         grid = np.geomspace(lo_x, max(cmp.target, hi_x), 30)
         label = "joint law: B - A"
     else:
-        ua, ub = cmp_mod.unit_predictions(cmp.arm_a, grid), cmp_mod.unit_predictions(cmp.arm_b, grid)
-        ds = [cmp_mod.welch(ua[:, j], ub[:, j], cmp.level) for j in range(len(grid))]
+        ua, ub = replicates.unit_predictions(cmp.arm_a, grid), replicates.unit_predictions(cmp.arm_b, grid)
+        ds = [difference.welch(ua[:, j], ub[:, j], cmp.level) for j in range(len(grid))]
         label = "fitted: mean B - mean A"
     ax.plot(grid, [d.diff for d in ds], color="black", label=label)
     lo, hi = np.array([d.lo for d in ds]), np.array([d.hi for d in ds])
@@ -279,8 +280,10 @@ def plot_difference(cmp, path: str, x_label: str) -> None:
             alpha=0.12,
             label=f"{cmp.level:.0%} interval ({'joint law' if cmp.joint is not None else 'replicates'})",
         )
-    for x, key in cmp_mod.common_points(cmp.arm_a, cmp.arm_b):
-        d = cmp_mod.welch(*(arm.unit_means(cmp_mod.values_at(arm, key)) for arm in (cmp.arm_a, cmp.arm_b)), cmp.level)
+    for x, key in replicates.common_points(cmp.arm_a, cmp.arm_b):
+        d = difference.welch(
+            *(arm.unit_means(replicates.values_at(arm, key)) for arm in (cmp.arm_a, cmp.arm_b)), cmp.level
+        )
         err = [[d.diff - d.lo], [d.hi - d.diff]] if math.isfinite(d.lo) else None
         ax.errorbar(x, d.diff, yerr=err, fmt="o", color="tab:red", ms=4, capsize=2)
     ax.errorbar([], [], fmt="o", color="tab:red", label="measured: B - A per point")

@@ -1,6 +1,7 @@
 """One joint scaling law for both recipes of a comparison, fitted as a linear mixed model: what
 `thresher compare` uses by default (`--estimator joint`; `--estimator replicates` is the earlier
-per-replicate fits with a Welch t, thresher/experiments/compare.py).
+per-replicate fits with a Welch t, thresher/experiments/replicates.py). Its points come from the results
+table by thresher/experiments/tables.py (points_from_table).
 
 The law, over every run and every checkpoint of both recipes (Hoffmann et al., 2022, "approach 3",
 with Muennighoff et al., 2023's effective data for repeated samples):
@@ -478,92 +479,6 @@ def _satterthwaite(f: Fit, c: np.ndarray, var_beta: float) -> float:
     if vq <= 0 or not math.isfinite(vq):
         return top
     return float(min(max(2 * var_beta**2 / vq, 1.0), top))
-
-
-# ---------------------------------------------------------------------------------------------------
-# From a results table
-
-ROWS = ("auto", "checkpoints", "runs")
-SIZE_COLUMNS = ("gflops_per_sample", "gflops")  # a model's forward GFLOPs per sample: ours, LAION's
-
-
-def rows_kind(df, rows: str = "auto") -> tuple[str, str]:
-    """Whether the table's rows are checkpoints of few runs or independent runs, and why we think so."""
-    if rows not in ROWS:
-        raise InputError(f"--rows {rows!r}: give one of {', '.join(ROWS)}")
-    if rows != "auto":
-        return rows, "as --rows says"
-    if "lr_scheduler" in df.columns and (df["lr_scheduler"].astype(str) == "const").any():
-        return "checkpoints", "lr_scheduler const: each run's constant-LR checkpoints are rows"
-    if "epoch" in df.columns and "total_epochs" in df.columns and (df["epoch"] < df["total_epochs"]).any():
-        return "checkpoints", "rows before a run's last epoch: checkpoints of one run"
-    return "runs", "no checkpoint columns (epoch, lr_scheduler const): every row is its own training run"
-
-
-def points_from_table(
-    df,
-    a: str,
-    b: str,
-    metric: str,
-    *,
-    x: str = "gflops_total",
-    group: str = "recipe",
-    accuracy: bool = True,
-    rows: str = "auto",
-    where: str = "results",
-) -> tuple[Points, dict]:
-    """The joint law's points of recipes a and b, and notes (rows kind, rows left out for lacking the
-    metric). Model size from gflops_per_sample (or gflops), samples from samples_seen (else x / size),
-    subset size from subset_size."""
-    from thresher.experiments.scaling import metric_rule, numeric, require_columns, with_values
-
-    require_columns(df, (x, metric, group), where)
-    kind, why = rows_kind(df, rows)
-    sub = df[df[group].astype(str).isin([a, b])].copy()
-    for name in (a, b):
-        if not (sub[group].astype(str) == name).any():
-            present = ", ".join(sorted(df[group].astype(str).unique()))
-            raise InputError(f"{where}: no rows with {group} = {name!r}; present: {present}")
-    import pandas as pd
-
-    recipes = sub[group].astype(str)
-    sub, gone = with_values(sub, metric, where)  # a row lacking the metric is left out, with a note
-    lacking = {name: int(((recipes == name).to_numpy() & gone).sum()) for name in (a, b)}
-    notes = {"rows": kind, "rows_why": why, "left_out": lacking}
-    size_col = next((c for c in SIZE_COLUMNS if c in sub.columns), None)
-    # every number by the rules of scaling.RULES: an error names the row and the column
-    xs = numeric(sub, x, where, "compute")
-    g = numeric(sub, size_col, where, "compute") if size_col else np.ones(len(sub))
-    s = numeric(sub, "samples_seen", where, "compute") if "samples_seen" in sub.columns and size_col else xs / g
-    U = numeric(sub, "subset_size", where, "size") if "subset_size" in sub.columns else np.full(len(sub), np.inf)
-    y = numeric(sub, metric, where, metric_rule(accuracy))
-    y = 1.0 - y if accuracy else y
-    k = (sub[group].astype(str) == b).to_numpy().astype(int)
-    keys = _unit_and_run_keys(sub, group, kind)
-    unit = pd.factorize(keys[0])[0]
-    run = pd.factorize(keys[1])[0]
-    order = sub["epoch"].to_numpy(float) if "epoch" in sub.columns else np.argsort(np.argsort(s)).astype(float)
-    pts = Points(y, k, g, s, U, unit, run, order, (a, b), has_g=len(np.unique(g)) > 1, independent_runs=kind == "runs")
-    if not pts.has_g:
-        pts.g = np.ones(len(y))
-    notes["units"] = {name: pts.units_of(kk) for kk, name in enumerate((a, b))}
-    notes["runs"] = {name: len(np.unique(run[k == kk])) for kk, name in enumerate((a, b))}
-    return pts, notes
-
-
-def _unit_and_run_keys(sub, group: str, kind: str):
-    """Each row's independent unit (the subset draw when a recipe has several, else the replicate) and
-    its run (the unit's training at one scale; with independent rows, the row itself)."""
-    rep_cols = [c for c in ("subset_size", "draw", "seed") if c in sub.columns]
-    draws = sub.groupby(group)["draw"].nunique().max() if "draw" in sub.columns else 1
-    unit_cols = [c for c in rep_cols if not (c == "seed" and draws > 1)]
-    as_str = lambda cols: sub[[group, *cols]].astype(str).agg("|".join, axis=1).to_numpy()  # noqa: E731
-    if kind == "runs":
-        run = np.array([f"row {i}" for i in range(len(sub))])
-        unit = as_str(unit_cols) if unit_cols else run
-        return unit, run
-    run_cols = rep_cols + [c for c in ("scale", "model") if c in sub.columns][:1]
-    return (as_str(unit_cols) if unit_cols else as_str([])), as_str(run_cols)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,421 @@
+"""CLIP scoring of `thresher features POOL --model M [--pretrained P --scorer-id ID ...]` on Ray Data, and
+`thresher embed-images` (a target set's image embeddings with the same model). Per pool shard:
+
+    POOL/features/<scorer>/{i:08d}.parquet    schema.CLIP_FEATURES: uid, key, clip_score, error
+    POOL/features/<scorer>/{i:08d}.img.npy    float16 [n, d], L2-normalised image embeddings
+    POOL/features/<scorer>/{i:08d}.txt.npy    float16 [n, d], L2-normalised text embeddings
+    POOL/features/<scorer>/{i:08d}_stats.json completion marker: a shard with one is never redone
+    POOL/features/<scorer>/manifest.json      model, weights (tag, checkpoint hash or random-init), device
+
+CPU tasks read and decode shards and apply the resize/crop half of open_clip's preprocessing (or ship the
+bytes to be decoded in the actor: thresher/core/decode.py), and an actor pool holds the model (loaded once
+per actor; one GPU each when there are GPUs, with fp16/bf16 autocast). Actors write their batches as
+parts; when a shard's parts are all in, a small task joins them into the shard's files and writes its
+marker. The one module of this stage that imports Ray (tests/test_layout.py); the stage's entry and its
+other files: thresher/stages/features/features.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tarfile
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from thresher.core import decode, models, runtime, schema
+from thresher.core.config import check_name, config_hash, opt, to_dict
+from thresher.core.errors import InputError, StageError
+from thresher.core.pool import Pool, completed, read_npy
+from thresher.exec import execute
+from thresher.stages.features.base import MISSING
+
+
+@dataclass
+class ScorerConfig:
+    scorer_id: str = opt("clip_tiny", "name of this scorer's outputs, e.g. clip_b32, clip_l14")
+    model: str = opt("thresher-tiny", "open_clip model name, or a project config in configs/models/")
+    pretrained: str | None = opt(None, "pretrained tag or checkpoint path; none = random init (tests only)")
+    batch_size: int = opt(256, "images per model call")
+    device: str = opt("auto", "auto, cpu or cuda")
+    precision: str = opt("auto", "auto (fp16 autocast on GPU, fp32 on CPU), fp32, fp16 or bf16")
+    actors: int = opt(0, "model actors; 0 = one per GPU, or one on a CPU-only cluster")
+    actor_cpus: float = opt(1.0, "CPUs reserved per model actor (its torch threads)")
+    decode_batch: int = opt(256, "rows per batch handed from decoding to the model")
+    decode_memory_mb: int = opt(1536, "memory reserved per decoding task (it holds one shard's images)")
+    decode: str = opt(
+        "auto",
+        "where JPEGs are decoded and resized: cpu (PIL in the decoding tasks), actor (torchvision's decode_jpeg "
+        "in the model actor, on its device: nvJPEG on a GPU), or auto (actor when the actors have a GPU)",
+    )
+
+
+def _device(cfg: ScorerConfig, ex) -> str:
+    if cfg.device != "auto":
+        return cfg.device
+    return "cuda" if ex.gpus() >= 1 else "cpu"
+
+
+def _decode_shards(
+    batch: dict,
+    pool: str,
+    scorer_dir: str,
+    pp_cfg: dict,
+    model: str,
+    rows_per_batch: int,
+    where: str = "cpu",
+    max_pixels: int = decode.MAX_PIXELS,
+):
+    """Ray Data task: whole shards in, batches of resized uint8 pixels (or, to be decoded in the model
+    actor, the images' bytes: thresher/core/decode.py) and caption tokens out. An image past `max_pixels` is
+    refused from its header on both paths (its bytes are not shipped either)."""
+    import open_clip
+
+    models.register_project_models()
+    transform = models.pil_transform(pp_cfg)
+    tokenizer = open_clip.get_tokenizer(model)
+    size = pp_cfg["size"] if isinstance(pp_cfg["size"], (list, tuple)) else (pp_cfg["size"], pp_cfg["size"])
+    for shard in batch["shard"]:
+        shard = int(shard)
+        try:
+            rows = Pool(pool).successful_rows(shard)
+            images = Pool(pool).read_images(shard)
+        except Exception as err:  # noqa: BLE001 - recorded for the driver; other shards go on
+            runtime.write_json(runtime.join(scorer_dir, f"{shard:08d}_error.json"), {"shard": shard, "error": str(err)})
+            continue
+        keys, uids = rows.column("key").to_pylist(), rows.column("uid").to_pylist()
+        captions = rows.column("caption").to_pylist()
+        for start in range(0, len(keys), rows_per_batch):
+            sl = slice(start, start + rows_per_batch)
+            batch_out = {
+                "shard": np.full(len(keys[sl]), shard, np.int64),
+                "key": np.array(keys[sl], dtype=object),
+                "uid": np.array(uids[sl], dtype=object),
+                "tokens": models.tokenize(tokenizer, captions[sl]),
+            }
+            if where == "actor":  # the bytes as stored; the model actor decodes them
+                errors = [
+                    (decode.pixel_refusal(io.BytesIO(images[k]), max_pixels) or "")[:300] if k in images else MISSING
+                    for k in keys[sl]
+                ]
+                batch_out["image"] = np.array([b"" if e else images[k] for k, e in zip(keys[sl], errors)], dtype=object)
+                batch_out["error"] = np.array(errors, dtype=object)
+                yield batch_out
+                continue
+            pixels, errors = [], []
+            for key in keys[sl]:
+                try:
+                    data = images[key]
+                    img = transform(decode.open_image(data, max_pixels).convert("RGB"))
+                    pixels.append(np.asarray(img, dtype=np.uint8))
+                    errors.append("")
+                except Exception as err:  # noqa: BLE001 - a bad image is recorded, not fatal
+                    pixels.append(np.zeros((size[0], size[1], 3), np.uint8))
+                    errors.append(MISSING if isinstance(err, KeyError) else decode.failure(err))
+            yield {**batch_out, "pixels": np.stack(pixels), "error": np.array(errors, dtype=object)}
+
+
+class ClipEmbedder:
+    """Ray Data actor: loads the model once, embeds batches, writes them as parts of their shards."""
+
+    def __init__(self, scorer: dict, scorer_dir: str, pp_cfg: dict, device: str, threads: int):
+        import torch
+
+        from thresher.core.config import from_dict
+
+        self.cfg = from_dict(ScorerConfig, scorer)
+        self.device, self.pp_cfg, self.dir = device, pp_cfg, scorer_dir
+        if device == "cpu":
+            torch.set_num_threads(max(1, threads))
+        self.model, _ = models.load(self.cfg.model, self.cfg.pretrained, device=device)
+        precision = self.cfg.precision
+        if precision == "auto":
+            precision = "fp16" if device.startswith("cuda") else "fp32"
+        self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+
+    def __call__(self, batch: dict) -> dict:
+        import contextlib
+
+        import torch
+
+        ctx = (
+            torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast)
+            if self.autocast
+            else contextlib.nullcontext()
+        )
+        if "image" in batch:  # decoded here, on the model's device (thresher/core/decode.py)
+            # max_pixels 0: the decoding task checked each image's header (and shipped no bytes of a bomb)
+            pixels, errors = decode.decode_batch(
+                list(batch["image"]), list(batch["error"]), self.pp_cfg, self.device, 0
+            )
+            batch = {**batch, "error": np.array(errors, dtype=object)}
+        else:
+            pixels = batch["pixels"]
+        with torch.inference_mode(), ctx:
+            tokens = torch.as_tensor(batch["tokens"].astype(np.int64), device=self.device)
+            img = models.encode_images(self.model, pixels, self.pp_cfg, self.device)
+            txt = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        img, txt = img.cpu().numpy(), txt.cpu().numpy()
+        bad = np.array([bool(e) for e in batch["error"]])
+        img[bad], txt[bad] = 0.0, 0.0
+        score = (img * txt).sum(axis=1)
+        score[bad] = np.nan
+        shards_out, rows_out = [], []
+        for shard in np.unique(batch["shard"]):
+            sel = batch["shard"] == shard
+            part = runtime.join(self.dir, "_parts", f"{int(shard):08d}", uuid.uuid4().hex)
+            runtime.makedirs(runtime.join(self.dir, "_parts", f"{int(shard):08d}"))
+            _write_npy(img[sel].astype(np.float16), part + ".img.npy")
+            _write_npy(txt[sel].astype(np.float16), part + ".txt.npy")
+            runtime.write_parquet(
+                pa.table(
+                    {
+                        "uid": pa.array(list(batch["uid"][sel]), pa.string()),
+                        "key": pa.array(list(batch["key"][sel]), pa.string()),
+                        "clip_score": pa.array(score[sel], pa.float32(), from_pandas=True),
+                        "error": pa.array([e or None for e in batch["error"][sel]], pa.string()),
+                    }
+                ),
+                part + ".parquet",
+            )
+            shards_out.append(int(shard))
+            rows_out.append(int(sel.sum()))
+        return {"shard": np.array(shards_out, np.int64), "rows": np.array(rows_out, np.int64)}
+
+
+def _write_npy(array: np.ndarray, url: str) -> None:
+    fs, path = runtime.fs_path(url)
+    with fs.open(path, "wb") as f:
+        np.save(f, array)
+
+
+def finalize_shard(shard: int, scorer_dir: str, expected: int) -> dict:
+    """Join a shard's parts into its row-aligned parquet and npy files, then write its marker."""
+    part_dir = runtime.join(scorer_dir, "_parts", f"{shard:08d}")
+    parts = sorted(p[: -len(".parquet")] for p in runtime.glob(runtime.join(part_dir, "*.parquet")))
+    tables = [runtime.read_parquet(p + ".parquet") for p in parts]
+    table = pa.concat_tables(tables)
+    if table.num_rows != expected:
+        raise StageError(f"shard {shard:08d}: {table.num_rows} rows embedded, {expected} expected")
+    img = np.concatenate([read_npy(p + ".img.npy") for p in parts])
+    txt = np.concatenate([read_npy(p + ".txt.npy") for p in parts])
+    order = np.argsort(np.array(table.column("key").to_pylist()), kind="stable")
+    table = table.take(pa.array(order)).cast(schema.CLIP_FEATURES)
+    name = f"{shard:08d}"
+    _write_npy(img[order], runtime.join(scorer_dir, f"{name}.img.npy"))
+    _write_npy(txt[order], runtime.join(scorer_dir, f"{name}.txt.npy"))
+    runtime.write_parquet(table, runtime.join(scorer_dir, f"{name}.parquet"))
+    errors = sum(e is not None for e in table.column("error").to_pylist())
+    stats = {"shard": shard, "count": table.num_rows, "errors": errors, "dim": int(img.shape[1])}
+    runtime.write_json(runtime.join(scorer_dir, f"{name}_stats.json"), stats)
+    runtime.remove(part_dir, recursive=True)
+    return stats
+
+
+@runtime.holds(
+    lambda pool, cfg, *a, **k: Pool(pool).require().features_dir(check_name(cfg.scorer_id, "scorer id", "--scorer-id")),
+    "this scorer's features",
+)
+def run_scorer(pool: str, cfg: ScorerConfig, ray_address: str | None = None, log=print) -> dict:
+    """Embed and score every successful sample of `pool` with one open_clip model. Resumes by shard."""
+    check_name(cfg.scorer_id, "scorer id", "--scorer-id")
+    shards = Pool(pool).shards()
+    if not shards:
+        raise InputError(f"{pool} has no downloaded shards; run `thresher download` first")
+    Pool(pool).require_images(f"features --scorer-id {cfg.scorer_id} (it embeds the images)")
+    pp_cfg = models.preprocess_config(cfg.model, cfg.pretrained)  # fail fast on a bad name or tag
+    scorer_dir = Pool(pool).features_dir(cfg.scorer_id)
+    runtime.makedirs(scorer_dir)
+    _check_scorer_manifest(scorer_dir, cfg)
+    todo = [s for s in shards if s not in completed(scorer_dir)]
+    failed: dict[int, str] = {}
+    ex = execute.start(ray_address)
+    device = _device(cfg, ex)
+    where = decode.resolve(cfg.decode, device, pp_cfg)  # where images are decoded: cpu or actor
+    if todo:
+        for s in todo:  # whatever a killed run left of these shards is redone from scratch
+            runtime.remove(runtime.join(scorer_dir, "_parts", f"{s:08d}"), recursive=True)
+            runtime.remove(runtime.join(scorer_dir, f"{s:08d}_error.json"))
+        expected = {s: Pool(pool).successful_rows(s).num_rows for s in todo}
+        failed = _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log)
+    manifest = _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, where, shards, failed)
+    execute.raise_failures(f"features {cfg.scorer_id}", failed)
+    return manifest
+
+
+def _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log) -> dict[int, str]:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from thresher.exec.progress import Progress
+
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if device.startswith("cuda") else 0
+    actors = cfg.actors or max(1, gpus)
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    actor_cpus, decode_cpus = cfg.actor_cpus, 1.0
+    if actor_cpus * actors + decode_cpus > cpus:
+        # a cluster too small for the actors and one decoder (one CPU in all): they share what there is,
+        # instead of the decoder waiting forever for the CPU the actors hold
+        actor_cpus = decode_cpus = max(cpus / (actors + 1), 0.1)
+    ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
+    # decoding runs in its own CPU tasks ahead of the model; its memory reservation also keeps Ray Data
+    # from fusing it into the model actors, where it would stall the model
+    ds = ds.map_batches(
+        _decode_shards,
+        batch_size=1,
+        num_cpus=decode_cpus,
+        memory=cfg.decode_memory_mb * 2**20,
+        fn_kwargs=dict(
+            pool=pool,
+            scorer_dir=scorer_dir,
+            pp_cfg=pp_cfg,
+            model=cfg.model,
+            rows_per_batch=cfg.decode_batch,
+            where=where,
+            max_pixels=decode.max_pixels_of(pool),
+        ),
+    )
+    ds = ds.map_batches(
+        ClipEmbedder,
+        batch_size=cfg.batch_size,
+        compute=ActorPoolStrategy(size=actors),
+        num_gpus=1 if gpus else 0,
+        num_cpus=actor_cpus,
+        fn_constructor_kwargs=dict(
+            scorer=to_dict(cfg), scorer_dir=scorer_dir, pp_cfg=pp_cfg, device=device, threads=max(1, int(actor_cpus))
+        ),
+    )
+    progress = Progress(f"features:{cfg.scorer_id}", sum(expected.values()))
+    got: Counter[int] = Counter()
+    finals = {}
+    finalize = ray.remote(finalize_shard).options(num_cpus=0.25)
+    stall = execute.stall_default()
+    # Ray Data has no stall detection of its own: a wedged actor would leave this loop waiting forever
+    with (
+        runtime.watchdog(lambda: progress.done, stall, f"features {cfg.scorer_id}")
+        if stall
+        else contextlib.nullcontext()
+    ):
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for shard, rows in zip(batch["shard"].tolist(), batch["rows"].tolist()):
+                got[shard] += rows
+                progress.update(rows, extra=f"shards {len(finals)}/{len(todo)}")
+                if got[shard] == expected[shard]:
+                    finals[shard] = finalize.remote(shard, scorer_dir, expected[shard])
+    for s in todo:  # shards no row of which arrived (empty, or unreadable)
+        if s not in finals and expected[s] == 0:
+            finals[s] = finalize.remote(s, scorer_dir, 0)
+    failed: dict[int, str] = {}
+    for s, ref in finals.items():
+        try:
+            ray.get(ref)
+        except Exception as err:  # noqa: BLE001
+            failed[s] = str(err).strip().splitlines()[-1][:300]
+    for s in todo:
+        if s in finals:
+            continue
+        err_path = runtime.join(scorer_dir, f"{s:08d}_error.json")
+        failed[s] = (
+            runtime.read_json(err_path)["error"]
+            if runtime.exists(err_path)
+            else f"{got[s]} of {expected[s]} rows embedded"
+        )
+    progress.close()
+    for s, why in failed.items():
+        log(f"[features:{cfg.scorer_id}] shard {s:08d} failed: {why}")
+    return failed
+
+
+def _check_scorer_manifest(scorer_dir: str, cfg: ScorerConfig) -> None:
+    path = runtime.join(scorer_dir, "manifest.json")
+    if runtime.exists(path) and completed(scorer_dir):
+        before = runtime.read_json(path)
+        for key in ("model", "pretrained"):
+            if before["scorer"][key] != getattr(cfg, key):
+                raise InputError(
+                    f"{scorer_dir} holds features from {key}={before['scorer'][key]!r}; this run asks "
+                    f"for {getattr(cfg, key)!r}. Use another --scorer-id"
+                )
+
+
+def _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, where, shards, failed) -> dict:
+    weights = {"kind": models.weights_kind(cfg.pretrained), "pretrained": cfg.pretrained}
+    if weights["kind"] == "checkpoint":
+        weights["sha256"] = runtime.file_sha256(cfg.pretrained)
+        weights["training"] = models.training_record(
+            cfg.pretrained
+        )  # data, config, hashes when `thresher train` made it
+    if weights["kind"] == "random-init":
+        weights["note"] = "randomly initialised weights: scores are meaningless except for tests and speed"
+    manifest = {
+        "kind": "thresher.features",
+        "scorer": to_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "weights": weights,
+        "preprocess": pp_cfg,
+        "device": device,
+        "decode": where,
+        "source": "computed",
+        **runtime.provenance(),
+        "shards": {
+            "total": len(shards),
+            "complete": len(completed(scorer_dir)),
+            "failed": {f"{s:08d}": why for s, why in sorted(failed.items())},
+        },
+        "files": {
+            "table": "{shard:08d}.parquet",
+            "image_embeddings": "{shard:08d}.img.npy",
+            "text_embeddings": "{shard:08d}.txt.npy",
+        },
+    }
+    runtime.write_json(runtime.join(scorer_dir, "manifest.json"), manifest)
+    return manifest
+
+
+def embed_images(
+    image_dir: str, model: str, pretrained: str | None, out: str, batch_size: int = 256, device: str = "auto"
+) -> np.ndarray:
+    """L2-normalised image embeddings of every image in a directory of WebDataset tars (for example a
+    CLIP_benchmark set, or ImageNet train as tars), saved as float16 .npy: the target set of DataComp's
+    image-based filter. Embed it with the same model and weights as the pool's scorer."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    pp_cfg = models.preprocess_config(model, pretrained)
+    transform = models.pil_transform(pp_cfg)
+    net, _ = models.load(model, pretrained, device=device)
+    tars = sorted(runtime.glob(runtime.join(image_dir, "**", "*.tar")))
+    if not tars:
+        raise InputError(f"no .tar files under {image_dir}")
+    pixels, chunks = [], []
+
+    def flush():
+        with torch.inference_mode():
+            chunks.append(models.encode_images(net, np.stack(pixels), pp_cfg, device).cpu().numpy())
+        pixels.clear()
+
+    for tar_path in tars:
+        fs, path = runtime.fs_path(tar_path)
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                if member.name.rsplit(".", 1)[-1].lower() not in ("jpg", "jpeg", "png", "webp"):
+                    continue
+                try:
+                    img = decode.open_image(tar.extractfile(member).read()).convert("RGB")
+                except Exception as err:  # noqa: BLE001
+                    raise InputError(f"{tar_path}: {member.name} is not a readable image: {err}") from err
+                pixels.append(np.asarray(transform(img), dtype=np.uint8))
+                if len(pixels) == batch_size:
+                    flush()
+    if pixels:
+        flush()
+    if not chunks:
+        raise InputError(f"no images in the tars under {image_dir}")
+    emb = np.concatenate(chunks).astype(np.float16)
+    _write_npy(emb, out)
+    return emb
