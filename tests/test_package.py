@@ -32,6 +32,16 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
+def test_pyproject_lists_every_package_folder():
+    """[tool.setuptools] packages is written out (configs/ and jobs/ are mapped in from the top): a new
+    package folder missing there installs from a checkout but not from the wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "thresher").rglob("__init__.py")}
+    assert folders - listed == set(), folders - listed
+
+
 def test_the_wheel_holds_one_namespace_and_every_bundled_file(wheel):
     """thresher/'s layers install as thresher.core, thresher.exec, ..., never as top-level packages
     that would collide with other projects'; configs/ and jobs/ ship
