@@ -10,13 +10,14 @@ the choice of executor. datatrove's split is the model: the same steps, run by d
   pool of forked processes (`workers>1`: `thresher synth`, which needs no cluster).
 
 Select one with `using(executor)` (tests) or `THRESHER_EXECUTOR=local`; stages call `start()` (once, to
-connect) and then `run` (per-shard stages: finished items are kept, failures returned) or `map`
-(fan-outs whose every result is needed: any failure raises). Completion markers stay with the stages
+connect) and then `run` (per-shard stages: finished items are kept, failures returned), `map`
+(fan-outs whose every result is needed: any failure raises) or `embed` (a model pipeline). Completion markers stay with the stages
 (`{shard:08d}_stats.json`, read by `pool.Pool.completed`), because only a stage knows when its output
 is whole.
 
-Ray is imported here and in three places that need more than tasks, named in docs/architecture.md:
-Ray Data's actor pool in `clip._embed` (thresher/stages/features/clip.py), and the tests' cluster fixtures.
+Model pipelines (CPU producers feeding model actors: CLIP scoring) run through `embed`, on either executor
+(thresher/exec/embed.py: Ray Data's actor pool on Ray, one in-process consumer locally). Ray is imported
+only in this layer (here and in embed.py), and in the tests' cluster fixtures.
 """
 
 from __future__ import annotations
@@ -132,6 +133,12 @@ class RayExecutor:
         for h in handles:
             self.cancel(h)
 
+    def stream(self, items: list[dict], pipeline):
+        """A model pipeline's outputs as they arrive (thresher/exec/embed.py: Ray Data)."""
+        from thresher.exec.embed import ray_stream
+
+        return ray_stream(items, pipeline)
+
 
 class _Done:
     """An inline item's outcome, already known when `start` returns."""
@@ -206,6 +213,12 @@ class LocalExecutor:
 
     def cancel(self, handle) -> None:
         raise _StopAll()
+
+    def stream(self, items: list[dict], pipeline):
+        """A model pipeline's outputs as they arrive, in this process (thresher/exec/embed.py)."""
+        from thresher.exec.embed import local_stream
+
+        return local_stream(items, pipeline)
 
     def close(self, handles: list) -> None:
         if self._pool is not None:
@@ -454,6 +467,37 @@ def _raise_first(out: Outcome, label: str) -> None:
             f"{label}: {_name(out.items[i])} failed: {out.failed[i]}"
             + (f" (and {len(out.failed) - 1} more)" if len(out.failed) > 1 else "")
         )
+
+
+def embed(
+    items: Iterable[dict],
+    pipeline,
+    *,
+    label: str,
+    total: int,
+    weight: Callable[[dict], int] | None = None,
+    unit: str = "rows",
+    describe: Callable[[], str] | None = None,
+    stall_s: float | None | str = "default",
+    executor=None,
+):
+    """Run a model pipeline (`embed.Pipeline`: a producer of batches from each item on CPU workers, a
+    consumer class in model actors) and yield the consumer's outputs as they arrive. Progress counts
+    `weight(output)` of `total` units; if no output arrives for `stall_s` seconds, StageError names the
+    stall (a wedged actor would otherwise leave the driver waiting forever). A producer or consumer that
+    raises stops the run: per-item failures are the producer's to record."""
+    from thresher.core.runtime import watchdog
+    from thresher.exec.progress import Progress
+
+    ex = executor or current()
+    stall = stall_default() if stall_s == "default" else stall_s
+    progress = Progress(label, total, unit=unit)
+    weigh = weight or (lambda _out: 1)
+    with watchdog(lambda: progress.done, stall, label) if stall else contextlib.nullcontext():
+        for out in ex.stream(list(items), pipeline):
+            progress.update(weigh(out), extra=describe() if describe else "")
+            yield out
+    progress.close()
 
 
 class _NoRetry(Exception):

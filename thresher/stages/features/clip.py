@@ -1,4 +1,5 @@
-"""CLIP scoring of `thresher features POOL --model M [--pretrained P --scorer-id ID ...]` on Ray Data, and
+"""CLIP scoring of `thresher features POOL --model M [--pretrained P --scorer-id ID ...]` on the execution
+layer's model pipeline (`execute.embed`: Ray Data on Ray, in-process under THRESHER_EXECUTOR=local), and
 `thresher embed-images` (a target set's image embeddings with the same model). Per pool shard:
 
     POOL/features/<scorer>/{i:08d}.parquet    schema.CLIP_FEATURES: uid, key, clip_score, error
@@ -10,14 +11,13 @@
 CPU tasks read and decode shards and apply the resize/crop half of open_clip's preprocessing (or ship the
 bytes to be decoded in the actor: thresher/core/decode.py), and an actor pool holds the model (loaded once
 per actor; one GPU each when there are GPUs, with fp16/bf16 autocast). Actors write their batches as
-parts; when a shard's parts are all in, a small task joins them into the shard's files and writes its
-marker. The one module of this stage that imports Ray (tests/test_layout.py); the stage's entry and its
-other files: thresher/stages/features/features.py.
+parts; when a shard's parts are all in, a small task (`execute.run`: retries, failure records) joins them
+into the shard's files and writes its marker. No Ray here: thresher/exec/embed.py runs the pipeline. The
+stage's entry and its other files: thresher/stages/features/features.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import tarfile
 import uuid
@@ -32,6 +32,7 @@ from thresher.core.config import check_name, config_hash, opt, to_dict
 from thresher.core.errors import InputError, StageError
 from thresher.core.pool import Pool, completed, read_npy
 from thresher.exec import execute
+from thresher.exec.embed import Pipeline
 from thresher.stages.features.base import MISSING
 
 
@@ -70,7 +71,7 @@ def _decode_shards(
     where: str = "cpu",
     max_pixels: int = decode.MAX_PIXELS,
 ):
-    """Ray Data task: whole shards in, batches of resized uint8 pixels (or, to be decoded in the model
+    """The pipeline's producer (a CPU task on Ray): whole shards in, batches of resized uint8 pixels (or, to be decoded in the model
     actor, the images' bytes: thresher/core/decode.py) and caption tokens out. An image past `max_pixels` is
     refused from its header on both paths (its bytes are not shipped either)."""
     import open_clip
@@ -120,7 +121,7 @@ def _decode_shards(
 
 
 class ClipEmbedder:
-    """Ray Data actor: loads the model once, embeds batches, writes them as parts of their shards."""
+    """The pipeline's consumer (a model actor on Ray): loads the model once, embeds batches, writes them as parts of their shards."""
 
     def __init__(self, scorer: dict, scorer_dir: str, pp_cfg: dict, device: str, threads: int):
         import torch
@@ -241,35 +242,18 @@ def run_scorer(pool: str, cfg: ScorerConfig, ray_address: str | None = None, log
             runtime.remove(runtime.join(scorer_dir, "_parts", f"{s:08d}"), recursive=True)
             runtime.remove(runtime.join(scorer_dir, f"{s:08d}_error.json"))
         expected = {s: Pool(pool).successful_rows(s).num_rows for s in todo}
-        failed = _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log)
+        failed = _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log, ex)
     manifest = _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, where, shards, failed)
     execute.raise_failures(f"features {cfg.scorer_id}", failed)
     return manifest
 
 
-def _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log) -> dict[int, str]:
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    from thresher.exec.progress import Progress
-
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if device.startswith("cuda") else 0
-    actors = cfg.actors or max(1, gpus)
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    actor_cpus, decode_cpus = cfg.actor_cpus, 1.0
-    if actor_cpus * actors + decode_cpus > cpus:
-        # a cluster too small for the actors and one decoder (one CPU in all): they share what there is,
-        # instead of the decoder waiting forever for the CPU the actors hold
-        actor_cpus = decode_cpus = max(cpus / (actors + 1), 0.1)
-    ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
-    # decoding runs in its own CPU tasks ahead of the model; its memory reservation also keeps Ray Data
-    # from fusing it into the model actors, where it would stall the model
-    ds = ds.map_batches(
-        _decode_shards,
-        batch_size=1,
-        num_cpus=decode_cpus,
-        memory=cfg.decode_memory_mb * 2**20,
-        fn_kwargs=dict(
+def _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log, ex) -> dict[int, str]:
+    gpus = ex.gpus() if device.startswith("cuda") else 0
+    pipeline = Pipeline(
+        produce=_decode_shards,
+        consume=ClipEmbedder,
+        produce_kwargs=dict(
             pool=pool,
             scorer_dir=scorer_dir,
             pp_cfg=pp_cfg,
@@ -278,45 +262,59 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log) ->
             where=where,
             max_pixels=decode.max_pixels_of(pool),
         ),
-    )
-    ds = ds.map_batches(
-        ClipEmbedder,
+        consume_kwargs=dict(scorer=to_dict(cfg), scorer_dir=scorer_dir, pp_cfg=pp_cfg, device=device),
+        threads_arg="threads",
         batch_size=cfg.batch_size,
-        compute=ActorPoolStrategy(size=actors),
-        num_gpus=1 if gpus else 0,
-        num_cpus=actor_cpus,
-        fn_constructor_kwargs=dict(
-            scorer=to_dict(cfg), scorer_dir=scorer_dir, pp_cfg=pp_cfg, device=device, threads=max(1, int(actor_cpus))
-        ),
+        actors=cfg.actors or max(1, gpus),
+        actor_cpus=cfg.actor_cpus,
+        actor_gpus=1 if gpus else 0,
+        decode_cpus=1.0,
+        decode_memory_mb=cfg.decode_memory_mb,
     )
-    progress = Progress(f"features:{cfg.scorer_id}", sum(expected.values()))
     got: Counter[int] = Counter()
-    finals = {}
-    finalize = ray.remote(finalize_shard).options(num_cpus=0.25)
-    stall = execute.stall_default()
-    # Ray Data has no stall detection of its own: a wedged actor would leave this loop waiting forever
-    with (
-        runtime.watchdog(lambda: progress.done, stall, f"features {cfg.scorer_id}")
-        if stall
-        else contextlib.nullcontext()
-    ):
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for shard, rows in zip(batch["shard"].tolist(), batch["rows"].tolist()):
-                got[shard] += rows
-                progress.update(rows, extra=f"shards {len(finals)}/{len(todo)}")
-                if got[shard] == expected[shard]:
-                    finals[shard] = finalize.remote(shard, scorer_dir, expected[shard])
-    for s in todo:  # shards no row of which arrived (empty, or unreadable)
-        if s not in finals and expected[s] == 0:
-            finals[s] = finalize.remote(s, scorer_dir, 0)
+    finished: set[int] = set()
     failed: dict[int, str] = {}
-    for s, ref in finals.items():
-        try:
-            ray.get(ref)
-        except Exception as err:  # noqa: BLE001
-            failed[s] = str(err).strip().splitlines()[-1][:300]
+
+    def finalize(shards: list[int]) -> None:
+        """Through the execution layer (retries, failure records), as shards complete: a killed run keeps them."""
+        out = execute.run(
+            _finalize,
+            shards,
+            scorer_dir,
+            {s: expected[s] for s in shards},
+            label=f"features:{cfg.scorer_id} finalize",
+            resources=execute.Resources(cpus=0.25),
+            retries=1,
+            quiet=True,
+            executor=ex,
+            log=log,
+        )
+        finished.update(shards)
+        failed.update(out.failures)
+
+    outputs = execute.embed(
+        [{"shard": s} for s in todo],
+        pipeline,
+        label=f"features:{cfg.scorer_id}",
+        total=sum(expected.values()),
+        unit="samples",
+        weight=lambda out: int(out["rows"].sum()),
+        describe=lambda: f"shards {len(finished)}/{len(todo)}",
+        executor=ex,
+    )
+    for batch in outputs:
+        ready = []
+        for shard, rows in zip(batch["shard"].tolist(), batch["rows"].tolist()):
+            got[shard] += rows
+            if got[shard] == expected[shard]:
+                ready.append(shard)
+        if ready:
+            finalize(ready)
+    empty = [s for s in todo if s not in finished and expected[s] == 0]  # no row of these arrives
+    if empty:
+        finalize(empty)
     for s in todo:
-        if s in finals:
+        if s in finished:
             continue
         err_path = runtime.join(scorer_dir, f"{s:08d}_error.json")
         failed[s] = (
@@ -324,10 +322,13 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log) ->
             if runtime.exists(err_path)
             else f"{got[s]} of {expected[s]} rows embedded"
         )
-    progress.close()
     for s, why in failed.items():
         log(f"[features:{cfg.scorer_id}] shard {s:08d} failed: {why}")
     return failed
+
+
+def _finalize(shard: int, scorer_dir: str, expected: dict[int, int]) -> dict:
+    return finalize_shard(shard, scorer_dir, expected[shard])
 
 
 def _check_scorer_manifest(scorer_dir: str, cfg: ScorerConfig) -> None:

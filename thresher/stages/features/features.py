@@ -12,8 +12,8 @@ shard's successful samples (sorted by key), so every features file of a shard is
     POOL/features/<scorer>/manifest.json      model, weights (tag, checkpoint hash or random-init), device
 
 Base features (thresher/stages/features/base.py) run as one Ray task per shard (execute.run). CLIP
-scoring (thresher/stages/features/clip.py, with ScorerConfig) runs on Ray Data: CPU tasks decode shards,
-an actor pool holds the model. This module is the stage's entry as other modules import it (run_base,
+scoring (thresher/stages/features/clip.py, with ScorerConfig) runs as the execution layer's model pipeline
+(`execute.embed`: Ray Data on Ray): CPU tasks decode shards, an actor pool holds the model. This module is the stage's entry as other modules import it (run_base,
 run_scorer, embed_images and the readers, from here), a scorer whose scores come from elsewhere
 (`thresher features --precomputed`: DataComp's precomputed CLIP scores and .npz embeddings), and reading a scorer
 back.

@@ -1,0 +1,91 @@
+"""Model pipelines on the execution layer (thresher/exec/embed.py, `execute.embed`): the local executor runs
+producer and consumer in this process without Ray; CLIP scoring under THRESHER_EXECUTOR=local imports no
+Ray and gives the Ray path's scores (issue 26, point 2)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from thresher.exec import execute
+from thresher.exec.embed import Pipeline, fit
+
+
+def _produce(batch, rows_per_item: int, chunk: int):
+    item = int(batch["item"][0])
+    for start in range(0, rows_per_item, chunk):
+        n = min(chunk, rows_per_item - start)
+        yield {"item": np.full(n, item, np.int64), "x": np.arange(start, start + n, dtype=np.float32)}
+
+
+class _Sum:
+    built = 0
+
+    def __init__(self, scale: float, threads: int):
+        type(self).built += 1
+        self.scale, self.threads = scale, threads
+
+    def __call__(self, batch):
+        return {"rows": np.array([len(batch["x"])]), "sum": np.array([batch["x"].sum() * self.scale])}
+
+
+def test_local_pipeline_rebatches_through_one_consumer_without_ray():
+    _Sum.built = 0
+    p = Pipeline(
+        produce=_produce,
+        consume=_Sum,
+        produce_kwargs=dict(rows_per_item=10, chunk=4),
+        consume_kwargs=dict(scale=2.0),
+        threads_arg="threads",
+        batch_size=7,
+        actor_cpus=2.0,
+    )
+    with execute.using(execute.LocalExecutor()):
+        outs = list(
+            execute.embed(
+                [{"item": i} for i in range(3)], p, label="t", total=30, weight=lambda o: int(o["rows"].sum())
+            )
+        )
+    assert [int(o["rows"][0]) for o in outs] == [7, 7, 7, 7, 2]
+    assert sum(float(o["sum"][0]) for o in outs) == 2.0 * 3 * sum(range(10))
+    assert _Sum.built == 1
+
+
+def test_a_small_cluster_shares_its_cpus_between_actors_and_a_producer():
+    p = Pipeline(produce=_produce, consume=_Sum, actors=2, actor_cpus=1.0)
+    assert fit(p, 16.0) == (1.0, 1.0)
+    assert fit(p, 2.0) == (2 / 3, 2 / 3)
+
+
+def test_local_clip_scoring_imports_no_ray_and_matches_the_ray_scores(featured_pool, tmp_path):
+    small = tmp_path / "pool"
+    (small / "shards").mkdir(parents=True)
+    for s in (0, 1):
+        for f in (featured_pool / "shards").glob(f"{s:08d}*"):
+            shutil.copy(f, small / "shards" / f.name)
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from thresher.stages.features import features
+        features.run_scorer({str(small)!r}, features.ScorerConfig(scorer_id="local"), log=lambda *_: None)
+        assert "ray" not in sys.modules, sorted(m for m in sys.modules if m.startswith("ray"))
+        """
+    )
+    env = {**os.environ, "THRESHER_EXECUTOR": "local", "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for s in (0, 1):
+        ray_t = pq.read_table(featured_pool / "features" / "clip_tiny" / f"{s:08d}.parquet")
+        local_t = pq.read_table(small / "features" / "local" / f"{s:08d}.parquet")
+        assert local_t.column("uid").to_pylist() == ray_t.column("uid").to_pylist()
+        assert local_t.column("error").to_pylist() == ray_t.column("error").to_pylist()
+        a = np.array(ray_t.column("clip_score").to_pylist(), dtype=np.float64)
+        b = np.array(local_t.column("clip_score").to_pylist(), dtype=np.float64)
+        np.testing.assert_allclose(b, a, atol=2e-3, equal_nan=True)  # float16 embeddings either way
+        assert (small / "features" / "local" / f"{s:08d}_stats.json").exists()
