@@ -191,3 +191,15 @@ def test_unknown_category_is_refused():
 
     with pytest.raises(InputError, match="unknown categories"):
         synth.SynthConfig(proportions={"spam": 0.1}).validate()
+
+
+def test_no_eval_set_with_planted_contamination_is_refused_before_work(tmp_path):
+    """`--eval-classification 0` with eval_contamination planted used to end in "unexpected ValueError:
+    high <= 0" from deep in the plan; it is now refused, naming the flag, before any image is drawn."""
+    from thresher.core.errors import InputError
+    from thresher.synthetic.synth import SynthConfig, generate
+
+    with pytest.raises(InputError, match="--eval-classification 0 leaves the planted eval_contamination"):
+        generate(str(tmp_path / "src"), SynthConfig(samples=4000, trusted=0, eval_classification=0))
+    assert not (tmp_path / "src" / "urls.parquet").exists()
+    SynthConfig(samples=4000, eval_classification=0, proportions={"eval_contamination": 0.0}).validate()

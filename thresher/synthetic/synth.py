@@ -93,6 +93,14 @@ class SynthConfig:
             )
         if self.samples < 1:
             raise InputError("synth: --samples must be at least 1")
+        if self.eval_classification < 0 or self.trusted < 0:
+            raise InputError("synth: --eval-classification and --trusted must be 0 or more")
+        if self.eval_classification < 1 and round(self.proportions.get("eval_contamination", 0.0) * self.samples) >= 1:
+            # the planted contamination is copies of evaluation images: with none, there is nothing to copy
+            raise InputError(
+                "synth: --eval-classification 0 leaves the planted eval_contamination samples nothing to copy; "
+                "give at least 1, or --proportions eval_contamination=0"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------
