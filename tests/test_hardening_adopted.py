@@ -23,7 +23,7 @@ from thresher.audit import audit
 from thresher.core import decode, models, runtime, schema
 from thresher.core.errors import InputError
 from thresher.core.pool import Pool, member_key
-from thresher.stages.acquire import importing
+from thresher.stages.acquire import adopt, importing
 from thresher.stages.features import features
 from thresher.stages.subset import reshard
 
@@ -88,7 +88,7 @@ def _i2d_folder(root, members: dict[str, bytes], rows: list[dict], stats: bytes 
 def _adopt(tmp_path, members, rows, name="i2d", **kw):
     folder = _i2d_folder(tmp_path / name, members, rows, **kw)
     out = tmp_path / f"{name}-pool"
-    importing.import_pool(str(folder), str(out), **QUIET)
+    adopt.import_pool(str(folder), str(out), **QUIET)
     return folder, out
 
 
@@ -359,7 +359,7 @@ def test_metadata_that_is_not_parquet_is_named(tmp_path):
     folder = _i2d_folder(tmp_path / "i2d", {"000000000.jpg": _jpeg()}, [{"key": "000000000"}])
     (folder / "00000.parquet").write_bytes(b"garbage" * 30)
     with pytest.raises(InputError) as e:
-        importing.import_pool(str(folder), str(tmp_path / "p2"), **QUIET)
+        adopt.import_pool(str(folder), str(tmp_path / "p2"), **QUIET)
     _one_line_input_error(e, "00000.parquet", "as Parquet")
 
 
@@ -380,7 +380,7 @@ def test_a_binary_caption_column_is_named(tmp_path):
     table = table.set_column(table.column_names.index("caption"), "caption", pa.array([b"\xff\xfe"], pa.binary()))
     pq.write_table(table, folder / "00000.parquet")
     with pytest.raises(InputError) as e:
-        importing.import_pool(str(folder), str(tmp_path / "p"), **QUIET)
+        adopt.import_pool(str(folder), str(tmp_path / "p"), **QUIET)
     _one_line_input_error(e, "00000.parquet: field 'caption' must hold text", "binary")
     d = _metadata(tmp_path / "m")
     table = pq.read_table(tmp_path / "m" / "a.parquet")

@@ -20,7 +20,7 @@ import pytest
 from thresher.core import runtime
 from thresher.core.errors import InputError
 from thresher.core.pool import Pool
-from thresher.stages.acquire import importing
+from thresher.stages.acquire import adopt, importing
 from thresher.stages.dedup import dedup
 from thresher.stages.features import features
 from thresher.stages.filter import filter as filtering
@@ -216,7 +216,7 @@ def img2dataset_out(synth_dir, server, tmp_path_factory):
 @pytest.fixture(scope="module")
 def adopted(img2dataset_out, tmp_path_factory, ray_local):
     out = tmp_path_factory.mktemp("adopted") / "pool"
-    return out, importing.import_pool(str(img2dataset_out), str(out), **quiet)
+    return out, adopt.import_pool(str(img2dataset_out), str(out), **quiet)
 
 
 def test_import_pool_adopts_img2dataset_shards_without_copying_images(adopted, img2dataset_out, pool):
@@ -267,17 +267,17 @@ def test_every_later_stage_runs_on_an_adopted_pool(adopted, tmp_path):
 
 def test_import_pool_names_what_is_wrong_with_a_folder(img2dataset_out, tmp_path, ray_local):
     with pytest.raises(InputError, match="no img2dataset shards"):
-        importing.import_pool(str(tmp_path), str(tmp_path / "p"), **quiet)
+        adopt.import_pool(str(tmp_path), str(tmp_path / "p"), **quiet)
     broken = tmp_path / "broken"
     broken.mkdir()
     for ext in (".parquet", "_stats.json"):
         (broken / f"00000{ext}").write_bytes((img2dataset_out / f"00000{ext}").read_bytes())
     with pytest.raises(InputError, match="shard 00000 has a _stats.json but no 00000.tar"):
-        importing.import_pool(str(broken), str(tmp_path / "p2"), **quiet)
+        adopt.import_pool(str(broken), str(tmp_path / "p2"), **quiet)
     # a tar that lost an image its Parquet says was downloaded
     with tarfile.open(img2dataset_out / "00000.tar") as src, tarfile.open(broken / "00000.tar", "w") as dst:
         for m in src.getmembers()[3:]:
             dst.addfile(m, src.extractfile(m))
     with pytest.raises(Exception, match="have no image in it"):
-        importing.import_pool(str(broken), str(tmp_path / "p3"), **quiet)
+        adopt.import_pool(str(broken), str(tmp_path / "p3"), **quiet)
     assert runtime.exists(str(img2dataset_out / "00000.tar"))  # the user's files are never touched

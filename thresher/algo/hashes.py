@@ -236,13 +236,10 @@ def read_uid_file(f, where: str) -> np.ndarray:
     dtype u8,u8, one dimension, exactly the bytes its shape says, then sorted (`check_uid_array`).
     ValueError naming `where` otherwise: a zero-dimensional, 2-D or absurdly shaped file is one line, not
     an attempt to allocate what its header claims (np.load asked for 14.6 TiB), nor a pickle loaded."""
-    fmt = np.lib.format
+    from thresher.core.pool import npy_header
+
     try:
-        version = fmt.read_magic(f)
-        header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
-        if header is None:
-            raise ValueError(f".npy format version {version} (DataComp's files are 1.0)")
-        shape, _, dtype = header(f)
+        shape, dtype = npy_header(f)
     except ValueError as err:
         raise ValueError(f"{where}: not a .npy file NumPy writes ({err})") from None
     if dtype != UID_DTYPE:

@@ -344,6 +344,19 @@ IMAGE_COLUMNS = {"width", "height", "pdq", "pdq_quality"}
 DEFAULT_TAR = "shards/{shard:08d}.tar"
 
 
+def npy_header(f) -> tuple[tuple, np.dtype]:
+    """Shape and dtype of the .npy array open as `f` (binary), from its header alone, leaving `f` at the
+    data: what a file claims is checked before a byte of it is allocated or unpickled. ValueError on a
+    file NumPy's formats 1.0 and 2.0 do not describe."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f".npy format version {version}")
+    shape, _, dtype = readers[version](f)
+    return shape, dtype
+
+
 def read_npy(url: str) -> np.ndarray:
     fs, path = runtime.fs_path(url)
     with fs.open(path, "rb") as f:

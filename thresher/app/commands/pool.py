@@ -259,7 +259,7 @@ class ImportPoolArgs(Common):
 
 def run_import_pool(args: ImportPoolArgs) -> None:
     """A pool from shards img2dataset already wrote, without copying or re-downloading the images."""
-    from thresher.stages.acquire.importing import import_pool
+    from thresher.stages.acquire.adopt import import_pool
 
     m = import_pool(args.dir, args.out, args.uid_col, ray_address=args.ray_address)
     ok = m["counts"]["status"].get("success", 0)
