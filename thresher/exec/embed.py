@@ -5,10 +5,12 @@ layer's stall watchdog and progress.
 
 - Ray (`RayExecutor.stream`): Ray tasks and actors. Producer tasks (one item each, `decode_cpus` and
   `decode_memory_mb` reserved, as many at once as the CPUs the actors leave hold) stream their batches,
-  one object each, to `actors` consumer actors (`actor_cpus`, `actor_gpus` each), which re-batch them to
-  `batch_size` rows; the driver hands each batch to the actor with the fewest in hand and takes no more
-  from the producers while every actor has two, and a producer that gets ahead pauses. On a cluster too
-  small for the actors and one producer, they share the CPUs there are.
+  one object each; the driver hands them, `batch_size // produce_rows` to a call, to `actors` consumer
+  actors (`actor_cpus`, `actor_gpus` each), the actor with the fewest calls in hand first, and takes no
+  more from the producers while every actor has two; a producer that gets ahead pauses. A call holds
+  nothing after it returns, so an actor lost with its node is started again and its calls re-sent with
+  the same batches (Ray rebuilds a lost batch by re-running its producer): no row is lost or doubled. On
+  a cluster too small for the actors and one producer, they share the CPUs there are.
 - Local (`LocalExecutor.stream`): producer and consumer in this process, one consumer built once; no Ray.
 
 The caller takes the outputs as they come: while it holds on to one, producers that got ahead pause, so a
@@ -36,14 +38,18 @@ import numpy as np
 class Pipeline:
     """`produce(batch, **produce_kwargs)` takes one item as a batch of one row ({column: array of 1}) and
     yields batches ({column: array}); `consume(**consume_kwargs)` is a class whose instances take a batch of
-    `batch_size` rows (the last may be smaller) and return a batch of outputs. `threads_arg` names the
-    consumer's constructor argument that receives the whole CPUs it holds (at least 1)."""
+    `batch_size` rows (the last may be smaller) and return a batch of outputs. `produce_rows`: the most
+    rows a produced batch has (on Ray a consumer's call takes `batch_size // produce_rows` of them, so its
+    batches have at most `batch_size` rows). `threads_arg` names the consumer's constructor argument that
+    receives the whole CPUs it holds (at least 1); on Ray, a consumer with a `set_threads(n)` method is
+    given the CPUs the producers held once no producer is left (a CPU model's last batches run on all)."""
 
     produce: Callable
     consume: type
     produce_kwargs: dict = field(default_factory=dict)
     consume_kwargs: dict = field(default_factory=dict)
     batch_size: int = 256
+    produce_rows: int = 256
     actors: int = 1
     actor_cpus: float = 1.0
     actor_gpus: float = 0
@@ -66,9 +72,12 @@ def fit(p: Pipeline, cpus: float) -> tuple[float, float]:
     return actor_cpus, decode_cpus
 
 
-# Ray path: batches in hand per actor (one running, one whose input is being fetched), and produced
-# batches a producer may hold that the driver has not taken yet
+# Ray path: calls in hand per actor (one running, one whose input is being fetched); produced batches the
+# driver takes ahead of the actors (references only: the batches stay where they were made), per actor, so
+# that decoding runs on while a model actor starts; and batches a producer may hold that the driver has not
+# taken yet (then it pauses)
 IN_HAND = 2
+TAKEN = 8
 AHEAD = 2
 RESTARTS = 2  # per consumer actor
 
@@ -85,14 +94,14 @@ def ray_stream(items: list[dict], p: Pipeline) -> Iterator[dict]:
     produce = ray.remote(_produce_item).options(
         num_cpus=decode_cpus, num_returns="streaming", _generator_backpressure_num_objects=AHEAD, **opts
     )
-    # an actor whose process dies (a lost node) is started again and its calls in hand re-sent; rows it
-    # held for a batch are lost with it, so their items end short (CLIP scoring records those shards as
-    # failed, to be redone by the next run) instead of the whole run stopping
+    # an actor whose process dies (a lost node) is started again and the calls it had in hand re-sent,
+    # their batches rebuilt by Ray where they were lost with the node: a call keeps nothing once it returns
     consumer = ray.remote(_Consumer).options(
         num_cpus=actor_cpus, num_gpus=p.actor_gpus, max_restarts=RESTARTS, max_task_retries=RESTARTS
     )
-    actors = [consumer.remote(p.consume, p.consumer_kwargs(actor_cpus), p.batch_size) for _ in range(p.actors)]
+    actors = [consumer.remote(p.consume, p.consumer_kwargs(actor_cpus)) for _ in range(p.actors)]
     producers = max(1, int((cpus - actor_cpus * p.actors) / decode_cpus + 1e-9))
+    per_call = max(1, p.batch_size // max(1, p.produce_rows))
     todo = list(reversed(items))
     running: list = []  # producer tasks' generators
     taken: list = []  # produced batches taken from a producer, not yet handed to an actor
@@ -103,11 +112,15 @@ def ray_stream(items: list[dict], p: Pipeline) -> Iterator[dict]:
                 running.append(produce.remote(p.produce, todo.pop(), p.produce_kwargs))
             while taken:
                 i = min(range(len(actors)), key=lambda i: len(in_hand[i]))
-                if len(in_hand[i]) >= IN_HAND:
+                # a call short of `per_call` batches goes only to an idle actor or when no more will come
+                if len(in_hand[i]) >= IN_HAND or (len(taken) < per_call and in_hand[i] and running):
                     break
-                in_hand[i].append(actors[i].feed.remote(taken.pop(0)))
+                group, taken = taken[:per_call], taken[per_call:]
+                # once no producer is left, the actors take the CPUs the producers held (a CPU model's tail)
+                threads = None if todo or running else int(actor_cpus + decode_cpus * producers / len(actors))
+                in_hand[i].append(actors[i].feed.remote(*group, threads=threads))
             waiting = [ref for calls in in_hand for ref in calls]
-            if not taken:  # room to take more: wait on the producers too
+            if len(taken) < TAKEN * len(actors):  # room to take more: wait on the producers too
                 waiting += running
             # fetch_local=False: a produced batch goes from its producer to an actor, never to the driver
             ready = ray.wait(waiting, num_returns=1, fetch_local=False)[0][0]
@@ -120,9 +133,9 @@ def ray_stream(items: list[dict], p: Pipeline) -> Iterator[dict]:
             for calls in in_hand:
                 if ready in calls:
                     calls.remove(ready)
-            yield from ray.get(ready)
-        for actor in actors:
-            yield from ray.get(actor.flush.remote())
+            out = ray.get(ready)
+            if out:
+                yield out
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -136,30 +149,33 @@ def _produce_item(produce: Callable, item: dict, kwargs: dict) -> Iterator[dict]
 
 
 class _Consumer:
-    """A consumer actor: the pipeline's consumer, built once, behind a re-batcher. An error building it is
-    raised by the first call, where the driver gets it as itself (an actor whose constructor raised is
-    dead, and its calls name only the message)."""
+    """A consumer actor: the pipeline's consumer, built once; each call joins the batches it is given into
+    one and returns that batch's outputs, keeping nothing (so a call re-sent to a restarted actor gives the
+    same outputs). An error building it is raised by the first call, where the driver gets it as itself (an
+    actor whose constructor raised is dead, and its calls name only the message)."""
 
-    def __init__(self, consume: type, kwargs: dict, batch_size: int):
-        self.batches = Rebatcher(batch_size)
+    def __init__(self, consume: type, kwargs: dict):
         try:
             self.consumer, self.error = consume(**kwargs), None
         except Exception as err:  # noqa: BLE001 - raised by the first call
             self.consumer, self.error = None, err
 
-    def feed(self, batch: dict) -> list[dict]:
+    def feed(self, *batches: dict, threads: int | None = None) -> dict:
         if self.error is not None:
             raise self.error
-        return [self.consumer(b) for b in self.batches.add(batch)]
-
-    def flush(self) -> list[dict]:
-        if self.error is not None:
-            raise self.error
-        return [self.consumer(b) for b in self.batches.flush()]
+        if threads and hasattr(self.consumer, "set_threads"):
+            self.consumer.set_threads(min(threads, os.cpu_count() or 1))
+        batches = tuple(b for b in batches if _rows(b))
+        if not batches:
+            return {}
+        if len(batches) == 1:
+            return self.consumer(batches[0])
+        return self.consumer({c: np.concatenate([np.asarray(b[c]) for b in batches]) for c in batches[0]})
 
 
 class Rebatcher:
-    """Batches of any size in, batches of `size` rows out; `flush` gives what is left (fewer rows)."""
+    """Batches of any size in, batches of `size` rows out; `flush` gives what is left (fewer rows). The local
+    path's: in one process nothing held can be lost with a node."""
 
     def __init__(self, size: int):
         self.size = size

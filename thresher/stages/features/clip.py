@@ -135,6 +135,13 @@ class ClipEmbedder:
             precision = "fp16" if device.startswith("cuda") else "fp32"
         self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
 
+    def set_threads(self, threads: int) -> None:
+        """The model pipeline's call once decoding is over: on CPU, the decoding tasks' cores join the model."""
+        if self.device == "cpu":
+            import torch
+
+            torch.set_num_threads(max(1, threads))
+
     def __call__(self, batch: dict) -> dict:
         import contextlib
 
@@ -266,6 +273,7 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log, ex
         consume_kwargs=dict(scorer=to_dict(cfg), scorer_dir=scorer_dir, pp_cfg=pp_cfg, device=device),
         threads_arg="threads",
         batch_size=cfg.batch_size,
+        produce_rows=cfg.decode_batch,
         actors=cfg.actors or max(1, gpus),
         actor_cpus=cfg.actor_cpus,
         actor_gpus=1 if gpus else 0,
