@@ -769,10 +769,10 @@ def test_a_killed_download_leaves_no_ray_process_behind(tmp_path, kill):
     )
     try:
         for _ in range(240):  # until the shard's task is running (a worker blocked on the stalled server)
-            if any("download_shard" in ln for ln in _session_processes(proc.pid)):
+            if any("ray::download" in ln for ln in _session_processes(proc.pid)):
                 break
             time.sleep(0.5)
-        assert any("download_shard" in ln for ln in _session_processes(proc.pid))
+        assert any("ray::download" in ln for ln in _session_processes(proc.pid))
         if kill == "group":
             os.killpg(proc.pid, signal.SIGKILL)
         else:

@@ -11,8 +11,8 @@ layer's model pipeline (`execute.embed`: Ray Data on Ray, in-process under THRES
 CPU tasks read and decode shards and apply the resize/crop half of open_clip's preprocessing (or ship the
 bytes to be decoded in the actor: thresher/core/decode.py), and an actor pool holds the model (loaded once
 per actor; one GPU each when there are GPUs, with fp16/bf16 autocast). Actors write their batches as
-parts; when a shard's parts are all in, a small task (`execute.run`: retries, failure records) joins them
-into the shard's files and writes its marker. No Ray here: thresher/exec/embed.py runs the pipeline. The
+parts; when a shard's parts are all in, a small stage (`FinalizeStage` through `run_stage`: retries,
+failure records, the marker written by the executor) joins them into the shard's files. No Ray here: thresher/exec/embed.py runs the pipeline. The
 stage's entry and its other files: thresher/stages/features/features.py.
 """
 
@@ -23,6 +23,7 @@ import tarfile
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +34,7 @@ from thresher.core.errors import InputError, StageError
 from thresher.core.pool import Pool, completed, read_npy
 from thresher.exec import execute
 from thresher.exec.embed import Pipeline
+from thresher.exec.stage import Stage, run_stage
 from thresher.stages.features.base import MISSING
 
 
@@ -195,7 +197,7 @@ def _write_npy(array: np.ndarray, url: str) -> None:
 
 
 def finalize_shard(shard: int, scorer_dir: str, expected: int) -> dict:
-    """Join a shard's parts into its row-aligned parquet and npy files, then write its marker."""
+    """Join a shard's parts into its row-aligned parquet and npy files; returns its marker's stats."""
     part_dir = runtime.join(scorer_dir, "_parts", f"{shard:08d}")
     parts = sorted(p[: -len(".parquet")] for p in runtime.glob(runtime.join(part_dir, "*.parquet")))
     tables = [runtime.read_parquet(p + ".parquet") for p in parts]
@@ -211,10 +213,29 @@ def finalize_shard(shard: int, scorer_dir: str, expected: int) -> dict:
     _write_npy(txt[order], runtime.join(scorer_dir, f"{name}.txt.npy"))
     runtime.write_parquet(table, runtime.join(scorer_dir, f"{name}.parquet"))
     errors = sum(e is not None for e in table.column("error").to_pylist())
-    stats = {"shard": shard, "count": table.num_rows, "errors": errors, "dim": int(img.shape[1])}
-    runtime.write_json(runtime.join(scorer_dir, f"{name}_stats.json"), stats)
-    runtime.remove(part_dir, recursive=True)
-    return stats
+    return {"shard": shard, "count": table.num_rows, "errors": errors, "dim": int(img.shape[1])}
+
+
+@dataclass
+class FinalizeStage(Stage):
+    """A scored shard's parts joined into its files, as its parts are all in; the marker last."""
+
+    scorer_dir: str
+    expected: dict[int, int]  # rows each shard has
+
+    name: ClassVar[str] = "features:finalize"
+    unit: ClassVar[str] = "shards"
+    resources: ClassVar[execute.Resources] = execute.Resources(cpus=0.25)
+    timed: ClassVar[bool] = False
+
+    def process(self, shard: int) -> dict:
+        return finalize_shard(shard, self.scorer_dir, self.expected[shard])
+
+    def marker(self, shard: int) -> str:
+        return runtime.join(self.scorer_dir, f"{shard:08d}_stats.json")
+
+    def finish(self, shard: int) -> None:
+        runtime.remove(runtime.join(self.scorer_dir, "_parts", f"{shard:08d}"), recursive=True)
 
 
 @runtime.holds(
@@ -277,17 +298,9 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log, ex
 
     def finalize(shards: list[int]) -> None:
         """Through the execution layer (retries, failure records), as shards complete: a killed run keeps them."""
-        out = execute.run(
-            _finalize,
-            shards,
-            scorer_dir,
-            {s: expected[s] for s in shards},
-            label=f"features:{cfg.scorer_id} finalize",
-            resources=execute.Resources(cpus=0.25),
-            retries=1,
-            quiet=True,
-            executor=ex,
-            log=log,
+        stage = FinalizeStage(scorer_dir, {s: expected[s] for s in shards})
+        out = run_stage(
+            stage, shards, label=f"features:{cfg.scorer_id} finalize", retries=1, quiet=True, executor=ex, log=log
         )
         finished.update(shards)
         failed.update(out.failures)
@@ -325,10 +338,6 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log, ex
     for s, why in failed.items():
         log(f"[features:{cfg.scorer_id}] shard {s:08d} failed: {why}")
     return failed
-
-
-def _finalize(shard: int, scorer_dir: str, expected: dict[int, int]) -> dict:
-    return finalize_shard(shard, scorer_dir, expected[shard])
 
 
 def _check_scorer_manifest(scorer_dir: str, cfg: ScorerConfig) -> None:
