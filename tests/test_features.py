@@ -126,6 +126,45 @@ def test_rerun_redoes_only_unfinished_shards(featured_pool, tmp_path, ray_local)
     assert not (d / "_parts" / "00000001").exists()
 
 
+def test_a_batch_embedded_again_after_a_node_loss_is_joined_once(featured_pool, tmp_path):
+    """Ray re-runs a lost model actor's task (at least once): a batch whose part was written is embedded
+    again, or cut differently. The shard's files hold each row once, as an undisturbed run's do, and a
+    batch of a shard already joined leaves nothing behind."""
+    from thresher.core import models
+    from thresher.core.config import to_dict
+    from thresher.stages.features import clip
+
+    small = _small_pool(featured_pool, tmp_path, shards=(0,))
+    cfg = features.ScorerConfig()
+    pp = models.preprocess_config(cfg.model, cfg.pretrained)
+    expected = Pool(str(small)).successful_rows(0).num_rows
+    once, twice = str(tmp_path / "once"), str(tmp_path / "twice")
+    batches = list(clip._decode_shards({"shard": np.array([0])}, str(small), once, pp, cfg.model, 50))
+    embed = clip.ClipEmbedder(to_dict(cfg), once, pp, "cpu", 1)
+    for b in batches:
+        embed(b)
+    clip.finalize_shard(0, once, expected)
+    embed.dir = twice
+    for b in [batches[0], *batches, batches[1]]:  # the first two batches again, as a retried task does
+        embed(b)
+    assert len(list((tmp_path / "twice" / "_parts" / "00000000").glob("*.parquet"))) == len(batches)
+    clip.finalize_shard(0, twice, expected)
+    for f in ("00000000.parquet", "00000000.img.npy", "00000000.txt.npy"):
+        assert (tmp_path / "twice" / f).read_bytes() == (tmp_path / "once" / f).read_bytes(), f
+    embed(batches[0])  # a retried batch of the joined shard: no part is left over
+    assert not (tmp_path / "twice" / "_parts" / "00000000").exists()
+    # a retried task whose rows were batched differently: parts overlap, each row is kept once
+    recut = str(tmp_path / "recut")
+    embed.dir = recut
+    both = {c: np.concatenate([batches[0][c], batches[1][c]]) for c in batches[0]}
+    for b in [*batches, {c: v[25:75] for c, v in both.items()}]:
+        embed(b)
+    clip.finalize_shard(0, recut, expected)
+    a, b = pq.read_table(tmp_path / "once" / "00000000.parquet"), pq.read_table(tmp_path / "recut" / "00000000.parquet")
+    assert b.column("uid").to_pylist() == a.column("uid").to_pylist()
+    np.testing.assert_allclose(b.column("clip_score").to_numpy(), a.column("clip_score").to_numpy(), atol=1e-3)
+
+
 @pytest.mark.parametrize("where", ["cpu", "actor"])
 def test_corrupt_image_and_unreadable_shard_are_recorded(featured_pool, tmp_path, ray_local, where):
     small = _small_pool(featured_pool, tmp_path, shards=(0, 1, 2))
