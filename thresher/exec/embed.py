@@ -6,7 +6,9 @@ layer's stall watchdog and progress.
 - Ray (`RayExecutor.stream`): a Ray Data pipeline. Producer tasks (one item each, `decode_cpus` and
   `decode_memory_mb` reserved) feed an actor pool of `actors` consumers (`actor_cpus`, `actor_gpus` each),
   re-batched to `batch_size` rows. On a cluster too small for the actors and one producer, they share the
-  CPUs there are.
+  CPUs there are. A lost node's producer tasks and actor tasks are run again (Ray Data restarts a lost
+  actor and retries its tasks by default), so a batch can reach the consumer twice: a consumer that writes
+  must take the same batch twice harmlessly (thresher/stages/features/clip.py's parts).
 - Local (`LocalExecutor.stream`): producer and consumer in this process, one consumer built once; no Ray.
 """
 
@@ -70,7 +72,7 @@ def ray_stream(items: list[dict], p: Pipeline) -> Iterator[dict]:
         num_gpus=p.actor_gpus,
         num_cpus=actor_cpus,
         fn_constructor_kwargs=p.consumer_kwargs(actor_cpus),
-    )
+    )  # a lost actor is restarted and its tasks re-run: Ray Data's defaults (max_restarts, max_task_retries -1)
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 
 
