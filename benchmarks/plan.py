@@ -35,16 +35,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_job(job: str, out: Path) -> dict:
+def run_job(job: str, out: Path, port: int | None = None) -> dict:
     """Run the job unless `out` holds its finished run; the job's variables."""
     thresher = str(Path(sys.executable).with_name("thresher"))
     if job == "demo":
         record = out / "demo.json"
-        port = json.loads(record.read_text())["port"] if record.exists() else free_port()
+        port = json.loads(record.read_text())["port"] if record.exists() else port or free_port()
         subprocess.run([thresher, "demo", "--out", str(out), "--port", str(port)], check=True)
         return json.loads(record.read_text())
     synth = out / "source" / "synth.json"  # a kept directory resumes: the same port, so the same steps
-    port = json.loads(synth.read_text())["config"]["port"] if synth.exists() else free_port()
+    port = json.loads(synth.read_text())["config"]["port"] if synth.exists() else port or free_port()
     subprocess.run([thresher, "run", job, "--out", str(out), "--var", f"port={port}"], check=True)
     return {"port": port}
 
@@ -61,7 +61,16 @@ def compare(job_name: str, out: Path, variables: dict) -> list[dict]:
         measured = json.loads(record.read_text())["seconds"]
         planned = e.wall_s(p["cluster"])
         ok = abs(planned - measured) <= max(RELATIVE * measured, ABSOLUTE_S)
-        rows.append({"step": e.step, "command": e.command, "what": e.what, "planned": planned, "measured": measured, "within": ok})
+        rows.append(
+            {
+                "step": e.step,
+                "command": e.command,
+                "what": e.what,
+                "planned": planned,
+                "measured": measured,
+                "within": ok,
+            }
+        )
     return rows
 
 
@@ -69,11 +78,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--job", choices=["demo", "ab_test"], required=True)
     ap.add_argument("--dir", default=None, help="job directory to use and keep (a finished one is only read)")
+    ap.add_argument("--port", type=int, default=None, help="the pool's HTTP port (it is in every URL, so in the uids)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.dir).resolve() if args.dir else Path(tmp) / "job"
         t0 = time.perf_counter()
-        variables = run_job(args.job, out)
+        variables = run_job(args.job, out, args.port)
         wall = time.perf_counter() - t0
         rows = compare(args.job, out, variables)
     load = os.getloadavg()[0]
