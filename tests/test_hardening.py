@@ -82,7 +82,9 @@ def test_a_second_local_cluster_does_not_capture_commands(ray_tmp):
             "--include-dashboard=false",
             "--block",
         ],
-        env=env,
+        # stopped below by SIGTERM to its whole process group: Ray's GCS goes too, so the head's drain-on-SIGTERM
+        # (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S, 30 s by default) only waited for a GCS that was gone
+        env={**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
