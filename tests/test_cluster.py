@@ -8,9 +8,10 @@ the environment, as a real cluster's would from its nodes' configuration.
 
 `jobs/build_subset.yaml` (the pool job's steps, then filter, subset, verify and report) runs three
 times on a 1,500-sample synthetic pool in 10 download shards: locally, on the cluster while worker nodes
-are removed mid-stage (download, base features, subset, each every run), and on the cluster with the pool and subset on
-s3://. The three give the same decisions, the same subset (uids and shard bytes) and, with nodes lost,
-every input row once and no partial file. After the node-loss run, dedup over partitions (Ray tasks)
+are removed mid-stage (download, base features, clip_tiny's CLIP scoring, subset, each every run), and on the
+cluster with the pool and subset on s3://. The three give the same decisions, the same CLIP scores and
+embeddings (bit for bit), the same subset (uids and shard bytes) and, with nodes lost, every input row once
+and no partial file. After the node-loss run, dedup over partitions (Ray tasks)
 loses a node too and gives the local run's in-process verdicts.
 """
 
@@ -23,6 +24,8 @@ import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from conftest import free_port
@@ -30,6 +33,7 @@ from conftest import free_port
 from thresher.core import runtime
 from thresher.core.pool import Pool
 from thresher.stages.dedup import dedup
+from thresher.stages.features.features import read_scorer
 from thresher.stages.filter import filter as filtering
 from thresher.stages.subset import subset
 
@@ -138,18 +142,21 @@ def local_run(tmp_path_factory, job_port, download_config):
 
 class NodeKiller:
     """Removes a worker node, and adds a fresh one so the job keeps two, when a stage is part-way (some
-    but not all of its completion markers are there, or a condition of its own holds). Records which
-    stages lost a node."""
+    but not all of its completion markers are there, or a condition of its own holds); the stages named in
+    `every_node` lose all the worker nodes at once (a model actor's among them, wherever it runs). Records
+    which stages lost nodes."""
 
-    def __init__(self, cluster, stages: dict):
-        self.cluster, self.stages, self.hit = cluster, stages, []
+    def __init__(self, cluster, stages: dict, every_node: tuple = ()):
+        self.cluster, self.stages, self.every_node, self.hit = cluster, stages, every_node, []
 
     def __call__(self):
         for name, when in self.stages.items():
             part_way = when() if callable(when) else 0 < len(runtime.glob(when[0])) < when[1]
             if name not in self.hit and part_way:
-                self.cluster.remove_node(next(iter(self.cluster.worker_nodes)), allow_graceful=False)
-                self.cluster.add_node(num_cpus=1, object_store_memory=300 * 2**20)
+                nodes = list(self.cluster.worker_nodes)
+                for node in nodes if name in self.every_node else nodes[:1]:
+                    self.cluster.remove_node(node, allow_graceful=False)
+                    self.cluster.add_node(num_cpus=1, object_store_memory=300 * 2**20)
                 self.hit.append(name)
 
 
@@ -164,8 +171,29 @@ def _subset(path: str) -> tuple[set, list]:
     return uids, [(s["name"], s["samples"], s["sha256"]) for s in m["shards"]]
 
 
+def _scores(pool: str, scorer: str) -> tuple:
+    """A scorer's table and embeddings in uid order."""
+    t, img, txt = read_scorer(pool, scorer, with_embeddings=True)
+    order = np.argsort(np.array(t.column("uid").to_pylist()))
+    t = t.take(pa.array(order))
+    score = t.column("clip_score").to_numpy(zero_copy_only=False)
+    return t.drop_columns(["clip_score"]).to_pylist(), score, img[order], txt[order]
+
+
+def _same_scores(pool: str, local_pool: str) -> None:
+    """Both CLIP scorers' rows, scores and embeddings, bit for bit: the tiny model's CPU outputs did not
+    depend on how rows are batched (37 or 256 a batch) or on torch's threads (1 or 2) when measured, so a
+    batch re-run after a node loss, and batched differently, gives the same bits."""
+    for scorer in ("clip_tiny", "dfn"):
+        (rows, score, img, txt), (rows0, score0, img0, txt0) = _scores(pool, scorer), _scores(local_pool, scorer)
+        assert rows == rows0, scorer
+        assert np.array_equal(score, score0, equal_nan=True), scorer
+        assert np.array_equal(img, img0) and np.array_equal(txt, txt0), scorer
+
+
 def _same_outputs(local: Path, pool: str, sub: str) -> None:
     assert _decisions(pool) == _decisions(str(local / "pool"))
+    _same_scores(pool, str(local / "pool"))
     assert _subset(sub) == _subset(str(local / "subset"))
     a, b = Pool(pool).read_metadata(), Pool(str(local / "pool")).read_metadata()
     cols = ["uid", "status", "failure", "sha256", "md5", "width", "height"]
@@ -182,18 +210,27 @@ def test_build_subset_on_a_cluster_that_loses_nodes_matches_a_local_run(
         {
             "download": (str(pool / "shards" / "*_stats.json"), ROWS // PER_SHARD),
             "features": (str(pool / "features" / "base" / "*_stats.json"), ROWS // PER_SHARD),
+            # once the model actor has written a part (a task part-way: its batches' parts are written as
+            # they are embedded) and before every shard is joined: the actor and the producers are lost
+            "clip_tiny": lambda: (
+                bool(runtime.glob(str(pool / "features" / "clip_tiny" / "_parts" / "*" / "*.parquet")))
+                and len(runtime.glob(str(pool / "features" / "clip_tiny" / "*_stats.json"))) < ROWS // PER_SHARD
+            ),
             # once its index pass has begun (its 10 index files can all land between two polls)
             "subset": lambda: (
                 (out / "subset" / "_work" / "index").is_dir() and not (out / "subset" / "manifest.json").exists()
             ),
         },
+        every_node=("clip_tiny",),
     )
     run_job(out, job_port, download_config, address=cluster.address, watch=killer)
-    assert {"download", "features", "subset"} <= set(killer.hit), killer.hit  # nodes went while those ran
+    # nodes went while those ran
+    assert {"download", "features", "clip_tiny", "subset"} <= set(killer.hit), killer.hit
     # every input row once, no temporary or partial file left, every tar whole
     meta = Pool(str(pool)).read_metadata()
     assert meta.num_rows == ROWS and len(set(meta.column("uid").to_pylist())) == ROWS
     assert not list((pool / "_work").glob("tmp/*")) and not list(out.rglob("*.tmp"))
+    assert not list((pool / "features").glob("*/_parts/*"))  # every shard's parts joined, none left over
     for tar in sorted((pool / "shards").glob("*.tar")):
         with tarfile.open(tar) as t:
             assert len(t.getmembers()) > 0

@@ -14,6 +14,8 @@ import pytest
 from thresher.algo.hashes import hamming_hex
 from thresher.core.errors import StageError
 from thresher.core.pool import Pool
+from thresher.exec import execute
+from thresher.exec.stage import run_stage
 from thresher.stages.features import features
 
 
@@ -124,6 +126,50 @@ def test_rerun_redoes_only_unfinished_shards(featured_pool, tmp_path, ray_local)
     redone = pq.read_table(d / "00000001.parquet")
     assert redone.column("uid").to_pylist() == reference.column("uid").to_pylist()  # no loss, no duplicates
     assert not (d / "_parts" / "00000001").exists()
+
+
+def test_a_batch_embedded_again_after_a_node_loss_is_joined_once(featured_pool, tmp_path):
+    """Ray re-runs a lost model actor's task (at least once): a batch whose part was written is embedded
+    again, or cut differently. The shard's files hold each row once, as an undisturbed run's do, and a
+    batch of a shard already joined leaves nothing behind."""
+    from thresher.core import models
+    from thresher.core.config import to_dict
+    from thresher.stages.features import clip
+
+    small = _small_pool(featured_pool, tmp_path, shards=(0,))
+    cfg = features.ScorerConfig()
+    pp = models.preprocess_config(cfg.model, cfg.pretrained)
+    expected = Pool(str(small)).successful_rows(0).num_rows
+    once, twice = str(tmp_path / "once"), str(tmp_path / "twice")
+    batches = list(clip._decode_shards({"shard": np.array([0])}, str(small), once, pp, cfg.model, 50))
+    embed = clip.ClipEmbedder(to_dict(cfg), once, pp, "cpu", 1)
+    for b in batches:
+        embed(b)
+
+    def join(scorer_dir: str) -> None:  # as scoring does: the executor writes the marker, then cleans up
+        stage = clip.FinalizeStage(scorer_dir, {0: expected}, 0)
+        run_stage(stage, [0], executor=execute.LocalExecutor(), log=lambda *_: None).raise_if_failed("join")
+
+    join(once)
+    embed.dir = twice
+    for b in [batches[0], *batches, batches[1]]:  # the first two batches again, as a retried task does
+        embed(b)
+    assert len(list((tmp_path / "twice" / "_parts" / "00000000").glob("*.parquet"))) == len(batches)
+    join(twice)
+    for f in ("00000000.parquet", "00000000.img.npy", "00000000.txt.npy"):
+        assert (tmp_path / "twice" / f).read_bytes() == (tmp_path / "once" / f).read_bytes(), f
+    embed(batches[0])  # a retried batch of the joined shard: no part is left over
+    assert not (tmp_path / "twice" / "_parts" / "00000000").exists()
+    # a retried task whose rows were batched differently: parts overlap, each row is kept once
+    recut = str(tmp_path / "recut")
+    embed.dir = recut
+    both = {c: np.concatenate([batches[0][c], batches[1][c]]) for c in batches[0]}
+    for b in [*batches, {c: v[25:75] for c, v in both.items()}]:
+        embed(b)
+    join(recut)
+    a, b = pq.read_table(tmp_path / "once" / "00000000.parquet"), pq.read_table(tmp_path / "recut" / "00000000.parquet")
+    assert b.column("uid").to_pylist() == a.column("uid").to_pylist()
+    np.testing.assert_allclose(b.column("clip_score").to_numpy(), a.column("clip_score").to_numpy(), atol=1e-3)
 
 
 @pytest.mark.parametrize("where", ["cpu", "actor"])
@@ -307,3 +353,16 @@ def test_decoding_tasks_resize_and_crop_as_open_clip_does_without_torch(featured
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_shard_with_no_successful_row_is_joined_into_empty_files(tmp_path):
+    """Every URL of a shard failed: no batch reaches the model, so the join has no part; it wrote nothing
+    and failed on an empty concatenation before (pa.concat_tables([]))."""
+    from thresher.stages.features import clip
+
+    stats = clip.finalize_shard(3, str(tmp_path), 0, dim=8)
+    assert stats == {"shard": 3, "count": 0, "errors": 0, "dim": 8}
+    assert pq.read_table(tmp_path / "00000003.parquet").num_rows == 0
+    assert np.load(tmp_path / "00000003.img.npy").shape == (0, 8)
+    with pytest.raises(StageError, match="0 rows embedded, 2 expected"):
+        clip.finalize_shard(4, str(tmp_path), 2, dim=8)

@@ -56,8 +56,8 @@ class Recording(execute.LocalExecutor):
         super().__init__()
         self.sizes: list[tuple[str, int]] = []
 
-    def start(self, fn, args, res):
-        handle = super().start(fn, args, res)
+    def start(self, fn, args, res, name=None):
+        handle = super().start(fn, args, res, name)
         handle.fn = fn.__name__
         return handle
 

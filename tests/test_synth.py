@@ -20,7 +20,8 @@ def _served(synth_dir, url):
 
 
 def test_deterministic_whatever_the_worker_count(tmp_path):
-    cfg = dict(samples=400, seed=7, eval_classification=30, eval_retrieval=20)
+    # a small trusted set: the default 2,000 images were most of each run's time
+    cfg = dict(samples=400, seed=7, eval_classification=30, eval_retrieval=20, trusted=40)
     synth.generate(tmp_path / "a", synth.SynthConfig(workers=1, **cfg), log=lambda *_: None)
     synth.generate(tmp_path / "b", synth.SynthConfig(workers=2, **cfg), log=lambda *_: None)
     for name in (
@@ -28,6 +29,7 @@ def test_deterministic_whatever_the_worker_count(tmp_path):
         "ground_truth.parquet",
         "eval/shapes_kind/test/0.tar",
         "eval/shapes_retrieval/test/0.tar",
+        "trusted/00000.tar",
         "blocklists/image_pdq.txt",
         "www/_behaviors.json",
     ):
@@ -44,12 +46,12 @@ def test_deterministic_whatever_the_worker_count(tmp_path):
 def test_rerun_reuses_and_other_config_is_refused(tmp_path):
     from thresher.core.errors import InputError
 
-    cfg = synth.SynthConfig(samples=50, eval_classification=10, eval_retrieval=10)
+    cfg = synth.SynthConfig(samples=50, eval_classification=10, eval_retrieval=10, trusted=10)
     synth.generate(tmp_path, cfg, log=lambda *_: None)
     stamp = (tmp_path / "urls.parquet").stat().st_mtime_ns
     synth.generate(
         tmp_path,
-        synth.SynthConfig(samples=50, eval_classification=10, eval_retrieval=10, workers=1),
+        synth.SynthConfig(samples=50, eval_classification=10, eval_retrieval=10, trusted=10, workers=1),
         log=lambda *_: None,
     )
     assert (tmp_path / "urls.parquet").stat().st_mtime_ns == stamp

@@ -9,8 +9,10 @@ layer's stall watchdog and progress.
   actors (`actor_cpus`, `actor_gpus` each), the actor with the fewest calls in hand first, and takes no
   more from the producers while every actor has two; a producer that gets ahead pauses. A call holds
   nothing after it returns, so an actor lost with its node is started again and its calls re-sent with
-  the same batches (Ray rebuilds a lost batch by re-running its producer): no row is lost or doubled. On
-  a cluster too small for the actors and one producer, they share the CPUs there are.
+  the same batches (Ray rebuilds a lost batch by re-running its producer): no row is lost, and none is
+  returned twice, but a call can run twice, so a consumer that writes must take the same batch twice
+  harmlessly (thresher/stages/features/clip.py's parts, named by their rows' keys). On a cluster too
+  small for the actors and one producer, they share the CPUs there are.
 - Local (`LocalExecutor.stream`): producer and consumer in this process, one consumer built once; no Ray.
 
 The caller takes the outputs as they come: while it holds on to one, producers that got ahead pause, so a

@@ -11,9 +11,9 @@ the choice of executor. datatrove's split is the model: the same steps, run by d
 
 Select one with `using(executor)` (tests) or `THRESHER_EXECUTOR=local`; stages call `start()` (once, to
 connect) and then `run` (per-shard stages: finished items are kept, failures returned), `map`
-(fan-outs whose every result is needed: any failure raises) or `embed` (a model pipeline). Completion markers stay with the stages
-(`{shard:08d}_stats.json`, read by `pool.Pool.completed`), because only a stage knows when its output
-is whole.
+(fan-outs whose every result is needed: any failure raises) or `embed` (a model pipeline). Stages with
+persistent per-item work are objects run by `stage.run_stage` (thresher/exec/stage.py), which writes their
+completion markers and per-item stats and skips what an earlier run finished.
 
 Model pipelines (CPU producers feeding model actors: CLIP scoring) run through `embed`, on either executor
 (thresher/exec/embed.py: Ray Data's actor pool on Ray, one in-process consumer locally). Ray is imported
@@ -107,12 +107,14 @@ class RayExecutor:
     def gpus(self) -> int:
         return int(self._ray.cluster_resources().get("GPU", 0))
 
-    def start(self, fn, args: tuple, res: Resources):
-        key = (fn, res)
+    def start(self, fn, args: tuple, res: Resources, name: str | None = None):
+        key = (fn, res, name)
         if key not in self._remotes:
             opts = dict(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=0)  # retries are ours (run)
             if res.memory_mb:
                 opts["memory"] = res.memory_mb * 2**20
+            if name:  # the task's name in Ray's dashboard and its worker's process title (ray::NAME)
+                opts["name"] = name
             self._remotes[key] = self._ray.remote(fn).options(**opts)
         return self._remotes[key].remote(*args)
 
@@ -176,7 +178,7 @@ class LocalExecutor:
         except Exception:  # noqa: BLE001 - no torch, no GPU
             return 0
 
-    def start(self, fn, args: tuple, res: Resources):
+    def start(self, fn, args: tuple, res: Resources, name: str | None = None):
         if self.workers == 1:
             return _Done(fn, args)
         if self._pool is None:
@@ -388,6 +390,7 @@ def run(
     keep_results: bool = True,
     quiet: bool = False,
     executor=None,
+    task_name: str | None = None,
     log=print,
 ) -> Outcome:
     """Run `fn(item, *args)` for every item; return an Outcome (nothing raises for a failed item).
@@ -429,7 +432,7 @@ def run(
             while pending and len(inflight) < cap:
                 i = pending.pop(0)
                 attempts[i] += 1
-                h = _start(ex, fn, items[i], args, resources, stall)
+                h = _start(ex, fn, items[i], args, resources, stall, task_name)
                 inflight[_key(h)] = (h, i, time.monotonic())
             for h in ex.wait([h for h, _, _ in inflight.values()], timeout=1.0):
                 _, i, _ = inflight.pop(_key(h))
@@ -542,7 +545,7 @@ class _NoRetry(Exception):
         self.err = err
 
 
-def _start(ex, fn, item, args, res, stall):
+def _start(ex, fn, item, args, res, stall, name=None):
     """Start one item; an inline one runs now, under the watchdog (it can only interrupt the main thread)."""
     import threading
 
@@ -557,8 +560,8 @@ def _start(ex, fn, item, args, res, stall):
         with watchdog(
             lambda: None, stall, f"{getattr(fn, '__name__', 'task')}({_name(item)})", poll_s=min(5.0, stall / 4)
         ):
-            return ex.start(fn, (item, *args), res)
-    return ex.start(fn, (item, *args), res)
+            return ex.start(fn, (item, *args), res, name)
+    return ex.start(fn, (item, *args), res, name)
 
 
 def _key(handle):

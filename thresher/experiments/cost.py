@@ -37,18 +37,38 @@ def plan_grid(args, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
                 * (sc.samples_seen * scale / rate(t, key) + sc.checkpoints * rate(t, "train.gpu_eval_seconds"))
             )
         else:
-            key = f"train.cpu_{sc.model}" if f"train.cpu_{sc.model}" in t else "train.cpu_thresher-tiny"
-            scale = 1.0 if key == f"train.cpu_{sc.model}" else gflops(sc.model) / gflops("thresher-tiny")
-            e.cpu_s += share * len(subsets) * sc.samples_seen * scale / rate(t, key) * 2  # per 2-core run
+            key, scale = _cpu_key(sc.model, t)
+            per_run = sc.samples_seen * scale / rate(t, key)
+            if "grid.cpu_eval_seconds" in t:  # evaluating each checkpoint, and the run's start
+                per_run += sc.checkpoints * rate(t, "grid.cpu_eval_seconds")
+                if "grid.cpu_eval_seconds" not in e.inputs:
+                    e.inputs.append("grid.cpu_eval_seconds")
+            e.cpu_s += share * len(subsets) * per_run * 2  # the rates are per 2-core run
         if with_ratio(key, scale) not in e.inputs:
             e.inputs.append(with_ratio(key, scale))
         e.disk_bytes += share * len(subsets) * sc.checkpoints * param_count(sc.model) * 4 * 3  # weights + Adam moments
     return e
 
 
+def _cpu_key(model: str, t: dict) -> tuple[str, float]:
+    """A grid run's CPU rate: measured in a grid for the model (grid.cpu_*: runs in one process, shards
+    resized), else the model's whole-command rate, else thresher-tiny's scaled by forward GFLOPs."""
+    for key in (f"grid.cpu_{model}", f"train.cpu_{model}"):
+        if key in t:
+            return key, 1.0
+    base = "grid.cpu_thresher-tiny" if "grid.cpu_thresher-tiny" in t else "train.cpu_thresher-tiny"
+    return base, gflops(model) / gflops("thresher-tiny")
+
+
 def plan_fits(args, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:
-    """fit and compare: seconds on one core, whatever the cluster (not measured: a fixed 10 s)."""
-    return Estimate(what=f"scaling-law fits with {args.options.bootstrap} bootstraps", cpu_s=10.0)
+    """fit and compare: seconds in one process (the fits are small: the job's measured figure)."""
+    key = "fit.compare_seconds"
+    return Estimate(
+        what=f"scaling-law fits with {args.options.bootstrap} bootstraps",
+        inputs=[key],
+        cpu_s=rate(t, key),
+        cores=1,
+    )
 
 
 def plan_train(args, sizes: Sizes, t: dict, cluster: Cluster) -> Estimate:

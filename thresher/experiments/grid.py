@@ -1,7 +1,7 @@
 """`thresher grid --subset A --subset B --scale S1 --scale S2 ... --eval-set E ... --out GRID`.
 
 Every (subset, scale, seed) is one run of the scale's fixed recipe (thresher/experiments/train.py) followed by
-zero-shot evaluation of its checkpoints (thresher/experiments/evaluate.py), as one Ray task: one GPU per task
+zero-shot evaluation of its checkpoints (thresher/experiments/evaluate.py), as one task (`RunStage`): one GPU per task
 where the cluster has GPUs, else `cpus_per_run` CPUs. Seeds are replicates: a scale file's `seeds:`
 trains each scale once per seed, and several draws of one recipe (`thresher subset --draws K`) are
 replicates of the subset; `--replicates paired` trains draw k with the k-th seed only (each replicate its
@@ -25,32 +25,58 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
+from typing import ClassVar
 
 from thresher.core import runtime
 from thresher.core.config import check_name, to_dict
 from thresher.core.errors import InputError, StageError
 from thresher.exec import execute
+from thresher.exec.stage import Stage, run_stage
 from thresher.experiments import train
 from thresher.experiments.evaluate import evaluate_run
 from thresher.stages.subset import subset as subsets
 
 
-def _run(job: tuple[str, dict, str], eval_sets: list[str], threads: int | None, cache: str) -> dict:
-    """Train and evaluate one (subset, scale, run directory)."""
-    import torch
+@dataclass
+class RunStage(Stage):
+    """One (subset, scale, run directory) trained, then its checkpoints evaluated. A run's completion is
+    its own files, not an executor's marker: train_manifest.json, and eval.json covering every asked
+    evaluation set (a set added later re-evaluates finished runs, without retraining)."""
 
-    subset_dir, scale, run_dir = job
-    if threads:
-        torch.set_num_threads(threads)
-    sc = train.Scale(**scale)
-    manifest = train.train_scale(subset_dir, sc, run_dir, log=lambda *_: None, cache=cache)
-    evals = evaluate_run(run_dir, eval_sets, log=lambda *_: None)
-    return {
-        "run": run_dir,
-        "seconds": manifest["seconds"],
-        "samples_seen": manifest["samples_seen"],
-        "checkpoints": len(evals["checkpoints"]),
-    }
+    eval_sets: list[str]
+    threads: int | None
+    cache: str
+    gpus: int
+
+    name: ClassVar[str] = "grid"
+    unit: ClassVar[str] = "runs"
+    timed: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        self.resources = execute.Resources(cpus=1, gpus=1) if self.gpus else execute.Resources(cpus=self.threads)
+
+    def done(self, job: tuple[str, dict, str]) -> bool:
+        run_dir = job[2]
+        ev = os.path.join(run_dir, "eval.json")
+        manifest = os.path.join(run_dir, "train_manifest.json")
+        return os.path.exists(manifest) and os.path.exists(ev) and _covers(ev, self.eval_sets)
+
+    def process(self, job: tuple[str, dict, str]) -> dict:
+        import torch
+
+        subset_dir, scale, run_dir = job
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        sc = train.Scale(**scale)
+        manifest = train.train_scale(subset_dir, sc, run_dir, log=lambda *_: None, cache=self.cache)
+        evals = evaluate_run(run_dir, self.eval_sets, log=lambda *_: None)
+        return {
+            "run": run_dir,
+            "seconds": manifest["seconds"],
+            "samples_seen": manifest["samples_seen"],
+            "checkpoints": len(evals["checkpoints"]),
+        }
 
 
 def rows_for(run_dir: str, subset_dir: str, recipe: str, draw: int = 0, size: int | None = None) -> list[dict]:
@@ -134,20 +160,22 @@ def run_grid(
     ex = execute.start(ray_address)
     gpus = ex.gpus()
     cpus = cpus_per_run or ex.cpus()
+    stage = RunStage(
+        [os.path.abspath(e) for e in eval_sets],
+        1 if gpus else cpus,
+        os.path.abspath(os.path.join(out, "_shards")),
+        gpus,
+    )
     jobs, done = [], []
     for d, sc in pairs:
         # a recipe drawn at several sizes names the size too (one size keeps the earlier names, so grids resume)
         size = f"n{sizes[d]}-" if recipes[d] in several else ""
         run_dir = os.path.join(out, "runs", recipes[d], sc.name, f"{size}d{draws[d]}-s{sc.seed}")
-        ev = os.path.join(run_dir, "eval.json")
-        if (
-            os.path.exists(os.path.join(run_dir, "train_manifest.json"))
-            and os.path.exists(ev)
-            and _covers(ev, eval_sets)
-        ):
+        job = (d, to_dict(sc), run_dir)
+        if stage.done(job):
             done.append((d, run_dir))
-            continue
-        jobs.append((d, to_dict(sc), run_dir))
+        else:
+            jobs.append(job)
     log(
         f"[grid] {len(done) + len(jobs)} runs ({len(subset_dirs)} subsets x {len({s.name for s in scales})} "
         f"scales x {len({s.seed for s in scales})} seed(s), {replicates}); {len(done)} done already, "
@@ -163,20 +191,7 @@ def run_grid(
 
     # no stall limit here: each training run has its own watchdog (train.train_scale); a failed run is
     # reported and the others go on
-    outcome = execute.run(
-        _run,
-        jobs,
-        [os.path.abspath(e) for e in eval_sets],
-        1 if gpus else cpus,
-        os.path.abspath(os.path.join(out, "_shards")),
-        label="grid",
-        unit="runs",
-        stall_s=None,
-        resources=execute.Resources(cpus=1, gpus=1) if gpus else execute.Resources(cpus=cpus),
-        on_result=finished,
-        quiet=True,
-        log=log,
-    )
+    outcome = run_stage(stage, jobs, stall_s=None, on_result=finished, quiet=True, log=log)
     failed = {job[2]: why for job, why in ((outcome.items[i], w) for i, w in outcome.failed.items())}
     for run_dir, why in failed.items():
         log(f"[grid] {run_dir} failed: {why}")

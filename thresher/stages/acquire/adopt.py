@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import tarfile
-import time
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,7 @@ from thresher.core import runtime, schema
 from thresher.core.errors import InputError
 from thresher.core.pool import IMAGE_EXTS, HashingReader, Pool, member_key, shard_name
 from thresher.exec import execute
+from thresher.exec.stage import Stage, run_stage
 from thresher.stages.acquire import ingest
 from thresher.stages.acquire.download import classify
 from thresher.stages.acquire.importing import (
@@ -129,10 +131,29 @@ def _i2d_stats(path: str) -> dict:
     return stats
 
 
+@dataclass
+class AdoptStage(Stage):
+    """One img2dataset shard adopted: the pool's metadata from its Parquet and its tar's headers; item `i`
+    is input shard i, pool shard numbers[i] (img2dataset's number)."""
+
+    pool: str
+    numbers: list[int]
+    directory: str
+    width: int
+
+    name: ClassVar[str] = "import-pool"
+    unit: ClassVar[str] = "shards"
+
+    def process(self, index: int) -> dict:
+        return _adopt_shard(index, self.pool, self.numbers, self.directory, self.width)
+
+    def marker(self, index: int) -> str:
+        return Pool(self.pool).shard_stats(self.numbers[index])
+
+
 def _adopt_shard(index: int, pool: str, numbers: list[int], directory: str, width: int) -> dict:
     """Pool shard numbers[index] (img2dataset's number) from img2dataset's Parquet (via ingest's checked
-    copy, input shard `index`) and its tar's headers."""
-    started = time.time()
+    copy, input shard `index`) and its tar's headers; returns the stats of its marker."""
     shard = numbers[index]
     tar = runtime.join(directory, f"{shard:0{width}d}.tar")
     stats_path = runtime.join(directory, f"{shard:0{width}d}_stats.json")
@@ -156,9 +177,7 @@ def _adopt_shard(index: int, pool: str, numbers: list[int], directory: str, widt
     runtime.makedirs(Pool(pool).shards_dir)
     runtime.write_parquet(table, Pool(pool).metadata(shard))
     # the tar stays in the user's folder: its fingerprint, which every later reader checks (Pool.check_tar)
-    more = dict(img2dataset=i2d, tar=tar, tar_sha256=tar_sha, tar_bytes=tar_bytes)
-    runtime.write_json(Pool(pool).shard_stats(shard), _shard_stats(shard, table, started, **more))
-    return {"count": 1}
+    return _shard_stats(shard, table, img2dataset=i2d, tar=tar, tar_sha256=tar_sha, tar_bytes=tar_bytes)
 
 
 @runtime.holds(lambda directory, pool, *a, **k: Pool(pool).work(), "this pool's import")
@@ -194,19 +213,8 @@ def import_pool(directory: str, pool: str, uid_col: str = "uid", ray_address: st
         ray_address=ray_address,
         log=log,
     )
-    todo = [i for i, n in enumerate(numbers) if not runtime.exists(Pool(pool).shard_stats(n))]
-    outcome = execute.run(
-        _adopt_shard,
-        todo,
-        pool,
-        numbers,
-        directory,
-        width,
-        label="import-pool",
-        unit="shards",
-        retries=2,
-        log=log,
-    )
+    stage = AdoptStage(pool, numbers, directory, width)
+    outcome = run_stage(stage, range(len(numbers)), retries=2, log=log)
     failed = _failures(outcome)
     config = {"uid_col": use_uid, "hashes": hashes}
     source = {"kind": "img2dataset", "images": True, "directory": directory}

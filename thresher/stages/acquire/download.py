@@ -23,10 +23,10 @@ from __future__ import annotations
 import math
 import os
 import re
-import time
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,6 +36,7 @@ from thresher.core.config import config_hash, from_dict, opt, to_dict
 from thresher.core.errors import InputError, StageError
 from thresher.core.pool import Pool
 from thresher.exec import execute
+from thresher.exec.stage import Stage, run_stage
 from thresher.stages.acquire import ingest
 
 # Normalised failure reasons in the `failure` column (null on success).
@@ -276,7 +277,6 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
     tmp = runtime.join(work, "tmp", name)
     runtime.remove(tmp, recursive=True)
     runtime.makedirs(tmp)
-    started = time.time()
 
     table = ingest.read_shard_input(runtime.join(work, "inputs", f"{name}.arrow"))
     refused = (
@@ -343,16 +343,13 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
         "status": dict(statuses),
         "failures": dict(failures),
         "img2dataset": i2d_stats,
-        "start_time": started,
-        "end_time": time.time(),
     }
     shards_dir = Pool(pool).shards_dir
     runtime.makedirs(shards_dir)
     runtime.move(runtime.join(tmp, f"{name}.tar"), runtime.join(shards_dir, f"{name}.tar"))
     runtime.move(runtime.join(tmp, "meta.parquet"), runtime.join(shards_dir, f"{name}.parquet"))
-    runtime.write_json(runtime.join(shards_dir, f"{name}_stats.json"), stats)  # the completion marker: last
     runtime.remove(tmp, recursive=True)
-    return stats
+    return stats  # the executor writes them as the shard's completion marker (DownloadStage.marker)
 
 
 def _pool_metadata(
@@ -493,23 +490,39 @@ def run(urls: str, pool: str, cfg: DownloadConfig, ray_address: str | None = Non
     return manifest
 
 
+@dataclass
+class DownloadStage(Stage):
+    """A shard of the URL list into POOL/shards: its tar, its metadata, then its marker (`_stats.json`)."""
+
+    pool: str
+    cfg: dict
+    rows: list[int]  # rows of each input shard
+
+    name: ClassVar[str] = "download"
+    unit: ClassVar[str] = "samples"
+
+    def process(self, shard: int) -> dict:
+        return download_shard(shard, self.pool, self.cfg)
+
+    def marker(self, shard: int) -> str:
+        return Pool(self.pool).shard_stats(shard)
+
+    def weight(self, shard: int) -> int:
+        return self.rows[shard]
+
+    def deadline_s(self, shard: int) -> float:
+        return from_dict(DownloadConfig, self.cfg).deadline(self.rows[shard])
+
+    def describe(self, stats: dict) -> str:
+        return f"last shard {sum(stats['failures'].values())} failed"
+
+
 def _run_shards(pool: str, cfg: DownloadConfig, todo: list[int], state: dict, ray_address, log) -> dict[int, str]:
     ex = execute.start(ray_address)
-    rows_of = _shard_rows(state)
-    return execute.run(
-        download_shard,
-        todo,
-        pool,
-        to_dict(cfg),
-        label="download",
-        weight=rows_of,
-        unit="samples",
-        max_inflight=cfg.processes or ex.cpus(),
-        retries=cfg.shard_retries,
-        deadline_s=lambda s: cfg.deadline(rows_of(s)),
-        describe=lambda stats: f"last shard {sum(stats['failures'].values())} failed",
-        log=log,
-    ).failures
+    rows = [_shard_rows(state)(s) for s in range(state["shards"])]
+    stage = DownloadStage(pool, to_dict(cfg), rows)
+    out = run_stage(stage, todo, retries=cfg.shard_retries, max_inflight=cfg.processes or ex.cpus(), log=log)
+    return out.failures
 
 
 def _shard_rows(state: dict):

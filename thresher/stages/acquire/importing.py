@@ -34,6 +34,7 @@ import time
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -44,6 +45,7 @@ from thresher.core import runtime, schema
 from thresher.core.errors import InputError, cause
 from thresher.core.pool import Pool, npy_header, shard_name
 from thresher.exec import execute
+from thresher.exec.stage import Stage, run_stage
 from thresher.stages.acquire import ingest
 from thresher.stages.features import features
 
@@ -153,17 +155,18 @@ def _pool_table(rows: dict[str, pa.Array], n: int, extras: dict[str, pa.Array]) 
     return pa.table({**cols, **extras}, schema=pa.schema(fields))
 
 
-def _shard_stats(shard: int, table: pa.Table, started: float, **more) -> dict:
+def _shard_stats(shard: int, table: pa.Table, started: float | None = None, **more) -> dict:
+    """A pool shard's marker stats; with `started`, its times too (where no executor adds them)."""
     statuses = Counter(table.column("status").to_pylist())
     failures = Counter(f for f in table.column("failure").to_pylist() if f is not None)
+    times = {"start_time": started, "end_time": time.time()} if started is not None else {}
     return {
         "shard": shard,
         "count": table.num_rows,
         "successes": statuses.get("success", 0),
         "status": dict(statuses),
         "failures": dict(failures),
-        "start_time": started,
-        "end_time": time.time(),
+        **times,
         **more,
     }
 
@@ -225,33 +228,63 @@ def _check_target(pool: str, kind: str) -> None:
 # import-metadata
 
 
-def _metadata_file(index: int, pool: str, state: dict, scorers: list[ScorerSource], npz_dir: str | None) -> dict:
-    """Write every pool shard cut from input file `index`: metadata, base features, scorers, marker.
-    Runs as one task per file, so each .npz is read once."""
-    first, per = _first_shards(state)[index], state["per_shard"]
-    info = state["files"][index]
-    todo = [s for s in range(first, first + info["shards"]) if not runtime.exists(Pool(pool).shard_stats(s))]
-    arrays = _npz_arrays(info, scorers, npz_dir) if npz_dir and todo else {}
-    digits = max(1, math.ceil(math.log10(max(per, 2))))
-    runtime.makedirs(Pool(pool).shards_dir)
-    for shard in todo:
-        started = time.time()
-        inp = ingest.read_shard_input(Pool(pool).work("inputs", f"{shard_name(shard)}.arrow"))
-        n = inp.num_rows
-        rows = {c: inp.column(c) for c in inp.column_names if c in schema.POOL.names}
-        rows["key"] = pa.array([f"{shard_name(shard)}{i:0{digits}d}" for i in range(n)])
-        rows["status"] = pa.array(["success"] * n)
-        table = _pool_table(rows, n, {c: inp.column(c) for c in inp.column_names if c not in schema.POOL.names})
-        features.write_base(pool, shard, features.base_table(table, None), started)
-        lo = (shard - first) * per
-        for src in scorers:
-            emb = {w: arrays[(src.scorer_id, w)][lo : lo + n] for w in ("img", "txt") if (src.scorer_id, w) in arrays}
-            features.write_scorer_shard(
-                pool, src.scorer_id, shard, table, table.column(src.column), emb.get("img"), emb.get("txt")
-            )
-        runtime.write_parquet(table, Pool(pool).metadata(shard))
-        runtime.write_json(Pool(pool).shard_stats(shard), _shard_stats(shard, table, started, source=info["path"]))
-    return {"count": len(todo), "file": info["path"]}
+@dataclass
+class MetadataFileStage(Stage):
+    """Every pool shard cut from one input file: metadata, base features, scorers. One item per file, so
+    each .npz is read once; the item's markers are its shards' (base, each scorer's, then the pool's)."""
+
+    pool: str
+    state: dict
+    scorers: list[ScorerSource]
+    npz_dir: str | None
+
+    name: ClassVar[str] = "import-metadata"
+    unit: ClassVar[str] = "rows"
+    timed: ClassVar[bool] = False  # each shard's stats carry their own times
+
+    def _shards(self, index: int) -> range:
+        first = _first_shards(self.state)[index]
+        return range(first, first + self.state["files"][index]["shards"])
+
+    def done(self, index: int) -> bool:
+        return all(runtime.exists(Pool(self.pool).shard_stats(s)) for s in self._shards(index))
+
+    def weight(self, index: int) -> int:
+        return self.state["files"][index]["rows"]
+
+    def process(self, index: int) -> dict:
+        pool, per, info = self.pool, self.state["per_shard"], self.state["files"][index]
+        todo = [s for s in self._shards(index) if not runtime.exists(Pool(pool).shard_stats(s))]
+        arrays = _npz_arrays(info, self.scorers, self.npz_dir) if self.npz_dir and todo else {}
+        digits = max(1, math.ceil(math.log10(max(per, 2))))
+        runtime.makedirs(Pool(pool).shards_dir)
+        done = {}
+        for shard in todo:
+            started = time.time()
+            inp = ingest.read_shard_input(Pool(pool).work("inputs", f"{shard_name(shard)}.arrow"))
+            n = inp.num_rows
+            rows = {c: inp.column(c) for c in inp.column_names if c in schema.POOL.names}
+            rows["key"] = pa.array([f"{shard_name(shard)}{i:0{digits}d}" for i in range(n)])
+            rows["status"] = pa.array(["success"] * n)
+            table = _pool_table(rows, n, {c: inp.column(c) for c in inp.column_names if c not in schema.POOL.names})
+            marks = {}
+            base = features.write_base(pool, shard, features.base_table(table, None))
+            marks[Pool(pool).feature_stats("base", shard)] = {**base, "start_time": started, "end_time": time.time()}
+            lo = (shard - self._shards(index)[0]) * per
+            for src in self.scorers:
+                emb = {
+                    w: arrays[(src.scorer_id, w)][lo : lo + n] for w in ("img", "txt") if (src.scorer_id, w) in arrays
+                }
+                marks[Pool(pool).feature_stats(src.scorer_id, shard)] = features.write_scorer_shard(
+                    pool, src.scorer_id, shard, table, table.column(src.column), emb.get("img"), emb.get("txt")
+                )
+            runtime.write_parquet(table, Pool(pool).metadata(shard))
+            marks[Pool(pool).shard_stats(shard)] = _shard_stats(shard, table, started, source=info["path"])
+            done[shard] = marks
+        return {"count": len(todo), "file": info["path"], "markers": done}
+
+    def markers(self, index: int, stats: dict) -> dict[str, dict]:
+        return {path: one for marks in stats["markers"].values() for path, one in marks.items()}
 
 
 def _npz_path(parquet: str, npz_dir: str) -> str:
@@ -399,24 +432,8 @@ def import_metadata(
     if state["extra"] != carried:
         raise InputError(f"{pool} was imported with other columns ({state['extra']}); use a new --out")
     firsts = _first_shards(state)
-    todo = [
-        i
-        for i in range(len(state["files"]))
-        if any(not runtime.exists(Pool(pool).shard_stats(s)) for s in range(firsts[i], firsts[i + 1]))
-    ]
-    outcome = execute.run(
-        _metadata_file,
-        todo,
-        pool,
-        state,
-        scorers,
-        npz_dir,
-        label="import-metadata",
-        weight=lambda i: state["files"][i]["rows"],
-        unit="rows",
-        retries=2,
-        log=log,
-    )
+    stage = MetadataFileStage(pool, state, scorers, npz_dir)
+    outcome = run_stage(stage, range(len(state["files"])), retries=2, log=log)
     failed = _failures(outcome)
     failed_shards = {s: why for i, why in failed.items() for s in range(firsts[i], firsts[i + 1])}
     for src in scorers:

@@ -5,8 +5,8 @@
                                               sha256, PDQ hash and quality (thresher/algo/hashes.py)
     POOL/features/base/{i:08d}_stats.json     completion marker: a shard with one is never redone
 
-one Ray task per shard (execute.run). A pool imported from metadata (no images) gets the same table with
-null PDQ columns (thresher/stages/acquire/importing.py calls base_table and write_base). The stage's entry
+one task per shard (`BaseStage` through the execution layer, which writes the markers). A pool imported from metadata (no images) gets the same table with
+null PDQ columns (thresher/stages/acquire/importing.py calls base_table and write_base, and writes these markers with its own). The stage's entry
 and its other files: thresher/stages/features/features.py.
 """
 
@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import time
 from collections import Counter
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,7 @@ from thresher.core import decode, runtime, schema
 from thresher.core.errors import InputError
 from thresher.core.pool import Pool, completed
 from thresher.exec import execute
+from thresher.exec.stage import Stage, run_stage
 
 MISSING = "image missing from the tar"  # a row's error when its image is not in the shard's tar
 
@@ -53,10 +55,10 @@ def detect_language(texts: list[str]) -> tuple[list[str], list[float]]:
 
 
 def base_features_shard(shard: int, pool: str) -> dict:
-    started = time.time()
+    """A shard's base features written; its stats returned (BaseStage's executor writes them as its marker)."""
     images = Pool(pool).read_images(shard)
     table = base_table(Pool(pool).successful_rows(shard), images, decode.max_pixels_of(pool))
-    return write_base(pool, shard, table, started)
+    return write_base(pool, shard, table)
 
 
 def base_table(rows: pa.Table, images: dict[str, bytes] | None, max_pixels: int = decode.MAX_PIXELS) -> pa.Table:
@@ -102,22 +104,44 @@ def base_table(rows: pa.Table, images: dict[str, bytes] | None, max_pixels: int 
     )
 
 
-def write_base(pool: str, shard: int, table: pa.Table, started: float) -> dict:
-    """A shard's base features and their completion marker (last)."""
+def write_base(pool: str, shard: int, table: pa.Table) -> dict:
+    """A shard's base features; returns the stats its completion marker holds (written by the executor)."""
     layout = Pool(pool)
     runtime.makedirs(layout.features_dir("base"))
     runtime.write_parquet(table, layout.features("base", shard))
     langs = table.column("caption_lang").to_pylist()
-    stats = {
+    return {
         "shard": shard,
         "count": table.num_rows,
         "errors": table.num_rows - table.column("error").null_count,
         "languages": dict(Counter(langs).most_common(10)),
-        "start_time": started,
-        "end_time": time.time(),
     }
-    runtime.write_json(layout.feature_stats("base", shard), stats)
-    return stats
+
+
+@dataclass
+class BaseStage(Stage):
+    """Base features per pool shard (language, sizes, PDQ), into POOL/features/base."""
+
+    pool: str
+    counts: dict[int, int]  # successful rows of each shard to do
+
+    name: ClassVar[str] = "features:base"
+    unit: ClassVar[str] = "samples"
+
+    def process(self, shard: int) -> dict:
+        return base_features_shard(shard, self.pool)
+
+    def marker(self, shard: int) -> str:
+        return Pool(self.pool).feature_stats("base", shard)
+
+    def weight(self, shard: int) -> int:
+        return self.counts.get(shard, 1)
+
+    def deadline_s(self, shard: int) -> float:
+        return 600 + self.counts.get(shard, 0) * 0.2
+
+    def describe(self, stats: dict) -> str:
+        return f"last shard {stats['errors']} undecodable"
 
 
 @runtime.holds(lambda pool, *a, **k: Pool(pool).require().features_dir("base"), "this pool's base features")
@@ -131,20 +155,8 @@ def run_base(pool: str, ray_address: str | None = None, retries: int = 2, log=pr
     if todo:
         Pool(pool).require_images("base features (PDQ hashes)")
         ex = execute.start(ray_address)
-        counts = {s: Pool(pool).successful_rows(s).num_rows for s in todo}
-        failed = execute.run(
-            base_features_shard,
-            todo,
-            pool,
-            label="features:base",
-            weight=counts.__getitem__,
-            unit="samples",
-            max_inflight=ex.cpus(),
-            retries=retries,
-            deadline_s=lambda s: 600 + counts[s] * 0.2,
-            describe=lambda st: f"last shard {st['errors']} undecodable",
-            log=log,
-        ).failures
+        stage = BaseStage(pool, {s: Pool(pool).successful_rows(s).num_rows for s in todo})
+        failed = run_stage(stage, todo, retries=retries, max_inflight=ex.cpus(), log=log).failures
     execute.raise_failures("base features", failed)
     return {"shards": len(shards), "complete": len(completed(out))}
 

@@ -11,28 +11,33 @@ layer's model pipeline (`execute.embed`: Ray tasks and actors, in-process under 
 CPU tasks read and decode shards and apply the resize/crop half of open_clip's preprocessing (or ship the
 bytes to be decoded in the actor: thresher/core/decode.py), and model actors hold the model (loaded once
 per actor; one GPU each when there are GPUs, with fp16/bf16 autocast). Actors write their batches as
-parts; when a shard's parts are all in, the command joins them into the shard's files and writes its
-marker (`execute.run` in its own process: retries, failure records). No Ray here: thresher/exec/embed.py
-runs the pipeline. The stage's entry and its other files: thresher/stages/features/features.py.
+parts; when a shard's parts are all in, a small stage (`FinalizeStage` through `run_stage`, in the command's
+own process: retries, failure records, the marker written by the executor) joins them into the shard's files.
+No Ray here: thresher/exec/embed.py runs the pipeline. The stage's entry and its other files:
+thresher/stages/features/features.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
-import uuid
 from collections import Counter
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from thresher.core import decode, models, runtime, schema
 from thresher.core.config import check_name, config_hash, opt, to_dict
+from thresher.core.cost import embed_dim
 from thresher.core.errors import InputError, StageError
 from thresher.core.pool import Pool, completed, read_npy
 from thresher.exec import execute
 from thresher.exec.embed import Pipeline
+from thresher.exec.stage import Stage, run_stage
 from thresher.stages.features.base import MISSING
 
 
@@ -173,11 +178,11 @@ class ClipEmbedder:
         shards_out, rows_out = [], []
         for shard in np.unique(batch["shard"]):
             sel = batch["shard"] == shard
-            part = runtime.join(self.dir, "_parts", f"{int(shard):08d}", uuid.uuid4().hex)
-            runtime.makedirs(runtime.join(self.dir, "_parts", f"{int(shard):08d}"))
-            _write_npy(img[sel].astype(np.float16), part + ".img.npy")
-            _write_npy(txt[sel].astype(np.float16), part + ".txt.npy")
-            runtime.write_parquet(
+            _write_part(
+                self.dir,
+                int(shard),
+                img[sel].astype(np.float16),
+                txt[sel].astype(np.float16),
                 pa.table(
                     {
                         "uid": pa.array(list(batch["uid"][sel]), pa.string()),
@@ -186,40 +191,90 @@ class ClipEmbedder:
                         "error": pa.array([e or None for e in batch["error"][sel]], pa.string()),
                     }
                 ),
-                part + ".parquet",
             )
             shards_out.append(int(shard))
             rows_out.append(int(sel.sum()))
         return {"shard": np.array(shards_out, np.int64), "rows": np.array(rows_out, np.int64)}
 
 
-def _write_npy(array: np.ndarray, url: str) -> None:
+def _write_part(scorer_dir: str, shard: int, img: np.ndarray, txt: np.ndarray, table: pa.Table) -> None:
+    """One batch's rows of a shard, as a part. Ray retries a lost actor's tasks (a node gone mid-task: at
+    least once, so a batch whose part was written can be embedded again), so a part is named by its rows'
+    keys and written atomically: a batch done twice replaces its part instead of adding a second copy, and
+    a killed writer leaves no half file. A shard already joined (its marker is there) gets no part: the
+    join removed its folder, and a part written now would be left over."""
+    name = hashlib.sha256("\n".join(table.column("key").to_pylist()).encode()).hexdigest()[:32]
+    part_dir = runtime.join(scorer_dir, "_parts", f"{shard:08d}")
+    marker = runtime.join(scorer_dir, f"{shard:08d}_stats.json")
+    if runtime.exists(marker):
+        return
+    try:
+        runtime.makedirs(part_dir)
+        part = runtime.join(part_dir, name)
+        _write_npy(img, part + ".img.npy", atomic=True)
+        _write_npy(txt, part + ".txt.npy", atomic=True)
+        with runtime.atomic_writer(part + ".parquet") as f:  # last: a part is whole once its .parquet is there
+            pq.write_table(table, f)
+    except FileNotFoundError:
+        if not runtime.exists(marker):  # the join removed the folder mid-write: the shard is done
+            raise
+
+
+def _write_npy(array: np.ndarray, url: str, atomic: bool = False) -> None:
+    if atomic:
+        with runtime.atomic_writer(url) as f:
+            np.save(f, array)
+        return
     fs, path = runtime.fs_path(url)
     with fs.open(path, "wb") as f:
         np.save(f, array)
 
 
-def finalize_shard(shard: int, scorer_dir: str, expected: int) -> dict:
-    """Join a shard's parts into its row-aligned parquet and npy files, then write its marker."""
+def finalize_shard(shard: int, scorer_dir: str, expected: int, dim: int = 0) -> dict:
+    """Join a shard's parts into its row-aligned parquet and npy files; returns its marker's stats. A row
+    in two parts (a retried batch cut differently) is kept once. A shard with no successful row gets
+    empty files."""
     part_dir = runtime.join(scorer_dir, "_parts", f"{shard:08d}")
     parts = sorted(p[: -len(".parquet")] for p in runtime.glob(runtime.join(part_dir, "*.parquet")))
-    tables = [runtime.read_parquet(p + ".parquet") for p in parts]
+    tables = [runtime.read_parquet(p + ".parquet") for p in parts] or [schema.CLIP_FEATURES.empty_table()]
     table = pa.concat_tables(tables)
-    if table.num_rows != expected:
-        raise StageError(f"shard {shard:08d}: {table.num_rows} rows embedded, {expected} expected")
-    img = np.concatenate([read_npy(p + ".img.npy") for p in parts])
-    txt = np.concatenate([read_npy(p + ".txt.npy") for p in parts])
-    order = np.argsort(np.array(table.column("key").to_pylist()), kind="stable")
+    nothing = [np.zeros((0, dim), np.float16)]  # a shard with no successful row has no part
+    img = np.concatenate([read_npy(p + ".img.npy") for p in parts] or nothing)
+    txt = np.concatenate([read_npy(p + ".txt.npy") for p in parts] or nothing)
+    # in key order, each key's first copy (keys are unique in a pool's shard)
+    keys, order = np.unique(np.array(table.column("key").to_pylist()), return_index=True)
+    if len(keys) != expected:
+        raise StageError(f"shard {shard:08d}: {len(keys)} rows embedded, {expected} expected")
     table = table.take(pa.array(order)).cast(schema.CLIP_FEATURES)
     name = f"{shard:08d}"
     _write_npy(img[order], runtime.join(scorer_dir, f"{name}.img.npy"))
     _write_npy(txt[order], runtime.join(scorer_dir, f"{name}.txt.npy"))
     runtime.write_parquet(table, runtime.join(scorer_dir, f"{name}.parquet"))
     errors = sum(e is not None for e in table.column("error").to_pylist())
-    stats = {"shard": shard, "count": table.num_rows, "errors": errors, "dim": int(img.shape[1])}
-    runtime.write_json(runtime.join(scorer_dir, f"{name}_stats.json"), stats)
-    runtime.remove(part_dir, recursive=True)
-    return stats
+    return {"shard": shard, "count": table.num_rows, "errors": errors, "dim": int(img.shape[1])}
+
+
+@dataclass
+class FinalizeStage(Stage):
+    """A scored shard's parts joined into its files, as its parts are all in; the marker last."""
+
+    scorer_dir: str
+    expected: dict[int, int]  # rows each shard has
+    dim: int  # the model's embedding width (a shard with no row has no part to read it from)
+
+    name: ClassVar[str] = "features:finalize"
+    unit: ClassVar[str] = "shards"
+    resources: ClassVar[execute.Resources] = execute.Resources(cpus=0.25)
+    timed: ClassVar[bool] = False
+
+    def process(self, shard: int) -> dict:
+        return finalize_shard(shard, self.scorer_dir, self.expected[shard], self.dim)
+
+    def marker(self, shard: int) -> str:
+        return runtime.join(self.scorer_dir, f"{shard:08d}_stats.json")
+
+    def finish(self, shard: int) -> None:
+        runtime.remove(runtime.join(self.scorer_dir, "_parts", f"{shard:08d}"), recursive=True)
 
 
 @runtime.holds(
@@ -252,6 +307,10 @@ def run_scorer(pool: str, cfg: ScorerConfig, ray_address: str | None = None, log
             runtime.remove(runtime.join(scorer_dir, f"{s:08d}_error.json"))
         expected = {s: Pool(pool).successful_rows(s).num_rows for s in todo}
         failed = _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log, ex)
+        done = completed(scorer_dir)
+        for part_dir in runtime.glob(runtime.join(scorer_dir, "_parts", "*")):
+            if int(part_dir.rstrip("/").rsplit("/", 1)[-1]) in done:  # a retried batch's part, after the join
+                runtime.remove(part_dir, recursive=True)
     manifest = _write_scorer_manifest(pool, scorer_dir, cfg, pp_cfg, device, where, shards, failed)
     execute.raise_failures(f"features {cfg.scorer_id}", failed)
     return manifest
@@ -288,11 +347,10 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log, ex
         """Through the execution layer (retries, failure records), as shards complete: a killed run keeps them.
         In this process: joining a shard's parts takes milliseconds, and a task would wait for a CPU that
         the producers hold while this loop, which they wait on, waits for it (on 2 cores it never came)."""
-        out = execute.run(
-            _finalize,
+        stage = FinalizeStage(scorer_dir, {s: expected[s] for s in shards}, embed_dim(cfg.model))
+        out = run_stage(
+            stage,
             shards,
-            scorer_dir,
-            {s: expected[s] for s in shards},
             label=f"features:{cfg.scorer_id} finalize",
             retries=1,
             quiet=True,
@@ -335,10 +393,6 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log, ex
     for s, why in failed.items():
         log(f"[features:{cfg.scorer_id}] shard {s:08d} failed: {why}")
     return failed
-
-
-def _finalize(shard: int, scorer_dir: str, expected: dict[int, int]) -> dict:
-    return finalize_shard(shard, scorer_dir, expected[shard])
 
 
 def _check_scorer_manifest(scorer_dir: str, cfg: ScorerConfig) -> None:

@@ -100,7 +100,9 @@ def import_precomputed(
                         raise InputError(f"{path} has no array {key!r}; it has {sorted(arrays)}")
                 img.append(arrays[npz_img_key][i])
                 txt.append(arrays[npz_txt_key][i])
-        write_scorer_shard(pool, scorer_id, shard, rows, rows.column(score_column), img, txt)
+        stats = write_scorer_shard(pool, scorer_id, shard, rows, rows.column(score_column), img, txt)
+        # a loop in the driver, not a stage on the executor: one shard's npz rows follow the last's
+        runtime.write_json(Pool(pool).feature_stats(scorer_id, shard), stats)
     source = f"precomputed: input metadata column {score_column}" + (
         f"; embeddings from {npz_dir} ({npz_img_key}, {npz_txt_key})" if npz_dir else ""
     )
@@ -111,7 +113,8 @@ def import_precomputed(
 
 def write_scorer_shard(pool: str, scorer_id: str, shard: int, rows: pa.Table, scores, img=None, txt=None) -> dict:
     """One shard of a scorer whose scores (and embeddings) come from elsewhere: its Parquet (uid, key of
-    `rows`), row-aligned .img.npy/.txt.npy (float16) when given, then its completion marker."""
+    `rows`), row-aligned .img.npy/.txt.npy (float16) when given. Returns the stats of its completion
+    marker (`Pool.feature_stats`), which the caller writes once the shard is whole."""
     scorer_dir = Pool(pool).features_dir(scorer_id)
     runtime.makedirs(scorer_dir)
     table = pa.table(
@@ -131,9 +134,7 @@ def write_scorer_shard(pool: str, scorer_id: str, shard: int, rows: pa.Table, sc
             dim = int(emb.shape[1])
             _write_npy(emb, Pool(pool).embeddings(scorer_id, shard, which))
     runtime.write_parquet(table, Pool(pool).features(scorer_id, shard))
-    stats = {"shard": shard, "count": table.num_rows, "errors": 0, "dim": dim}
-    runtime.write_json(Pool(pool).feature_stats(scorer_id, shard), stats)
-    return stats
+    return {"shard": shard, "count": table.num_rows, "errors": 0, "dim": dim}
 
 
 def write_precomputed_manifest(pool: str, scorer_id: str, source: str, weights: dict | None = None) -> dict:

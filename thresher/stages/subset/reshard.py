@@ -1,11 +1,11 @@
 """Resharding of `thresher subset POOL --recipe NAME --size N --out DIR --seed S`: the two passes build runs
 over the selected samples, and the files they write.
 
-- Pass 1, per pool shard (_index_task): DIR/_work/index/{shard}.parquet, the shard's selected samples
+- Pass 1, per pool shard (IndexStage): DIR/_work/index/{shard}.parquet, the shard's selected samples
   with where their tar members are (_member_index reads only the tar's headers) and their metadata.
-- Pass 2, per output shard (_write_shard_task): DIR/{j:08d}.tar (the pool's members streamed unchanged,
+- Pass 2, per output shard (WriteStage): DIR/{j:08d}.tar (the pool's members streamed unchanged,
   json rewritten), DIR/{j:08d}.parquet (subset_metadata), DIR/_work/lineage/{j}.parquet (lineage_rows)
-  and the completion marker DIR/_work/done/{j}.json.
+  and the completion marker DIR/_work/done/{j}.json (written by the executor: thresher/exec/stage.py).
 - Shuffle: the output order, a seeded permutation (a Feistel network over the samples' global index),
   so every output shard computes which samples it holds without any node holding the list.
 """
@@ -17,6 +17,8 @@ import io
 import json
 import math
 import tarfile
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +26,7 @@ import pyarrow as pa
 from thresher.core import runtime, schema
 from thresher.core.errors import InputError, StageError
 from thresher.core.pool import IMAGE_EXTS, Pool, member_key
+from thresher.exec.stage import Stage
 from thresher.stages.subset.selection import _candidates, _chosen
 
 MTIME = 0  # tar member times are fixed so the same selection gives byte-identical shards
@@ -145,7 +148,59 @@ def _index_task(shard, pool, recipe, rule, exclude, cut, repeat, out_dir):
         ),
     )
     runtime.write_parquet(out, runtime.join(out_dir, f"{shard:08d}.parquet"))
-    return {"count": 1, "selected": len(rows)}  # progress counts pool shards here
+    return {"selected": len(rows)}
+
+
+@dataclass
+class IndexStage(Stage):
+    """Pass 1 (module docstring): each pool shard's selected samples into _work/index/{shard}.parquet,
+    which is the item's marker too (whole or absent: written atomically, read only by pass 2)."""
+
+    pool: str
+    recipe: str
+    rule: object
+    exclude: object  # an Exclusion (run_stage sends the stage to the workers once)
+    cut: object
+    repeat: dict | None
+    index_dir: str
+
+    name: ClassVar[str] = "subset:index"
+    unit: ClassVar[str] = "shards"
+
+    def process(self, shard: int) -> dict:
+        args = (self.pool, self.recipe, self.rule, self.exclude, self.cut, self.repeat, self.index_dir)
+        return _index_task(shard, *args)
+
+    def done(self, shard: int) -> bool:
+        return runtime.exists(runtime.join(self.index_dir, f"{shard:08d}.parquet"))
+
+    def deadline_s(self, shard: int) -> float:
+        return 3600.0
+
+
+@dataclass
+class WriteStage(Stage):
+    """Pass 2: output shard j streamed from the pool's tars; its entry of the manifest is its marker."""
+
+    plan: dict
+    work: str
+
+    name: ClassVar[str] = "subset:write"
+    unit: ClassVar[str] = "samples"
+    timed: ClassVar[bool] = False  # the marker is the manifest's shard entry, copied as it is
+
+    def process(self, j: int) -> dict:
+        return _write_shard_task(j, self.plan, self.work)
+
+    def marker(self, j: int) -> str:
+        return runtime.join(self.work, "done", f"{j:08d}.json")
+
+    def weight(self, j: int) -> int:
+        per, size = self.plan["samples_per_shard"], self.plan["size"]
+        return min(per, size - j * per)
+
+    def deadline_s(self, j: int) -> float:
+        return 3600.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -233,7 +288,8 @@ def _write_shard_task(j, plan, work):
     runtime.write_parquet(lineage, runtime.join(work, "lineage", f"{name}.parquet"))
     runtime.move(runtime.join(work, "tmp", f"{name}.parquet"), runtime.join(plan["out"], f"{name}.parquet"))
     runtime.move(tmp_tar, runtime.join(plan["out"], f"{name}.tar"))
-    stats = {
+    # WriteStage's executor writes them as the completion marker _work/done/{j}.json
+    return {
         "name": f"{name}.tar",
         "samples": rows.num_rows,
         "sha256": tar_sha,
@@ -241,8 +297,6 @@ def _write_shard_task(j, plan, work):
         "parquet": f"{name}.parquet",
         "parquet_sha256": runtime.file_sha256(runtime.join(plan["out"], f"{name}.parquet")),
     }
-    runtime.write_json(runtime.join(work, "done", f"{name}.json"), stats)  # completion marker: last
-    return {**stats, "count": rows.num_rows}
 
 
 DROP_FROM_METADATA = ("members", "pool_shard", "downloaded_at", "rank_key", "step_scores")

@@ -50,7 +50,8 @@ from thresher.core.config import check_name, opt, to_dict
 from thresher.core.errors import InputError, StageError
 from thresher.core.pool import Pool
 from thresher.exec import execute
-from thresher.stages.subset.reshard import Shuffle, _index_task, _write_shard_task
+from thresher.exec.stage import run_stage
+from thresher.stages.subset.reshard import IndexStage, Shuffle, WriteStage
 from thresher.stages.subset.selection import (
     Cut,
     Exclusion,
@@ -272,24 +273,14 @@ def build(
     # pass 1: per pool shard, the index of what it gives
     index_dir = runtime.join(work, "index")
     runtime.makedirs(index_dir)
-    todo = [s for s in shards if not runtime.exists(runtime.join(index_dir, f"{s:08d}.parquet"))]
     if not runtime.exists(runtime.join(work, "plan.json")):
         runtime.write_json(runtime.join(work, "plan.json"), {**plan, "plan_sha256": phash})
-    execute.run(
-        _index_task,
-        todo,
-        pool,
-        name,
-        rule,
-        ex_ref,
-        cut,
-        repeat,
-        index_dir,
+    run_stage(
+        IndexStage(pool, name, rule, exclude, cut, repeat, index_dir),
+        shards,
         label=f"subset:{name} index",
-        unit="shards",
         max_inflight=2 * execute.current().cpus(),
         retries=2,
-        deadline_s=3600,
         log=log,
     ).raise_if_failed(f"subset {name} (index)")
     counts = [
@@ -316,18 +307,12 @@ def build(
     done_dir = runtime.join(work, "done")
     runtime.makedirs(done_dir)
     runtime.makedirs(runtime.join(work, "lineage"))
-    todo = [j for j in range(n_out) if not runtime.exists(runtime.join(done_dir, f"{j:08d}.json"))]
-    execute.run(
-        _write_shard_task,
-        todo,
-        wplan,
-        work,
+    run_stage(
+        WriteStage(wplan, work),
+        range(n_out),
         label=f"subset:{name} write",
-        unit="samples",
-        weight=lambda j: min(cfg.samples_per_shard, cfg.size - j * cfg.samples_per_shard),
         max_inflight=2 * execute.current().cpus(),
         retries=2,
-        deadline_s=3600,
         log=log,
     ).raise_if_failed(f"subset {name} (write)")
     shard_stats = [runtime.read_json(runtime.join(done_dir, f"{j:08d}.json")) for j in range(n_out)]
