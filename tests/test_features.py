@@ -141,7 +141,7 @@ def test_a_batch_embedded_again_after_a_node_loss_is_joined_once(featured_pool, 
     pp = models.preprocess_config(cfg.model, cfg.pretrained)
     expected = Pool(str(small)).successful_rows(0).num_rows
     once, twice = str(tmp_path / "once"), str(tmp_path / "twice")
-    batches = list(clip._decode_shards({"shard": np.array([0])}, str(small), once, pp, cfg.model, 50))
+    batches = list(clip._decode_shards({"shard": np.array([0])}, str(small), once, pp, 50))
     embed = clip.ClipEmbedder(to_dict(cfg), once, pp, "cpu", 1)
     for b in batches:
         embed(b)

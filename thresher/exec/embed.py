@@ -81,7 +81,10 @@ def fit(p: Pipeline, cpus: float) -> tuple[float, float]:
 IN_HAND = 2
 TAKEN = 8
 AHEAD = 2
-RESTARTS = 2  # per consumer actor
+# per consumer actor; its calls are re-sent until it is back or dead for good: while a lost node is not yet
+# declared dead the calls fail at once as "temporarily unavailable", which used up a count of 2 in the
+# cluster test (Ray Data's own default is to retry without limit)
+RESTARTS = 2
 
 
 def ray_stream(items: list[dict], p: Pipeline) -> Iterator[dict]:
@@ -99,7 +102,7 @@ def ray_stream(items: list[dict], p: Pipeline) -> Iterator[dict]:
     # an actor whose process dies (a lost node) is started again and the calls it had in hand re-sent,
     # their batches rebuilt by Ray where they were lost with the node: a call keeps nothing once it returns
     consumer = ray.remote(_Consumer).options(
-        num_cpus=actor_cpus, num_gpus=p.actor_gpus, max_restarts=RESTARTS, max_task_retries=RESTARTS
+        num_cpus=actor_cpus, num_gpus=p.actor_gpus, max_restarts=RESTARTS, max_task_retries=-1
     )
     actors = [consumer.remote(p.consume, p.consumer_kwargs(actor_cpus)) for _ in range(p.actors)]
     producers = max(1, int((cpus - actor_cpus * p.actors) / decode_cpus + 1e-9))
