@@ -171,21 +171,22 @@ def model_only(model_name: str, batch_size: int, device: str, batches: int) -> f
 
 
 def _decode_one(job) -> int:
-    pool, shard, pp, model = job
+    pool, shard, pp = job
     from thresher.stages.features import clip
 
-    return sum(len(b["key"]) for b in clip._decode_shards({"shard": [shard]}, pool, "/tmp", pp, model, 256))
+    return sum(len(b["key"]) for b in clip._decode_shards({"shard": [shard]}, pool, "/tmp", pp, 256))
 
 
 def decode_only(pool: Path, model_name: str) -> tuple[int, float]:
-    """Our decoding step (read tar, decode, resize/crop, tokenize) on every core, without Ray."""
+    """Our decoding step (read tar, decode, resize/crop; captions are tokenized in the model actor) on every
+    core, without Ray."""
     from thresher.core import models
 
     pp = models.preprocess_config(model_name, None)
     shards = sorted(int(p.name[:8]) for p in (pool / "shards").glob("*.tar"))
     t0 = time.perf_counter()
     with mp.get_context("fork").Pool(os.cpu_count()) as workers:
-        n = sum(workers.map(_decode_one, [(str(pool), s, pp, model_name) for s in shards]))
+        n = sum(workers.map(_decode_one, [(str(pool), s, pp) for s in shards]))
     return n, time.perf_counter() - t0
 
 

@@ -1,6 +1,8 @@
 """Model pipelines on the execution layer (thresher/exec/embed.py, `execute.embed`): the local executor runs
 producer and consumer in this process without Ray; CLIP scoring under THRESHER_EXECUTOR=local imports no
-Ray and gives the Ray path's scores (issue 26, point 2)."""
+Ray and gives the Ray path's scores (issue 26, point 2). On Ray, producer tasks stream batches to consumer
+actors that re-batch them, without Ray Data, and a producer's or consumer's error reaches the driver as
+itself."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import textwrap
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
+from thresher.core.errors import InputError
 from thresher.exec import execute
 from thresher.exec.embed import Pipeline, fit
 
@@ -55,6 +59,108 @@ def test_local_pipeline_rebatches_through_one_consumer_without_ray():
     assert [int(o["rows"][0]) for o in outs] == [7, 7, 7, 7, 2]
     assert sum(float(o["sum"][0]) for o in outs) == 2.0 * 3 * sum(range(10))
     assert _Sum.built == 1
+
+
+class _DiesOnce(_Sum):
+    def __init__(self, scale: float, threads: int, flag: str):
+        super().__init__(scale, threads)
+        self.flag, self.calls = flag, 0
+
+    def __call__(self, batch):
+        self.calls += 1
+        if self.calls == 2 and not os.path.exists(self.flag):
+            open(self.flag, "w").close()
+            os._exit(1)
+        return super().__call__(batch)
+
+
+class _NoModel:
+    def __init__(self, threads: int):
+        raise InputError("checkpoint /x.pt is not an open_clip checkpoint")
+
+
+def _produce_then_fail(batch):
+    yield {"item": np.zeros(3, np.int64), "x": np.ones(3, np.float32)}
+    raise ValueError("shard 00000007: truncated tar")
+
+
+@pytest.fixture
+def ray_pipeline(ray_local):
+    """Ray workers cannot import this test module: its producers and consumers travel by value."""
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.mark.usefixtures("ray_pipeline")
+class TestRay:
+    def test_producers_stream_to_an_actor_in_calls_of_batch_size_rows(self):
+        p = Pipeline(
+            produce=_produce,
+            consume=_Sum,
+            produce_kwargs=dict(rows_per_item=10, chunk=4),
+            consume_kwargs=dict(scale=2.0),
+            threads_arg="threads",
+            batch_size=8,
+            produce_rows=4,
+        )
+        ex = execute.current()
+        assert isinstance(ex, execute.RayExecutor)
+        outs = list(
+            execute.embed(
+                [{"item": i} for i in range(3)], p, label="t", total=30, weight=lambda o: int(o["rows"].sum())
+            )
+        )
+        rows = [int(o["rows"][0]) for o in outs]
+        # each call takes two produced batches (4, 4 or 2 rows), or one where no second is coming
+        assert sum(rows) == 30 and max(rows) <= 8 and len(outs) >= 30 // 8
+        assert sum(float(o["sum"][0]) for o in outs) == 2.0 * 3 * sum(range(10))
+
+    def test_two_actors_share_the_batches(self):
+        p = Pipeline(
+            produce=_produce,
+            consume=_Sum,
+            produce_kwargs=dict(rows_per_item=20, chunk=5),
+            consume_kwargs=dict(scale=1.0),
+            threads_arg="threads",
+            batch_size=5,
+            produce_rows=5,
+            actors=2,
+        )
+        outs = list(execute.embed([{"item": i} for i in range(4)], p, label="t", total=80))
+        assert sorted(int(o["rows"][0]) for o in outs) == [5] * 16
+        assert sum(float(o["sum"][0]) for o in outs) == 4 * sum(range(20))
+
+    def test_an_actor_that_dies_is_restarted_and_no_row_is_lost_or_doubled(self, tmp_path):
+        # the actor's process exits in its second call (as it would with its node): Ray starts it again and
+        # re-sends the calls it had in hand, which hold everything they need
+        p = Pipeline(
+            produce=_produce,
+            consume=_DiesOnce,
+            produce_kwargs=dict(rows_per_item=10, chunk=5),
+            consume_kwargs=dict(scale=1.0, flag=str(tmp_path / "died")),
+            threads_arg="threads",
+            batch_size=10,
+            produce_rows=5,
+        )
+        outs = list(execute.embed([{"item": i} for i in range(4)], p, label="t", total=40))
+        assert (tmp_path / "died").exists()
+        assert sum(int(o["rows"][0]) for o in outs) == 40
+        assert sum(float(o["sum"][0]) for o in outs) == 4 * sum(range(10))
+
+    def test_a_consumer_that_cannot_be_built_raises_its_own_error(self):
+        p = Pipeline(
+            produce=_produce, consume=_NoModel, produce_kwargs=dict(rows_per_item=4, chunk=4), threads_arg="threads"
+        )
+        with pytest.raises(InputError, match="not an open_clip checkpoint"):
+            list(execute.embed([{"item": 0}], p, label="t", total=4))
+
+    def test_a_producer_that_raises_stops_the_run(self):
+        p = Pipeline(produce=_produce_then_fail, consume=_Sum, consume_kwargs=dict(scale=1.0), threads_arg="threads")
+        with pytest.raises(ValueError, match="truncated tar"):
+            list(execute.embed([{"item": 0}], p, label="t", total=3))
 
 
 def test_a_small_cluster_shares_its_cpus_between_actors_and_a_producer():

@@ -165,7 +165,7 @@ def _thresher(*args, env=None, timeout=240):
 @pytest.mark.slow
 def test_filter_and_scoring_report_a_stall_instead_of_hanging(featured_pool, tmp_path):
     """Finding 4's second half: a stage whose reader blocks for good ends with a message naming the
-    stall, within the limit, for a Ray task fan-out (filter) and for Ray Data (CLIP scoring)."""
+    stall, within the limit, for a Ray task fan-out (filter) and for the model pipeline (CLIP scoring)."""
     pool = tmp_path / "pool"
     shutil.copytree(featured_pool, pool, ignore=shutil.ignore_patterns("decisions", "stats", "dedup"))
     _fifo_in_place_of(pool / "features" / "base" / "00000001.parquet")

@@ -141,7 +141,7 @@ def test_a_batch_embedded_again_after_a_node_loss_is_joined_once(featured_pool, 
     pp = models.preprocess_config(cfg.model, cfg.pretrained)
     expected = Pool(str(small)).successful_rows(0).num_rows
     once, twice = str(tmp_path / "once"), str(tmp_path / "twice")
-    batches = list(clip._decode_shards({"shard": np.array([0])}, str(small), once, pp, cfg.model, 50))
+    batches = list(clip._decode_shards({"shard": np.array([0])}, str(small), once, pp, 50))
     embed = clip.ClipEmbedder(to_dict(cfg), once, pp, "cpu", 1)
     for b in batches:
         embed(b)
@@ -312,6 +312,47 @@ def test_decode_batch_falls_back_to_pil_and_records_what_nothing_can_read():
     assert np.abs(pixels[0].numpy().astype(np.int16) - want_jpg).mean() < 2
     assert int(pixels[2].sum()) == int(pixels[3].sum()) == 0
     assert decode.resolve("auto", "cpu", pp) == "cpu" and decode.resolve("auto", "cuda:0", pp) == "actor"
+
+
+def test_decoding_tasks_resize_and_crop_as_open_clip_does_without_torch(featured_pool):
+    """`models.resize_crop`, PIL alone, gives open_clip's own pixels (`pil_transform`: torchvision's Resize
+    and CenterCrop) for each model's preprocessing, bilinear and squash too, on the pool's images and on
+    odd sizes and modes; and a decoding task imports neither torch nor open_clip (issue 26, point 2)."""
+    import itertools
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from thresher.core import decode, models
+
+    rng = np.random.default_rng(0)
+    odd = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
+        for (w, h), mode in itertools.product(itertools.product([1, 63, 64, 65, 97, 224, 301], repeat=2), ("L", "RGB"))
+    ]
+    with tarfile.open(featured_pool / "shards" / "00000000.tar") as tar:
+        jpegs = [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".jpg")][:60]
+    images = odd + [decode.open_image(b).convert("RGB") for b in jpegs]
+    for model in ("thresher-tiny", "thresher-small", "ViT-B-32"):
+        pp = models.preprocess_config(model, None)
+        for cfg in (pp, {**pp, "interpolation": "bilinear"}, {**pp, "resize_mode": "squash"}):
+            ours, theirs = models.resize_crop(cfg), models.pil_transform(cfg)
+            for img in images:
+                np.testing.assert_array_equal(np.asarray(ours(img)), np.asarray(theirs(img)))
+    assert models.resize_crop({**pp, "resize_mode": "longest"}) is None  # open_clip's own classes then
+
+    code = (
+        "import sys\n"
+        "from thresher.stages.features import clip\n"
+        f"pp = {models.preprocess_config('thresher-tiny', None)!r}\n"
+        f"n = sum(len(b['key']) for b in clip._decode_shards({{'shard': [0]}}, {str(featured_pool)!r}, '/x', pp, 64))\n"
+        "assert n > 0 and not {'torch', 'open_clip', 'torchvision'} & set(sys.modules), sorted(sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_a_shard_with_no_successful_row_is_joined_into_empty_files(tmp_path):

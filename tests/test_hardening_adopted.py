@@ -189,7 +189,7 @@ def test_clip_scoring_records_a_bomb_in_an_adopted_tar_as_too_large(bomb_pool, w
     monkeypatch.setattr(Image.Image, "load", lambda im: decoded.append(im.size) or real_load(im))
     pp_cfg = models.preprocess_config("thresher-tiny", None)
     scorer_dir = str(bomb_pool / "features" / "clip_tiny")
-    args = dict(pool=str(bomb_pool), scorer_dir=scorer_dir, pp_cfg=pp_cfg, model="thresher-tiny", rows_per_batch=8)
+    args = dict(pool=str(bomb_pool), scorer_dir=scorer_dir, pp_cfg=pp_cfg, rows_per_batch=8)
     (batch,) = features._decode_shards(
         {"shard": [0]}, **args, where=where, max_pixels=decode.max_pixels_of(str(bomb_pool))
     )

@@ -135,7 +135,7 @@ def test_only_the_entry_point_imports_cli():
 
 
 def test_ray_is_imported_only_by_the_execution_layer():
-    """One execution layer: Ray tasks (execute.py) and the model pipelines on Ray Data (embed.py)."""
+    """One execution layer: Ray tasks (execute.py) and the model pipelines on tasks and actors (embed.py)."""
     users = sorted(
         str(p.relative_to(ROOT))
         for p in _modules().values()

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from functools import lru_cache
 
@@ -75,6 +76,46 @@ def pil_transform(pp_cfg: dict):
             break
         steps.append(t)
     return Compose(steps)
+
+
+def resize_crop(pp_cfg: dict):
+    """`pil_transform` in PIL alone, for the preprocessing nearly every model has (resize the shortest side
+    and crop the centre to a square, or squash): the same calls torchvision's Resize and CenterCrop make on
+    a PIL image, so the pixels are the same (tests/test_features.py). Decoding tasks then import neither
+    torch nor open_clip (3-4 s of CPU in each worker, before its first image). None for the rest."""
+    from PIL import Image
+
+    interpolation = pp_cfg.get("interpolation") or "bicubic"
+    if interpolation not in ("bicubic", "bilinear", "random"):
+        return None
+    # open_clip's image_transform: bilinear if asked for, else bicubic ('random' too, at inference)
+    resample = Image.BILINEAR if interpolation == "bilinear" else Image.BICUBIC
+    size = pp_cfg["size"]
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    mode = pp_cfg.get("resize_mode") or "shortest"
+    if mode == "shortest" and height == width:
+        return functools.partial(_shortest_then_crop, size=height, resample=resample)
+    if mode == "squash":
+        return functools.partial(_squash, size=(width, height), resample=resample)
+    return None  # 'longest' (pads) and non-square 'shortest': open_clip's own classes
+
+
+def _shortest_then_crop(img, size: int, resample):
+    """torchvision Resize(size) then CenterCrop(size) on a PIL image (transforms/functional.py)."""
+    w, h = img.size
+    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), resample)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    img = img.crop((left, top, left + size, top + size))
+    return img if img.mode == "RGB" else img.convert("RGB")  # open_clip's MaybeConvertMode
+
+
+def _squash(img, size: tuple[int, int], resample):
+    """torchvision Resize((h, w)) on a PIL image."""
+    if img.size != size:
+        img = img.resize(size, resample)
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def normalize(pixels_uint8, pp_cfg: dict, device, dtype):

@@ -303,14 +303,50 @@ def _ray_executor() -> RayExecutor:
     return _ray_executors[key]
 
 
-def start(ray_address: str | None = None):
+def start(ray_address: str | None = None, meanwhile: Callable[[], Any] | None = None):
     """The executor this stage runs on: the one `using` set, else a local one when
-    THRESHER_EXECUTOR=local, else Ray (started or connected here)."""
+    THRESHER_EXECUTOR=local, else Ray (started or connected here).
+
+    `meanwhile`: the stage's own work that needs no executor (CLIP scoring imports open_clip for its model's
+    preprocessing), run in a thread while Ray starts, which mostly waits on Ray's own processes; it returns
+    once both are done, raising `meanwhile`'s error. Where no Ray is started it simply runs first."""
     ex = _chosen()
     if ex is None:
-        init_ray(ray_address)
+        import ray  # before the thread: the two then import no module at the same time but a few leaves
+
+        if ray.is_initialized() or meanwhile is None:
+            init_ray(ray_address)
+        else:
+            with _alongside(meanwhile):
+                init_ray(ray_address)
+            meanwhile = None
         ex = _ray_executor()
+    if meanwhile is not None:
+        meanwhile()
     return ex
+
+
+@contextlib.contextmanager
+def _alongside(fn: Callable[[], Any]):
+    """Run `fn` in a thread while the block runs; wait for it at the end and raise its error."""
+    import threading
+
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as err:  # noqa: BLE001 - raised in the caller's thread
+            raised.append(err)
+
+    thread = threading.Thread(target=run, name="thresher-meanwhile", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+    if raised:
+        raise raised[0]
 
 
 def current():

@@ -1,5 +1,5 @@
 """CLIP scoring of `thresher features POOL --model M [--pretrained P --scorer-id ID ...]` on the execution
-layer's model pipeline (`execute.embed`: Ray Data on Ray, in-process under THRESHER_EXECUTOR=local), and
+layer's model pipeline (`execute.embed`: Ray tasks and actors, in-process under THRESHER_EXECUTOR=local), and
 `thresher embed-images` (a target set's image embeddings with the same model). Per pool shard:
 
     POOL/features/<scorer>/{i:08d}.parquet    schema.CLIP_FEATURES: uid, key, clip_score, error
@@ -9,11 +9,12 @@ layer's model pipeline (`execute.embed`: Ray Data on Ray, in-process under THRES
     POOL/features/<scorer>/manifest.json      model, weights (tag, checkpoint hash or random-init), device
 
 CPU tasks read and decode shards and apply the resize/crop half of open_clip's preprocessing (or ship the
-bytes to be decoded in the actor: thresher/core/decode.py), and an actor pool holds the model (loaded once
+bytes to be decoded in the actor: thresher/core/decode.py), and model actors hold the model (loaded once
 per actor; one GPU each when there are GPUs, with fp16/bf16 autocast). Actors write their batches as
-parts; when a shard's parts are all in, a small stage (`FinalizeStage` through `run_stage`: retries,
-failure records, the marker written by the executor) joins them into the shard's files. No Ray here: thresher/exec/embed.py runs the pipeline. The
-stage's entry and its other files: thresher/stages/features/features.py.
+parts; when a shard's parts are all in, a small stage (`FinalizeStage` through `run_stage`, in the command's
+own process: retries, failure records, the marker written by the executor) joins them into the shard's files.
+No Ray here: thresher/exec/embed.py runs the pipeline. The stage's entry and its other files:
+thresher/stages/features/features.py.
 """
 
 from __future__ import annotations
@@ -70,19 +71,16 @@ def _decode_shards(
     pool: str,
     scorer_dir: str,
     pp_cfg: dict,
-    model: str,
     rows_per_batch: int,
     where: str = "cpu",
     max_pixels: int = decode.MAX_PIXELS,
 ):
-    """The pipeline's producer (a CPU task on Ray): whole shards in, batches of resized uint8 pixels (or, to be decoded in the model
-    actor, the images' bytes: thresher/core/decode.py) and caption tokens out. An image past `max_pixels` is
-    refused from its header on both paths (its bytes are not shipped either)."""
-    import open_clip
-
-    models.register_project_models()
-    transform = models.pil_transform(pp_cfg)
-    tokenizer = open_clip.get_tokenizer(model)
+    """The pipeline's producer (a CPU task on Ray): whole shards in, batches of resized uint8 pixels (or, to
+    be decoded in the model actor, the images' bytes: thresher/core/decode.py) and captions out. An image
+    past `max_pixels` is refused from its header on both paths (its bytes are not shipped either). Captions
+    are tokenized in the model actor, so that this task imports neither open_clip nor torch where
+    `models.resize_crop` covers the model's preprocessing: its first batch then comes seconds sooner."""
+    transform = (models.resize_crop(pp_cfg) or models.pil_transform(pp_cfg)) if where == "cpu" else None
     size = pp_cfg["size"] if isinstance(pp_cfg["size"], (list, tuple)) else (pp_cfg["size"], pp_cfg["size"])
     for shard in batch["shard"]:
         shard = int(shard)
@@ -100,7 +98,7 @@ def _decode_shards(
                 "shard": np.full(len(keys[sl]), shard, np.int64),
                 "key": np.array(keys[sl], dtype=object),
                 "uid": np.array(uids[sl], dtype=object),
-                "tokens": models.tokenize(tokenizer, captions[sl]),
+                "caption": np.array(captions[sl], dtype=object),
             }
             if where == "actor":  # the bytes as stored; the model actor decodes them
                 errors = [
@@ -136,11 +134,18 @@ class ClipEmbedder:
         self.device, self.pp_cfg, self.dir = device, pp_cfg, scorer_dir
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
-        self.model, _ = models.load(self.cfg.model, self.cfg.pretrained, device=device)
+        self.model, self.tokenizer = models.load(self.cfg.model, self.cfg.pretrained, device=device)
         precision = self.cfg.precision
         if precision == "auto":
             precision = "fp16" if device.startswith("cuda") else "fp32"
         self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+
+    def set_threads(self, threads: int) -> None:
+        """The model pipeline's call once decoding is over: on CPU, the decoding tasks' cores join the model."""
+        if self.device == "cpu":
+            import torch
+
+            torch.set_num_threads(max(1, threads))
 
     def __call__(self, batch: dict) -> dict:
         import contextlib
@@ -161,7 +166,8 @@ class ClipEmbedder:
         else:
             pixels = batch["pixels"]
         with torch.inference_mode(), ctx:
-            tokens = torch.as_tensor(batch["tokens"].astype(np.int64), device=self.device)
+            tokens = models.tokenize(self.tokenizer, list(batch["caption"]))
+            tokens = torch.as_tensor(tokens.astype(np.int64), device=self.device)
             img = models.encode_images(self.model, pixels, self.pp_cfg, self.device)
             txt = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
         img, txt = img.cpu().numpy(), txt.cpu().numpy()
@@ -282,13 +288,17 @@ def run_scorer(pool: str, cfg: ScorerConfig, ray_address: str | None = None, log
     if not shards:
         raise InputError(f"{pool} has no downloaded shards; run `thresher download` first")
     Pool(pool).require_images(f"features --scorer-id {cfg.scorer_id} (it embeds the images)")
-    pp_cfg = models.preprocess_config(cfg.model, cfg.pretrained)  # fail fast on a bad name or tag
     scorer_dir = Pool(pool).features_dir(cfg.scorer_id)
     runtime.makedirs(scorer_dir)
     _check_scorer_manifest(scorer_dir, cfg)
     todo = [s for s in shards if s not in completed(scorer_dir)]
     failed: dict[int, str] = {}
-    ex = execute.start(ray_address)
+    pp_cfg: dict = {}
+    # the model's preprocessing (which checks its name and tag) needs open_clip, whose import takes a few
+    # seconds of CPU: it runs while Ray starts, not before, and a bad name still fails before any work
+    ex = execute.start(
+        ray_address, meanwhile=lambda: pp_cfg.update(models.preprocess_config(cfg.model, cfg.pretrained))
+    )
     device = _device(cfg, ex)
     where = decode.resolve(cfg.decode, device, pp_cfg)  # where images are decoded: cpu or actor
     if todo:
@@ -315,7 +325,6 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log, ex
             pool=pool,
             scorer_dir=scorer_dir,
             pp_cfg=pp_cfg,
-            model=cfg.model,
             rows_per_batch=cfg.decode_batch,
             where=where,
             max_pixels=decode.max_pixels_of(pool),
@@ -323,6 +332,7 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log, ex
         consume_kwargs=dict(scorer=to_dict(cfg), scorer_dir=scorer_dir, pp_cfg=pp_cfg, device=device),
         threads_arg="threads",
         batch_size=cfg.batch_size,
+        produce_rows=cfg.decode_batch,
         actors=cfg.actors or max(1, gpus),
         actor_cpus=cfg.actor_cpus,
         actor_gpus=1 if gpus else 0,
@@ -334,10 +344,18 @@ def _embed(pool, scorer_dir, cfg, pp_cfg, device, where, todo, expected, log, ex
     failed: dict[int, str] = {}
 
     def finalize(shards: list[int]) -> None:
-        """Through the execution layer (retries, failure records), as shards complete: a killed run keeps them."""
+        """Through the execution layer (retries, failure records), as shards complete: a killed run keeps them.
+        In this process: joining a shard's parts takes milliseconds, and a task would wait for a CPU that
+        the producers hold while this loop, which they wait on, waits for it (on 2 cores it never came)."""
         stage = FinalizeStage(scorer_dir, {s: expected[s] for s in shards}, embed_dim(cfg.model))
         out = run_stage(
-            stage, shards, label=f"features:{cfg.scorer_id} finalize", retries=1, quiet=True, executor=ex, log=log
+            stage,
+            shards,
+            label=f"features:{cfg.scorer_id} finalize",
+            retries=1,
+            quiet=True,
+            executor=execute.LocalExecutor(),
+            log=log,
         )
         finished.update(shards)
         failed.update(out.failures)
