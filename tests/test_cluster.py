@@ -18,6 +18,7 @@ loses a node too and gives the local run's in-process verdicts.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -81,7 +82,13 @@ def cluster(s3):
 
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     mem = 300 * 2**20
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": mem})
+    # a removed node is marked dead after 3 failed health checks 1 s apart, not Ray's default 5 x 3 s: the
+    # job's lost tasks are retried once it is (each node loss waited ~15 s for that); a node that is alive
+    # answers a check well within its timeout (10 s, left as it is)
+    health = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+    c = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": mem, "_system_config": health}
+    )
     for _ in range(2):
         c.add_node(num_cpus=1, object_store_memory=mem)
     c.wait_for_nodes()
@@ -261,14 +268,19 @@ def test_build_subset_on_a_cluster_with_the_pool_on_s3_matches_a_local_run(
     _same_outputs(local_run, f"{store}/pool", f"{store}/subset")
 
 
-def test_clip_scoring_finishes_on_a_cluster_with_one_cpu_in_all(cluster, local_run):
-    """The model actor and the decoder share the one CPU; before, the decoder waited forever for it."""
+def test_clip_scoring_finishes_on_a_cluster_with_one_cpu_in_all(cluster, local_run, tmp_path):
+    """The model actor and the decoder share the one CPU; before, the decoder waited forever for it (on
+    any pool: here a copy of two of the local run's shards)."""
+    pool = tmp_path / "pool"
+    (pool / "shards").mkdir(parents=True)
+    for f in sorted((local_run / "pool" / "shards").glob("0000000[01]*")):
+        shutil.copy(f, pool / "shards" / f.name)
     cluster.remove_node(next(iter(cluster.worker_nodes)))
     try:
-        argv = [THRESHER, "features", str(local_run / "pool"), "--model", "thresher-tiny", "--pretrained", "none"]
+        argv = [THRESHER, "features", str(pool), "--model", "thresher-tiny", "--pretrained", "none"]
         argv += ["--scorer-id", "one_cpu", "--no-base", "--ray-address", cluster.address]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        assert Pool(str(local_run / "pool")).completed("one_cpu") == set(Pool(str(local_run / "pool")).shards())
+        assert Pool(str(pool)).completed("one_cpu") == set(Pool(str(pool)).shards()) == {0, 1}
     finally:
         cluster.add_node(num_cpus=1, object_store_memory=300 * 2**20)
