@@ -9,7 +9,10 @@ the environment, as a real cluster's would from its nodes' configuration.
 `jobs/build_subset.yaml` (the pool job's steps, then filter, subset, verify and report) runs three
 times on a 1,500-sample synthetic pool in 10 download shards: locally, on the cluster while worker nodes
 are removed mid-stage (download, base features, clip_tiny's CLIP scoring, subset, each every run), and on the
-cluster with the pool and subset on s3://. The three give the same decisions, the same CLIP scores and
+cluster with the pool and subset on s3://. The local run is the session's `thresher demo` (tests/conftest.py:
+jobs/demo.yaml runs build_subset.yaml's steps, with the same vars, download config and port, on this
+machine's local Ray; its later steps only read the pool, filter datacomp-none and write other folders), so
+the pool is not built a third time. The three give the same decisions, the same CLIP scores and
 embeddings (bit for bit), the same subset (uids and shard bytes) and, with nodes lost, every input row once
 and no partial file. After the node-loss run, dedup over partitions (Ray tasks)
 loses a node too and gives the local run's in-process verdicts.
@@ -17,6 +20,7 @@ loses a node too and gives the local run's in-process verdicts.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -29,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from conftest import free_port
+from conftest import DEMO_ROWS_PER_SHARD, DEMO_VARS, free_port
 
 from thresher.core import runtime
 from thresher.core.pool import Pool
@@ -40,8 +44,8 @@ from thresher.stages.subset import subset
 
 pytestmark = pytest.mark.slow
 
-ROWS, PER_SHARD = 1500, 150
-VARS = {"samples": ROWS, "trusted": 200, "eval_images": 50, "dfn_epochs": 1, "size": 200}
+VARS = DEMO_VARS  # the demo's, so that it is the local run
+ROWS, PER_SHARD = VARS["samples"], DEMO_ROWS_PER_SHARD
 BUCKET = "thresher-cluster"
 THRESHER = str(Path(sys.executable).with_name("thresher"))
 
@@ -101,17 +105,16 @@ def cluster(s3):
 
 
 @pytest.fixture(scope="module")
-def download_config(tmp_path_factory) -> str:
+def download_config(demo_download_config) -> str:
     """The demo's download settings in 150-row shards, so two nodes share ten of them."""
-    path = tmp_path_factory.mktemp("config") / "download.yaml"
-    demo = (Path(__file__).resolve().parent.parent / "configs/download/demo.yaml").read_text()
-    path.write_text(demo.replace("samples_per_shard: 1000", f"samples_per_shard: {PER_SHARD}"))
-    return str(path)
+    return demo_download_config
 
 
 @pytest.fixture(scope="module")
-def job_port() -> int:
-    return free_port()  # one port for every run: the synthetic URLs, and so the uids, contain it
+def job_port(demo) -> int:
+    """The demo's port, for every run: the synthetic URLs, and so the uids, contain it."""
+    out, _, _ = demo
+    return json.loads((out / "demo.json").read_text())["port"]
 
 
 def run_job(out: Path, port: int, config: str, store: str = ".", address: str | None = None, watch=None) -> None:
@@ -141,9 +144,11 @@ def run_cli(argv: list[str], cwd: Path, log: Path, watch=None) -> None:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory, job_port, download_config):
-    out = tmp_path_factory.mktemp("local") / "job"
-    run_job(out, job_port, download_config)
+def local_run(demo, download_config):
+    """The job run locally: the session's demo (its folder has pool/, subset/ and source/ as build_subset's has)."""
+    out, _, _ = demo
+    settings = json.loads((out / "demo.json").read_text())
+    assert {k: settings[k] for k in VARS} == VARS and settings["download"] == download_config
     return out
 
 
@@ -208,7 +213,7 @@ def _same_outputs(local: Path, pool: str, sub: str) -> None:
 
 
 def test_build_subset_on_a_cluster_that_loses_nodes_matches_a_local_run(
-    cluster, local_run, tmp_path, job_port, download_config
+    local_run, cluster, tmp_path, job_port, download_config
 ):
     out = tmp_path / "job"
     pool = out / "pool"
@@ -258,7 +263,7 @@ def test_build_subset_on_a_cluster_that_loses_nodes_matches_a_local_run(
 
 
 def test_build_subset_on_a_cluster_with_the_pool_on_s3_matches_a_local_run(
-    cluster, s3, local_run, tmp_path, job_port, download_config
+    local_run, cluster, s3, tmp_path, job_port, download_config
 ):
     out = tmp_path / "job"
     store = f"{s3}/run"
@@ -268,7 +273,7 @@ def test_build_subset_on_a_cluster_with_the_pool_on_s3_matches_a_local_run(
     _same_outputs(local_run, f"{store}/pool", f"{store}/subset")
 
 
-def test_clip_scoring_finishes_on_a_cluster_with_one_cpu_in_all(cluster, local_run, tmp_path):
+def test_clip_scoring_finishes_on_a_cluster_with_one_cpu_in_all(local_run, cluster, tmp_path):
     """The model actor and the decoder share the one CPU; before, the decoder waited forever for it (on
     any pool: here a copy of two of the local run's shards)."""
     pool = tmp_path / "pool"
