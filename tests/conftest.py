@@ -1,7 +1,9 @@
-"""Shared fixtures: one synthetic pool per test session, its HTTP server, a local Ray, one download."""
+"""Shared fixtures: one synthetic pool per test session, its HTTP server, a local Ray, one download; one
+small `thresher demo`."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -108,6 +110,65 @@ def featured_pool(pool, ray_local):
     features.run_base(str(out), log=lambda *_: None)
     features.run_scorer(str(out), features.ScorerConfig(), log=lambda *_: None)
     return out
+
+
+# `thresher demo` as the session runs it once (the `demo` fixture): a small pool in 150-row download shards
+# and one quick scale for the A/B grid (4 const checkpoints of 512 samples). Its job runs build_subset.yaml's
+# steps with these vars, so it is also the local run tests/test_cluster.py compares the cluster's runs with.
+DEMO_VARS = {"samples": 1500, "trusted": 200, "eval_images": 50, "dfn_epochs": 1, "size": 200}
+DEMO_ROWS_PER_SHARD = 150
+QUICK_SCALES = (
+    "defaults: {batch_size: 64, lr: 1.0e-3, warmup: 1, schedule: const, checkpoints: 4, precision: fp32,"
+    " shard_image_size: 80}\n"
+    "scales:\n  - {name: a, model: thresher-w32, samples_seen: 512}\n"
+)
+
+
+@pytest.fixture(scope="session")
+def demo_download_config(tmp_path_factory) -> str:
+    """The demo's download settings in 150-row shards (so the two nodes of test_cluster's cluster share ten)."""
+    path = tmp_path_factory.mktemp("config") / "download.yaml"
+    demo = (Path(__file__).resolve().parent.parent / "configs/download/demo.yaml").read_text()
+    assert "samples_per_shard: 1000" in demo
+    path.write_text(demo.replace("samples_per_shard: 1000", f"samples_per_shard: {DEMO_ROWS_PER_SHARD}"))
+    return str(path)
+
+
+def run_test_demo(out: Path, port: int, scales: str, download: str, log) -> dict:
+    from thresher.app.demo import run_demo
+
+    variables = {k: v for k, v in DEMO_VARS.items() if k != "samples"}
+    return run_demo(
+        out=str(out),
+        samples=DEMO_VARS["samples"],
+        port=port,
+        scales=scales,
+        overrides={**variables, "download": download},
+        log=log,
+    )
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory, ray_local, demo_download_config):
+    """`thresher demo` (jobs/demo.yaml) on a small pool, once per session: (its folder, its result, its log
+    lines). Its settings (and port) are in FOLDER/demo.json. Tests read its outputs and write nothing into it
+    (they filter a copy_pool of its pool)."""
+    tmp = tmp_path_factory.mktemp("demo")
+    (tmp / "scales.yaml").write_text(QUICK_SCALES)
+    lines = []
+    result = run_test_demo(tmp / "demo", free_port(), str(tmp / "scales.yaml"), demo_download_config, lines.append)
+    return tmp / "demo", result, lines
+
+
+def copy_pool(src: Path, dst: Path) -> Path:
+    """A pool's copy to write into (decisions, stats): every file copied but the tar shards, which no stage
+    rewrites once finished; those are symlinks to the originals."""
+
+    def copy(a: str, b: str) -> None:
+        os.symlink(a, b) if a.endswith(".tar") else shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=copy)
+    return dst
 
 
 def pip(*args: str) -> None:

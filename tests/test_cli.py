@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import DEMO_ROWS_PER_SHARD, DEMO_VARS, copy_pool, run_test_demo
 
 from thresher.app import cli
 
@@ -62,37 +62,14 @@ def test_bad_recipe_exits_2_naming_the_file(tmp_path, capsys):
     assert str(recipe) in err and "unknown filter 'nope'" in err
 
 
-QUICK_SCALES = (
-    "defaults: {batch_size: 64, lr: 1.0e-3, warmup: 1, schedule: const, checkpoints: 4, precision: fp32,"
-    " shard_image_size: 80}\n"
-    "scales:\n  - {name: a, model: thresher-w32, samples_seen: 512}\n"
-)
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory, ray_local):
-    """`thresher demo` on a small pool: the A/B grid trains one quick scale (4 const checkpoints of 512 samples)."""
-    from thresher.app.demo import run_demo
-
-    tmp = tmp_path_factory.mktemp("demo")
-    (tmp / "scales.yaml").write_text(QUICK_SCALES)
-    lines = []
-    result = run_demo(
-        out=str(tmp / "demo"),
-        samples=1200,
-        port=free_port(),
-        scales=str(tmp / "scales.yaml"),
-        overrides={"trusted": 300, "dfn_epochs": 2, "eval_images": 100},
-        log=lines.append,
-    )
-    return tmp / "demo", result, lines
-
-
 def test_demo_runs_the_three_workflows_and_prints_their_paths(demo):
+    """`thresher demo` on a small pool (the session's `demo` fixture, tests/conftest.py: 1,500 samples in 150-row
+    shards, one quick scale for the A/B grid)."""
     out, result, lines = demo
     manifest = json.loads((out / "pool" / "manifest.json").read_text())
-    assert manifest["counts"]["rows"] == 1200
-    assert manifest["shards"]["complete"] == manifest["shards"]["total"] == 2
+    assert manifest["counts"]["rows"] == DEMO_VARS["samples"]
+    shards = DEMO_VARS["samples"] // DEMO_ROWS_PER_SHARD
+    assert manifest["shards"]["complete"] == manifest["shards"]["total"] == shards == 10
     pool, success = out / "pool", manifest["counts"]["status"]["success"]
     for kind in ("base", "clip_tiny", "dfn"):
         stats = list((pool / "features" / kind).glob("*_stats.json"))
@@ -100,7 +77,7 @@ def test_demo_runs_the_three_workflows_and_prints_their_paths(demo):
     assert json.loads((pool / "dedup" / "manifest.json").read_text())["samples"] == success
     # workflow 1: an exact-size subset of the recipe, verified
     sub = json.loads((out / "subset" / "manifest.json").read_text())
-    assert sub["size"] == 120 and sub["recipe"] == "dfn-dedup"
+    assert sub["size"] == DEMO_VARS["size"] == 200 and sub["recipe"] == "dfn-dedup"
     # the A/B's filter step found dfn-dedup's decisions up to date and left them, so the subset still points
     # at the decisions it was cut from (`audit remove` continues its ranking from them)
     from thresher.core import runtime
@@ -113,7 +90,7 @@ def test_demo_runs_the_three_workflows_and_prints_their_paths(demo):
     # workflow 2: equal subsets of both arms, the grid, and a verdict (at this size possibly "no comparison:
     # ..." when too few frontier points: a report either way)
     for arm in ("datacomp-none", "dfn-dedup"):
-        assert json.loads((out / "subsets" / arm / "manifest.json").read_text())["size"] == 120
+        assert json.loads((out / "subsets" / arm / "manifest.json").read_text())["size"] == DEMO_VARS["size"]
     assert len((out / "grid" / "results.csv").read_text().splitlines()) == 1 + 2 * 4
     assert result["ab"]["verdict"]
     # it ends with the three paths, each of which exists
@@ -127,25 +104,17 @@ def test_demo_runs_the_three_workflows_and_prints_their_paths(demo):
 
 
 def test_demo_rerun_resumes_without_redoing_work(demo):
-    from thresher.app.demo import run_demo
-
     out, result, _ = demo
     settings = json.loads((out / "demo.json").read_text())
     lines = []
-    run_demo(
-        out=str(out),
-        samples=1200,
-        port=settings["port"],
-        scales=settings["scales"],
-        overrides={"trusted": 300, "dfn_epochs": 2, "eval_images": 100},
-        log=lines.append,
-    )
+    run_test_demo(out, settings["port"], settings["scales"], settings["download"], lines.append)
     assert sum("done already" in line for line in lines) == len(list((out / "_job").glob("*.json")))
 
 
-def test_every_preset_recipe_runs_on_the_demo_pool(demo, capsys):
-    """Each preset in configs/recipes/ on a real downloaded pool; the demo's scorers stand in for clip_b32 and
-    clip_l14 (random-init clip_tiny: those decisions exercise the machinery, their choices mean nothing)."""
+def test_every_preset_recipe_runs_on_the_demo_pool(demo, tmp_path, capsys):
+    """Each preset in configs/recipes/ on a real downloaded pool (a copy of the demo's); the demo's scorers
+    stand in for clip_b32 and clip_l14 (random-init clip_tiny: those decisions exercise the machinery, their
+    choices mean nothing)."""
     import pyarrow.parquet as pq
 
     from thresher.core import runtime
@@ -153,8 +122,9 @@ def test_every_preset_recipe_runs_on_the_demo_pool(demo, capsys):
     from thresher.stages.filter import filter as filtering
     from thresher.stages.filter.filter import missing_plugins
 
-    out, _, _ = demo
-    pool, src = out / "pool", out / "source"
+    demo_out, _, _ = demo
+    out, src = tmp_path, demo_out / "source"
+    pool = copy_pool(demo_out / "pool", out / "pool")
     # image-based filtering's target set: labelled evaluation images, embedded by the same model
     target = out / "shapes_kind.thresher-tiny.npy"
     features.embed_images(str(src / "eval" / "shapes_kind"), "thresher-tiny", None, str(target))

@@ -9,7 +9,10 @@ the environment, as a real cluster's would from its nodes' configuration.
 `jobs/build_subset.yaml` (the pool job's steps, then filter, subset, verify and report) runs three
 times on a 1,500-sample synthetic pool in 10 download shards: locally, on the cluster while worker nodes
 are removed mid-stage (download, base features, clip_tiny's CLIP scoring, subset, each every run), and on the
-cluster with the pool and subset on s3://. The three give the same decisions, the same CLIP scores and
+cluster with the pool and subset on s3://. The local run is the session's `thresher demo` (tests/conftest.py:
+jobs/demo.yaml runs build_subset.yaml's steps, with the same vars, download config and port, on this
+machine's local Ray; its later steps only read the pool, filter datacomp-none and write other folders), so
+the pool is not built a third time. The three give the same decisions, the same CLIP scores and
 embeddings (bit for bit), the same subset (uids and shard bytes) and, with nodes lost, every input row once
 and no partial file. After the node-loss run, dedup over partitions (Ray tasks)
 loses a node too and gives the local run's in-process verdicts.
@@ -17,7 +20,9 @@ loses a node too and gives the local run's in-process verdicts.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -28,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from conftest import free_port
+from conftest import DEMO_ROWS_PER_SHARD, DEMO_VARS, free_port
 
 from thresher.core import runtime
 from thresher.core.pool import Pool
@@ -39,8 +44,8 @@ from thresher.stages.subset import subset
 
 pytestmark = pytest.mark.slow
 
-ROWS, PER_SHARD = 1500, 150
-VARS = {"samples": ROWS, "trusted": 200, "eval_images": 50, "dfn_epochs": 1, "size": 200}
+VARS = DEMO_VARS  # the demo's, so that it is the local run
+ROWS, PER_SHARD = VARS["samples"], DEMO_ROWS_PER_SHARD
 BUCKET = "thresher-cluster"
 THRESHER = str(Path(sys.executable).with_name("thresher"))
 
@@ -81,7 +86,13 @@ def cluster(s3):
 
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     mem = 300 * 2**20
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": mem})
+    # a removed node is marked dead after 3 failed health checks 1 s apart, not Ray's default 5 x 3 s: the
+    # job's lost tasks are retried once it is (each node loss waited ~15 s for that); a node that is alive
+    # answers a check well within its timeout (10 s, left as it is)
+    health = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+    c = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": mem, "_system_config": health}
+    )
     for _ in range(2):
         c.add_node(num_cpus=1, object_store_memory=mem)
     c.wait_for_nodes()
@@ -94,17 +105,16 @@ def cluster(s3):
 
 
 @pytest.fixture(scope="module")
-def download_config(tmp_path_factory) -> str:
+def download_config(demo_download_config) -> str:
     """The demo's download settings in 150-row shards, so two nodes share ten of them."""
-    path = tmp_path_factory.mktemp("config") / "download.yaml"
-    demo = (Path(__file__).resolve().parent.parent / "configs/download/demo.yaml").read_text()
-    path.write_text(demo.replace("samples_per_shard: 1000", f"samples_per_shard: {PER_SHARD}"))
-    return str(path)
+    return demo_download_config
 
 
 @pytest.fixture(scope="module")
-def job_port() -> int:
-    return free_port()  # one port for every run: the synthetic URLs, and so the uids, contain it
+def job_port(demo) -> int:
+    """The demo's port, for every run: the synthetic URLs, and so the uids, contain it."""
+    out, _, _ = demo
+    return json.loads((out / "demo.json").read_text())["port"]
 
 
 def run_job(out: Path, port: int, config: str, store: str = ".", address: str | None = None, watch=None) -> None:
@@ -134,9 +144,11 @@ def run_cli(argv: list[str], cwd: Path, log: Path, watch=None) -> None:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory, job_port, download_config):
-    out = tmp_path_factory.mktemp("local") / "job"
-    run_job(out, job_port, download_config)
+def local_run(demo, download_config):
+    """The job run locally: the session's demo (its folder has pool/, subset/ and source/ as build_subset's has)."""
+    out, _, _ = demo
+    settings = json.loads((out / "demo.json").read_text())
+    assert {k: settings[k] for k in VARS} == VARS and settings["download"] == download_config
     return out
 
 
@@ -201,7 +213,7 @@ def _same_outputs(local: Path, pool: str, sub: str) -> None:
 
 
 def test_build_subset_on_a_cluster_that_loses_nodes_matches_a_local_run(
-    cluster, local_run, tmp_path, job_port, download_config
+    local_run, cluster, tmp_path, job_port, download_config
 ):
     out = tmp_path / "job"
     pool = out / "pool"
@@ -251,7 +263,7 @@ def test_build_subset_on_a_cluster_that_loses_nodes_matches_a_local_run(
 
 
 def test_build_subset_on_a_cluster_with_the_pool_on_s3_matches_a_local_run(
-    cluster, s3, local_run, tmp_path, job_port, download_config
+    local_run, cluster, s3, tmp_path, job_port, download_config
 ):
     out = tmp_path / "job"
     store = f"{s3}/run"
@@ -261,14 +273,19 @@ def test_build_subset_on_a_cluster_with_the_pool_on_s3_matches_a_local_run(
     _same_outputs(local_run, f"{store}/pool", f"{store}/subset")
 
 
-def test_clip_scoring_finishes_on_a_cluster_with_one_cpu_in_all(cluster, local_run):
-    """The model actor and the decoder share the one CPU; before, the decoder waited forever for it."""
+def test_clip_scoring_finishes_on_a_cluster_with_one_cpu_in_all(local_run, cluster, tmp_path):
+    """The model actor and the decoder share the one CPU; before, the decoder waited forever for it (on
+    any pool: here a copy of two of the local run's shards)."""
+    pool = tmp_path / "pool"
+    (pool / "shards").mkdir(parents=True)
+    for f in sorted((local_run / "pool" / "shards").glob("0000000[01]*")):
+        shutil.copy(f, pool / "shards" / f.name)
     cluster.remove_node(next(iter(cluster.worker_nodes)))
     try:
-        argv = [THRESHER, "features", str(local_run / "pool"), "--model", "thresher-tiny", "--pretrained", "none"]
+        argv = [THRESHER, "features", str(pool), "--model", "thresher-tiny", "--pretrained", "none"]
         argv += ["--scorer-id", "one_cpu", "--no-base", "--ray-address", cluster.address]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        assert Pool(str(local_run / "pool")).completed("one_cpu") == set(Pool(str(local_run / "pool")).shards())
+        assert Pool(str(pool)).completed("one_cpu") == set(Pool(str(pool)).shards()) == {0, 1}
     finally:
         cluster.add_node(num_cpus=1, object_store_memory=300 * 2**20)

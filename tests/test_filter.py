@@ -410,13 +410,15 @@ def test_random_subset_is_seeded_and_sized(featured_pool, ray_local):
 
 @pytest.fixture(scope="session")
 def dfn_scored(featured_pool, synth_dir, tmp_path_factory, ray_local):
-    """A filtering network trained only on the synthetic trusted set, scoring the pool as scorer "dfn"."""
+    """A filtering network trained only on the synthetic trusted set, scoring the pool as scorer "dfn".
+    Three epochs: on this pool it then removes 93% of the mismatched captions and 16% of the clean samples
+    (5 epochs: 95% and 16%; the test asks for at least 80% and at most 35%)."""
     from thresher.experiments import train
     from thresher.stages.features import features
 
     run = tmp_path_factory.mktemp("dfn")
     trained = train.train(
-        str(synth_dir / "trusted"), str(run), train.TrainConfig(epochs=5), name="dfn", log=lambda *_: None
+        str(synth_dir / "trusted"), str(run), train.TrainConfig(epochs=3), name="dfn", log=lambda *_: None
     )
     features.run_scorer(
         str(featured_pool),
