@@ -99,3 +99,15 @@ def test_resources_come_from_the_stage_or_the_file_thresher_resources_names(tmp_
     monkeypatch.setenv("THRESHER_RESOURCES", str(negative))
     with pytest.raises(InputError, match=r"negative.yaml: squares: cpus and gpus must be >= 0"):
         resources_for(stage)
+
+
+def test_a_rerun_removes_what_a_writer_killed_mid_write_left(tmp_path):
+    """A worker killed between writing a file and renaming it (a lost node: tests/test_cluster.py saw
+    `00000000_stats.json.5616-19e8348f.tmp` left in a pool) leaves atomic_writer's temporary; the run of
+    the stage that writes there removes it once its tasks have ended. Other files ending in .tmp stay."""
+    left = tmp_path / "1_stats.json.5616-19e8348f.tmp"
+    left.write_text("{")
+    (tmp_path / "notes.tmp").write_text("mine")
+    out = run_stage(Squares(str(tmp_path)), range(3), executor=execute.LocalExecutor(), log=lambda *_: None)
+    assert not out.failures and not left.exists()
+    assert (tmp_path / "notes.tmp").read_text() == "mine"

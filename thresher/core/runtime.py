@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -102,6 +103,20 @@ def atomic_writer(url: str):
             fs.rm(tmp)
         raise
     fs.mv(tmp, path)
+
+
+# atomic_writer's temporary names: <file>.<pid>-<8 hex>.tmp
+_TEMPORARY = re.compile(r"\.\d+-[0-9a-f]{8}\.tmp$")
+
+
+def remove_temporaries(directory: str) -> int:
+    """Remove what writers killed mid-write left in `directory` (atomic_writer's temporaries: a process
+    killed between writing and renaming, as with a lost node, leaves one); how many. Call it only while
+    no writer of the directory runs (the run holding its output lock, after its tasks ended)."""
+    found = [p for p in glob(join(directory, "*.tmp")) if _TEMPORARY.search(p)]
+    for p in found:
+        remove(p)
+    return len(found)
 
 
 @contextlib.contextmanager

@@ -104,7 +104,7 @@ def run_stage(
         log(f"[{label}] resuming: {len(items) - len(todo)} of {len(items)} {stage.unit} already complete")
     token = uuid.uuid4().hex  # which workers have set this run's stage up
     shared = (executor or execute.current()).share(stage)  # sent once (Ray's object store), not per item
-    return execute.run(
+    outcome = execute.run(
         _process,
         todo,
         shared,
@@ -123,6 +123,11 @@ def run_stage(
         log=log,
         **run_kw,
     )
+    # a worker killed between writing a file and renaming it (a lost node) leaves its temporary beside the
+    # outputs; this run's tasks have all ended, and no other run writes here (output locks)
+    for directory in sorted({os.path.dirname(m) for m in map(stage.marker, todo) if m}):
+        runtime.remove_temporaries(directory)
+    return outcome
 
 
 # the stages this worker process has set up, by run: a worker serves one run's items many times over
