@@ -16,7 +16,7 @@ persistent per-item work are objects run by `stage.run_stage` (thresher/exec/sta
 completion markers and per-item stats and skips what an earlier run finished.
 
 Model pipelines (CPU producers feeding model actors: CLIP scoring) run through `embed`, on either executor
-(thresher/exec/embed.py: Ray Data's actor pool on Ray, one in-process consumer locally). Ray is imported
+(thresher/exec/embed.py: Ray tasks and model actors on Ray, one in-process consumer locally). Ray is imported
 only in this layer (here and in embed.py), and in the tests' cluster fixtures.
 """
 
@@ -136,7 +136,7 @@ class RayExecutor:
             self.cancel(h)
 
     def stream(self, items: list[dict], pipeline):
-        """A model pipeline's outputs as they arrive (thresher/exec/embed.py: Ray Data)."""
+        """A model pipeline's outputs as they arrive (thresher/exec/embed.py: tasks and actors)."""
         from thresher.exec.embed import ray_stream
 
         return ray_stream(items, pipeline)

@@ -13,7 +13,7 @@ shard's successful samples (sorted by key), so every features file of a shard is
 
 Base features (thresher/stages/features/base.py) run as one Ray task per shard (execute.run). CLIP
 scoring (thresher/stages/features/clip.py, with ScorerConfig) runs as the execution layer's model pipeline
-(`execute.embed`: Ray Data on Ray): CPU tasks decode shards, an actor pool holds the model. This module is the stage's entry as other modules import it (run_base,
+(`execute.embed`: Ray tasks and actors on Ray): CPU tasks decode shards, model actors hold the model. This module is the stage's entry as other modules import it (run_base,
 run_scorer, embed_images and the readers, from here), a scorer whose scores come from elsewhere
 (`thresher features --precomputed`: DataComp's precomputed CLIP scores and .npz embeddings), and reading a scorer
 back.
