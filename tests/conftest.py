@@ -85,6 +85,17 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture
+def ray_by_value(ray_local, request):
+    """The session's Ray, with the test module's functions and classes sent by value: Ray workers cannot
+    import a test module."""
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(request.module)
+    yield
+    cloudpickle.unregister_pickle_by_value(request.module)
+
+
 def test_download_config(**overrides) -> download.DownloadConfig:
     """Small shards, a short timeout (planted stalls fail fast) and local addresses allowed."""
     base = dict(samples_per_shard=500, timeout=2.0, retries=2, threads=32, allow_private_addresses=True)

@@ -84,17 +84,7 @@ def _produce_then_fail(batch):
     raise ValueError("shard 00000007: truncated tar")
 
 
-@pytest.fixture
-def ray_pipeline(ray_local):
-    """Ray workers cannot import this test module: its producers and consumers travel by value."""
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-
-
-@pytest.mark.usefixtures("ray_pipeline")
+@pytest.mark.usefixtures("ray_by_value")
 class TestRay:
     def test_producers_stream_to_an_actor_in_calls_of_batch_size_rows(self):
         p = Pipeline(

@@ -104,17 +104,7 @@ def test_using_sets_the_executor_stages_get():
         assert execute.current() is ex and execute.start() is ex
 
 
-@pytest.fixture
-def ray_tasks(ray_local):
-    """Ray workers cannot import this test module: its task functions travel by value."""
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-
-
-@pytest.mark.usefixtures("ray_tasks")
+@pytest.mark.usefixtures("ray_by_value")
 class TestRay:
     def test_results_retries_and_shared_arguments(self, tmp_path):
         ex = execute.current()
