@@ -510,6 +510,41 @@ def test_the_watchdog_turns_a_stall_into_an_error():
         time.sleep(2)  # progress keeps changing: no error
 
 
+def test_the_watchdog_stops_a_stall_where_sigint_is_ignored():
+    """A command started in the background by a script (`thresher ... &`) inherits SIGINT ignored: the
+    watchdog's signal did nothing and the stalled command hung until killed. It stops now, and a SIGINT
+    from elsewhere is still ignored."""
+    code = (
+        "import os, signal, time\n"
+        "from thresher.core import runtime\n"
+        "from thresher.core.errors import StageError\n"
+        "with runtime.watchdog(lambda: 0, stall_s=3, what='x', poll_s=0.2):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)  # someone else's: ignored, as before\n"
+        "    time.sleep(0.5)\n"
+        "    print('still running', flush=True)\n"
+        "try:\n"
+        "    with runtime.watchdog(lambda: 0, stall_s=1, what='a stalled read', poll_s=0.2):\n"
+        "        time.sleep(60)\n"
+        "except StageError as err:\n"
+        "    print(err)\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
+    )
+    started = time.time()
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [
+        "still running",
+        "a stalled read: no progress for 1s; stopped instead of spinning",
+    ]
+    assert time.time() - started < 30
+
+
 # ---------------------------------------------------------------------------------------------------
 # Finding 7: bad input ends in one line, never a traceback
 

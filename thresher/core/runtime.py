@@ -223,6 +223,17 @@ def watchdog(progress: Callable[[], Any], stall_s: float, what: str, poll_s: flo
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
                 return
 
+    # a process started in the background by a script (`thresher ... &`) inherits SIGINT ignored, and the
+    # signal above then did nothing: the stalled command hung. While the block runs, the watchdog's own
+    # SIGINT interrupts it; any other stays ignored, as the process was started
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+
+        def on_sigint(signum, frame):
+            if fired.is_set():
+                raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
     thread = threading.Thread(target=watch, daemon=True, name="thresher-watchdog")
     thread.start()
     try:
@@ -234,6 +245,8 @@ def watchdog(progress: Callable[[], Any], stall_s: float, what: str, poll_s: flo
     finally:
         stop.set()
         thread.join(timeout=poll_s + 1)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def holds(where: Callable[..., str], what: str):
