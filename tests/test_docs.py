@@ -18,7 +18,10 @@ block can read what an earlier one wrote (files carry over; shell variables do n
               trusted/), a symlink to the shared one: read it, write elsewhere
 
 The environment has REPO (the repository root), the venv's bin first on PATH (so `thresher` and `python`
-are this checkout's), and no RAY_ADDRESS: each command starts its own local Ray, as it would for a user.
+are this checkout's), and no RAY_ADDRESS: each command starts its own local Ray, as it would for a user;
+except in the files IN_PROCESS names, whose point is what their commands do and print, not where they
+run: there THRESHER_EXECUTOR=local runs each command's work in its own process, without the seconds a
+local Ray takes to start (most of such a file's time). Every stage these run is tested on Ray elsewhere.
 The pool's HTTP server is up for the whole session. A failing block fails its file's test with the file,
 the block's line number, the block and the end of its output.
 """
@@ -37,6 +40,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 BLOCK_TIMEOUT_S = 600
+# Not here: docs whose point needs Ray (plugins.md: a local Ray's workers inherit PYTHONPATH; reproducibility.md:
+# the same bytes whatever order Ray's tasks finish in), and README.md, a user's first commands.
+IN_PROCESS = {
+    "docs/datacomp.md",
+    "docs/getting-started.md",
+    "docs/workflow-audit.md",
+    "docs/workflow-build-subset.md",
+}
 OUTPUT_TAIL = 6000
 
 
@@ -100,7 +111,10 @@ def run_blocks(doc: Path, work: Path) -> str | None:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     env.pop("RAY_ADDRESS", None)
+    env.pop("THRESHER_EXECUTOR", None)
     rel = doc.relative_to(ROOT) if doc.is_relative_to(ROOT) else doc
+    if str(rel) in IN_PROCESS:
+        env["THRESHER_EXECUTOR"] = "local"
     for line, code in bash_test_blocks(doc):
         try:
             run = subprocess.run(
