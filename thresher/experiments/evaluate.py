@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import io
+import json
 import os
 import tarfile
 
@@ -73,19 +74,38 @@ def read_set(path: str) -> dict:
     return out
 
 
-def _encode(net, pp_cfg: dict, tokenizer, images: list[bytes], texts: list[str], device: str, batch: int = 256):
-    """L2-normalised image and text embeddings (numpy float32), with open_clip's inference preprocessing."""
-    import torch
+CACHE_BYTES = 512 * 2**20  # preprocessed images evaluate_run keeps across a run's checkpoints, at most
+
+
+def _pixels(pp_cfg: dict, images: list[bytes], batch: int) -> list[np.ndarray]:
+    """The images decoded and resized by open_clip's inference preprocessing, in batches."""
     from PIL import Image
 
     resize = models.pil_transform(pp_cfg)
+    return [
+        np.stack([np.asarray(resize(Image.open(io.BytesIO(b)).convert("RGB"))) for b in images[i : i + batch]])
+        for i in range(0, len(images), batch)
+    ]
+
+
+def _encode(
+    net,
+    pp_cfg: dict,
+    tokenizer,
+    images: list[bytes],
+    texts: list[str],
+    device: str,
+    batch: int = 256,
+    pixels: list[np.ndarray] | None = None,
+):
+    """L2-normalised image and text embeddings (numpy float32), with open_clip's inference preprocessing
+    (`pixels`: the images already preprocessed by _pixels with this pp_cfg and batch)."""
+    import torch
+
     img_emb, txt_emb = [], []
     with torch.inference_mode():
-        for i in range(0, len(images), batch):
-            pixels = np.stack(
-                [np.asarray(resize(Image.open(io.BytesIO(b)).convert("RGB"))) for b in images[i : i + batch]]
-            )
-            img_emb.append(models.encode_images(net, pixels, pp_cfg, device).cpu())
+        for chunk in pixels if pixels is not None else _pixels(pp_cfg, images, batch):
+            img_emb.append(models.encode_images(net, chunk, pp_cfg, device).cpu())
         for i in range(0, len(texts), batch):
             t = tokenizer(texts[i : i + batch]).to(device)
             txt_emb.append(torch.nn.functional.normalize(net.encode_text(t).float(), dim=-1).cpu())
@@ -114,23 +134,34 @@ def retrieval_metrics(img: np.ndarray, txt: np.ndarray, owner: np.ndarray) -> di
     return out
 
 
-def evaluate_model(model_name: str, checkpoint: str | None, sets: list[dict], device: str = "cpu") -> dict:
+def evaluate_model(
+    model_name: str, checkpoint: str | None, sets: list[dict], device: str = "cpu", cache: dict | None = None
+) -> dict:
+    """`cache`: a dict kept across calls (one run's checkpoints) holding each set's preprocessed images,
+    decoded and resized once per preprocessing configuration instead of once per checkpoint."""
     import torch
 
     model, tokenizer = models.load(model_name, checkpoint, device)
     pp_cfg = models.preprocess_config(model_name, checkpoint)
     results = {}
     for s in sets:
+        pixels = None
+        if cache is not None and s["images"]:
+            key = (s["name"], json.dumps(pp_cfg, sort_keys=True, default=str))
+            if key not in cache:  # kept only where small (an evaluation set of real size streams as before)
+                one = _pixels(pp_cfg, s["images"][:1], 1)[0].nbytes
+                cache[key] = _pixels(pp_cfg, s["images"], 256) if one * len(s["images"]) <= CACHE_BYTES else None
+            pixels = cache[key]
         if s["kind"] == "classification":
             prompts = [t.replace("{c}", c) for c in s["classnames"] for t in s["templates"]]
-            img, txt = _encode(model, pp_cfg, tokenizer, s["images"], prompts, device)
+            img, txt = _encode(model, pp_cfg, tokenizer, s["images"], prompts, device, pixels=pixels)
             cls = txt.reshape(len(s["classnames"]), len(s["templates"]), -1).mean(axis=1)
             cls /= np.linalg.norm(cls, axis=1, keepdims=True)
             results[s["name"]] = classification_metrics(img @ cls.T, s["labels"])
         else:
             texts = [c for caps in s["captions"] for c in caps]
             owner = np.asarray([i for i, caps in enumerate(s["captions"]) for _ in caps])
-            img, txt = _encode(model, pp_cfg, tokenizer, s["images"], texts, device)
+            img, txt = _encode(model, pp_cfg, tokenizer, s["images"], texts, device, pixels=pixels)
             results[s["name"]] = retrieval_metrics(img, txt, owner)
     del model
     if torch.cuda.is_available():
@@ -151,6 +182,7 @@ def evaluate_run(run: str, eval_sets: list[str], device: str | None = None, log=
     out_path = os.path.join(run, "eval.json")
     done = runtime.read_json(out_path) if os.path.exists(out_path) else {"checkpoints": []}
     have = {c["checkpoint_sha256"] for c in done["checkpoints"] if set(c["metrics"]) >= {s["name"] for s in sets}}
+    cache: dict = {}  # every checkpoint of the run sees the same images: preprocess them once
     for ck in manifest.get("checkpoints") or [
         {
             "path": manifest["checkpoint"],
@@ -162,7 +194,7 @@ def evaluate_run(run: str, eval_sets: list[str], device: str | None = None, log=
         if ck["sha256"] in have:
             continue
         log(f"[eval] {ck['path']} on {', '.join(s['name'] for s in sets)}")
-        metrics = evaluate_model(manifest.get("model") or manifest["config"]["model"], ck["path"], sets, device)
+        metrics = evaluate_model(manifest.get("model") or manifest["config"]["model"], ck["path"], sets, device, cache)
         done["checkpoints"] = [c for c in done["checkpoints"] if c["checkpoint_sha256"] != ck["sha256"]]
         done["checkpoints"].append(
             {
