@@ -173,9 +173,7 @@ class _Consumer:
         batches = tuple(b for b in batches if _rows(b))
         if not batches:
             return {}
-        if len(batches) == 1:
-            return self.consumer(batches[0])
-        return self.consumer({c: np.concatenate([np.asarray(b[c]) for b in batches]) for c in batches[0]})
+        return self.consumer(_concat(batches))
 
 
 class Rebatcher:
@@ -214,7 +212,7 @@ class Rebatcher:
                 self.held[0] = {c: v[k:] for c, v in b.items()}
                 got = n
         self.rows -= n
-        return parts[0] if len(parts) == 1 else {c: np.concatenate([b[c] for b in parts]) for c in parts[0]}
+        return _concat(parts)
 
 
 # in this process the consumer is the command itself: it uses every core (an actor's `actor_cpus` is its
@@ -239,6 +237,13 @@ def local_stream(items: list[dict], p: Pipeline) -> Iterator[dict]:
                 yield consume(full)
     for rest in batches.flush():
         yield consume(rest)
+
+
+def _concat(batches) -> dict:
+    """Batches with the same columns as one (the one itself when there is one)."""
+    if len(batches) == 1:
+        return batches[0]
+    return {c: np.concatenate([np.asarray(b[c]) for b in batches]) for c in batches[0]}
 
 
 def _rows(batch: dict) -> int:

@@ -60,6 +60,7 @@ class Outcome:
     results: list
     failed: dict[int, str] = field(default_factory=dict)  # by position in `items`
     errors: dict[int, BaseException] = field(default_factory=dict)
+    retried: set[int] = field(default_factory=set)  # by position: items with a failed attempt (a killed worker's too)
 
     @property
     def failures(self) -> dict[Any, str]:
@@ -417,6 +418,7 @@ def run(
     last_event, done = time.monotonic(), 0
 
     def retry_or_fail(i: int, err: BaseException | None, why: str) -> None:
+        out.retried.add(i)
         if attempts[i] <= retries and not isinstance(err, _NoRetry):
             log(f"[{label}] {_name(items[i])} attempt {attempts[i]} failed ({why}); retrying")
             pending.append(i)

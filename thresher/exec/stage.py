@@ -123,12 +123,21 @@ def run_stage(
         log=log,
         **run_kw,
     )
-    # a worker killed between writing a file and renaming it (a lost node) leaves its temporary beside the
-    # outputs; this run's tasks have all ended, and no other run writes here (output locks)
-    for directory in sorted({os.path.dirname(m) for m in map(stage.marker, todo) if m}):
+    # a worker killed between writing a file and renaming it (a lost node, a killed command) leaves its
+    # temporary beside the outputs: swept from a folder the first time this process runs a stage there (an
+    # earlier run's), and again where an item of this run had a failed attempt; not on every call (CLIP
+    # scoring runs one per finished shard, and a listing of a big folder each time would cost more than the
+    # join). This run's tasks have ended and no other run writes there (output locks)
+    hit = [outcome.items[i] for i in outcome.retried]
+    dirs = {os.path.dirname(m) for m in map(stage.marker, todo) if m}
+    again = {os.path.dirname(m) for m in map(stage.marker, hit) if m}
+    for directory in sorted((dirs - _swept) | again):
         runtime.remove_temporaries(directory)
+    _swept.update(dirs)
     return outcome
 
+
+_swept: set[str] = set()  # folders whose leftover temporaries this process removed once
 
 # the stages this worker process has set up, by run: a worker serves one run's items many times over
 _ready: OrderedDict[str, Stage] = OrderedDict()
