@@ -3,6 +3,9 @@ small `thresher demo`."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import shutil
 import socket
@@ -35,9 +38,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.ray)
         if item.get_closest_marker("gpu") and not cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
-    # the multi-node cluster tests last: Ray's Cluster changes process-wide state of the test process
-    # (signal handlers, Ray's current-cluster file), and the stall watchdog's tests failed after them
-    items.sort(key=lambda item: item.module.__name__ == "test_cluster" if item.module else False)
+    # In one process, the multi-node cluster tests last: Ray's Cluster changes process-wide state of the test
+    # process (signal handlers, which its fixture puts back, Ray's current-cluster file), and two stall-watchdog
+    # tests after them failed in CI (2026-12-01). With workers (pytest-xdist, pyproject's addopts), first: the
+    # longest file (4 to 7 minutes of a ~15-minute run) then runs beside the others instead of alone at the
+    # end, and every test its worker ran after it passed (two full runs, 2026-12-07).
+    first = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+    items.sort(key=lambda item: (item.module.__name__ == "test_cluster") != first if item.module else False)
 
 
 def free_port() -> int:
@@ -135,13 +142,35 @@ QUICK_SCALES = (
 )
 
 
+def shared_dir(tmp_path_factory) -> Path:
+    """A folder all of this run's pytest-xdist workers share (their base folders' parent); the base folder
+    itself in a run without workers."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextlib.contextmanager
+def built_once(tmp_path_factory, name: str):
+    """(folder, done): the shared folder NAME, locked against the other workers until the block ends, and
+    whether a worker already built it (its `.built` file). A block that builds it calls `done()`."""
+    root = shared_dir(tmp_path_factory)
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        folder.mkdir(exist_ok=True)
+        yield folder, (folder / ".built").exists(), lambda: (folder / ".built").touch()
+
+
 @pytest.fixture(scope="session")
 def demo_download_config(tmp_path_factory) -> str:
     """The demo's download settings in 150-row shards (so the two nodes of test_cluster's cluster share ten)."""
-    path = tmp_path_factory.mktemp("config") / "download.yaml"
-    demo = (Path(__file__).resolve().parent.parent / "configs/download/demo.yaml").read_text()
-    assert "samples_per_shard: 1000" in demo
-    path.write_text(demo.replace("samples_per_shard: 1000", f"samples_per_shard: {DEMO_ROWS_PER_SHARD}"))
+    with built_once(tmp_path_factory, "config") as (folder, built, done):
+        path = folder / "download.yaml"
+        if not built:
+            demo = (Path(__file__).resolve().parent.parent / "configs/download/demo.yaml").read_text()
+            assert "samples_per_shard: 1000" in demo
+            path.write_text(demo.replace("samples_per_shard: 1000", f"samples_per_shard: {DEMO_ROWS_PER_SHARD}"))
+            done()
     return str(path)
 
 
@@ -161,14 +190,30 @@ def run_test_demo(out: Path, port: int, scales: str, download: str, log) -> dict
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory, ray_local, demo_download_config):
-    """`thresher demo` (jobs/demo.yaml) on a small pool, once per session: (its folder, its result, its log
-    lines). Its settings (and port) are in FOLDER/demo.json. Tests read its outputs and write nothing into it
-    (they filter a copy_pool of its pool)."""
-    tmp = tmp_path_factory.mktemp("demo")
-    (tmp / "scales.yaml").write_text(QUICK_SCALES)
-    lines = []
-    result = run_test_demo(tmp / "demo", free_port(), str(tmp / "scales.yaml"), demo_download_config, lines.append)
-    return tmp / "demo", result, lines
+    """`thresher demo` (jobs/demo.yaml) on a small pool, once per run (whichever worker asks first builds it,
+    the others wait and read it): (its folder, its result, its log lines). Its settings (and port) are in
+    FOLDER/demo.json. Tests read its outputs and write nothing into it (they filter a copy_pool of its pool).
+    It runs in a process of its own, as a user's command does: in a test process its DFN training once gave
+    other bits after the tests run before it there (test_cluster compares them with a cluster's, bit for bit)."""
+    with built_once(tmp_path_factory, "demo") as (tmp, built, done):
+        record = tmp / "fixture.json"
+        if not built:
+            (tmp / "scales.yaml").write_text(QUICK_SCALES)
+            code = (
+                "import json, sys; from pathlib import Path; from conftest import run_test_demo; lines = []; "
+                "result = run_test_demo(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], lines.append); "
+                "json.dump({'result': result, 'lines': lines}, open(sys.argv[5], 'w'))"
+            )
+            argv = [str(tmp / "demo"), str(free_port()), str(tmp / "scales.yaml"), demo_download_config, str(record)]
+            env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "THRESHER_EXECUTOR")}
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))
+            run = subprocess.run(
+                [sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=1200
+            )
+            assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+            done()
+        saved = json.loads(record.read_text())
+    return tmp / "demo", saved["result"], saved["lines"]
 
 
 def copy_pool(src: Path, dst: Path) -> Path:

@@ -163,8 +163,9 @@ class NodeKiller:
 
     def __call__(self):
         for name, when in self.stages.items():
-            part_way = when() if callable(when) else 0 < len(runtime.glob(when[0])) < when[1]
-            if name not in self.hit and part_way:
+            if name in self.hit:  # each look globs folders: only those of stages still to hit
+                continue
+            if when() if callable(when) else 0 < len(runtime.glob(when[0])) < when[1]:
                 nodes = list(self.cluster.worker_nodes)
                 for node in nodes if name in self.every_node else nodes[:1]:
                     self.cluster.remove_node(node, allow_graceful=False)

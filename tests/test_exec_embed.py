@@ -185,3 +185,48 @@ def test_local_clip_scoring_imports_no_ray_and_matches_the_ray_scores(featured_p
         b = np.array(local_t.column("clip_score").to_pylist(), dtype=np.float64)
         np.testing.assert_allclose(b, a, atol=2e-3, equal_nan=True)  # float16 embeddings either way
         assert (small / "features" / "local" / f"{s:08d}_stats.json").exists()
+
+
+class _Closing(_Sum):
+    closed = 0
+
+    def close(self):
+        type(self).closed += 1
+
+
+def test_the_local_pipeline_closes_its_consumer_once_at_the_end():
+    """In this process the consumer shares the command's state; its close() is how it puts it back."""
+    _Closing.closed = 0
+    p = Pipeline(
+        produce=_produce,
+        consume=_Closing,
+        produce_kwargs=dict(rows_per_item=5, chunk=5),
+        consume_kwargs=dict(scale=1.0),
+        threads_arg="threads",
+    )
+    with execute.using(execute.LocalExecutor()):
+        outs = list(execute.embed([{"item": 0}, {"item": 1}], p, label="t", total=10))
+    assert sum(int(o["rows"][0]) for o in outs) == 10 and _Closing.closed == 1
+
+
+def test_the_clip_model_puts_torch_threads_back_when_closed(tmp_path):
+    """A CPU model takes the cores it holds; on the local executor that is the command's own process, where
+    a later step (a DFN's training) must find torch's threads as they were."""
+    import torch
+
+    from thresher.core import models
+    from thresher.core.config import to_dict
+    from thresher.stages.features.clip import ClipEmbedder, ScorerConfig
+
+    before = torch.get_num_threads()
+    odd = before + 3  # not what the model sets (its cores), so a model that left its own is seen
+    torch.set_num_threads(odd)
+    try:
+        cfg = ScorerConfig(model="thresher-tiny", pretrained=None, scorer_id="t")  # random init
+        pp = models.preprocess_config(cfg.model, cfg.pretrained)
+        model = ClipEmbedder(to_dict(cfg), str(tmp_path), pp, "cpu", threads=1)
+        assert torch.get_num_threads() == 1
+        model.close()
+        assert torch.get_num_threads() == odd
+    finally:
+        torch.set_num_threads(before)

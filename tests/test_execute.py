@@ -48,6 +48,15 @@ def slow_first_time(x, marks: str, seconds: float):
     return x
 
 
+def dies_first_time(x, marks: str):
+    """The worker process dies (as on a lost node, or the OOM killer's SIGKILL) on an item's first attempt."""
+    mark = Path(marks) / str(x)
+    if not mark.exists():
+        mark.write_text("1")
+        os._exit(1)
+    return x
+
+
 @pytest.fixture(params=["inline", "forked"])
 def local(request):
     return execute.LocalExecutor(workers=1 if request.param == "inline" else 2)
@@ -123,6 +132,11 @@ class TestRay:
             slow_first_time, [1], str(tmp_path), 60, label="t", deadline_s=2, retries=1, log=lambda *_: None
         )
         assert out.results == [1] and time.monotonic() - started < 30
+
+    def test_a_task_whose_worker_dies_runs_again_without_retries(self, tmp_path):
+        """A dead worker or node is not the item's fault: its task runs again even where an item's own errors
+        are not retried (dedup's fan-outs: a node lost during its map failed the command on the test cluster)."""
+        assert execute.map(dies_first_time, [1, 2], str(tmp_path)) == [1, 2]
 
     def test_a_hung_task_is_reported_as_a_stall_not_waited_on_forever(self):
         started = time.monotonic()

@@ -44,7 +44,8 @@ class Pipeline:
     rows a produced batch has (on Ray a consumer's call takes `batch_size // produce_rows` of them, so its
     batches have at most `batch_size` rows). `threads_arg` names the consumer's constructor argument that
     receives the whole CPUs it holds (at least 1); on Ray, a consumer with a `set_threads(n)` method is
-    given the CPUs the producers held once no producer is left (a CPU model's last batches run on all)."""
+    given the CPUs the producers held once no producer is left (a CPU model's last batches run on all).
+    Locally, a consumer's `close()`, if it has one, is called at the end (it shares the command's process)."""
 
     produce: Callable
     consume: type
@@ -231,12 +232,17 @@ def local_stream(items: list[dict], p: Pipeline) -> Iterator[dict]:
             consumer = p.consume(**p.consumer_kwargs(LOCAL_CPUS))
         return consumer(batch)
 
-    for item in items:
-        for batch in p.produce({c: np.array([v]) for c, v in item.items()}, **p.produce_kwargs):
-            for full in batches.add(batch):
-                yield consume(full)
-    for rest in batches.flush():
-        yield consume(rest)
+    try:
+        for item in items:
+            for batch in p.produce({c: np.array([v]) for c, v in item.items()}, **p.produce_kwargs):
+                for full in batches.add(batch):
+                    yield consume(full)
+        for rest in batches.flush():
+            yield consume(rest)
+    finally:
+        # a consumer may change this process's state (torch's threads): its close() puts it back
+        if consumer is not None and hasattr(consumer, "close"):
+            consumer.close()
 
 
 def _concat(batches) -> dict:

@@ -89,6 +89,9 @@ def _name(item) -> str:
 # executors: start an item, wait for some, take a result, cancel. The loop in `run` does the rest.
 
 
+LOST_WORKER_RETRIES = 3  # Ray's default for system failures
+
+
 class RayExecutor:
     name = "ray"
 
@@ -111,7 +114,10 @@ class RayExecutor:
     def start(self, fn, args: tuple, res: Resources, name: str | None = None):
         key = (fn, res, name)
         if key not in self._remotes:
-            opts = dict(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=0)  # retries are ours (run)
+            # An item's own errors are retried by `run` (`retries`); Ray's max_retries covers only a dead
+            # worker or node (retry_exceptions stays off), which is never the item's fault: with 0, a node
+            # lost during dedup's map failed the command on the test cluster (tests/test_cluster.py)
+            opts = dict(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=LOST_WORKER_RETRIES)
             if res.memory_mb:
                 opts["memory"] = res.memory_mb * 2**20
             if name:  # the task's name in Ray's dashboard and its worker's process title (ray::NAME)

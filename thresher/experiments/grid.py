@@ -66,11 +66,17 @@ class RunStage(Stage):
         import torch
 
         subset_dir, scale, run_dir = job
+        # put torch's threads back afterwards: on the local executor this is the command's (or a test's) own
+        # process, and a DFN trained later in it took its threads from what a grid run left (other bits)
+        before = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
-        sc = train.Scale(**scale)
-        manifest = train.train_scale(subset_dir, sc, run_dir, log=lambda *_: None, cache=self.cache)
-        evals = evaluate_run(run_dir, self.eval_sets, log=lambda *_: None)
+        try:
+            sc = train.Scale(**scale)
+            manifest = train.train_scale(subset_dir, sc, run_dir, log=lambda *_: None, cache=self.cache)
+            evals = evaluate_run(run_dir, self.eval_sets, log=lambda *_: None)
+        finally:
+            torch.set_num_threads(before)
         return {
             "run": run_dir,
             "seconds": manifest["seconds"],

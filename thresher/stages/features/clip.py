@@ -132,6 +132,7 @@ class ClipEmbedder:
 
         self.cfg = from_dict(ScorerConfig, scorer)
         self.device, self.pp_cfg, self.dir = device, pp_cfg, scorer_dir
+        self.threads_before = torch.get_num_threads()  # put back by close() (the local executor's process)
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         self.model, self.tokenizer = models.load(self.cfg.model, self.cfg.pretrained, device=device)
@@ -146,6 +147,13 @@ class ClipEmbedder:
             import torch
 
             torch.set_num_threads(max(1, threads))
+
+    def close(self) -> None:
+        """The pipeline's call once it is done: torch's threads as they were (on the local executor this is
+        the command's process, whose later steps, a DFN's training among them, must not inherit them)."""
+        import torch
+
+        torch.set_num_threads(self.threads_before)
 
     def __call__(self, batch: dict) -> dict:
         import contextlib
