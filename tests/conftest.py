@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(config, items):
     # process (signal handlers, which its fixture puts back, Ray's current-cluster file), and two stall-watchdog
     # tests after them failed in CI (2026-12-01). With workers (pytest-xdist, pyproject's addopts), first: the
     # longest file (4 to 7 minutes of a ~15-minute run) then runs beside the others instead of alone at the
-    # end, and every test its worker ran after it passed (two full runs, 2026-12-07).
+    # end, and every test its worker ran after it passed (three full runs, 2026-12-07).
     first = bool(os.environ.get("PYTEST_XDIST_WORKER"))
     items.sort(key=lambda item: (item.module.__name__ == "test_cluster") != first if item.module else False)
 
