@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -26,6 +27,27 @@ def register_project_models() -> None:
     import open_clip
 
     open_clip.add_model_config(CONFIG_DIR / "models")
+
+
+def input_size(pp_cfg: dict) -> tuple[int, int]:
+    """(height, width) of the model's input: open_clip's preprocessing `size`, an int or a pair."""
+    size = pp_cfg["size"]
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op threads at `n` (unchanged when None) for the block, and as they were after it: the
+    local executor runs stages in the command's own process, whose later steps must not inherit them."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def weights_kind(pretrained: str | None) -> str:
@@ -90,8 +112,7 @@ def resize_crop(pp_cfg: dict):
         return None
     # open_clip's image_transform: bilinear if asked for, else bicubic ('random' too, at inference)
     resample = Image.BILINEAR if interpolation == "bilinear" else Image.BICUBIC
-    size = pp_cfg["size"]
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    height, width = input_size(pp_cfg)
     mode = pp_cfg.get("resize_mode") or "shortest"
     if mode == "shortest" and height == width:
         return functools.partial(_shortest_then_crop, size=height, resample=resample)

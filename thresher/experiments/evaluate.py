@@ -149,8 +149,8 @@ def evaluate_model(
         if cache is not None and s["images"]:
             key = (s["name"], json.dumps(pp_cfg, sort_keys=True, default=str))
             if key not in cache:  # kept only where small (an evaluation set of real size streams as before)
-                size = pp_cfg["size"] if isinstance(pp_cfg["size"], (list, tuple)) else (pp_cfg["size"],) * 2
-                small = size[0] * size[1] * 3 * len(s["images"]) <= CACHE_BYTES  # uint8 RGB
+                height, width = models.input_size(pp_cfg)
+                small = height * width * 3 * len(s["images"]) <= CACHE_BYTES  # uint8 RGB
                 cache[key] = _pixels(pp_cfg, s["images"], 256) if small else None
             pixels = cache[key]
         if s["kind"] == "classification":

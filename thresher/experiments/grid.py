@@ -28,7 +28,7 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar
 
-from thresher.core import runtime
+from thresher.core import models, runtime
 from thresher.core.config import check_name, to_dict
 from thresher.core.errors import InputError, StageError
 from thresher.exec import execute
@@ -63,20 +63,11 @@ class RunStage(Stage):
         return os.path.exists(manifest) and os.path.exists(ev) and _covers(ev, self.eval_sets)
 
     def process(self, job: tuple[str, dict, str]) -> dict:
-        import torch
-
         subset_dir, scale, run_dir = job
-        # put torch's threads back afterwards: on the local executor this is the command's (or a test's) own
-        # process, and a DFN trained later in it took its threads from what a grid run left (other bits)
-        before = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        try:
+        with models.torch_threads(self.threads):  # as they were afterwards (the local executor's process)
             sc = train.Scale(**scale)
             manifest = train.train_scale(subset_dir, sc, run_dir, log=lambda *_: None, cache=self.cache)
             evals = evaluate_run(run_dir, self.eval_sets, log=lambda *_: None)
-        finally:
-            torch.set_num_threads(before)
         return {
             "run": run_dir,
             "seconds": manifest["seconds"],

@@ -506,13 +506,10 @@ def train_scale(data: str, scale: Scale, out: str, name: str = "run", log=print,
     )
     # the data-loading processes need cores of their own: on a CPU-only run, torch's threads in this
     # process would otherwise compete with them for every step
-    threads, t0 = torch.get_num_threads(), time.time()
-    if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, threads - scale.workers))
-    try:
+    t0 = time.time()
+    cpu_threads = None if torch.cuda.is_available() else max(1, torch.get_num_threads() - scale.workers)
+    with models.torch_threads(cpu_threads):
         status = _run_open_clip_train(args)
-    finally:
-        torch.set_num_threads(threads)
     seconds = time.time() - t0
     if status == -1:
         raise StageError(f"open_clip_train refused the run (see its log in {os.path.join(out, name)})")

@@ -81,7 +81,7 @@ def _decode_shards(
     are tokenized in the model actor, so that this task imports neither open_clip nor torch where
     `models.resize_crop` covers the model's preprocessing: its first batch then comes seconds sooner."""
     transform = (models.resize_crop(pp_cfg) or models.pil_transform(pp_cfg)) if where == "cpu" else None
-    size = pp_cfg["size"] if isinstance(pp_cfg["size"], (list, tuple)) else (pp_cfg["size"], pp_cfg["size"])
+    size = models.input_size(pp_cfg)
     for shard in batch["shard"]:
         shard = int(shard)
         try:
