@@ -1,0 +1,121 @@
+"""Random access into a pool's shard tars: a member-offset index per shard, and thumbnails.
+
+A shard tar is read from its start by every stage that streams it (features, subset). Showing one image
+of it (`thresher browse`, the audit report's galleries) instead looks the image up in the shard's
+member-offset index, `key -> (offset, size)` of its image's bytes, and reads just those bytes (one ranged
+read, also on `s3://`). The index is made by reading the tar's headers once (tarfile skips over the
+members' data by seeking); `thresher browse` keeps it in its cache folder, never in the pool:
+
+    CACHE/tars/{i:08d}.parquet      key, ext, offset, size; the tar's size and modification time (or, for a
+                                    tar import-pool adopted, its recorded sha256, checked when it is built)
+
+A cached index is used only while the tar has the size and modification time it was made from.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from thresher.core import decode, runtime
+from thresher.core.errors import InputError, StageError
+from thresher.core.pool import IMAGE_EXTS, HashingReader, Pool, member_key, shard_name
+
+INDEX = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("ext", pa.string(), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),  # of the member's data, from the tar's start
+        pa.field("size", pa.int64(), nullable=False),
+    ]
+)
+
+
+def _stamp(url: str) -> dict:
+    """What says a tar is still the one an index was made from: its size and modification time."""
+    fs, path = runtime.fs_path(url)
+    info = fs.info(path)
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("created")
+    return {"size": int(info["size"]), "mtime": str(mtime)}
+
+
+def scan(url: str, want_sha256: str | None = None) -> pa.Table:
+    """The member-offset index of the tar at `url` (schema INDEX, one row per image member, by the pool's
+    key rule). With `want_sha256` (an adopted tar's recorded fingerprint) the tar is read whole and hashed,
+    and a tar that changed since import is refused."""
+    fs, path = runtime.fs_path(url)
+    rows: dict[str, list] = {"key": [], "ext": [], "offset": [], "size": []}
+    try:
+        with fs.open(path, "rb") as raw:
+            f = HashingReader(raw) if want_sha256 else raw
+            # "r|" streams (needed to hash every byte); "r:" seeks over each member's data
+            with tarfile.open(fileobj=f, mode="r|" if want_sha256 else "r:") as tar:
+                for m in tar:
+                    key, ext = member_key(m.name)
+                    if m.isfile() and ext in IMAGE_EXTS:
+                        for col, v in zip(rows, (key, ext, m.offset_data, m.size)):
+                            rows[col].append(v)
+            if want_sha256:
+                seen = f.finish()
+                if seen != want_sha256:
+                    raise InputError(
+                        f"{url}: changed since import-pool adopted it (sha256 {seen[:12]}…, recorded "
+                        f"{want_sha256[:12]}…); restore it, or import the folder again"
+                    )
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise StageError(f"{url}: unreadable tar: {err}") from err
+    return pa.table(rows, schema=INDEX)
+
+
+def read_member(url: str, offset: int, size: int) -> bytes:
+    """`size` bytes at `offset` of the file at `url`: one ranged read."""
+    fs, path = runtime.fs_path(url)
+    return fs.cat_file(path, start=offset, end=offset + size)
+
+
+@dataclass
+class ShardIndex:
+    tar: str
+    members: dict[str, tuple[int, int]]  # key -> (offset, size) of its image
+
+    def read(self, key: str) -> bytes | None:
+        where = self.members.get(key)
+        return read_member(self.tar, *where) if where else None
+
+
+def shard_index(pool: Pool, shard: int, cache: str | None = None) -> ShardIndex:
+    """Shard `shard`'s member-offset index: from `cache` (a folder of the caller's, never the pool) while
+    it matches the tar, else scanned (and kept there when `cache` is given)."""
+    tar = pool.tar(shard)
+    if not runtime.exists(tar):
+        raise InputError(f"{pool.root}: shard {shard_name(shard)} has no tar at {tar}")
+    stamp = _stamp(tar)
+    kept = runtime.join(cache, "tars", f"{shard_name(shard)}.parquet") if cache else None
+    table = None
+    if kept and runtime.exists(kept):
+        t = runtime.read_parquet(kept)
+        if json.loads((t.schema.metadata or {}).get(b"tar", b"{}")) == {**stamp, "url": tar}:
+            table = t
+    if table is None:
+        table = scan(tar, pool.tar_sha256(shard))
+        if kept:
+            runtime.makedirs(runtime.join(cache, "tars"))
+            runtime.write_parquet(table.replace_schema_metadata({"tar": json.dumps({**stamp, "url": tar})}), kept)
+    keys, offsets, sizes = (table.column(c).to_pylist() for c in ("key", "offset", "size"))
+    return ShardIndex(tar, dict(zip(keys, zip(offsets, sizes))))
+
+
+def thumbnail(data: bytes, side: int, max_pixels: int = decode.MAX_PIXELS, quality: int = 85) -> bytes:
+    """A JPEG of at most `side` x `side` pixels of encoded image bytes, past the one pixel-limit check
+    (decode.TooLarge before anything is decoded); JPEGs are decoded at a reduced scale (PIL's draft)."""
+    image = decode.open_image(data, max_pixels)
+    image.draft("RGB", (side, side))
+    image = image.convert("RGB")
+    image.thumbnail((side, side))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
