@@ -247,3 +247,42 @@ def plugin_site(tmp_path_factory) -> Path:
     pip("install", "--no-build-isolation", "--no-index", "--target", str(tmp / "site"), str(src))
     assert (tmp / "site" / "thresher_example_filters").is_dir()
     return tmp / "site"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's threaded S3 server with one bucket, s3://thresher-test; its endpoint and dummy keys in this
+    process's environment (which a test's cluster nodes and subprocesses inherit) for the module's tests."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir("thresher-test")
+    yield "s3://thresher-test"
+    server.stop()
+    for k, v in saved.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    if not CHROMIUM:
+        why = "headless Chromium is not installed (apt-get install chromium)"
+        if os.environ.get("THRESHER_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{why}, and THRESHER_REQUIRE_BROWSER=1")
+        pytest.skip(f"{why}; set THRESHER_REQUIRE_BROWSER=1 to make this a failure")
+    return CHROMIUM

@@ -19,7 +19,6 @@ import io
 import json
 import os
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -36,7 +35,6 @@ from benchmarks import ab_calibration as sim
 from thresher.app import cli
 from thresher.stages.subset import subset
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WIDTH = 1280
 AUDIT_PLOTS = {"funnel", "domains", "languages", "sizes", "scores"}
 COMPARE_PLOTS = {"curves", "difference"}
@@ -230,16 +228,6 @@ def problems(page: Page, plots: set[str]) -> list[str]:
         if share < 0.03 or colours < 16:
             out.append(f"plot {alt!r} is blank ({share:.2%} drawn, {colours} colours)")
     return out
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    if not CHROMIUM:
-        why = "headless Chromium is not installed (apt-get install chromium)"
-        if os.environ.get("THRESHER_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"{why}, and THRESHER_REQUIRE_BROWSER=1")
-        pytest.skip(f"{why}; set THRESHER_REQUIRE_BROWSER=1 to make this a failure")
-    return CHROMIUM
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from conftest import DEMO_ROWS_PER_SHARD, DEMO_VARS, free_port
+from conftest import DEMO_ROWS_PER_SHARD, DEMO_VARS
 
 from thresher.core import runtime
 from thresher.core.pool import Pool
@@ -46,34 +46,7 @@ pytestmark = pytest.mark.slow
 
 VARS = DEMO_VARS  # the demo's, so that it is the local run
 ROWS, PER_SHARD = VARS["samples"], DEMO_ROWS_PER_SHARD
-BUCKET = "thresher-cluster"
 THRESHER = str(Path(sys.executable).with_name("thresher"))
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """moto's threaded S3 server; its endpoint and dummy keys in this process's environment, which the
-    cluster's nodes and the job's driver inherit."""
-    import s3fs
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    env = {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem().mkdir(BUCKET)
-    yield f"s3://{BUCKET}"
-    server.stop()
-    for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 @pytest.fixture(scope="module")

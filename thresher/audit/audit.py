@@ -227,6 +227,13 @@ def explain(pool: str, uid: str, recipes: list[str] | None = None) -> dict:
     if found is None:
         raise InputError(f"uid {uid} is not in {pool}")
     shard, row = found
+    return explain_row(pool, shard, row, recipes)
+
+
+def explain_row(pool: str, shard: int, row: dict, recipes: list[str] | None = None) -> dict:
+    """`explain` of the sample whose metadata row (of pool shard `shard`) is `row`: also the sample page
+    of `thresher browse`, which finds the row by shard and key."""
+    uid = row["uid"]
     out = {
         "uid": uid,
         "url": row["url"],

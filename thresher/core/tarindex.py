@@ -20,6 +20,7 @@ import tarfile
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from thresher.core import decode, runtime
 from thresher.core.errors import InputError, StageError
@@ -104,7 +105,8 @@ def shard_index(pool: Pool, shard: int, cache: str | None = None) -> ShardIndex:
         table = scan(tar, pool.tar_sha256(shard))
         if kept:
             runtime.makedirs(runtime.join(cache, "tars"))
-            runtime.write_parquet(table.replace_schema_metadata({"tar": json.dumps({**stamp, "url": tar})}), kept)
+            with runtime.atomic_writer(kept) as f:  # a reader in another thread sees it whole or not at all
+                pq.write_table(table.replace_schema_metadata({"tar": json.dumps({**stamp, "url": tar})}), f)
     keys, offsets, sizes = (table.column(c).to_pylist() for c in ("key", "offset", "size"))
     return ShardIndex(tar, dict(zip(keys, zip(offsets, sizes))))
 

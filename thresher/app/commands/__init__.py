@@ -19,6 +19,7 @@ place (`COMMANDS`, below):
 - `pool`: synth, serve, download, features, dedup, export-metadata, import-metadata, import-pool;
 - `selection`: filter, filters, presets, subset;
 - `audit`: audit's actions (verify, trace, explain, report, remove, recheck);
+- `browse`: the local web app over a pool (thresher/app/browse/);
 - `experiments`: grid, fit, compare, train, eval, train-probe, embed-images.
 
 Each command's `plan` is its stage's cost model, in a `cost.py` beside the stage (thresher/synthetic,
@@ -40,6 +41,7 @@ from thresher.app.commands.audit import (
     TraceArgs,
     VerifyArgs,
 )
+from thresher.app.commands.browse import BrowseArgs, run_browse
 from thresher.app.commands.experiments import (
     CompareArgs,
     EmbedImagesArgs,
@@ -152,6 +154,7 @@ __all__ = [
     "parse_vars",
     # the commands' argument dataclasses
     "AuditArgs",
+    "BrowseArgs",
     "CompareArgs",
     "DedupArgs",
     "DownloadArgs",
@@ -247,6 +250,13 @@ COMMANDS: dict[str, Command] = {
             AuditArgs,
             None,
             actions=AUDIT_ACTIONS,
+        ),
+        Command(
+            "browse",
+            "Look at a pool in a browser: samples, filters per recipe and step, thresholds, duplicates, search.",
+            "thresher browse thresher-demo/pool --subset thresher-demo/subset",
+            BrowseArgs,
+            run_browse,
         ),
         Command(
             "grid",
