@@ -2,8 +2,10 @@
 audit report (`thresher audit report`) and the A/B report (`thresher compare`'s compare.html).
 
 Each page must load with no console errors (uncaught exceptions, console.error, failed resource loads),
-every plot must be decoded and drawn (its part of a full-page screenshot is not blank), and the numbers
-of the matching JSON must be in the rendered text. The browser is driven over the DevTools protocol on
+every plot must be decoded and drawn (its part of a full-page screenshot is not blank), every thumbnail
+of the audit report's galleries decoded and drawn as its JPEG holds it (its part of the screenshot is
+the JPEG's pixels: a thumbnail may be of a nearly blank image, so "not blank" is not the test), and the
+numbers of the matching JSON must be in the rendered text. The browser is driven over the DevTools protocol on
 a pipe (`--remote-debugging-pipe`: commands on fd 3, replies and events on fd 4, NUL-separated JSON), with
 the standard library only. Chromium's stderr log (`--enable-logging=stderr`) was not enough: it prints
 console messages but not failed resource loads. Negative controls (a page with a JS error, a missing
@@ -18,6 +20,7 @@ import base64
 import io
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -25,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -33,6 +37,7 @@ from test_compare import BASE, NOISE, PLANTED, simulated_table
 
 from benchmarks import ab_calibration as sim
 from thresher.app import cli
+from thresher.audit import gallery
 from thresher.stages.subset import subset
 
 WIDTH = 1280
@@ -56,7 +61,7 @@ PAGE_INFO = """new Promise(done => requestAnimationFrame(() => setTimeout(() => 
   })),
   images: [...document.images].map(i => {
     const r = i.getBoundingClientRect();
-    return {alt: i.alt, complete: i.complete, natural: [i.naturalWidth, i.naturalHeight],
+    return {alt: i.alt, cls: i.className, complete: i.complete, natural: [i.naturalWidth, i.naturalHeight],
             box: [r.left + scrollX, r.top + scrollY, r.width, r.height]};
   }),
 })), 50)))"""
@@ -209,14 +214,16 @@ def drawn(im: Image.Image) -> tuple[float, int]:
     return 1 - max(n for n, _ in colours) / (im.width * im.height), len(colours)
 
 
-def problems(page: Page, plots: set[str]) -> list[str]:
-    """Everything a reader would see as broken: console errors, a blank page, and any expected plot that
-    is missing, not decoded, or blank where it is drawn."""
+def problems(page: Page, plots: set[str], source: str = "") -> list[str]:
+    """Everything a reader would see as broken: console errors, a blank page, any expected plot that
+    is missing, not decoded, or blank where it is drawn, and any thumbnail of the page's `source` that is
+    not shown as its JPEG."""
     out = list(page.errors)
     share, colours = drawn(page.screenshot)
     if share < 0.01 or colours < 8:
         out.append(f"blank page ({share:.2%} drawn, {colours} colours)")
-    shown = {i["alt"]: i for i in page.images}
+    out += thumbnail_problems(page, source)
+    shown = {i["alt"]: i for i in page.images if i["cls"] != "thumb"}
     if set(shown) != plots:
         out.append(f"plots {sorted(shown)}, expected {sorted(plots)}")
     for alt, i in shown.items():
@@ -227,6 +234,39 @@ def problems(page: Page, plots: set[str]) -> list[str]:
         share, colours = drawn(page.screenshot.crop((x, y, x + w, y + h)))
         if share < 0.03 or colours < 16:
             out.append(f"plot {alt!r} is blank ({share:.2%} drawn, {colours} colours)")
+    return out
+
+
+def thumbnail_problems(page: Page, source: str) -> list[str]:
+    """Each thumbnail (img.thumb) not decoded, not at its natural size (at most the gallery's side), or not
+    drawn as its JPEG (from `source`, the page's HTML): the screenshot where it is shown, against the JPEG
+    decoded by PIL, must differ by under 8 levels on average at the best of the nine one-pixel shifts (a box
+    at a fractional position is rounded; decoders differ by a level or two)."""
+    out = []
+    thumbs = [i for i in page.images if i["cls"] == "thumb"]
+    jpegs = re.findall(r'<img class="thumb"[^>]* src="data:image/jpeg;base64,([^"]+)"', source)
+    if len(jpegs) != len(thumbs):
+        return [f"{len(thumbs)} thumbnails shown, {len(jpegs)} in the page's source"]
+    for i, data in zip(thumbs, jpegs):
+        x, y, w, h = (round(v) for v in i["box"])
+        if not i["complete"] or min(i["natural"]) == 0 or [w, h] != i["natural"]:
+            out.append(f"thumbnail {i['alt']!r} not shown (natural size {i['natural']}, box {w}x{h})")
+            continue
+        jpeg = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")  # the browser decoded it: so can PIL
+        if max(jpeg.size) > gallery.THUMB_SIDE:
+            out.append(f"thumbnail {i['alt']!r} is {jpeg.size}, over {gallery.THUMB_SIDE} px")
+        want = np.asarray(jpeg, dtype=np.float32)
+        diff = min(
+            float(
+                np.abs(
+                    np.asarray(page.screenshot.crop((x + dx, y + dy, x + dx + w, y + dy + h)), np.float32) - want
+                ).mean()
+            )
+            for dx in (-1, 0, 1)
+            for dy in (-1, 0, 1)
+        )
+        if diff >= 8:
+            out.append(f"thumbnail {i['alt']!r} is not drawn as its JPEG (mean difference {diff:.1f} levels)")
     return out
 
 
@@ -256,7 +296,20 @@ def page_with(body: str) -> str:
     return f"<!doctype html><html><head><meta charset='utf-8'></head><body><h1>Report 0.123</h1>{body}</body></html>"
 
 
+def jpeg_data() -> str:
+    """A drawn thumbnail, as the galleries embed one."""
+    im = Image.open(io.BytesIO(base64.b64decode(png_data(True)))).resize((120, 90))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def thumb(src: str, style: str = "") -> str:
+    return f'<figure><img class="thumb" alt="sample x" src="data:image/jpeg;base64,{src}"{style}></figure>'
+
+
 PLOT = f"<img alt='plot' src='data:image/png;base64,{png_data(True)}'>"
+THUMB = thumb(jpeg_data())
 CONTROLS = {  # name: (page, what the checks must say about it)
     "js-error": (page_with(PLOT + "<script>no_such()</script>"), "ReferenceError"),
     "console-error": (page_with(PLOT + "<script>console.error('bad')</script>"), "console.error: bad"),
@@ -264,6 +317,9 @@ CONTROLS = {  # name: (page, what the checks must say about it)
     "corrupt-image": (page_with("<img alt='plot' src='data:image/png;base64,iVBORw0KGgoAAAA='>"), "not shown"),
     "blank-plot": (page_with(f"<img alt='plot' src='data:image/png;base64,{png_data(False)}'>"), "is blank"),
     "blank-page": ("<!doctype html><html><body></body></html>", "blank page"),
+    "corrupt-thumbnail": (page_with(PLOT + thumb("/9j/4AAQSkZJRgABAQ==")), "thumbnail 'sample x' not shown"),
+    "hidden-thumbnail": (page_with(PLOT + thumb(jpeg_data(), ' style="opacity:0.3"')), "not drawn as its JPEG"),
+    "resized-thumbnail": (page_with(PLOT + thumb(jpeg_data(), ' width="200"')), "thumbnail 'sample x' not shown"),
 }
 
 
@@ -271,15 +327,15 @@ CONTROLS = {  # name: (page, what the checks must say about it)
 def test_a_broken_page_is_caught(browser, tmp_path, name):
     html, expected = CONTROLS[name]
     (tmp_path / "page.html").write_text(html)
-    found = problems(browser(tmp_path / "page.html"), {"plot"})
+    found = problems(browser(tmp_path / "page.html"), {"plot"}, html)
     assert any(expected in p for p in found), found
 
 
 def test_a_sound_page_passes(browser, tmp_path):
     """The positive control: the same page as the negative ones, with nothing wrong in it."""
-    (tmp_path / "page.html").write_text(page_with(PLOT))
+    (tmp_path / "page.html").write_text(page_with(PLOT + THUMB))
     page = browser(tmp_path / "page.html")
-    assert problems(page, {"plot"}) == [] and "Report 0.123" in page.text
+    assert problems(page, {"plot"}, page_with(PLOT + THUMB)) == [] and "Report 0.123" in page.text
 
 
 # --- the reports ------------------------------------------------------------------------------------------
@@ -300,8 +356,13 @@ def test_the_audit_report_renders_with_its_numbers(browser, audited_subset, feat
     page_path = tmp_path / "report.html"
     assert cli.main(["audit", "report", str(audited_subset), "--out", str(page_path)]) == 0
     page = browser(page_path)
-    assert problems(page, AUDIT_PLOTS) == []
+    assert problems(page, AUDIT_PLOTS, page_path.read_text()) == []
     m = json.loads((audited_subset / "manifest.json").read_text())
+    # the galleries: 8 kept, and up to 8 per filter step's dropped, every one a thumbnail shown as its JPEG
+    dropped = [min(8, f["in"] - f["out"]) for f in m["funnel"] if f["stage"].startswith("filter:")]
+    assert sum(i["cls"] == "thumb" for i in page.images) == 8 + sum(dropped) > 8
+    step = m["funnel"][1]
+    assert f"Dropped by {step['stage'][7:]} ({step['filter']}): {step['in'] - step['out']:,} samples" in page.text
     assert f"Subset {RECIPE}: {m['size']:,} samples" in page.text
     funnel = page.tables[0]["rows"]
     assert funnel[0] == ["stage", "in", "out", "removed"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -12,12 +14,15 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import copy_pool
+from PIL import Image
 
 from thresher.app import cli
-from thresher.audit import audit, report
-from thresher.core import runtime
+from thresher.audit import audit, gallery, report
+from thresher.core import runtime, tarindex
 from thresher.core.errors import InputError
 from thresher.stages.filter import filter as filtering
 from thresher.stages.subset import subset
@@ -299,6 +304,142 @@ def test_report_embeds_its_plots(subsets, tmp_path):
         im = Image.open(shot).convert("L")
         hist = np.bincount(np.asarray(im).ravel(), minlength=256)
         assert hist[:200].sum() > 0.02 * hist.sum()  # plots and text drawn, not an empty page
+
+
+def galleries_of(page: str) -> dict[str, dict]:
+    """A report's galleries: heading (as read) -> its note and samples (uid, the tooltip, the JPEG bytes or
+    None, the rest of the figure's HTML)."""
+    out = {}
+    for part in page.split("<h3>")[1:]:
+        heading, rest = part.split("</h3>", 1)
+        rest = rest.split("<h2>", 1)[0]
+        note = re.match(r'<p class="note">(.*?)</p>', rest)
+        samples = []
+        for title, picture, caption in re.findall(
+            r'<figure title="([^"]*)">(.*?)<figcaption>(.*?)</figcaption></figure>', rest
+        ):
+            src = re.search(r'<img class="thumb" alt="[^"]*" src="data:image/jpeg;base64,([^"]+)">', picture)
+            samples.append(
+                {
+                    "uid": re.match(r"uid ([0-9a-f]+) · ", title).group(1),
+                    "title": html.unescape(title),
+                    "thumb": base64.b64decode(src.group(1)) if src else None,
+                    "picture": picture,
+                    "caption": caption,
+                }
+            )
+        out[html.unescape(heading)] = {"note": html.unescape(note.group(1)) if note else "", "samples": samples}
+    return out
+
+
+def tar_images(path) -> dict[str, bytes]:
+    """key -> image bytes of a tar, read whole the plain way (what the galleries' ranged reads must match)."""
+    with tarfile.open(path) as tar:
+        return {m.name.split(".")[0]: tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")}
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_report_galleries_show_kept_and_each_steps_dropped_samples(subsets, featured_pool, tmp_path, name):
+    out, manifests = subsets
+    m = manifests[name]
+    res = report.build_report(str(out / name), str(tmp_path / "report.html"))
+    shown = galleries_of((tmp_path / "report.html").read_text())
+    # kept: the subset's first 8 samples, thumbnails of the bytes in its own tar
+    kept = shown.pop(f"Kept: {m['size']:,} samples")["samples"]
+    first = pq.read_table(out / name / "00000000.parquet").slice(0, 8)
+    assert [s["uid"] for s in kept] == first.column("uid").to_pylist()
+    images = tar_images(out / name / "00000000.tar")
+    for s, key in zip(kept, first.column("key").to_pylist()):
+        assert s["thumb"] == tarindex.thumbnail(images[key], gallery.THUMB_SIDE)
+    # dropped: per filter step, the first 8 its decisions drop, in the pool's shard and key order
+    decisions = sorted((featured_pool / "decisions" / name).glob("*.parquet"))
+    dec = pa.concat_tables([pq.read_table(p) for p in decisions]).to_pandas()
+    where = {  # uid -> (pool shard file, key)
+        uid: (p.with_suffix(".tar"), key)
+        for p in sorted((featured_pool / "shards").glob("*.parquet"))
+        for uid, key in zip(*pq.read_table(p, columns=["uid", "key"]).to_pydict().values())
+    }
+    pool_images = {}
+    steps = [f for f in m["funnel"] if f["stage"].startswith("filter:")]
+    assert len(shown) == len(steps) and sum(res["gallery"]["dropped"].values()) > 0
+    for f in steps:
+        step = f["stage"].removeprefix("filter:")
+        g = shown[f"Dropped by {step} ({f['filter']}): {f['in'] - f['out']:,} samples"]["samples"]
+        uids = [s["uid"] for s in g]
+        assert uids == dec[dec.dropped_by == step].uid.iloc[:8].tolist()
+        assert len(uids) == min(8, f["in"] - f["out"]) == res["gallery"]["dropped"][step]
+        assert set(dec.set_index("uid").loc[uids].dropped_by) <= {step}
+        for s in g:
+            tar, key = where[s["uid"]]
+            if tar not in pool_images:  # each shard read whole once, the plain way
+                pool_images[tar] = tar_images(tar)
+            assert s["thumb"] == tarindex.thumbnail(pool_images[tar][key], gallery.THUMB_SIDE)
+            assert f"{step} score" in s["title"] or "no score" in s["title"]
+    for s in kept + [s for g in shown.values() for s in g["samples"]]:
+        im = Image.open(io.BytesIO(s["thumb"]))
+        im.load()
+        assert im.format == "JPEG" and max(im.size) <= gallery.THUMB_SIDE
+
+
+HOSTILE = ["<script>alert(1)</script>", '<img src=x onerror=alert(1)> "quoted" & more']
+
+
+def test_report_gallery_escapes_captions_and_names_bad_images(subsets, tmp_path):
+    out, _ = subsets
+    sub = copy_pool(out / RECIPES[0], tmp_path / "subset")  # tars are symlinks: shard 0's is replaced below
+    t = pq.read_table(sub / "00000000.parquet")
+    captions = t.column("caption").to_pylist()
+    captions[:2] = HOSTILE
+    pq.write_table(
+        t.set_column(t.schema.get_field_index("caption"), "caption", pa.array(captions)), sub / "00000000.parquet"
+    )
+    # the third sample's image bytes overwritten: not an image any more
+    tar = sub / "00000000.tar"
+    offset, size = tarindex.tar_index(str(tar)).members[t.column("key")[2].as_py()]
+    data = bytearray(tar.read_bytes())
+    data[offset : offset + size] = b"\0" * size
+    tar.unlink()
+    tar.write_bytes(bytes(data))
+    report.build_report(str(sub), str(tmp_path / "report.html"), gallery=3)
+    page = (tmp_path / "report.html").read_text()
+    assert "<script" not in page.lower() and "<img src=x" not in page and "onerror=alert(1)>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=alert(1)&gt; &quot;quoted&quot; &amp; more" in page
+    tags = re.findall(r"<img [^>]*>", page)
+    assert all(t.startswith(('<img class="thumb" alt="sample ', '<img alt="')) for t in tags), tags
+    kept = next(g for h, g in galleries_of(page).items() if h.startswith("Kept"))["samples"]
+    assert [html.unescape(s["caption"]) for s in kept[:2]] == HOSTILE
+    assert kept[0]["thumb"] and kept[1]["thumb"] and kept[2]["thumb"] is None
+    assert "decode_error: " in kept[2]["picture"]
+
+
+@pytest.mark.parametrize("case", ["moved", "metadata-only"])
+def test_report_says_why_dropped_samples_are_missing(subsets, featured_pool, tmp_path, case):
+    out, manifests = subsets
+    sub = copy_pool(out / RECIPES[0], tmp_path / "subset")
+    m = json.loads((sub / "manifest.json").read_text())
+    pool = tmp_path / "pool"
+    if case == "metadata-only":  # what import-metadata writes: no tars; and a pixel limit every image is over
+        pool.mkdir()
+        pm = json.loads((featured_pool / "manifest.json").read_text())
+        pm["layout"], pm["config"] = {"tar": None}, {**pm.get("config", {}), "max_pixels": 100}
+        (pool / "manifest.json").write_text(json.dumps(pm))
+    m["pool"]["path"] = str(pool)
+    (sub / "manifest.json").write_text(json.dumps(m))
+    page_path = tmp_path / "report.html"
+    assert cli.main(["audit", "report", str(sub), "--out", str(page_path)]) == 0
+    shown = galleries_of(page_path.read_text())
+    why = "is not reachable (moved or deleted)" if case == "moved" else "has no images (imported from metadata only"
+    dropped = {h: g for h, g in shown.items() if h.startswith("Dropped by")}
+    assert len(dropped) == 4 and all(why in g["note"] and not g["samples"] for g in dropped.values())
+    kept = shown[f"Kept: {m['size']:,} samples"]["samples"]  # from the subset's own tars, pool or none
+    assert len(kept) == 8
+    if case == "moved":
+        assert all(s["thumb"] for s in kept)
+    else:  # the pool's pixel limit holds for its images in the subset too
+        assert all(s["thumb"] is None and "too_large: " in s["picture"] for s in kept)
+    assert cli.main(["audit", "report", str(sub), "--out", str(page_path), "--gallery", "0"]) == 0
+    assert "<h2>Samples</h2>" not in page_path.read_text() and "Funnel" in page_path.read_text()
 
 
 def test_uids_only_writes_the_same_selection_as_datacomp_uid_files(subsets, featured_pool, tmp_path):

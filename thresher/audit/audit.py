@@ -5,7 +5,8 @@
 - trace SUBSET UID       a sample's whole history: source, download, every step's score, where it is now
 - explain POOL UID       why a sample is not in a recipe's output: download failure, or the step that
                          dropped it with its score against the step's threshold
-- report SUBSET          one HTML page: funnel, domains, languages, sizes, scores, opt-out compliance
+- report SUBSET          one HTML page: funnel with sample galleries, domains, languages, sizes, scores,
+                         opt-out compliance
 - remove SUBSET          a new version without the samples of takedown / opt-out requests (--refill tops
                          it back up to N from the next-ranked candidates); its manifest links the old one
 - recheck SUBSET         re-download a random sample of URLs: link rot (gone) and content drift rates

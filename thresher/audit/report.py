@@ -1,6 +1,7 @@
 """`thresher audit report SUBSET --out report.html`: one self-contained page (plots embedded as PNG).
 
-Sections: the funnel per stage and filter step, top domains, caption languages, image sizes, score
+Sections: the funnel per stage and filter step, with a gallery of samples under it (a few the subset kept,
+a few each filter step dropped: gallery.py), top domains, caption languages, image sizes, score
 histograms, and opt-out compliance (the pool's opted-out and removed samples against the subset).
 """
 
@@ -17,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from thresher.core import runtime
+from thresher.audit import gallery as galleries
+from thresher.core import decode, runtime
 from thresher.core.plotting import plain
 from thresher.core.pool import Pool
 from thresher.stages.subset import subset
@@ -68,7 +70,26 @@ def _domain(url: str) -> str:
     return (urlsplit(url).hostname or "?").lower()
 
 
-def build_report(subset_dir: str, out: str, top: int = 20) -> dict:
+def _samples(subset_dir: str, m: dict, n: int) -> tuple[str, dict]:
+    """The galleries' HTML (kept, then each filter step's dropped) and a summary of what they show."""
+    pool = m["pool"]["path"]
+    try:
+        max_pixels = decode.max_pixels_of(pool)
+        kept = galleries.kept(subset_dir, m, n, max_pixels)
+    except galleries.READ_ERRORS as err:  # a subset missing a shard file: said on the page, as verify would
+        max_pixels = decode.MAX_PIXELS
+        kept = galleries.Gallery(f"Kept: {m['size']:,} samples", [], f"the subset's shards could not be read: {err}")
+    dropped = galleries.dropped(pool, m, n, max_pixels)
+    summary = {
+        "kept": len(kept.samples),
+        "dropped": {step: len(g.samples) for step, g in dropped.items()},
+        "notes": {g.heading: g.note for g in [kept, *dropped.values()]},
+    }
+    return galleries.to_html([kept, *dropped.values()]), summary
+
+
+def build_report(subset_dir: str, out: str, top: int = 20, gallery: int = 8) -> dict:
+    """Write the report on `subset_dir` to `out`; `gallery` samples are shown per funnel step (0: none)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,6 +112,10 @@ def build_report(subset_dir: str, out: str, top: int = 20) -> dict:
     sections.append(
         ("Funnel", f"<table><tr><th>stage</th><th>in</th><th>out</th><th>removed</th></tr>{rows}</table>", "funnel")
     )
+    shown = None
+    if gallery > 0:
+        text, shown = _samples(subset_dir, m, gallery)
+        sections.append(("Samples", text, None))
 
     domains = Counter(_domain(u) for u in lin.column("url").to_pylist()).most_common(top)
     plots["domains"] = _bar([d for d, _ in domains], [c for _, c in domains], f"Top {len(domains)} domains", "samples")
@@ -139,13 +164,14 @@ def build_report(subset_dir: str, out: str, top: int = 20) -> dict:
         "<!doctype html><html><head><meta charset='utf-8'><title>thresher subset report</title><style>"
         "body{font-family:sans-serif;max-width:900px;margin:2em auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}"
+        f"{galleries.STYLE}"
         f"</style></head><body>{body}</body></html>"
     )
     fs, path = runtime.fs_path(out)
     fs.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # e.g. reports/subset.html in a fresh job
     with fs.open(path, "w") as f:
         f.write(page)
-    return {"out": str(out), "plots": sorted(plots), "compliance": compliance}
+    return {"out": str(out), "plots": sorted(plots), "compliance": compliance, "gallery": shown}
 
 
 def opt_out_compliance(subset_dir: str, m: dict, lin: pa.Table) -> dict:

@@ -107,6 +107,15 @@ def shard_index(pool: Pool, shard: int, cache: str | None = None) -> ShardIndex:
             runtime.makedirs(runtime.join(cache, "tars"))
             with runtime.atomic_writer(kept) as f:  # a reader in another thread sees it whole or not at all
                 pq.write_table(table.replace_schema_metadata({"tar": json.dumps({**stamp, "url": tar})}), f)
+    return _index(tar, table)
+
+
+def tar_index(url: str) -> ShardIndex:
+    """The member-offset index of a tar outside any pool (a subset's shard): scanned now, not cached."""
+    return _index(url, scan(url))
+
+
+def _index(tar: str, table: pa.Table) -> ShardIndex:
     keys, offsets, sizes = (table.column(c).to_pylist() for c in ("key", "offset", "size"))
     return ShardIndex(tar, dict(zip(keys, zip(offsets, sizes))))
 

@@ -75,15 +75,21 @@ def run_explain(args: ExplainArgs) -> None:
 class ReportArgs(Common):
     subset: str = arg(positional=True)
     out: str = arg(help="HTML file to write (outside the subset directory)")
+    gallery: int = arg(
+        8, "samples shown as thumbnails per funnel step: kept, and dropped by each filter step (0: none)"
+    )
 
 
 def run_report(args: ReportArgs) -> None:
-    """One HTML page about a subset: funnel, domains, languages, sizes, scores, opt-outs."""
+    """One HTML page about a subset: funnel with sample galleries, domains, languages, sizes, scores, opt-outs."""
     from thresher.audit import report
 
-    res = report.build_report(args.subset, args.out)
+    res = report.build_report(args.subset, args.out, gallery=args.gallery)
+    shown = res["gallery"]
+    samples = f"; samples shown: {shown['kept'] + sum(shown['dropped'].values())}" if shown else ""
     print(
-        f"report: {res['out']} (plots: {', '.join(res['plots'])}; opt-out compliant: {res['compliance']['compliant']})"
+        f"report: {res['out']} (plots: {', '.join(res['plots'])}{samples}; "
+        f"opt-out compliant: {res['compliance']['compliant']})"
     )
 
 
@@ -165,7 +171,7 @@ AUDIT_ACTIONS = {
     ),
     "report": Command(
         "report",
-        "an HTML report: funnel, domains, languages, sizes, scores, opt-outs",
+        "an HTML report: funnel with sample galleries, domains, languages, sizes, scores, opt-outs",
         "",
         ReportArgs,
         run_report,
