@@ -402,6 +402,19 @@ def _centres(rows: int, dim: int, seed: int):
     return centres, rng.uniform(0.5, 0.9, k).astype(np.float32), rng.integers(len(SUBJECTS), size=k)
 
 
+def metadata_source(
+    src: Path, rows: int, dim: int = 512, seed: int = 0, hostile: bool = True, per_file: int = ROWS_PER_FILE
+):
+    """DataComp-format metadata files with their .npz in `src` (what import-metadata reads): the files not
+    there yet."""
+    Path(src).mkdir(parents=True, exist_ok=True)
+    centres, spread, topic = _centres(rows, dim, seed)
+    for i, lo in enumerate(range(0, rows, per_file)):
+        stem = Path(src) / f"{i:05d}"
+        if not (stem.with_suffix(".parquet").exists() and stem.with_suffix(".npz").exists()):
+            _metadata_file(Path(src), i, min(per_file, rows - lo), dim, seed, centres, spread, topic, hostile)
+
+
 def metadata_pool(
     dir: str,
     rows: int = 1_000_000,
@@ -421,11 +434,7 @@ def metadata_pool(
     if _source_params(src, params):
         log(f"[browse-pools] metadata: reusing {src}")
     else:
-        centres, spread, topic = _centres(rows, dim, seed)
-        for i, lo in enumerate(range(0, rows, per_file)):
-            stem = src / f"{i:05d}"
-            if not (stem.with_suffix(".parquet").exists() and stem.with_suffix(".npz").exists()):
-                _metadata_file(src, i, min(per_file, rows - lo), dim, seed, centres, spread, topic, hostile)
+        metadata_source(src, rows, dim, seed, hostile, per_file)
         secs = time.perf_counter() - t0
         (src / "_SUCCESS.json").write_text(json.dumps({**params, "seconds": round(secs, 1)}))
         log(f"[browse-pools] metadata: generated {rows:,} rows in {secs:.1f} s -> {src}")
@@ -622,6 +631,14 @@ def _i2d_shard(folder: Path, shard: int, n: int, per_shard: int, seed: int, host
     _write_atomic(folder / f"{shard:05d}_stats.json", lambda f: f.write(json.dumps(stats, indent=4).encode()))
 
 
+def image_source(src: Path, samples: int, seed: int = 0, hostile: bool = True, per_shard: int = SAMPLES_PER_SHARD):
+    """img2dataset's output folder in `src` (what import-pool reads): the shards not there yet."""
+    Path(src).mkdir(parents=True, exist_ok=True)
+    for shard, lo in enumerate(range(0, samples, per_shard)):
+        if not (Path(src) / f"{shard:05d}_stats.json").exists():
+            _i2d_shard(Path(src), shard, min(per_shard, samples - lo), per_shard, seed, hostile)
+
+
 def image_pool(
     dir: str,
     samples: int = 20_000,
@@ -642,9 +659,7 @@ def image_pool(
     if _source_params(src, params):
         log(f"[browse-pools] images: reusing {src}")
     else:
-        for shard, lo in enumerate(range(0, samples, per_shard)):
-            if not (src / f"{shard:05d}_stats.json").exists():
-                _i2d_shard(src, shard, min(per_shard, samples - lo), per_shard, seed, hostile)
+        image_source(src, samples, seed, hostile, per_shard)
         secs = time.perf_counter() - t0
         (src / "_SUCCESS.json").write_text(json.dumps({**params, "seconds": round(secs, 1)}))
         log(f"[browse-pools] images: generated {samples:,} rows in {secs:.1f} s -> {src}")
@@ -652,9 +667,9 @@ def image_pool(
     recipes = tuple(r for r in recipes if clip or r != "dfn-dedup")
     tiny = ["--no-base", "--model", "thresher-tiny", "--pretrained", "none", "--scorer-id", "clip_tiny"]
     # exact and PDQ dedup. Not SemDeDup: a random-init model's image embeddings are alike (median cosine
-    # 0.94 measured), so at 0.95 it would call most of the pool duplicates. --partitions: the in-process
-    # path files rows by int(key[:8]), the pool's own key layout, which img2dataset's 5-digit shard
-    # numbers do not follow (its dedup files were misaligned, and dfn-dedup's filter refused them)
+    # 0.94 measured), so at 0.95 it would call most of the pool duplicates. --partitions: the map/reduce
+    # path, as on a pool too big for one process (the in-process path misfiled an adopted pool's rows
+    # by int(key[:8]) until 2026-12-07: img2dataset's keys start with a 5-digit shard)
     dedup = ["--partitions", "2", "--no-semantic", *(["--scorer", "clip_tiny"] if clip else ["--keep", "first"])]
     steps = [
         ("import-pool", _imported(pool), ["import-pool", src, "--out", pool]),

@@ -434,3 +434,117 @@ def test_a_pool_on_s3_is_browsed_like_a_local_one(s3_pool, demo_browser, tmp_pat
     near = remote.get("/api/search", params={"scorer": "dfn", "shard": 0, "key": key, "k": 5}).json()["rows"]
     assert near[0]["similarity"] == pytest.approx(1.0, abs=1e-3)
     assert remote.get(f"/api/sample/0/{key}").json()["explain"]["uid"] == rows[0]["uid"]
+
+
+@pytest.fixture(scope="module")
+def local_executor():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("THRESHER_EXECUTOR", "local")  # each stage in this process: no Ray start for small pools
+        yield
+
+
+@pytest.fixture(scope="module")
+def hostile_pool(tmp_path_factory, local_executor):
+    """img2dataset's shards (benchmarks/browse_pools.py: drawn JPEGs, failures, every HOSTILE_CAPTION on
+    downloaded and failed rows) adopted with import-pool: its tars stay in the img2dataset folder."""
+    from benchmarks.browse_pools import image_source
+    from thresher.stages.acquire import adopt
+
+    root = tmp_path_factory.mktemp("hostile")
+    image_source(root / "i2d", samples=120, seed=3, hostile=True, per_shard=60)
+    adopt.import_pool(str(root / "i2d"), str(root / "pool"), log=lambda *a: None)
+    return root / "pool"
+
+
+def test_hostile_captions_render_as_text_on_an_adopted_pool(hostile_pool, chromium, tmp_path):
+    from benchmarks.browse_pools import HOSTILE_CAPTIONS
+
+    browser = Browser(str(hostile_pool), str(tmp_path / "cache"), log=lambda *a: None)
+    client = TestClient(make_app(browser))
+    base, stop = serving(browser)
+    tab = Tab(chromium, tmp_path / "profile", base)
+    try:
+        for caption in HOSTILE_CAPTIONS[:4]:
+            hits = client.get("/api/samples", params={"q": caption[:40]}).json()
+            assert hits["total"] > 0, caption
+            row = next(r for r in hits["rows"] if r["status"] == "success")
+            page = tab.go(f"#/sample/{row['shard']}/{row['key']}")
+            assert caption.strip().splitlines()[0][:40] in page["text"], caption  # shown, as the characters it is
+            assert page["scripts"] == 1 and not page["error"]  # no script but the app's
+            # the page holds no element the caption could have made: no img but the sample's, no svg
+            assert [src for src, _, _ in page["images"]] == [f"/img/{row['shard']}/{row['key']}?side=512"]
+            assert not tab.js("document.querySelector('main svg, main iframe, main textarea')")
+        grid = tab.go("#/samples?q=%3Cscript")  # the grid of them: their captions as text, no script run
+        assert grid["tiles"] and grid["scripts"] == 1 and "<script>" in grid["text"]
+        failed = tab.go("#/samples?status=failed_to_download")
+        assert failed["tiles"] and not [i for i in failed["images"] if i[0].startswith("/img/")]  # URLs, no thumbnail
+        assert "failed_to_download" in failed["text"]
+        assert tab.dialogs() == [] and tab.errors() == []  # no alert() ran, nothing failed
+        tab.screenshot(tmp_path / "hostile.png")
+    finally:
+        tab.close()
+        stop()
+
+
+@pytest.fixture(scope="module")
+def metadata_only_pool(tmp_path_factory, local_executor):
+    """DataComp-format metadata with .npz embeddings (benchmarks/browse_pools.py), import-metadata'ed."""
+    from benchmarks.browse_pools import metadata_source
+    from thresher.stages.acquire import importing
+
+    root = tmp_path_factory.mktemp("metadata-only")
+    metadata_source(root / "meta", rows=400, dim=32, seed=1, hostile=True, per_file=200)
+    importing.import_metadata([str(root / "meta")], str(root / "pool"), npz_dir=str(root / "meta"), log=lambda *a: None)
+    return root / "pool"
+
+
+def test_a_metadata_only_pool_shows_urls_filters_and_searches_by_image(metadata_only_pool, tmp_path):
+    browser = Browser(str(metadata_only_pool), str(tmp_path / "cache"), log=lambda *a: None)
+    client = TestClient(make_app(browser))
+    info = client.get("/api/info").json()
+    assert info["has_images"] is False and info["rows"] == 400 and "clip_b32" in info["searchable"]
+    row = client.get("/api/samples", params={"limit": 1}).json()["rows"][0]
+    assert row["url"].startswith("http")
+    assert client.get(f"/img/{row['shard']}/{row['key']}").status_code == 404
+    near = client.get("/api/search", params={"scorer": "clip_b32", "shard": row["shard"], "key": row["key"]}).json()
+    assert near["rows"][0]["similarity"] == pytest.approx(1.0, abs=1e-2)
+    text = client.get("/api/search", params={"scorer": "clip_b32", "q": "a dog"})
+    assert text.status_code == 400 and "more like this" in text.json()["error"]
+    lang = info["languages"][0][0]
+    assert client.get("/api/samples", params={"lang": lang}).json()["total"] == info["languages"][0][1]
+
+
+def test_the_command_serves_another_address_only_with_the_token_it_prints(hostile_pool, tmp_path):
+    """`thresher browse --host H` for an H other than 127.0.0.1: every request needs the printed token (the
+    test binds 127.0.0.2, another loopback address, so nothing leaves this machine)."""
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    exe = str(Path(sys.executable).with_name("thresher"))
+    cmd = [exe, "browse", str(hostile_pool), "--host", "127.0.0.2", "--port", str(port), "--cache", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = ""
+        while "token=" not in line:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "thresher browse ended before printing its address"
+        url = line.split()[1]
+        assert url.startswith(f"http://127.0.0.2:{port}/?token=")
+        bare = url.split("?")[0] + "api/info"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(bare, timeout=5)
+                raise AssertionError("served without the token")
+            except urllib.error.HTTPError as err:
+                assert err.code == 403
+                break
+            except urllib.error.URLError:
+                time.sleep(0.1)  # not listening yet
+        with urllib.request.urlopen(bare + "?token=" + url.split("token=")[1], timeout=5) as r:
+            assert json.loads(r.read())["rows"] == 120
+    finally:
+        proc.terminate()
+        proc.wait(20)

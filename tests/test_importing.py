@@ -255,6 +255,9 @@ def test_every_later_stage_runs_on_an_adopted_pool(adopted, tmp_path):
     features.run_base(str(out), **quiet)
     features.run_scorer(str(out), features.ScorerConfig(), **quiet)
     dedup.run(str(out), dedup.DedupConfig(), **quiet)
+    for s in Pool(str(out)).shards():  # each shard's dedup rows are its own (img2dataset's keys: 5-digit shards)
+        base = runtime.read_parquet(Pool(str(out)).features("base", s), columns=["uid"])
+        assert runtime.read_parquet(Pool(str(out)).dedup(s)).column("uid").equals(base.column("uid")), s
     filtering.run(str(out), "datacomp-basic", **quiet)
     m = subset.run(
         str(out), ["datacomp-basic"], subset.SubsetConfig(size=100, samples_per_shard=60), str(tmp_path / "s"), **quiet

@@ -68,7 +68,11 @@ def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) 
         )
     if cfg.partitions:
         return _run_partitioned(pool, cfg, shards, ray_address, log, t0)
-    base = features.read_base(pool)
+    parts = [runtime.read_parquet(Pool(pool).features("base", s)) for s in shards]
+    base = pa.concat_tables(parts)
+    # each row's shard, from where it was read: a key's first 8 digits are the shard only in pools this
+    # project downloaded (img2dataset's keys, in an adopted pool, start with a 5-digit shard)
+    shard_of = np.repeat(np.array(shards, dtype=np.int64), [t.num_rows for t in parts])
     n = base.num_rows
     uids = base.column("uid").to_pylist()
     keys = base.column("key").to_pylist()
@@ -133,7 +137,6 @@ def run(pool: str, cfg: DedupConfig, ray_address: str | None = None, log=print) 
         pos = np.searchsorted(alive, ok)
         counts["semantic"] = apply(pos[pairs] if len(pairs) else pairs, alive, "semantic")
 
-    shard_of = np.array([int(k[:8]) for k in keys])
     out_dir = Pool(pool).dedup_dir
     runtime.makedirs(out_dir)
     for s in shards:
