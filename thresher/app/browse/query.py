@@ -2,19 +2,22 @@
 
 A filter is a dict of the browser's query parameters (`Filter.parse` checks each against the catalog's
 columns: an unknown recipe, step, scorer or subset is a 400 naming it, never a silent empty page). A page
-is two reads: a scan of the filter's columns that returns the matching row numbers (the total), then
-`Dataset.take` of one page's rows; the caption, URL and everything shown are read for those rows only.
+is two reads: a scan of the filter's columns that returns the matching row numbers (the total), then the
+row groups that hold one page's rows (`Catalog.take`); the caption, URL and everything shown are read for
+those row groups only.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from thresher.app.browse.catalog import SHOWN, Columns, Recipe
 from thresher.core.errors import InputError
@@ -31,61 +34,78 @@ class Filter:
     @staticmethod
     def parse(params: dict[str, str], cols: Columns) -> Filter:
         names = set(cols.schema().names)
-        parts: list[ds.Expression] = []
-        recipe = params.get("recipe")
-        if recipe:
-            r = _recipe(cols, recipe)
-            state = params.get("state", "any")
-            if state == "kept":
-                parts.append(ds.field(f"keep:{r.name}") == True)  # noqa: E712 - an Arrow expression
-            elif state == "dropped":
-                parts.append(ds.field(f"keep:{r.name}") == False)  # noqa: E712
-            elif state.startswith("dropped:"):
-                _step(r, state.split(":", 1)[1])
-                parts.append(ds.field(f"dropped_by:{r.name}") == state.split(":", 1)[1])
-            elif state != "any":
-                raise InputError(f"state must be any, kept, dropped or dropped:STEP, not {state!r}")
-        for name, value in params.items():
-            if name.startswith(("min:", "max:")) and value != "":
-                column = name.split(":", 1)[1]
-                if column not in names or not column.startswith(("score:", "step:")):
-                    raise InputError(f"{name}: no score column {column!r} in this pool")
-                bound = _number(name, value)
-                parts.append(ds.field(column) >= bound if name.startswith("min:") else ds.field(column) <= bound)
-        for key in ("lang", "status", "failure"):
-            if params.get(key):
-                if key == "lang" and not cols.has_base:
-                    raise InputError("lang: this pool has no base features (thresher features POOL)")
-                parts.append(ds.field(key) == params[key])
-        dedup = params.get("dedup")
-        if dedup:
-            if not cols.has_dedup:
-                raise InputError("dedup: this pool has no dedup results (thresher dedup POOL)")
-            if dedup not in DEDUP_STATES:
-                raise InputError(f"dedup must be one of {', '.join(DEDUP_STATES)}, not {dedup!r}")
-            parts.append(
-                ds.field("dedup_keep") == (dedup == "kept")
-                if dedup in ("kept", "dropped")
-                else ds.field("dedup_reason") == dedup
-            )
-        if params.get("q"):
-            parts.append(pc.match_substring(ds.field("caption"), params["q"], ignore_case=True))
-        for s in filter(None, params.get("subset", "").split(",")):
-            if f"in:{s.lstrip('!')}" not in names:
-                raise InputError(f"subset: no subset {s.lstrip('!')!r} was given to thresher browse --subset")
-            parts.append(ds.field(f"in:{s.lstrip('!')}") == (not s.startswith("!")))
+        parts = _decision(params, cols) + _ranges(params, names) + _facets(params, cols, names)
         expr = None
         for p in parts:
             expr = p if expr is None else expr & p
-        sort = None
-        if params.get("sort"):
-            column, _, order = params["sort"].rpartition(":")  # score:SCORER:desc
-            if order not in ("asc", "desc"):
-                column, order = params["sort"], "desc"
+        return Filter(expr, _sort(params, names))
+
+
+def _decision(params: dict[str, str], cols: Columns) -> list[ds.Expression]:
+    """recipe=R&state=any|kept|dropped|dropped:STEP."""
+    if not params.get("recipe"):
+        return []
+    r = _recipe(cols, params["recipe"])
+    state = params.get("state", "any")
+    if state in ("kept", "dropped"):
+        return [ds.field(f"keep:{r.name}") == (state == "kept")]
+    if state.startswith("dropped:"):
+        step = _step(r, state.split(":", 1)[1])["name"]
+        return [ds.field(f"dropped_by:{r.name}") == step]
+    if state != "any":
+        raise InputError(f"state must be any, kept, dropped or dropped:STEP, not {state[:40]!r}")
+    return []
+
+
+def _ranges(params: dict[str, str], names: set[str]) -> list[ds.Expression]:
+    """min:COLUMN=X, max:COLUMN=Y for a score column (score:SCORER, step:RECIPE:STEP)."""
+    out = []
+    for name, value in params.items():
+        if name.startswith(("min:", "max:")) and value != "":
+            column = name.split(":", 1)[1]
             if column not in names or not column.startswith(("score:", "step:")):
-                raise InputError(f"sort: no score column {column!r} in this pool")
-            sort = (column, order != "asc")
-        return Filter(expr, sort)
+                raise InputError(f"{name}: no score column {column!r} in this pool")
+            bound = _number(name, value)
+            out.append(ds.field(column) >= bound if name.startswith("min:") else ds.field(column) <= bound)
+    return out
+
+
+def _facets(params: dict[str, str], cols: Columns, names: set[str]) -> list[ds.Expression]:
+    """lang, status, failure, dedup, q (a caption substring, any case), subset=[!]NAME,..."""
+    out = []
+    for key in ("lang", "status", "failure"):
+        if params.get(key):
+            if key == "lang" and not cols.has_base:
+                raise InputError("lang: this pool has no base features (thresher features POOL)")
+            out.append(ds.field(key) == params[key])
+    dedup = params.get("dedup")
+    if dedup:
+        if not cols.has_dedup:
+            raise InputError("dedup: this pool has no dedup results (thresher dedup POOL)")
+        if dedup not in DEDUP_STATES:
+            raise InputError(f"dedup must be one of {', '.join(DEDUP_STATES)}, not {dedup[:40]!r}")
+        kept_or_not = ds.field("dedup_keep") == (dedup == "kept")
+        out.append(kept_or_not if dedup in ("kept", "dropped") else ds.field("dedup_reason") == dedup)
+    if params.get("q"):
+        out.append(pc.match_substring(ds.field("caption"), params["q"], ignore_case=True))
+    for s in filter(None, params.get("subset", "").split(",")):
+        name = s.lstrip("!")
+        if f"in:{name}" not in names:
+            raise InputError(f"subset: no subset {name[:40]!r} was given to thresher browse --subset")
+        out.append(ds.field(f"in:{name}") == (not s.startswith("!")))
+    return out
+
+
+def _sort(params: dict[str, str], names: set[str]) -> tuple[str, bool] | None:
+    """sort=COLUMN[:asc|:desc] for a score column: (column, descending)."""
+    if not params.get("sort"):
+        return None
+    column, _, order = params["sort"].rpartition(":")  # score:SCORER:desc
+    if order not in ("asc", "desc"):
+        column, order = params["sort"], "desc"
+    if column not in names or not column.startswith(("score:", "step:")):
+        raise InputError(f"sort: no score column {column[:60]!r} in this pool")
+    return column, order != "asc"
 
 
 def _number(name: str, value: str) -> float:
@@ -116,7 +136,11 @@ class Catalog:
     def __init__(self, path: str, cols: Columns):
         self.path, self.cols = path, cols
         self.dataset = ds.dataset(path, format="parquet")
-        self.rows = self.dataset.count_rows()
+        self.file = pq.ParquetFile(path)
+        sizes = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)])  # row number where each row group starts
+        self.rows = int(self.starts[-1])
+        self.lock = threading.Lock()  # one ParquetFile, read from the server's threads one at a time
 
     def matching(self, f: Filter) -> np.ndarray:
         """Row numbers matching `f`, in its sort order (else by shard and key)."""
@@ -131,7 +155,7 @@ class Catalog:
         return rows
 
     def page(self, f: Filter, offset: int = 0, limit: int = 60) -> dict:
-        rows = self.matching(f)
+        rows = self.matching(f) if f.expr is not None or f.sort else np.arange(self.rows)
         limit = max(0, min(limit, PAGE_MAX))
         return {"total": int(len(rows)), "offset": offset, "rows": self.take(rows[offset : offset + limit])}
 
@@ -139,11 +163,13 @@ class Catalog:
         if not len(rows):
             return []
         columns = columns or self.shown()
-        order = np.argsort(rows, kind="stable")  # Dataset.take wants them in any order; read them sorted
-        t = self.dataset.take(pa.array(rows[order]), columns=columns)
-        back = np.empty_like(order)
-        back[order] = np.arange(len(order))
-        return t.take(pa.array(back)).to_pylist()
+        # the row groups that hold them, each read once (Dataset.take scans the whole file)
+        groups = np.searchsorted(self.starts, rows, side="right") - 1
+        parts = {}
+        with self.lock:
+            for g in np.unique(groups):
+                parts[int(g)] = self.file.read_row_group(int(g), columns=columns)
+        return [parts[int(g)].slice(int(r - self.starts[g]), 1).to_pylist()[0] for r, g in zip(rows, groups)]
 
     def shown(self) -> list[str]:
         """The columns a tile shows: what says where a sample is from, its scores, its decisions."""

@@ -64,9 +64,12 @@ class Browser:
         self.encoders = {s: TextEncoder(self.pool, s) for s in cols.scorers}
         self.thumbnail = functools.lru_cache(maxsize=4096)(self._thumbnail)
         self.shard_index = functools.lru_cache(maxsize=64)(self._shard_index)
-        self.index_lock = threading.Lock()
+        self.index_lock, self.tar_lock = threading.Lock(), threading.Lock()
         self.log = log
-        self.searchable = [s for s in cols.scorers if runtime.exists(self.pool.embeddings(s, min(self.shards)))]
+        first = min(self.shards, default=None)
+        self.searchable = [
+            s for s in cols.scorers if first is not None and runtime.exists(self.pool.embeddings(s, first))
+        ]
 
     # --- search ------------------------------------------------------------------------------------
     def index(self, scorer: str) -> Index:
@@ -74,22 +77,29 @@ class Browser:
             raise InputError(
                 f"scorer: {scorer!r} has no stored image embeddings in this pool; one of {self.searchable}"
             )
-        if scorer not in self.indexes:
-            t = self.catalog.dataset.to_table(columns=["row", "shard"], filter=pc.field(f"score:{scorer}").is_valid())
-            shards, rows = t.column("shard").to_numpy(), t.column("row").to_numpy()
-            per_shard = {int(s): rows[shards == s] for s in np.unique(shards)}
-            self.indexes[scorer] = Index(self.pool, scorer, self.cache, per_shard, self.log)
-        return self.indexes[scorer]
+        with self.index_lock:  # one Index per scorer, whichever thread asks first (a search, or the warm-up)
+            if scorer not in self.indexes:
+                valid = pc.field(f"score:{scorer}").is_valid()
+                t = self.catalog.dataset.to_table(columns=["row", "shard"], filter=valid)
+                shards, rows = t.column("shard").to_numpy(), t.column("row").to_numpy()
+                per_shard = {int(s): rows[shards == s] for s in np.unique(shards)}
+                self.indexes[scorer] = Index(self.pool, scorer, self.cache, per_shard, self.log)
+            return self.indexes[scorer]
 
     def build_indexes(self) -> threading.Thread:
-        """Load or build every scorer's index in the background, so the first search does not wait."""
+        """In the background: the first shard's member-offset index (the first page's thumbnails come from
+        it), then every scorer's search index, so that the first page and the first search do not wait."""
 
         def work():
+            if self.has_images and self.shards:
+                try:
+                    self.shard_index(min(self.shards))
+                except Exception as err:  # noqa: BLE001 - said again when its thumbnails are asked for
+                    self.log(f"[browse] shard {min(self.shards):08d}: no index: {err}")
             for s in self.searchable:
                 try:
                     self.index(s).load_or_build()
-                except Exception as err:  # noqa: BLE001 - shown when that scorer is searched
-                    self.index(s).error = str(err)
+                except Exception as err:  # noqa: BLE001 - raised again when that scorer is searched
                     self.log(f"[browse] {s}: no index: {err}")
 
         thread = threading.Thread(target=work, name="browse-index", daemon=True)
@@ -123,7 +133,14 @@ class Browser:
         meta = runtime.read_parquet(self.pool.metadata(shard))
         i = pc.index(meta.column("key"), key).as_py()
         story = audit.explain_row(self.pool.root, shard, meta.slice(i, 1).to_pylist()[0])
-        out = {"row": row, "explain": story, "features": {}, "duplicates": [], "subsets": {}}
+        out = {
+            "row": row,
+            "explain": story,
+            "features": {},
+            "duplicates": [],
+            "subsets": {},
+            "source": self.source(shard),
+        }
         if row["status"] == "success" and self.catalog.cols.has_base:
             base = runtime.read_parquet(self.pool.features("base", shard))
             j = pc.index(base.column("uid"), row["uid"]).as_py()
@@ -139,9 +156,21 @@ class Browser:
                 out["subsets"][s.name] = [{k: v for k, v in h.items() if k in keep} for h in hits.to_pylist()]
         return out
 
+    def source(self, shard: int) -> dict:
+        """Where a shard's samples came from: the pool's input (a URL list with its sha256, or the folder
+        import-pool adopted) and when the shard was finished."""
+        manifest = runtime.read_json(self.pool.manifest) if runtime.exists(self.pool.manifest) else {}
+        stats_path = self.pool.shard_stats(shard)
+        stats = runtime.read_json(stats_path) if runtime.exists(stats_path) else {}
+        return {
+            "input": manifest.get("input") or manifest.get("source"),
+            "shard_finished": stats.get("end_time"),
+            "tar": self.pool.tar(shard) if self.has_images else None,
+        }
+
     # --- images ------------------------------------------------------------------------------------
     def _shard_index(self, shard: int) -> tarindex.ShardIndex:
-        with self.index_lock:  # one scan per shard, however many thumbnails of it are asked for at once
+        with self.tar_lock:  # one scan per shard, however many thumbnails of it are asked for at once
             return tarindex.shard_index(self.pool, shard, self.cache)
 
     def _thumbnail(self, shard: int, key: str, side: int) -> bytes:

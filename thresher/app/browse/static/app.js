@@ -257,6 +257,13 @@ async function sampleView(shard, key) {
       parts.push(el("p", {}, `A copy of evaluation image ${x.dedup.group.slice(5)} (contamination).`));
     }
   }
+  const src = s.source || {};
+  const input = src.input || {};
+  parts.push(el("h3", {}, "Where it came from"), table([
+    ["pool input", input.path || input.folder || input.kind || fmt(input)],
+    ...(input.sha256 ? [["input sha256", input.sha256]] : []),
+    ["pool shard finished", src.shard_finished ? new Date(src.shard_finished * 1000).toISOString() : null],
+    ...(src.tar ? [["shard tar", src.tar]] : [])]));
   if (Object.keys(s.features).length) parts.push(el("h3", {}, "Features"), table(Object.entries(s.features)));
   const scores = INFO.scorers.map((sc) => [sc, r[`score:${sc}`]]);
   if (scores.length) parts.push(el("h3", {}, "Scores"), table(scores));
