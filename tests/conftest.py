@@ -43,8 +43,11 @@ def pytest_collection_modifyitems(config, items):
     # tests after them failed in CI (2026-12-01). With workers (pytest-xdist, pyproject's addopts), first: the
     # longest file (4 to 7 minutes of a ~15-minute run) then runs beside the others instead of alone at the
     # end, and every test its worker ran after it passed (three full runs, 2026-12-07).
-    first = bool(os.environ.get("PYTEST_XDIST_WORKER"))
-    items.sort(key=lambda item: (item.module.__name__ == "test_cluster") != first if item.module else False)
+    # test_browse last: nearly all of it reads the session's demo, which the cluster file's first test builds
+    # (about 90 s); taken early, it kept the other worker waiting on the demo's lock (a 926 s run, 2026-12-07)
+    workers = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+    place = {"test_cluster": 0 if workers else 2, "test_browse": 2}
+    items.sort(key=lambda item: place.get(item.module.__name__, 1) if item.module else 1)
 
 
 def free_port() -> int:

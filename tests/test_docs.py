@@ -85,9 +85,11 @@ def markdown_files() -> list[Path]:
 
 
 def _copy_pool(src: Path, dst: Path) -> None:
-    """What the featured_pool fixture made (download manifest and shards, base features, clip_tiny), not what
-    other tests have added to it since (dedup, decisions, more scorers)."""
+    """What the featured_pool fixture made (download manifest, shards and yield report, base features,
+    clip_tiny), not what other tests have added to it since (dedup, decisions, more scorers)."""
     dst.mkdir()
+    (dst / "stats").mkdir()
+    shutil.copy2(src / "stats" / "download-yield.json", dst / "stats" / "download-yield.json")
     for name in ("manifest.json", "_work"):
         if (src / name).is_dir():
             shutil.copytree(src / name, dst / name)

@@ -54,6 +54,41 @@ def test_exact_counts_per_status(pool, ground_truth):
     assert manifest["shards"] == {"total": 6, "complete": 6, "failed": {}}
 
 
+def test_the_yield_report_counts_every_failed_row_by_reason_and_host(pool, ground_truth):
+    """POOL/stats/download-yield.json (yields.py) against the metadata; the loopback world has one host."""
+    out, manifest = pool
+    meta = Pool(str(out)).read_metadata()
+    report = json.loads((out / "stats" / "download-yield.json").read_text())
+    assert report == manifest["yield"]
+    failures = collections.Counter(f for f in meta.column("failure").to_pylist() if f)
+    assert {k: v["rows"] for k, v in report["by_reason"].items()} == dict(failures)
+    assert report["rows"] == meta.num_rows and report["fetched"] == meta.num_rows - sum(failures.values())
+    assert report["yield"] == pytest.approx(report["fetched"] / report["rows"])
+    [only] = report["hosts"]
+    assert only == {
+        "host": "127.0.0.1",
+        "rows": meta.num_rows,
+        "failed": sum(failures.values()),
+        "reasons": only["reasons"],
+    }
+    assert only["reasons"] == dict(failures) and report["shards_without_hosts"] == 0
+
+
+def test_the_yield_reports_hosts_are_the_most_failing_and_each_shard_keeps_few(monkeypatch):
+    from thresher.stages.acquire import yields
+
+    urls = ["https://A.example/x.jpg"] * 5 + ["http://b.example/y"] * 3 + ["https://c.example/z"] * 2 + ["::bad"]
+    failure = ["http_404", "timeout", None, None, None, "timeout", "timeout", "http_404", None, None, "http_404"]
+    table = pa.table({"url": urls, "failure": failure})
+    assert yields.shard_hosts(table) == {
+        "b.example": {"rows": 3, "failed": {"timeout": 2, "http_404": 1}},
+        "a.example": {"rows": 5, "failed": {"http_404": 1, "timeout": 1}},
+        "?": {"rows": 1, "failed": {"http_404": 1}},
+    }
+    monkeypatch.setattr(yields, "SHARD_HOSTS", 1)
+    assert list(yields.shard_hosts(table)) == ["b.example"]
+
+
 def test_metadata_matches_served_bytes_and_tars(pool, ground_truth):
     out, _ = pool
     meta = Pool(str(out)).read_metadata()

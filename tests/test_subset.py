@@ -24,6 +24,7 @@ from thresher.app import cli
 from thresher.audit import audit, gallery, report
 from thresher.core import runtime, tarindex
 from thresher.core.errors import InputError
+from thresher.core.pool import Pool
 from thresher.stages.filter import filter as filtering
 from thresher.stages.subset import subset
 
@@ -278,6 +279,10 @@ def test_report_embeds_its_plots(subsets, tmp_path):
     html = page.read_text()
     images = re.findall(r'<img alt="(\w+)" src="data:image/png;base64,([^"]+)"', html)
     assert {a for a, _ in images} == {"funnel", "domains", "languages", "sizes", "scores"}
+    manifest = json.loads((out / "datacomp-clip-b32-30pct" / "manifest.json").read_text())
+    pool_yield = json.loads(Path(Pool(manifest["pool"]["path"]).stats("download-yield")).read_text())
+    assert "<h2>Download yield</h2>" in html and "Hosts that failed most" in html and "127.0.0.1" in html
+    assert f"{pool_yield['fetched']:,} of {pool_yield['rows']:,} rows fetched" in html
     import io
 
     from PIL import Image
@@ -382,6 +387,24 @@ def test_report_galleries_show_kept_and_each_steps_dropped_samples(subsets, feat
 
 
 HOSTILE = ["<script>alert(1)</script>", '<img src=x onerror=alert(1)> "quoted" & more']
+
+
+def test_the_reports_yield_section_escapes_hosts(tmp_path):
+    pool = tmp_path / "pool"
+    (pool / "stats").mkdir(parents=True)
+    hostile = {"host": "<script>alert(1)</script>.example", "rows": 3, "failed": 2, "reasons": {"<b>x</b>": 2}}
+    r = {
+        "rows": 3,
+        "fetched": 1,
+        "yield": 1 / 3,
+        "by_reason": {"<i>y</i>": {"rows": 2, "share": 2 / 3}},
+        "hosts": [hostile],
+    }
+    (pool / "stats" / "download-yield.json").write_text(json.dumps(r))
+    text = report._yield_html(str(pool))
+    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;.example" in text
+    assert "<b>x</b>" not in text and "<i>y</i>" not in text and "1 of 3 rows fetched" in text
+    assert "no downloaded shards" in report._yield_html(str(tmp_path / "gone"))
 
 
 def test_report_gallery_escapes_captions_and_names_bad_images(subsets, tmp_path):

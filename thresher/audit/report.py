@@ -12,7 +12,6 @@ import html
 import io
 import os
 from collections import Counter
-from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +21,7 @@ from thresher.audit import gallery as galleries
 from thresher.core import decode, runtime
 from thresher.core.plotting import plain
 from thresher.core.pool import Pool
+from thresher.stages.acquire import yields
 from thresher.stages.subset import subset
 
 
@@ -66,10 +66,6 @@ def _hist(series: dict[str, np.ndarray], title: str, xlabel: str, bins: int = 40
     return _png(fig)
 
 
-def _domain(url: str) -> str:
-    return (urlsplit(url).hostname or "?").lower()
-
-
 def _samples(subset_dir: str, m: dict, n: int) -> tuple[str, dict]:
     """The galleries' HTML (kept, then each filter step's dropped) and a summary of what they show."""
     pool = m["pool"]["path"]
@@ -86,6 +82,37 @@ def _samples(subset_dir: str, m: dict, n: int) -> tuple[str, dict]:
         "notes": {g.heading: g.note for g in [kept, *dropped.values()]},
     }
     return galleries.to_html([kept, *dropped.values()]), summary
+
+
+def _yield_html(pool: str) -> str:
+    """The pool's download yield (yields.py): rows by failure reason and the hosts that failed most; what
+    keeps it from being shown is said instead."""
+    path = Pool(pool).stats("download-yield")
+    try:
+        r = runtime.read_json(path) if runtime.exists(path) else yields.report(pool)
+    except (OSError, ValueError) as err:
+        return f"<p class='note'>{html.escape(f'the pool {pool} could not be read: {err}')}</p>"
+    if not r["rows"]:
+        return f"<p class='note'>{html.escape(f'the pool {pool} has no downloaded shards here')}</p>"
+    reasons = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v['rows']:,}</td><td>{v['share']:.1%}</td></tr>"
+        for k, v in r["by_reason"].items()
+    )
+    hosts = "".join(
+        f"<tr><td>{html.escape(h['host'])}</td><td>{h['rows']:,}</td><td>{h['failed']:,}</td>"
+        f"<td>{html.escape(', '.join(f'{k} {v}' for k, v in h['reasons'].items()))}</td></tr>"
+        for h in r["hosts"]
+    )
+    return (
+        f"<p>{r['fetched']:,} of {r['rows']:,} rows fetched ({r['yield']:.1%})</p>"
+        f"<table><tr><th>not fetched: reason</th><th>rows</th><th>share</th></tr>{reasons}</table>"
+        + (
+            f"<p><b>Hosts that failed most</b></p><table><tr><th>host</th><th>rows</th><th>failed</th>"
+            f"<th>reasons</th></tr>{hosts}</table>"
+            if hosts
+            else ""
+        )
+    )
 
 
 def build_report(subset_dir: str, out: str, top: int = 20, gallery: int = 8) -> dict:
@@ -117,7 +144,7 @@ def build_report(subset_dir: str, out: str, top: int = 20, gallery: int = 8) -> 
         text, shown = _samples(subset_dir, m, gallery)
         sections.append(("Samples", text, None))
 
-    domains = Counter(_domain(u) for u in lin.column("url").to_pylist()).most_common(top)
+    domains = Counter(yields.host(u) for u in lin.column("url").to_pylist()).most_common(top)
     plots["domains"] = _bar([d for d, _ in domains], [c for _, c in domains], f"Top {len(domains)} domains", "samples")
     sections.append(("Top domains", "", "domains"))
 
@@ -148,6 +175,7 @@ def build_report(subset_dir: str, out: str, top: int = 20, gallery: int = 8) -> 
     compliance = opt_out_compliance(subset_dir, m, lin)
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in compliance.items())
     sections.append(("Opt-out compliance", f"<table>{rows}</table>", None))
+    sections.append(("Download yield", _yield_html(m["pool"]["path"]), None))
 
     head = (
         f"<h1>Subset {html.escape(m['recipe'])}: {m['size']:,} samples</h1>"

@@ -77,11 +77,15 @@ def run_download(args: DownloadArgs) -> None:
     from thresher.stages.acquire.download import DownloadConfig, run
 
     cfg = load(DownloadConfig, _config_path(args.config, "download"), args.overrides)
-    counts = run(args.urls, args.out, cfg, ray_address=args.ray_address)["counts"]
+    from thresher.stages.acquire import yields
+
+    manifest = run(args.urls, args.out, cfg, ray_address=args.ray_address)
+    counts = manifest["counts"]
     print(f"pool: {args.out}")
     print(f"  rows {counts['rows']}, " + ", ".join(f"{k} {v}" for k, v in counts["status"].items()))
-    if counts["failure"]:
-        print("  failures: " + ", ".join(f"{k} {v}" for k, v in counts["failure"].items()))
+    for line in yields.lines(manifest["yield"]):
+        print(f"  {line}")
+    print(f"  (the yield report: {args.out}/stats/download-yield.json)")
 
 
 @args_dataclass

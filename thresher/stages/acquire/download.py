@@ -8,7 +8,8 @@ Layout of a pool:
     POOL/manifest.json                 input hash, config + hash, package versions, counts by status
     POOL/shards/{i:08d}.tar            images (jpg), captions (txt), per-sample json; DataComp naming
     POOL/shards/{i:08d}.parquet        schema.POOL (+ extra input columns): every input row, once
-    POOL/shards/{i:08d}_stats.json     per-shard counts; its presence marks the shard complete
+    POOL/shards/{i:08d}_stats.json     per-shard counts (and failed rows by host); marks the shard complete
+    POOL/stats/download-yield.json     the yield report: rows fetched, by failure reason, worst hosts (yields.py)
     POOL/_work/inputs/{i:08d}.arrow    the shard inputs, kept so that a re-run redoes exactly a shard
     POOL/_work/tmp/{i:08d}/            a shard in progress; moved into shards/ only when whole
 
@@ -37,7 +38,7 @@ from thresher.core.errors import InputError, StageError
 from thresher.core.pool import Pool
 from thresher.exec import execute
 from thresher.exec.stage import Stage, run_stage
-from thresher.stages.acquire import ingest
+from thresher.stages.acquire import ingest, yields
 
 # Normalised failure reasons in the `failure` column (null on success).
 FAILURES = {
@@ -342,6 +343,7 @@ def download_shard(shard: int, pool: str, cfg_dict: dict) -> dict:
         "successes": statuses.get("success", 0),
         "status": dict(statuses),
         "failures": dict(failures),
+        "failed_hosts": yields.shard_hosts(table_out),  # the yield report's hosts (yields.py)
         "img2dataset": i2d_stats,
     }
     shards_dir = Pool(pool).shards_dir
@@ -486,6 +488,7 @@ def run(urls: str, pool: str, cfg: DownloadConfig, ray_address: str | None = Non
     if todo:
         failed = _run_shards(pool, cfg, todo, state, ray_address, log)
     manifest = write_manifest(pool, urls, state, cfg, failed)
+    manifest["yield"] = yields.write(pool)
     execute.raise_failures(f"download (after {cfg.shard_retries + 1} attempts)", failed)
     return manifest
 
