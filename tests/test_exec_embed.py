@@ -39,17 +39,21 @@ class _Sum:
         return {"rows": np.array([len(batch["x"])]), "sum": np.array([batch["x"].sum() * self.scale])}
 
 
+def _pipeline(consume=None, rows_per_item=10, chunk=4, scale=2.0, **kw) -> Pipeline:
+    """The tests' pipeline: _produce's items of `rows_per_item` rows in chunks of `chunk`, into `consume`."""
+    return Pipeline(
+        produce=_produce,
+        consume=consume or _Sum,
+        produce_kwargs=dict(rows_per_item=rows_per_item, chunk=chunk),
+        consume_kwargs=dict(scale=scale, **kw.pop("consume_kwargs", {})),
+        threads_arg="threads",
+        **kw,
+    )
+
+
 def test_local_pipeline_rebatches_through_one_consumer_without_ray():
     _Sum.built = 0
-    p = Pipeline(
-        produce=_produce,
-        consume=_Sum,
-        produce_kwargs=dict(rows_per_item=10, chunk=4),
-        consume_kwargs=dict(scale=2.0),
-        threads_arg="threads",
-        batch_size=7,
-        actor_cpus=2.0,
-    )
+    p = _pipeline(batch_size=7, actor_cpus=2.0)
     with execute.using(execute.LocalExecutor()):
         outs = list(
             execute.embed(
@@ -87,15 +91,7 @@ def _produce_then_fail(batch):
 @pytest.mark.usefixtures("ray_by_value")
 class TestRay:
     def test_producers_stream_to_an_actor_in_calls_of_batch_size_rows(self):
-        p = Pipeline(
-            produce=_produce,
-            consume=_Sum,
-            produce_kwargs=dict(rows_per_item=10, chunk=4),
-            consume_kwargs=dict(scale=2.0),
-            threads_arg="threads",
-            batch_size=8,
-            produce_rows=4,
-        )
+        p = _pipeline(batch_size=8, produce_rows=4)
         ex = execute.current()
         assert isinstance(ex, execute.RayExecutor)
         outs = list(
@@ -109,16 +105,7 @@ class TestRay:
         assert sum(float(o["sum"][0]) for o in outs) == 2.0 * 3 * sum(range(10))
 
     def test_two_actors_share_the_batches(self):
-        p = Pipeline(
-            produce=_produce,
-            consume=_Sum,
-            produce_kwargs=dict(rows_per_item=20, chunk=5),
-            consume_kwargs=dict(scale=1.0),
-            threads_arg="threads",
-            batch_size=5,
-            produce_rows=5,
-            actors=2,
-        )
+        p = _pipeline(rows_per_item=20, chunk=5, scale=1.0, batch_size=5, produce_rows=5, actors=2)
         outs = list(execute.embed([{"item": i} for i in range(4)], p, label="t", total=80))
         assert sorted(int(o["rows"][0]) for o in outs) == [5] * 16
         assert sum(float(o["sum"][0]) for o in outs) == 4 * sum(range(20))
@@ -126,15 +113,8 @@ class TestRay:
     def test_an_actor_that_dies_is_restarted_and_no_row_is_lost_or_doubled(self, tmp_path):
         # the actor's process exits in its second call (as it would with its node): Ray starts it again and
         # re-sends the calls it had in hand, which hold everything they need
-        p = Pipeline(
-            produce=_produce,
-            consume=_DiesOnce,
-            produce_kwargs=dict(rows_per_item=10, chunk=5),
-            consume_kwargs=dict(scale=1.0, flag=str(tmp_path / "died")),
-            threads_arg="threads",
-            batch_size=10,
-            produce_rows=5,
-        )
+        died = dict(flag=str(tmp_path / "died"))
+        p = _pipeline(_DiesOnce, chunk=5, scale=1.0, consume_kwargs=died, batch_size=10, produce_rows=5)
         outs = list(execute.embed([{"item": i} for i in range(4)], p, label="t", total=40))
         assert (tmp_path / "died").exists()
         assert sum(int(o["rows"][0]) for o in outs) == 40
@@ -197,13 +177,7 @@ class _Closing(_Sum):
 def test_the_local_pipeline_closes_its_consumer_once_at_the_end():
     """In this process the consumer shares the command's state; its close() is how it puts it back."""
     _Closing.closed = 0
-    p = Pipeline(
-        produce=_produce,
-        consume=_Closing,
-        produce_kwargs=dict(rows_per_item=5, chunk=5),
-        consume_kwargs=dict(scale=1.0),
-        threads_arg="threads",
-    )
+    p = _pipeline(_Closing, rows_per_item=5, chunk=5, scale=1.0)
     with execute.using(execute.LocalExecutor()):
         outs = list(execute.embed([{"item": 0}, {"item": 1}], p, label="t", total=10))
     assert sum(int(o["rows"][0]) for o in outs) == 10 and _Closing.closed == 1

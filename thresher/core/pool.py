@@ -68,6 +68,14 @@ class HashingReader:
         self.size += len(data)
         return data
 
+    def seek(self, pos: int) -> None:
+        """Forwards only: what is skipped is read, and hashed (the member-offset index's header reader
+        seeks over members' data, tarindex.py)."""
+        if pos < self.size:
+            raise ValueError(f"a backward seek, to {pos} from {self.size}")
+        while self.size < pos and self.read(min(pos - self.size, 1 << 20)):
+            pass
+
     def finish(self) -> str:
         while self.read(1 << 20):
             pass

@@ -3,8 +3,9 @@
 A shard tar is read from its start by every stage that streams it (features, subset). Showing one image
 of it (`thresher browse`, the audit report's galleries) instead looks the image up in the shard's
 member-offset index, `key -> (offset, size)` of its image's bytes, and reads just those bytes (one ranged
-read, also on `s3://`). The index is made by reading the tar's headers once (tarfile skips over the
-members' data by seeking); `thresher browse` keeps it in its cache folder, never in the pool:
+read, also on `s3://`). The index is made by reading the tar's headers once, seeking over the members'
+data (`_headers`; tarfile for what it does not read); `thresher browse` keeps it in its cache folder,
+never in the pool:
 
     CACHE/tars/{i:08d}.parquet      key, ext, offset, size; the tar's size and modification time (or, for a
                                     tar import-pool adopted, its recorded sha256, checked when it is built)
@@ -14,7 +15,6 @@ A cached index is used only while the tar has the size and modification time it 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from thresher.core import decode, runtime
 from thresher.core.errors import InputError, StageError
-from thresher.core.pool import IMAGE_EXTS, Pool, member_key, shard_name
+from thresher.core.pool import IMAGE_EXTS, HashingReader, Pool, member_key, shard_name
 
 INDEX = pa.schema(
     [
@@ -99,31 +99,6 @@ def _headers(f):
         pos = data + (size + 511) // 512 * 512
 
 
-class _Hashing:
-    """A file read forwards only, every byte of it hashed: `_headers` seeks over members' data, and here a
-    seek reads (and hashes) what it skips, so an adopted tar is hashed and indexed in one pass."""
-
-    def __init__(self, f):
-        self.f, self.h, self.pos = f, hashlib.sha256(), 0
-
-    def read(self, n: int) -> bytes:
-        data = self.f.read(n)
-        self.h.update(data)
-        self.pos += len(data)
-        return data
-
-    def seek(self, pos: int) -> None:
-        if pos < self.pos:
-            raise Unusual("a backward seek")
-        while self.pos < pos and self.read(min(pos - self.pos, 1 << 20)):
-            pass
-
-    def finish(self) -> str:
-        while self.read(1 << 20):
-            pass
-        return self.h.hexdigest()
-
-
 def _members(f) -> list[tuple[str, int, int, bool]]:
     try:
         return list(_headers(f))
@@ -143,7 +118,7 @@ def scan(url: str, want_sha256: str | None = None) -> pa.Table:
         with fs.open(path, "rb") as raw:
             members = None
             if want_sha256:
-                hashing = _Hashing(raw)
+                hashing = HashingReader(raw)
                 try:
                     members = list(_headers(hashing))
                     seen = hashing.finish()

@@ -52,9 +52,6 @@ class Index:
         self.file = os.path.join(self.dir, f"image-{fp}.faiss")
         self.index, self.rows, self.lock = None, None, threading.Lock()
 
-    def ready(self) -> bool:
-        return self.index is not None
-
     def load_or_build(self):
         import faiss
 
@@ -62,29 +59,33 @@ class Index:
             if self.index is not None:
                 return self.index
             if os.path.exists(self.file):
-                self.index, self.rows = faiss.read_index(self.file), np.load(self.file[: -len(".faiss")] + ".rows.npy")
+                self.index, self.rows = faiss.read_index(self.file), np.load(self.rows_file)
             else:
                 self._build(faiss)
             if hasattr(self.index, "nprobe"):
                 self.index.nprobe = NPROBE
             return self.index
 
+    @property
+    def rows_file(self) -> str:
+        return self.file[: -len(".faiss")] + ".rows.npy"
+
     def _vectors(self):
         for shard, rows in sorted(self.shard_rows.items()):
             path = self.pool.embeddings(self.scorer, shard)
-            fs, p = runtime.fs_path(path)
-            with fs.open(p, "rb") as f:
-                shape, _ = npy_header(f)
-            if shape[0] != len(rows):
-                raise InputError(f"{path}: {shape[0]} embeddings, shard {shard_name(shard)} has {len(rows)} samples")
-            yield rows, read_npy(path).astype(np.float32)
+            emb = read_npy(path)
+            if len(emb) != len(rows):
+                raise InputError(f"{path}: {len(emb)} embeddings, shard {shard_name(shard)} has {len(rows)} samples")
+            yield rows, emb.astype(np.float32)
 
     def _build(self, faiss):
         started = time.monotonic()
         n = sum(len(r) for r in self.shard_rows.values())
         if not n:
             raise InputError(f"scorer {self.scorer}: no embeddings to search")
-        dim = next(self._vectors())[1].shape[1]
+        fs, first = runtime.fs_path(self.pool.embeddings(self.scorer, min(self.shard_rows)))
+        with fs.open(first, "rb") as f:
+            dim = npy_header(f)[0][1]
         kind = index_kind(n)
         index = faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
         if not index.is_trained:  # IVF: its lists from a sample of the pool, a shard at a time
@@ -99,7 +100,7 @@ class Index:
         os.makedirs(self.dir, exist_ok=True)
         tmp = f"{self.file}.tmp{os.getpid()}"
         faiss.write_index(index, tmp)
-        np.save(self.file[: -len(".faiss")] + ".rows.npy", self.rows)
+        np.save(self.rows_file, self.rows)
         os.replace(tmp, self.file)
         self.index = index
         self.log(f"[browse] {self.scorer}: {kind} index of {n:,} vectors in {time.monotonic() - started:.1f} s")

@@ -25,6 +25,7 @@ import threading
 
 import numpy as np
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -130,9 +131,7 @@ class Browser:
 
     def sample(self, shard: int, key: str) -> dict:
         row = self.sample_row(shard, key)
-        meta = runtime.read_parquet(self.pool.metadata(shard))
-        i = pc.index(meta.column("key"), key).as_py()
-        story = audit.explain_row(self.pool.root, shard, meta.slice(i, 1).to_pylist()[0])
+        story = audit.explain_row(self.pool.root, shard, row)  # the catalog row holds the metadata it reads
         out = {
             "row": row,
             "explain": story,
@@ -150,10 +149,10 @@ class Browser:
             out["duplicates"] = [r for r in self.catalog.group(group) if r["row"] != row["row"]]
         for s in self.catalog.cols.subsets:
             if row.get(f"in:{s.name}"):
-                lin = runtime.read_parquet(runtime.join(s.path, "lineage.parquet"))
-                hits = lin.filter(pc.equal(lin.column("uid"), row["uid"]))
-                keep = ("subset_shard", "subset_key", "copy", "rank_key", "downloaded_at")
-                out["subsets"][s.name] = [{k: v for k, v in h.items() if k in keep} for h in hits.to_pylist()]
+                lineage = ds.dataset(runtime.join(s.path, "lineage.parquet"), format="parquet")
+                keep = ["subset_shard", "subset_key", "copy", "rank_key", "downloaded_at"]
+                hits = lineage.to_table(columns=keep, filter=ds.field("uid") == row["uid"])
+                out["subsets"][s.name] = hits.to_pylist()
         return out
 
     def source(self, shard: int) -> dict:
